@@ -1,0 +1,20 @@
+// "HOST:PORT" as users write it on command lines and as Redis writes it in MOVED/ASK and CLUSTER replies.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace slotshift {
+
+struct HostPort {
+  std::string host;
+  int port = 0;
+  std::string str() const { return host + ":" + std::to_string(port); }
+  friend bool operator==(const HostPort&, const HostPort&) = default;
+};
+
+// Parses "HOST:PORT" (IPv6 as "[::1]:7000"). Returns nullopt and sets `error` for anything else.
+std::optional<HostPort> parse_host_port(std::string_view text, std::string& error);
+
+}  // namespace slotshift

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# A local Redis Cluster on free loopback ports in a temporary directory: for the demo, the integration tests and
+# anyone who wants to try slotshift.
+#
+#   cluster.sh start [--masters N] [--replicas R] [--dir DIR] [--owner-pid PID] [--node-timeout MS]
+#   cluster.sh stop    [--dir DIR]
+#   cluster.sh status  [--dir DIR]
+#   cluster.sh nodes   [--dir DIR]
+#
+# `start` prints two shell assignments on stdout (eval-able) and everything else on stderr:
+#   SLOTSHIFT_CLUSTER_DIR=/tmp/slotshift-cluster.XXXXXX
+#   SLOTSHIFT_CLUSTER_NODES=127.0.0.1:21345,127.0.0.1:24017,...
+# It returns only when every node reports cluster_state:ok, all nodes agree on the slot map and every replica's
+# link to its master is up. On any failure it stops what it started and removes the directory.
+# With --owner-pid, a watchdog stops the cluster once that process is gone, so a killed test leaves nothing behind.
+# Without --dir, stop/status/nodes use the cluster this user started last.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+last_file="${TMPDIR:-/tmp}/slotshift-cluster.last"
+server=${SLOTSHIFT_REDIS_SERVER:-redis-server}
+cli=${SLOTSHIFT_REDIS_CLI:-redis-cli}
+start_deadline_s=${SLOTSHIFT_CLUSTER_START_TIMEOUT:-60}
+
+say() { echo "cluster.sh: $*" >&2; }
+die() { say "$*"; exit 1; }
+
+usage() {
+  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+# Prints `count` distinct ports p such that both p and its cluster-bus port p+10000 can be bound on 127.0.0.1.
+# Ports are drawn at random from 20000-29999 so that concurrent clusters (parallel tests) rarely collide; a
+# collision that still happens makes redis-server fail to bind, and start retries with new ports.
+free_ports() {
+  /usr/bin/python3 - "$1" <<'PY'
+import random, socket, sys
+count, chosen = int(sys.argv[1]), []
+def bindable(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(10000):
+    if len(chosen) == count:
+        break
+    p = random.randint(20000, 29999)
+    if p not in chosen and bindable(p) and bindable(p + 10000):
+        chosen.append(p)
+if len(chosen) < count:
+    sys.exit("no free ports")
+print(" ".join(map(str, chosen)))
+PY
+}
+
+load_state() {
+  local dir=$1
+  if [ -z "$dir" ]; then
+    [ -f "$last_file" ] || die "no cluster known: give --dir"
+    dir=$(cat "$last_file")
+  fi
+  [ -f "$dir/cluster.env" ] || die "$dir holds no cluster started by this script"
+  # shellcheck disable=SC1091
+  . "$dir/cluster.env"
+  cluster_dir=$dir
+}
+
+ports_of() { tr ',' '\n' <<<"$SLOTSHIFT_CLUSTER_NODES" | sed 's/.*://'; }
+
+stop_cluster() {
+  local dir=$1
+  [ -d "$dir" ] || return 0
+  if [ -f "$dir/watchdog.pid" ]; then
+    local w
+    w=$(cat "$dir/watchdog.pid")
+    [ "$w" != "$$" ] && kill "$w" 2>/dev/null || true
+  fi
+  local pidfile pid
+  for pidfile in "$dir"/*/redis.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  # SIGTERM makes redis-server exit promptly without saving (no `save` points are configured). Give it 5 s.
+  local deadline=$((SECONDS + 5))
+  for pidfile in "$dir"/*/redis.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$dir"
+  if [ -f "$last_file" ] && [ "$(cat "$last_file")" = "$dir" ]; then rm -f "$last_file"; fi
+}
+
+node_info() { timeout 5 "$cli" -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null | tr -d '\r'; }
+
+wait_until_ok() {
+  local deadline=$1 ports=("${@:2}") p
+  for p in "${ports[@]}"; do
+    until node_info "$p" cluster info | grep -q '^cluster_state:ok'; do
+      [ $SECONDS -lt "$deadline" ] || { say "node $p never reached cluster_state:ok"; return 1; }
+      sleep 0.1
+    done
+  done
+  # Every node must see the same slot map (redis-cli --cluster check's "agree about slots configuration").
+  local reference="" view
+  for p in "${ports[@]}"; do
+    until view=$(node_info "$p" cluster slots | sort | md5sum) && [ -n "$view" ] &&
+      { [ -z "$reference" ] || [ "$view" = "$reference" ]; }; do
+      [ $SECONDS -lt "$deadline" ] || { say "node $p disagrees on the slot map"; return 1; }
+      sleep 0.1
+    done
+    reference=$view
+  done
+  for p in "${ports[@]}"; do
+    if node_info "$p" info replication | grep -q '^role:slave'; then
+      until node_info "$p" info replication | grep -q '^master_link_status:up'; do
+        [ $SECONDS -lt "$deadline" ] || { say "replica $p never synced with its master"; return 1; }
+        sleep 0.1
+      done
+    fi
+  done
+}
+
+start_once() {
+  local dir=$1 masters=$2 replicas=$3 node_timeout=$4
+  local total=$((masters * (replicas + 1)))
+  local ports p
+  read -r -a ports <<<"$(free_ports "$total")"
+  for p in "${ports[@]}"; do
+    mkdir -p "$dir/$p"
+    "$server" --port "$p" --bind 127.0.0.1 --protected-mode no --daemonize yes \
+      --dir "$dir/$p" --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$node_timeout" \
+      --save "" --appendonly no --enable-debug-command local >/dev/null 2>&1 || { say "redis-server on port $p did not start"; return 1; }
+  done
+  local deadline=$((SECONDS + start_deadline_s))
+  for p in "${ports[@]}"; do
+    until [ "$(node_info "$p" ping)" = "PONG" ]; do
+      [ $SECONDS -lt $deadline ] || { say "node $p not answering; log: $(tail -3 "$dir/$p/redis.log" 2>/dev/null)"; return 1; }
+      sleep 0.05
+    done
+  done
+  local hosts=()
+  for p in "${ports[@]}"; do hosts+=("127.0.0.1:$p"); done
+  if ! timeout "$start_deadline_s" "$cli" --cluster create "${hosts[@]}" --cluster-replicas "$replicas" \
+    --cluster-yes >"$dir/create.log" 2>&1; then
+    say "redis-cli --cluster create failed: $(tail -3 "$dir/create.log")"
+    return 1
+  fi
+  {
+    echo "SLOTSHIFT_CLUSTER_DIR=$dir"
+    echo "SLOTSHIFT_CLUSTER_NODES=$(IFS=,; echo "${hosts[*]}")"
+  } >"$dir/cluster.env"
+  wait_until_ok "$deadline" "${ports[@]}"
+}
+
+cmd=${1:-}
+[ -n "$cmd" ] || usage
+shift
+masters=3 replicas=0 dir="" owner_pid="" node_timeout=5000
+while [ $# -gt 0 ]; do
+  case $1 in
+    --masters) masters=$2; shift 2 ;;
+    --replicas) replicas=$2; shift 2 ;;
+    --dir) dir=$2; shift 2 ;;
+    --owner-pid) owner_pid=$2; shift 2 ;;
+    --node-timeout) node_timeout=$2; shift 2 ;;
+    -h|--help) usage ;;
+    *) die "unknown option $1" ;;
+  esac
+done
+
+case $cmd in
+  start)
+    [[ $masters =~ ^[0-9]+$ && $masters -ge 3 ]] || die "--masters must be 3 or more (redis-cli --cluster create needs 3)"
+    [[ $replicas =~ ^[0-9]+$ ]] || die "--replicas must be a number"
+    command -v "$server" >/dev/null || die "$server not found: run deploy/local/install-deps.sh"
+    for attempt in 1 2 3; do
+      if [ -n "$dir" ]; then
+        [ ! -e "$dir" ] || [ -z "$(ls -A "$dir")" ] || die "$dir is not empty"
+        mkdir -p "$dir"
+        d=$(cd "$dir" && pwd)
+      else
+        d=$(mktemp -d "${TMPDIR:-/tmp}/slotshift-cluster.XXXXXX")
+      fi
+      trap 'stop_cluster "$d"' INT TERM
+      if start_once "$d" "$masters" "$replicas" "$node_timeout"; then
+        trap - INT TERM
+        echo "$d" >"$last_file"
+        if [ -n "$owner_pid" ]; then
+          # The watchdog runs in its own session so that it outlives this script and the caller's process group.
+          setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; exec "$2" stop --dir "$3"' \
+            watchdog "$owner_pid" "$here/cluster.sh" "$d" </dev/null >/dev/null 2>&1 &
+          echo $! >"$d/watchdog.pid"
+        fi
+        say "cluster of $masters masters and $replicas replicas each is up in $d"
+        cat "$d/cluster.env"
+        exit 0
+      fi
+      say "attempt $attempt failed; cleaning up"
+      stop_cluster "$d"
+      trap - INT TERM
+    done
+    die "could not start a cluster"
+    ;;
+  stop)
+    load_state "$dir"
+    stop_cluster "$cluster_dir"
+    say "stopped the cluster in $cluster_dir"
+    ;;
+  status)
+    load_state "$dir"
+    rc=0
+    for p in $(ports_of); do
+      state=$(node_info "$p" cluster info | sed -n 's/^cluster_state://p')
+      role=$(node_info "$p" info replication | sed -n 's/^role://p')
+      printf '127.0.0.1:%s %s %s\n' "$p" "${role:-down}" "${state:-unreachable}"
+      [ "$state" = ok ] || rc=1
+    done
+    exit $rc
+    ;;
+  nodes)
+    load_state "$dir"
+    for p in $(ports_of); do
+      if out=$(node_info "$p" cluster nodes) && [ -n "$out" ]; then echo "$out"; exit 0; fi
+    done
+    die "no node answers"
+    ;;
+  *) usage ;;
+esac

@@ -1,0 +1,222 @@
+#include "orchestrator/commands.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+namespace slotshift {
+namespace {
+
+std::string short_id(const std::string& id) {
+  return id.substr(0, 8);
+}
+
+std::optional<Topology> read_nodes(NodeClient& client, std::string& error) {
+  auto reply = client.command({"CLUSTER", "NODES"});
+  if (!reply) {
+    error = client.error();
+    return std::nullopt;
+  }
+  if (reply->is_error()) {
+    error = client.node().str() + ": CLUSTER NODES: " + reply->str;
+    return std::nullopt;
+  }
+  auto parsed = parse_cluster_nodes(*reply);
+  if (!parsed.ok()) {
+    error = client.node().str() + ": CLUSTER NODES: " + parsed.error;
+    return std::nullopt;
+  }
+  return std::move(parsed.topology);
+}
+
+nlohmann::json node_json(const Node& n) {
+  nlohmann::json j;
+  j["id"] = n.id;
+  j["address"] = n.address() + ":" + std::to_string(n.port);
+  j["role"] = std::string(role_name(n.role));
+  if (!n.master_id.empty()) j["master_id"] = n.master_id;
+  if (n.config_epoch) j["config_epoch"] = *n.config_epoch;
+  if (n.flags) j["flags"] = format_flags(*n.flags);
+  if (n.link != LinkState::kUnknown) j["link"] = std::string(link_state_name(n.link));
+  if (n.health != Health::kUnknown) j["health"] = std::string(health_name(n.health));
+  if (n.replication_offset) j["replication_offset"] = *n.replication_offset;
+  auto slots = nlohmann::json::array();
+  for (const auto& r : n.slots)
+    slots.push_back({r.first, r.last});
+  j["slots"] = slots;
+  j["slot_count"] = n.slot_count();
+  if (n.open_slots_known) {
+    auto migrating = nlohmann::json::object(), importing = nlohmann::json::object();
+    for (const auto& [slot, peer] : n.migrating)
+      migrating[std::to_string(slot)] = peer;
+    for (const auto& [slot, peer] : n.importing)
+      importing[std::to_string(slot)] = peer;
+    j["migrating"] = migrating;
+    j["importing"] = importing;
+  }
+  return j;
+}
+
+nlohmann::json finding_json(const Finding& f) {
+  nlohmann::json j{{"kind", std::string(finding_kind_name(f.kind))}, {"message", f.message}};
+  if (!f.node_id.empty()) j["node_id"] = f.node_id;
+  if (!f.peer_id.empty()) j["peer_id"] = f.peer_id;
+  if (!f.slots.empty()) j["slots"] = format_slot_ranges(f.slots);
+  return j;
+}
+
+std::size_t covered_slots(const Topology& t) {
+  return static_cast<std::size_t>(
+      std::count_if(t.owners.begin(), t.owners.end(), [](auto o) { return o != kNoOwner; }));
+}
+
+}  // namespace
+
+ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout) {
+  ClusterSurvey s;
+  NodeClient client;
+  if (!client.connect(seed, timeout)) {
+    s.error = "cannot reach the seed node " + client.error();
+    return s;
+  }
+  auto shards = client.command({"CLUSTER", "SHARDS"});
+  if (!shards) {
+    s.error = client.error();
+    return s;
+  }
+  if (!shards->is_error()) {
+    auto parsed = parse_cluster_shards(*shards);
+    if (!parsed.ok()) {
+      s.error = seed.str() + ": CLUSTER SHARDS: " + parsed.error;
+      return s;
+    }
+    s.merged = std::move(parsed.topology);
+  } else if (shards->str.find("cluster support disabled") != std::string::npos) {
+    s.error = seed.str() + " is not in cluster mode (" + shards->str + ")";
+    return s;
+  } else {
+    // Servers before 7.0 have no CLUSTER SHARDS: the seed's CLUSTER NODES is the base then.
+    std::string error;
+    auto nodes = read_nodes(client, error);
+    if (!nodes) {
+      s.error = error;
+      return s;
+    }
+    s.merged = std::move(*nodes);
+  }
+  // Every node's own CLUSTER NODES: its epochs, flags and open slots, and its opinion of everyone else.
+  const auto known = s.merged.nodes;
+  for (const auto& node : known) {
+    if (node.port == 0 || node.address().empty()) continue;
+    NodeClient c;
+    const HostPort where{node.address(), node.port};
+    std::string error;
+    std::optional<Topology> view;
+    if (c.connect(where, timeout)) view = read_nodes(c, error);
+    if (!view) {
+      s.unreachable.push_back(error.empty() ? c.error() : error);
+      continue;
+    }
+    merge(s.merged, *view);
+    s.views.push_back(std::move(*view));
+  }
+  // CLUSTER SHARDS calls every replica whose replication offset is 0 "loading", and an idle master's offset
+  // stays 0 however long its replicas have been in sync. Ask such a replica itself before calling it loading.
+  for (auto& node : s.merged.nodes) {
+    if (node.health != Health::kLoading || node.port == 0) continue;
+    NodeClient c;
+    if (!c.connect(HostPort{node.address(), node.port}, timeout)) continue;
+    const auto info = c.command({"INFO", "replication"});
+    if (info && !info->is_error() && info->str.find("master_link_status:up") != std::string::npos &&
+        info->str.find("master_sync_in_progress:0") != std::string::npos) {
+      node.health = Health::kOnline;
+    }
+  }
+  return s;
+}
+
+int run_status(const CommonOptions& options, std::ostream& out, std::ostream& err) {
+  std::string error;
+  const auto seed = parse_host_port(options.cluster, error);
+  if (!seed) {
+    err << "slotshift status: --cluster: " << error << "\n";
+    return 2;
+  }
+  const auto s = survey_cluster(*seed, options.timeout);
+  if (!s.error.empty()) {
+    err << "slotshift status: " << s.error << "\n";
+    return 1;
+  }
+  const auto masters = s.merged.masters();
+  if (options.json) {
+    nlohmann::json j;
+    j["seed"] = seed->str();
+    j["slots_covered"] = covered_slots(s.merged);
+    auto nodes = nlohmann::json::array();
+    for (const auto& n : s.merged.nodes)
+      nodes.push_back(node_json(n));
+    j["nodes"] = nodes;
+    j["unreachable"] = s.unreachable;
+    out << j.dump(2) << "\n";
+    return s.unreachable.empty() ? 0 : 1;
+  }
+  out << "cluster seen from " << seed->str() << ": " << masters.size() << " masters, "
+      << s.merged.nodes.size() - masters.size() << " other nodes, " << covered_slots(s.merged) << " of "
+      << kSlotCount << " slots covered\n";
+  for (const auto* m : masters) {
+    out << "  master  " << short_id(m->id) << "  " << m->address() << ":" << m->port << "  epoch "
+        << (m->config_epoch ? std::to_string(*m->config_epoch) : "?") << "  " << m->slot_count() << " slots "
+        << (m->slots.empty() ? "(none)" : format_slot_ranges(m->slots));
+    if (m->flags && (m->flags->fail || m->flags->pfail)) out << "  [" << format_flags(*m->flags) << "]";
+    out << "\n";
+    for (const auto* r : s.merged.replicas_of(m->id)) {
+      out << "    replica " << short_id(r->id) << "  " << r->address() << ":" << r->port;
+      if (r->replication_offset) out << "  offset " << *r->replication_offset;
+      if (r->health != Health::kUnknown) out << "  " << health_name(r->health);
+      out << "\n";
+    }
+  }
+  for (const auto& u : s.unreachable)
+    out << "  unreachable: " << u << "\n";
+  return s.unreachable.empty() ? 0 : 1;
+}
+
+int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err) {
+  std::string error;
+  const auto seed = parse_host_port(options.cluster, error);
+  if (!seed) {
+    err << "slotshift check: --cluster: " << error << "\n";
+    return 2;
+  }
+  const auto s = survey_cluster(*seed, options.timeout);
+  if (!s.error.empty()) {
+    err << "slotshift check: " << s.error << "\n";
+    return 1;
+  }
+  auto findings = check(s.merged);
+  for (auto& f : compare_views(s.views))
+    findings.push_back(std::move(f));
+  const bool clean = findings.empty() && s.unreachable.empty();
+  if (options.json) {
+    nlohmann::json j;
+    j["ok"] = clean;
+    j["nodes_asked"] = s.views.size();
+    auto list = nlohmann::json::array();
+    for (const auto& f : findings)
+      list.push_back(finding_json(f));
+    j["findings"] = list;
+    j["unreachable"] = s.unreachable;
+    out << j.dump(2) << "\n";
+    return clean ? 0 : 1;
+  }
+  out << "asked " << s.views.size() << " nodes; " << covered_slots(s.merged) << " of " << kSlotCount
+      << " slots covered\n";
+  for (const auto& u : s.unreachable)
+    out << "  unreachable: " << u << "\n";
+  for (const auto& f : findings)
+    out << "  " << finding_kind_name(f.kind) << ": " << f.message << "\n";
+  out << (clean ? "OK: all nodes agree, every slot is covered, nothing is open\n"
+                : "NOT OK: " + std::to_string(findings.size() + s.unreachable.size()) + " problem(s)\n");
+  return clean ? 0 : 1;
+}
+
+}  // namespace slotshift

@@ -1,0 +1,36 @@
+// The orchestrator's subcommands, callable from main and from tests. Each returns the process exit code and
+// writes human or JSON output to `out`, diagnostics to `err`.
+#pragma once
+
+#include <chrono>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "common/topology.h"
+#include "orchestrator/node_client.h"
+
+namespace slotshift {
+
+struct CommonOptions {
+  std::string cluster;  // HOST:PORT of any node
+  bool json = false;
+  std::chrono::milliseconds timeout{2000};  // per connection and per reply
+};
+
+// What the orchestrator learns by asking every node: the seed's CLUSTER SHARDS (CLUSTER NODES on servers
+// without it) merged with the CLUSTER NODES of every reachable node, each node's own view, and who did not
+// answer.
+struct ClusterSurvey {
+  Topology merged;
+  std::vector<Topology> views;
+  std::vector<std::string> unreachable;  // "127.0.0.1:7002: Connection refused"
+  std::string error;                     // set when not even the seed could be read
+};
+
+ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout);
+
+int run_status(const CommonOptions& options, std::ostream& out, std::ostream& err);
+int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err);
+
+}  // namespace slotshift

@@ -1,0 +1,42 @@
+// A blocking control connection from the orchestrator to one cluster node. Every call has a deadline;
+// failures are values (a message a user can act on), never exceptions.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/host_port.h"
+#include "common/resp.h"
+
+struct redisContext;
+
+namespace slotshift {
+
+class NodeClient {
+ public:
+  NodeClient() = default;
+  ~NodeClient();
+  NodeClient(NodeClient&& other) noexcept;
+  NodeClient& operator=(NodeClient&& other) noexcept;
+  NodeClient(const NodeClient&) = delete;
+  NodeClient& operator=(const NodeClient&) = delete;
+
+  // Connects within `timeout`; later calls use the same timeout per reply. False (see error()) on failure.
+  bool connect(const HostPort& node, std::chrono::milliseconds timeout);
+  // Sends one command and waits for its reply. nullopt on a connection failure or timeout; a Redis error
+  // reply is a Value whose is_error() is true.
+  std::optional<resp::Value> command(const std::vector<std::string>& args);
+
+  const std::string& error() const { return error_; }
+  const HostPort& node() const { return node_; }
+
+ private:
+  HostPort node_;
+  redisContext* ctx_ = nullptr;
+  std::string error_;
+};
+
+}  // namespace slotshift

@@ -1,0 +1,95 @@
+// slotshift status and check against a live cluster, as a user runs them: exit codes and what they print.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "tests/integration/fixture.h"
+
+using namespace slotshift;
+
+namespace {
+
+const std::string kSlotshift = std::string(SLOTSHIFT_BINARY_DIR) + "/orchestrator/slotshift";
+
+test::RunResult slotshift_cmd(const std::string& args) {
+  return test::run_capture(kSlotshift + " " + args + " 2>&1");
+}
+
+std::string node_id(test::Connection& c) {
+  auto r = c.command({"CLUSTER", "MYID"});
+  return std::string(r->str, r->len);
+}
+
+}  // namespace
+
+TEST_CASE("status and check on a healthy cluster with replicas") {
+  auto& cluster = test::shared_cluster(3, 1);
+  const auto seed = cluster.nodes().front().str();
+
+  auto status = slotshift_cmd("status --cluster " + seed);
+  CHECK(status.exit_code == 0);
+  CHECK(status.out.find("3 masters") != std::string::npos);
+  CHECK(status.out.find("16384 of 16384 slots covered") != std::string::npos);
+
+  auto json = slotshift_cmd("status --json --cluster " + seed);
+  REQUIRE(json.exit_code == 0);
+  const auto j = nlohmann::json::parse(json.out);
+  CHECK(j["slots_covered"] == 16384);
+  CHECK(j["nodes"].size() == 6);
+  int masters = 0;
+  for (const auto& n : j["nodes"]) {
+    if (n["role"] == "master") {
+      ++masters;
+      CHECK(n.contains("config_epoch"));
+      CHECK(n["slot_count"].get<int>() > 5000);
+    }
+  }
+  CHECK(masters == 3);
+
+  auto check = slotshift_cmd("check --cluster " + seed);
+  CHECK(check.exit_code == 0);
+  CHECK(check.out.find("OK: all nodes agree") != std::string::npos);
+}
+
+TEST_CASE("check reports an open slot, and is clean again once it is closed") {
+  auto& cluster = test::shared_cluster(3, 1);
+  const auto masters = cluster.masters();
+  REQUIRE(masters.size() == 3);
+  test::Connection a(masters[0]), b(masters[1]);
+  const auto a_id = node_id(a);
+  // Some slot a owns: ask a which slots it serves.
+  auto slots = a.command({"CLUSTER", "SLOTS"});
+  std::string slot;
+  for (std::size_t i = 0; i < slots->elements && slot.empty(); ++i) {
+    auto* range = slots->element[i];
+    if (range->element[2]->element[1]->integer == masters[0].port)
+      slot = std::to_string(range->element[0]->integer);
+  }
+  REQUIRE_FALSE(slot.empty());
+  auto r = b.command({"CLUSTER", "SETSLOT", slot, "IMPORTING", a_id});
+  REQUIRE(std::string(r->str) == "OK");
+
+  auto check = slotshift_cmd("check --json --cluster " + cluster.nodes().front().str());
+  CHECK(check.exit_code == 1);
+  const auto j = nlohmann::json::parse(check.out);
+  CHECK(j["ok"] == false);
+  bool importing = false;
+  for (const auto& f : j["findings"])
+    importing |= f["kind"] == "slot-importing" && f["slots"] == slot;
+  CHECK_MESSAGE(importing, check.out);
+
+  r = b.command({"CLUSTER", "SETSLOT", slot, "STABLE"});
+  REQUIRE(std::string(r->str) == "OK");
+  CHECK(slotshift_cmd("check --cluster " + cluster.nodes().front().str()).exit_code == 0);
+}
+
+TEST_CASE("bad input and unreachable seeds get a clear error and a non-zero exit") {
+  auto bad = slotshift_cmd("status --cluster nonsense");
+  CHECK(bad.exit_code == 2);
+  CHECK(bad.out.find("expected HOST:PORT") != std::string::npos);
+  auto down = slotshift_cmd("check --cluster 127.0.0.1:1 --timeout-ms 500");
+  CHECK(down.exit_code == 1);
+  CHECK(down.out.find("cannot reach the seed node 127.0.0.1:1") != std::string::npos);
+  CHECK(slotshift_cmd("frobnicate").exit_code != 0);
+}
