@@ -1,16 +1,137 @@
-// slotshift-proxy: one Redis endpoint for a whole cluster. Routing lands with the proxy issue; until then the
-// program says so instead of pretending to serve.
+// slotshift-proxy: one Redis endpoint for a whole Redis Cluster.
 #include <CLI/CLI.hpp>
 
+#include <pthread.h>
+#include <sys/resource.h>
+#include <csignal>
 #include <cstdio>
+#include <thread>
+
+#include "proxy/config.h"
+#include "proxy/worker.h"
+
+using namespace slotshift;
 
 int main(int argc, char** argv) {
-  CLI::App app{"slotshift-proxy: one Redis endpoint for a whole Redis Cluster"};
-  std::string listen = "127.0.0.1:6380";
-  std::string seeds;
-  app.add_option("--listen", listen, "HOST:PORT to accept clients on");
-  app.add_option("--seed", seeds, "HOST:PORT[,...] of cluster nodes to learn the topology from");
+  CLI::App app{"slotshift-proxy: plain Redis clients use a whole Redis Cluster as one Redis"};
+  proxy::Config config;
+  config.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::string listen, seeds, config_file;
+  long request_timeout_ms = 0, connect_timeout_ms = 0, refresh_ms = 0, idle_s = 0;
+  std::size_t max_clients = 0, max_bulk = 0, max_output = 0, max_pipeline = 0;
+  int threads = 0;
+  bool allow_admin = false;
+  auto* o_listen =
+      app.add_option("--listen", listen, "HOST:PORT to accept clients on (default 127.0.0.1:6380)");
+  auto* o_seed =
+      app.add_option("--seed", seeds, "HOST:PORT[,...] of cluster nodes to learn the topology from");
+  app.add_option("--config", config_file,
+                 "JSON file of settings (keys are these flags' names without dashes)");
+  auto* o_threads =
+      app.add_option("--threads", threads, "worker threads, each with its own loop (default: cores)")
+          ->check(CLI::Range(1, 256));
+  auto* o_rt = app.add_option("--request-timeout-ms", request_timeout_ms, "deadline of every request (5000)")
+                   ->check(CLI::Range(1L, 3600000L));
+  auto* o_ct =
+      app.add_option("--connect-timeout-ms", connect_timeout_ms, "deadline to connect to a node (1000)")
+          ->check(CLI::Range(1L, 600000L));
+  auto* o_refresh = app.add_option("--refresh-interval-ms", refresh_ms, "slot map reload period (10000)")
+                        ->check(CLI::Range(100L, 3600000L));
+  auto* o_clients =
+      app.add_option("--max-clients", max_clients, "client connections accepted at once (10000)");
+  auto* o_bulk = app.add_option("--max-bulk-bytes", max_bulk, "largest argument accepted (536870912)");
+  auto* o_output =
+      app.add_option("--max-client-output-bytes", max_output,
+                     "unread replies kept for a slow client before it is disconnected (67108864)");
+  auto* o_pipeline = app.add_option("--max-pipeline", max_pipeline,
+                                    "requests in flight per client before reading pauses (100000)");
+  auto* o_idle = app.add_option("--idle-timeout-s", idle_s, "close clients idle this long; 0 never (0)");
+  auto* o_admin =
+      app.add_flag("--allow-admin-commands", allow_admin,
+                   "pass SHUTDOWN, CONFIG SET, DEBUG, CLUSTER ... through instead of refusing them");
   CLI11_PARSE(app, argc, argv);
-  std::fprintf(stderr, "slotshift-proxy: request routing is not part of this build yet\n");
-  return 2;
+
+  if (!config_file.empty()) {
+    const auto error = proxy::load_config_file(config_file, config);
+    if (!error.empty()) {
+      std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
+      return 2;
+    }
+  }
+  std::string error;
+  if (o_listen->count()) {
+    auto hp = parse_host_port(listen, error);
+    if (!hp) {
+      std::fprintf(stderr, "slotshift-proxy: --listen: %s\n", error.c_str());
+      return 2;
+    }
+    config.listen = *hp;
+  }
+  if (o_seed->count()) {
+    config.seeds.clear();
+    std::size_t pos = 0;
+    while (pos <= seeds.size()) {
+      auto comma = seeds.find(',', pos);
+      if (comma == std::string::npos) comma = seeds.size();
+      auto hp = parse_host_port(seeds.substr(pos, comma - pos), error);
+      if (!hp) {
+        std::fprintf(stderr, "slotshift-proxy: --seed: %s\n", error.c_str());
+        return 2;
+      }
+      config.seeds.push_back(*hp);
+      pos = comma + 1;
+    }
+  }
+  if (o_threads->count()) config.threads = threads;
+  if (o_rt->count()) config.request_timeout = std::chrono::milliseconds(request_timeout_ms);
+  if (o_ct->count()) config.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
+  if (o_refresh->count()) config.refresh_interval = std::chrono::milliseconds(refresh_ms);
+  if (o_clients->count()) config.max_clients = max_clients;
+  if (o_bulk->count()) config.max_bulk_bytes = max_bulk;
+  if (o_output->count()) config.max_client_output = max_output;
+  if (o_pipeline->count()) config.max_pipeline = max_pipeline;
+  if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
+  if (o_admin->count()) config.allow_admin_commands = allow_admin;
+  if (config.seeds.empty()) {
+    std::fprintf(stderr, "slotshift-proxy: --seed is required (HOST:PORT of at least one cluster node)\n");
+    return 2;
+  }
+
+  // Every client and backend connection is a descriptor: raise the soft limit as far as the hard one allows.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    const rlim_t want = static_cast<rlim_t>(config.max_clients) + 1024;
+    if (nofile.rlim_cur < want) {
+      nofile.rlim_cur = std::min(want, nofile.rlim_max);
+      setrlimit(RLIMIT_NOFILE, &nofile);
+      if (nofile.rlim_cur < want) {
+        std::fprintf(stderr,
+                     "slotshift-proxy: warning: open files limited to %lu, below max-clients + 1024\n",
+                     static_cast<unsigned long>(nofile.rlim_cur));
+      }
+    }
+  }
+
+  // Signals are taken by this thread alone (sigwait below); the workers never see them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  proxy::Proxy proxy(config);
+  error = proxy.start();
+  if (!error.empty()) {
+    std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "slotshift-proxy: listening on %s with %d thread(s), seeds %s\n",
+               config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str());
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "slotshift-proxy: signal %d, stopping\n", sig);
+  proxy.stop();
+  proxy.wait();
+  return 0;
 }

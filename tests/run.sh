@@ -20,6 +20,10 @@ while [ $# -gt 0 ]; do
 done
 
 deploy/local/install-deps.sh
+# ioredis for the client tests, at the version package-lock.json pins.
+if [ ! -d tests/integration/ioredis/node_modules/ioredis ]; then
+  (cd tests/integration/ioredis && npm ci --no-audit --no-fund --loglevel=error)
+fi
 jobs=$(nproc)
 cmake --preset "$preset" >/dev/null
 cmake --build --preset "$preset" -j "$jobs"

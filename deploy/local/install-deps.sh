@@ -9,6 +9,9 @@ packages=(
   redis-server redis-tools python3 python3-redis
 )
 
+# Node.js runs the ioredis client tests; a machine that already has node and npm (from any source) keeps them.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -1,0 +1,298 @@
+#include "proxy/backend.h"
+
+#include <cstring>
+
+#include "proxy/errors.h"
+#include "proxy/worker.h"
+
+namespace slotshift::proxy {
+
+Backend::Backend(Worker& worker, HostPort address)
+    : worker_(worker), address_(std::move(address)), name_(address_.str()) {}
+
+Backend::~Backend() {
+  if (dirty_) worker_.forget_dirty(this);
+  if (conn_) close_conn();
+}
+
+void Backend::shutdown() {
+  std::deque<Pending> pending;
+  pending.swap(pending_);
+  if (conn_) close_conn();
+  for (auto& p : pending) {
+    if (p.internal) p.internal(nullptr);
+  }
+}
+
+void Backend::mark_dirty() {
+  if (!dirty_) {
+    dirty_ = true;
+    worker_.mark_dirty(this);
+  }
+}
+
+void Backend::send(const RequestPtr& request, bool asking) {
+  if (!conn_) connect();
+  Pending p;
+  p.request = request;
+  p.attempt = request->attempt;
+  p.remaining = request->replies_per_send;
+  auto& out = conn_->out.buffer();
+  if (asking) {
+    out.append("*1\r\n$6\r\nASKING\r\n");
+    queued_bytes_ += 16;
+    p.skip = 1;
+  }
+  out.append(request->wire);
+  queued_bytes_ += request->wire.size();
+  p.end_offset = queued_bytes_;
+  if (pending_.empty()) last_activity_ms_ = worker_.now_ms();
+  pending_.push_back(std::move(p));
+  mark_dirty();
+}
+
+void Backend::send_internal(std::string wire, InternalCallback done) {
+  if (!conn_) connect();
+  Pending p;
+  p.internal = std::move(done);
+  conn_->out.buffer().append(wire);
+  queued_bytes_ += wire.size();
+  p.end_offset = queued_bytes_;
+  if (pending_.empty()) last_activity_ms_ = worker_.now_ms();
+  pending_.push_back(std::move(p));
+  mark_dirty();
+}
+
+void Backend::flush() {
+  dirty_ = false;
+  if (!conn_ || !conn_->connected) return;  // on_connected flushes
+  const int rc = conn_->out.flush();
+  if (rc < 0) fail(std::string("write failed: ") + uv_strerror(rc));
+}
+
+void Backend::connect() {
+  conn_ = new Conn;
+  conn_->owner = this;
+  conn_->out.owner = this;
+  conn_->out.on_error = &Backend::on_write_error;
+  queued_bytes_ = 0;
+  connect_started_ms_ = worker_.now_ms();
+  last_activity_ms_ = connect_started_ms_;
+  scanner_.reset();
+  worker_.stats().backend_connects.add();
+  uv_tcp_init(worker_.loop(), &conn_->tcp);
+  conn_->tcp.data = conn_;
+  conn_->out.attach(reinterpret_cast<uv_stream_t*>(&conn_->tcp));
+
+  sockaddr_storage addr{};
+  if (uv_ip4_addr(address_.host.c_str(), address_.port, reinterpret_cast<sockaddr_in*>(&addr)) == 0 ||
+      uv_ip6_addr(address_.host.c_str(), address_.port, reinterpret_cast<sockaddr_in6*>(&addr)) == 0) {
+    start_connect(reinterpret_cast<const sockaddr*>(&addr));
+    return;
+  }
+  // A host name (a seed given by name, a node announcing a hostname): resolve without blocking the loop.
+  conn_->resolve_req.data = conn_;
+  conn_->resolving = true;
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  const std::string port = std::to_string(address_.port);
+  const int rc = uv_getaddrinfo(worker_.loop(), &conn_->resolve_req, &Backend::on_resolved,
+                                address_.host.c_str(), port.c_str(), &hints);
+  if (rc < 0) {
+    conn_->resolving = false;
+    fail(std::string("cannot resolve: ") + uv_strerror(rc));
+  }
+}
+
+void Backend::on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res) {
+  auto* conn = static_cast<Conn*>(req->data);
+  conn->resolving = false;
+  Backend* self = conn->owner;
+  if (!self || conn->closing) {
+    if (res) uv_freeaddrinfo(res);
+    if (conn->tcp_closed) delete conn;  // the handle closed while we resolved: the Conn is ours to free
+    return;
+  }
+  if (status < 0 || !res) {
+    if (res) uv_freeaddrinfo(res);
+    self->fail(std::string("cannot resolve ") + self->address_.host + ": " + uv_strerror(status));
+    return;
+  }
+  self->start_connect(res->ai_addr);
+  uv_freeaddrinfo(res);
+}
+
+void Backend::start_connect(const sockaddr* addr) {
+  uv_tcp_nodelay(&conn_->tcp, 1);
+  conn_->connect_req.data = conn_;
+  const int rc = uv_tcp_connect(&conn_->connect_req, &conn_->tcp, addr, &Backend::on_connect_cb);
+  if (rc < 0) fail(std::string("cannot connect: ") + uv_strerror(rc));
+}
+
+void Backend::on_connect_cb(uv_connect_t* req, int status) {
+  auto* conn = static_cast<Conn*>(req->data);
+  if (!conn->owner || conn->closing) return;
+  conn->owner->on_connected(status);
+}
+
+void Backend::on_connected(int status) {
+  if (status < 0) {
+    fail(std::string("cannot connect: ") + uv_strerror(status));
+    return;
+  }
+  conn_->connected = true;
+  last_activity_ms_ = worker_.now_ms();
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&conn_->tcp), &Backend::on_alloc, &Backend::on_read_cb);
+  flush();
+}
+
+void Backend::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
+  auto* conn = static_cast<Conn*>(handle->data);
+  std::size_t hint = conn->owner ? conn->owner->scanner_.size_hint() : 0;
+  *buf = conn->in.prepare(64 * 1024, hint);
+}
+
+void Backend::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+  auto* conn = static_cast<Conn*>(stream->data);
+  if (!conn->owner || conn->closing) return;
+  conn->owner->on_read(nread);
+}
+
+void Backend::on_write_error(void* owner, int status) {
+  auto* self = static_cast<Backend*>(owner);
+  self->fail(std::string("write failed: ") + uv_strerror(status));
+}
+
+void Backend::on_read(ssize_t nread) {
+  if (nread == 0 || nread == UV_EAGAIN) return;
+  if (nread < 0) {
+    fail(nread == UV_EOF ? "connection closed by the server"
+                         : std::string("read failed: ") + uv_strerror(static_cast<int>(nread)));
+    return;
+  }
+  Conn* conn = conn_;
+  conn->in.commit(static_cast<std::size_t>(nread));
+  last_activity_ms_ = worker_.now_ms();
+  while (conn_ == conn) {
+    const std::string_view data = conn->in.data();
+    const auto status = scanner_.scan(data);
+    if (status == resp::Status::kIncomplete) break;
+    if (status == resp::Status::kError) {
+      fail("invalid reply from the server: " + scanner_.error());
+      return;
+    }
+    const std::size_t size = scanner_.size();
+    scanner_.reset();
+    // handle_reply may fail() this backend (which would free the buffer), so take the bytes out first.
+    const std::string_view reply = data.substr(0, size);
+    handle_reply(reply);
+    if (conn_ != conn) return;
+    conn->in.consume(size);
+  }
+  if (conn_ == conn && conn->in.size() == 0 && conn->in.capacity() > (1u << 20)) conn->in.shrink(64 * 1024);
+  worker_.flush_backends();
+}
+
+void Backend::handle_reply(std::string_view reply) {
+  if (pending_.empty()) {
+    fail("the server sent a reply nobody asked for");
+    return;
+  }
+  Pending& p = pending_.front();
+  if (p.skip > 0) {
+    --p.skip;
+    return;
+  }
+  if (p.internal) {
+    auto cb = std::move(p.internal);
+    pending_.pop_front();
+    const std::string copy(reply);
+    cb(&copy);
+    return;
+  }
+  if (--p.remaining > 0) {
+    p.collected.append(reply);
+    return;
+  }
+  RequestPtr request = std::move(p.request);
+  const bool current = !request->done && request->attempt == p.attempt;
+  std::string bytes;
+  if (p.collected.empty()) {
+    bytes.assign(reply);
+  } else {
+    bytes = std::move(p.collected);
+    bytes.append(reply);
+  }
+  pending_.pop_front();
+  if (current) worker_.on_backend_reply(request, std::move(bytes));
+}
+
+void Backend::check_deadlines(std::uint64_t now_ms) {
+  if (pending_.empty()) return;
+  const auto timeout = static_cast<std::uint64_t>(worker_.config().request_timeout.count());
+  if (conn_ && !conn_->connected &&
+      now_ms - connect_started_ms_ > static_cast<std::uint64_t>(worker_.config().connect_timeout.count())) {
+    fail("connect timed out");
+    return;
+  }
+  for (auto& p : pending_) {
+    if (!p.request) continue;
+    Request& r = *p.request;
+    if (r.done || r.attempt != p.attempt) continue;
+    if (r.deadline_ms == 0 || r.deadline_ms > now_ms) break;
+    worker_.stats().errors_timeout.add();
+    worker_.complete(
+        p.request, errors::timeout("no reply from " + name_ + " within " + std::to_string(timeout) + " ms"));
+  }
+  // Nothing at all came back for a whole request timeout while commands were waiting: the node or the path to
+  // it is gone (a blocking command on a dedicated connection has no deadline and never trips this).
+  const bool waiting_for_deadlined =
+      !pending_.empty() && (!pending_.front().request || pending_.front().request->deadline_ms != 0);
+  if (waiting_for_deadlined && now_ms - last_activity_ms_ > timeout)
+    fail("no reply for " + std::to_string(timeout) + " ms");
+}
+
+void Backend::close_conn() {
+  Conn* conn = conn_;
+  conn_ = nullptr;
+  conn->owner = nullptr;
+  conn->closing = true;
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&conn->tcp))) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&conn->tcp), [](uv_handle_t* h) {
+      auto* c = static_cast<Conn*>(h->data);
+      c->tcp_closed = true;
+      if (!c->resolving) delete c;
+    });
+  }
+}
+
+void Backend::fail(std::string_view why) {
+  std::deque<Pending> pending;
+  pending.swap(pending_);
+  std::uint64_t written = 0;
+  if (conn_) {
+    written = conn_->out.written_total();
+    close_conn();
+  }
+  worker_.stats().backend_failures.add();
+  worker_.router().refresh_soon();
+  const std::string cause = name_ + ": " + std::string(why);
+  for (auto& p : pending) {
+    if (p.internal) {
+      p.internal(nullptr);
+      continue;
+    }
+    RequestPtr& r = p.request;
+    if (r->done || r->attempt != p.attempt) continue;
+    // A command that never reached the kernel was certainly not run; a read-only one may run twice.
+    if (p.end_offset > written || r->idempotent) {
+      worker_.retry_later(r, 50, cause);
+    } else {
+      worker_.stats().errors_backend.add();
+      worker_.complete(r, errors::backend_lost(name_));
+    }
+  }
+}
+
+}  // namespace slotshift::proxy

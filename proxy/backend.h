@@ -1,0 +1,108 @@
+// One connection from a worker to one cluster node, shared by every client session of that worker (or, for
+// blocking commands, owned by one session). Requests are written in order and their replies matched first in,
+// first out, so the connection never needs to know which client a reply is for.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "common/host_port.h"
+#include "common/resp.h"
+#include "proxy/buffer.h"
+#include "proxy/request.h"
+#include "proxy/stream_writer.h"
+
+namespace slotshift::proxy {
+
+class Worker;
+
+class Backend {
+ public:
+  Backend(Worker& worker, HostPort address);
+  ~Backend();
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  const HostPort& address() const { return address_; }
+  const std::string& name() const { return name_; }
+  bool connected() const { return conn_ && conn_->connected; }
+  std::size_t inflight() const { return pending_.size(); }
+
+  // Queues the request's bytes (after an ASKING when `asking`), connecting first if need be. Bytes are
+  // written at the worker's next flush, so every request of one client read goes out in one write.
+  void send(const RequestPtr& request, bool asking);
+  // A command of the proxy's own (topology refresh). `done` gets the reply, or nullptr on failure.
+  using InternalCallback = std::function<void(const std::string* reply)>;
+  void send_internal(std::string wire, InternalCallback done);
+
+  // Writes what was queued. Called by the worker once per loop iteration for every backend that has output.
+  void flush();
+  // Answers requests whose deadline passed (their late replies are dropped when they come), and gives up on a
+  // connection that has not answered anything for a whole request timeout.
+  void check_deadlines(std::uint64_t now_ms);
+  // Fails every pending request (retrying what is safe to retry) and closes the connection; the next send
+  // reconnects.
+  void fail(std::string_view why);
+  // Closes without retrying anything: the worker is stopping or the owning client is gone.
+  void shutdown();
+
+ private:
+  struct Pending {
+    RequestPtr request;  // null for internal commands
+    InternalCallback internal;
+    std::uint32_t attempt = 0;
+    int skip = 0;                  // replies to swallow first (ASKING's +OK)
+    int remaining = 1;             // replies still expected for this request
+    std::string collected;         // transactions: every reply of the block
+    std::uint64_t end_offset = 0;  // position of the request's last byte in the output stream
+  };
+
+  // The libuv side: allocated on connect, freed by the close callback, so that callbacks in flight never see
+  // a freed Backend (`owner` is null once the Backend has let go of it).
+  struct Conn {
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_getaddrinfo_t resolve_req;
+    Backend* owner = nullptr;
+    bool connected = false;
+    bool closing = false;
+    bool resolving = false;  // a uv_getaddrinfo is under way: it must finish before the Conn is freed
+    bool tcp_closed = false;
+    ReadBuffer in;
+    StreamWriter out;
+  };
+
+  void connect();
+  void start_connect(const sockaddr* addr);
+  void on_connected(int status);
+  void on_read(ssize_t nread);
+  void handle_reply(std::string_view reply);
+  void close_conn();
+  void mark_dirty();
+
+  static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res);
+  static void on_connect_cb(uv_connect_t* req, int status);
+  static void on_alloc(uv_handle_t* handle, std::size_t suggested, uv_buf_t* buf);
+  static void on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+  static void on_write_error(void* owner, int status);
+
+  Worker& worker_;
+  HostPort address_;
+  std::string name_;
+  Conn* conn_ = nullptr;
+  std::deque<Pending> pending_;
+  std::uint64_t queued_bytes_ = 0;  // bytes ever queued on the current connection
+  std::uint64_t connect_started_ms_ = 0;
+  std::uint64_t last_activity_ms_ = 0;
+  resp::Scanner scanner_{resp::Scanner::Mode::kReply};
+  bool dirty_ = false;
+
+  friend class Worker;
+};
+
+}  // namespace slotshift::proxy

@@ -1,0 +1,40 @@
+// slotshift-proxy's configuration: command-line flags, optionally a JSON file (--config) whose keys are the
+// long flag names without dashes ("request-timeout-ms": 5000). Flags given on the command line win over the
+// file.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "common/host_port.h"
+
+namespace slotshift::proxy {
+
+struct Config {
+  HostPort listen{"127.0.0.1", 6380};
+  std::vector<HostPort> seeds;
+  int threads = 1;
+
+  // Every request has a deadline; a client gets an error naming the cause once it passes.
+  std::chrono::milliseconds request_timeout{5000};
+  std::chrono::milliseconds connect_timeout{1000};
+  // The slot map is refreshed on MOVED, on a backend failure, and at least this often.
+  std::chrono::milliseconds refresh_interval{10000};
+  int max_redirects = 5;
+
+  std::size_t max_clients = 10000;              // per process; more are refused with Redis's own error
+  std::size_t max_bulk_bytes = 512ull << 20;    // one argument (Redis's proto-max-bulk-len)
+  std::size_t max_arguments = 1024 * 1024;      // arguments in one command
+  std::size_t max_client_output = 64ull << 20;  // replies waiting for a slow reader; past it, disconnect
+  std::size_t max_pipeline = 100000;            // requests in flight per client; past it, stop reading
+  std::chrono::seconds idle_timeout{0};         // 0: never close idle clients
+  bool allow_admin_commands = false;            // SHUTDOWN, CONFIG SET, DEBUG, CLUSTER writes, ...
+};
+
+// Reads a JSON config file into `config`, leaving fields the file does not name as they are. Returns an error
+// message, empty on success.
+std::string load_config_file(const std::string& path, Config& config);
+
+}  // namespace slotshift::proxy

@@ -1,0 +1,63 @@
+// Every error reply a client of slotshift-proxy can see that the proxy itself writes, in one place. Where
+// Redis has its own wording for the same situation, the proxy uses it, so clients and their error handling
+// behave as with a single Redis.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace slotshift::proxy::errors {
+
+// Redis's own errors.
+inline std::string unknown_command(std::string_view name, std::string_view args_preview) {
+  return "-ERR unknown command '" + std::string(name) +
+         "', with args beginning with: " + std::string(args_preview) + "\r\n";
+}
+inline std::string wrong_arity(std::string_view name) {
+  return "-ERR wrong number of arguments for '" + std::string(name) + "' command\r\n";
+}
+inline constexpr std::string_view kCrossSlot = "-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+inline constexpr std::string_view kSyntax = "-ERR syntax error\r\n";
+inline constexpr std::string_view kDbIndexOutOfRange = "-ERR DB index is out of range\r\n";
+inline constexpr std::string_view kSelectNotAllowed = "-ERR SELECT is not allowed in cluster mode\r\n";
+inline constexpr std::string_view kNotInteger = "-ERR value is not an integer or out of range\r\n";
+inline constexpr std::string_view kNoProto = "-NOPROTO sorry, this protocol version is not supported\r\n";
+inline constexpr std::string_view kMultiNested = "-ERR MULTI calls can not be nested\r\n";
+inline constexpr std::string_view kExecWithoutMulti = "-ERR EXEC without MULTI\r\n";
+inline constexpr std::string_view kDiscardWithoutMulti = "-ERR DISCARD without MULTI\r\n";
+inline constexpr std::string_view kExecAbort =
+    "-EXECABORT Transaction discarded because of previous errors.\r\n";
+inline constexpr std::string_view kClusterDisabled = "-ERR This instance has cluster support disabled\r\n";
+inline std::string protocol_error(std::string_view message) {
+  return "-ERR " + std::string(message) + "\r\n";
+}
+
+// The proxy's own situations. They start with ERR (so clients treat them as command errors) and say
+// "slotshift" so that a user can tell them from the server's.
+inline std::string refused_admin(std::string_view name) {
+  return "-ERR slotshift-proxy refuses '" + std::string(name) +
+         "': administrative commands are not fanned out to the cluster unless allow-admin-commands is "
+         "set\r\n";
+}
+inline std::string unsupported(std::string_view name, std::string_view why) {
+  return "-ERR slotshift-proxy does not support '" + std::string(name) + "': " + std::string(why) + "\r\n";
+}
+inline std::string timeout(std::string_view cause) {
+  return "-ERR slotshift-proxy: request timed out: " + std::string(cause) + "\r\n";
+}
+inline std::string backend_lost(std::string_view node) {
+  return "-ERR slotshift-proxy: connection to " + std::string(node) +
+         " was lost after the command was sent; it may or may not have been applied\r\n";
+}
+inline std::string no_owner(unsigned slot) {
+  return "-CLUSTERDOWN slotshift-proxy: no node serves hash slot " + std::to_string(slot) +
+         " (topology unknown or slot uncovered)\r\n";
+}
+inline std::string too_many_redirects(std::string_view last) {
+  return "-ERR slotshift-proxy: too many redirects, last: " + std::string(last) + "\r\n";
+}
+inline constexpr std::string_view kMaxClients = "-ERR max number of clients reached\r\n";
+inline constexpr std::string_view kTransactionTooBig =
+    "-ERR slotshift-proxy: transaction too large (queued commands exceed the request size limit)\r\n";
+
+}  // namespace slotshift::proxy::errors

@@ -1,0 +1,70 @@
+// One client command on its way through the proxy, and the parts a split or fanned-out command becomes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/command_table.h"
+#include "common/slot.h"
+
+namespace slotshift::proxy {
+
+class Session;
+class Backend;
+struct Request;
+using RequestPtr = std::shared_ptr<Request>;
+
+// How the replies of a request's parts become the client's reply.
+enum class Merge : std::uint8_t {
+  kNone,          // not split
+  kArrayByIndex,  // MGET: each part's array elements go back to the client's key positions
+  kSumIntegers,   // DEL, UNLINK, EXISTS, TOUCH, DBSIZE
+  kAllOk,         // MSET, FLUSHALL, SCRIPT FLUSH: +OK when every part says so, else the first error
+  kConcatArrays,  // KEYS
+  kFirstReply,    // SCRIPT LOAD: every master answers the same
+  kArrayMin,      // SCRIPT EXISTS: 1 only where every master has it
+  kScanCursor,    // SCAN: one master's reply, its cursor rewritten to carry the master's index
+};
+
+// Shared between the client's session (which answers in request order) and the backends it is pending on
+// (which answer in the order they were sent), so that either may go away first. A backend reply is applied
+// only while `attempt` matches the attempt it was sent with: a request that was retried elsewhere or timed
+// out ignores late replies from where it was before.
+struct Request {
+  Session* session = nullptr;  // null once the client is gone, and for parts
+  RequestPtr parent;           // for a part: the request it is a part of
+
+  std::string name;  // lower-case command name, for errors and stats
+  const CommandInfo* cmd = nullptr;
+  std::string wire;          // what is sent to a backend (a whole MULTI...EXEC block for a transaction)
+  int replies_per_send = 1;  // replies the wire produces (transactions: one per command)
+  bool has_slot = false;
+  Slot slot = 0;
+  Backend* fixed = nullptr;  // fan-out parts go to one given master, not by slot
+  bool idempotent = false;   // safe to send again after a lost connection (read-only commands)
+  bool blocking = false;     // runs on the session's dedicated connection
+
+  std::uint64_t start_ns = 0;
+  std::uint64_t deadline_ms = 0;  // loop time; 0 = none (blocking commands wait as long as the client asked)
+  std::uint32_t attempt = 0;
+  int redirects = 0;
+  std::uint64_t retry_at_ms = 0;  // TRYAGAIN/CLUSTERDOWN backoff
+  std::string last_cause;         // why it was last retried: the error if its deadline passes
+
+  bool done = false;
+  std::string reply;  // the bytes the client gets
+
+  // Splitting and fan-out.
+  Merge merge = Merge::kNone;
+  std::size_t parts_pending = 0;
+  std::size_t part_index = 0;                       // for a part: its place among the parent's parts
+  std::vector<std::string> part_replies;            // parent: replies of its parts by part_index
+  std::vector<std::vector<std::size_t>> part_keys;  // kArrayByIndex parent: each part's key positions
+  std::size_t key_count = 0;                        // kArrayByIndex parent: elements in the merged reply
+  std::size_t scan_node = 0;                        // kScanCursor parent: the master walked, of scan_nodes
+  std::size_t scan_nodes = 0;
+};
+
+}  // namespace slotshift::proxy

@@ -1,0 +1,116 @@
+#include "proxy/router.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "common/resp.h"
+#include "common/topology.h"
+#include "proxy/backend.h"
+#include "proxy/worker.h"
+
+namespace slotshift::proxy {
+
+void Router::moved(Slot slot, const HostPort& node) {
+  slots_[slot] = worker_.backend(node);
+  refresh_soon();
+}
+
+void Router::refresh_soon() {
+  if (refreshing_ || worker_.now_ms() - last_refresh_ms_ < 100) {
+    refresh_wanted_ = true;
+    return;
+  }
+  refresh();
+}
+
+std::vector<HostPort> Router::candidates() const {
+  // Nodes we already talk to first (their view is current), then the seeds.
+  std::vector<HostPort> out;
+  for (const Backend* b : masters_) {
+    if (b->connected()) out.push_back(b->address());
+  }
+  for (const Backend* b : masters_) {
+    if (!b->connected()) out.push_back(b->address());
+  }
+  for (const auto& seed : worker_.config().seeds) {
+    if (std::find(out.begin(), out.end(), seed) == out.end()) out.push_back(seed);
+  }
+  return out;
+}
+
+void Router::refresh() {
+  if (refreshing_) {
+    refresh_wanted_ = true;
+    return;
+  }
+  refreshing_ = true;
+  refresh_wanted_ = false;
+  last_refresh_ms_ = worker_.now_ms();
+  worker_.stats().topology_refreshes.add();
+  refresh_candidates_ = candidates();
+  try_next(0, true);
+}
+
+void Router::try_next(std::size_t candidate, bool shards) {
+  if (worker_.stopping()) {
+    refreshing_ = false;
+    return;
+  }
+  if (candidate >= refresh_candidates_.size()) {
+    // Nobody answered: keep the map we have, try again at the next tick.
+    refreshing_ = false;
+    refresh_wanted_ = true;
+    return;
+  }
+  std::string wire;
+  resp::append_command(wire, {"CLUSTER", shards ? "SHARDS" : "SLOTS"});
+  Backend* b = worker_.backend(refresh_candidates_[candidate]);
+  b->send_internal(std::move(wire), [this, candidate, shards](const std::string* reply) {
+    if (!reply) {
+      try_next(candidate + 1, true);
+      return;
+    }
+    apply(*reply, shards, candidate);
+  });
+}
+
+void Router::apply(const std::string& reply, bool shards, std::size_t candidate) {
+  const resp::Value value = resp::decode(reply);
+  if (value.is_error()) {
+    // Servers before 7.0 know no CLUSTER SHARDS: ask the same node for CLUSTER SLOTS.
+    if (shards && value.str.find("nknown") != std::string::npos) {
+      try_next(candidate, false);
+    } else {
+      try_next(candidate + 1, true);
+    }
+    return;
+  }
+  const TopologyResult parsed = shards ? parse_cluster_shards(value) : parse_cluster_slots(value);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "slotshift-proxy: ignoring the topology from %s: %s\n",
+                 refresh_candidates_[candidate].str().c_str(), parsed.error.c_str());
+    try_next(candidate + 1, true);
+    return;
+  }
+  const Topology& t = parsed.topology;
+  std::vector<Backend*> by_node(t.nodes.size(), nullptr);
+  std::vector<Backend*> masters;
+  for (std::size_t i = 0; i < t.nodes.size(); ++i) {
+    const Node& n = t.nodes[i];
+    if (!n.is_master() || n.slots.empty() || n.port == 0 || n.address().empty()) continue;
+    by_node[i] = worker_.backend(HostPort{n.address(), n.port});
+    masters.push_back(by_node[i]);
+  }
+  for (std::size_t s = 0; s < kSlotCount; ++s) {
+    const std::uint16_t owner = t.owners[s];
+    slots_[s] = owner == kNoOwner ? nullptr : by_node[owner];
+  }
+  std::sort(masters.begin(), masters.end(),
+            [](const Backend* a, const Backend* b) { return a->name() < b->name(); });
+  masters.erase(std::unique(masters.begin(), masters.end()), masters.end());
+  masters_ = std::move(masters);
+  loaded_ = true;
+  refreshing_ = false;
+}
+
+}  // namespace slotshift::proxy

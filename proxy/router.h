@@ -1,0 +1,53 @@
+// Which backend serves which hash slot, for one worker. A fixed array of 16384 backend pointers: a lookup is
+// one load. It is filled from CLUSTER SHARDS (CLUSTER SLOTS on servers without it) of any node that answers,
+// patched at once by a MOVED, and reloaded on MOVED, on a backend failure and on a timer.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/host_port.h"
+#include "common/slot.h"
+
+namespace slotshift::proxy {
+
+class Backend;
+class Worker;
+
+class Router {
+ public:
+  explicit Router(Worker& worker) : worker_(worker) { slots_.fill(nullptr); }
+
+  Backend* owner(Slot slot) const { return slots_[slot]; }
+  // Every master that owns at least one slot, in a stable order (by address).
+  const std::vector<Backend*>& masters() const { return masters_; }
+  bool ready() const { return loaded_; }
+
+  // A MOVED said `slot` is now served by `node`: follow it at once, and reload the whole map soon.
+  void moved(Slot slot, const HostPort& node);
+  // Something suggests the map is stale (a backend failed, CLUSTERDOWN): reload soon, at most once per 100
+  // ms.
+  void refresh_soon();
+  // Reloads now (unless a reload is already under way).
+  void refresh();
+  std::uint64_t last_refresh_ms() const { return last_refresh_ms_; }
+  bool wants_refresh() const { return refresh_wanted_; }
+
+ private:
+  void try_next(std::size_t candidate, bool shards);
+  void apply(const std::string& reply, bool shards, std::size_t candidate);
+  std::vector<HostPort> candidates() const;
+
+  Worker& worker_;
+  std::array<Backend*, kSlotCount> slots_;
+  std::vector<Backend*> masters_;
+  bool loaded_ = false;
+  bool refreshing_ = false;
+  bool refresh_wanted_ = false;
+  std::uint64_t last_refresh_ms_ = 0;
+  std::vector<HostPort> refresh_candidates_;
+};
+
+}  // namespace slotshift::proxy

@@ -1,0 +1,848 @@
+#include "proxy/session.h"
+
+#include <unistd.h>
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <type_traits>
+
+#include "common/slot.h"
+#include "proxy/backend.h"
+#include "proxy/errors.h"
+#include "proxy/worker.h"
+
+namespace slotshift::proxy {
+namespace {
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::uint64_t mono_ns() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
+}
+
+bool parse_u64(std::string_view s, std::uint64_t& out) {
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && end == s.data() + s.size() && !s.empty();
+}
+
+// Redis's "with args beginning with:" preview of an unknown command's arguments.
+std::string args_preview(std::span<const std::string_view> args) {
+  std::string out;
+  for (std::size_t i = 1; i < args.size() && out.size() < 128; ++i) {
+    out += "'" + std::string(args[i].substr(0, 128 - std::min<std::size_t>(out.size(), 128))) + "' ";
+  }
+  return out;
+}
+
+// Commands whose keys may be spread over several slots, split into one command per slot and merged back.
+struct Splittable {
+  std::string_view name;
+  Merge merge;
+  std::size_t step;  // arguments per key (MSET: key and value)
+};
+constexpr Splittable kSplittable[] = {
+    {"mget", Merge::kArrayByIndex, 1},  {"mset", Merge::kAllOk, 2},         {"del", Merge::kSumIntegers, 1},
+    {"unlink", Merge::kSumIntegers, 1}, {"exists", Merge::kSumIntegers, 1}, {"touch", Merge::kSumIntegers, 1},
+};
+
+// Keyless commands that concern the whole dataset, sent to every master and merged as a single Redis would
+// answer.
+struct FanOut {
+  std::string_view name;
+  Merge merge;
+};
+constexpr FanOut kFanOut[] = {
+    {"dbsize", Merge::kSumIntegers},     {"keys", Merge::kConcatArrays},
+    {"flushall", Merge::kAllOk},         {"flushdb", Merge::kAllOk},
+    {"script|load", Merge::kFirstReply}, {"script|flush", Merge::kAllOk},
+    {"script|exists", Merge::kArrayMin}, {"function|load", Merge::kFirstReply},
+    {"function|delete", Merge::kAllOk},  {"function|flush", Merge::kAllOk},
+};
+
+// Connection-state commands the proxy cannot give a multiplexed connection yet.
+constexpr std::string_view kUnsupportedState[] = {"watch",      "unwatch",     "subscribe",    "psubscribe",
+                                                  "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
+                                                  "monitor",    "reset",       "sync",         "psync",
+                                                  "replconf",   "readonly",    "readwrite"};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Connection
+
+Session::Session(Worker& worker)
+    : worker_(worker),
+      scanner_(resp::Scanner::Mode::kRequest,
+               resp::Limits{worker.config().max_bulk_bytes, worker.config().max_arguments, 64, 64 * 1024}) {}
+
+Session::~Session() {
+  for (auto& r : queue_)
+    r->session = nullptr;
+}
+
+void Session::accept(Worker& worker, uv_stream_t* server) {
+  auto* s = new Session(worker);
+  uv_tcp_init(worker.loop(), &s->tcp_);
+  s->tcp_.data = s;
+  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(&s->tcp_)) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&s->tcp_),
+             [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
+    return;
+  }
+  auto& clients = worker.proxy().clients();
+  if (clients.fetch_add(1) >= worker.config().max_clients) {
+    clients.fetch_sub(1);
+    worker.stats().clients_rejected.add();
+    uv_buf_t buf = uv_buf_init(const_cast<char*>(errors::kMaxClients.data()),
+                               static_cast<unsigned>(errors::kMaxClients.size()));
+    uv_try_write(reinterpret_cast<uv_stream_t*>(&s->tcp_), &buf, 1);
+    uv_close(reinterpret_cast<uv_handle_t*>(&s->tcp_),
+             [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
+    return;
+  }
+  s->id_ = worker.proxy().next_client_id().fetch_add(1);
+  s->created_ms_ = s->last_activity_ms_ = worker.now_ms();
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(&s->tcp_, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+    char ip[64] = "?";
+    int port = 0;
+    if (peer.ss_family == AF_INET) {
+      const auto* a = reinterpret_cast<const sockaddr_in*>(&peer);
+      uv_ip4_name(a, ip, sizeof ip);
+      port = ntohs(a->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      const auto* a = reinterpret_cast<const sockaddr_in6*>(&peer);
+      uv_ip6_name(a, ip, sizeof ip);
+      port = ntohs(a->sin6_port);
+    }
+    s->peer_ = std::string(ip) + ":" + std::to_string(port);
+  }
+  uv_tcp_nodelay(&s->tcp_, 1);
+  s->out_.attach(reinterpret_cast<uv_stream_t*>(&s->tcp_));
+  s->out_.owner = s;
+  s->out_.on_error = &Session::on_write_error;
+  worker.sessions_.insert(s);
+  worker.stats().clients_accepted.add();
+  worker.stats().clients_connected.add();
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&s->tcp_), &Session::on_alloc, &Session::on_read_cb);
+}
+
+void Session::close() {
+  if (closing_) return;
+  closing_ = true;
+  worker_.proxy().clients().fetch_sub(1);
+  worker_.stats().clients_connected.sub();
+  worker_.session_closed(this);
+  for (auto& [name, backend] : dedicated_)
+    backend->shutdown();
+  uv_close(reinterpret_cast<uv_handle_t*>(&tcp_),
+           [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
+}
+
+Backend* Session::dedicated(const HostPort& node) {
+  auto& b = dedicated_[node.str()];
+  if (!b) b = std::make_unique<Backend>(worker_, node);
+  return b.get();
+}
+
+void Session::check_deadlines(std::uint64_t now_ms) {
+  for (auto& [name, backend] : dedicated_)
+    backend->check_deadlines(now_ms);
+}
+
+void Session::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
+  auto* s = static_cast<Session*>(handle->data);
+  *buf = s->in_.prepare(16 * 1024, s->scanner_.size_hint());
+}
+
+void Session::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
+  static_cast<Session*>(stream->data)->on_read(nread);
+}
+
+void Session::on_write_error(void* owner, int) {
+  static_cast<Session*>(owner)->close();
+}
+
+void Session::on_read(ssize_t nread) {
+  if (closing_ || nread == 0 || nread == UV_EAGAIN) return;
+  if (nread < 0) {
+    close();
+    return;
+  }
+  in_.commit(static_cast<std::size_t>(nread));
+  last_activity_ms_ = worker_.now_ms();
+  std::vector<std::string_view> args;
+  while (!closing_ && !quit_after_flush_) {
+    const std::string_view data = in_.data();
+    const auto status = scanner_.scan(data);
+    if (status == resp::Status::kIncomplete) break;
+    if (status == resp::Status::kError) {
+      // As Redis does: say what was wrong, then close. Earlier replies still go out first.
+      worker_.stats().errors_protocol.add();
+      answer("", errors::protocol_error(scanner_.error()));
+      quit_after_flush_ = true;
+      break;
+    }
+    const std::size_t size = scanner_.size();
+    args = scanner_.args(data);
+    if (!args.empty()) handle(args, data.substr(0, size));
+    scanner_.reset();
+    in_.consume(size);
+  }
+  if (in_.size() == 0 && in_.capacity() > (1u << 20)) in_.shrink(16 * 1024);
+  worker_.flush_backends();
+  flush_replies();
+  // Backpressure: a client that pipelines faster than the cluster answers is not read until it catches up.
+  if (!closing_ && reading_ && queue_.size() >= worker_.config().max_pipeline) {
+    reading_ = false;
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  }
+}
+
+void Session::check_idle(std::uint64_t now_ms) {
+  const auto idle = static_cast<std::uint64_t>(worker_.config().idle_timeout.count()) * 1000;
+  if (idle > 0 && queue_.empty() && now_ms - last_activity_ms_ > idle) {
+    worker_.stats().clients_idle.add();
+    close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Replies in order
+
+RequestPtr Session::new_request(std::string name, const CommandInfo* cmd) {
+  auto r = std::make_shared<Request>();
+  r->session = this;
+  r->name = std::move(name);
+  r->cmd = cmd;
+  r->start_ns = mono_ns();
+  r->deadline_ms = worker_.now_ms() + static_cast<std::uint64_t>(worker_.config().request_timeout.count());
+  r->idempotent = cmd && cmd->has_flag(CommandFlag::kReadonly) && !cmd->has_flag(CommandFlag::kWrite);
+  return r;
+}
+
+void Session::enqueue(const RequestPtr& request) {
+  queue_.push_back(request);
+}
+
+void Session::answer(std::string_view name, std::string reply) {
+  auto r = new_request(std::string(name), nullptr);
+  r->done = true;
+  r->reply = std::move(reply);
+  worker_.stats().local_replies.add();
+  enqueue(r);
+}
+
+void Session::on_request_done(Request&) {
+  flush_replies();
+}
+
+void Session::flush_replies() {
+  if (closing_) return;
+  auto& out = out_.buffer();
+  // Unread replies from before this batch: a single reply larger than the bound still goes out whole (Redis
+  // sends it too); a client that keeps asking while more than the bound sits unread is the slow reader.
+  const std::size_t unread_before = out_.pending_bytes();
+  bool any = false;
+  while (!queue_.empty() && queue_.front()->done) {
+    Request& r = *queue_.front();
+    out.append(r.reply);
+    worker_.stats().record_latency((mono_ns() - r.start_ns) / 1000);
+    queue_.pop_front();
+    any = true;
+  }
+  if (!any) return;
+  if (unread_before > worker_.config().max_client_output) {
+    // A reader slower than its own pipeline: memory stays bounded, the client is told by the closed socket.
+    worker_.stats().clients_slow_reader.add();
+    std::fprintf(stderr, "slotshift-proxy: closing client %s: %zu bytes of replies unread (limit %zu)\n",
+                 peer_.c_str(), out_.pending_bytes(), worker_.config().max_client_output);
+    close();
+    return;
+  }
+  if (out_.flush() < 0) {
+    close();
+    return;
+  }
+  if (quit_after_flush_ && queue_.empty()) {
+    close();
+    return;
+  }
+  if (!reading_ && queue_.size() < worker_.config().max_pipeline / 2) {
+    reading_ = true;
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Session::on_alloc, &Session::on_read_cb);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Commands
+
+void Session::handle(Args args, std::string_view raw) {
+  worker_.stats().requests.add();
+  std::string name = lower(args[0]);
+  const CommandInfo* cmd = find_command(args);
+
+  if (in_multi_ && name != "exec" && name != "discard" && name != "multi" && name != "watch" &&
+      name != "quit") {
+    queue_transaction(args, raw, std::move(name), cmd);
+    return;
+  }
+  if (answer_locally(name, args)) return;
+  route(args, raw, std::move(name), cmd);
+}
+
+bool Session::answer_locally(const std::string& name, Args args) {
+  const std::size_t argc = args.size();
+  if (name == "ping") {
+    if (argc > 2) return answer(name, errors::wrong_arity(name)), true;
+    std::string reply;
+    if (argc == 2) {
+      resp::append_bulk(reply, args[1]);
+    } else {
+      reply = "+PONG\r\n";
+    }
+    answer(name, std::move(reply));
+    return true;
+  }
+  if (name == "echo") {
+    if (argc != 2) return answer(name, errors::wrong_arity(name)), true;
+    std::string reply;
+    resp::append_bulk(reply, args[1]);
+    answer(name, std::move(reply));
+    return true;
+  }
+  if (name == "quit") {
+    answer(name, "+OK\r\n");
+    quit_after_flush_ = true;
+    return true;
+  }
+  if (name == "select") {
+    if (argc != 2) return answer(name, errors::wrong_arity(name)), true;
+    std::uint64_t db = 0;
+    if (!parse_u64(args[1], db)) return answer(name, std::string(errors::kNotInteger)), true;
+    answer(name, db == 0 ? std::string("+OK\r\n") : std::string(errors::kSelectNotAllowed));
+    return true;
+  }
+  if (name == "multi") {
+    if (in_multi_) return answer(name, std::string(errors::kMultiNested)), true;
+    in_multi_ = true;
+    multi_failed_ = multi_has_slot_ = false;
+    multi_count_ = 0;
+    multi_wire_.clear();
+    resp::append_command(multi_wire_, {"MULTI"});
+    answer(name, "+OK\r\n");
+    return true;
+  }
+  if (name == "exec") {
+    if (!in_multi_) return answer(name, std::string(errors::kExecWithoutMulti)), true;
+    exec_transaction();
+    return true;
+  }
+  if (name == "discard") {
+    if (!in_multi_) return answer(name, std::string(errors::kDiscardWithoutMulti)), true;
+    in_multi_ = false;
+    multi_wire_.clear();
+    answer(name, "+OK\r\n");
+    return true;
+  }
+  if (name == "hello") {
+    std::size_t i = 1;
+    if (argc >= 2) {
+      std::uint64_t proto = 0;
+      if (!parse_u64(args[1], proto)) {
+        return answer(name, "-ERR Protocol version is not an integer or out of range\r\n"), true;
+      }
+      if (proto != 2) return answer(name, std::string(errors::kNoProto)), true;
+      i = 2;
+    }
+    for (; i < argc; ++i) {
+      if (iequals(args[i], "setname") && i + 1 < argc) {
+        client_name_ = std::string(args[++i]);
+      } else if (iequals(args[i], "auth") && i + 2 < argc) {
+        return answer(name,
+                      "-ERR AUTH <password> called without any password configured for the default user. "
+                      "Are you sure your configuration is correct?\r\n"),
+               true;
+      } else {
+        return answer(name, "-ERR Syntax error in HELLO option '" + std::string(args[i]) + "'\r\n"), true;
+      }
+    }
+    std::string reply;
+    resp::append_array_header(reply, 14);
+    resp::append_bulk(reply, "server");
+    resp::append_bulk(reply, "redis");
+    resp::append_bulk(reply, "version");
+    resp::append_bulk(reply, "7.0.15");
+    resp::append_bulk(reply, "proto");
+    resp::append_integer(reply, 2);
+    resp::append_bulk(reply, "id");
+    resp::append_integer(reply, static_cast<std::int64_t>(id_));
+    resp::append_bulk(reply, "mode");
+    resp::append_bulk(reply, "standalone");
+    resp::append_bulk(reply, "role");
+    resp::append_bulk(reply, "master");
+    resp::append_bulk(reply, "modules");
+    resp::append_array_header(reply, 0);
+    answer(name, std::move(reply));
+    return true;
+  }
+  if (name == "auth") {
+    answer(name,
+           "-ERR AUTH <password> called without any password configured for the default user. Are you sure "
+           "your configuration is correct?\r\n");
+    return true;
+  }
+  if (name == "client" && argc >= 2) {
+    const std::string sub = lower(args[1]);
+    std::string reply;
+    if (sub == "setname" && argc == 3) {
+      if (args[2].find_first_of(" \n\r") != std::string_view::npos) {
+        reply = "-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
+      } else {
+        client_name_ = std::string(args[2]);
+        reply = "+OK\r\n";
+      }
+    } else if (sub == "getname" && argc == 2) {
+      if (client_name_.empty()) {
+        resp::append_null_bulk(reply);
+      } else {
+        resp::append_bulk(reply, client_name_);
+      }
+    } else if (sub == "id" && argc == 2) {
+      resp::append_integer(reply, static_cast<std::int64_t>(id_));
+    } else if ((sub == "info" && argc == 2)) {
+      const auto now = worker_.now_ms();
+      resp::append_bulk(reply,
+                        "id=" + std::to_string(id_) + " addr=" + peer_ + " name=" + client_name_ +
+                            " age=" + std::to_string((now - created_ms_) / 1000) +
+                            " idle=" + std::to_string((now - last_activity_ms_) / 1000) +
+                            " db=0 multi=" + (in_multi_ ? std::to_string(multi_count_) : std::string("-1")) +
+                            " worker=" + std::to_string(worker_.index()) + "\n");
+    } else if (sub == "setinfo" && argc == 4) {
+      reply = "+OK\r\n";
+    } else if (sub == "setname" || sub == "getname" || sub == "id" || sub == "info" || sub == "setinfo") {
+      reply = "-ERR wrong number of arguments for 'client|" + sub + "' command\r\n";
+    } else {
+      worker_.stats().errors_refused.add();
+      reply =
+          errors::unsupported("client " + sub, "only SETNAME, GETNAME, ID, INFO and SETINFO are answered");
+    }
+    answer(name, std::move(reply));
+    return true;
+  }
+  if (name == "cluster") {
+    if (argc == 3 && iequals(args[1], "keyslot")) {
+      std::string reply;
+      resp::append_integer(reply, key_slot(args[2]));
+      answer(name, std::move(reply));
+    } else {
+      // The proxy presents itself as a standalone server: clients must not try to talk to the nodes
+      // themselves.
+      answer(name, std::string(errors::kClusterDisabled));
+    }
+    return true;
+  }
+  if (name == "info") {
+    std::string reply;
+    resp::append_bulk(reply, info_reply(argc >= 2 ? lower(args[1]) : std::string("default")));
+    answer(name, std::move(reply));
+    return true;
+  }
+  return false;
+}
+
+void Session::route(Args args, std::string_view raw, std::string name, const CommandInfo* cmd) {
+  if (!cmd) {
+    answer(name, errors::unknown_command(args[0], args_preview(args)));
+    return;
+  }
+  if (!arity_ok(*cmd, args.size())) {
+    answer(name, errors::wrong_arity(cmd->name));
+    return;
+  }
+  for (auto state : kUnsupportedState) {
+    if (name == state) {
+      worker_.stats().errors_refused.add();
+      answer(name, errors::unsupported(name,
+                                       "connection state (WATCH, Pub/Sub, MONITOR, ...) is not carried "
+                                       "through the proxy yet"));
+      return;
+    }
+  }
+  if (cmd->has_flag(CommandFlag::kAdmin) && !worker_.config().allow_admin_commands) {
+    worker_.stats().errors_refused.add();
+    answer(name, errors::refused_admin(cmd->name));
+    return;
+  }
+
+  const KeysError ke = keys_of(*cmd, args, keys_);
+  if (ke == KeysError::kNone && !keys_.empty()) {
+    const Slot first = key_slot(args[keys_[0]]);
+    bool same = true;
+    for (std::size_t i = 1; i < keys_.size() && same; ++i)
+      same = key_slot(args[keys_[i]]) == first;
+    if (!same) {
+      for (const auto& s : kSplittable) {
+        if (cmd->name == s.name) {
+          auto parent = new_request(std::move(name), cmd);
+          parent->merge = s.merge;
+          enqueue(parent);
+          split(parent, args, keys_, s.step);
+          return;
+        }
+      }
+      worker_.stats().errors_crossslot.add();
+      answer(name, std::string(errors::kCrossSlot));
+      return;
+    }
+    auto r = new_request(std::move(name), cmd);
+    r->wire.assign(raw);
+    r->has_slot = true;
+    r->slot = first;
+    enqueue(r);
+    if (cmd->has_flag(CommandFlag::kBlocking)) {
+      // A blocking command holds its connection until it returns: it gets one of its own, never a shared one.
+      r->blocking = true;
+      r->deadline_ms = 0;
+      worker_.dispatch(r, false, nullptr);
+      return;
+    }
+    worker_.dispatch(r);
+    return;
+  }
+
+  // No keys (or keys the server will refuse as malformed: it says so in its own words).
+  const std::string_view full = cmd->name;
+  if (full == "scan") {
+    scan(args, name, cmd);
+    return;
+  }
+  for (const auto& f : kFanOut) {
+    if (full == f.name) {
+      auto parent = new_request(std::move(name), cmd);
+      enqueue(parent);
+      fan_out(parent, args, f.merge);
+      return;
+    }
+  }
+  auto r = new_request(std::move(name), cmd);
+  r->wire.assign(raw);
+  enqueue(r);
+  const auto& masters = worker_.router().masters();
+  if (!masters.empty()) {
+    // Any master answers keyless commands (TIME, COMMAND, PUBLISH, RANDOMKEY, ...); spread them.
+    static thread_local std::size_t next = 0;
+    r->fixed = masters[next++ % masters.size()];
+  }
+  worker_.dispatch(r);
+}
+
+void Session::split(const RequestPtr& parent, Args args, const std::vector<std::size_t>& keys,
+                    std::size_t step) {
+  worker_.stats().split_requests.add();
+  // One part per slot, in the order each slot first appears.
+  std::map<Slot, std::size_t> part_of_slot;
+  std::vector<std::vector<std::size_t>> part_keys;
+  std::vector<Slot> part_slot;
+  for (std::size_t k = 0; k < keys.size(); ++k) {
+    const Slot s = key_slot(args[keys[k]]);
+    auto [it, fresh] = part_of_slot.emplace(s, part_keys.size());
+    if (fresh) {
+      part_keys.emplace_back();
+      part_slot.push_back(s);
+    }
+    part_keys[it->second].push_back(k);
+  }
+  parent->key_count = keys.size();
+  parent->parts_pending = part_keys.size();
+  parent->part_replies.assign(part_keys.size(), std::string());
+  parent->part_keys = part_keys;
+  std::vector<RequestPtr> parts;
+  for (std::size_t p = 0; p < part_keys.size(); ++p) {
+    auto part = std::make_shared<Request>();
+    part->parent = parent;
+    part->name = parent->name;
+    part->cmd = parent->cmd;
+    part->start_ns = parent->start_ns;
+    part->deadline_ms = parent->deadline_ms;
+    part->idempotent = parent->idempotent;
+    part->part_index = p;
+    part->has_slot = true;
+    part->slot = part_slot[p];
+    std::vector<std::string_view> argv{args[0]};
+    for (std::size_t k : part_keys[p]) {
+      for (std::size_t j = 0; j < step; ++j)
+        argv.push_back(args[keys[k] + j]);
+    }
+    resp::append_command(part->wire, argv);
+    parts.push_back(std::move(part));
+  }
+  for (auto& part : parts)
+    worker_.dispatch(part);
+}
+
+void Session::fan_out(const RequestPtr& parent, Args args, Merge merge) {
+  worker_.stats().split_requests.add();
+  const auto& masters = worker_.router().masters();
+  if (masters.empty()) {
+    worker_.complete(parent, errors::no_owner(0));
+    return;
+  }
+  parent->merge = merge;
+  parent->parts_pending = masters.size();
+  parent->part_replies.assign(masters.size(), std::string());
+  std::string wire;
+  resp::append_command(wire, std::vector<std::string_view>(args.begin(), args.end()));
+  std::vector<RequestPtr> parts;
+  for (std::size_t p = 0; p < masters.size(); ++p) {
+    auto part = std::make_shared<Request>();
+    part->parent = parent;
+    part->name = parent->name;
+    part->cmd = parent->cmd;
+    part->start_ns = parent->start_ns;
+    part->deadline_ms = parent->deadline_ms;
+    part->idempotent = parent->idempotent;
+    part->part_index = p;
+    part->fixed = masters[p];
+    part->wire = wire;
+    parts.push_back(std::move(part));
+  }
+  for (auto& part : parts)
+    worker_.dispatch(part);
+}
+
+// SCAN over the whole cluster: the cursor the client sees carries the index of the master being walked in its
+// low 10 bits and that master's own cursor above them. Masters are walked in address order; a topology change
+// in the middle of a walk can make it skip or repeat keys, which SCAN's guarantees allow for a changing
+// dataset.
+void Session::scan(Args args, const std::string& name, const CommandInfo* cmd) {
+  std::uint64_t cursor = 0;
+  if (!parse_u64(args[1], cursor)) {
+    answer(name, "-ERR invalid cursor\r\n");
+    return;
+  }
+  const auto& masters = worker_.router().masters();
+  const std::size_t node = cursor & 0x3FF;
+  if (masters.empty() || node >= masters.size()) {
+    answer(name, masters.empty() ? errors::no_owner(0) : std::string("-ERR invalid cursor\r\n"));
+    return;
+  }
+  auto parent = new_request(name, cmd);
+  parent->merge = Merge::kScanCursor;
+  parent->parts_pending = 1;
+  parent->part_replies.assign(1, std::string());
+  parent->scan_node = node;
+  parent->scan_nodes = masters.size();
+  enqueue(parent);
+  auto part = std::make_shared<Request>();
+  part->parent = parent;
+  part->name = name;
+  part->cmd = cmd;
+  part->start_ns = parent->start_ns;
+  part->deadline_ms = parent->deadline_ms;
+  part->idempotent = true;
+  part->fixed = masters[node];
+  std::vector<std::string_view> argv(args.begin(), args.end());
+  const std::string node_cursor = std::to_string(cursor >> 10);
+  argv[1] = node_cursor;
+  resp::append_command(part->wire, argv);
+  worker_.dispatch(part);
+}
+
+void Session::queue_transaction(Args args, std::string_view raw, std::string name, const CommandInfo* cmd) {
+  std::string error;
+  if (!cmd) {
+    error = errors::unknown_command(args[0], args_preview(args));
+  } else if (!arity_ok(*cmd, args.size())) {
+    error = errors::wrong_arity(cmd->name);
+  } else if (cmd->has_flag(CommandFlag::kNoMulti)) {
+    error = "-ERR Command not allowed inside a transaction\r\n";
+  } else if (cmd->has_flag(CommandFlag::kAdmin) && !worker_.config().allow_admin_commands) {
+    error = errors::refused_admin(cmd->name);
+  } else if (keys_of(*cmd, args, keys_) == KeysError::kNone) {
+    for (std::size_t k : keys_) {
+      const Slot s = key_slot(args[k]);
+      if (!multi_has_slot_) {
+        multi_has_slot_ = true;
+        multi_slot_ = s;
+      } else if (s != multi_slot_) {
+        error = std::string(errors::kCrossSlot);
+        break;
+      }
+    }
+  }
+  if (error.empty() && multi_wire_.size() + raw.size() > worker_.config().max_bulk_bytes) {
+    error = std::string(errors::kTransactionTooBig);
+  }
+  if (!error.empty()) {
+    multi_failed_ = true;
+    answer(name, std::move(error));
+    return;
+  }
+  multi_wire_.append(raw);
+  ++multi_count_;
+  answer(name, "+QUEUED\r\n");
+}
+
+void Session::exec_transaction() {
+  in_multi_ = false;
+  if (multi_failed_) {
+    multi_wire_.clear();
+    answer("exec", std::string(errors::kExecAbort));
+    return;
+  }
+  if (multi_count_ == 0) {
+    multi_wire_.clear();
+    answer("exec", "*0\r\n");
+    return;
+  }
+  auto r = new_request("exec", find_command("exec"));
+  resp::append_command(multi_wire_, {"EXEC"});
+  r->wire = std::move(multi_wire_);
+  multi_wire_.clear();
+  r->replies_per_send = static_cast<int>(multi_count_) + 2;
+  r->has_slot = multi_has_slot_;
+  r->slot = multi_slot_;
+  if (!r->has_slot) {
+    const auto& masters = worker_.router().masters();
+    if (!masters.empty()) r->fixed = masters.front();
+  }
+  enqueue(r);
+  worker_.dispatch(r);
+}
+
+std::string Session::info_reply(std::string_view section) {
+  const bool all = section == "default" || section == "all" || section == "everything";
+  std::string out;
+  std::uint64_t requests = 0, local = 0, split = 0, proto = 0, timeouts = 0, backend = 0, crossslot = 0,
+                refused = 0, moved = 0, ask = 0, tryagain = 0, clusterdown = 0, retries = 0, refreshes = 0,
+                connected = 0, accepted = 0, rejected = 0, slow = 0, idle = 0, bconnects = 0, bfailures = 0;
+  std::array<std::uint64_t, kLatencyBuckets> hist{};
+  std::size_t backends = 0;
+  for (const auto& w : worker_.proxy().workers()) {
+    Stats& s = w->stats();
+    requests += s.requests.get();
+    local += s.local_replies.get();
+    split += s.split_requests.get();
+    proto += s.errors_protocol.get();
+    timeouts += s.errors_timeout.get();
+    backend += s.errors_backend.get();
+    crossslot += s.errors_crossslot.get();
+    refused += s.errors_refused.get();
+    moved += s.moved.get();
+    ask += s.ask.get();
+    tryagain += s.tryagain.get();
+    clusterdown += s.clusterdown.get();
+    retries += s.retries.get();
+    refreshes += s.topology_refreshes.get();
+    connected += s.clients_connected.get();
+    accepted += s.clients_accepted.get();
+    rejected += s.clients_rejected.get();
+    slow += s.clients_slow_reader.get();
+    idle += s.clients_idle.get();
+    bconnects += s.backend_connects.get();
+    bfailures += s.backend_failures.get();
+    for (std::size_t b = 0; b < kLatencyBuckets; ++b)
+      hist[b] += s.latency_us[b].get();
+  }
+  backends = worker_.backends_.size();
+  auto line = [&out](std::string_view k, auto v) {
+    out.append(k);
+    out.push_back(':');
+    if constexpr (std::is_arithmetic_v<decltype(v)>) {
+      out.append(std::to_string(v));
+    } else {
+      out.append(v);
+    }
+    out.append("\r\n");
+  };
+  if (all || section == "server") {
+    out.append("# Server\r\n");
+    line("redis_version", std::string("7.0.15"));
+    line("redis_mode", std::string("standalone"));
+    line("slotshift_version", std::string("0.1.0"));
+    line("process_id", static_cast<long>(::getpid()));
+    line("tcp_port", worker_.config().listen.port);
+    line("uptime_in_seconds",
+         (static_cast<std::uint64_t>(uv_now(worker_.loop())) - worker_.proxy().start_time_ms()) / 1000);
+    line("threads", worker_.config().threads);
+    out.append("\r\n");
+  }
+  if (all || section == "clients") {
+    out.append("# Clients\r\n");
+    line("connected_clients", connected);
+    line("maxclients", worker_.config().max_clients);
+    line("total_connections_received", accepted);
+    line("rejected_connections", rejected);
+    line("disconnected_slow_readers", slow);
+    line("disconnected_idle", idle);
+    out.append("\r\n");
+  }
+  if (all || section == "proxy" || section == "stats") {
+    out.append("# Proxy\r\n");
+    line("total_commands_processed", requests);
+    line("commands_answered_locally", local);
+    line("commands_split_or_fanned_out", split);
+    line("errors_protocol", proto);
+    line("errors_timeout", timeouts);
+    line("errors_backend_lost", backend);
+    line("errors_crossslot", crossslot);
+    line("errors_refused", refused);
+    line("redirects_moved", moved);
+    line("redirects_ask", ask);
+    line("redirects_tryagain", tryagain);
+    line("redirects_clusterdown", clusterdown);
+    line("retries", retries);
+    line("topology_refreshes", refreshes);
+    line("backend_connections_opened", bconnects);
+    line("backend_failures", bfailures);
+    line("backends_known_by_this_worker", backends);
+    std::uint64_t total = 0;
+    for (auto c : hist)
+      total += c;
+    auto pct = [&](double q) -> std::uint64_t {
+      if (total == 0) return 0;
+      const auto want = static_cast<std::uint64_t>(q * static_cast<double>(total));
+      std::uint64_t seen = 0;
+      for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
+        seen += hist[b];
+        if (seen > want) return b == 0 ? 1 : (1ull << b);
+      }
+      return 1ull << (kLatencyBuckets - 1);
+    };
+    line("latency_p50_us_at_most", pct(0.50));
+    line("latency_p99_us_at_most", pct(0.99));
+    line("latency_p999_us_at_most", pct(0.999));
+    std::string buckets;
+    for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
+      if (hist[b] == 0) continue;
+      if (!buckets.empty()) buckets += ",";
+      buckets += "le" + std::to_string(b == 0 ? 1 : (1ull << b)) + "us=" + std::to_string(hist[b]);
+    }
+    line("latency_histogram", buckets);
+    out.append("\r\n");
+  }
+  if (out.empty()) return "";
+  out.resize(out.size() - 2);
+  return out;
+}
+
+}  // namespace slotshift::proxy

@@ -1,0 +1,90 @@
+// Output for one libuv stream. Bytes are gathered in a buffer while a batch of work is processed and written
+// once per flush: straight to the socket when it takes them (uv_try_write, no allocation), and the rest with
+// one uv_write whose buffer lives until libuv is done with it.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+
+namespace slotshift::proxy {
+
+class StreamWriter {
+ public:
+  // `stream` must stay open while writes are in flight; libuv calls every write callback (with UV_ECANCELED
+  // if need be) before the handle's close callback, so an owner that frees the writer in its close callback
+  // is safe.
+  void attach(uv_stream_t* stream) { stream_ = stream; }
+
+  std::string& buffer() { return out_; }
+  // Bytes accepted but not yet handed to the kernel.
+  std::size_t pending_bytes() const { return out_.size() + in_flight_; }
+  // Bytes handed to the kernel since attach, in total.
+  std::uint64_t written_total() const { return written_; }
+  bool idle() const { return out_.empty() && in_flight_ == 0; }
+
+  // Returns a libuv error code (< 0) when the stream failed; 0 otherwise.
+  int flush() {
+    if (out_.empty() || !stream_) return 0;
+    if (in_flight_ > 0) return 0;  // the write callback flushes what gathered meanwhile
+    uv_buf_t buf = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+    int n = uv_try_write(stream_, &buf, 1);
+    if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
+    if (n < 0) return n;
+    written_ += static_cast<std::uint64_t>(n);
+    if (static_cast<std::size_t>(n) == out_.size()) {
+      out_.clear();
+      return 0;
+    }
+    auto* w = new Write;
+    w->writer = this;
+    w->data.assign(out_, static_cast<std::size_t>(n));
+    out_.clear();
+    in_flight_ = w->data.size();
+    w->req.data = w;
+    uv_buf_t rest = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    const int rc = uv_write(&w->req, stream_, &rest, 1, &StreamWriter::on_write);
+    if (rc < 0) {
+      in_flight_ = 0;
+      delete w;
+      return rc;
+    }
+    return 0;
+  }
+
+  // Called when a queued write failed (the owner closes the stream); set before flushing.
+  void (*on_error)(void* owner, int status) = nullptr;
+  void* owner = nullptr;
+
+ private:
+  struct Write {
+    uv_write_t req;
+    StreamWriter* writer;
+    std::string data;
+  };
+
+  static void on_write(uv_write_t* req, int status) {
+    auto* w = static_cast<Write*>(req->data);
+    StreamWriter* self = w->writer;
+    const std::size_t bytes = w->data.size();
+    delete w;
+    self->in_flight_ = 0;
+    if (status < 0) {
+      if (status != UV_ECANCELED && self->on_error) self->on_error(self->owner, status);
+      return;
+    }
+    self->written_ += bytes;
+    if (!self->out_.empty()) {
+      const int rc = self->flush();
+      if (rc < 0 && self->on_error) self->on_error(self->owner, rc);
+    }
+  }
+
+  uv_stream_t* stream_ = nullptr;
+  std::string out_;
+  std::size_t in_flight_ = 0;
+  std::uint64_t written_ = 0;
+};
+
+}  // namespace slotshift::proxy

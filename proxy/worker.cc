@@ -1,0 +1,427 @@
+#include "proxy/worker.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include "common/resp.h"
+#include "proxy/errors.h"
+#include "proxy/session.h"
+
+namespace slotshift::proxy {
+namespace {
+
+constexpr std::uint64_t kTickMs = 10;
+
+bool starts_with(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+// "-MOVED 3999 127.0.0.1:6381\r\n" -> slot and node.
+bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, HostPort& node) {
+  std::string_view rest = reply.substr(prefix_len);
+  const auto space = rest.find(' ');
+  const auto end = rest.find('\r');
+  if (space == std::string_view::npos || end == std::string_view::npos || end < space) return false;
+  unsigned value = 0;
+  const auto [p, ec] = std::from_chars(rest.data(), rest.data() + space, value);
+  if (ec != std::errc() || p != rest.data() + space || value >= kSlotCount) return false;
+  std::string error;
+  auto hp = parse_host_port(rest.substr(space + 1, end - space - 1), error);
+  if (!hp) return false;
+  slot = static_cast<Slot>(value);
+  node = std::move(*hp);
+  return true;
+}
+
+bool parse_integer_reply(std::string_view reply, std::int64_t& out) {
+  if (reply.size() < 4 || reply[0] != ':') return false;
+  const auto [p, ec] = std::from_chars(reply.data() + 1, reply.data() + reply.size() - 2, out);
+  return ec == std::errc() && p == reply.data() + reply.size() - 2;
+}
+
+std::string unexpected(std::string_view what) {
+  return "-ERR slotshift-proxy: unexpected reply from a node while merging: " +
+         std::string(what.substr(0, 60)) + "\r\n";
+}
+
+}  // namespace
+
+Worker::Worker(Proxy& proxy, const Config& config, int index)
+    : proxy_(proxy), config_(config), index_(index), router_(*this) {
+  uv_loop_init(&loop_);
+}
+
+Worker::~Worker() {
+  backends_.clear();
+  uv_loop_close(&loop_);
+}
+
+std::string Worker::bind() {
+  sockaddr_storage addr{};
+  int family = AF_INET;
+  if (uv_ip4_addr(config_.listen.host.c_str(), config_.listen.port, reinterpret_cast<sockaddr_in*>(&addr)) !=
+      0) {
+    if (uv_ip6_addr(config_.listen.host.c_str(), config_.listen.port,
+                    reinterpret_cast<sockaddr_in6*>(&addr)) != 0) {
+      return "cannot listen on '" + config_.listen.str() + "': not an IPv4 or IPv6 address";
+    }
+    family = AF_INET6;
+  }
+  listen_fd_ = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) return std::string("socket: ") + std::strerror(errno);
+  const int one = 1;
+  ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  // Every worker binds the same address; the kernel spreads incoming connections over them.
+  ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  const socklen_t len = family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    const std::string why = std::strerror(errno);
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    return "cannot listen on " + config_.listen.str() + ": " + why;
+  }
+  uv_tcp_init(&loop_, &listener_);
+  listener_.data = this;
+  uv_tcp_open(&listener_, listen_fd_);
+  const int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 1024, &Worker::on_connection);
+  if (rc < 0) return "cannot listen on " + config_.listen.str() + ": " + uv_strerror(rc);
+  return "";
+}
+
+void Worker::start() {
+  uv_timer_init(&loop_, &tick_);
+  tick_.data = this;
+  uv_timer_start(
+      &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->on_tick(); }, kTickMs, kTickMs);
+  uv_async_init(&loop_, &stop_async_, &Worker::on_async);
+  stop_async_.data = this;
+  router_.refresh();
+  thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
+}
+
+void Worker::stop() {
+  uv_async_send(&stop_async_);
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::on_async(uv_async_t* handle) {
+  auto* self = static_cast<Worker*>(handle->data);
+  self->stopping_ = true;
+  uv_close(reinterpret_cast<uv_handle_t*>(&self->listener_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&self->tick_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&self->stop_async_), nullptr);
+  std::vector<Session*> sessions(self->sessions_.begin(), self->sessions_.end());
+  for (Session* s : sessions)
+    s->close();
+  for (auto& [name, b] : self->backends_)
+    b->shutdown();
+}
+
+void Worker::on_connection(uv_stream_t* server, int status) {
+  auto* self = static_cast<Worker*>(server->data);
+  if (status < 0 || self->stopping_) return;
+  Session::accept(*self, server);
+}
+
+void Worker::session_closed(Session* session) {
+  sessions_.erase(session);
+}
+
+Backend* Worker::backend(const HostPort& node) {
+  auto& b = backends_[node.str()];
+  if (!b) b = std::make_unique<Backend>(*this, node);
+  return b.get();
+}
+
+void Worker::forget_dirty(Backend* backend) {
+  std::erase(dirty_, backend);
+}
+
+void Worker::flush_backends() {
+  // A flush may fail a backend, whose retries may mark others dirty: take the list as it is now.
+  std::vector<Backend*> dirty;
+  dirty.swap(dirty_);
+  for (Backend* b : dirty)
+    b->flush();
+}
+
+void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
+  if (r->done) return;
+  if (r->blocking && !r->session) {
+    r->done = true;  // the client that asked is gone
+    return;
+  }
+  Backend* b = to;
+  if (!b) b = r->fixed ? r->fixed : (r->has_slot ? router_.owner(r->slot) : nullptr);
+  if (!b && !r->has_slot && !router_.masters().empty()) b = router_.masters().front();
+  if (!b) {
+    // The slot map is not loaded yet, or no node serves the slot: wait for a refresh, within the deadline.
+    router_.refresh_soon();
+    retry_later(r, 20,
+                r->has_slot ? "no node serves hash slot " + std::to_string(r->slot)
+                            : std::string("topology unknown"));
+    return;
+  }
+  if (r->blocking) b = r->session->dedicated(b->address());
+  b->send(r, asking);
+}
+
+void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::string_view cause) {
+  if (r->done) return;
+  const std::uint64_t at = now_ms() + delay_ms;
+  if (r->deadline_ms != 0 && at >= r->deadline_ms) {
+    stats_.errors_timeout.add();
+    complete(r, errors::timeout(cause));
+    return;
+  }
+  ++r->attempt;
+  r->retry_at_ms = at;
+  r->last_cause = std::string(cause);
+  stats_.retries.add();
+  retries_.push_back(r);
+}
+
+bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
+  Slot slot = 0;
+  HostPort node;
+  const bool moved = starts_with(err, "-MOVED ");
+  const bool ask = !moved && starts_with(err, "-ASK ");
+  if (moved || ask) {
+    if (!parse_redirect(err, moved ? 7 : 5, slot, node)) return false;
+    (moved ? stats_.moved : stats_.ask).add();
+    if (++r->redirects > config_.max_redirects) {
+      complete(r, errors::too_many_redirects(err.substr(1, err.size() - 3)));
+      return true;
+    }
+    ++r->attempt;
+    stats_.retries.add();
+    if (moved) {
+      router_.moved(slot, node);
+      dispatch(r, false, r->has_slot ? nullptr : backend(node));
+    } else {
+      // ASK: this one command (or transaction) goes to the importing node, preceded by ASKING; the slot map
+      // is not changed, the source still owns the slot.
+      dispatch(r, true, backend(node));
+    }
+    return true;
+  }
+  const bool tryagain = starts_with(err, "-TRYAGAIN");
+  const bool clusterdown = !tryagain && starts_with(err, "-CLUSTERDOWN");
+  if (tryagain || clusterdown) {
+    (tryagain ? stats_.tryagain : stats_.clusterdown).add();
+    if (clusterdown) router_.refresh_soon();
+    // 10, 20, 40, 80, then every 100 ms, until the deadline.
+    const std::uint64_t backoff = std::min<std::uint64_t>(100, 10ull << std::min(r->attempt, 3u));
+    retry_later(r, backoff, std::string(err.substr(1, err.size() - 3)));
+    return true;
+  }
+  return false;
+}
+
+void Worker::on_backend_reply(const RequestPtr& r, std::string reply) {
+  if (r->replies_per_send > 1) {
+    // A MULTI ... EXEC block: the client already has its +OK and +QUEUED replies and gets only EXEC's. A
+    // queued command answered MOVED or ASK aborts the block (EXECABORT): send it all again where the redirect
+    // says.
+    std::vector<std::string_view> replies;
+    resp::Scanner scanner(resp::Scanner::Mode::kReply);
+    std::string_view rest = reply;
+    while (!rest.empty() && scanner.scan(rest) == resp::Status::kComplete) {
+      replies.push_back(rest.substr(0, scanner.size()));
+      rest.remove_prefix(scanner.size());
+      scanner.reset();
+    }
+    if (replies.empty()) {
+      complete(r, unexpected(reply));
+      return;
+    }
+    for (std::size_t i = 1; i + 1 < replies.size(); ++i) {
+      if (replies[i][0] == '-' && (starts_with(replies[i], "-MOVED ") || starts_with(replies[i], "-ASK "))) {
+        if (follow_redirect(r, replies[i])) return;
+      }
+    }
+    const std::string_view exec = replies.back();
+    if (exec[0] == '-' && follow_redirect(r, exec)) return;
+    complete(r, std::string(exec));
+    return;
+  }
+  if (!reply.empty() && reply[0] == '-' && follow_redirect(r, reply)) return;
+  complete(r, std::move(reply));
+}
+
+void Worker::complete(const RequestPtr& r, std::string reply) {
+  if (r->done) return;
+  r->done = true;
+  r->reply = std::move(reply);
+  if (r->parent) {
+    RequestPtr parent = r->parent;
+    if (parent->done) return;
+    parent->part_replies[r->part_index] = std::move(r->reply);
+    if (--parent->parts_pending == 0) complete(parent, merge_parts(*parent));
+    return;
+  }
+  if (r->session) r->session->on_request_done(*r);
+}
+
+std::string Worker::merge_parts(Request& p) {
+  // The first error among the parts answers for the whole command, as a single Redis would fail it.
+  for (const auto& part : p.part_replies) {
+    if (!part.empty() && (part[0] == '-' || part[0] == '!')) return part;
+  }
+  std::string out;
+  switch (p.merge) {
+    case Merge::kArrayByIndex: {
+      std::vector<std::string_view> merged(p.key_count), elements;
+      for (std::size_t i = 0; i < p.part_replies.size(); ++i) {
+        if (!resp::aggregate_elements(p.part_replies[i], elements) ||
+            elements.size() != p.part_keys[i].size()) {
+          return unexpected(p.part_replies[i]);
+        }
+        for (std::size_t j = 0; j < elements.size(); ++j)
+          merged[p.part_keys[i][j]] = elements[j];
+      }
+      resp::append_array_header(out, merged.size());
+      for (auto e : merged)
+        out.append(e);
+      return out;
+    }
+    case Merge::kSumIntegers: {
+      std::int64_t sum = 0, n = 0;
+      for (const auto& part : p.part_replies) {
+        if (!parse_integer_reply(part, n)) return unexpected(part);
+        sum += n;
+      }
+      resp::append_integer(out, sum);
+      return out;
+    }
+    case Merge::kAllOk:
+      for (const auto& part : p.part_replies) {
+        if (part != "+OK\r\n") return unexpected(part);
+      }
+      return "+OK\r\n";
+    case Merge::kConcatArrays: {
+      std::vector<std::string_view> all, elements;
+      for (const auto& part : p.part_replies) {
+        if (!resp::aggregate_elements(part, elements)) return unexpected(part);
+        all.insert(all.end(), elements.begin(), elements.end());
+      }
+      resp::append_array_header(out, all.size());
+      for (auto e : all)
+        out.append(e);
+      return out;
+    }
+    case Merge::kFirstReply:
+      return p.part_replies.front();
+    case Merge::kArrayMin: {
+      std::vector<std::int64_t> mins;
+      std::vector<std::string_view> elements;
+      for (std::size_t i = 0; i < p.part_replies.size(); ++i) {
+        if (!resp::aggregate_elements(p.part_replies[i], elements)) return unexpected(p.part_replies[i]);
+        if (i == 0) mins.assign(elements.size(), 1);
+        if (elements.size() != mins.size()) return unexpected(p.part_replies[i]);
+        for (std::size_t j = 0; j < elements.size(); ++j) {
+          std::int64_t v = 0;
+          if (!parse_integer_reply(elements[j], v)) return unexpected(elements[j]);
+          mins[j] = std::min(mins[j], v);
+        }
+      }
+      resp::append_array_header(out, mins.size());
+      for (auto v : mins)
+        resp::append_integer(out, v);
+      return out;
+    }
+    case Merge::kScanCursor: {
+      std::vector<std::string_view> elements;
+      const std::string& part = p.part_replies.front();
+      if (!resp::aggregate_elements(part, elements) || elements.size() != 2) return unexpected(part);
+      const resp::Value cursor = resp::decode(elements[0]);
+      std::uint64_t node_cursor = 0;
+      const auto [e, ec] =
+          std::from_chars(cursor.str.data(), cursor.str.data() + cursor.str.size(), node_cursor);
+      if (ec != std::errc() || e != cursor.str.data() + cursor.str.size()) return unexpected(part);
+      std::uint64_t next = 0;
+      if (node_cursor != 0) {
+        next = (node_cursor << 10) | p.scan_node;
+      } else if (p.scan_node + 1 < p.scan_nodes) {
+        next = p.scan_node + 1;
+      }
+      resp::append_array_header(out, 2);
+      resp::append_bulk(out, std::to_string(next));
+      out.append(elements[1]);
+      return out;
+    }
+    case Merge::kNone:
+      break;
+  }
+  return p.part_replies.empty() ? unexpected("") : p.part_replies.front();
+}
+
+void Worker::on_tick() {
+  if (stopping_) return;
+  const std::uint64_t now = now_ms();
+  if (!retries_.empty()) {
+    std::vector<RequestPtr> due;
+    std::vector<RequestPtr> later;
+    for (auto& r : retries_)
+      (r->retry_at_ms <= now ? due : later).push_back(std::move(r));
+    retries_ = std::move(later);
+    for (auto& r : due) {
+      if (r->done) continue;
+      if (r->deadline_ms != 0 && now >= r->deadline_ms) {
+        stats_.errors_timeout.add();
+        complete(r, errors::timeout(r->last_cause));
+        continue;
+      }
+      dispatch(r);
+    }
+  }
+  for (auto& [name, b] : backends_)
+    b->check_deadlines(now);
+  for (Session* s : std::vector<Session*>(sessions_.begin(), sessions_.end())) {
+    s->check_deadlines(now);
+    s->check_idle(now);
+  }
+  const bool stale =
+      now - router_.last_refresh_ms() >= static_cast<std::uint64_t>(config_.refresh_interval.count());
+  if (router_.wants_refresh() || stale || !router_.ready()) router_.refresh_soon();
+  flush_backends();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+Proxy::Proxy(Config config) : config_(std::move(config)) {
+  for (int i = 0; i < config_.threads; ++i)
+    workers_.push_back(std::make_unique<Worker>(*this, config_, i));
+}
+
+std::string Proxy::start() {
+  start_time_ms_ = uv_now(workers_.front()->loop());
+  for (auto& w : workers_) {
+    auto error = w->bind();
+    if (!error.empty()) return error;
+  }
+  for (auto& w : workers_)
+    w->start();
+  return "";
+}
+
+void Proxy::stop() {
+  for (auto& w : workers_)
+    w->stop();
+}
+
+void Proxy::wait() {
+  for (auto& w : workers_)
+    w->join();
+}
+
+}  // namespace slotshift::proxy

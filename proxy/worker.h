@@ -1,0 +1,122 @@
+// A worker: one thread, one libuv loop, its own listening socket (SO_REUSEPORT: the kernel spreads new
+// clients over the workers), its own client sessions, backend connections and slot map. Nothing is shared
+// between workers but read-mostly counters, so the hot path takes no lock.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "proxy/backend.h"
+#include "proxy/config.h"
+#include "proxy/request.h"
+#include "proxy/router.h"
+#include "proxy/stats.h"
+
+namespace slotshift::proxy {
+
+class Session;
+class Proxy;
+
+class Worker {
+ public:
+  Worker(Proxy& proxy, const Config& config, int index);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Binds the listening socket (so that errors show before any thread starts); returns an error message or
+  // "".
+  std::string bind();
+  void start();
+  // Asks the loop to close everything and return; join() waits for it.
+  void stop();
+  void join();
+
+  uv_loop_t* loop() { return &loop_; }
+  std::uint64_t now_ms() const { return uv_now(const_cast<uv_loop_t*>(&loop_)); }
+  const Config& config() const { return config_; }
+  Stats& stats() { return stats_; }
+  Router& router() { return router_; }
+  Proxy& proxy() { return proxy_; }
+  int index() const { return index_; }
+
+  // The shared connection to `node` (created on first use).
+  Backend* backend(const HostPort& node);
+  // Sends a request to where it belongs: its fixed backend, or the owner of its slot. Answers it with an
+  // error if no node serves the slot.
+  void dispatch(const RequestPtr& request, bool asking = false, Backend* to = nullptr);
+  // A backend's reply for `request`: follows MOVED/ASK, backs off on TRYAGAIN/CLUSTERDOWN, else completes.
+  void on_backend_reply(const RequestPtr& request, std::string reply);
+  // Sends `request` again after `delay_ms` (0: at the next timer tick), within its deadline.
+  void retry_later(const RequestPtr& request, std::uint64_t delay_ms, std::string_view cause);
+  // The request's final reply (a part's reply goes to its parent, which merges once every part is in).
+  void complete(const RequestPtr& request, std::string reply);
+
+  void mark_dirty(Backend* backend) { dirty_.push_back(backend); }
+  void forget_dirty(Backend* backend);
+  bool stopping() const { return stopping_; }
+  // Writes everything queued to backends. Sessions call it after handling a read.
+  void flush_backends();
+
+  void session_closed(Session* session);
+
+ private:
+  void on_tick();
+  // MOVED/ASK/TRYAGAIN/CLUSTERDOWN: acts on it and returns true; false for any other error.
+  bool follow_redirect(const RequestPtr& request, std::string_view error);
+  std::string merge_parts(Request& parent);
+  static void on_connection(uv_stream_t* server, int status);
+  static void on_async(uv_async_t* handle);
+
+  Proxy& proxy_;
+  const Config& config_;
+  int index_;
+  uv_loop_t loop_{};
+  uv_tcp_t listener_{};
+  uv_timer_t tick_{};
+  uv_async_t stop_async_{};
+  std::thread thread_;
+  int listen_fd_ = -1;
+  Stats stats_;
+  Router router_;
+  std::map<std::string, std::unique_ptr<Backend>> backends_;  // by "host:port"
+  std::vector<Backend*> dirty_;
+  std::vector<RequestPtr> retries_;
+  std::unordered_set<Session*> sessions_;
+  bool stopping_ = false;
+
+  friend class Session;
+};
+
+// The whole process: its workers, the configuration and what is counted across workers.
+class Proxy {
+ public:
+  explicit Proxy(Config config);
+  // Binds every worker's socket and starts their threads. Returns an error message or "".
+  std::string start();
+  void stop();
+  void wait();
+
+  const Config& config() const { return config_; }
+  const std::vector<std::unique_ptr<Worker>>& workers() const { return workers_; }
+  std::atomic<std::size_t>& clients() { return clients_; }
+  std::atomic<std::uint64_t>& next_client_id() { return next_client_id_; }
+  std::uint64_t start_time_ms() const { return start_time_ms_; }
+
+ private:
+  Config config_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::atomic<std::size_t> clients_{0};
+  std::atomic<std::uint64_t> next_client_id_{1};
+  std::uint64_t start_time_ms_ = 0;
+};
+
+}  // namespace slotshift::proxy

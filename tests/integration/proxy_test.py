@@ -1,0 +1,448 @@
+#!/usr/bin/python3
+"""slotshift-proxy as users meet it: Debian's python3-redis in standalone mode and redis-cli, against a real
+Redis Cluster behind the proxy. Run by ctest; runs alone too: tests/integration/proxy_test.py [-k pattern]."""
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+import redis
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+
+def client(proxy, **kw):
+    return redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=30, **kw)
+
+
+def slot_of(r, key):
+    return r.execute_command("CLUSTER", "KEYSLOT", key)
+
+
+class ProxyBasics(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = harness.Cluster(3, 0)
+        cls.proxy = harness.Proxy(cls.cluster)
+        cls.r = client(cls.proxy)
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.proxy.stop()
+        cls.cluster.stop()
+        assert code == 0, "proxy exited with %s:\n%s" % (code, cls.proxy.output())
+
+    def test_every_data_type(self):
+        r = self.r
+        self.assertTrue(r.set("s:1", "v", ex=100))
+        self.assertEqual(r.get("s:1"), b"v")
+        self.assertTrue(90 < r.ttl("s:1") <= 100)
+        self.assertEqual(r.incrby("s:counter", 5), 5)
+        self.assertEqual(r.append("s:1", "w"), 2)
+        self.assertEqual(r.hset("h:1", mapping={"a": 1, "b": 2}), 2)
+        self.assertEqual(r.hgetall("h:1"), {b"a": b"1", b"b": b"2"})
+        self.assertEqual(r.rpush("l:1", "a", "b", "c"), 3)
+        self.assertEqual(r.lrange("l:1", 0, -1), [b"a", b"b", b"c"])
+        self.assertEqual(r.sadd("set:1", "x", "y"), 2)
+        self.assertEqual(r.smembers("set:1"), {b"x", b"y"})
+        self.assertEqual(r.zadd("z:1", {"a": 1.5, "b": 2}), 2)
+        self.assertEqual(r.zrange("z:1", 0, -1, withscores=True), [(b"a", 1.5), (b"b", 2.0)])
+        sid = r.xadd("x:1", {"f": "v"})
+        self.assertEqual(r.xrange("x:1"), [(sid, {b"f": b"v"})])
+        r.xgroup_create("x:1", "g", id="0")
+        self.assertEqual(len(r.xreadgroup("g", "c", {"x:1": ">"})[0][1]), 1)
+        self.assertEqual(r.pfadd("hll:1", "a", "b", "c"), 1)
+        self.assertEqual(r.pfcount("hll:1"), 3)
+        self.assertEqual(r.geoadd("geo:1", (13.361389, 38.115556, "Palermo")), 1)
+        self.assertEqual(r.setbit("bits:1", 7, 1), 0)
+        self.assertEqual(r.bitcount("bits:1"), 1)
+        self.assertEqual(r.type("z:1"), b"zset")
+        self.assertEqual(r.object("encoding", "l:1"), b"quicklist")  # Redis 7.0 lists
+
+    def test_binary_keys_and_values(self):
+        r = self.r
+        everything = bytes(range(256))
+        keys = [everything, b"\x00", b"\r\n", b"{\x00}a", b"\xff" * 100]
+        for i, k in enumerate(keys):
+            r.set(k, everything * (i + 1))
+        for i, k in enumerate(keys):
+            self.assertEqual(r.get(k), everything * (i + 1))
+        self.assertEqual(r.mget(keys), [everything * (i + 1) for i in range(len(keys))])
+        self.assertEqual(r.delete(*keys), len(keys))
+
+    def test_pipeline_of_10000_commands_in_order(self):
+        p = self.r.pipeline(transaction=False)
+        for i in range(10000):
+            if i % 3 == 0:
+                p.set("pipe:%d" % i, "v%d" % i)
+            elif i % 3 == 1:
+                p.get("pipe:%d" % (i - 1))
+            else:
+                p.incr("pipe:counter:%d" % (i % 97))
+        out = p.execute()
+        counters = {}
+        for i, value in enumerate(out):
+            if i % 3 == 0:
+                self.assertTrue(value)
+            elif i % 3 == 1:
+                self.assertEqual(value, ("v%d" % (i - 1)).encode())
+            else:
+                key = i % 97
+                counters[key] = counters.get(key, 0) + 1
+                self.assertEqual(value, counters[key])
+
+    def test_multi_key_commands_across_slots(self):
+        r = self.r
+        pairs = {"mk:%d" % i: "v%d" % i for i in range(200)}
+        self.assertGreater(len({slot_of(r, k) for k in pairs}), 150)
+        self.assertTrue(r.mset(pairs))
+        keys = list(pairs) + ["mk:missing"]
+        random.Random(1).shuffle(keys)
+        self.assertEqual(r.mget(keys), [pairs[k].encode() if k in pairs else None for k in keys])
+        self.assertEqual(r.exists(*keys, "mk:0"), 201)  # a key named twice counts twice, as in Redis
+        self.assertEqual(r.touch(*keys), 200)
+        self.assertEqual(r.unlink(*list(pairs)[:50]), 50)
+        self.assertEqual(r.delete(*keys), 150)
+        self.assertEqual(r.exists(*keys), 0)
+
+    def test_non_splittable_multi_key_commands(self):
+        r = self.r
+        self.assertEqual(r.msetnx({"{t}a": 1, "{t}b": 2}), True)
+        with self.assertRaises(redis.ResponseError) as e:
+            r.msetnx({"cs:a": 1, "cs:b": 2, "cs:c": 3})
+        self.assertEqual(str(e.exception), "CROSSSLOT Keys in request don't hash to the same slot")
+        with self.assertRaises(redis.ResponseError) as e:
+            r.rename("cs:a", "cs:b")
+        self.assertIn("CROSSSLOT", str(e.exception))
+        r.sadd("{t}s1", "a", "b")
+        r.sadd("{t}s2", "b", "c")
+        self.assertEqual(r.sunionstore("{t}s3", ["{t}s1", "{t}s2"]), 3)
+        self.assertEqual(r.eval("return redis.call('get', KEYS[1])", 1, "{t}a"), b"1")
+
+    def test_errors_pass_through_exactly(self):
+        r = self.r
+        r.set("err:str", "x")
+        with self.assertRaises(redis.ResponseError) as e:
+            r.lpush("err:str", "a")
+        self.assertEqual(str(e.exception), "WRONGTYPE Operation against a key holding the wrong kind of value")
+        with self.assertRaises(redis.ResponseError) as e:
+            r.execute_command("SET", "err:x", "v", "EX", "soon")
+        self.assertEqual(str(e.exception), "value is not an integer or out of range")
+        with self.assertRaises(redis.ResponseError) as e:
+            r.execute_command("NOSUCHCOMMAND", "a", "b")
+        self.assertEqual(str(e.exception),
+                         "unknown command 'NOSUCHCOMMAND', with args beginning with: 'a' 'b' ")
+        with self.assertRaises(redis.ResponseError) as e:
+            r.execute_command("GET")
+        self.assertEqual(str(e.exception), "wrong number of arguments for 'get' command")
+
+    def test_answered_as_a_single_redis(self):
+        r = self.r
+        self.assertTrue(r.ping())
+        self.assertEqual(r.echo("hi"), b"hi")
+        self.assertTrue(r.execute_command("SELECT", "0"))
+        with self.assertRaises(redis.ResponseError):
+            r.execute_command("SELECT", "1")
+        self.assertTrue(r.client_setname("app-1"))
+        self.assertEqual(r.client_getname(), "app-1")
+        self.assertIsInstance(r.client_id(), int)
+        self.assertIn("name=app-1", r.execute_command("CLIENT", "INFO").decode())
+        hello = r.execute_command("HELLO", "2")
+        self.assertIn(b"proto", hello)
+        with self.assertRaises(redis.ResponseError) as e:
+            r.execute_command("HELLO", "3")
+        self.assertIn("NOPROTO", str(e.exception))
+        with self.assertRaises(redis.ResponseError) as e:
+            r.execute_command("CLUSTER", "INFO")
+        self.assertEqual(str(e.exception), "This instance has cluster support disabled")
+        self.assertEqual(r.execute_command("CLUSTER", "KEYSLOT", "foo"), 12182)
+        info = r.info()
+        self.assertEqual(info["redis_mode"], "standalone")
+        self.assertIn("total_commands_processed", info)
+        self.assertGreater(r.command_count(), 200)
+
+    def test_dbsize_keys_scan_and_flush_cover_every_master(self):
+        r = self.r
+        r.flushall()
+        self.assertEqual(r.dbsize(), 0)
+        names = {("scan:%d" % i).encode() for i in range(500)}
+        r.mset({k: 1 for k in names})
+        self.assertEqual(r.dbsize(), 500)
+        self.assertEqual(set(r.keys("scan:*")), names)
+        self.assertEqual(set(r.scan_iter(match="scan:*", count=50)), names)
+        # Every master holds some of them, and the sum is what DBSIZE said.
+        per_node = [int(self.cluster.cli(n, "dbsize")) for n in self.cluster.masters()]
+        self.assertEqual(sum(per_node), 500)
+        self.assertTrue(all(c > 0 for c in per_node))
+        self.assertTrue(r.flushall())
+        self.assertEqual(r.dbsize(), 0)
+
+    def test_administrative_commands_are_refused(self):
+        for cmd in (["SHUTDOWN"], ["CONFIG", "SET", "maxmemory", "1"], ["DEBUG", "SLEEP", "0"],
+                    ["CLUSTER", "RESET"], ["REPLICAOF", "NO", "ONE"], ["FAILOVER"]):
+            with self.assertRaises(redis.ResponseError) as e:
+                self.r.execute_command(*cmd)
+            self.assertTrue("refuses" in str(e.exception) or "cluster support disabled" in str(e.exception),
+                            str(e.exception))
+        self.assertTrue(self.r.ping())  # and nothing was shut down
+
+    def test_transactions_in_one_slot(self):
+        p = self.r.pipeline(transaction=True)
+        p.set("{tx}a", 1).incr("{tx}a").get("{tx}a").lpush("{tx}l", "x")
+        self.assertEqual(p.execute(), [True, 2, b"2", 1])
+        p = self.r.pipeline(transaction=True)
+        p.set("{tx}a", 1).set("{other}b", 2)
+        with self.assertRaises(redis.ResponseError) as e:
+            p.execute()
+        self.assertIn("CROSSSLOT", str(e.exception))
+        self.assertEqual(self.r.get("{other}b"), None)  # nothing of the aborted transaction ran
+
+    def test_blocking_commands_do_not_block_other_clients(self):
+        blocked = client(self.proxy)
+        result = {}
+
+        def wait():
+            result["v"] = blocked.blpop(["block:list"], timeout=10)
+
+        t = threading.Thread(target=wait)
+        t.start()
+        time.sleep(0.3)
+        other = client(self.proxy)
+        start = time.time()
+        for i in range(100):
+            other.set("block:other:%d" % i, i)  # same backends; must not wait behind the BLPOP
+        self.assertLess(time.time() - start, 2)
+        other.rpush("block:list", "hello")
+        t.join(10)
+        self.assertEqual(result["v"], (b"block:list", b"hello"))
+
+    def test_100mb_value(self):
+        big = os.urandom(1 << 20) * 100
+        self.assertTrue(self.r.set("big:1", big))
+        self.assertEqual(self.r.strlen("big:1"), len(big))
+        self.assertEqual(self.r.get("big:1"), big)
+        self.r.delete("big:1")
+
+    def test_malformed_input_closes_only_that_connection(self):
+        healthy = client(self.proxy)
+        healthy.set("mal:k", "v")
+        for bad in (b"*1\r\n$-3\r\n", b"*abc\r\n", b"*4294967295\r\n", b"SET k \"unbalanced\r\n"):
+            with socket.create_connection(("127.0.0.1", self.proxy.port)) as s:
+                s.sendall(b"PING\r\n" + bad)
+                data = b""
+                s.settimeout(5)
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break  # closed by the proxy
+                    data += chunk
+                self.assertTrue(data.startswith(b"+PONG\r\n-ERR Protocol error: "), data)
+        self.assertEqual(healthy.get("mal:k"), b"v")
+
+    def test_redis_cli_through_the_proxy(self):
+        def cli(*args):
+            return subprocess.run(["redis-cli", "-p", str(self.proxy.port), *args], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        self.assertEqual(cli("set", "cli:a", "1"), "OK")
+        self.assertEqual(cli("mset", "cli:b", "2", "cli:c", "3"), "OK")
+        self.assertEqual(cli("mget", "cli:a", "cli:b", "cli:c"), "1\n2\n3")
+        piped = subprocess.run(["redis-cli", "-p", str(self.proxy.port)], input="INCR cli:n\n" * 500,
+                               capture_output=True, text=True, timeout=30).stdout.split()
+        self.assertEqual(piped, [str(i) for i in range(1, 501)])
+
+
+    def test_ioredis_through_the_proxy(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        run = subprocess.run(["node", os.path.join(here, "ioredis", "ioredis_test.js"), str(self.proxy.port)],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        self.assertIn("6 passed, 0 failed", run.stdout)
+
+
+class ProxyLimits(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = harness.Cluster(3, 0)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def test_max_clients(self):
+        proxy = harness.Proxy(self.cluster, "--max-clients", "3", threads=1)
+        try:
+            kept = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(3)]
+            time.sleep(0.2)
+            with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+                s.settimeout(5)
+                self.assertEqual(s.recv(100), b"-ERR max number of clients reached\r\n")
+            for s in kept:
+                s.close()
+        finally:
+            proxy.stop()
+
+    def test_slow_reader_is_disconnected_and_memory_stays_bounded(self):
+        proxy = harness.Proxy(self.cluster, "--max-client-output-bytes", str(4 << 20), threads=1)
+        try:
+            r = client(proxy)
+            r.set("slow:big", b"x" * (1 << 20))
+            s = socket.create_connection(("127.0.0.1", proxy.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            request = b"*2\r\n$3\r\nGET\r\n$8\r\nslow:big\r\n"
+            try:
+                for _ in range(200):  # 200 MB of replies that are never read
+                    s.sendall(request)
+            except OSError:
+                pass
+            deadline = time.time() + 10
+            while time.time() < deadline and r.info("clients")["disconnected_slow_readers"] == 0:
+                time.sleep(0.1)
+            self.assertEqual(r.info("clients")["disconnected_slow_readers"], 1)
+            with open("/proc/%d/status" % proxy.proc.pid) as f:
+                rss_kb = int(f.read().split("VmRSS:")[1].split()[0])
+            self.assertLess(rss_kb, 150 * 1024)
+            s.close()
+            self.assertEqual(r.get("slow:big"), b"x" * (1 << 20))
+        finally:
+            proxy.stop()
+
+    def test_request_timeout_names_the_cause(self):
+        proxy = harness.Proxy(self.cluster, "--request-timeout-ms", "500", threads=1)
+        try:
+            r = client(proxy)
+            slot = r.execute_command("CLUSTER", "KEYSLOT", "slowkey")
+            owner = None
+            for node in self.cluster.masters():
+                for line in self.cluster.cli(node, "cluster", "nodes").splitlines():
+                    f = line.split()
+                    if "myself" in f[2]:
+                        for rng in f[8:]:
+                            a, _, b = rng.partition("-")
+                            if int(a) <= slot <= int(b or a):
+                                owner = node
+            self.assertIsNotNone(owner)
+            sleeper = threading.Thread(target=self.cluster.cli, args=(owner, "debug", "sleep", "2"))
+            sleeper.start()
+            time.sleep(0.2)
+            start = time.time()
+            with self.assertRaises(redis.ResponseError) as e:
+                r.get("slowkey")
+            self.assertLess(time.time() - start, 1.5)
+            self.assertIn("timed out", str(e.exception))
+            self.assertIn(str(owner[1]), str(e.exception))
+            sleeper.join()
+            time.sleep(0.1)
+            self.assertIsNone(r.get("slowkey"))  # the connection recovered: later replies match later requests
+        finally:
+            proxy.stop()
+
+
+class Load:
+    """A client load through the proxy that records every acknowledged write and checks every read."""
+
+    def __init__(self, proxy, name, keys=2000):
+        self.r = client(proxy)
+        self.name = name
+        self.keys = ["%s:%d" % (name, i) for i in range(keys)]
+        self.expected = {}
+        self.errors = []
+        self.ops = 0
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        rnd = random.Random(self.name)
+        while not self.stop_flag.is_set():
+            try:
+                op = rnd.random()
+                if op < 0.4:
+                    k, v = rnd.choice(self.keys), str(rnd.random())
+                    self.r.set(k, v)
+                    self.expected[k] = v.encode()
+                elif op < 0.7:
+                    k = rnd.choice(self.keys)
+                    got = self.r.get(k)
+                    if got != self.expected.get(k):
+                        self.errors.append("GET %s: %r, expected %r" % (k, got, self.expected.get(k)))
+                elif op < 0.85:
+                    batch = {rnd.choice(self.keys): str(rnd.random()) for _ in range(10)}
+                    self.r.mset(batch)
+                    for k, v in batch.items():
+                        self.expected[k] = v.encode()
+                else:
+                    ks = [rnd.choice(self.keys) for _ in range(10)]
+                    got = self.r.mget(ks)
+                    for k, g in zip(ks, got):
+                        if g != self.expected.get(k):
+                            self.errors.append("MGET %s: %r, expected %r" % (k, g, self.expected.get(k)))
+                self.ops += 1
+            except Exception as e:  # noqa: BLE001 - every error a client sees counts
+                self.errors.append("%s: %s" % (type(e).__name__, e))
+                if len(self.errors) > 1000:
+                    return
+
+    def start(self):
+        self.thread.start()
+
+    def finish(self):
+        self.stop_flag.set()
+        self.thread.join(30)
+        if self.thread.is_alive():
+            self.errors.append("the load did not stop within 30 s")
+            return
+        for k, v in self.expected.items():
+            got = self.r.get(k)
+            if got != v:
+                self.errors.append("final read %s: %r, expected %r" % (k, got, v))
+
+
+class ProxyUnderReshape(unittest.TestCase):
+    def test_resharding_and_failover_under_load(self):
+        cluster = harness.Cluster(3, 1)
+        proxy = harness.Proxy(cluster)
+        loads = []
+        try:
+            loads = [Load(proxy, "load%d" % i) for i in range(2)]
+            for load in loads:
+                load.start()
+            time.sleep(1)
+            # 1/3 of the slots move with redis-cli's own MIGRATE-based reshard: half of A's to B, half of C's to A
+            # (no master is emptied, so none turns itself into a replica).
+            masters = cluster.masters()
+            ids = {n: cluster.cli(n, "cluster", "myid").strip() for n in masters}
+            for src, dst, count in ((masters[0], masters[1], 2730), (masters[2], masters[0], 2731)):
+                cluster.wait_consistent()
+                subprocess.run(["redis-cli", "--cluster", "reshard", "%s:%d" % src, "--cluster-from", ids[src],
+                                "--cluster-to", ids[dst], "--cluster-slots", str(count), "--cluster-yes",
+                                "--cluster-pipeline", "50"], check=True, capture_output=True, timeout=600)
+            # Then a replica takes over from its master (a coordinated manual failover).
+            replica = next(n for n in cluster.nodes if n not in masters)
+            cluster.cli(replica, "cluster", "failover")
+            deadline = time.time() + 30
+            while time.time() < deadline and cluster.cli(replica, "role").splitlines()[0] != "master":
+                time.sleep(0.1)
+            self.assertEqual(cluster.cli(replica, "role").splitlines()[0], "master")
+            time.sleep(2)
+            for load in loads:
+                load.finish()
+            info = client(proxy).info()
+            for load in loads:
+                self.assertGreater(load.ops, 500)
+                self.assertEqual(load.errors[:10], [])
+            # The proxy met the redirects and hid them.
+            self.assertGreater(info["redirects_moved"] + info["redirects_ask"], 0)
+        finally:
+            for load in loads:
+                load.stop_flag.set()
+            proxy.stop()
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
