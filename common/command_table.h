@@ -1,5 +1,5 @@
-// The Redis command table: for every command of Redis 7.0, plus the commands and subcommands Redis 7.2
-// and 7.4 added, what Redis itself reports about it (COMMAND and COMMAND DOCS): arity, flags, ACL categories,
+// The Redis command table: for every command of Redis 7.0, plus the commands and subcommands Redis 7.2,
+// 7.4 and 8.0 added, what Redis itself reports about it (COMMAND and COMMAND DOCS): arity, flags, ACL categories,
 // key specs, tips, group, since, subcommands. And keys_of(), which finds the arguments of a command line that
 // are keys the way Redis 7 does (COMMAND GETKEYS), so the proxy can hash them to slots without asking a
 // server.

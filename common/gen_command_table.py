@@ -14,11 +14,12 @@ How to regenerate (Redis 7.0 from Debian 12 on the host, Redis 8.0 from a Debian
         http://deb.debian.org/debian                                  # once
     chroot /var/cache/slotshift/roots/trixie redis-server --port 7150 --daemonize yes --dir /tmp --save ''
     /usr/bin/python3 common/gen_command_table.py --server 127.0.0.1:7100 --server 127.0.0.1:7150 \
-        --max-since 7.4 --output common/command_table_generated.inc
+        --output common/command_table_generated.inc
     redis-cli -p 7100 shutdown nosave; redis-cli -p 7150 shutdown nosave
 
-`--max-since 7.4` keeps commands added by Redis 8.0 itself (HGETEX, HSETEX, HGETDEL) out of the table; drop it to
-take them in. The output is deterministic: commands and subcommands sorted by name, nothing time-dependent.
+The table takes in the commands Redis 8.0 added too (HGETEX, HSETEX, HGETDEL), so a proxy in front of a Redis 8
+cluster routes them; `--max-since 7.4` would leave them out. Where a later server accepts more arguments than 7.0
+(ZRANK ... WITHSCORE), the more permissive arity is kept. The output is deterministic: commands and subcommands sorted by name, nothing time-dependent.
 
 Besides what the servers report, one fact is written here from Redis's source (db.c), because no reply carries
 it: which commands have a `getkeys_proc`, the C function Redis falls back to when key specs cannot answer
@@ -202,6 +203,13 @@ def merge(servers, max_since):
         limit = version_tuple(max_since)
         return not max_since or not cmd["since"] or version_tuple(cmd["since"])[:len(limit)] <= limit
 
+    def widen_arity(known, newer):
+        # A later server that accepts more arguments (ZRANK ... WITHSCORE in 7.2) must not be refused by a proxy
+        # that checks arity with the older table: keep the most permissive of the two.
+        a, b = known["arity"], newer["arity"]
+        if a != b:
+            known["arity"] = -min(abs(a), abs(b))
+
     table = dict(servers[0])
     for later in servers[1:]:
         for name, cmd in later.items():
@@ -209,10 +217,14 @@ def merge(servers, max_since):
                 if wanted(cmd):
                     table[name] = cmd
                 continue
+            widen_arity(table[name], cmd)
             known = table[name]["subcommands"]
             for sub_name, sub in cmd["subcommands"].items():
-                if sub_name not in known and wanted(sub):
-                    known[sub_name] = sub
+                if sub_name not in known:
+                    if wanted(sub):
+                        known[sub_name] = sub
+                else:
+                    widen_arity(known[sub_name], sub)
     return table
 
 
