@@ -191,7 +191,6 @@ void Backend::on_read(ssize_t nread) {
     conn->in.consume(size);
   }
   if (conn_ == conn && conn->in.size() == 0 && conn->in.capacity() > (1u << 20)) conn->in.shrink(64 * 1024);
-  worker_.flush_backends();
 }
 
 void Backend::handle_reply(std::string_view reply) {

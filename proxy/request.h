@@ -54,6 +54,8 @@ struct Request {
   std::string last_cause;         // why it was last retried: the error if its deadline passes
 
   bool done = false;
+  bool held =
+      false;  // answered while an earlier request of its client was not: counted in the client's bounds
   std::string reply;  // the bytes the client gets
 
   // Splitting and fan-out.

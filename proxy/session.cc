@@ -151,6 +151,7 @@ void Session::close() {
   worker_.proxy().clients().fetch_sub(1);
   worker_.stats().clients_connected.sub();
   worker_.session_closed(this);
+  if (dirty_) worker_.forget_dirty(this);
   for (auto& [name, backend] : dedicated_)
     backend->shutdown();
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_),
@@ -208,12 +209,24 @@ void Session::on_read(ssize_t nread) {
     in_.consume(size);
   }
   if (in_.size() == 0 && in_.capacity() > (1u << 20)) in_.shrink(16 * 1024);
-  worker_.flush_backends();
-  flush_replies();
-  // Backpressure: a client that pipelines faster than the cluster answers is not read until it catches up.
-  if (!closing_ && reading_ && queue_.size() >= worker_.config().max_pipeline) {
+  // Requests are written to the backends, and replies to this client, once per loop iteration for everything
+  // that became ready in it: one write per connection however many clients and replies took part.
+  if (!queue_.empty() && queue_.front()->done) worker_.mark_dirty(this);
+  pause_or_resume_reading();
+}
+
+// Backpressure: a client that pipelines faster than the cluster answers, or whose answered replies pile up
+// behind a slow earlier one, is not read (so sends nothing new to the cluster) until it is back under half
+// the bounds.
+void Session::pause_or_resume_reading() {
+  if (closing_) return;
+  const auto& c = worker_.config();
+  if (reading_ && (queue_.size() >= c.max_pipeline || held_bytes_ > c.max_client_output)) {
     reading_ = false;
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  } else if (!reading_ && queue_.size() < c.max_pipeline / 2 && held_bytes_ <= c.max_client_output / 2) {
+    reading_ = true;
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Session::on_alloc, &Session::on_read_cb);
   }
 }
 
@@ -251,11 +264,19 @@ void Session::answer(std::string_view name, std::string reply) {
   enqueue(r);
 }
 
-void Session::on_request_done(Request&) {
-  flush_replies();
+void Session::on_request_done(Request& request) {
+  if (!queue_.empty() && queue_.front().get() != &request) {
+    // Answered, but an earlier request is not: the reply waits here, and counts against the client's bounds.
+    request.held = true;
+    held_bytes_ += request.reply.size();
+    pause_or_resume_reading();
+    return;
+  }
+  worker_.mark_dirty(this);
 }
 
 void Session::flush_replies() {
+  dirty_ = false;
   if (closing_) return;
   auto& out = out_.buffer();
   // Unread replies from before this batch: a single reply larger than the bound still goes out whole (Redis
@@ -264,6 +285,7 @@ void Session::flush_replies() {
   bool any = false;
   while (!queue_.empty() && queue_.front()->done) {
     Request& r = *queue_.front();
+    if (r.held) held_bytes_ -= r.reply.size();
     out.append(r.reply);
     worker_.stats().record_latency((mono_ns() - r.start_ns) / 1000);
     queue_.pop_front();
@@ -286,10 +308,7 @@ void Session::flush_replies() {
     close();
     return;
   }
-  if (!reading_ && queue_.size() < worker_.config().max_pipeline / 2) {
-    reading_ = true;
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Session::on_alloc, &Session::on_read_cb);
-  }
+  pause_or_resume_reading();
 }
 
 // ---------------------------------------------------------------------------------------------------------------

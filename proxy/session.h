@@ -38,10 +38,13 @@ class Session {
   void check_deadlines(std::uint64_t now_ms);
 
   std::uint64_t id() const { return id_; }
+  // Writes every reply that is ready, in order (called by the worker once per loop iteration).
+  void flush_replies();
 
  private:
   using Args = std::span<const std::string_view>;
 
+  friend class Worker;
   explicit Session(Worker& worker);
   ~Session();
 
@@ -61,7 +64,7 @@ class Session {
   void split(const RequestPtr& parent, Args args, const std::vector<std::size_t>& keys, std::size_t step);
   void fan_out(const RequestPtr& parent, Args args, Merge merge);
   void scan(Args args, const std::string& name, const CommandInfo* cmd);
-  void flush_replies();
+  void pause_or_resume_reading();
   std::string info_reply(std::string_view section);
 
   static void on_alloc(uv_handle_t* handle, std::size_t suggested, uv_buf_t* buf);
@@ -81,6 +84,8 @@ class Session {
   std::uint64_t created_ms_ = 0;
   std::uint64_t last_activity_ms_ = 0;
   bool reading_ = true;
+  bool dirty_ = false;          // has replies ready; the worker flushes it at the end of the loop iteration
+  std::size_t held_bytes_ = 0;  // replies answered but waiting behind an earlier, unanswered one
   bool closing_ = false;
   bool quit_after_flush_ = false;
   // Blocking commands get connections of their own, one per node, for as long as the client stays.

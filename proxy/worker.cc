@@ -101,6 +101,16 @@ void Worker::start() {
       &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->on_tick(); }, kTickMs, kTickMs);
   uv_async_init(&loop_, &stop_async_, &Worker::on_async);
   stop_async_.data = this;
+  uv_check_init(&loop_, &flush_);
+  flush_.data = this;
+  uv_check_start(&flush_, [](uv_check_t* c) {
+    auto* self = static_cast<Worker*>(c->data);
+    self->flush_backends();
+    std::vector<Session*> sessions;
+    sessions.swap(self->dirty_sessions_);
+    for (Session* s : sessions)
+      s->flush_replies();
+  });
   router_.refresh();
   thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
 }
@@ -119,6 +129,7 @@ void Worker::on_async(uv_async_t* handle) {
   uv_close(reinterpret_cast<uv_handle_t*>(&self->listener_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->tick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->stop_async_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&self->flush_), nullptr);
   std::vector<Session*> sessions(self->sessions_.begin(), self->sessions_.end());
   for (Session* s : sessions)
     s->close();
@@ -144,6 +155,17 @@ Backend* Worker::backend(const HostPort& node) {
 
 void Worker::forget_dirty(Backend* backend) {
   std::erase(dirty_, backend);
+}
+
+void Worker::mark_dirty(Session* session) {
+  if (!session->dirty_) {
+    session->dirty_ = true;
+    dirty_sessions_.push_back(session);
+  }
+}
+
+void Worker::forget_dirty(Session* session) {
+  std::erase(dirty_sessions_, session);
 }
 
 void Worker::flush_backends() {

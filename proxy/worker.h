@@ -62,8 +62,10 @@ class Worker {
 
   void mark_dirty(Backend* backend) { dirty_.push_back(backend); }
   void forget_dirty(Backend* backend);
+  void mark_dirty(Session* session);
+  void forget_dirty(Session* session);
   bool stopping() const { return stopping_; }
-  // Writes everything queued to backends. Sessions call it after handling a read.
+  // Writes everything queued to backends. Called at the end of every loop iteration (and after timers).
   void flush_backends();
 
   void session_closed(Session* session);
@@ -83,12 +85,14 @@ class Worker {
   uv_tcp_t listener_{};
   uv_timer_t tick_{};
   uv_async_t stop_async_{};
+  uv_check_t flush_{};  // runs after each poll phase: one write per dirty connection
   std::thread thread_;
   int listen_fd_ = -1;
   Stats stats_;
   Router router_;
   std::map<std::string, std::unique_ptr<Backend>> backends_;  // by "host:port"
   std::vector<Backend*> dirty_;
+  std::vector<Session*> dirty_sessions_;
   std::vector<RequestPtr> retries_;
   std::unordered_set<Session*> sessions_;
   bool stopping_ = false;

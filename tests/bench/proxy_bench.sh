@@ -42,7 +42,9 @@ bench() {
   local target=$1 test=$2 pipeline=$3
   local args=(-q -n "$requests" -c 50 -P "$pipeline" -t "$test" --csv -r 100000)
   if [ "$target" = direct ]; then args+=(--cluster -h "${seed%:*}" -p "${seed#*:}"); else args+=(-p "$port"); fi
-  taskset -c 1 redis-benchmark "${args[@]}" 2>/dev/null | awk -F'","' 'NR==2 {gsub(/"/, "", $0); split($0, f, ","); print f[2], f[4]}'
+  # --csv: a header line, then "TEST","rps","avg","min","p50",...; cluster mode prints the node list first.
+  taskset -c 1 redis-benchmark "${args[@]}" 2>/dev/null | grep '^"' | grep -v '^"test"' | head -1 | tr -d '"' |
+    awk -F, '{print $2, $5}'
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

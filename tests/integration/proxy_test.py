@@ -306,7 +306,10 @@ class ProxyLimits(unittest.TestCase):
             self.assertEqual(r.info("clients")["disconnected_slow_readers"], 1)
             with open("/proc/%d/status" % proxy.proc.pid) as f:
                 rss_kb = int(f.read().split("VmRSS:")[1].split()[0])
-            self.assertLess(rss_kb, 150 * 1024)
+            print("proxy RSS after the slow reader: %d kB" % rss_kb, file=sys.stderr)
+            # 4 MB of unread replies allowed, 1 MB values: tens of MB at most (9 MB measured). Under ASan the
+            # test preset bounds the quarantine of freed memory, which would otherwise count here.
+            self.assertLess(rss_kb, 64 * 1024)
             s.close()
             self.assertEqual(r.get("slow:big"), b"x" * (1 << 20))
         finally:
@@ -423,10 +426,15 @@ class ProxyUnderReshape(unittest.TestCase):
                                 "--cluster-pipeline", "50"], check=True, capture_output=True, timeout=600)
             # Then a replica takes over from its master (a coordinated manual failover).
             replica = next(n for n in cluster.nodes if n not in masters)
-            cluster.cli(replica, "cluster", "failover")
-            deadline = time.time() + 30
-            while time.time() < deadline and cluster.cli(replica, "role").splitlines()[0] != "master":
-                time.sleep(0.1)
+            # A manual failover gives up after 5 s if the replica cannot catch up (a loaded, slow machine): ask
+            # again, as an operator would.
+            for _ in range(4):
+                cluster.cli(replica, "cluster", "failover")
+                deadline = time.time() + 10
+                while time.time() < deadline and cluster.cli(replica, "role").splitlines()[0] != "master":
+                    time.sleep(0.1)
+                if cluster.cli(replica, "role").splitlines()[0] == "master":
+                    break
             self.assertEqual(cluster.cli(replica, "role").splitlines()[0], "master")
             time.sleep(2)
             for load in loads:
