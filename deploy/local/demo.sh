@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing, builds, starts a local Redis Cluster (3 masters, 1 replica each), writes some
-# keys, and shows the cluster as slotshift's common library parsed it. Leaves no process behind.
+# The demo: installs what is missing, builds, starts a local Redis Cluster (3 masters, 1 replica each), puts
+# slotshift-proxy in front of it, runs a client load through the proxy, and shows the cluster as slotshift sees it.
+# Leaves no process behind.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -16,15 +17,34 @@ cmake --build --preset default -j "$(nproc)" | tail -1
 step "starting a local Redis Cluster"
 # --owner-pid: the cluster stops by itself if this script is killed before its trap runs.
 eval "$(deploy/local/cluster.sh start --masters 3 --replicas 1 --owner-pid $$)"
-trap 'deploy/local/cluster.sh stop --dir "$SLOTSHIFT_CLUSTER_DIR"' EXIT
+proxy_pid=""
+cleanup() {
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null || true
+  deploy/local/cluster.sh stop --dir "$SLOTSHIFT_CLUSTER_DIR"
+}
+trap cleanup EXIT
 seed=${SLOTSHIFT_CLUSTER_NODES%%,*}
 echo "nodes: $SLOTSHIFT_CLUSTER_NODES"
 
-step "writing 10,000 keys through a cluster-aware client (redis-cli -c)"
-for i in $(seq 1 10000); do echo "SET demo:$i value-$i"; done | redis-cli -c -h "${seed%:*}" -p "${seed#*:}" >/dev/null
+step "starting slotshift-proxy in front of it"
+proxy_port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+build/proxy/slotshift-proxy --listen 127.0.0.1:$proxy_port --seed "$seed" --threads 1 2>"$SLOTSHIFT_CLUSTER_DIR/proxy.log" &
+proxy_pid=$!
+for _ in $(seq 100); do [ "$(redis-cli -p $proxy_port dbsize 2>/dev/null)" = "0" ] && break; sleep 0.1; done
+echo "redis-cli -p $proxy_port talks to the whole cluster as to one Redis"
+
+step "a plain client writes 10,000 keys through the proxy, then reads them back with MGET"
+for i in $(seq 1 10000); do echo "SET demo:$i value-$i"; done | redis-cli -p $proxy_port >/dev/null
+echo "DBSIZE through the proxy: $(redis-cli -p $proxy_port dbsize)"
+echo "MGET demo:1 demo:5000 demo:10000: $(redis-cli -p $proxy_port mget demo:1 demo:5000 demo:10000 | tr '\n' ' ')"
 for n in ${SLOTSHIFT_CLUSTER_NODES//,/ }; do
-  printf '%s holds %s keys\n' "$n" "$(redis-cli -h "${n%:*}" -p "${n#*:}" dbsize)"
+  printf '  %s holds %s keys\n' "$n" "$(redis-cli -h "${n%:*}" -p "${n#*:}" dbsize)"
 done
+
+step "redis-benchmark through the proxy (GET/SET/MSET, 50 clients, pipeline 16)"
+redis-benchmark -p $proxy_port -t get,set,mset -n 100000 -c 50 -P 16 -r 100000 --csv 2>/dev/null |
+  awk -F'","' 'NR > 1 {gsub(/"/, ""); split($0, f, ","); printf "  %-16s %10s requests/s  p50 %s ms\n", f[1], f[2], f[5]}'
+redis-cli -p $proxy_port info proxy | grep -E '^(total_commands|commands_split|errors_|redirects_|latency_p)' 
 
 step "slotshift status --cluster $seed"
 build/orchestrator/slotshift status --cluster "$seed"
@@ -32,4 +52,4 @@ build/orchestrator/slotshift status --cluster "$seed"
 step "slotshift check --cluster $seed"
 build/orchestrator/slotshift check --cluster "$seed"
 
-step "done; stopping the cluster"
+step "done; stopping the proxy and the cluster"
