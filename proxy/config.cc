@@ -53,6 +53,12 @@ std::string load_config_file(const std::string& path, Config& config) {
         config.max_pipeline = v.get<std::size_t>();
       } else if (key == "idle-timeout-s") {
         config.idle_timeout = std::chrono::seconds(v.get<long>());
+      } else if (key == "admin") {
+        auto hp = parse_host_port(v.get<std::string>(), error);
+        if (!hp) return path + ": admin: " + error;
+        config.admin = *hp;
+      } else if (key == "admin-token") {
+        config.admin_token = v.get<std::string>();
       } else if (key == "allow-admin-commands") {
         config.allow_admin_commands = v.get<bool>();
       } else {

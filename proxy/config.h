@@ -31,6 +31,10 @@ struct Config {
   std::size_t max_pipeline = 100000;            // requests in flight per client; past it, stop reading
   std::chrono::seconds idle_timeout{0};         // 0: never close idle clients
   bool allow_admin_commands = false;            // SHUTDOWN, CONFIG SET, DEBUG, CLUSTER writes, ...
+
+  // The admin endpoint (HTTP: /healthz, /readyz, /metrics, /stats); off unless given.
+  HostPort admin{"", 0};
+  std::string admin_token;  // when set, required as "Authorization: Bearer <token>" (all but /healthz)
 };
 
 // Reads a JSON config file into `config`, leaving fields the file does not name as they are. Returns an error

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "proxy/admin.h"
 #include "proxy/config.h"
 #include "proxy/worker.h"
 
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   std::size_t max_clients = 0, max_bulk = 0, max_output = 0, max_pipeline = 0;
   int threads = 0;
   bool allow_admin = false;
+  std::string admin, admin_token;
   auto* o_listen =
       app.add_option("--listen", listen, "HOST:PORT to accept clients on (default 127.0.0.1:6380)");
   auto* o_seed =
@@ -49,6 +51,11 @@ int main(int argc, char** argv) {
   auto* o_admin =
       app.add_flag("--allow-admin-commands", allow_admin,
                    "pass SHUTDOWN, CONFIG SET, DEBUG, CLUSTER ... through instead of refusing them");
+  auto* o_admin_ep =
+      app.add_option("--admin", admin, "HOST:PORT of the HTTP admin endpoint (off by default)");
+  auto* o_token = app.add_option("--admin-token", admin_token,
+                                 "bearer token the admin endpoint requires (or env SLOTSHIFT_ADMIN_TOKEN)")
+                      ->envname("SLOTSHIFT_ADMIN_TOKEN");
   CLI11_PARSE(app, argc, argv);
 
   if (!config_file.empty()) {
@@ -92,6 +99,15 @@ int main(int argc, char** argv) {
   if (o_pipeline->count()) config.max_pipeline = max_pipeline;
   if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
   if (o_admin->count()) config.allow_admin_commands = allow_admin;
+  if (o_admin_ep->count()) {
+    auto hp = parse_host_port(admin, error);
+    if (!hp) {
+      std::fprintf(stderr, "slotshift-proxy: --admin: %s\n", error.c_str());
+      return 2;
+    }
+    config.admin = *hp;
+  }
+  if (o_token->count()) config.admin_token = admin_token;
   if (config.seeds.empty()) {
     std::fprintf(stderr, "slotshift-proxy: --seed is required (HOST:PORT of at least one cluster node)\n");
     return 2;
@@ -126,11 +142,25 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
     return 1;
   }
-  std::fprintf(stderr, "slotshift-proxy: listening on %s with %d thread(s), seeds %s\n",
-               config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str());
+  std::unique_ptr<proxy::AdminServer> admin_server;
+  if (config.admin.port != 0) {
+    admin_server = std::make_unique<proxy::AdminServer>(proxy, config.admin, config.admin_token);
+    error = admin_server->start();
+    if (!error.empty()) {
+      std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
+      proxy.stop();
+      proxy.wait();
+      return 1;
+    }
+  }
+  const std::string admin_note = admin_server ? ", admin on " + config.admin.str() : "";
+  std::fprintf(stderr, "slotshift-proxy: listening on %s with %d thread(s), seeds %s%s\n",
+               config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str(),
+               admin_note.c_str());
   int sig = 0;
   sigwait(&signals, &sig);
   std::fprintf(stderr, "slotshift-proxy: signal %d, stopping\n", sig);
+  if (admin_server) admin_server->stop();
   proxy.stop();
   proxy.wait();
   return 0;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -23,7 +24,8 @@ class Router {
   Backend* owner(Slot slot) const { return slots_[slot]; }
   // Every master that owns at least one slot, in a stable order (by address).
   const std::vector<Backend*>& masters() const { return masters_; }
-  bool ready() const { return loaded_; }
+  // Read by the admin endpoint's thread too.
+  bool ready() const { return loaded_.load(std::memory_order_relaxed); }
 
   // A MOVED said `slot` is now served by `node`: follow it at once, and reload the whole map soon.
   void moved(Slot slot, const HostPort& node);
@@ -43,7 +45,7 @@ class Router {
   Worker& worker_;
   std::array<Backend*, kSlotCount> slots_;
   std::vector<Backend*> masters_;
-  bool loaded_ = false;
+  std::atomic<bool> loaded_{false};
   bool refreshing_ = false;
   bool refresh_wanted_ = false;
   std::uint64_t last_refresh_ms_ = 0;

@@ -409,7 +409,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
     resp::append_bulk(reply, "server");
     resp::append_bulk(reply, "redis");
     resp::append_bulk(reply, "version");
-    resp::append_bulk(reply, "7.0.15");
+    resp::append_bulk(reply, kVersion);
     resp::append_bulk(reply, "proto");
     resp::append_integer(reply, 2);
     resp::append_bulk(reply, "id");
@@ -506,7 +506,10 @@ void Session::route(Args args, std::string_view raw, std::string name, const Com
       return;
     }
   }
-  if (cmd->has_flag(CommandFlag::kAdmin) && !worker_.config().allow_admin_commands) {
+  // CONFIG GET only reads: it goes to one master like any keyless command (redis-benchmark and many tools
+  // ask).
+  if (cmd->has_flag(CommandFlag::kAdmin) && !worker_.config().allow_admin_commands &&
+      cmd->name != "config|get") {
     worker_.stats().errors_refused.add();
     answer(name, errors::refused_admin(cmd->name));
     return;
@@ -750,111 +753,48 @@ void Session::exec_transaction() {
 
 std::string Session::info_reply(std::string_view section) {
   const bool all = section == "default" || section == "all" || section == "everything";
+  const Totals totals = worker_.proxy().totals();
   std::string out;
-  std::uint64_t requests = 0, local = 0, split = 0, proto = 0, timeouts = 0, backend = 0, crossslot = 0,
-                refused = 0, moved = 0, ask = 0, tryagain = 0, clusterdown = 0, retries = 0, refreshes = 0,
-                connected = 0, accepted = 0, rejected = 0, slow = 0, idle = 0, bconnects = 0, bfailures = 0;
-  std::array<std::uint64_t, kLatencyBuckets> hist{};
-  std::size_t backends = 0;
-  for (const auto& w : worker_.proxy().workers()) {
-    Stats& s = w->stats();
-    requests += s.requests.get();
-    local += s.local_replies.get();
-    split += s.split_requests.get();
-    proto += s.errors_protocol.get();
-    timeouts += s.errors_timeout.get();
-    backend += s.errors_backend.get();
-    crossslot += s.errors_crossslot.get();
-    refused += s.errors_refused.get();
-    moved += s.moved.get();
-    ask += s.ask.get();
-    tryagain += s.tryagain.get();
-    clusterdown += s.clusterdown.get();
-    retries += s.retries.get();
-    refreshes += s.topology_refreshes.get();
-    connected += s.clients_connected.get();
-    accepted += s.clients_accepted.get();
-    rejected += s.clients_rejected.get();
-    slow += s.clients_slow_reader.get();
-    idle += s.clients_idle.get();
-    bconnects += s.backend_connects.get();
-    bfailures += s.backend_failures.get();
-    for (std::size_t b = 0; b < kLatencyBuckets; ++b)
-      hist[b] += s.latency_us[b].get();
-  }
-  backends = worker_.backends_.size();
-  auto line = [&out](std::string_view k, auto v) {
+  auto line = [&out](std::string_view k, std::string_view v) {
     out.append(k);
     out.push_back(':');
-    if constexpr (std::is_arithmetic_v<decltype(v)>) {
-      out.append(std::to_string(v));
-    } else {
-      out.append(v);
-    }
+    out.append(v);
     out.append("\r\n");
+  };
+  auto counters = [&](std::string_view of) {
+    for (std::size_t i = 0; i < kCounterCount; ++i) {
+      if (kCounters[i].section == of) line(kCounters[i].name, std::to_string(totals.counters[i]));
+    }
   };
   if (all || section == "server") {
     out.append("# Server\r\n");
-    line("redis_version", std::string("7.0.15"));
-    line("redis_mode", std::string("standalone"));
-    line("slotshift_version", std::string("0.1.0"));
-    line("process_id", static_cast<long>(::getpid()));
-    line("tcp_port", worker_.config().listen.port);
+    line("redis_mode", "standalone");
+    line("slotshift_version", kVersion);
+    line("process_id", std::to_string(::getpid()));
+    line("tcp_port", std::to_string(worker_.config().listen.port));
     line("uptime_in_seconds",
-         (static_cast<std::uint64_t>(uv_now(worker_.loop())) - worker_.proxy().start_time_ms()) / 1000);
-    line("threads", worker_.config().threads);
+         std::to_string((uv_now(worker_.loop()) - worker_.proxy().start_time_ms()) / 1000));
+    line("threads", std::to_string(worker_.config().threads));
     out.append("\r\n");
   }
   if (all || section == "clients") {
     out.append("# Clients\r\n");
-    line("connected_clients", connected);
-    line("maxclients", worker_.config().max_clients);
-    line("total_connections_received", accepted);
-    line("rejected_connections", rejected);
-    line("disconnected_slow_readers", slow);
-    line("disconnected_idle", idle);
+    counters("clients");
+    line("maxclients", std::to_string(worker_.config().max_clients));
     out.append("\r\n");
   }
   if (all || section == "proxy" || section == "stats") {
     out.append("# Proxy\r\n");
-    line("total_commands_processed", requests);
-    line("commands_answered_locally", local);
-    line("commands_split_or_fanned_out", split);
-    line("errors_protocol", proto);
-    line("errors_timeout", timeouts);
-    line("errors_backend_lost", backend);
-    line("errors_crossslot", crossslot);
-    line("errors_refused", refused);
-    line("redirects_moved", moved);
-    line("redirects_ask", ask);
-    line("redirects_tryagain", tryagain);
-    line("redirects_clusterdown", clusterdown);
-    line("retries", retries);
-    line("topology_refreshes", refreshes);
-    line("backend_connections_opened", bconnects);
-    line("backend_failures", bfailures);
-    line("backends_known_by_this_worker", backends);
-    std::uint64_t total = 0;
-    for (auto c : hist)
-      total += c;
-    auto pct = [&](double q) -> std::uint64_t {
-      if (total == 0) return 0;
-      const auto want = static_cast<std::uint64_t>(q * static_cast<double>(total));
-      std::uint64_t seen = 0;
-      for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
-        seen += hist[b];
-        if (seen > want) return b == 0 ? 1 : (1ull << b);
-      }
-      return 1ull << (kLatencyBuckets - 1);
-    };
-    line("latency_p50_us_at_most", pct(0.50));
-    line("latency_p99_us_at_most", pct(0.99));
-    line("latency_p999_us_at_most", pct(0.999));
+    counters("proxy");
+    line("latency_p50_us_at_most", std::to_string(totals.latency_quantile_us(0.50)));
+    line("latency_p99_us_at_most", std::to_string(totals.latency_quantile_us(0.99)));
+    line("latency_p999_us_at_most", std::to_string(totals.latency_quantile_us(0.999)));
     std::string buckets;
     for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
-      if (hist[b] == 0) continue;
+      if (totals.latency[b] == 0) continue;
       if (!buckets.empty()) buckets += ",";
-      buckets += "le" + std::to_string(b == 0 ? 1 : (1ull << b)) + "us=" + std::to_string(hist[b]);
+      buckets +=
+          "le" + std::to_string(Totals::bucket_bound_us(b)) + "us=" + std::to_string(totals.latency[b]);
     }
     line("latency_histogram", buckets);
     out.append("\r\n");

@@ -6,6 +6,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <string_view>
 
 namespace slotshift::proxy {
 
@@ -59,6 +60,71 @@ struct Stats {
     }
     latency_us[b].add();
   }
+};
+
+// Every counter once, with the name INFO and /metrics give it, so that the two never drift apart.
+struct CounterInfo {
+  std::string_view section;  // INFO section: "clients" or "proxy"
+  std::string_view name;
+  Counter Stats::*member;
+  std::string_view help;
+  bool gauge = false;
+};
+
+inline constexpr CounterInfo kCounters[] = {
+    {"clients", "connected_clients", &Stats::clients_connected, "client connections open now", true},
+    {"clients", "total_connections_received", &Stats::clients_accepted, "client connections accepted"},
+    {"clients", "rejected_connections", &Stats::clients_rejected,
+     "client connections refused over max-clients"},
+    {"clients", "disconnected_slow_readers", &Stats::clients_slow_reader,
+     "clients closed for unread replies over max-client-output-bytes"},
+    {"clients", "disconnected_idle", &Stats::clients_idle, "clients closed after idle-timeout"},
+    {"proxy", "total_commands_processed", &Stats::requests, "client commands"},
+    {"proxy", "commands_answered_locally", &Stats::local_replies, "commands the proxy answered itself"},
+    {"proxy", "commands_split_or_fanned_out", &Stats::split_requests,
+     "commands split by slot or sent to every master"},
+    {"proxy", "errors_protocol", &Stats::errors_protocol, "malformed client input (connection closed)"},
+    {"proxy", "errors_timeout", &Stats::errors_timeout, "requests answered with a timeout error"},
+    {"proxy", "errors_backend_lost", &Stats::errors_backend, "writes lost with their backend connection"},
+    {"proxy", "errors_crossslot", &Stats::errors_crossslot, "multi-key commands refused with CROSSSLOT"},
+    {"proxy", "errors_refused", &Stats::errors_refused, "administrative or unsupported commands refused"},
+    {"proxy", "redirects_moved", &Stats::moved, "MOVED replies met and followed"},
+    {"proxy", "redirects_ask", &Stats::ask, "ASK replies met and followed"},
+    {"proxy", "redirects_tryagain", &Stats::tryagain, "TRYAGAIN replies met and retried"},
+    {"proxy", "redirects_clusterdown", &Stats::clusterdown, "CLUSTERDOWN replies met and retried"},
+    {"proxy", "retries", &Stats::retries, "requests sent again"},
+    {"proxy", "topology_refreshes", &Stats::topology_refreshes, "slot map reloads"},
+    {"proxy", "backend_connections_opened", &Stats::backend_connects, "connections opened to cluster nodes"},
+    {"proxy", "backend_failures", &Stats::backend_failures, "backend connections lost or refused"},
+};
+inline constexpr std::size_t kCounterCount = sizeof(kCounters) / sizeof(kCounters[0]);
+
+// The sum over every worker at one moment (each counter read once; they move independently).
+struct Totals {
+  std::array<std::uint64_t, kCounterCount> counters{};
+  std::array<std::uint64_t, kLatencyBuckets> latency{};
+
+  void add(const Stats& s) {
+    for (std::size_t i = 0; i < kCounterCount; ++i)
+      counters[i] += (s.*kCounters[i].member).get();
+    for (std::size_t b = 0; b < kLatencyBuckets; ++b)
+      latency[b] += s.latency_us[b].get();
+  }
+  // The upper bound, in microseconds, of the bucket holding the q-quantile (0 with no samples).
+  std::uint64_t latency_quantile_us(double q) const {
+    std::uint64_t total = 0;
+    for (auto c : latency)
+      total += c;
+    if (total == 0) return 0;
+    const auto want = static_cast<std::uint64_t>(q * static_cast<double>(total));
+    std::uint64_t seen = 0;
+    for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
+      seen += latency[b];
+      if (seen > want) return bucket_bound_us(b);
+    }
+    return bucket_bound_us(kLatencyBuckets - 1);
+  }
+  static std::uint64_t bucket_bound_us(std::size_t b) { return b == 0 ? 1 : (1ull << b); }
 };
 
 }  // namespace slotshift::proxy

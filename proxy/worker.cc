@@ -436,6 +436,20 @@ std::string Proxy::start() {
   return "";
 }
 
+Totals Proxy::totals() const {
+  Totals t;
+  for (const auto& w : workers_)
+    t.add(w->stats());
+  return t;
+}
+
+bool Proxy::ready() const {
+  for (const auto& w : workers_) {
+    if (!w->router().ready()) return false;
+  }
+  return true;
+}
+
 void Proxy::stop() {
   for (auto& w : workers_)
     w->stop();

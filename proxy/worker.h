@@ -22,6 +22,8 @@
 
 namespace slotshift::proxy {
 
+inline constexpr std::string_view kVersion = "0.1.0";
+
 class Session;
 class Proxy;
 
@@ -114,6 +116,10 @@ class Proxy {
   std::atomic<std::size_t>& clients() { return clients_; }
   std::atomic<std::uint64_t>& next_client_id() { return next_client_id_; }
   std::uint64_t start_time_ms() const { return start_time_ms_; }
+  // Every worker's counters added up (callable from any thread).
+  Totals totals() const;
+  // Whether every worker has loaded a slot map.
+  bool ready() const;
 
  private:
   Config config_;

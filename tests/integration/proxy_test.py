@@ -265,6 +265,50 @@ class ProxyBasics(unittest.TestCase):
         self.assertIn("6 passed, 0 failed", run.stdout)
 
 
+class ProxyAdmin(unittest.TestCase):
+    def test_admin_endpoint(self):
+        import json
+        import urllib.error
+        import urllib.request
+        cluster = harness.Cluster(3, 0)
+        admin_port = harness.free_port()
+        proxy = harness.Proxy(cluster, "--admin", "127.0.0.1:%d" % admin_port, "--admin-token", "s3cret")
+        try:
+            def get(path, token=None):
+                req = urllib.request.Request("http://127.0.0.1:%d%s" % (admin_port, path))
+                if token:
+                    req.add_header("Authorization", "Bearer " + token)
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as res:
+                        return res.status, res.read().decode()
+                except urllib.error.HTTPError as e:
+                    return e.code, e.read().decode()
+
+            self.assertEqual(get("/healthz"), (200, "ok\n"))
+            self.assertEqual(get("/metrics")[0], 401)
+            self.assertEqual(get("/stats", "wrong")[0], 401)
+            self.assertEqual(get("/readyz", "s3cret"), (200, "ready\n"))
+            r = client(proxy)
+            before = json.loads(get("/stats", "s3cret")[1])["total_commands_processed"]
+            for i in range(100):
+                r.set("admin:%d" % i, i)
+            stats = json.loads(get("/stats", "s3cret")[1])
+            self.assertEqual(stats["total_commands_processed"] - before, 100)
+            self.assertTrue(stats["ready"])
+            status, metrics = get("/metrics", "s3cret")
+            self.assertEqual(status, 200)
+            self.assertIn("# TYPE slotshift_proxy_total_commands_processed_total counter", metrics)
+            self.assertIn('slotshift_proxy_request_duration_seconds_bucket{le="+Inf"}', metrics)
+            self.assertIn("slotshift_proxy_ready 1", metrics)
+            # CONFIG GET reads and is passed to a master; CONFIG SET stays refused.
+            self.assertIn("maxmemory", r.config_get("maxmemory"))
+            with self.assertRaises(redis.ResponseError):
+                r.config_set("maxmemory", "1")
+        finally:
+            proxy.stop()
+            cluster.stop()
+
+
 class ProxyLimits(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
