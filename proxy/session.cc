@@ -82,6 +82,20 @@ constexpr std::string_view kUnsupportedState[] = {"watch",      "unwatch",     "
                                                   "monitor",    "reset",       "sync",         "psync",
                                                   "replconf",   "readonly",    "readwrite"};
 
+// One of the commands a split or fanned-out request becomes: it shares the parent's deadline and start time
+// and answers into the parent's part_replies[index].
+RequestPtr make_part(const RequestPtr& parent, std::size_t index) {
+  auto part = std::make_shared<Request>();
+  part->parent = parent;
+  part->name = parent->name;
+  part->cmd = parent->cmd;
+  part->start_ns = parent->start_ns;
+  part->deadline_ms = parent->deadline_ms;
+  part->idempotent = parent->idempotent;
+  part->part_index = index;
+  return part;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -599,14 +613,7 @@ void Session::split(const RequestPtr& parent, Args args, const std::vector<std::
   parent->part_keys = part_keys;
   std::vector<RequestPtr> parts;
   for (std::size_t p = 0; p < part_keys.size(); ++p) {
-    auto part = std::make_shared<Request>();
-    part->parent = parent;
-    part->name = parent->name;
-    part->cmd = parent->cmd;
-    part->start_ns = parent->start_ns;
-    part->deadline_ms = parent->deadline_ms;
-    part->idempotent = parent->idempotent;
-    part->part_index = p;
+    auto part = make_part(parent, p);
     part->has_slot = true;
     part->slot = part_slot[p];
     std::vector<std::string_view> argv{args[0]};
@@ -635,14 +642,7 @@ void Session::fan_out(const RequestPtr& parent, Args args, Merge merge) {
   resp::append_command(wire, std::vector<std::string_view>(args.begin(), args.end()));
   std::vector<RequestPtr> parts;
   for (std::size_t p = 0; p < masters.size(); ++p) {
-    auto part = std::make_shared<Request>();
-    part->parent = parent;
-    part->name = parent->name;
-    part->cmd = parent->cmd;
-    part->start_ns = parent->start_ns;
-    part->deadline_ms = parent->deadline_ms;
-    part->idempotent = parent->idempotent;
-    part->part_index = p;
+    auto part = make_part(parent, p);
     part->fixed = masters[p];
     part->wire = wire;
     parts.push_back(std::move(part));
@@ -674,12 +674,7 @@ void Session::scan(Args args, const std::string& name, const CommandInfo* cmd) {
   parent->scan_node = node;
   parent->scan_nodes = masters.size();
   enqueue(parent);
-  auto part = std::make_shared<Request>();
-  part->parent = parent;
-  part->name = name;
-  part->cmd = cmd;
-  part->start_ns = parent->start_ns;
-  part->deadline_ms = parent->deadline_ms;
+  auto part = make_part(parent, 0);
   part->idempotent = true;
   part->fixed = masters[node];
   std::vector<std::string_view> argv(args.begin(), args.end());

@@ -47,6 +47,15 @@ bench() {
     awk -F, '{print $2, $5}'
 }
 
+# One client, pipeline 1: prints p50 in ms.
+bench_one() {
+  local target=$1 test=$2
+  local args=(-q -n "$requests" -c 1 -P 1 -t "$test" --csv -r 100000)
+  if [ "$target" = direct ]; then args+=(--cluster -h "${seed%:*}" -p "${seed#*:}"); else args+=(-p "$port"); fi
+  taskset -c 1 redis-benchmark "${args[@]}" 2>/dev/null | grep '^"' | grep -v '^"test"' | head -1 | tr -d '"' |
+    awk -F, '{print $5}'
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 printf '%-22s %12s %12s %8s %12s %12s\n' test direct_rps proxy_rps ratio direct_p50 proxy_p50
@@ -64,6 +73,15 @@ for pipeline in 1 16; do
       "${dl}ms" "${pl}ms"
   done
 done
+# The latency the proxy adds, without queueing: one client, one request at a time.
+d_p50=() p_p50=()
+for _ in $(seq "$runs"); do
+  d_p50+=("$(requests=20000 bench_one direct get)")
+  p_p50+=("$(requests=20000 bench_one proxy get)")
+done
+dl=$(printf '%s\n' "${d_p50[@]}" | median) pl=$(printf '%s\n' "${p_p50[@]}" | median)
+printf '%-22s %12s %12s %8s %12s %12s   (one client: the proxy adds %s us at p50)\n' "get P1 c1" - - - "${dl}ms" \
+  "${pl}ms" "$(echo "($pl - $dl) * 1000" | bc -l | xargs printf '%.0f')"
 echo "(mset: direct uses redis-benchmark's {tag} keys, one slot per command; through the proxy the 10 keys are"
 echo " spread over slots and split, which no cluster client can send directly)"
 

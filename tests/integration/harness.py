@@ -97,6 +97,8 @@ class Proxy:
         return self.log.read()
 
     def stop(self):
+        """Stops the proxy with SIGTERM and checks that it shut down cleanly: exit code 0 within 10 s (a
+        sanitizer report makes it non-zero)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -104,7 +106,10 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                raise AssertionError("slotshift-proxy did not stop within 10 s of SIGTERM")
         if not self.log.closed:
             self.output_at_exit = self.output()
             self.log.close()
+        if self.proc.returncode != 0:
+            raise AssertionError("slotshift-proxy exited with %s:\n%s" % (self.proc.returncode, self.output_at_exit))
         return self.proc.returncode
