@@ -181,6 +181,12 @@ std::vector<std::string_view> Scanner::args(std::string_view buf) const {
   return out;
 }
 
+void Scanner::args(std::string_view buf, std::vector<std::string_view>& out) const {
+  out.clear();
+  for (std::size_t i = 0; i < args_.size(); ++i)
+    out.push_back(arg(buf, i));
+}
+
 std::string_view Scanner::arg(std::string_view buf, std::size_t i) const {
   const Slice s = args_[i];
   return (inline_ ? std::string_view(inline_storage_) : buf).substr(s.offset, s.length);

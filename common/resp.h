@@ -90,6 +90,7 @@ class Scanner {
   // escapes are decoded into storage the scanner owns, so use args() to resolve them.
   std::size_t argc() const { return args_.size(); }
   std::vector<std::string_view> args(std::string_view buf) const;
+  void args(std::string_view buf, std::vector<std::string_view>& out) const;  // reuses `out`
   std::string_view arg(std::string_view buf, std::size_t i) const;
   bool is_inline() const { return inline_; }
   // After kIncomplete: the buffer size at which the bulk string being read will be complete, or 0 when no

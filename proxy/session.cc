@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <map>
 #include <type_traits>
+#include <unordered_map>
 
 #include "common/slot.h"
 #include "proxy/backend.h"
@@ -81,6 +82,51 @@ constexpr std::string_view kUnsupportedState[] = {"watch",      "unwatch",     "
                                                   "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
                                                   "monitor",    "reset",       "sync",         "psync",
                                                   "replconf",   "readonly",    "readwrite"};
+
+// How the proxy treats a command, decided once per command-table entry so that the hot path makes one hash
+// lookup on a pointer instead of comparing names.
+enum class Handling : std::uint8_t { kForward, kLocal, kUnsupported, kSplit, kEveryMaster, kScan };
+struct Plan {
+  Handling handling = Handling::kForward;
+  Merge merge = Merge::kNone;
+  std::size_t step = 1;
+};
+
+// The names the proxy answers itself (Session::answer_locally).
+constexpr std::string_view kLocal[] = {"ping",    "echo",  "quit", "select", "multi",   "exec",
+                                       "discard", "hello", "auth", "client", "cluster", "info"};
+
+const Plan& plan_of(const CommandInfo* cmd) {
+  static const std::unordered_map<const CommandInfo*, Plan> plans = [] {
+    std::unordered_map<const CommandInfo*, Plan> m;
+    auto lookup = [](std::string_view full) {
+      const auto bar = full.find('|');
+      if (bar == std::string_view::npos) return find_command(full);
+      const std::string_view argv[] = {full.substr(0, bar), full.substr(bar + 1)};
+      return find_command(std::span<const std::string_view>(argv));
+    };
+    auto set = [&](std::string_view full, Plan plan) {
+      const CommandInfo* info = lookup(full);
+      if (!info) return;  // not in this table: it is forwarded, and the server answers
+      m[info] = plan;
+      for (const auto& sub : info->subcommands)
+        m[&sub] = plan;
+    };
+    for (auto name : kLocal)
+      set(name, {Handling::kLocal});
+    for (auto name : kUnsupportedState)
+      set(name, {Handling::kUnsupported});
+    for (const auto& s : kSplittable)
+      set(s.name, {Handling::kSplit, s.merge, s.step});
+    for (const auto& f : kFanOut)
+      set(f.name, {Handling::kEveryMaster, f.merge});
+    set("scan", {Handling::kScan});
+    return m;
+  }();
+  static const Plan forward;
+  const auto it = plans.find(cmd);
+  return it == plans.end() ? forward : it->second;
+}
 
 // One of the commands a split or fanned-out request becomes: it shares the parent's deadline and start time
 // and answers into the parent's part_replies[index].
@@ -217,7 +263,7 @@ void Session::on_read(ssize_t nread) {
       break;
     }
     const std::size_t size = scanner_.size();
-    args = scanner_.args(data);
+    scanner_.args(data, args);
     if (!args.empty()) handle(args, data.substr(0, size));
     scanner_.reset();
     in_.consume(size);
@@ -332,13 +378,14 @@ void Session::handle(Args args, std::string_view raw) {
   worker_.stats().requests.add();
   std::string name = lower(args[0]);
   const CommandInfo* cmd = find_command(args);
+  const Plan& plan = plan_of(cmd);
 
   if (in_multi_ && name != "exec" && name != "discard" && name != "multi" && name != "watch" &&
       name != "quit") {
     queue_transaction(args, raw, std::move(name), cmd);
     return;
   }
-  if (answer_locally(name, args)) return;
+  if (plan.handling == Handling::kLocal && answer_locally(name, args)) return;
   route(args, raw, std::move(name), cmd);
 }
 
@@ -511,14 +558,13 @@ void Session::route(Args args, std::string_view raw, std::string name, const Com
     answer(name, errors::wrong_arity(cmd->name));
     return;
   }
-  for (auto state : kUnsupportedState) {
-    if (name == state) {
-      worker_.stats().errors_refused.add();
-      answer(name, errors::unsupported(name,
-                                       "connection state (WATCH, Pub/Sub, MONITOR, ...) is not carried "
-                                       "through the proxy yet"));
-      return;
-    }
+  const Plan& plan = plan_of(cmd);
+  if (plan.handling == Handling::kUnsupported) {
+    worker_.stats().errors_refused.add();
+    answer(name, errors::unsupported(name,
+                                     "connection state (WATCH, Pub/Sub, MONITOR, ...) is not carried "
+                                     "through the proxy yet"));
+    return;
   }
   // CONFIG GET only reads: it goes to one master like any keyless command (redis-benchmark and many tools
   // ask).
@@ -536,14 +582,12 @@ void Session::route(Args args, std::string_view raw, std::string name, const Com
     for (std::size_t i = 1; i < keys_.size() && same; ++i)
       same = key_slot(args[keys_[i]]) == first;
     if (!same) {
-      for (const auto& s : kSplittable) {
-        if (cmd->name == s.name) {
-          auto parent = new_request(std::move(name), cmd);
-          parent->merge = s.merge;
-          enqueue(parent);
-          split(parent, args, keys_, s.step);
-          return;
-        }
+      if (plan.handling == Handling::kSplit) {
+        auto parent = new_request(std::move(name), cmd);
+        parent->merge = plan.merge;
+        enqueue(parent);
+        split(parent, args, keys_, plan.step);
+        return;
       }
       worker_.stats().errors_crossslot.add();
       answer(name, std::string(errors::kCrossSlot));
@@ -566,18 +610,15 @@ void Session::route(Args args, std::string_view raw, std::string name, const Com
   }
 
   // No keys (or keys the server will refuse as malformed: it says so in its own words).
-  const std::string_view full = cmd->name;
-  if (full == "scan") {
+  if (plan.handling == Handling::kScan) {
     scan(args, name, cmd);
     return;
   }
-  for (const auto& f : kFanOut) {
-    if (full == f.name) {
-      auto parent = new_request(std::move(name), cmd);
-      enqueue(parent);
-      fan_out(parent, args, f.merge);
-      return;
-    }
+  if (plan.handling == Handling::kEveryMaster) {
+    auto parent = new_request(std::move(name), cmd);
+    enqueue(parent);
+    fan_out(parent, args, plan.merge);
+    return;
   }
   auto r = new_request(std::move(name), cmd);
   r->wire.assign(raw);
