@@ -466,6 +466,89 @@ class Load:
                 self.errors.append("final read %s: %r, expected %r" % (k, got, v))
 
 
+class ProxyRedirects(unittest.TestCase):
+    """TRYAGAIN and CLUSTERDOWN, produced by real servers, never reach the client while the deadline allows."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = harness.Cluster(3, 0)
+        cls.proxy = harness.Proxy(cls.cluster)
+        cls.r = client(cls.proxy)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.proxy.stop()
+        finally:
+            cls.cluster.stop()
+
+    def owner_of(self, slot):
+        for node in self.cluster.masters():
+            for line in self.cluster.cli(node, "cluster", "nodes").splitlines():
+                f = line.split()
+                if "myself" not in f[2]:
+                    continue
+                for rng in f[8:]:
+                    if rng.startswith("["):
+                        continue
+                    a, _, b = rng.partition("-")
+                    if int(a) <= slot <= int(b or a):
+                        return node, f[0]
+        raise AssertionError("no owner for slot %d" % slot)
+
+    def test_tryagain_during_a_half_done_migration_is_retried(self):
+        r = self.r
+        r.mset({"{ta}a": "1", "{ta}b": "2"})
+        slot = r.execute_command("CLUSTER", "KEYSLOT", "{ta}a")
+        (src, src_id) = self.owner_of(slot)
+        dst = next(n for n in self.cluster.masters() if n != src)
+        dst_id = self.cluster.cli(dst, "cluster", "myid").strip()
+        # Open the slot both ways and move one of the two keys: the source answers TRYAGAIN to a command that
+        # needs both, until the migration is finished.
+        self.cluster.cli(dst, "cluster", "setslot", str(slot), "importing", src_id)
+        self.cluster.cli(src, "cluster", "setslot", str(slot), "migrating", dst_id)
+        self.cluster.cli(src, "migrate", dst[0], str(dst[1]), "{ta}a", "0", "5000")
+        before = r.info("proxy")["redirects_tryagain"]
+
+        def finish():
+            time.sleep(0.5)
+            self.cluster.cli(src, "migrate", dst[0], str(dst[1]), "{ta}b", "0", "5000")
+            for node in self.cluster.masters():
+                self.cluster.cli(node, "cluster", "setslot", str(slot), "node", dst_id)
+
+        t = threading.Thread(target=finish)
+        t.start()
+        start = time.time()
+        self.assertEqual(r.mget("{ta}a", "{ta}b"), [b"1", b"2"])
+        self.assertGreater(time.time() - start, 0.3)  # it waited for the migration, it did not fail
+        t.join()
+        self.assertGreater(r.info("proxy")["redirects_tryagain"], before)
+        self.assertEqual(r.get("{ta}b"), b"2")
+        self.cluster.wait_consistent()
+
+    def test_clusterdown_for_an_uncovered_slot_is_retried(self):
+        r = self.r
+        r.set("{cd}k", "v")
+        r.delete("{cd}k")  # the slot must be empty to be unassigned
+        slot = r.execute_command("CLUSTER", "KEYSLOT", "{cd}k")
+        (owner, owner_id) = self.owner_of(slot)
+        for node in self.cluster.masters():
+            self.cluster.cli(node, "cluster", "delslots", str(slot))
+        before = r.info("proxy")["redirects_clusterdown"]
+
+        def restore():
+            time.sleep(0.5)
+            self.cluster.cli(owner, "cluster", "addslots", str(slot))
+
+        t = threading.Thread(target=restore)
+        t.start()
+        self.assertTrue(r.set("{cd}k", "back"))
+        t.join()
+        self.assertEqual(r.get("{cd}k"), b"back")
+        self.assertGreater(r.info("proxy")["redirects_clusterdown"], before)
+        self.cluster.wait_consistent()
+
+
 class ProxyUnderReshape(unittest.TestCase):
     def test_resharding_and_failover_under_load(self):
         cluster = harness.Cluster(3, 1)
