@@ -1,8 +1,8 @@
 // The Redis command table: for every command of Redis 7.0, plus the commands and subcommands Redis 7.2,
-// 7.4 and 8.0 added, what Redis itself reports about it (COMMAND and COMMAND DOCS): arity, flags, ACL categories,
-// key specs, tips, group, since, subcommands. And keys_of(), which finds the arguments of a command line that
-// are keys the way Redis 7 does (COMMAND GETKEYS), so the proxy can hash them to slots without asking a
-// server.
+// 7.4 and 8.0 added, what Redis itself reports about it (COMMAND and COMMAND DOCS): arity, flags, ACL
+// categories, key specs, tips, group, since, subcommands. And keys_of(), which finds the arguments of a
+// command line that are keys the way Redis 7 does (COMMAND GETKEYS), so the proxy can hash them to slots
+// without asking a server.
 //
 // The data lives in command_table_generated.inc, written by gen_command_table.py from live servers (see its
 // header for how to regenerate it). Everything here is constexpr data: no allocation, no initialisation

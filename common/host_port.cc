@@ -22,4 +22,18 @@ std::optional<HostPort> parse_host_port(std::string_view text, std::string& erro
   return HostPort{std::string(host), port};
 }
 
+std::optional<std::vector<HostPort>> parse_host_port_list(std::string_view text, std::string& error) {
+  std::vector<HostPort> out;
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    auto comma = text.find(',', pos);
+    if (comma == std::string_view::npos) comma = text.size();
+    auto one = parse_host_port(text.substr(pos, comma - pos), error);
+    if (!one) return std::nullopt;
+    out.push_back(std::move(*one));
+    pos = comma + 1;
+  }
+  return out;
+}
+
 }  // namespace slotshift

@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace slotshift {
 
@@ -16,5 +17,9 @@ struct HostPort {
 
 // Parses "HOST:PORT" (IPv6 as "[::1]:7000"). Returns nullopt and sets `error` for anything else.
 std::optional<HostPort> parse_host_port(std::string_view text, std::string& error);
+
+// "HOST:PORT[,HOST:PORT...]", as --seed and similar flags take them. nullopt (and `error`) if any is
+// malformed.
+std::optional<std::vector<HostPort>> parse_host_port_list(std::string_view text, std::string& error);
 
 }  // namespace slotshift

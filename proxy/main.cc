@@ -66,29 +66,24 @@ int main(int argc, char** argv) {
     }
   }
   std::string error;
+  // HOST:PORT (or a list of them) from the command line; false, after saying why, for anything else.
+  auto endpoints = [&error](const char* flag, const std::string& text, std::vector<HostPort>& into,
+                            bool one) {
+    auto list = parse_host_port_list(text, error);
+    if (list && one && list->size() != 1) error = "takes one HOST:PORT, got '" + text + "'";
+    if (!list || (one && list->size() != 1)) {
+      std::fprintf(stderr, "slotshift-proxy: %s: %s\n", flag, error.c_str());
+      return false;
+    }
+    into = std::move(*list);
+    return true;
+  };
+  std::vector<HostPort> one;
   if (o_listen->count()) {
-    auto hp = parse_host_port(listen, error);
-    if (!hp) {
-      std::fprintf(stderr, "slotshift-proxy: --listen: %s\n", error.c_str());
-      return 2;
-    }
-    config.listen = *hp;
+    if (!endpoints("--listen", listen, one, true)) return 2;
+    config.listen = one.front();
   }
-  if (o_seed->count()) {
-    config.seeds.clear();
-    std::size_t pos = 0;
-    while (pos <= seeds.size()) {
-      auto comma = seeds.find(',', pos);
-      if (comma == std::string::npos) comma = seeds.size();
-      auto hp = parse_host_port(seeds.substr(pos, comma - pos), error);
-      if (!hp) {
-        std::fprintf(stderr, "slotshift-proxy: --seed: %s\n", error.c_str());
-        return 2;
-      }
-      config.seeds.push_back(*hp);
-      pos = comma + 1;
-    }
-  }
+  if (o_seed->count() && !endpoints("--seed", seeds, config.seeds, false)) return 2;
   if (o_threads->count()) config.threads = threads;
   if (o_rt->count()) config.request_timeout = std::chrono::milliseconds(request_timeout_ms);
   if (o_ct->count()) config.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
@@ -100,12 +95,8 @@ int main(int argc, char** argv) {
   if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
   if (o_admin->count()) config.allow_admin_commands = allow_admin;
   if (o_admin_ep->count()) {
-    auto hp = parse_host_port(admin, error);
-    if (!hp) {
-      std::fprintf(stderr, "slotshift-proxy: --admin: %s\n", error.c_str());
-      return 2;
-    }
-    config.admin = *hp;
+    if (!endpoints("--admin", admin, one, true)) return 2;
+    config.admin = one.front();
   }
   if (o_token->count()) config.admin_token = admin_token;
   if (config.seeds.empty()) {

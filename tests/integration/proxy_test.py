@@ -25,7 +25,9 @@ def slot_of(r, key):
     return r.execute_command("CLUSTER", "KEYSLOT", key)
 
 
-class ProxyBasics(unittest.TestCase):
+class ClusterBehindProxy(unittest.TestCase):
+    """A class of tests that share one cluster of 3 masters, one proxy in front of it and a client."""
+
     @classmethod
     def setUpClass(cls):
         cls.cluster = harness.Cluster(3, 0)
@@ -39,6 +41,8 @@ class ProxyBasics(unittest.TestCase):
         finally:
             cls.cluster.stop()
 
+
+class ProxyBasics(ClusterBehindProxy):
     def test_every_data_type(self):
         r = self.r
         self.assertTrue(r.set("s:1", "v", ex=100))
@@ -466,21 +470,8 @@ class Load:
                 self.errors.append("final read %s: %r, expected %r" % (k, got, v))
 
 
-class ProxyRedirects(unittest.TestCase):
+class ProxyRedirects(ClusterBehindProxy):
     """TRYAGAIN and CLUSTERDOWN, produced by real servers, never reach the client while the deadline allows."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = harness.Cluster(3, 0)
-        cls.proxy = harness.Proxy(cls.cluster)
-        cls.r = client(cls.proxy)
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.proxy.stop()
-        finally:
-            cls.cluster.stop()
 
     def owner_of(self, slot):
         for node in self.cluster.masters():
