@@ -3,6 +3,7 @@
 # anyone who wants to try slotshift.
 #
 #   cluster.sh start [--masters N] [--replicas R] [--dir DIR] [--owner-pid PID] [--node-timeout MS]
+#                    [--server redis-7.0|redis-8.0|valkey-8.0|valkey-8.1|valkey-9.1]
 #   cluster.sh stop    [--dir DIR]
 #   cluster.sh status  [--dir DIR]
 #   cluster.sh nodes   [--dir DIR]
@@ -13,12 +14,16 @@
 # It returns only when every node reports cluster_state:ok, all nodes agree on the slot map and every replica's
 # link to its master is up. On any failure it stops what it started and removes the directory.
 # With --owner-pid, a watchdog stops the cluster once that process is gone, so a killed test leaves nothing behind.
+# --server (or SLOTSHIFT_SERVER) picks the server: the host's redis-server 7.0 by default, the others from Debian
+# roots that server-root.sh builds once and caches; their data directories live inside the root.
 # Without --dir, stop/status/nodes use the cluster this user started last.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 last_file="${TMPDIR:-/tmp}/slotshift-cluster.last"
 server=${SLOTSHIFT_REDIS_SERVER:-redis-server}
+server_version=${SLOTSHIFT_SERVER:-redis-7.0}
+server_root=""
 cli=${SLOTSHIFT_REDIS_CLI:-redis-cli}
 start_deadline_s=${SLOTSHIFT_CLUSTER_START_TIMEOUT:-60}
 
@@ -133,10 +138,14 @@ start_once() {
   local total=$((masters * (replicas + 1)))
   local ports p
   read -r -a ports <<<"$(free_ports "$total")"
+  # Paths as the server sees them: inside its root when it runs chrooted.
+  local inner=${dir#"$server_root"}
+  local run=("$server")
+  [ -n "$server_root" ] && run=(chroot "$server_root" "$server")
   for p in "${ports[@]}"; do
     mkdir -p "$dir/$p"
-    "$server" --port "$p" --bind 127.0.0.1 --protected-mode no --daemonize yes \
-      --dir "$dir/$p" --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" \
+    "${run[@]}" --port "$p" --bind 127.0.0.1 --protected-mode no --daemonize yes \
+      --dir "$inner/$p" --pidfile "$inner/$p/redis.pid" --logfile "$inner/$p/redis.log" \
       --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$node_timeout" \
       --save "" --appendonly no --enable-debug-command local >/dev/null 2>&1 || { say "redis-server on port $p did not start"; return 1; }
   done
@@ -157,6 +166,7 @@ start_once() {
   {
     echo "SLOTSHIFT_CLUSTER_DIR=$dir"
     echo "SLOTSHIFT_CLUSTER_NODES=$(IFS=,; echo "${hosts[*]}")"
+    echo "SLOTSHIFT_CLUSTER_SERVER=$server_version"
   } >"$dir/cluster.env"
   wait_until_ok "$deadline" "${ports[@]}"
 }
@@ -172,6 +182,7 @@ while [ $# -gt 0 ]; do
     --dir) dir=$2; shift 2 ;;
     --owner-pid) owner_pid=$2; shift 2 ;;
     --node-timeout) node_timeout=$2; shift 2 ;;
+    --server) server_version=$2; shift 2 ;;
     -h|--help) usage ;;
     *) die "unknown option $1" ;;
   esac
@@ -181,9 +192,18 @@ case $cmd in
   start)
     [[ $masters =~ ^[0-9]+$ && $masters -ge 3 ]] || die "--masters must be 3 or more (redis-cli --cluster create needs 3)"
     [[ $replicas =~ ^[0-9]+$ ]] || die "--replicas must be a number"
-    command -v "$server" >/dev/null || die "$server not found: run deploy/local/install-deps.sh"
+    if [ "$server_version" != redis-7.0 ]; then
+      root_env=$("$here/server-root.sh" "$server_version") || die "no $server_version server"
+      eval "$root_env"
+      server_root=$ROOT server=$SERVER
+      [ -z "$dir" ] || die "--dir cannot be used with --server $server_version: the data must live inside its root"
+    fi
+    command -v "$server" >/dev/null || [ -n "$server_root" ] || die "$server not found: run deploy/local/install-deps.sh"
     for attempt in 1 2 3; do
-      if [ -n "$dir" ]; then
+      if [ -n "$server_root" ]; then
+        mkdir -p "$server_root/tmp"
+        d=$(mktemp -d "$server_root/tmp/slotshift-cluster.XXXXXX")
+      elif [ -n "$dir" ]; then
         [ ! -e "$dir" ] || [ -z "$(ls -A "$dir")" ] || die "$dir is not empty"
         mkdir -p "$dir"
         d=$(cd "$dir" && pwd)

@@ -92,4 +92,7 @@ TEST_CASE("bad arguments are refused with a clear message") {
   CHECK_THROWS(test::run(script + " start --masters 2 2>/dev/null"));
   CHECK_THROWS(test::run(script + " start --bogus 2>/dev/null"));
   CHECK_THROWS(test::run(script + " status --dir /nonexistent 2>/dev/null"));
+  const auto bogus = test::run_capture(script + " start --server redis-6.2 2>&1");
+  CHECK(bogus.exit_code != 0);
+  CHECK(bogus.out.find("unknown server 'redis-6.2'") != std::string::npos);
 }
