@@ -23,17 +23,14 @@ class ReadBuffer {
     if (capacity_ - end_ < need) {
       if (begin_ > 0 && capacity_ - size() >= need && size() < capacity_ / 2) {
         std::memmove(data_.get(), data_.get() + begin_, size());
+        end_ -= begin_;
+        begin_ = 0;
       } else {
         std::size_t cap = capacity_;
         while (cap - size() < need)
           cap *= 2;
-        std::unique_ptr<char[]> bigger(new char[cap]);
-        std::memcpy(bigger.get(), data_.get() + begin_, size());
-        data_ = std::move(bigger);
-        capacity_ = cap;
+        reallocate(cap);
       }
-      end_ -= begin_;
-      begin_ = 0;
     }
     return uv_buf_init(data_.get() + end_,
                        static_cast<unsigned>(std::min<std::size_t>(capacity_ - end_, 1u << 30)));
@@ -48,16 +45,20 @@ class ReadBuffer {
   std::size_t capacity() const { return capacity_; }
   // Gives memory back after a large message has passed.
   void shrink(std::size_t to) {
-    if (capacity_ <= to || size() > to) return;
-    std::unique_ptr<char[]> smaller(new char[to]);
-    std::memcpy(smaller.get(), data_.get() + begin_, size());
-    data_ = std::move(smaller);
-    capacity_ = to;
+    if (capacity_ > to && size() <= to) reallocate(to);
+  }
+
+ private:
+  // Moves the unconsumed bytes to the front of a new allocation of `cap` bytes.
+  void reallocate(std::size_t cap) {
+    std::unique_ptr<char[]> fresh(new char[cap]);
+    std::memcpy(fresh.get(), data_.get() + begin_, size());
+    data_ = std::move(fresh);
+    capacity_ = cap;
     end_ -= begin_;
     begin_ = 0;
   }
 
- private:
   std::unique_ptr<char[]> data_;
   std::size_t capacity_;
   std::size_t begin_ = 0;
