@@ -18,10 +18,6 @@ namespace {
 
 constexpr std::uint64_t kTickMs = 10;
 
-bool starts_with(std::string_view s, std::string_view prefix) {
-  return s.substr(0, prefix.size()) == prefix;
-}
-
 // "-MOVED 3999 127.0.0.1:6381\r\n" -> slot and node.
 bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, HostPort& node) {
   std::string_view rest = reply.substr(prefix_len);
@@ -215,8 +211,8 @@ void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::strin
 bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
   Slot slot = 0;
   HostPort node;
-  const bool moved = starts_with(err, "-MOVED ");
-  const bool ask = !moved && starts_with(err, "-ASK ");
+  const bool moved = err.starts_with("-MOVED ");
+  const bool ask = !moved && err.starts_with("-ASK ");
   if (moved || ask) {
     if (!parse_redirect(err, moved ? 7 : 5, slot, node)) return false;
     (moved ? stats_.moved : stats_.ask).add();
@@ -236,8 +232,8 @@ bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
     }
     return true;
   }
-  const bool tryagain = starts_with(err, "-TRYAGAIN");
-  const bool clusterdown = !tryagain && starts_with(err, "-CLUSTERDOWN");
+  const bool tryagain = err.starts_with("-TRYAGAIN");
+  const bool clusterdown = !tryagain && err.starts_with("-CLUSTERDOWN");
   if (tryagain || clusterdown) {
     (tryagain ? stats_.tryagain : stats_.clusterdown).add();
     if (clusterdown) router_.refresh_soon();
@@ -267,7 +263,7 @@ void Worker::on_backend_reply(const RequestPtr& r, std::string reply) {
       return;
     }
     for (std::size_t i = 1; i + 1 < replies.size(); ++i) {
-      if (replies[i][0] == '-' && (starts_with(replies[i], "-MOVED ") || starts_with(replies[i], "-ASK "))) {
+      if (replies[i][0] == '-' && (replies[i].starts_with("-MOVED ") || replies[i].starts_with("-ASK "))) {
         if (follow_redirect(r, replies[i])) return;
       }
     }
