@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libuv1-dev libhiredis-dev nlohmann-json3-dev libcli11-dev doctest-dev libcpp-httplib-dev
+  libuv1-dev libhiredis-dev nlohmann-json3-dev libcli11-dev doctest-dev libcpp-httplib-dev liblzf-dev
   redis-server redis-tools python3 python3-redis
 )
 
