@@ -88,14 +88,14 @@ stop_cluster() {
   local pidfile pid
   for pidfile in "$dir"/*/redis.pid; do
     [ -f "$pidfile" ] || continue
-    pid=$(cat "$pidfile")
+    pid=$(cat "$pidfile" 2>/dev/null) || continue  # the server may exit and remove it meanwhile
     kill -TERM "$pid" 2>/dev/null || true
   done
   # SIGTERM makes redis-server exit promptly without saving (no `save` points are configured). Give it 5 s.
   local deadline=$((SECONDS + 5))
   for pidfile in "$dir"/*/redis.pid; do
     [ -f "$pidfile" ] || continue
-    pid=$(cat "$pidfile")
+    pid=$(cat "$pidfile" 2>/dev/null) || continue  # the server may exit and remove it meanwhile
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
     kill -KILL "$pid" 2>/dev/null || true
   done
