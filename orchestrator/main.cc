@@ -1,9 +1,40 @@
 // slotshift: the orchestrator CLI.
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
 #include <iostream>
 
 #include "orchestrator/commands.h"
+#include "orchestrator/move.h"
+
+namespace {
+
+// "50ms", "2s", "1500" (milliseconds).
+std::chrono::milliseconds parse_duration(const std::string& text) {
+  std::size_t used = 0;
+  const long long n = std::stoll(text, &used);
+  const std::string unit = text.substr(used);
+  if (n < 0) throw CLI::ValidationError("a duration cannot be negative: " + text);
+  if (unit.empty() || unit == "ms") return std::chrono::milliseconds(n);
+  if (unit == "s") return std::chrono::milliseconds(n * 1000);
+  throw CLI::ValidationError("a duration is NUMBER[ms|s]: " + text);
+}
+
+// "8MB", "512KB", "1GB", "4096" (bytes).
+std::size_t parse_size(const std::string& text) {
+  std::size_t used = 0;
+  const unsigned long long n = std::stoull(text, &used);
+  std::string unit = text.substr(used);
+  for (auto& c : unit)
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (unit.empty() || unit == "B") return n;
+  if (unit == "KB" || unit == "K") return n << 10;
+  if (unit == "MB" || unit == "M") return n << 20;
+  if (unit == "GB" || unit == "G") return n << 30;
+  throw CLI::ValidationError("a size is NUMBER[KB|MB|GB]: " + text);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"slotshift: move, check and repair the slots of a Redis Cluster"};
@@ -24,9 +55,58 @@ int main(int argc, char** argv) {
       app.add_subcommand("check", "compare every node's view; exit 0 only if the cluster is consistent");
   add_common(check);
 
+  slotshift::MoveOptions move;
+  std::string max_pause = "50ms", pause_timeout = "2s", big_key = "8MB", spool_memory = "256MB";
+  auto* mv = app.add_subcommand(
+      "move",
+      "move slots to a master by replication, with one short fenced cutover per batch; exit 0 only "
+      "when every node agrees on the new owner");
+  add_common(mv);
+  mv->add_option("--slots", move.slots, "slots to move: 0-1000,5000")->required();
+  mv->add_option("--to", move.to, "the target master: HOST:PORT or node id")->required();
+  mv->add_option("--max-pause", max_pause, "longest write pause of the source per batch (default 50ms)");
+  mv->add_option("--fence", move.fence, "how writes are fenced at the cutover: source-pause")
+      ->check(CLI::IsMember({"source-pause", "proxy"}));
+  mv->add_option("--journal", move.journal, "append every step to this file before taking it");
+  mv->add_flag("--dry-run", move.dry_run, "show the plan (batches, keys, bytes, estimated time) and stop");
+  mv->add_option("--big-key", big_key, "values above this size go as chunks of commands (default 8MB)");
+  mv->add_option("--user", move.user, "ACL user for every node");
+  mv->add_option("--password", move.password, "password for every node (or SLOTSHIFT_PASSWORD)");
+  std::string snapshot = "diskless";
+  mv->add_option(
+        "--snapshot", snapshot,
+        "diskless (default): the source streams its snapshot from a fork and writes nothing to disk; "
+        "disk: it writes an RDB file first (its dump.rdb)")
+      ->check(CLI::IsMember({"diskless", "disk"}));
+  mv->add_option(
+      "--spool-memory", spool_memory,
+      "stream bytes kept in memory while the target is slower than the source, before they go to a "
+      "file (default 256MB)");
+  mv->add_option("--spool-dir", move.spool_dir, "directory for that file (default /tmp)");
+  mv->add_option("--pause-timeout", pause_timeout,
+                 "the CLIENT PAUSE a cutover asks for; it ends by itself after this if slotshift dies "
+                 "(default 2s)");
+  mv->add_flag("!--no-progress", move.progress, "no progress line on the terminal");
+
   CLI11_PARSE(app, argc, argv);
   options.timeout = std::chrono::milliseconds(timeout_ms);
   if (status->parsed()) return slotshift::run_status(options, std::cout, std::cerr);
   if (check->parsed()) return slotshift::run_check(options, std::cout, std::cerr);
+  if (mv->parsed()) {
+    try {
+      move.max_pause = parse_duration(max_pause);
+      move.pause_timeout = parse_duration(pause_timeout);
+      move.big_key = parse_size(big_key);
+      move.spool_memory = parse_size(spool_memory);
+      move.diskless = snapshot == "diskless";
+    } catch (const std::exception& e) {
+      std::cerr << "slotshift move: " << e.what() << "\n";
+      return 2;
+    }
+    if (move.password.empty())
+      if (const char* p = std::getenv("SLOTSHIFT_PASSWORD")) move.password = p;
+    move.common = options;
+    return slotshift::run_move(move, std::cout, std::cerr);
+  }
   return 2;
 }

@@ -108,4 +108,39 @@ std::optional<resp::Value> NodeClient::command(const std::vector<std::string>& a
   return value;
 }
 
+std::optional<std::vector<resp::Value>> NodeClient::pipeline(
+    const std::vector<std::vector<std::string>>& commands) {
+  if (!ctx_) {
+    error_ = node_.str() + ": not connected";
+    return std::nullopt;
+  }
+  std::vector<const char*> argv;
+  std::vector<std::size_t> lens;
+  for (const auto& args : commands) {
+    argv.clear();
+    lens.clear();
+    for (const auto& a : args) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data());
+  }
+  std::vector<resp::Value> out;
+  out.reserve(commands.size());
+  for (std::size_t i = 0; i < commands.size(); ++i) {
+    void* raw = nullptr;
+    if (redisGetReply(ctx_, &raw) != REDIS_OK || !raw) {
+      error_ = node_.str() + ": " + (commands[i].empty() ? std::string() : commands[i][0] + " ") +
+               "failed: " + ctx_->errstr;
+      redisFree(ctx_);
+      ctx_ = nullptr;
+      return std::nullopt;
+    }
+    auto* reply = static_cast<redisReply*>(raw);
+    out.push_back(to_value(reply));
+    freeReplyObject(reply);
+  }
+  return out;
+}
+
 }  // namespace slotshift

@@ -29,6 +29,9 @@ class NodeClient {
   // Sends one command and waits for its reply. nullopt on a connection failure or timeout; a Redis error
   // reply is a Value whose is_error() is true.
   std::optional<resp::Value> command(const std::vector<std::string>& args);
+  // Sends every command at once, then reads their replies in order (one round trip for all). nullopt on a
+  // connection failure or timeout.
+  std::optional<std::vector<resp::Value>> pipeline(const std::vector<std::vector<std::string>>& commands);
 
   const std::string& error() const { return error_; }
   const HostPort& node() const { return node_; }

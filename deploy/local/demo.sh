@@ -46,6 +46,26 @@ redis-benchmark -p $proxy_port -t get,set,mset -n 100000 -c 50 -P 16 -r 100000 -
   awk -F'","' 'NR > 1 {gsub(/"/, ""); split($0, f, ","); printf "  %-16s %10s requests/s  p50 %s ms\n", f[1], f[2], f[5]}'
 redis-cli -p $proxy_port info proxy | grep -E '^(total_commands|commands_split|errors_|redirects_|latency_p)' 
 
+step "slotshift move: a third of the slots to another master, while a client keeps writing through the proxy"
+# The slots of the first master in CLUSTER SLOTS, and a target: the master listed next.
+read -r from to target < <(/usr/bin/python3 - "$seed" <<'PY'
+import sys, redis
+h, p = sys.argv[1].rsplit(":", 1)
+ranges = redis.Redis(host=h, port=int(p)).execute_command("CLUSTER SLOTS")
+ranges.sort(key=lambda r: r[0])
+a, b = ranges[0], next(r for r in ranges if r[2][1] != ranges[0][2][1])
+print(a[0], a[1], "%s:%d" % (b[2][0].decode(), b[2][1]))
+PY
+)
+redis-benchmark -p $proxy_port -t set,get -n 2000000 -c 20 -P 4 -r 100000 -q >"$SLOTSHIFT_CLUSTER_DIR/load.log" 2>&1 &
+load_pid=$!
+sleep 1
+build/orchestrator/slotshift move --cluster "$seed" --slots "$from-$to" --to "$target"
+kill $load_pid 2>/dev/null; wait $load_pid 2>/dev/null || true
+echo "the proxy followed the move:"
+redis-cli -p $proxy_port info proxy | grep -E '^(errors_|redirects_)'
+echo "DBSIZE through the proxy: $(redis-cli -p $proxy_port dbsize); MGET demo:1 demo:5000 demo:10000: $(redis-cli -p $proxy_port mget demo:1 demo:5000 demo:10000 | tr '\n' ' ')"
+
 step "slotshift status --cluster $seed"
 build/orchestrator/slotshift status --cluster "$seed"
 

@@ -13,6 +13,47 @@ SOURCE_DIR = os.environ.get("SLOTSHIFT_SOURCE_DIR", os.path.abspath(os.path.join
 BINARY_DIR = os.environ.get("SLOTSHIFT_BINARY_DIR", os.path.join(SOURCE_DIR, "build"))
 CLUSTER_SH = os.path.join(SOURCE_DIR, "deploy/local/cluster.sh")
 PROXY_BIN = os.path.join(BINARY_DIR, "proxy/slotshift-proxy")
+SLOTSHIFT_BIN = os.path.join(BINARY_DIR, "orchestrator/slotshift")
+SLOTS = 16384
+
+
+class NodeEntry:
+    """One line of CLUSTER NODES: what the node that printed it believes about a node."""
+
+    def __init__(self, line):
+        f = line.split()
+        self.id = f[0]
+        host, port = f[1].split("@")[0].split(",")[0].rsplit(":", 1)
+        self.addr = (host, int(port))
+        self.flags = set(f[2].split(","))
+        self.master_id = None if f[3] == "-" else f[3]
+        self.config_epoch = int(f[6])
+        self.link = f[7]
+        self.slots = set()
+        self.open = []  # "[slot->-id]" (migrating) and "[slot-<-id]" (importing), on the node's own line only
+        for field in f[8:]:
+            if field.startswith("["):
+                self.open.append(field)
+                continue
+            a, _, b = field.partition("-")
+            self.slots.update(range(int(a), int(b or a) + 1))
+
+    def is_master(self):
+        return "master" in self.flags
+
+    def __repr__(self):
+        return "%s %s:%d %s" % (self.id[:8], self.addr[0], self.addr[1], ",".join(sorted(self.flags)))
+
+
+def format_slots(slots):
+    """Slot numbers as a list of ranges: [0, 1, 2, 7] -> "0-2,7"."""
+    out = []
+    for s in sorted(set(slots)):
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return ",".join("%d" % a if a == b else "%d-%d" % (a, b) for a, b in out)
 
 
 def free_port():
@@ -52,6 +93,91 @@ class Cluster:
             except (subprocess.SubprocessError, IndexError):
                 pass
         return out
+
+    def node_id(self, node):
+        return self.cli(node, "cluster", "myid").strip()
+
+    def view(self, node):
+        """CLUSTER NODES as seen by node: a list of NodeEntry, the node itself first."""
+        entries = [NodeEntry(line) for line in self.cli(node, "cluster", "nodes").splitlines() if line.strip()]
+        entries.sort(key=lambda e: "myself" not in e.flags)
+        return entries
+
+    def owners(self, node=None):
+        """The owner's node id of every slot in node's view (the first node that answers by default); None where a
+        slot is not covered."""
+        for candidate in [node] if node else self.nodes:
+            try:
+                entries = self.view(candidate)
+            except subprocess.SubprocessError:
+                continue
+            owner = [None] * SLOTS
+            for e in entries:
+                if e.is_master():
+                    for s in e.slots:
+                        owner[s] = e.id
+            return owner
+        raise RuntimeError("no node answers CLUSTER NODES")
+
+    def address(self, node_id):
+        for node in self.nodes:
+            try:
+                for e in self.view(node):
+                    if e.id == node_id:
+                        return e.addr
+            except subprocess.SubprocessError:
+                continue
+        raise KeyError(node_id)
+
+    def masters_by_slot(self):
+        """The masters that own slots, ordered by their lowest slot: with a fresh cluster of 3, the owners of
+        0-5460, 5461-10922 and 10923-16383."""
+        owner = self.owners()
+        first = {}
+        for s, node_id in enumerate(owner):
+            if node_id is not None and node_id not in first:
+                first[node_id] = s
+        return [self.address(i) for i in sorted(first, key=first.get)]
+
+    def slots_of(self, node):
+        node_id = self.node_id(node)
+        return [s for s, o in enumerate(self.owners()) if o == node_id]
+
+    def disagreements(self, slots, owner_id):
+        """Every node's view of slots checked against owner_id: a list of what differs, empty when all agree."""
+        out = []
+        slots = list(slots)
+        for node in self.nodes:
+            try:
+                entries = self.view(node)
+            except subprocess.SubprocessError as e:
+                out.append("%s:%d does not answer (%s)" % (node[0], node[1], e))
+                continue
+            owner = {}
+            for e in entries:
+                if e.is_master():
+                    for s in e.slots:
+                        owner[s] = e.id
+            wrong = [s for s in slots if owner.get(s) != owner_id]
+            if wrong:
+                out.append("%s:%d sees slot %d owned by %s (%d of the %d slots not on %s)" % (
+                    node[0], node[1], wrong[0], owner.get(wrong[0]), len(wrong), len(slots), owner_id))
+            if entries and entries[0].open:
+                out.append("%s:%d has open slots %s" % (node[0], node[1], " ".join(entries[0].open[:5])))
+        return out
+
+    def wait_owner(self, slots, owner_id, timeout=30):
+        """Waits until every node reports owner_id as the owner of slots and no open slot; raises with what still
+        differs at the deadline."""
+        deadline = time.time() + timeout
+        while True:
+            diff = self.disagreements(slots, owner_id)
+            if not diff:
+                return
+            if time.time() > deadline:
+                raise AssertionError("the nodes do not agree that %s owns %s:\n  %s" % (
+                    owner_id, format_slots(slots), "\n  ".join(diff)))
+            time.sleep(0.2)
 
     def wait_consistent(self, timeout=30):
         """Waits until redis-cli --cluster check finds every node agreeing and no slot open."""

@@ -1,0 +1,1199 @@
+#include "orchestrator/move.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/server_info.h"
+#include "common/topology.h"
+#include "orchestrator/copier.h"
+#include "orchestrator/node_client.h"
+
+namespace slotshift {
+namespace {
+
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+
+std::atomic<int> g_interrupted{0};
+
+extern "C" void on_interrupt(int sig) {
+  g_interrupted.store(sig);
+}
+
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+std::string short_id(const std::string& id) {
+  return id.substr(0, 8);
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
+  return buf;
+}
+
+std::string with_commas(std::uint64_t n) {
+  const std::string digits = std::to_string(n);
+  std::string out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return out;
+}
+
+// "0-1000,5000" -> sorted, distinct slots.
+bool parse_slots(std::string_view text, std::vector<Slot>& out, std::string& error) {
+  std::vector<bool> seen(kSlotCount);
+  std::size_t pos = 0;
+  auto number = [&](std::string_view s, int& n) {
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    return ec == std::errc() && end == s.data() + s.size() && n >= 0 && n < kSlotCount;
+  };
+  while (pos <= text.size()) {
+    auto comma = text.find(',', pos);
+    if (comma == std::string_view::npos) comma = text.size();
+    const auto part = text.substr(pos, comma - pos);
+    const auto dash = part.find('-');
+    int first = 0, last = 0;
+    if (dash == std::string_view::npos
+            ? !number(part, first)
+            : !number(part.substr(0, dash), first) || !number(part.substr(dash + 1), last) || last < first) {
+      error = "'" + std::string(part) + "' is not a slot (0-16383) or a range of slots (first-last)";
+      return false;
+    }
+    if (dash == std::string_view::npos) last = first;
+    for (int s = first; s <= last; ++s)
+      seen[static_cast<std::size_t>(s)] = true;
+    pos = comma + 1;
+  }
+  out.clear();
+  for (int s = 0; s < kSlotCount; ++s)
+    if (seen[static_cast<std::size_t>(s)]) out.push_back(static_cast<Slot>(s));
+  return true;
+}
+
+std::string join(const std::vector<std::string>& args) {
+  std::string out;
+  for (const auto& a : args)
+    out += (out.empty() ? "" : " ") + a;
+  return out;
+}
+
+std::vector<SlotRange> to_ranges(const std::vector<Slot>& slots) {
+  std::vector<SlotRange> ranges;
+  for (const Slot s : slots) {
+    if (!ranges.empty() && ranges.back().last + 1 == s)
+      ranges.back().last = s;
+    else
+      ranges.push_back({s, s});
+  }
+  return ranges;
+}
+
+std::int64_t info_field(const std::string& info, std::string_view name) {
+  const std::string key = std::string(name) + ":";
+  const auto at = info.find(key);
+  if (at == std::string::npos) return -1;
+  std::int64_t v = -1;
+  std::from_chars(info.data() + at + key.size(), info.data() + info.size(), v);
+  return v;
+}
+
+struct Batch {
+  std::vector<Slot> slots;
+  std::uint64_t keys = 0, bytes = 0;
+  // Measured.
+  double pause_ms = 0;       // CLIENT PAUSE to CLIENT UNPAUSE on the source
+  double wait_ms = 0;        // until the target had applied the source's offset
+  double claim_ms = 0;       // first SETSLOT NODE until the source named the target as owner
+  double claim_send_ms = 0;  // the claim's commands on the target
+  double verify_ms = 0;      // until every node agreed
+  std::uint64_t source_keys = 0, target_keys = 0;  // counted during the fence
+  int attempts = 0;
+};
+
+struct Source {
+  Node node;
+  HostPort address;
+  ServerInfo info;
+  std::vector<Slot> slots;
+  std::uint64_t estimated_keys = 0;
+  std::uint64_t estimated_bytes = 0;
+  std::unique_ptr<SlotCopier> copier;
+  NodeClient control;
+  std::vector<Batch> batches;
+  bool paused = false;
+};
+
+}  // namespace
+
+class MoveJob {
+ public:
+  MoveJob(const MoveOptions& options, std::ostream& out, std::ostream& err)
+      : options_(options), out_(out), err_(err) {
+    show_progress_ = options.progress && !options.common.json && isatty(STDERR_FILENO);
+  }
+
+  int run();
+
+ private:
+  bool plan();
+  bool estimate();
+  void print_plan();
+  bool prepare();
+  bool copy();
+  bool cut_over_all();
+  // One batch. True when it was claimed; false with `retry` set when it was abandoned before its claim and
+  // may be tried again.
+  bool cut_over(Source& source, Batch& batch, bool& retry);
+  bool verify(const Batch& batch);
+  bool settle();
+  bool purge_replica_keys(const Node& master, const std::string& importing_from,
+                          const std::vector<Slot>& slots, bool set_importing, std::uint64_t& purged);
+  bool clean_source_replicas();
+  std::vector<Batch> plan_batches(const Source& source) const;
+  double predicted_pause_ms(std::uint64_t keys, std::size_t slots) const;
+  bool fits(std::uint64_t keys, std::size_t slots) const;
+  void learn_pause(const Batch& batch);
+  void rollback();
+  bool unpause(Source& source);
+  void journal(const nlohmann::json& step);
+  void progress(const std::string& line);
+  void end_progress();
+  bool interrupted();
+  void report(bool ok);
+  bool fail(std::string message) {
+    if (error_.empty()) error_ = std::move(message);
+    return false;
+  }
+  NodeClient* control(const Node& node);
+
+  MoveOptions options_;
+  std::ostream& out_;
+  std::ostream& err_;
+  bool show_progress_ = false;
+  bool progress_shown_ = false;
+  std::string error_;
+  std::vector<std::string> warnings_;
+  std::vector<std::string> notes_;
+  Clock::time_point started_ = Clock::now();
+  double copy_s_ = 0, cutover_s_ = 0, cleanup_s_ = 0, settle_s_ = 0;
+
+  Topology topology_;
+  Node target_;
+  HostPort target_address_;
+  ServerInfo target_info_;
+  NodeClient target_control_;
+  std::vector<Source> sources_;
+  std::vector<Slot> skipped_;  // already on the target
+  std::vector<bool> importing_ = std::vector<bool>(kSlotCount);
+  std::vector<bool> claimed_ = std::vector<bool>(kSlotCount);
+  std::map<std::string, NodeClient> controls_;
+  std::ofstream journal_;
+  // A batch's pause is a fixed part (PAUSE, INFO, the offset wait, the key counts, the claim's round trips)
+  // plus the source's synchronous delete of the batch's keys when it learns the claim, which grows with the
+  // keys. Both are learnt from the batches as they go; the first batch of a move is kept small to measure.
+  // The claim costs per slot too (two commands on the target, measured at about 10 us each on 7.0.15).
+  double pause_fixed_ms_ = 3.0;
+  double pause_us_per_key_ = 2.0;
+  double pause_us_per_slot_ = 15.0;
+  bool calibrated_ = false;
+};
+
+bool MoveJob::interrupted() {
+  if (const int sig = g_interrupted.load()) {
+    fail(std::string("interrupted by ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    return true;
+  }
+  return false;
+}
+
+void MoveJob::journal(const nlohmann::json& step) {
+  if (!journal_.is_open()) return;
+  nlohmann::json j = step;
+  j["time_ms"] = duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  journal_ << j.dump() << "\n";
+  journal_.flush();
+}
+
+void MoveJob::progress(const std::string& line) {
+  if (!show_progress_) return;
+  err_ << "\r\033[K" << line << std::flush;
+  progress_shown_ = true;
+}
+
+void MoveJob::end_progress() {
+  if (progress_shown_) err_ << "\r\033[K" << std::flush;
+  progress_shown_ = false;
+}
+
+NodeClient* MoveJob::control(const Node& node) {
+  auto it = controls_.find(node.id);
+  if (it == controls_.end()) {
+    NodeClient c;
+    if (!c.connect(HostPort{node.address(), node.port}, options_.common.timeout)) return nullptr;
+    if (!options_.password.empty()) {
+      auto r = options_.user.empty() ? c.command({"AUTH", options_.password})
+                                     : c.command({"AUTH", options_.user, options_.password});
+      if (!r || r->is_error()) return nullptr;
+    }
+    it = controls_.emplace(node.id, std::move(c)).first;
+  }
+  return &it->second;
+}
+
+bool MoveJob::plan() {
+  std::string error;
+  const auto seed = parse_host_port(options_.common.cluster, error);
+  if (!seed) return fail("--cluster: " + error);
+  std::vector<Slot> slots;
+  if (!parse_slots(options_.slots, slots, error)) return fail("--slots: " + error);
+  if (options_.fence != "source-pause")
+    return fail("--fence " + options_.fence +
+                ": only source-pause is available; the proxy fence needs proxies that hold slots");
+
+  const auto survey = survey_cluster(*seed, options_.common.timeout);
+  if (!survey.error.empty()) return fail(survey.error);
+  if (!survey.unreachable.empty())
+    return fail("every node must answer before slots move; unreachable: " + survey.unreachable.front());
+  topology_ = survey.merged;
+  // A move starts only from a clean cluster: an open slot, a failing node, two masters with one config epoch
+  // or nodes that disagree are how clusters get broken, and a move would make it worse.
+  auto findings = check(topology_);
+  for (auto& f : compare_views(survey.views))
+    findings.push_back(std::move(f));
+  for (const auto& f : findings) {
+    if (f.kind == FindingKind::kNodeLoading) {
+      warnings_.push_back(f.message);
+      continue;
+    }
+    return fail("the cluster is not clean (" + std::string(finding_kind_name(f.kind)) + ": " + f.message +
+                "); run slotshift check, fix it, then move");
+  }
+
+  // The target: an id, a unique id prefix, or an address.
+  const Node* target = nullptr;
+  if (const auto hp = parse_host_port(options_.to, error)) {
+    for (const auto& n : topology_.nodes)
+      if (n.port == hp->port && (n.address() == hp->host || n.ip == hp->host)) target = &n;
+  } else {
+    for (const auto& n : topology_.nodes) {
+      if (!n.id.starts_with(options_.to) || options_.to.size() < 4) continue;
+      if (target) return fail("--to " + options_.to + " names more than one node");
+      target = &n;
+    }
+  }
+  if (!target) return fail("--to " + options_.to + " is not a node of this cluster");
+  if (!target->is_master())
+    return fail("--to " + options_.to + " is a replica (of " + short_id(target->master_id) +
+                "); slots can only move to a master");
+  target_ = *target;
+  target_address_ = HostPort{target_.address(), target_.port};
+
+  // Group the slots by their owner.
+  std::map<std::string, std::vector<Slot>> by_owner;
+  for (const Slot s : slots) {
+    const Node* owner = topology_.owner(s);
+    if (!owner) return fail("slot " + std::to_string(s) + " has no owner");
+    if (owner->id == target_.id)
+      skipped_.push_back(s);
+    else
+      by_owner[owner->id].push_back(s);
+  }
+  for (auto& [id, owned] : by_owner) {
+    Source src;
+    src.node = *topology_.find(id);
+    src.address = HostPort{src.node.address(), src.node.port};
+    src.slots = std::move(owned);
+    sources_.push_back(std::move(src));
+  }
+
+  // Versions: the target must read the sources' values, and the cutover depends on the source's version.
+  auto server = [&](NodeClient& c, ServerInfo& info) {
+    auto r = c.command({"INFO", "server"});
+    if (!r || r->is_error()) return fail(c.node().str() + ": INFO server: " + (r ? r->str : c.error()));
+    std::string why;
+    if (!parse_server_info(r->str, info, why)) return fail(c.node().str() + ": " + why);
+    return true;
+  };
+  if (!target_control_.connect(target_address_, options_.common.timeout))
+    return fail("cannot connect to the target " + target_control_.error());
+  if (!options_.password.empty()) {
+    auto r = options_.user.empty() ? target_control_.command({"AUTH", options_.password})
+                                   : target_control_.command({"AUTH", options_.user, options_.password});
+    if (!r || r->is_error()) return fail("AUTH on the target: " + (r ? r->str : target_control_.error()));
+  }
+  if (!server(target_control_, target_info_)) return false;
+  for (auto& src : sources_) {
+    auto* c = control(src.node);
+    if (!c) return fail("cannot connect to the source " + src.address.str());
+    if (!server(*c, src.info)) return false;
+    std::string why;
+    if (!payloads_compatible(src.info, target_info_, why))
+      return fail("cannot move from " + src.address.str() + ": " + why);
+    if (!src.info.survives_paused_claim())
+      warnings_.push_back(
+          src.info.name() + " on " + src.address.str() +
+          " crashes if it learns the claim while paused: its pause ends just before each claim, "
+          "so a client writing to it directly in that instant is not fenced");
+  }
+
+  // Function libraries live on each node, not in slots: a library the source has and the target lacks makes
+  // FCALLs of the moved keys fail after the move. Say so (FUNCTION DUMP / RESTORE copies them).
+  auto libraries = [](NodeClient& c) {
+    std::set<std::string> names;
+    auto r = c.command({"FUNCTION", "LIST"});
+    if (r && !r->is_error())
+      for (const auto& lib : r->elements)
+        if (const auto* name = lib.find("library_name")) names.insert(name->str);
+    return names;
+  };
+  const auto target_libraries = libraries(target_control_);
+  for (auto& src : sources_)
+    for (const auto& name : libraries(*control(src.node)))
+      if (!target_libraries.count(name))
+        warnings_.push_back("function library '" + name + "' is on the source " + src.address.str() +
+                            " but not on the target: FCALLs of the moved keys will fail there until it is "
+                            "loaded (FUNCTION DUMP on the source, FUNCTION RESTORE on the target)");
+
+  // The target must hold nothing of the moving slots: whatever it holds would be mixed with the copy.
+  std::vector<std::vector<std::string>> counts;
+  std::vector<Slot> all;
+  for (const auto& src : sources_)
+    for (const Slot s : src.slots) {
+      counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
+      all.push_back(s);
+    }
+  if (!counts.empty()) {
+    auto replies = target_control_.pipeline(counts);
+    if (!replies) return fail(target_control_.error());
+    for (std::size_t i = 0; i < all.size(); ++i)
+      if ((*replies)[i].integer > 0)
+        return fail("the target " + target_address_.str() + " already holds " +
+                    std::to_string((*replies)[i].integer) + " keys of slot " + std::to_string(all[i]) +
+                    ", which it does not own; slotshift does not mix them with the moved keys. Delete them "
+                    "first (CLUSTER GETKEYSINSLOT on the target)");
+  }
+  return true;
+}
+
+bool MoveJob::estimate() {
+  for (auto& src : sources_) {
+    auto* c = control(src.node);
+    std::vector<std::vector<std::string>> counts;
+    for (const Slot s : src.slots)
+      counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
+    auto replies = c->pipeline(counts);
+    if (!replies) return fail(c->error());
+    for (const auto& r : *replies)
+      src.estimated_keys += static_cast<std::uint64_t>(std::max<std::int64_t>(r.integer, 0));
+    auto mem = c->command({"INFO", "memory"});
+    auto dbsize = c->command({"DBSIZE"});
+    if (mem && !mem->is_error() && dbsize && dbsize->integer > 0) {
+      const auto dataset = info_field(mem->str, "used_memory_dataset");
+      if (dataset > 0)
+        src.estimated_bytes = static_cast<std::uint64_t>(static_cast<double>(dataset) *
+                                                         static_cast<double>(src.estimated_keys) /
+                                                         static_cast<double>(dbsize->integer));
+    }
+  }
+  return true;
+}
+
+void MoveJob::print_plan() {
+  std::uint64_t keys = 0, bytes = 0, batches = 0;
+  nlohmann::json plan = nlohmann::json::array();
+  const double batch_keys =
+      std::max(500.0, (static_cast<double>(options_.max_pause.count()) * 0.7 - pause_fixed_ms_) * 1000 /
+                          pause_us_per_key_);
+  for (const auto& src : sources_) {
+    keys += src.estimated_keys;
+    bytes += src.estimated_bytes;
+    const auto n = std::max<std::uint64_t>(
+        1, static_cast<std::uint64_t>(static_cast<double>(src.estimated_keys) / batch_keys) + 1);
+    batches += n;
+    plan.push_back({{"source", src.address.str()},
+                    {"source_id", src.node.id},
+                    {"server", src.info.name()},
+                    {"slots", format_slot_ranges(to_ranges(src.slots))},
+                    {"slot_count", src.slots.size()},
+                    {"keys", src.estimated_keys},
+                    {"bytes_estimated", src.estimated_bytes},
+                    {"batches_estimated", n}});
+  }
+  // RESTORE of small keys runs at about 300,000 keys/s on one Redis 7.0 core (ANCHORS.md); a snapshot takes a
+  // fork and a write first.
+  const double seconds = 0.5 + static_cast<double>(keys) / 300000.0 + static_cast<double>(batches) * 0.1;
+  if (options_.common.json) {
+    nlohmann::json j{{"dry_run", true},
+                     {"target", target_address_.str()},
+                     {"target_id", target_.id},
+                     {"target_server", target_info_.name()},
+                     {"sources", plan},
+                     {"already_on_target", format_slot_ranges(to_ranges(skipped_))},
+                     {"keys", keys},
+                     {"bytes_estimated", bytes},
+                     {"batches_estimated", batches},
+                     {"seconds_estimated", seconds},
+                     {"warnings", warnings_}};
+    out_ << j.dump(2) << "\n";
+    return;
+  }
+  out_ << "plan: move to " << short_id(target_.id) << " " << target_address_.str() << " ("
+       << target_info_.name() << ")\n";
+  for (const auto& p : plan)
+    out_ << "  from " << p["source"].get<std::string>() << " (" << p["server"].get<std::string>()
+         << "): " << p["slot_count"] << " slots " << p["slots"].get<std::string>() << ", "
+         << with_commas(p["keys"].get<std::uint64_t>()) << " keys, about "
+         << human_bytes(static_cast<double>(p["bytes_estimated"].get<std::uint64_t>())) << ", about "
+         << p["batches_estimated"] << " batch(es)\n";
+  if (!skipped_.empty())
+    out_ << "  already on the target: " << format_slot_ranges(to_ranges(skipped_)) << "\n";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.1f", seconds);
+  out_ << "  " << with_commas(keys) << " keys, about " << human_bytes(static_cast<double>(bytes))
+       << ", about " << buf << " s, pauses of at most " << options_.max_pause.count() << " ms per batch\n";
+  for (const auto& w : warnings_)
+    out_ << "  warning: " << w << "\n";
+}
+
+bool MoveJob::prepare() {
+  // IMPORTING on the target only. The source is not touched: it keeps serving every key of these slots and
+  // never answers ASK, so clients see nothing of the copy.
+  std::vector<std::vector<std::string>> cmds;
+  std::vector<Slot> slots;
+  for (const auto& src : sources_)
+    for (const Slot s : src.slots) {
+      cmds.push_back({"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", src.node.id});
+      slots.push_back(s);
+    }
+  journal({{"step", "importing"}, {"target", target_.id}, {"slots", format_slot_ranges(to_ranges(slots))}});
+  auto replies = target_control_.pipeline(cmds);
+  if (!replies) return fail(target_control_.error());
+  for (std::size_t i = 0; i < slots.size(); ++i) {
+    if ((*replies)[i].is_error())
+      return fail("CLUSTER SETSLOT " + std::to_string(slots[i]) +
+                  " IMPORTING on the target: " + (*replies)[i].str);
+    importing_[slots[i]] = true;
+  }
+  // Keys the target's replicas hold in these slots are left over from an earlier move off a Redis 7.0 master
+  // (see purge_replica_keys); they would outlive the copy on the replicas. Remove them first.
+  std::uint64_t purged = 0;
+  if (!purge_replica_keys(target_, "", slots, false, purged)) return false;
+  if (purged > 0)
+    notes_.push_back(
+        "removed " + std::to_string(purged) +
+        " stale keys of the moving slots from the target's replicas, left over from an earlier move");
+  return true;
+}
+
+bool MoveJob::copy() {
+  for (auto& src : sources_) {
+    CopierOptions o;
+    o.source = src.address;
+    o.target = target_address_;
+    o.user = options_.user;
+    o.password = options_.password;
+    o.diskless = options_.diskless;
+    if (src.info.flavor == ServerInfo::Flavor::kValkey) o.announce_version = src.info.version;
+    o.big_key = options_.big_key;
+    o.spool_memory = options_.spool_memory;
+    o.spool_dir = options_.spool_dir;
+    o.timeout = options_.common.timeout;
+    src.copier = std::make_unique<SlotCopier>(o, src.slots);
+    journal({{"step", "copy"}, {"source", src.node.id}});
+    if (!src.copier->start()) return fail(src.copier->error());
+  }
+  const auto t0 = Clock::now();
+  for (;;) {
+    bool done = true;
+    std::uint64_t keys = 0, bytes = 0, rdb = 0, estimated = 0;
+    for (auto& src : sources_) {
+      if (src.copier->failed()) return fail(src.copier->error());
+      const auto& st = src.copier->stats();
+      done &= st.rdb_done.load();
+      keys += st.keys_copied.load();
+      bytes += st.bytes_copied.load();
+      rdb += st.rdb_bytes.load();
+      estimated += src.estimated_keys;
+    }
+    if (interrupted()) return false;
+    if (done) break;
+    char line[200];
+    std::snprintf(line, sizeof line, "copy  %s/%s keys  %s of values  %s of snapshots read  %.1f s",
+                  with_commas(keys).c_str(), with_commas(estimated).c_str(),
+                  human_bytes(static_cast<double>(bytes)).c_str(),
+                  human_bytes(static_cast<double>(rdb)).c_str(), ms_since(t0) / 1000);
+    progress(line);
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  copy_s_ = ms_since(t0) / 1000;
+  journal({{"step", "copied"}});
+  return true;
+}
+
+double MoveJob::predicted_pause_ms(std::uint64_t keys, std::size_t slots) const {
+  return pause_fixed_ms_ +
+         (static_cast<double>(keys) * pause_us_per_key_ + static_cast<double>(slots) * pause_us_per_slot_) /
+             1000;
+}
+
+bool MoveJob::fits(std::uint64_t keys, std::size_t slots) const {
+  // Aim at 70% of the budget, so that a batch a little slower than predicted still fits. Until the first
+  // batch has been measured, batches stay small.
+  if (!calibrated_ && (keys > 5000 || slots > 500)) return false;
+  return predicted_pause_ms(keys, slots) <= static_cast<double>(options_.max_pause.count()) * 0.7;
+}
+
+void MoveJob::learn_pause(const Batch& batch) {
+  pause_fixed_ms_ = std::min(pause_fixed_ms_, std::max(0.5, batch.pause_ms - batch.claim_ms));
+  if (batch.slots.size() >= 50)
+    pause_us_per_slot_ = std::max(pause_us_per_slot_ / 2,
+                                  batch.claim_send_ms * 1000 / static_cast<double>(batch.slots.size()));
+  if (batch.source_keys < 1000) return;
+  const double rest =
+      batch.pause_ms - pause_fixed_ms_ - static_cast<double>(batch.slots.size()) * pause_us_per_slot_ / 1000;
+  const double sample = std::max(0.05, rest * 1000 / static_cast<double>(batch.source_keys));
+  // A slower sample counts fully at once (the budget is a promise); a faster one half.
+  pause_us_per_key_ = sample > pause_us_per_key_ ? sample : (pause_us_per_key_ + sample) / 2;
+  calibrated_ = true;
+}
+
+std::vector<Batch> MoveJob::plan_batches(const Source& src) const {
+  // Batches of consecutive slots not yet claimed, each small enough that the source's delete of its keys at
+  // the claim fits in the pause budget. Keys and bytes per slot come from the snapshot.
+  std::vector<Batch> batches;
+  const std::uint64_t max_bytes = 256ull << 20;
+  Batch current;
+  for (const Slot s : src.slots) {
+    if (claimed_[s]) continue;
+    const auto keys = src.copier->slot_keys(s), bytes = src.copier->slot_bytes(s);
+    if (!current.slots.empty() &&
+        (!fits(current.keys + keys, current.slots.size() + 1) || current.bytes + bytes > max_bytes)) {
+      batches.push_back(std::move(current));
+      current = Batch{};
+    }
+    current.slots.push_back(s);
+    current.keys += keys;
+    current.bytes += bytes;
+  }
+  if (!current.slots.empty()) batches.push_back(std::move(current));
+  return batches;
+}
+
+bool MoveJob::unpause(Source& src) {
+  if (!src.paused) return true;
+  auto* c = control(src.node);
+  auto r = c ? c->command({"CLIENT", "UNPAUSE"}) : std::nullopt;
+  if (!r || r->is_error()) {
+    warnings_.push_back("CLIENT UNPAUSE on " + src.address.str() + " failed (" +
+                        (r ? r->str : "no connection") + "); its pause ends by itself within " +
+                        std::to_string(options_.pause_timeout.count()) + " ms");
+    return false;
+  }
+  src.paused = false;
+  return true;
+}
+
+bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
+  retry = false;
+  ++batch.attempts;
+  auto& copier = *src.copier;
+  auto* c = control(src.node);
+  if (!c) return fail("cannot connect to the source " + src.address.str());
+  const std::string slots_text = format_slot_ranges(to_ranges(batch.slots));
+
+  // Start the fence only once the target is close behind the source, so that the wait inside it is short.
+  const auto settle_deadline = Clock::now() + std::chrono::seconds(30);
+  while (copier.lag_bytes() > (256u << 10) || copier.lag_seconds() > 0.05) {
+    if (copier.failed()) return fail(copier.error());
+    if (interrupted()) return false;
+    if (Clock::now() > settle_deadline)
+      return fail("the target has stayed " + human_bytes(static_cast<double>(copier.lag_bytes())) +
+                  " behind the source " + src.address.str() + " for 30 s; it cannot keep up with the writes");
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+
+  const bool pause_through_claim = src.info.survives_paused_claim();
+  const auto t0 = Clock::now();
+  auto pause = c->command({"CLIENT", "PAUSE", std::to_string(options_.pause_timeout.count()), "WRITE"});
+  if (!pause || pause->is_error())
+    return fail("CLIENT PAUSE on the source " + src.address.str() + ": " + (pause ? pause->str : c->error()));
+  src.paused = true;
+  auto info = c->command({"INFO", "replication"});
+  const std::int64_t fence = info && !info->is_error() ? info_field(info->str, "master_repl_offset") : -1;
+  if (fence < 0) {
+    unpause(src);
+    return fail("INFO replication on the source " + src.address.str() + ": no master_repl_offset");
+  }
+  // From here the copier applies nothing of these slots past the fence: the source's writes are paused, and
+  // after the claim it answers MOVED for them.
+  copier.close_slots(batch.slots, fence);
+  const auto t_wait = Clock::now();
+  if (!copier.wait_applied(fence, t0 + options_.pause_timeout / 2)) {
+    copier.reopen_slots(batch.slots);
+    unpause(src);
+    if (copier.failed()) return fail(copier.error());
+    retry = true;
+    warnings_.push_back("batch " + slots_text + ": the target did not reach the source's offset within " +
+                        std::to_string(options_.pause_timeout.count() / 2) +
+                        " ms; the batch was tried again");
+    return false;
+  }
+  batch.wait_ms = ms_since(t_wait);
+
+  // Both sides now hold the same data for these slots: compare the key counts before anything changes owner.
+  // Keys that expired in between are the only possible difference, and only downwards on the target.
+  std::vector<std::vector<std::string>> counts;
+  for (const Slot s : batch.slots)
+    counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
+  auto on_source = c->pipeline(counts);
+  auto on_target = target_control_.pipeline(counts);
+  if (!on_source || !on_target) {
+    copier.reopen_slots(batch.slots);
+    unpause(src);
+    return fail("counting the keys of batch " + slots_text + ": " +
+                (on_source ? target_control_.error() : c->error()));
+  }
+  batch.source_keys = batch.target_keys = 0;
+  for (std::size_t i = 0; i < batch.slots.size(); ++i) {
+    const auto a = static_cast<std::uint64_t>(std::max<std::int64_t>((*on_source)[i].integer, 0));
+    const auto b = static_cast<std::uint64_t>(std::max<std::int64_t>((*on_target)[i].integer, 0));
+    batch.source_keys += a;
+    batch.target_keys += b;
+    const auto expiring = copier.slot_expiring(batch.slots[i]);
+    if (b > a || a - b > expiring) {
+      copier.reopen_slots(batch.slots);
+      unpause(src);
+      return fail("slot " + std::to_string(batch.slots[i]) + ": the source holds " + std::to_string(a) +
+                  " keys and the target " + std::to_string(b) + " at the same offset (at most " +
+                  std::to_string(expiring) +
+                  " may differ by expiry); nothing was claimed, the move is undone");
+    }
+  }
+
+  if (!pause_through_claim) unpause(src);
+  journal({{"step", "claim"}, {"source", src.node.id}, {"slots", slots_text}, {"offset", fence}});
+  // The claim, as one broadcast. `SETSLOT s NODE target` on a target that has s in IMPORTING bumps its config
+  // epoch (if it is not already the unique maximum) and broadcasts a PONG to every node, once per slot: for a
+  // batch of a thousand slots that is a thousand broadcasts, and the source spends a fifth of a millisecond
+  // on each (measured on 7.0.15). So: BUMPEPOCH first, which makes the target's epoch the unique maximum;
+  // then, for every slot but the last, STABLE + NODE, which only changes the target's own table (any gossip
+  // it sends meanwhile already carries the winning epoch); then NODE for the last slot, still IMPORTING,
+  // whose one broadcast carries the whole batch.
+  std::vector<std::vector<std::string>> claims;
+  claims.push_back({"CLUSTER", "BUMPEPOCH"});
+  for (std::size_t i = 0; i + 1 < batch.slots.size(); ++i) {
+    claims.push_back({"CLUSTER", "SETSLOT", std::to_string(batch.slots[i]), "STABLE"});
+    claims.push_back({"CLUSTER", "SETSLOT", std::to_string(batch.slots[i]), "NODE", target_.id});
+  }
+  claims.push_back({"CLUSTER", "SETSLOT", std::to_string(batch.slots.back()), "NODE", target_.id});
+  const auto t_claim = Clock::now();
+  auto claimed = target_control_.pipeline(claims);
+  batch.claim_send_ms = ms_since(t_claim);
+  if (!claimed) {
+    unpause(src);
+    return fail("claiming batch " + slots_text + " on the target: " + target_control_.error() +
+                "; run slotshift check: some of its slots may have moved");
+  }
+  for (std::size_t i = 0; i < claimed->size(); ++i) {
+    if ((*claimed)[i].is_error()) {
+      unpause(src);
+      return fail("claiming batch " + slots_text + " on the target: " + join(claims[i]) + ": " +
+                  (*claimed)[i].str + "; run slotshift check: some of its slots may have moved");
+    }
+  }
+  for (const Slot s : batch.slots) {
+    claimed_[s] = true;
+    importing_[s] = false;
+  }
+  // The target broadcast its new epoch with the claim; the source deletes its keys of these slots as soon
+  // as it hears it (synchronously: that delete is most of the pause) and answers MOVED from then on.
+  const auto learn_deadline = t_claim + std::max(options_.pause_timeout, milliseconds(5000));
+  for (;;) {
+    auto nodes = c->command({"CLUSTER", "NODES"});
+    if (nodes && !nodes->is_error()) {
+      const auto view = parse_cluster_nodes(*nodes);
+      const bool knows = view.ok() && std::all_of(batch.slots.begin(), batch.slots.end(), [&](Slot s) {
+                           const Node* o = view.topology.owner(s);
+                           return o && o->id == target_.id;
+                         });
+      if (knows) break;
+    }
+    if (Clock::now() > learn_deadline) {
+      unpause(src);
+      return fail("the source " + src.address.str() + " did not learn the claim of batch " + slots_text +
+                  " within " + std::to_string(duration_cast<milliseconds>(learn_deadline - t_claim).count()) +
+                  " ms; run slotshift check");
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  batch.claim_ms = ms_since(t_claim);
+  unpause(src);
+  batch.pause_ms =
+      std::chrono::duration<double, std::milli>((pause_through_claim ? Clock::now() : t_claim) - t0).count();
+  journal({{"step", "claimed"}, {"slots", slots_text}, {"pause_ms", batch.pause_ms}});
+  learn_pause(batch);
+  return true;
+}
+
+bool MoveJob::verify(const Batch& batch) {
+  // Every node names the target as the owner of every slot of the batch, nothing of it is open, and the
+  // target's config epoch is the largest and no other master has it.
+  const auto t0 = Clock::now();
+  const auto deadline = t0 + std::chrono::seconds(10);
+  std::string problem;
+  for (const auto& node : topology_.nodes) {
+    if (node.port == 0 || node.in_handshake()) continue;
+    for (;;) {
+      problem.clear();
+      auto* c = control(node);
+      auto nodes = c ? c->command({"CLUSTER", "NODES"}) : std::nullopt;
+      const auto view = nodes && !nodes->is_error() ? parse_cluster_nodes(*nodes) : TopologyResult{};
+      if (!nodes || nodes->is_error() || !view.ok()) {
+        problem = "cannot read CLUSTER NODES";
+      } else {
+        for (const Slot s : batch.slots) {
+          const Node* o = view.topology.owner(s);
+          if (!o || o->id != target_.id) {
+            problem = "names " + (o ? short_id(o->id) : std::string("nobody")) + " as the owner of slot " +
+                      std::to_string(s);
+            break;
+          }
+          const Node* me = view.topology.myself();
+          if (me && (me->migrating.count(s) || me->importing.count(s))) {
+            problem = "has slot " + std::to_string(s) + " open";
+            break;
+          }
+        }
+        const Node* t = view.topology.find(target_.id);
+        if (problem.empty() && t && t->config_epoch)
+          for (const auto* m : view.topology.masters())
+            if (m->id != target_.id && m->config_epoch && *m->config_epoch >= *t->config_epoch) {
+              problem = "gives master " + short_id(m->id) + " config epoch " +
+                        std::to_string(*m->config_epoch) + ", not below the target's " +
+                        std::to_string(*t->config_epoch);
+              break;
+            }
+      }
+      if (problem.empty()) break;
+      if (Clock::now() > deadline)
+        return fail("after the claim of " + format_slot_ranges(to_ranges(batch.slots)) + ", node " +
+                    node.address() + ":" + std::to_string(node.port) + " " + problem + " (10 s later)");
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+  }
+  return true;
+}
+
+// Replicas can hold keys of slots their master does not own: Redis 7.0 deletes a lost slot's keys without
+// telling its replicas (REDIS-FACTS.md, "Cutover"), so after a move its replicas keep the moved keys, and if
+// the slots ever come back those stale keys (deleted ones included) would be served again by a promoted
+// replica. Nothing can write to a replica directly, so the deletes go through its master: with the slot in
+// IMPORTING there, `ASKING MULTI SET k "" DEL k EXEC` creates and removes each key in one transaction, and
+// the replica, which applies both, ends without it. The master is left with nothing (the transaction is
+// atomic). Keys are listed from the replicas themselves, once they have caught up with their master.
+bool MoveJob::purge_replica_keys(const Node& master, const std::string& importing_from,
+                                 const std::vector<Slot>& slots, bool set_importing, std::uint64_t& purged) {
+  purged = 0;
+  const auto replicas = topology_.replicas_of(master.id);
+  if (replicas.empty() || slots.empty()) return true;
+  auto* m = control(master);
+  if (!m) return fail("cannot connect to " + master.address() + ":" + std::to_string(master.port));
+  auto info = m->command({"INFO", "replication"});
+  const auto offset = info && !info->is_error() ? info_field(info->str, "master_repl_offset") : -1;
+  std::vector<std::string> keys;
+  for (const auto* r : replicas) {
+    auto* c = control(*r);
+    if (!c) {
+      warnings_.push_back("could not reach replica " + r->address() + ":" + std::to_string(r->port) +
+                          " to check it for keys of the moved slots");
+      continue;
+    }
+    // Caught up first, so that it holds everything its master had.
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      auto ri = c->command({"INFO", "replication"});
+      if (ri && !ri->is_error() && info_field(ri->str, "slave_repl_offset") >= offset) break;
+      if (Clock::now() > deadline) break;
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+    std::vector<std::vector<std::string>> counts;
+    for (const Slot s : slots)
+      counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
+    auto n = c->pipeline(counts);
+    if (!n) return fail(c->error());
+    for (std::size_t i = 0; i < slots.size(); ++i) {
+      if ((*n)[i].integer <= 0) continue;
+      auto k =
+          c->command({"CLUSTER", "GETKEYSINSLOT", std::to_string(slots[i]), std::to_string((*n)[i].integer)});
+      if (!k || k->is_error()) return fail(c->error());
+      for (auto& e : k->elements)
+        keys.push_back(std::move(e.str));
+    }
+  }
+  if (keys.empty()) return true;
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  std::vector<std::vector<std::string>> cmds;
+  if (set_importing)
+    for (const Slot s : slots)
+      cmds.push_back({"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", importing_from});
+  auto run = [&]() {
+    if (cmds.empty()) return true;
+    auto replies = m->pipeline(cmds);
+    if (!replies) return fail(m->error());
+    for (std::size_t i = 0; i < replies->size(); ++i)
+      if ((*replies)[i].is_error())
+        return fail("removing stale keys from the replicas of " + master.address() + ":" +
+                    std::to_string(master.port) + ": " + join(cmds[i]) + ": " + (*replies)[i].str);
+    cmds.clear();
+    return true;
+  };
+  if (!run()) return false;
+  for (const auto& k : keys) {
+    cmds.push_back({"ASKING"});
+    cmds.push_back({"MULTI"});
+    cmds.push_back({"SET", k, ""});
+    cmds.push_back({"DEL", k});
+    cmds.push_back({"EXEC"});
+    if (cmds.size() >= 5000 && !run()) return false;
+  }
+  if (set_importing)
+    for (const Slot s : slots)
+      cmds.push_back({"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"});
+  if (!run()) return false;
+  purged = keys.size();
+  // Let the replicas apply it, and check.
+  info = m->command({"INFO", "replication"});
+  const auto after = info && !info->is_error() ? info_field(info->str, "master_repl_offset") : -1;
+  for (const auto* r : replicas) {
+    auto* c = control(*r);
+    if (!c) continue;
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      auto ri = c->command({"INFO", "replication"});
+      if (ri && !ri->is_error() && info_field(ri->str, "slave_repl_offset") >= after) break;
+      if (Clock::now() > deadline) {
+        warnings_.push_back("replica " + r->address() + ":" + std::to_string(r->port) +
+                            " did not catch up within 10 s; it may still hold stale keys of the moved slots");
+        break;
+      }
+      std::this_thread::sleep_for(milliseconds(5));
+    }
+  }
+  return true;
+}
+
+bool MoveJob::clean_source_replicas() {
+  for (const auto& src : sources_) {
+    if (src.info.propagates_lost_slot_deletes()) continue;
+    // A source left without slots has become a replica of the target and resynchronised from it, and so
+    // have its replicas: nothing stale is left there.
+    auto* c = control(src.node);
+    auto role = c ? c->command({"ROLE"}) : std::nullopt;
+    if (!role || role->is_error() || role->elements.empty() || role->elements[0].str != "master") continue;
+    std::uint64_t purged = 0;
+    if (!purge_replica_keys(src.node, target_.id, src.slots, true, purged)) return false;
+    if (purged > 0) {
+      journal({{"step", "replicas-cleaned"}, {"source", src.node.id}, {"keys", purged}});
+      notes_.push_back("removed " + std::to_string(purged) + " moved keys from the replicas of " +
+                       src.address.str() + " (" + src.info.name() +
+                       " does not send the deletes of a lost slot to its replicas)");
+    }
+  }
+  return true;
+}
+
+// After the last batch: the whole cluster as `slotshift check` sees it. A source left without slots turns
+// itself into a replica of the target, and the other nodes learn that by gossip, so give them a moment.
+bool MoveJob::settle() {
+  const auto deadline = Clock::now() + std::chrono::seconds(15);
+  std::string last;
+  for (;;) {
+    std::string error;
+    const auto survey =
+        survey_cluster(*parse_host_port(options_.common.cluster, error), options_.common.timeout);
+    auto findings = check(survey.merged);
+    for (auto& f : compare_views(survey.views))
+      findings.push_back(std::move(f));
+    std::erase_if(findings, [](const Finding& f) { return f.kind == FindingKind::kNodeLoading; });
+    if (survey.error.empty() && survey.unreachable.empty() && findings.empty()) return true;
+    last = !survey.error.empty() ? survey.error
+           : !survey.unreachable.empty()
+               ? "unreachable: " + survey.unreachable.front()
+               : std::string(finding_kind_name(findings.front().kind)) + ": " + findings.front().message;
+    if (Clock::now() > deadline) break;
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  warnings_.push_back(
+      "every slot moved and every node agrees on its owner, but 15 s later the cluster is still "
+      "not clean: " +
+      last);
+  return true;
+}
+
+bool MoveJob::cut_over_all() {
+  std::size_t done = 0;
+  for (auto& src : sources_) {
+    // One batch at a time: each is planned from the slots left, with the delete speed measured so far.
+    for (auto pending = plan_batches(src); !pending.empty(); pending = plan_batches(src)) {
+      std::size_t total = done + pending.size();
+      for (std::size_t i = &src - sources_.data() + 1; i < sources_.size(); ++i)
+        total += plan_batches(sources_[i]).size();
+      Batch batch = std::move(pending.front());
+      char line[200];
+      std::snprintf(line, sizeof line, "cutover  batch %zu/%zu  %zu slots  %s keys  lag %s", done + 1, total,
+                    batch.slots.size(), with_commas(batch.keys).c_str(),
+                    human_bytes(static_cast<double>(src.copier->lag_bytes())).c_str());
+      progress(line);
+      bool retry = false;
+      bool claimed = cut_over(src, batch, retry);
+      while (!claimed && retry && batch.attempts < 3)
+        claimed = cut_over(src, batch, retry);
+      src.batches.push_back(std::move(batch));
+      if (!claimed || !verify(src.batches.back())) return false;
+      ++done;
+    }
+    src.copier->stop();
+  }
+  return true;
+}
+
+void MoveJob::rollback() {
+  // Undo what this move did for every slot it has not claimed: stop the copiers (nothing more is written),
+  // unpause, delete the copied keys on the target (ASKING makes them reachable while IMPORTING is set), then
+  // clear IMPORTING.
+  for (auto& src : sources_) {
+    if (src.copier) src.copier->stop();
+    unpause(src);
+  }
+  std::vector<Slot> open;
+  for (int s = 0; s < kSlotCount; ++s)
+    if (importing_[static_cast<std::size_t>(s)]) open.push_back(static_cast<Slot>(s));
+  if (open.empty()) return;
+  std::uint64_t deleted = 0;
+  for (const Slot s : open) {
+    for (int rounds = 0; rounds < 100000; ++rounds) {
+      auto keys = target_control_.command({"CLUSTER", "GETKEYSINSLOT", std::to_string(s), "1000"});
+      if (!keys || keys->is_error() || keys->elements.empty()) break;
+      std::vector<std::vector<std::string>> dels;
+      for (const auto& k : keys->elements) {
+        dels.push_back({"ASKING"});
+        dels.push_back({"DEL", k.str});
+      }
+      if (!target_control_.pipeline(dels)) break;
+      deleted += keys->elements.size();
+    }
+  }
+  std::vector<std::vector<std::string>> stable;
+  for (const Slot s : open)
+    stable.push_back({"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"});
+  auto r = target_control_.pipeline(stable);
+  if (r)
+    for (const Slot s : open)
+      importing_[s] = false;
+  journal(
+      {{"step", "rolled-back"}, {"slots", format_slot_ranges(to_ranges(open))}, {"keys_deleted", deleted}});
+  warnings_.push_back("undone: " + std::to_string(open.size()) + " slots not claimed (" +
+                      format_slot_ranges(to_ranges(open)) + ") stay with their owner; " +
+                      std::to_string(deleted) + " copied keys were deleted from the target" +
+                      (r ? "" : ", but clearing IMPORTING failed: run slotshift check"));
+}
+
+void MoveJob::report(bool ok) {
+  end_progress();
+  std::uint64_t keys = 0, bytes = 0, expired = 0, chunked = 0, repairs = 0, applied = 0, unknown = 0;
+  double max_pause = 0;
+  nlohmann::json sources = nlohmann::json::array(), batches = nlohmann::json::array();
+  for (const auto& src : sources_) {
+    if (!src.copier) continue;
+    const auto& st = src.copier->stats();
+    keys += st.keys_copied;
+    bytes += st.bytes_copied;
+    expired += st.keys_expired;
+    chunked += st.keys_chunked;
+    repairs += st.repairs;
+    applied += st.stream_applied;
+    unknown += st.unknown_commands;
+    sources.push_back({{"source", src.address.str()},
+                       {"source_id", src.node.id},
+                       {"server", src.info.name()},
+                       {"slots", format_slot_ranges(to_ranges(src.slots))},
+                       {"keys_copied", st.keys_copied.load()},
+                       {"bytes_copied", st.bytes_copied.load()},
+                       {"keys_expired_skipped", st.keys_expired.load()},
+                       {"keys_chunked", st.keys_chunked.load()},
+                       {"snapshot_bytes", st.rdb_bytes.load()},
+                       {"stream_bytes", st.stream_bytes.load()},
+                       {"stream_operations_applied", st.stream_applied.load()},
+                       {"keys_repaired", st.repairs.load()},
+                       {"unknown_commands_dropped", st.unknown_commands.load()},
+                       {"writes_after_fence", st.writes_after_fence.load()},
+                       {"snapshot_header_ms", st.header_ms.load()},
+                       {"snapshot_parsed_ms", st.received_ms.load()},
+                       {"snapshot_applied_ms", st.applied_ms.load()},
+                       {"spilled_peak_bytes", src.copier->spool_peak()}});
+    for (const auto& b : src.batches) {
+      if (b.attempts == 0) continue;
+      max_pause = std::max(max_pause, b.pause_ms);
+      batches.push_back({{"source", src.address.str()},
+                         {"slots", format_slot_ranges(to_ranges(b.slots))},
+                         {"slot_count", b.slots.size()},
+                         {"keys", b.source_keys},
+                         {"pause_ms", b.pause_ms},
+                         {"wait_ms", b.wait_ms},
+                         {"claim_ms", b.claim_ms},
+                         {"claim_send_ms", b.claim_send_ms},
+                         {"attempts", b.attempts}});
+    }
+  }
+  for (const auto& src : sources_)
+    if (src.copier && src.copier->stats().writes_after_fence > 0)
+      warnings_.push_back(std::to_string(src.copier->stats().writes_after_fence.load()) +
+                          " writes reached the source " + src.address.str() +
+                          " for slots past their fence and are not on the target (first: " +
+                          src.copier->first_late_write() + ")");
+  if (unknown > 0)
+    warnings_.push_back(
+        std::to_string(unknown) +
+        " commands of the stream were not in the command table (module commands?) and were not "
+        "applied to the target");
+  const double elapsed = ms_since(started_) / 1000;
+  if (options_.common.json) {
+    nlohmann::json j{{"ok", ok},
+                     {"target", target_address_.str()},
+                     {"target_id", target_.id},
+                     {"sources", sources},
+                     {"batches", batches},
+                     {"keys_copied", keys},
+                     {"bytes_copied", bytes},
+                     {"elapsed_s", elapsed},
+                     {"copy_s", copy_s_},
+                     {"cutover_s", cutover_s_},
+                     {"replica_cleanup_s", cleanup_s_},
+                     {"settle_s", settle_s_},
+                     {"max_pause_ms", max_pause},
+                     {"warnings", warnings_},
+                     {"notes", notes_}};
+    if (!ok) j["error"] = error_;
+    out_ << j.dump(2) << "\n";
+    return;
+  }
+  char line[256];
+  for (const auto& b : batches) {
+    std::snprintf(
+        line, sizeof line,
+        "  batch %-24s %6zu slots %9s keys  pause %6.1f ms (wait %.1f, claim %.1f of which sent %.1f)\n",
+        b["slots"].get<std::string>().substr(0, 24).c_str(), b["slot_count"].get<std::size_t>(),
+        with_commas(b["keys"].get<std::uint64_t>()).c_str(), b["pause_ms"].get<double>(),
+        b["wait_ms"].get<double>(), b["claim_ms"].get<double>(), b["claim_send_ms"].get<double>());
+    out_ << line;
+  }
+  for (const auto& n : notes_)
+    out_ << "note: " << n << "\n";
+  for (const auto& w : warnings_)
+    out_ << "warning: " << w << "\n";
+  if (!ok) {
+    err_ << "slotshift move: " << error_ << "\n";
+    return;
+  }
+  std::snprintf(line, sizeof line,
+                "moved %s keys (%s) to %s %s in %.2f s (copy %.2f s), %zu batches, longest pause %.1f ms\n",
+                with_commas(keys).c_str(), human_bytes(static_cast<double>(bytes)).c_str(),
+                short_id(target_.id).c_str(), target_address_.str().c_str(), elapsed, copy_s_, batches.size(),
+                max_pause);
+  out_ << line;
+  out_ << "  " << with_commas(applied) << " live writes followed, " << with_commas(repairs)
+       << " keys read again after a refused replay, " << with_commas(expired) << " expired keys skipped, "
+       << with_commas(chunked) << " big keys sent in chunks\n";
+}
+
+int MoveJob::run() {
+  if (!options_.journal.empty()) {
+    journal_.open(options_.journal, std::ios::app);
+    if (!journal_) {
+      err_ << "slotshift move: cannot open the journal " << options_.journal << "\n";
+      return 2;
+    }
+  }
+  if (!plan()) {
+    err_ << "slotshift move: " << error_ << "\n";
+    return error_.starts_with("--") ? 2 : 1;
+  }
+  if (options_.dry_run) {
+    if (!estimate()) {
+      err_ << "slotshift move: " << error_ << "\n";
+      return 1;
+    }
+    print_plan();
+    return 0;
+  }
+  if (sources_.empty()) {
+    notes_.push_back("nothing to move: every slot named is already on " + target_address_.str());
+    report(true);
+    return 0;
+  }
+  journal({{"step", "plan"},
+           {"target", target_.id},
+           {"slots", options_.slots},
+           {"sources", [&] {
+              auto a = nlohmann::json::array();
+              for (const auto& s : sources_)
+                a.push_back({{"id", s.node.id}, {"slots", format_slot_ranges(to_ranges(s.slots))}});
+              return a;
+            }()}});
+  struct sigaction action {};
+  action.sa_handler = on_interrupt;
+  struct sigaction old_int {
+  }, old_term{};
+  sigaction(SIGINT, &action, &old_int);
+  sigaction(SIGTERM, &action, &old_term);
+  g_interrupted = 0;
+
+  auto timed = [](double& seconds, auto&& step) {
+    const auto t0 = Clock::now();
+    const bool r = step();
+    seconds = ms_since(t0) / 1000;
+    return r;
+  };
+  const bool ok = prepare() && copy() && timed(cutover_s_, [&] { return cut_over_all(); }) &&
+                  timed(cleanup_s_, [&] { return clean_source_replicas(); }) &&
+                  timed(settle_s_, [&] { return settle(); });
+  if (!ok) rollback();
+  if (ok) journal({{"step", "done"}});
+  report(ok);
+  for (auto& src : sources_)
+    if (src.copier) src.copier->stop();
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  return ok ? 0 : 1;
+}
+
+int run_move(const MoveOptions& options, std::ostream& out, std::ostream& err) {
+  MoveJob job(options, out, err);
+  return job.run();
+}
+
+}  // namespace slotshift

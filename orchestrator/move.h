@@ -1,0 +1,52 @@
+// slotshift move: moves hash slots to a target master by replication, one short fenced cutover per batch.
+//
+//   plan      survey every node; refuse a cluster that is not clean (open slots, failing nodes, equal config
+//             epochs, disagreeing views), a target that is not a master or holds keys of the moving slots,
+//             and a source whose values the target cannot read
+//   prepare   CLUSTER SETSLOT s IMPORTING <source> on the target only: the target accepts writes to s after
+//             ASKING, and the source, which is left untouched, serves s as before and sends no client ASK
+//   copy      one SlotCopier per source: replica link, snapshot, RESTOREs, then the live stream
+//   cutover   per batch (slots of one source, sized so the source's pause stays within --max-pause):
+//               CLIENT PAUSE WRITE on the source; its offset X; wait until the target has applied X; compare
+//               the slots' key counts on both; CLUSTER SETSLOT s NODE <target> on the target (the first one
+//               bumps its config epoch and broadcasts); wait until the source knows; CLIENT UNPAUSE
+//             On servers that crash when they learn the claim while paused
+//             (ServerInfo::survives_paused_claim), the pause ends just before the claim instead.
+//   verify    per batch: every node names the target as owner, the target's epoch is the largest and unique,
+//             no slot is left open
+//
+// Any failure before a batch's claim undoes what the move did for the slots not yet claimed: the source is
+// unpaused, the copied keys are deleted from the target and IMPORTING is cleared. Claimed batches stay moved.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <ostream>
+#include <string>
+
+#include "orchestrator/commands.h"
+
+namespace slotshift {
+
+struct MoveOptions {
+  CommonOptions common;
+  std::string slots;  // "0-1000,5000"
+  std::string to;     // HOST:PORT or node id (or a unique prefix of one)
+  std::chrono::milliseconds max_pause{50};
+  std::string fence = "source-pause";
+  std::string journal;  // append every step to this file before taking it
+  bool dry_run = false;
+  std::size_t big_key = 8u << 20;
+  std::string user, password;  // for every node
+  bool diskless = true;        // --snapshot diskless (default) or disk
+  std::size_t spool_memory = 256u << 20;
+  std::string spool_dir = "/tmp";
+  // The longest CLIENT PAUSE a cutover asks for: if the orchestrator dies mid-cutover, the source's writes
+  // resume by themselves after this.
+  std::chrono::milliseconds pause_timeout{2000};
+  bool progress = true;  // a progress line on stderr when it is a terminal
+};
+
+int run_move(const MoveOptions& options, std::ostream& out, std::ostream& err);
+
+}  // namespace slotshift
