@@ -6,10 +6,6 @@
 namespace slotshift {
 namespace {
 
-std::string short_id(const std::string& id) {
-  return id.substr(0, 8);
-}
-
 std::optional<Topology> read_nodes(NodeClient& client, std::string& error) {
   auto reply = client.command({"CLUSTER", "NODES"});
   if (!reply) {
@@ -71,10 +67,11 @@ std::size_t covered_slots(const Topology& t) {
 
 }  // namespace
 
-ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout) {
+ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout,
+                             const Credentials& credentials) {
   ClusterSurvey s;
   NodeClient client;
-  if (!client.connect(seed, timeout)) {
+  if (!client.connect(seed, timeout, credentials)) {
     s.error = "cannot reach the seed node " + client.error();
     return s;
   }
@@ -111,7 +108,7 @@ ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds tim
     const HostPort where{node.address(), node.port};
     std::string error;
     std::optional<Topology> view;
-    if (c.connect(where, timeout)) view = read_nodes(c, error);
+    if (c.connect(where, timeout, credentials)) view = read_nodes(c, error);
     if (!view) {
       s.unreachable.push_back(error.empty() ? c.error() : error);
       continue;
@@ -124,7 +121,7 @@ ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds tim
   for (auto& node : s.merged.nodes) {
     if (node.health != Health::kLoading || node.port == 0) continue;
     NodeClient c;
-    if (!c.connect(HostPort{node.address(), node.port}, timeout)) continue;
+    if (!c.connect(HostPort{node.address(), node.port}, timeout, credentials)) continue;
     const auto info = c.command({"INFO", "replication"});
     if (info && !info->is_error() && info->str.find("master_link_status:up") != std::string::npos &&
         info->str.find("master_sync_in_progress:0") != std::string::npos) {
@@ -141,7 +138,7 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
     err << "slotshift status: --cluster: " << error << "\n";
     return 2;
   }
-  const auto s = survey_cluster(*seed, options.timeout);
+  const auto s = survey_cluster(*seed, options.timeout, options.credentials);
   if (!s.error.empty()) {
     err << "slotshift status: " << s.error << "\n";
     return 1;
@@ -187,7 +184,7 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
     err << "slotshift check: --cluster: " << error << "\n";
     return 2;
   }
-  const auto s = survey_cluster(*seed, options.timeout);
+  const auto s = survey_cluster(*seed, options.timeout, options.credentials);
   if (!s.error.empty()) {
     err << "slotshift check: " << s.error << "\n";
     return 1;

@@ -16,7 +16,13 @@ struct CommonOptions {
   std::string cluster;  // HOST:PORT of any node
   bool json = false;
   std::chrono::milliseconds timeout{2000};  // per connection and per reply
+  Credentials credentials;                  // for every node
 };
+
+// A node id as messages show it: its first 8 characters.
+inline std::string short_id(const std::string& id) {
+  return id.substr(0, 8);
+}
 
 // What the orchestrator learns by asking every node: the seed's CLUSTER SHARDS (CLUSTER NODES on servers
 // without it) merged with the CLUSTER NODES of every reachable node, each node's own view, and who did not
@@ -28,7 +34,8 @@ struct ClusterSurvey {
   std::string error;                     // set when not even the seed could be read
 };
 
-ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout);
+ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout,
+                             const Credentials& credentials = {});
 
 int run_status(const CommonOptions& options, std::ostream& out, std::ostream& err);
 int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err);

@@ -110,25 +110,17 @@ bool SlotCopier::start() {
   started_ = Clock::now();
   source_control_ = std::make_unique<NodeClient>();
   target_control_ = std::make_unique<NodeClient>();
-  auto connect = [&](NodeClient& c, const HostPort& node) {
-    if (!c.connect(node, options_.timeout)) return false;
-    if (options_.password.empty()) return true;
-    auto r = options_.user.empty() ? c.command({"AUTH", options_.password})
-                                   : c.command({"AUTH", options_.user, options_.password});
-    return r && !r->is_error();
-  };
-  if (!connect(*source_control_, options_.source)) {
+  if (!source_control_->connect(options_.source, options_.timeout, options_.credentials)) {
     finish("cannot connect to the source " + source_control_->error());
     return false;
   }
-  if (!connect(*target_control_, options_.target)) {
+  if (!target_control_->connect(options_.target, options_.timeout, options_.credentials)) {
     finish("cannot connect to the target " + target_control_->error());
     return false;
   }
   TargetWriterOptions w;
   w.target = options_.target;
-  w.user = options_.user;
-  w.password = options_.password;
+  w.credentials = options_.credentials;
   w.max_ops_in_flight = options_.max_ops_in_flight;
   w.max_bytes_in_flight = options_.max_bytes_in_flight;
   w.connect_timeout = options_.timeout;
@@ -172,8 +164,7 @@ bool SlotCopier::start() {
   }
   ReplicaLinkOptions l;
   l.source = options_.source;
-  l.user = options_.user;
-  l.password = options_.password;
+  l.credentials = options_.credentials;
   l.diskless = options_.diskless;
   l.announce_version = options_.announce_version;
   l.step_timeout = options_.timeout;

@@ -42,6 +42,7 @@
 #include "common/host_port.h"
 #include "common/resp.h"
 #include "common/slot.h"
+#include "orchestrator/node_client.h"
 #include "orchestrator/replica_link.h"
 #include "orchestrator/target_writer.h"
 
@@ -50,7 +51,7 @@ namespace slotshift {
 struct CopierOptions {
   HostPort source;
   HostPort target;
-  std::string user, password;  // for both nodes
+  Credentials credentials;  // for both nodes
   // A diskless snapshot (capa eof: the source's fork streams it, nothing is written to the source's disk),
   // with the source's repl-diskless-sync-delay set to 0 for the instant of the handshake so that it starts at
   // once; or a disk-based one (the source writes an RDB file first, replacing its dump.rdb).

@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
     sub->add_flag("--json", options.json, "machine-readable output");
     sub->add_option("--timeout-ms", timeout_ms, "deadline for each connection and each reply")
         ->check(CLI::Range(1, 600000));
+    sub->add_option("--user", options.credentials.user, "ACL user for every node");
+    sub->add_option("--password", options.credentials.password,
+                    "password for every node (or the environment variable SLOTSHIFT_PASSWORD)");
   };
   auto* status =
       app.add_subcommand("status", "show masters, slots, replicas and epochs as every node reports them");
@@ -70,8 +73,6 @@ int main(int argc, char** argv) {
   mv->add_option("--journal", move.journal, "append every step to this file before taking it");
   mv->add_flag("--dry-run", move.dry_run, "show the plan (batches, keys, bytes, estimated time) and stop");
   mv->add_option("--big-key", big_key, "values above this size go as chunks of commands (default 8MB)");
-  mv->add_option("--user", move.user, "ACL user for every node");
-  mv->add_option("--password", move.password, "password for every node (or SLOTSHIFT_PASSWORD)");
   std::string snapshot = "diskless";
   mv->add_option(
         "--snapshot", snapshot,
@@ -90,6 +91,8 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   options.timeout = std::chrono::milliseconds(timeout_ms);
+  if (options.credentials.password.empty())
+    if (const char* p = std::getenv("SLOTSHIFT_PASSWORD")) options.credentials.password = p;
   if (status->parsed()) return slotshift::run_status(options, std::cout, std::cerr);
   if (check->parsed()) return slotshift::run_check(options, std::cout, std::cerr);
   if (mv->parsed()) {
@@ -103,8 +106,6 @@ int main(int argc, char** argv) {
       std::cerr << "slotshift move: " << e.what() << "\n";
       return 2;
     }
-    if (move.password.empty())
-      if (const char* p = std::getenv("SLOTSHIFT_PASSWORD")) move.password = p;
     move.common = options;
     return slotshift::run_move(move, std::cout, std::cerr);
   }

@@ -36,10 +36,6 @@ double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-std::string short_id(const std::string& id) {
-  return id.substr(0, 8);
-}
-
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KB", "MB", "GB", "TB"};
   int u = 0;
@@ -210,6 +206,7 @@ class MoveJob {
   std::vector<bool> importing_ = std::vector<bool>(kSlotCount);
   std::vector<bool> claimed_ = std::vector<bool>(kSlotCount);
   std::map<std::string, NodeClient> controls_;
+  std::string connect_error_;  // why control() last returned nullptr
   std::ofstream journal_;
   // A batch's pause is a fixed part (PAUSE, INFO, the offset wait, the key counts, the claim's round trips)
   // plus the source's synchronous delete of the batch's keys when it learns the claim, which grows with the
@@ -252,11 +249,10 @@ NodeClient* MoveJob::control(const Node& node) {
   auto it = controls_.find(node.id);
   if (it == controls_.end()) {
     NodeClient c;
-    if (!c.connect(HostPort{node.address(), node.port}, options_.common.timeout)) return nullptr;
-    if (!options_.password.empty()) {
-      auto r = options_.user.empty() ? c.command({"AUTH", options_.password})
-                                     : c.command({"AUTH", options_.user, options_.password});
-      if (!r || r->is_error()) return nullptr;
+    if (!c.connect(HostPort{node.address(), node.port}, options_.common.timeout,
+                   options_.common.credentials)) {
+      connect_error_ = c.error();
+      return nullptr;
     }
     it = controls_.emplace(node.id, std::move(c)).first;
   }
@@ -273,7 +269,7 @@ bool MoveJob::plan() {
     return fail("--fence " + options_.fence +
                 ": only source-pause is available; the proxy fence needs proxies that hold slots");
 
-  const auto survey = survey_cluster(*seed, options_.common.timeout);
+  const auto survey = survey_cluster(*seed, options_.common.timeout, options_.common.credentials);
   if (!survey.error.empty()) return fail(survey.error);
   if (!survey.unreachable.empty())
     return fail("every node must answer before slots move; unreachable: " + survey.unreachable.front());
@@ -337,17 +333,12 @@ bool MoveJob::plan() {
     if (!parse_server_info(r->str, info, why)) return fail(c.node().str() + ": " + why);
     return true;
   };
-  if (!target_control_.connect(target_address_, options_.common.timeout))
+  if (!target_control_.connect(target_address_, options_.common.timeout, options_.common.credentials))
     return fail("cannot connect to the target " + target_control_.error());
-  if (!options_.password.empty()) {
-    auto r = options_.user.empty() ? target_control_.command({"AUTH", options_.password})
-                                   : target_control_.command({"AUTH", options_.user, options_.password});
-    if (!r || r->is_error()) return fail("AUTH on the target: " + (r ? r->str : target_control_.error()));
-  }
   if (!server(target_control_, target_info_)) return false;
   for (auto& src : sources_) {
     auto* c = control(src.node);
-    if (!c) return fail("cannot connect to the source " + src.address.str());
+    if (!c) return fail("cannot connect to the source " + connect_error_);
     if (!server(*c, src.info)) return false;
     std::string why;
     if (!payloads_compatible(src.info, target_info_, why))
@@ -513,8 +504,7 @@ bool MoveJob::copy() {
     CopierOptions o;
     o.source = src.address;
     o.target = target_address_;
-    o.user = options_.user;
-    o.password = options_.password;
+    o.credentials = options_.common.credentials;
     o.diskless = options_.diskless;
     if (src.info.flavor == ServerInfo::Flavor::kValkey) o.announce_version = src.info.version;
     o.big_key = options_.big_key;
@@ -621,7 +611,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   ++batch.attempts;
   auto& copier = *src.copier;
   auto* c = control(src.node);
-  if (!c) return fail("cannot connect to the source " + src.address.str());
+  if (!c) return fail("cannot connect to the source " + connect_error_);
   const std::string slots_text = format_slot_ranges(to_ranges(batch.slots));
 
   // Start the fence only once the target is close behind the source, so that the wait inside it is short.
@@ -820,7 +810,7 @@ bool MoveJob::purge_replica_keys(const Node& master, const std::string& importin
   const auto replicas = topology_.replicas_of(master.id);
   if (replicas.empty() || slots.empty()) return true;
   auto* m = control(master);
-  if (!m) return fail("cannot connect to " + master.address() + ":" + std::to_string(master.port));
+  if (!m) return fail("cannot connect to " + connect_error_);
   auto info = m->command({"INFO", "replication"});
   const auto offset = info && !info->is_error() ? info_field(info->str, "master_repl_offset") : -1;
   std::vector<std::string> keys;
@@ -933,8 +923,8 @@ bool MoveJob::settle() {
   std::string last;
   for (;;) {
     std::string error;
-    const auto survey =
-        survey_cluster(*parse_host_port(options_.common.cluster, error), options_.common.timeout);
+    const auto survey = survey_cluster(*parse_host_port(options_.common.cluster, error),
+                                       options_.common.timeout, options_.common.credentials);
     auto findings = check(survey.merged);
     for (auto& f : compare_views(survey.views))
       findings.push_back(std::move(f));

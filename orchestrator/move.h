@@ -37,8 +37,7 @@ struct MoveOptions {
   std::string journal;  // append every step to this file before taking it
   bool dry_run = false;
   std::size_t big_key = 8u << 20;
-  std::string user, password;  // for every node
-  bool diskless = true;        // --snapshot diskless (default) or disk
+  bool diskless = true;  // --snapshot diskless (default) or disk
   std::size_t spool_memory = 256u << 20;
   std::string spool_dir = "/tmp";
   // The longest CLIENT PAUSE a cutover asks for: if the orchestrator dies mid-cutover, the source's writes

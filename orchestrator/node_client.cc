@@ -70,7 +70,8 @@ NodeClient& NodeClient::operator=(NodeClient&& other) noexcept {
   return *this;
 }
 
-bool NodeClient::connect(const HostPort& node, std::chrono::milliseconds timeout) {
+bool NodeClient::connect(const HostPort& node, std::chrono::milliseconds timeout,
+                         const Credentials& credentials) {
   node_ = node;
   if (ctx_) redisFree(ctx_);
   ctx_ = redisConnectWithTimeout(node.host.c_str(), node.port, to_timeval(timeout));
@@ -81,7 +82,14 @@ bool NodeClient::connect(const HostPort& node, std::chrono::milliseconds timeout
     return false;
   }
   redisSetTimeout(ctx_, to_timeval(timeout));
-  return true;
+  if (credentials.password.empty()) return true;
+  auto r = credentials.user.empty() ? command({"AUTH", credentials.password})
+                                    : command({"AUTH", credentials.user, credentials.password});
+  if (r && !r->is_error()) return true;
+  if (r) error_ = node.str() + ": AUTH refused: " + r->str;
+  redisFree(ctx_);
+  ctx_ = nullptr;
+  return false;
 }
 
 std::optional<resp::Value> NodeClient::command(const std::vector<std::string>& args) {

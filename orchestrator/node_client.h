@@ -15,6 +15,12 @@ struct redisContext;
 
 namespace slotshift {
 
+// AUTH for every connection: a password alone (the default user), or an ACL user and its password.
+struct Credentials {
+  std::string user;
+  std::string password;  // empty: no AUTH
+};
+
 class NodeClient {
  public:
   NodeClient() = default;
@@ -24,8 +30,9 @@ class NodeClient {
   NodeClient(const NodeClient&) = delete;
   NodeClient& operator=(const NodeClient&) = delete;
 
-  // Connects within `timeout`; later calls use the same timeout per reply. False (see error()) on failure.
-  bool connect(const HostPort& node, std::chrono::milliseconds timeout);
+  // Connects within `timeout` and authenticates; later calls use the same timeout per reply. False (see
+  // error()) on failure, a refused AUTH included.
+  bool connect(const HostPort& node, std::chrono::milliseconds timeout, const Credentials& credentials = {});
   // Sends one command and waits for its reply. nullopt on a connection failure or timeout; a Redis error
   // reply is a Value whose is_error() is true.
   std::optional<resp::Value> command(const std::vector<std::string>& args);

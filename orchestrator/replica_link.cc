@@ -77,10 +77,10 @@ bool ReplicaLink::start(const ReplicaLinkOptions& options) {
   error_.clear();
   if (!socket_.connect(options_.source, Clock::now() + options_.step_timeout))
     return fail("cannot connect: " + socket_.error());
-  if (!options_.password.empty()) {
-    if (options_.user.empty()) {
-      if (!expect_ok({"AUTH", options_.password}, "AUTH")) return false;
-    } else if (!expect_ok({"AUTH", options_.user, options_.password}, "AUTH")) {
+  if (const auto& c = options_.credentials; !c.password.empty()) {
+    if (c.user.empty()) {
+      if (!expect_ok({"AUTH", c.password}, "AUTH")) return false;
+    } else if (!expect_ok({"AUTH", c.user, c.password}, "AUTH")) {
       return false;
     }
   }
@@ -88,7 +88,8 @@ bool ReplicaLink::start(const ReplicaLinkOptions& options) {
   std::string line;
   if (!read_line(line, options_.step_timeout)) return false;
   if (line.starts_with("-NOAUTH"))
-    return fail("the source needs a password (" + line.substr(1) + "): give --source-password");
+    return fail("the source needs a password (" + line.substr(1) +
+                "): give --password (and --user for an ACL user)");
   if (line.starts_with("-")) return fail("PING refused: " + line.substr(1));
   const std::string port = std::to_string(socket_.local_port());
   if (!expect_ok({"REPLCONF", "listening-port", port}, "REPLCONF listening-port")) return false;

@@ -34,6 +34,7 @@
 #include <thread>
 
 #include "common/host_port.h"
+#include "orchestrator/node_client.h"
 #include "orchestrator/socket.h"
 #include "orchestrator/spool.h"
 
@@ -41,8 +42,7 @@ namespace slotshift {
 
 struct ReplicaLinkOptions {
   HostPort source;
-  std::string user;       // ACL user for AUTH; empty for the default user
-  std::string password;   // empty: no AUTH
+  Credentials credentials;
   bool diskless = false;  // announce capa eof: the master streams the snapshot from a fork (after
                           // repl-diskless-sync-delay) instead of writing an RDB file first
   // Valkey only: `REPLCONF version <v>`, so that a Valkey 9 master sends its own format (VALKEY080). Without

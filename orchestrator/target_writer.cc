@@ -36,12 +36,12 @@ bool TargetWriter::connect(const TargetWriterOptions& options, Done done) {
   done_ = std::move(done);
   if (!socket_.connect(options_.target, Clock::now() + options_.connect_timeout))
     return fail("cannot connect: " + socket_.error());
-  if (!options_.password.empty()) {
+  if (const auto& c = options_.credentials; !c.password.empty()) {
     std::string wire;
-    if (options_.user.empty())
-      resp::append_command(wire, {"AUTH", options_.password});
+    if (c.user.empty())
+      resp::append_command(wire, {"AUTH", c.password});
     else
-      resp::append_command(wire, {"AUTH", options_.user, options_.password});
+      resp::append_command(wire, {"AUTH", c.user, c.password});
     std::string auth_error;
     const auto saved = std::move(done_);
     done_ = [&](std::uint64_t, std::string_view e) { auth_error = e; };

@@ -16,13 +16,14 @@
 
 #include "common/host_port.h"
 #include "common/resp.h"
+#include "orchestrator/node_client.h"
 #include "orchestrator/socket.h"
 
 namespace slotshift {
 
 struct TargetWriterOptions {
   HostPort target;
-  std::string user, password;
+  Credentials credentials;
   std::size_t max_ops_in_flight = 2048;
   std::size_t max_bytes_in_flight = 8u << 20;
   std::chrono::milliseconds connect_timeout{5000};

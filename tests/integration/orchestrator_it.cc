@@ -93,3 +93,39 @@ TEST_CASE("bad input and unreachable seeds get a clear error and a non-zero exit
   CHECK(down.out.find("cannot reach the seed node 127.0.0.1:1") != std::string::npos);
   CHECK(slotshift_cmd("frobnicate").exit_code != 0);
 }
+
+TEST_CASE("a cluster with a password: status, check and move with --password, and a clear error without") {
+  test::LocalCluster cluster(3, 0);
+  const auto masters = cluster.masters();
+  for (const auto& m : masters) {
+    test::Connection c(m);
+    c.command({"CONFIG", "SET", "requirepass", "pw"});
+  }
+  const auto seed = masters.front().str();
+  auto denied = slotshift_cmd("status --cluster " + seed);
+  CHECK(denied.exit_code == 1);
+  CHECK_MESSAGE(denied.out.find("NOAUTH") != std::string::npos, denied.out);
+  auto wrong = slotshift_cmd("check --cluster " + seed + " --password nope");
+  CHECK(wrong.exit_code == 1);
+  CHECK_MESSAGE(wrong.out.find("AUTH refused") != std::string::npos, wrong.out);
+  CHECK(slotshift_cmd("check --cluster " + seed + " --password pw").exit_code == 0);
+
+  // Some keys in slot 0 (owned by the first master), then the slot moves with the password from the
+  // environment.
+  test::Connection a(masters.front());
+  a.command({"AUTH", "pw"});
+  int written = 0;
+  for (int n = 0; written < 20; ++n) {
+    const std::string k = "pw-" + std::to_string(n);
+    if (a.command({"CLUSTER", "KEYSLOT", k})->integer != 0) continue;
+    a.command({"SET", k, "v"});
+    ++written;
+  }
+  auto moved = test::run_capture("SLOTSHIFT_PASSWORD=pw " + kSlotshift + " move --cluster " + seed +
+                                 " --slots 0 --to " + masters[1].str() + " 2>&1");
+  CHECK_MESSAGE(moved.exit_code == 0, moved.out);
+  test::Connection b(masters[1]);
+  b.command({"AUTH", "pw"});
+  CHECK(b.command({"CLUSTER", "COUNTKEYSINSLOT", "0"})->integer == 20);
+  CHECK(a.command({"CLUSTER", "COUNTKEYSINSLOT", "0"})->integer == 0);
+}

@@ -207,13 +207,13 @@ TEST_CASE("refusals are clear: no password, a wrong password, a port where nothi
   }
   {
     ReplicaLink link;
-    o.password = "wrong";
+    o.credentials.password = "wrong";
     CHECK_FALSE(link.start(o));
     CHECK_MESSAGE(link.error().find("AUTH refused") != std::string::npos, link.error());
   }
   {
     ReplicaLink link;
-    o.password = "s3cret";
+    o.credentials.password = "s3cret";
     REQUIRE_MESSAGE(link.start(o), link.error());
     std::vector<std::string> keys;
     read_snapshot(link, keys);
@@ -226,8 +226,8 @@ TEST_CASE("refusals are clear: no password, a wrong password, a port where nothi
     auto r = admin.command({"ACL", "SETUSER", "mover", "on", ">pw", "+psync", "+replconf", "+ping", "+sync"});
     REQUIRE(text(r) == "OK");
     ReplicaLink link;
-    o.user = "mover";
-    o.password = "pw";
+    o.credentials.user = "mover";
+    o.credentials.password = "pw";
     REQUIRE_MESSAGE(link.start(o), link.error());
     std::vector<std::string> keys;
     read_snapshot(link, keys);
