@@ -2,9 +2,10 @@
 // as a replica (ReplicaLink), copies the keys of the moving slots from the snapshot into the target, then
 // applies the live write stream for those slots until the controller cuts them over.
 //
-// Copy: each key of a moving slot becomes `ASKING` + `RESTORE key ttl payload REPLACE [ABSTTL] [IDLETIME s |
+// Copy: each key of a moving slot becomes `RESTORE-ASKING key ttl payload REPLACE [ABSTTL] [IDLETIME s |
 // FREQ f]`, its payload built from the value's bytes exactly as the snapshot has them. The target accepts the
-// writes because it has the slots in IMPORTING (set by the controller) and each command follows an ASKING;
+// writes because it has the slots in IMPORTING (set by the controller) and RESTORE-ASKING carries the
+// `asking` flag (other commands follow an ASKING);
 // the source has no MIGRATING state, so its clients never see ASK. Keys already expired are skipped; keys
 // bigger than `big_key` go as chunks of ordinary commands so that no command blocks the target for long.
 //
