@@ -3,9 +3,7 @@
 #include <charconv>
 
 namespace slotshift {
-namespace {
-
-std::string_view field(std::string_view info, std::string_view name) {
+std::string_view info_field(std::string_view info, std::string_view name) {
   std::size_t pos = 0;
   while (pos < info.size()) {
     auto end = info.find('\n', pos);
@@ -18,6 +16,15 @@ std::string_view field(std::string_view info, std::string_view name) {
   }
   return {};
 }
+
+std::int64_t info_integer(std::string_view info, std::string_view name) {
+  const auto text = info_field(info, name);
+  std::int64_t v = -1;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  return ec == std::errc() && end == text.data() + text.size() && !text.empty() ? v : -1;
+}
+
+namespace {
 
 bool parse_version(std::string_view text, ServerInfo& out) {
   int* parts[3] = {&out.major, &out.minor, &out.patch};
@@ -58,12 +65,12 @@ bool ServerInfo::propagates_lost_slot_deletes() const {
 
 bool parse_server_info(std::string_view info, ServerInfo& out, std::string& error) {
   out = ServerInfo{};
-  const auto server_name = field(info, "server_name");
-  auto version = field(info, "valkey_version");
+  const auto server_name = info_field(info, "server_name");
+  auto version = info_field(info, "valkey_version");
   if (server_name == "valkey" || !version.empty()) {
     out.flavor = ServerInfo::Flavor::kValkey;
   } else {
-    version = field(info, "redis_version");
+    version = info_field(info, "redis_version");
   }
   if (version.empty() || !parse_version(version, out)) {
     error = "INFO server names no version";

@@ -4,6 +4,7 @@
 // assertion when they propagate the deletes of the lost slot's keys during CLIENT PAUSE WRITE).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -28,6 +29,11 @@ struct ServerInfo {
   // keys to its replicas. Redis 7.0 does not: its replicas keep the keys as orphans until a full resync.
   bool propagates_lost_slot_deletes() const;
 };
+
+// One field of an INFO reply ("master_repl_offset" -> "12345"); empty when the reply has no such line.
+std::string_view info_field(std::string_view info, std::string_view name);
+// The same field as an integer; -1 when it is missing or not a number.
+std::int64_t info_integer(std::string_view info, std::string_view name);
 
 // Parses the text of INFO (or INFO server). Valkey reports redis_version:7.2.4 for compatibility, so
 // server_name and valkey_version are read first. False (and `error`) when no version is found.

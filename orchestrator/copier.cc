@@ -8,6 +8,7 @@
 #include "common/command_table.h"
 #include "common/rdb.h"
 #include "common/resp.h"
+#include "common/server_info.h"
 #include "orchestrator/node_client.h"
 
 namespace slotshift {
@@ -674,10 +675,7 @@ bool SlotCopier::repair(const std::set<std::string>& keys) {
              " replies for " + std::to_string(slot_keys.size() * 2 + 1) + " commands");
       return false;
     }
-    const std::string& info = exec->elements.back().str;
-    const auto at = info.find("master_repl_offset:");
-    std::int64_t offset = -1;
-    if (at != std::string::npos) std::from_chars(info.data() + at + 19, info.data() + info.size(), offset);
+    const std::int64_t offset = info_integer(exec->elements.back().str, "master_repl_offset");
     if (offset < 0) {
       finish("reading keys again from the source: no master_repl_offset in INFO replication");
       return false;

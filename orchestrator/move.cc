@@ -107,15 +107,6 @@ std::vector<SlotRange> to_ranges(const std::vector<Slot>& slots) {
   return ranges;
 }
 
-std::int64_t info_field(const std::string& info, std::string_view name) {
-  const std::string key = std::string(name) + ":";
-  const auto at = info.find(key);
-  if (at == std::string::npos) return -1;
-  std::int64_t v = -1;
-  std::from_chars(info.data() + at + key.size(), info.data() + info.size(), v);
-  return v;
-}
-
 struct Batch {
   std::vector<Slot> slots;
   std::uint64_t keys = 0, bytes = 0;
@@ -402,7 +393,7 @@ bool MoveJob::estimate() {
     auto mem = c->command({"INFO", "memory"});
     auto dbsize = c->command({"DBSIZE"});
     if (mem && !mem->is_error() && dbsize && dbsize->integer > 0) {
-      const auto dataset = info_field(mem->str, "used_memory_dataset");
+      const auto dataset = info_integer(mem->str, "used_memory_dataset");
       if (dataset > 0)
         src.estimated_bytes = static_cast<std::uint64_t>(static_cast<double>(dataset) *
                                                          static_cast<double>(src.estimated_keys) /
@@ -632,7 +623,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     return fail("CLIENT PAUSE on the source " + src.address.str() + ": " + (pause ? pause->str : c->error()));
   src.paused = true;
   auto info = c->command({"INFO", "replication"});
-  const std::int64_t fence = info && !info->is_error() ? info_field(info->str, "master_repl_offset") : -1;
+  const std::int64_t fence = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
   if (fence < 0) {
     unpause(src);
     return fail("INFO replication on the source " + src.address.str() + ": no master_repl_offset");
@@ -812,7 +803,7 @@ bool MoveJob::purge_replica_keys(const Node& master, const std::string& importin
   auto* m = control(master);
   if (!m) return fail("cannot connect to " + connect_error_);
   auto info = m->command({"INFO", "replication"});
-  const auto offset = info && !info->is_error() ? info_field(info->str, "master_repl_offset") : -1;
+  const auto offset = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
   std::vector<std::string> keys;
   for (const auto* r : replicas) {
     auto* c = control(*r);
@@ -825,7 +816,7 @@ bool MoveJob::purge_replica_keys(const Node& master, const std::string& importin
     const auto deadline = Clock::now() + std::chrono::seconds(10);
     for (;;) {
       auto ri = c->command({"INFO", "replication"});
-      if (ri && !ri->is_error() && info_field(ri->str, "slave_repl_offset") >= offset) break;
+      if (ri && !ri->is_error() && info_integer(ri->str, "slave_repl_offset") >= offset) break;
       if (Clock::now() > deadline) break;
       std::this_thread::sleep_for(milliseconds(5));
     }
@@ -877,14 +868,14 @@ bool MoveJob::purge_replica_keys(const Node& master, const std::string& importin
   purged = keys.size();
   // Let the replicas apply it, and check.
   info = m->command({"INFO", "replication"});
-  const auto after = info && !info->is_error() ? info_field(info->str, "master_repl_offset") : -1;
+  const auto after = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
   for (const auto* r : replicas) {
     auto* c = control(*r);
     if (!c) continue;
     const auto deadline = Clock::now() + std::chrono::seconds(10);
     for (;;) {
       auto ri = c->command({"INFO", "replication"});
-      if (ri && !ri->is_error() && info_field(ri->str, "slave_repl_offset") >= after) break;
+      if (ri && !ri->is_error() && info_integer(ri->str, "slave_repl_offset") >= after) break;
       if (Clock::now() > deadline) {
         warnings_.push_back("replica " + r->address() + ":" + std::to_string(r->port) +
                             " did not catch up within 10 s; it may still hold stale keys of the moved slots");

@@ -93,27 +93,9 @@ bool NodeClient::connect(const HostPort& node, std::chrono::milliseconds timeout
 }
 
 std::optional<resp::Value> NodeClient::command(const std::vector<std::string>& args) {
-  if (!ctx_) {
-    error_ = node_.str() + ": not connected";
-    return std::nullopt;
-  }
-  std::vector<const char*> argv;
-  std::vector<std::size_t> lens;
-  for (const auto& a : args) {
-    argv.push_back(a.data());
-    lens.push_back(a.size());
-  }
-  auto* reply = static_cast<redisReply*>(
-      redisCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data()));
-  if (!reply) {
-    error_ = node_.str() + ": " + (args.empty() ? std::string() : args[0] + " ") + "failed: " + ctx_->errstr;
-    redisFree(ctx_);
-    ctx_ = nullptr;
-    return std::nullopt;
-  }
-  auto value = to_value(reply);
-  freeReplyObject(reply);
-  return value;
+  auto replies = pipeline({args});
+  if (!replies) return std::nullopt;
+  return std::move(replies->front());
 }
 
 std::optional<std::vector<resp::Value>> NodeClient::pipeline(

@@ -73,3 +73,13 @@ TEST_CASE("moves the target could not restore are refused, with both servers nam
   CHECK_FALSE(payloads_compatible(valkey91, redis80, why));
   CHECK_FALSE(payloads_compatible(valkey80, redis70, why));
 }
+
+TEST_CASE("one field of INFO, as text and as a number") {
+  const std::string info =
+      "# Replication\r\nrole:master\r\nmaster_repl_offset:12345\r\nmaster_replid:abc\r\n";
+  CHECK(info_field(info, "role") == "master");
+  CHECK(info_integer(info, "master_repl_offset") == 12345);
+  CHECK(info_integer(info, "master_replid") == -1);      // not a number
+  CHECK(info_integer(info, "slave_repl_offset") == -1);  // missing
+  CHECK(info_field(info, "master_repl") == "");          // a prefix of a name is not the name
+}
