@@ -68,8 +68,22 @@ int main(int argc, char** argv) {
   mv->add_option("--slots", move.slots, "slots to move: 0-1000,5000")->required();
   mv->add_option("--to", move.to, "the target master: HOST:PORT or node id")->required();
   mv->add_option("--max-pause", max_pause, "longest write pause of the source per batch (default 50ms)");
-  mv->add_option("--fence", move.fence, "how writes are fenced at the cutover: source-pause")
+  mv->add_option(
+        "--fence", move.fence,
+        "how writes are fenced at each cutover: source-pause (default: CLIENT PAUSE WRITE on the "
+        "source, and the proxies hold) or proxy (only the proxies hold the moving slots; the source is "
+        "never paused, so every client must go through a proxy)")
       ->check(CLI::IsMember({"source-pause", "proxy"}));
+  std::vector<std::string> proxies, proxy_dns;
+  mv->add_option("--proxy", proxies,
+                 "the admin endpoint (slotshift-proxy --admin) of a proxy to hold, route and release at each "
+                 "cutover; repeatable");
+  mv->add_option(
+      "--proxy-dns", proxy_dns,
+      "NAME:PORT: every address NAME resolves to is a proxy's admin endpoint (a Kubernetes headless "
+      "Service); resolved again at every cutover; repeatable");
+  mv->add_option("--proxy-token", move.proxy_token,
+                 "the proxies' admin token (or the environment variable SLOTSHIFT_ADMIN_TOKEN)");
   mv->add_option("--journal", move.journal, "append every step to this file before taking it");
   mv->add_flag("--dry-run", move.dry_run, "show the plan (batches, keys, bytes, estimated time) and stop");
   mv->add_option("--big-key", big_key, "values above this size go as chunks of commands (default 8MB)");
@@ -102,6 +116,15 @@ int main(int argc, char** argv) {
       move.big_key = parse_size(big_key);
       move.spool_memory = parse_size(spool_memory);
       move.diskless = snapshot == "diskless";
+      for (auto* list : {&proxies, &proxy_dns})
+        for (const auto& text : *list) {
+          std::string error;
+          const auto hp = slotshift::parse_host_port(text, error);
+          if (!hp) throw std::invalid_argument((list == &proxies ? "--proxy: " : "--proxy-dns: ") + error);
+          (list == &proxies ? move.proxies : move.proxy_dns).push_back(*hp);
+        }
+      if (move.proxy_token.empty())
+        if (const char* t = std::getenv("SLOTSHIFT_ADMIN_TOKEN")) move.proxy_token = t;
     } catch (const std::exception& e) {
       std::cerr << "slotshift move: " << e.what() << "\n";
       return 2;

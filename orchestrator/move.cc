@@ -8,8 +8,10 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -19,6 +21,7 @@
 #include "common/topology.h"
 #include "orchestrator/copier.h"
 #include "orchestrator/node_client.h"
+#include "orchestrator/proxy_control.h"
 
 namespace slotshift {
 namespace {
@@ -89,10 +92,10 @@ bool parse_slots(std::string_view text, std::vector<Slot>& out, std::string& err
   return true;
 }
 
-std::string join(const std::vector<std::string>& args) {
+std::string join(const std::vector<std::string>& parts, const std::string& separator = " ") {
   std::string out;
-  for (const auto& a : args)
-    out += (out.empty() ? "" : " ") + a;
+  for (const auto& p : parts)
+    out += (out.empty() ? "" : separator) + p;
   return out;
 }
 
@@ -115,7 +118,9 @@ struct Batch {
   double wait_ms = 0;        // until the target had applied the source's offset
   double claim_ms = 0;       // first SETSLOT NODE until the source named the target as owner
   double claim_send_ms = 0;  // the claim's commands on the target
-  double verify_ms = 0;      // until every node agreed
+  double hold_ms = 0;        // the proxies' hold, from HOLD to RELEASE: what their clients waited at most
+  int proxies_held = 0;
+  double verify_ms = 0;                            // until every node agreed
   std::uint64_t source_keys = 0, target_keys = 0;  // counted during the fence
   int attempts = 0;
 };
@@ -156,6 +161,10 @@ class MoveJob {
   bool cut_over(Source& source, Batch& batch, bool& retry);
   bool verify(const Batch& batch);
   bool settle();
+  void release_proxies(const std::string& slots);
+  std::optional<std::string> setslots(const std::vector<std::vector<std::vector<std::string>>>& groups);
+  void route_and_release(const std::string& slots);
+  void note_proxy_failures(const ProxyCalls& calls);
   bool purge_replica_keys(const Node& master, const std::string& importing_from,
                           const std::vector<Slot>& slots, bool set_importing, std::uint64_t& purged);
   bool clean_source_replicas();
@@ -192,12 +201,18 @@ class MoveJob {
   HostPort target_address_;
   ServerInfo target_info_;
   NodeClient target_control_;
+  NodeFanout target_fanout_;  // for SETSLOT (see setslots())
+  bool target_fanout_connected_ = false;
   std::vector<Source> sources_;
   std::vector<Slot> skipped_;  // already on the target
   std::vector<bool> importing_ = std::vector<bool>(kSlotCount);
   std::vector<bool> claimed_ = std::vector<bool>(kSlotCount);
   std::map<std::string, NodeClient> controls_;
   std::string connect_error_;  // why control() last returned nullptr
+  std::unique_ptr<ProxyControl> proxies_;
+  std::string owner_;  // names this move's holds on the proxies
+  std::set<std::string> proxy_warned_;
+  std::mutex warnings_mu_;  // the proxies' route and release run beside the cutover's wait for the source
   std::ofstream journal_;
   // A batch's pause is a fixed part (PAUSE, INFO, the offset wait, the key counts, the claim's round trips)
   // plus the source's synchronous delete of the batch's keys when it learns the claim, which grows with the
@@ -206,7 +221,10 @@ class MoveJob {
   double pause_fixed_ms_ = 3.0;
   double pause_us_per_key_ = 2.0;
   double pause_us_per_slot_ = 15.0;
+  double claim_floor_ms_ = 0;
+  bool claim_floor_known_ = false, floor_warned_ = false;
   bool calibrated_ = false;
+  std::string batch_source_;  // for messages of learn_pause()
 };
 
 bool MoveJob::interrupted() {
@@ -256,9 +274,15 @@ bool MoveJob::plan() {
   if (!seed) return fail("--cluster: " + error);
   std::vector<Slot> slots;
   if (!parse_slots(options_.slots, slots, error)) return fail("--slots: " + error);
-  if (options_.fence != "source-pause")
-    return fail("--fence " + options_.fence +
-                ": only source-pause is available; the proxy fence needs proxies that hold slots");
+  if (!options_.proxies.empty() || !options_.proxy_dns.empty()) {
+    proxies_ = std::make_unique<ProxyControl>(options_.proxies, options_.proxy_dns, options_.proxy_token,
+                                              options_.common.timeout);
+    owner_ = "slotshift-move-" + std::to_string(::getpid()) + "-" +
+             std::to_string(
+                 duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  }
+  if (options_.fence == "proxy" && !proxies_)
+    return fail("--fence proxy: the proxies are the fence, so name them with --proxy or --proxy-dns");
 
   const auto survey = survey_cluster(*seed, options_.common.timeout, options_.common.credentials);
   if (!survey.error.empty()) return fail(survey.error);
@@ -471,14 +495,13 @@ bool MoveJob::prepare() {
       slots.push_back(s);
     }
   journal({{"step", "importing"}, {"target", target_.id}, {"slots", format_slot_ranges(to_ranges(slots))}});
-  auto replies = target_control_.pipeline(cmds);
-  if (!replies) return fail(target_control_.error());
-  for (std::size_t i = 0; i < slots.size(); ++i) {
-    if ((*replies)[i].is_error())
-      return fail("CLUSTER SETSLOT " + std::to_string(slots[i]) +
-                  " IMPORTING on the target: " + (*replies)[i].str);
-    importing_[slots[i]] = true;
-  }
+  std::vector<std::vector<std::vector<std::string>>> groups;
+  for (auto& c : cmds)
+    groups.push_back({std::move(c)});
+  // Marked first: if the run fails half way, rollback() clears whatever did get IMPORTING.
+  for (const Slot s : slots)
+    importing_[s] = true;
+  if (const auto error = setslots(groups)) return fail("on the target: " + *error);
   // Keys the target's replicas hold in these slots are left over from an earlier move off a Redis 7.0 master
   // (see purge_replica_keys); they would outlive the copy on the replicas. Remove them first.
   std::uint64_t purged = 0;
@@ -535,7 +558,7 @@ bool MoveJob::copy() {
 }
 
 double MoveJob::predicted_pause_ms(std::uint64_t keys, std::size_t slots) const {
-  return pause_fixed_ms_ +
+  return pause_fixed_ms_ + claim_floor_ms_ +
          (static_cast<double>(keys) * pause_us_per_key_ + static_cast<double>(slots) * pause_us_per_slot_) /
              1000;
 }
@@ -616,47 +639,88 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     std::this_thread::sleep_for(milliseconds(1));
   }
 
+  // Everything before the claim can be undone: the batch goes back to how it was and the move either tries
+  // it again or stops.
+  bool held = false;
+  auto abandon = [&](std::string why, bool may_retry) {
+    copier.reopen_slots(batch.slots);
+    unpause(src);
+    if (held) release_proxies(slots_text);
+    if (copier.failed()) return fail(copier.error());
+    if (may_retry) {
+      retry = true;
+      warnings_.push_back("batch " + slots_text + ": " + why + "; the batch was tried again");
+      return false;
+    }
+    return fail(std::move(why));
+  };
+
+  const bool fence_proxy = options_.fence == "proxy";
   const bool pause_through_claim = src.info.survives_paused_claim();
   const auto t0 = Clock::now();
-  auto pause = c->command({"CLIENT", "PAUSE", std::to_string(options_.pause_timeout.count()), "WRITE"});
-  if (!pause || pause->is_error())
-    return fail("CLIENT PAUSE on the source " + src.address.str() + ": " + (pause ? pause->str : c->error()));
-  src.paused = true;
+  auto t_pause = t0;
+  // 1. The proxies hold the batch's slots: their clients' commands for them wait in the proxies from here to
+  //    the release, and what was in flight has returned. With --fence proxy that is the whole fence, so every
+  //    proxy must hold; otherwise the source's pause fences writes anyway and a proxy that does not answer
+  //    only costs its clients a MOVED after the move.
+  if (proxies_) {
+    // What is in flight normally returns within a millisecond or two; a proxy that needs longer than a few
+    // pause budgets to drain is treated as one that does not answer. When the source's pause is the fence,
+    // waiting for a proxy only holds the other proxies' clients, so the wait is shorter.
+    const auto wait = fence_proxy
+                          ? std::clamp(options_.max_pause * 4, milliseconds(100), options_.pause_timeout / 2)
+                          : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
+    const auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_);
+    held = true;
+    batch.proxies_held = 0;
+    for (const auto& call : calls.calls)
+      batch.proxies_held += call.ok;
+    if (!calls.all_ok()) {
+      const auto failed = join(calls.failures(), "; ");
+      if (fence_proxy)
+        return abandon("--fence proxy: not every proxy held batch " + slots_text + ": " + failed, false);
+      note_proxy_failures(calls);
+      for (const auto& call : calls.calls)
+        if (!call.ok) proxies_->forget(call.proxy);
+    }
+  }
+  // 2. The source's writes pause (unless the proxies are the fence), and its offset at that moment is where
+  //    the target must be before the claim.
+  if (!fence_proxy) {
+    auto pause = c->command({"CLIENT", "PAUSE", std::to_string(options_.pause_timeout.count()), "WRITE"});
+    if (!pause || pause->is_error())
+      return abandon(
+          "CLIENT PAUSE on the source " + src.address.str() + ": " + (pause ? pause->str : c->error()),
+          false);
+    src.paused = true;
+    t_pause = Clock::now();
+  }
   auto info = c->command({"INFO", "replication"});
   const std::int64_t fence = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
-  if (fence < 0) {
-    unpause(src);
-    return fail("INFO replication on the source " + src.address.str() + ": no master_repl_offset");
-  }
+  if (fence < 0)
+    return abandon("INFO replication on the source " + src.address.str() + ": no master_repl_offset", false);
   // From here the copier applies nothing of these slots past the fence: the source's writes are paused, and
   // after the claim it answers MOVED for them.
   copier.close_slots(batch.slots, fence);
   const auto t_wait = Clock::now();
-  if (!copier.wait_applied(fence, t0 + options_.pause_timeout / 2)) {
-    copier.reopen_slots(batch.slots);
-    unpause(src);
-    if (copier.failed()) return fail(copier.error());
-    retry = true;
-    warnings_.push_back("batch " + slots_text + ": the target did not reach the source's offset within " +
-                        std::to_string(options_.pause_timeout.count() / 2) +
-                        " ms; the batch was tried again");
-    return false;
-  }
+  if (!copier.wait_applied(fence, t_pause + options_.pause_timeout / 2))
+    return abandon("the target did not reach the source's offset within " +
+                       std::to_string(options_.pause_timeout.count() / 2) + " ms",
+                   true);
   batch.wait_ms = ms_since(t_wait);
 
-  // Both sides now hold the same data for these slots: compare the key counts before anything changes owner.
-  // Keys that expired in between are the only possible difference, and only downwards on the target.
+  // 3. Both sides now hold the same data for these slots: compare the key counts before anything changes
+  //    owner. Keys that expired in between are the only possible difference, and only downwards on the
+  //    target.
   std::vector<std::vector<std::string>> counts;
   for (const Slot s : batch.slots)
     counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
   auto on_source = c->pipeline(counts);
   auto on_target = target_control_.pipeline(counts);
-  if (!on_source || !on_target) {
-    copier.reopen_slots(batch.slots);
-    unpause(src);
-    return fail("counting the keys of batch " + slots_text + ": " +
-                (on_source ? target_control_.error() : c->error()));
-  }
+  if (!on_source || !on_target)
+    return abandon("counting the keys of batch " + slots_text + ": " +
+                       (on_source ? target_control_.error() : c->error()),
+                   false);
   batch.source_keys = batch.target_keys = 0;
   for (std::size_t i = 0; i < batch.slots.size(); ++i) {
     const auto a = static_cast<std::uint64_t>(std::max<std::int64_t>((*on_source)[i].integer, 0));
@@ -664,53 +728,66 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     batch.source_keys += a;
     batch.target_keys += b;
     const auto expiring = copier.slot_expiring(batch.slots[i]);
-    if (b > a || a - b > expiring) {
-      copier.reopen_slots(batch.slots);
-      unpause(src);
-      return fail("slot " + std::to_string(batch.slots[i]) + ": the source holds " + std::to_string(a) +
-                  " keys and the target " + std::to_string(b) + " at the same offset (at most " +
-                  std::to_string(expiring) +
-                  " may differ by expiry); nothing was claimed, the move is undone");
-    }
+    if (b > a || a - b > expiring)
+      return abandon(
+          "slot " + std::to_string(batch.slots[i]) + ": the source holds " + std::to_string(a) +
+              " keys and the target " + std::to_string(b) + " at the same offset (at most " +
+              std::to_string(expiring) + " may differ by expiry); nothing was claimed, the move is undone" +
+              (fence_proxy ? " (with --fence proxy, does a client write to the source directly?)" : ""),
+          false);
   }
 
+  // 4. The claim. On servers that crash when they learn it while paused, the pause ends just before.
   if (!pause_through_claim) unpause(src);
   journal({{"step", "claim"}, {"source", src.node.id}, {"slots", slots_text}, {"offset", fence}});
-  // The claim, as one broadcast. `SETSLOT s NODE target` on a target that has s in IMPORTING bumps its config
-  // epoch (if it is not already the unique maximum) and broadcasts a PONG to every node, once per slot: for a
-  // batch of a thousand slots that is a thousand broadcasts, and the source spends a fifth of a millisecond
-  // on each (measured on 7.0.15). So: BUMPEPOCH first, which makes the target's epoch the unique maximum;
-  // then, for every slot but the last, STABLE + NODE, which only changes the target's own table (any gossip
-  // it sends meanwhile already carries the winning epoch); then NODE for the last slot, still IMPORTING,
-  // whose one broadcast carries the whole batch.
-  std::vector<std::vector<std::string>> claims;
-  claims.push_back({"CLUSTER", "BUMPEPOCH"});
-  for (std::size_t i = 0; i + 1 < batch.slots.size(); ++i) {
-    claims.push_back({"CLUSTER", "SETSLOT", std::to_string(batch.slots[i]), "STABLE"});
-    claims.push_back({"CLUSTER", "SETSLOT", std::to_string(batch.slots[i]), "NODE", target_.id});
-  }
-  claims.push_back({"CLUSTER", "SETSLOT", std::to_string(batch.slots.back()), "NODE", target_.id});
+  // As one broadcast. `SETSLOT s NODE target` on a target that has s in IMPORTING bumps its config epoch (if
+  // it is not already the unique maximum) and broadcasts a PONG to every node, once per slot: for a batch of
+  // a thousand slots that is a thousand broadcasts, and the source spends a fifth of a millisecond on each
+  // (measured on 7.0.15). So: BUMPEPOCH first, which makes the target's epoch the unique maximum; then, for
+  // every slot but the last, STABLE + NODE, which only changes the target's own table (any gossip it sends
+  // meanwhile already carries the winning epoch); then NODE for the last slot, still IMPORTING, whose one
+  // broadcast carries the whole batch.
+  // (Each slot's STABLE + NODE is one group for setslots(): in order on one connection.)
+  std::vector<std::vector<std::vector<std::string>>> pairs;
+  for (std::size_t i = 0; i + 1 < batch.slots.size(); ++i)
+    pairs.push_back({{"CLUSTER", "SETSLOT", std::to_string(batch.slots[i]), "STABLE"},
+                     {"CLUSTER", "SETSLOT", std::to_string(batch.slots[i]), "NODE", target_.id}});
   const auto t_claim = Clock::now();
-  auto claimed = target_control_.pipeline(claims);
-  batch.claim_send_ms = ms_since(t_claim);
-  if (!claimed) {
-    unpause(src);
-    return fail("claiming batch " + slots_text + " on the target: " + target_control_.error() +
-                "; run slotshift check: some of its slots may have moved");
+  // Past this point nothing is undone: some or all of the slots may belong to the target now.
+  std::string claim_error;
+  auto bump = target_control_.command({"CLUSTER", "BUMPEPOCH"});
+  if (!bump || bump->is_error()) {
+    claim_error = "CLUSTER BUMPEPOCH: " + (bump ? bump->str : target_control_.error());
+  } else if (const auto error = setslots(pairs)) {
+    claim_error = *error;
+  } else {
+    auto last = target_control_.command(
+        {"CLUSTER", "SETSLOT", std::to_string(batch.slots.back()), "NODE", target_.id});
+    if (!last || last->is_error())
+      claim_error = "CLUSTER SETSLOT " + std::to_string(batch.slots.back()) +
+                    " NODE: " + (last ? last->str : target_control_.error());
   }
-  for (std::size_t i = 0; i < claimed->size(); ++i) {
-    if ((*claimed)[i].is_error()) {
-      unpause(src);
-      return fail("claiming batch " + slots_text + " on the target: " + join(claims[i]) + ": " +
-                  (*claimed)[i].str + "; run slotshift check: some of its slots may have moved");
-    }
+  batch.claim_send_ms = ms_since(t_claim);
+  if (!claim_error.empty()) {
+    unpause(src);
+    if (held) release_proxies(slots_text);
+    return fail("claiming batch " + slots_text + " on the target: " + claim_error +
+                "; run slotshift check: some of its slots may have moved");
   }
   for (const Slot s : batch.slots) {
     claimed_[s] = true;
     importing_[s] = false;
   }
-  // The target broadcast its new epoch with the claim; the source deletes its keys of these slots as soon
-  // as it hears it (synchronously: that delete is most of the pause) and answers MOVED from then on.
+  // 5. The target owns the slots: the proxies send what they held there, and never meet a MOVED for them.
+  //    Meanwhile (not after: a slow proxy must not keep the source paused) the source learns the claim.
+  std::future<void> proxies_done;
+  if (proxies_)
+    proxies_done = std::async(std::launch::async, [&] {
+      route_and_release(slots_text);
+      batch.hold_ms = ms_since(t0);
+    });
+  // 6. The source deletes its keys of these slots as soon as it hears the target's broadcast (synchronously:
+  //    that delete is most of the pause) and answers MOVED from then on. Wait for it, then unpause.
   const auto learn_deadline = t_claim + std::max(options_.pause_timeout, milliseconds(5000));
   for (;;) {
     auto nodes = c->command({"CLUSTER", "NODES"});
@@ -731,12 +808,59 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   batch.claim_ms = ms_since(t_claim);
-  unpause(src);
-  batch.pause_ms =
-      std::chrono::duration<double, std::milli>((pause_through_claim ? Clock::now() : t_claim) - t0).count();
+  if (proxies_done.valid()) proxies_done.get();
+  if (src.paused) {
+    unpause(src);
+    batch.pause_ms = ms_since(t_pause);
+  } else if (!fence_proxy) {
+    batch.pause_ms = std::chrono::duration<double, std::milli>(t_claim - t_pause).count();
+  }
   journal({{"step", "claimed"}, {"slots", slots_text}, {"pause_ms", batch.pause_ms}});
+  batch_source_ = src.address.str();
   learn_pause(batch);
   return true;
+}
+
+// CLUSTER SETSLOT commands on the target, each group in order, the groups over many connections at once:
+// Valkey 8 and later make each SETSLOT wait until the node's replicas have it (see NodeFanout). The first
+// error, or nothing.
+std::optional<std::string> MoveJob::setslots(
+    const std::vector<std::vector<std::vector<std::string>>>& groups) {
+  if (!target_fanout_connected_) {
+    if (!target_fanout_.connect(target_address_, options_.common.timeout, options_.common.credentials, 64))
+      return target_fanout_.error();
+    target_fanout_connected_ = true;
+  }
+  auto replies = target_fanout_.run(groups);
+  if (!replies) {
+    target_fanout_connected_ = false;
+    return target_fanout_.error();
+  }
+  for (std::size_t g = 0; g < groups.size(); ++g)
+    for (std::size_t i = 0; i < groups[g].size(); ++i)
+      if ((*replies)[g][i].is_error()) return join(groups[g][i]) + ": " + (*replies)[g][i].str;
+  return std::nullopt;
+}
+
+void MoveJob::route_and_release(const std::string& slots) {
+  const auto routed = proxies_->route(slots, target_address_);
+  const auto released = proxies_->release(slots);
+  std::lock_guard lock(warnings_mu_);
+  note_proxy_failures(routed);
+  note_proxy_failures(released);
+}
+
+void MoveJob::release_proxies(const std::string& slots) {
+  note_proxy_failures(proxies_->release(slots));
+}
+
+// A proxy that does not answer is reported once per proxy and step, not once per batch.
+void MoveJob::note_proxy_failures(const ProxyCalls& calls) {
+  for (const auto& call : calls.calls)
+    if (!call.ok && proxy_warned_.insert(call.proxy).second)
+      warnings_.push_back("proxy " + call.proxy + " did not answer (" + call.error +
+                          "); it was left out from then on: its clients are fenced by the source's pause and "
+                          "meet MOVED after the move");
 }
 
 bool MoveJob::verify(const Batch& batch) {
@@ -964,12 +1088,13 @@ bool MoveJob::cut_over_all() {
 
 void MoveJob::rollback() {
   // Undo what this move did for every slot it has not claimed: stop the copiers (nothing more is written),
-  // unpause, delete the copied keys on the target (ASKING makes them reachable while IMPORTING is set), then
-  // clear IMPORTING.
+  // unpause, let the proxies go, delete the copied keys on the target (ASKING makes them reachable while
+  // IMPORTING is set), then clear IMPORTING.
   for (auto& src : sources_) {
     if (src.copier) src.copier->stop();
     unpause(src);
   }
+  if (proxies_) note_proxy_failures(proxies_->release_owner(owner_));
   std::vector<Slot> open;
   for (int s = 0; s < kSlotCount; ++s)
     if (importing_[static_cast<std::size_t>(s)]) open.push_back(static_cast<Slot>(s));
@@ -988,19 +1113,20 @@ void MoveJob::rollback() {
       deleted += keys->elements.size();
     }
   }
-  std::vector<std::vector<std::string>> stable;
+  std::vector<std::vector<std::vector<std::string>>> stable;
   for (const Slot s : open)
-    stable.push_back({"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"});
-  auto r = target_control_.pipeline(stable);
-  if (r)
+    stable.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"}});
+  const auto stable_error = setslots(stable);
+  if (!stable_error)
     for (const Slot s : open)
       importing_[s] = false;
   journal(
       {{"step", "rolled-back"}, {"slots", format_slot_ranges(to_ranges(open))}, {"keys_deleted", deleted}});
-  warnings_.push_back("undone: " + std::to_string(open.size()) + " slots not claimed (" +
-                      format_slot_ranges(to_ranges(open)) + ") stay with their owner; " +
-                      std::to_string(deleted) + " copied keys were deleted from the target" +
-                      (r ? "" : ", but clearing IMPORTING failed: run slotshift check"));
+  warnings_.push_back(
+      "undone: " + std::to_string(open.size()) + " slots not claimed (" +
+      format_slot_ranges(to_ranges(open)) + ") stay with their owner; " + std::to_string(deleted) +
+      " copied keys were deleted from the target" +
+      (stable_error ? ", but clearing IMPORTING failed (" + *stable_error + "): run slotshift check" : ""));
 }
 
 void MoveJob::report(bool ok) {
@@ -1047,6 +1173,8 @@ void MoveJob::report(bool ok) {
                          {"wait_ms", b.wait_ms},
                          {"claim_ms", b.claim_ms},
                          {"claim_send_ms", b.claim_send_ms},
+                         {"hold_ms", b.hold_ms},
+                         {"proxies_held", b.proxies_held},
                          {"attempts", b.attempts}});
     }
   }

@@ -23,6 +23,9 @@
 #include <cstddef>
 #include <ostream>
 #include <string>
+#include <vector>
+
+#include "common/host_port.h"
 
 #include "orchestrator/commands.h"
 
@@ -33,8 +36,11 @@ struct MoveOptions {
   std::string slots;  // "0-1000,5000"
   std::string to;     // HOST:PORT or node id (or a unique prefix of one)
   std::chrono::milliseconds max_pause{50};
-  std::string fence = "source-pause";
-  std::string journal;  // append every step to this file before taking it
+  std::string fence = "source-pause";  // or "proxy": only the proxies hold, the source is never paused
+  std::vector<HostPort> proxies;       // admin endpoints of slotshift-proxy (--proxy)
+  std::vector<HostPort> proxy_dns;     // names whose every address is a proxy (--proxy-dns)
+  std::string proxy_token;             // their admin token
+  std::string journal;                 // append every step to this file before taking it
   bool dry_run = false;
   std::size_t big_key = 8u << 20;
   bool diskless = true;  // --snapshot diskless (default) or disk

@@ -2,6 +2,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace slotshift {
@@ -98,37 +99,99 @@ std::optional<resp::Value> NodeClient::command(const std::vector<std::string>& a
   return std::move(replies->front());
 }
 
+void NodeClient::append(const std::vector<std::string>& args) {
+  std::vector<const char*> argv;
+  std::vector<std::size_t> lens;
+  for (const auto& a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data());
+}
+
+bool NodeClient::flush() {
+  int done = 0;
+  while (!done)
+    if (redisBufferWrite(ctx_, &done) != REDIS_OK) {
+      error_ = node_.str() + ": write failed: " + ctx_->errstr;
+      redisFree(ctx_);
+      ctx_ = nullptr;
+      return false;
+    }
+  return true;
+}
+
+std::optional<resp::Value> NodeClient::read_reply(const std::string& what) {
+  void* raw = nullptr;
+  if (redisGetReply(ctx_, &raw) != REDIS_OK || !raw) {
+    error_ = node_.str() + ": " + what + " failed: " + ctx_->errstr;
+    redisFree(ctx_);
+    ctx_ = nullptr;
+    return std::nullopt;
+  }
+  auto* reply = static_cast<redisReply*>(raw);
+  auto value = to_value(reply);
+  freeReplyObject(reply);
+  return value;
+}
+
+bool NodeFanout::connect(const HostPort& node, std::chrono::milliseconds timeout,
+                         const Credentials& credentials, std::size_t connections) {
+  clients_.clear();
+  clients_.resize(std::max<std::size_t>(connections, 1));
+  for (auto& c : clients_)
+    if (!c.connect(node, timeout, credentials)) {
+      error_ = c.error();
+      return false;
+    }
+  return true;
+}
+
+std::optional<std::vector<std::vector<resp::Value>>> NodeFanout::run(
+    const std::vector<std::vector<std::vector<std::string>>>& groups) {
+  if (groups.empty()) return std::vector<std::vector<resp::Value>>{};
+  if (clients_.empty()) {
+    error_ = "not connected";
+    return std::nullopt;
+  }
+  const std::size_t n = std::min(clients_.size(), groups.size());
+  for (std::size_t i = 0; i < groups.size(); ++i)
+    for (const auto& cmd : groups[i])
+      clients_[i % n].append(cmd);
+  for (std::size_t k = 0; k < n; ++k)
+    if (!clients_[k].flush()) {
+      error_ = clients_[k].error();
+      return std::nullopt;
+    }
+  // Connection k carries groups k, k+n, k+2n, ...: read them in that order.
+  std::vector<std::vector<resp::Value>> out(groups.size());
+  for (std::size_t k = 0; k < n; ++k)
+    for (std::size_t i = k; i < groups.size(); i += n)
+      for (const auto& cmd : groups[i]) {
+        auto v = clients_[k].read_reply(cmd.empty() ? std::string() : cmd[0]);
+        if (!v) {
+          error_ = clients_[k].error();
+          return std::nullopt;
+        }
+        out[i].push_back(std::move(*v));
+      }
+  return out;
+}
+
 std::optional<std::vector<resp::Value>> NodeClient::pipeline(
     const std::vector<std::vector<std::string>>& commands) {
   if (!ctx_) {
     error_ = node_.str() + ": not connected";
     return std::nullopt;
   }
-  std::vector<const char*> argv;
-  std::vector<std::size_t> lens;
-  for (const auto& args : commands) {
-    argv.clear();
-    lens.clear();
-    for (const auto& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data());
-  }
+  for (const auto& args : commands)
+    append(args);
   std::vector<resp::Value> out;
   out.reserve(commands.size());
-  for (std::size_t i = 0; i < commands.size(); ++i) {
-    void* raw = nullptr;
-    if (redisGetReply(ctx_, &raw) != REDIS_OK || !raw) {
-      error_ = node_.str() + ": " + (commands[i].empty() ? std::string() : commands[i][0] + " ") +
-               "failed: " + ctx_->errstr;
-      redisFree(ctx_);
-      ctx_ = nullptr;
-      return std::nullopt;
-    }
-    auto* reply = static_cast<redisReply*>(raw);
-    out.push_back(to_value(reply));
-    freeReplyObject(reply);
+  for (const auto& args : commands) {
+    auto v = read_reply(args.empty() ? std::string() : args[0]);
+    if (!v) return std::nullopt;
+    out.push_back(std::move(*v));
   }
   return out;
 }

@@ -1,0 +1,72 @@
+// The orchestrator's side of the proxies' control endpoint (slotshift-proxy --admin): at each batch's cutover
+// every proxy holds the batch's slots (stops sending commands for them and answers once those in flight have
+// returned), then is told the new owner (route) and lets the held commands go (release).
+//
+//   POST /v1/slots/hold     {"slots": "0-100", "ttl_ms": 2000, "wait_ms": 200, "owner": "..."}
+//                           -> 200 once drained, or an error after wait_ms (and the hold is dropped)
+//   POST /v1/slots/route    {"slots": "0-100", "node": "HOST:PORT"}
+//   POST /v1/slots/release  {"slots": "0-100"} or {"owner": "..."}
+//
+// A hold ends by itself after its ttl, so a dead orchestrator cannot freeze clients. Every call goes to all
+// proxies at once (one thread each) and waits for all of them up to a deadline; the result says which proxies
+// answered and why the others did not.
+//
+// Proxies are named directly (--proxy HOST:PORT, the address given to slotshift-proxy --admin) or by a DNS
+// name whose every address is a proxy (--proxy-dns NAME:PORT, as a Kubernetes headless Service gives): those
+// names are resolved again at every call, so proxies that come and go during a move are followed.
+#pragma once
+
+#include <chrono>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/host_port.h"
+
+namespace slotshift {
+
+struct ProxyCall {
+  std::string proxy;  // HOST:PORT
+  bool ok = false;
+  std::string error;  // when not ok: unreachable, timed out, or the proxy's own words and HTTP status
+  std::string body;   // the reply when ok
+};
+
+struct ProxyCalls {
+  std::vector<ProxyCall> calls;
+  bool all_ok() const;
+  std::vector<std::string> failures() const;  // "HOST:PORT: why", one per proxy that did not answer ok
+};
+
+class ProxyControl {
+ public:
+  ProxyControl(std::vector<HostPort> proxies, std::vector<HostPort> dns_names, std::string token,
+               std::chrono::milliseconds timeout);
+
+  bool empty() const { return proxies_.empty() && dns_names_.empty(); }
+  // Every proxy as of now: the named ones and every address the DNS names resolve to. A name that resolves to
+  // nothing is added to `failed` (as a call that did not succeed).
+  std::vector<HostPort> resolve(std::vector<ProxyCall>& failed) const;
+
+  // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").
+  // `wait` is how long the proxies may take to drain what is in flight before they give up (and release).
+  ProxyCalls hold(const std::string& slots, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
+                  const std::string& owner);
+  ProxyCalls route(const std::string& slots, const HostPort& node);
+  ProxyCalls release(const std::string& slots);
+  ProxyCalls release_owner(const std::string& owner);
+  // Leaves a proxy out of every later call (one that did not answer a hold, when the proxies are not the
+  // fence: waiting for it at every batch would hold every other proxy's clients as long).
+  void forget(const std::string& proxy) { forgotten_.insert(proxy); }
+
+ private:
+  ProxyCalls post_all(const std::string& path, const std::string& body, std::chrono::milliseconds timeout);
+
+  std::vector<HostPort> proxies_;
+  std::vector<HostPort> dns_names_;
+  std::string token_;
+  std::chrono::milliseconds timeout_;
+  std::set<std::string> forgotten_;
+};
+
+}  // namespace slotshift
