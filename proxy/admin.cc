@@ -9,7 +9,11 @@
 namespace slotshift::proxy {
 
 AdminServer::AdminServer(Proxy& proxy, HostPort listen, std::string token)
-    : proxy_(proxy), listen_(std::move(listen)), token_(std::move(token)), server_(new httplib::Server) {}
+    : proxy_(proxy),
+      listen_(std::move(listen)),
+      token_(std::move(token)),
+      control_(proxy),
+      server_(new httplib::Server) {}
 
 AdminServer::~AdminServer() {
   stop();
@@ -79,8 +83,36 @@ std::string AdminServer::start() {
   server_->Get("/stats", [this, authorized](const httplib::Request& req, httplib::Response& res) {
     if (authorized(req, res)) res.set_content(stats_json(), "application/json");
   });
-  // Few requests, each cheap: two threads are plenty and keep the proxy's cores for clients.
-  server_->new_task_queue = [] { return new httplib::ThreadPool(2); };
+
+  // The slot control speaks JSON both ways, errors included.
+  auto control = [](const ControlReply& reply, httplib::Response& res) {
+    res.status = reply.status;
+    res.set_content(reply.body, "application/json");
+  };
+  auto control_authorized = [this, control](const httplib::Request& req, httplib::Response& res) {
+    if (token_.empty() || req.get_header_value("Authorization") == "Bearer " + token_) return true;
+    control({401, "{\"error\":\"unauthorized: send Authorization: Bearer <admin token>\"}\n"}, res);
+    return false;
+  };
+  server_->Post("/v1/slots/hold",
+                [this, control, control_authorized](const httplib::Request& req, httplib::Response& res) {
+                  if (control_authorized(req, res)) control(control_.hold(req.body), res);
+                });
+  server_->Post("/v1/slots/route",
+                [this, control, control_authorized](const httplib::Request& req, httplib::Response& res) {
+                  if (control_authorized(req, res)) control(control_.route(req.body), res);
+                });
+  server_->Post("/v1/slots/release",
+                [this, control, control_authorized](const httplib::Request& req, httplib::Response& res) {
+                  if (control_authorized(req, res)) control(control_.release(req.body), res);
+                });
+  server_->Get("/v1/slots",
+               [this, control, control_authorized](const httplib::Request& req, httplib::Response& res) {
+                 if (control_authorized(req, res)) control(control_.list(), res);
+               });
+  // Few requests, each cheap but a HOLD, which waits for its drain: four threads let a HOLD or two wait
+  // while /metrics and a RELEASE still get through, and keep the proxy's cores for clients.
+  server_->new_task_queue = [] { return new httplib::ThreadPool(4); };
   if (!server_->bind_to_port(listen_.host.c_str(), listen_.port)) {
     return "cannot listen for the admin endpoint on " + listen_.str();
   }

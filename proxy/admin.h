@@ -1,6 +1,7 @@
 // The admin endpoint: HTTP on its own thread, off the request path. GET /healthz (alive), /readyz (every
-// worker has a slot map), /metrics (Prometheus text), /stats (JSON). With a token configured, everything but
-// /healthz wants "Authorization: Bearer <token>". Bound to loopback unless configured otherwise.
+// worker has a slot map), /metrics (Prometheus text), /stats (JSON), and the slot hold / route / release
+// control under /v1/slots (slot_control.h). With a token configured, everything but /healthz wants
+// "Authorization: Bearer <token>". Bound to loopback unless configured otherwise.
 #pragma once
 
 #include <memory>
@@ -8,6 +9,7 @@
 #include <thread>
 
 #include "common/host_port.h"
+#include "proxy/slot_control.h"
 
 namespace httplib {
 class Server;
@@ -35,6 +37,7 @@ class AdminServer {
   Proxy& proxy_;
   HostPort listen_;
   std::string token_;
+  SlotControl control_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
 };

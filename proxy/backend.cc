@@ -20,8 +20,17 @@ void Backend::shutdown() {
   pending.swap(pending_);
   if (conn_) close_conn();
   for (auto& p : pending) {
+    returned(p);
     if (p.internal) p.internal(nullptr);
   }
+}
+
+void Backend::warm() {
+  if (!conn_) connect();
+}
+
+void Backend::returned(const Pending& p) {
+  if (p.counted) worker_.held().returned(p.slot);
 }
 
 void Backend::mark_dirty() {
@@ -46,6 +55,12 @@ void Backend::send(const RequestPtr& request, bool asking) {
   out.append(request->wire);
   queued_bytes_ += request->wire.size();
   p.end_offset = queued_bytes_;
+  // Blocking commands may wait forever: a HOLD does not wait for them (see held_requests.h).
+  if (request->has_slot && !request->blocking) {
+    p.counted = true;
+    p.slot = request->slot;
+    worker_.held().sent(p.slot);
+  }
   if (pending_.empty()) last_activity_ms_ = worker_.now_ms();
   pending_.push_back(std::move(p));
   mark_dirty();
@@ -223,7 +238,10 @@ void Backend::handle_reply(std::string_view reply) {
     bytes = std::move(p.collected);
     bytes.append(reply);
   }
+  const bool counted = p.counted;
+  const Slot slot = p.slot;
   pending_.pop_front();
+  if (counted) worker_.held().returned(slot);
   if (current) worker_.on_backend_reply(request, std::move(bytes));
 }
 
@@ -278,6 +296,7 @@ void Backend::fail(std::string_view why) {
   worker_.router().refresh_soon();
   const std::string cause = name_ + ": " + std::string(why);
   for (auto& p : pending) {
+    returned(p);
     if (p.internal) {
       p.internal(nullptr);
       continue;

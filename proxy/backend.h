@@ -50,6 +50,8 @@ class Backend {
   void fail(std::string_view why);
   // Closes without retrying anything: the worker is stopping or the owning client is gone.
   void shutdown();
+  // Opens the connection now if there is none, so that the first request does not wait for the handshake.
+  void warm();
 
  private:
   struct Pending {
@@ -60,6 +62,8 @@ class Backend {
     int remaining = 1;             // replies still expected for this request
     std::string collected;         // transactions: every reply of the block
     std::uint64_t end_offset = 0;  // position of the request's last byte in the output stream
+    bool counted = false;          // counted at the worker's HeldRequests as at a backend for `slot`
+    Slot slot = 0;
   };
 
   // The libuv side: allocated on connect, freed by the close callback, so that callbacks in flight never see
@@ -84,6 +88,8 @@ class Backend {
   void handle_reply(std::string_view reply);
   void close_conn();
   void mark_dirty();
+  // `p` leaves pending_: its slot's count of requests at a backend goes down.
+  void returned(const Pending& p);
 
   static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res);
   static void on_connect_cb(uv_connect_t* req, int status);
@@ -103,6 +109,7 @@ class Backend {
   bool dirty_ = false;
 
   friend class Worker;
+  friend class HeldRequests;
 };
 
 }  // namespace slotshift::proxy

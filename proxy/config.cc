@@ -51,6 +51,8 @@ std::string load_config_file(const std::string& path, Config& config) {
         config.max_client_output = v.get<std::size_t>();
       } else if (key == "max-pipeline") {
         config.max_pipeline = v.get<std::size_t>();
+      } else if (key == "max-held-bytes") {
+        config.max_held_bytes = v.get<std::size_t>();
       } else if (key == "idle-timeout-s") {
         config.idle_timeout = std::chrono::seconds(v.get<long>());
       } else if (key == "admin") {

@@ -32,7 +32,11 @@ struct Config {
   std::chrono::seconds idle_timeout{0};         // 0: never close idle clients
   bool allow_admin_commands = false;            // SHUTDOWN, CONFIG SET, DEBUG, CLUSTER writes, ...
 
-  // The admin endpoint (HTTP: /healthz, /readyz, /metrics, /stats); off unless given.
+  // Requests kept back for slot holds, in bytes, per process; past it, clients with held commands are not
+  // read until their commands are released.
+  std::size_t max_held_bytes = 64ull << 20;
+
+  // The admin endpoint (HTTP: /healthz, /readyz, /metrics, /stats, /v1/slots); off unless given.
   HostPort admin{"", 0};
   std::string admin_token;  // when set, required as "Authorization: Bearer <token>" (all but /healthz)
 };

@@ -46,6 +46,7 @@ struct Request {
   bool idempotent = false;   // safe to send again after a lost connection (read-only commands)
   bool blocking = false;     // runs on the session's dedicated connection
 
+  std::uint64_t seq = 0;  // its place among its client's commands (parts share their command's)
   std::uint64_t start_ns = 0;
   std::uint64_t deadline_ms = 0;  // loop time; 0 = none (blocking commands wait as long as the client asked)
   std::uint32_t attempt = 0;

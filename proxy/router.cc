@@ -6,6 +6,7 @@
 #include "common/resp.h"
 #include "common/topology.h"
 #include "proxy/backend.h"
+#include "proxy/slot_control.h"
 #include "proxy/worker.h"
 
 namespace slotshift::proxy {
@@ -13,6 +14,20 @@ namespace slotshift::proxy {
 void Router::moved(Slot slot, const HostPort& node) {
   slots_[slot] = worker_.backend(node);
   refresh_soon();
+}
+
+void Router::route(const SlotSet& slots, const HostPort& node) {
+  Backend* b = worker_.backend(node);
+  for (unsigned s = 0; s < kSlotCount; ++s) {
+    if (slots.test(static_cast<Slot>(s))) slots_[s] = b;
+  }
+  // A master that had no slot until now serves keyless and fanned-out commands too.
+  if (std::find(masters_.begin(), masters_.end(), b) == masters_.end()) {
+    masters_.push_back(b);
+    std::sort(masters_.begin(), masters_.end(),
+              [](const Backend* x, const Backend* y) { return x->name() < y->name(); });
+  }
+  b->warm();
 }
 
 void Router::refresh_soon() {

@@ -16,6 +16,7 @@ namespace slotshift::proxy {
 
 class Backend;
 class Worker;
+class SlotSet;
 
 class Router {
  public:
@@ -29,6 +30,10 @@ class Router {
 
   // A MOVED said `slot` is now served by `node`: follow it at once, and reload the whole map soon.
   void moved(Slot slot, const HostPort& node);
+  // The orchestrator says `slots` are served by `node` now (a ROUTE at a move's cutover): follow it at once,
+  // connecting to `node` if need be. Not sticky: the next reload replaces it like any other entry, and one
+  // that agrees changes nothing. No reload is asked for, since some nodes may not know of the move yet.
+  void route(const SlotSet& slots, const HostPort& node);
   // Something suggests the map is stale (a backend failed, CLUSTERDOWN): reload soon, at most once per 100
   // ms.
   void refresh_soon();

@@ -135,6 +135,7 @@ RequestPtr make_part(const RequestPtr& parent, std::size_t index) {
   part->parent = parent;
   part->name = parent->name;
   part->cmd = parent->cmd;
+  part->seq = parent->seq;
   part->start_ns = parent->start_ns;
   part->deadline_ms = parent->deadline_ms;
   part->idempotent = parent->idempotent;
@@ -212,6 +213,7 @@ void Session::close() {
   worker_.stats().clients_connected.sub();
   worker_.session_closed(this);
   if (dirty_) worker_.forget_dirty(this);
+  if (!on_hold_.empty()) worker_.held().session_closing(*this);
   for (auto& [name, backend] : dedicated_)
     backend->shutdown();
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_),
@@ -276,15 +278,19 @@ void Session::on_read(ssize_t nread) {
 }
 
 // Backpressure: a client that pipelines faster than the cluster answers, or whose answered replies pile up
-// behind a slow earlier one, is not read (so sends nothing new to the cluster) until it is back under half
-// the bounds.
+// behind a slow earlier one, or that has commands on hold while the process holds more than max-held-bytes,
+// is not read (so sends nothing new to the cluster, and gets no error) until it is back under half the
+// bounds.
 void Session::pause_or_resume_reading() {
   if (closing_) return;
   const auto& c = worker_.config();
-  if (reading_ && (queue_.size() >= c.max_pipeline || held_bytes_ > c.max_client_output)) {
+  const bool holding = !on_hold_.empty();
+  if (reading_ && (queue_.size() >= c.max_pipeline || held_bytes_ > c.max_client_output ||
+                   (holding && worker_.proxy().held_bytes() > c.max_held_bytes))) {
     reading_ = false;
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
-  } else if (!reading_ && queue_.size() < c.max_pipeline / 2 && held_bytes_ <= c.max_client_output / 2) {
+  } else if (!reading_ && queue_.size() < c.max_pipeline / 2 && held_bytes_ <= c.max_client_output / 2 &&
+             (!holding || worker_.proxy().held_bytes() <= c.max_held_bytes / 2)) {
     reading_ = true;
     uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Session::on_alloc, &Session::on_read_cb);
   }
@@ -306,6 +312,7 @@ RequestPtr Session::new_request(std::string name, const CommandInfo* cmd) {
   r->session = this;
   r->name = std::move(name);
   r->cmd = cmd;
+  r->seq = ++next_seq_;
   r->start_ns = mono_ns();
   r->deadline_ms = worker_.now_ms() + static_cast<std::uint64_t>(worker_.config().request_timeout.count());
   r->idempotent = cmd && cmd->has_flag(CommandFlag::kReadonly) && !cmd->has_flag(CommandFlag::kWrite);

@@ -45,6 +45,7 @@ class Session {
   using Args = std::span<const std::string_view>;
 
   friend class Worker;
+  friend class HeldRequests;
   explicit Session(Worker& worker);
   ~Session();
 
@@ -88,6 +89,9 @@ class Session {
   std::size_t held_bytes_ = 0;  // replies answered but waiting behind an earlier, unanswered one
   bool closing_ = false;
   bool quit_after_flush_ = false;
+  // Requests kept back for a slot hold, in the client's order (see held_requests.h); empty but during a hold.
+  std::deque<RequestPtr> on_hold_;
+  std::uint64_t next_seq_ = 0;  // numbers the client's commands (Request::seq)
   // Blocking commands get connections of their own, one per node, for as long as the client stays.
   std::map<std::string, std::unique_ptr<Backend>> dedicated_;
 

@@ -18,6 +18,7 @@ class Counter {
   void sub(std::uint64_t n = 1) {
     v_.store(v_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
   }
+  void set(std::uint64_t n) { v_.store(n, std::memory_order_relaxed); }
   std::uint64_t get() const { return v_.load(std::memory_order_relaxed); }
 
  private:
@@ -50,6 +51,15 @@ struct Stats {
   Counter clients_idle;         // disconnected for idleness
   Counter backend_connects;
   Counter backend_failures;
+  // Slot holds. The first four are the process's (HoldRegistry's, written under its lock); the last three
+  // each worker's own.
+  Counter holds_placed;        // HOLD calls accepted (placed or extended a hold)
+  Counter holds_expired;       // holds ended by their ttl, not by a RELEASE
+  Counter holds_current;       // gauge
+  Counter hold_longest_ms;     // gauge: longest hold so far, placement to release or expiry
+  Counter requests_held;       // requests kept back for a held slot (or behind one of their client's)
+  Counter held_requests;       // gauge: requests kept back now
+  Counter held_request_bytes;  // gauge: their size, as counted against max-held-bytes
   std::array<Counter, kLatencyBuckets> latency_us;
 
   void record_latency(std::uint64_t us) {
@@ -96,6 +106,17 @@ inline constexpr CounterInfo kCounters[] = {
     {"proxy", "topology_refreshes", &Stats::topology_refreshes, "slot map reloads"},
     {"proxy", "backend_connections_opened", &Stats::backend_connects, "connections opened to cluster nodes"},
     {"proxy", "backend_failures", &Stats::backend_failures, "backend connections lost or refused"},
+    {"proxy", "holds_placed", &Stats::holds_placed, "slot holds placed or extended on the admin endpoint"},
+    {"proxy", "holds_expired", &Stats::holds_expired,
+     "slot holds that ended by their ttl instead of a release"},
+    {"proxy", "holds_current", &Stats::holds_current, "slot holds in place now", true},
+    {"proxy", "hold_longest_ms", &Stats::hold_longest_ms,
+     "longest slot hold so far, from placement to release or expiry, in ms", true},
+    {"proxy", "requests_held", &Stats::requests_held,
+     "requests kept back for a held slot or behind an earlier held command of their client"},
+    {"proxy", "held_requests", &Stats::held_requests, "requests kept back for a slot hold now", true},
+    {"proxy", "held_request_bytes", &Stats::held_request_bytes,
+     "bytes of requests kept back now, counted against max-held-bytes", true},
 };
 inline constexpr std::size_t kCounterCount = sizeof(kCounters) / sizeof(kCounters[0]);
 

@@ -49,7 +49,7 @@ std::string unexpected(std::string_view what) {
 }  // namespace
 
 Worker::Worker(Proxy& proxy, const Config& config, int index)
-    : proxy_(proxy), config_(config), index_(index), router_(*this) {
+    : proxy_(proxy), config_(config), index_(index), router_(*this), held_(*this) {
   uv_loop_init(&loop_);
 }
 
@@ -97,6 +97,12 @@ void Worker::start() {
       &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->on_tick(); }, kTickMs, kTickMs);
   uv_async_init(&loop_, &stop_async_, &Worker::on_async);
   stop_async_.data = this;
+  uv_async_init(&loop_, &control_async_, &Worker::on_control);
+  control_async_.data = this;
+  {
+    std::lock_guard lock(control_mutex_);
+    control_open_ = true;
+  }
   uv_check_init(&loop_, &flush_);
   flush_.data = this;
   uv_check_start(&flush_, [](uv_check_t* c) {
@@ -119,9 +125,36 @@ void Worker::join() {
   if (thread_.joinable()) thread_.join();
 }
 
+bool Worker::post(std::function<void()> op) {
+  std::lock_guard lock(control_mutex_);
+  if (!control_open_) return false;
+  control_ops_.push_back(std::move(op));
+  uv_async_send(&control_async_);
+  return true;
+}
+
+void Worker::on_control(uv_async_t* handle) {
+  auto* self = static_cast<Worker*>(handle->data);
+  std::vector<std::function<void()>> ops;
+  {
+    std::lock_guard lock(self->control_mutex_);
+    ops.swap(self->control_ops_);
+  }
+  // What they queue for backends and clients is written by the check handle right after this poll phase.
+  for (auto& op : ops)
+    op();
+}
+
 void Worker::on_async(uv_async_t* handle) {
   auto* self = static_cast<Worker*>(handle->data);
   self->stopping_ = true;
+  {
+    // No post() may touch the async handle once it is closing.
+    std::lock_guard lock(self->control_mutex_);
+    self->control_open_ = false;
+    self->control_ops_.clear();
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(&self->control_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->listener_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->tick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->stop_async_), nullptr);
@@ -178,6 +211,9 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     r->done = true;  // the client that asked is gone
     return;
   }
+  // While this worker has no hold, slot holds cost the request path this test of a bool (and a counter per
+  // request at a backend, for the drain).
+  if (held_.active() && held_.hold_if_needed(r, asking || to)) return;
   Backend* b = to;
   if (!b) b = r->fixed ? r->fixed : (r->has_slot ? router_.owner(r->slot) : nullptr);
   if (!b && !r->has_slot && !router_.masters().empty()) b = router_.masters().front();
@@ -402,6 +438,7 @@ void Worker::on_tick() {
       dispatch(r);
     }
   }
+  if (held_.active()) held_.on_tick(now);
   for (auto& [name, b] : backends_)
     b->check_deadlines(now);
   for (Session* s : std::vector<Session*>(sessions_.begin(), sessions_.end())) {
@@ -436,7 +473,15 @@ Totals Proxy::totals() const {
   Totals t;
   for (const auto& w : workers_)
     t.add(w->stats());
+  t.add(holds_.stats());
   return t;
+}
+
+std::size_t Proxy::held_bytes() const {
+  std::size_t n = 0;
+  for (const auto& w : workers_)
+    n += w->stats().held_request_bytes.get();
+  return n;
 }
 
 bool Proxy::ready() const {

@@ -7,8 +7,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -16,8 +18,10 @@
 
 #include "proxy/backend.h"
 #include "proxy/config.h"
+#include "proxy/held_requests.h"
 #include "proxy/request.h"
 #include "proxy/router.h"
+#include "proxy/slot_control.h"
 #include "proxy/stats.h"
 
 namespace slotshift::proxy {
@@ -49,6 +53,11 @@ class Worker {
   Router& router() { return router_; }
   Proxy& proxy() { return proxy_; }
   int index() const { return index_; }
+  HeldRequests& held() { return held_; }
+
+  // Runs `op` on this worker's loop, soon (callable from any thread: the admin endpoint's control calls).
+  // False if the loop is not running.
+  bool post(std::function<void()> op);
 
   // The shared connection to `node` (created on first use).
   Backend* backend(const HostPort& node);
@@ -79,6 +88,7 @@ class Worker {
   std::string merge_parts(Request& parent);
   static void on_connection(uv_stream_t* server, int status);
   static void on_async(uv_async_t* handle);
+  static void on_control(uv_async_t* handle);
 
   Proxy& proxy_;
   const Config& config_;
@@ -88,6 +98,10 @@ class Worker {
   uv_timer_t tick_{};
   uv_async_t stop_async_{};
   uv_check_t flush_{};  // runs after each poll phase: one write per dirty connection
+  uv_async_t control_async_{};
+  std::mutex control_mutex_;  // guards the two below: the only state another thread touches
+  std::vector<std::function<void()>> control_ops_;
+  bool control_open_ = false;
   std::thread thread_;
   int listen_fd_ = -1;
   Stats stats_;
@@ -97,9 +111,11 @@ class Worker {
   std::vector<Session*> dirty_sessions_;
   std::vector<RequestPtr> retries_;
   std::unordered_set<Session*> sessions_;
+  HeldRequests held_;
   bool stopping_ = false;
 
   friend class Session;
+  friend class HeldRequests;
 };
 
 // The whole process: its workers, the configuration and what is counted across workers.
@@ -120,6 +136,9 @@ class Proxy {
   Totals totals() const;
   // Whether every worker has loaded a slot map.
   bool ready() const;
+  HoldRegistry& holds() { return holds_; }
+  // Bytes of requests held for slot holds, in every worker (callable from any thread).
+  std::size_t held_bytes() const;
 
  private:
   Config config_;
@@ -127,6 +146,7 @@ class Proxy {
   std::atomic<std::size_t> clients_{0};
   std::atomic<std::uint64_t> next_client_id_{1};
   std::uint64_t start_time_ms_ = 0;
+  HoldRegistry holds_;
 };
 
 }  // namespace slotshift::proxy

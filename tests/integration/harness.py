@@ -2,12 +2,15 @@
 demo and the C++ tests use) and slotshift-proxy processes in front of it. Everything started here is stopped at
 exit, and cluster.sh's watchdog stops the servers even if this process is killed."""
 
+import json
 import os
 import random
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 SOURCE_DIR = os.environ.get("SLOTSHIFT_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
 BINARY_DIR = os.environ.get("SLOTSHIFT_BINARY_DIR", os.path.join(SOURCE_DIR, "build"))
@@ -195,8 +198,16 @@ class Cluster:
 
 
 class Proxy:
-    def __init__(self, cluster, *flags, threads=2):
+    def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None):
+        """admin=True serves the admin endpoint on a free loopback port (self.admin_port), with admin_token if
+        given; admin_call() talks to it."""
         self.port = free_port()
+        self.admin_port = free_port() if admin else None
+        self.admin_token = admin_token
+        if admin:
+            flags = (*flags, "--admin", "127.0.0.1:%d" % self.admin_port)
+            if admin_token:
+                flags = (*flags, "--admin-token", admin_token)
         self.log = open(os.path.join(cluster.dir, "proxy-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--seed", cluster.seed(),
                                       "--threads", str(threads), *flags], stdout=self.log, stderr=subprocess.STDOUT)
@@ -214,6 +225,28 @@ class Proxy:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("slotshift-proxy did not come up: " + self.output())
+
+    def admin_call(self, method, path, body=None, token=None, timeout=70):
+        """One request to the admin endpoint, with the proxy's admin token unless token is given ("" for none).
+        Returns (status, body): the body parsed when it is JSON, else the text."""
+        token = self.admin_token if token is None else token
+        data = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
+        if isinstance(data, str):
+            data = data.encode()
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.admin_port, path), data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", "Bearer " + token)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as res:
+                status, text = res.status, res.read().decode()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
 
     def output(self):
         if self.log.closed:

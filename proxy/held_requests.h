@@ -1,0 +1,107 @@
+// One worker's side of slot holds (slot_control.h is the process's side): which slots are held here, the
+// requests kept back for them, and how many requests of each slot are at a backend, so that a HOLD learns
+// when the last one has returned.
+//
+// Where a held request waits: in its client's on-hold queue (Session::on_hold_), in the order the client sent
+// its commands, or, once that client is gone, in the worker's orphan queue (a client that wrote and hung up
+// still has its writes applied, as a single Redis would). Once a client has a command on hold, every later
+// command of that client waits behind it, whatever its slot: the cluster then executes the client's commands
+// in the order it sent them, as Redis promises for one connection. The parts of one split command (MGET,
+// MSET, DEL, ...) share their place in that order, so a part for a free slot goes out even while a sibling
+// part waits. On release each queue is sent on from its front up to the first request whose slot is still
+// held.
+//
+// Drain: every request sent to a shared backend for a slot is counted in at_backend_ until its reply (or its
+// connection's failure) comes back, whether or not the client still waits for it; a HOLD is answered once the
+// count of its slots reaches zero in every worker. Blocking commands are not counted (they may wait forever):
+// when their slot moves the server answers them MOVED and the worker sends them again where the slot went.
+//
+// The request path pays for all this with one test of active() (a plain bool of this worker) and a counter
+// per request sent and returned; the rest runs only while this worker has a hold or a held request.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "common/slot.h"
+#include "proxy/request.h"
+#include "proxy/slot_control.h"
+
+namespace slotshift::proxy {
+
+class Worker;
+class Session;
+
+class HeldRequests {
+ public:
+  explicit HeldRequests(Worker& worker) : worker_(worker) {}
+
+  // False unless this worker has a held slot, a held request or a HOLD waiting for its drain.
+  bool active() const { return active_; }
+
+  // A request for `slot` went to a shared backend / its reply came back (or its connection failed).
+  void sent(Slot slot) { ++at_backend_[slot]; }
+  void returned(Slot slot) {
+    --at_backend_[slot];
+    if (!drains_.empty()) drain_step(slot);
+  }
+
+  // Called by Worker::dispatch while active(): keeps `request` back, and returns true, if it touches a held
+  // slot, or if its client has an earlier command on hold (not for a request sent on after a redirect: it
+  // already went out once).
+  bool hold_if_needed(const RequestPtr& request, bool redirected);
+
+  // Takes the registry's held slots (ending the holds whose time is up) and sends on every held request that
+  // no longer waits for a held slot. Returns how many were sent.
+  std::size_t sync();
+  // Answers `call` once no request for `slots` is at a backend in this worker (at once if none is), or as
+  // soon as the slots stop being held.
+  void watch_drain(const SlotSet& slots, std::shared_ptr<ControlCall> call);
+  // Requests for `slots` at a backend now, one line each ("eval for hash slot 866 at 127.0.0.1:7000, 812 ms
+  // old"), the first 20.
+  std::vector<std::string> at_backend(const SlotSet& slots) const;
+  // Requests held for `slots`.
+  std::size_t queued(const SlotSet& slots) const;
+
+  // Every tick while active(): holds whose time is up, held requests past their deadline, and reading
+  // paused for max-held-bytes.
+  void on_tick(std::uint64_t now_ms);
+  // `session` is closing: its held requests become orphans (blocking ones are dropped with it).
+  void session_closing(Session& session);
+
+ private:
+  struct Drain {
+    SlotSet slots;
+    std::size_t remaining = 0;  // requests for `slots` at a backend
+    std::shared_ptr<ControlCall> call;
+  };
+
+  void keep(const RequestPtr& request, Session* session);
+  void forget(const Request& request);
+  // Sends on `queue`'s requests from its front, up to the first one whose slot is still held.
+  std::size_t release_front(std::deque<RequestPtr>& queue);
+  std::size_t release_all();
+  // Answers requests of `queue` whose deadline passed with the timeout error. An `ordered` queue is one
+  // client's, whose deadlines come in its order.
+  void expire_deadlines(std::deque<RequestPtr>& queue, std::uint64_t now_ms, bool ordered);
+  void drain_step(Slot slot);
+  void update_active();
+  static std::size_t cost(const Request& request);
+
+  Worker& worker_;
+  bool active_ = false;
+  SlotSet held_;
+  std::uint64_t next_expiry_ms_ = 0;  // steady_ms() of the first hold to end by itself; 0: none
+  std::array<std::uint32_t, kSlotCount> at_backend_{};
+  std::array<std::uint32_t, kSlotCount> queued_{};  // held requests by slot
+  std::unordered_set<Session*> sessions_;           // sessions with held requests
+  std::deque<RequestPtr> orphans_;
+  std::vector<Drain> drains_;
+};
+
+}  // namespace slotshift::proxy

@@ -1,0 +1,481 @@
+#include "proxy/slot_control.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "common/host_port.h"
+#include "common/topology.h"
+#include "proxy/held_requests.h"
+#include "proxy/worker.h"
+
+namespace slotshift::proxy {
+namespace {
+
+using nlohmann::json;
+
+ControlReply reply(int status, const json& body) {
+  return {status, body.dump() + "\n"};
+}
+
+ControlReply error_reply(int status, std::string message) {
+  return reply(status, json{{"error", std::move(message)}});
+}
+
+// The request's JSON object, or the 400 reply that says why there is none.
+std::optional<json> parse_body(std::string_view body, ControlReply& error) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    error = error_reply(
+        400, "the body must be a JSON object, such as {\"slots\": \"0-100,200\", \"ttl_ms\": 2000}");
+    return std::nullopt;
+  }
+  return j;
+}
+
+// `field` of `j` as a slot set; nullopt and a 400 reply when it is missing (and `required`) or malformed.
+std::optional<SlotSet> slots_field(const json& j, bool required, ControlReply& error, bool& present) {
+  present = j.contains("slots");
+  if (!present) {
+    if (required)
+      error = error_reply(400, "'slots' is required: a string of slots and ranges such as \"0-100,200\"");
+    return std::nullopt;
+  }
+  if (!j["slots"].is_string()) {
+    error = error_reply(400, "'slots' must be a string of slots and ranges such as \"0-100,200\"");
+    return std::nullopt;
+  }
+  std::string why;
+  auto slots = SlotSet::parse(j["slots"].get<std::string>(), why);
+  if (!slots) error = error_reply(400, "'slots': " + why);
+  return slots;
+}
+
+// A whole number of milliseconds in [min, max] from `field`; nullopt and a 400 reply otherwise.
+std::optional<std::uint64_t> ms_field(const json& j, const char* field, std::uint64_t min, std::uint64_t max,
+                                      ControlReply& error) {
+  const json& v = j[field];
+  if (!v.is_number_integer() || v.get<std::int64_t>() < static_cast<std::int64_t>(min) ||
+      v.get<std::int64_t>() > static_cast<std::int64_t>(max)) {
+    error = error_reply(400, "'" + std::string(field) + "' must be a whole number of milliseconds from " +
+                                 std::to_string(min) + " to " + std::to_string(max));
+    return std::nullopt;
+  }
+  return static_cast<std::uint64_t>(v.get<std::int64_t>());
+}
+
+std::optional<std::string> owner_field(const json& j, ControlReply& error) {
+  if (!j.contains("owner")) return std::string();
+  if (!j["owner"].is_string()) {
+    error = error_reply(400, "'owner' must be a string");
+    return std::nullopt;
+  }
+  return j["owner"].get<std::string>();
+}
+
+std::string worker_list(const std::vector<int>& workers) {
+  std::string out;
+  for (int w : workers)
+    out += (out.empty() ? "" : ", ") + std::to_string(w);
+  return out;
+}
+
+double round_ms(double ms) {
+  return std::round(ms * 1000.0) / 1000.0;
+}
+
+}  // namespace
+
+std::uint64_t steady_ms() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SlotSet
+
+std::optional<SlotSet> SlotSet::parse(std::string_view text, std::string& error) {
+  SlotSet out;
+  auto number = [](std::string_view s, unsigned& n) {
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    return !s.empty() && ec == std::errc() && end == s.data() + s.size() && n < kSlotCount;
+  };
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t end = std::min(text.find_first_of(", ", pos), text.size());
+    const std::string_view item = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (item.empty()) continue;
+    const std::size_t dash = item.find('-');
+    unsigned first = 0, last = 0;
+    const bool ok = dash == std::string_view::npos ? number(item, first) && number(item, last)
+                                                   : number(item.substr(0, dash), first) &&
+                                                         number(item.substr(dash + 1), last) && first <= last;
+    if (!ok) {
+      error = "'" + std::string(item) + "' is not a hash slot (0-16383) or a range of them (first-last)";
+      return std::nullopt;
+    }
+    for (unsigned s = first; s <= last; ++s)
+      out.set(static_cast<Slot>(s));
+  }
+  if (out.none()) {
+    error = "no slot given: expected slots and ranges such as \"0-100,200\"";
+    return std::nullopt;
+  }
+  return out;
+}
+
+std::string SlotSet::str() const {
+  std::vector<SlotRange> ranges;
+  for (unsigned s = 0; s < kSlotCount; ++s) {
+    if (!bits_.test(s)) continue;
+    if (!ranges.empty() && ranges.back().last + 1u == s) {
+      ranges.back().last = static_cast<Slot>(s);
+    } else {
+      ranges.push_back({static_cast<Slot>(s), static_cast<Slot>(s)});
+    }
+  }
+  std::string out = format_slot_ranges(ranges);
+  std::replace(out.begin(), out.end(), ' ', ',');
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HoldRegistry
+
+void HoldRegistry::hold(const std::string& owner, const SlotSet& slots, std::uint64_t ttl_ms,
+                        std::uint64_t now_ms) {
+  std::lock_guard lock(mutex_);
+  expire(now_ms);
+  auto [it, fresh] = holds_.try_emplace(owner);
+  Hold& h = it->second;
+  if (fresh) {
+    h.owner = owner;
+    h.placed_ms = now_ms;
+  }
+  h.slots |= slots;
+  h.expires_ms = std::max(h.expires_ms, now_ms + ttl_ms);
+  stats_.holds_placed.add();
+  stats_.holds_current.set(holds_.size());
+}
+
+SlotSet HoldRegistry::release(const SlotSet* slots, const std::string* owner, std::uint64_t now_ms) {
+  std::lock_guard lock(mutex_);
+  expire(now_ms);
+  SlotSet removed;
+  for (auto it = holds_.begin(); it != holds_.end();) {
+    Hold& h = it->second;
+    if (owner && h.owner != *owner) {
+      ++it;
+      continue;
+    }
+    SlotSet taken = h.slots;
+    if (slots) taken &= *slots;
+    removed |= taken;
+    h.slots -= taken;
+    if (h.slots.none()) {
+      ended(h, now_ms);
+      it = holds_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  stats_.holds_current.set(holds_.size());
+  return removed;
+}
+
+HeldSlots HoldRegistry::current(std::uint64_t now_ms) {
+  std::lock_guard lock(mutex_);
+  expire(now_ms);
+  HeldSlots out;
+  for (const auto& [owner, h] : holds_) {
+    out.slots |= h.slots;
+    if (out.next_expiry_ms == 0 || h.expires_ms < out.next_expiry_ms) out.next_expiry_ms = h.expires_ms;
+  }
+  return out;
+}
+
+bool HoldRegistry::holds(const std::string& owner, const SlotSet& slots, std::uint64_t now_ms) {
+  std::lock_guard lock(mutex_);
+  expire(now_ms);
+  const auto it = holds_.find(owner);
+  return it != holds_.end() && it->second.slots.contains(slots);
+}
+
+std::vector<Hold> HoldRegistry::list(std::uint64_t now_ms) {
+  std::lock_guard lock(mutex_);
+  expire(now_ms);
+  std::vector<Hold> out;
+  for (const auto& [owner, h] : holds_)
+    out.push_back(h);
+  return out;
+}
+
+void HoldRegistry::expire(std::uint64_t now_ms) {
+  for (auto it = holds_.begin(); it != holds_.end();) {
+    if (it->second.expires_ms > now_ms) {
+      ++it;
+      continue;
+    }
+    stats_.holds_expired.add();
+    ended(it->second, it->second.expires_ms);
+    it = holds_.erase(it);
+  }
+  stats_.holds_current.set(holds_.size());
+}
+
+void HoldRegistry::ended(const Hold& hold, std::uint64_t end_ms) {
+  const std::uint64_t lasted = end_ms > hold.placed_ms ? end_ms - hold.placed_ms : 0;
+  if (lasted > stats_.hold_longest_ms.get()) stats_.hold_longest_ms.set(lasted);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// ControlCall
+
+void ControlCall::answer(int worker, WorkerReport report) {
+  std::lock_guard lock(mutex_);
+  const auto w = static_cast<std::size_t>(worker);
+  if (w >= reports_.size() || answered_[w]) return;
+  reports_[w] = std::move(report);
+  answered_[w] = true;
+  if (++count_ == reports_.size()) cv_.notify_all();
+}
+
+bool ControlCall::wait_until(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(mutex_);
+  return cv_.wait_until(lock, deadline, [this] { return count_ == reports_.size(); });
+}
+
+std::vector<WorkerReport> ControlCall::reports() {
+  std::lock_guard lock(mutex_);
+  return reports_;
+}
+
+std::vector<int> ControlCall::missing() {
+  std::lock_guard lock(mutex_);
+  std::vector<int> out;
+  for (std::size_t w = 0; w < answered_.size(); ++w) {
+    if (!answered_[w]) out.push_back(static_cast<int>(w));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SlotControl
+
+ControlReply SlotControl::hold(std::string_view body) {
+  ControlReply error;
+  const auto j = parse_body(body, error);
+  if (!j) return error;
+  bool present = false;
+  const auto slots = slots_field(*j, true, error, present);
+  if (!slots) return error;
+  if (!j->contains("ttl_ms")) {
+    return error_reply(400, "'ttl_ms' is required: the hold ends by itself after it (at most " +
+                                std::to_string(kMaxTtlMs) + " ms)");
+  }
+  const auto ttl = ms_field(*j, "ttl_ms", 1, kMaxTtlMs, error);
+  if (!ttl) return error;
+  std::optional<std::uint64_t> wait = *ttl;
+  if (j->contains("wait_ms")) wait = ms_field(*j, "wait_ms", 0, kMaxTtlMs, error);
+  if (!wait) return error;
+  const auto owner = owner_field(*j, error);
+  if (!owner) return error;
+
+  // From here on no worker sends a new command for the slots: each takes the new held set on its loop, then
+  // counts down the commands it has at a backend for them.
+  HoldRegistry& registry = proxy_.holds();
+  registry.hold(*owner, *slots, *ttl, steady_ms());
+  const auto start = std::chrono::steady_clock::now();
+  const auto& workers = proxy_.workers();
+  auto call = std::make_shared<ControlCall>(workers.size());
+  for (const auto& w : workers) {
+    Worker* worker = w.get();
+    const bool posted = worker->post([worker, call, s = *slots] {
+      worker->held().sync();
+      worker->held().watch_drain(s, call);
+    });
+    if (!posted) call->answer(worker->index(), {});  // a stopped worker has nothing at a backend
+  }
+  const bool drained = call->wait_until(start + std::chrono::milliseconds(*wait));
+  const double drained_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+
+  if (!drained) {
+    // The fence cannot be promised: give the slots back at once (clients must not wait on a cutover that will
+    // not happen), and say what kept them.
+    registry.release(&*slots, &*owner, steady_ms());
+    auto describe = std::make_shared<ControlCall>(workers.size());
+    for (const auto& w : workers) {
+      Worker* worker = w.get();
+      const bool posted = worker->post([worker, describe, s = *slots] {
+        WorkerReport report;
+        report.at_backend = worker->held().at_backend(s);
+        worker->held().sync();
+        describe->answer(worker->index(), std::move(report));
+      });
+      if (!posted) describe->answer(worker->index(), {});
+    }
+    // Callers give a HOLD little more than wait_ms: the 504 must not wait long for the description.
+    describe->wait_until(std::chrono::steady_clock::now() + kDescribeAnswer);
+    json at_backend = json::array();
+    for (const auto& r : describe->reports()) {
+      for (const auto& line : r.at_backend)
+        at_backend.push_back(line);
+    }
+    std::string what = at_backend.empty()
+                           ? std::string("nothing left at a backend by now")
+                           : std::to_string(at_backend.size()) + " command(s) still at a backend, " +
+                                 "first: " + at_backend[0].get<std::string>();
+    const auto silent = call->missing();
+    if (at_backend.empty() && !silent.empty()) what = "worker(s) " + worker_list(silent) + " did not answer";
+    return reply(504,
+                 json{{"error", "slots " + slots->str() + " did not drain within " + std::to_string(*wait) +
+                                    " ms (" + what + "); the hold on them was released"},
+                      {"slots", slots->str()},
+                      {"at_backend", at_backend}});
+  }
+
+  std::size_t queued = 0;
+  bool released = false;
+  for (const auto& r : call->reports()) {
+    queued += r.queued;
+    released = released || r.released;
+  }
+  if (released || !registry.holds(*owner, *slots, steady_ms())) {
+    return error_reply(409, "the hold on slots " + slots->str() +
+                                " was released or expired before the commands in flight for them returned");
+  }
+  std::uint64_t expires_in = 0;
+  for (const Hold& h : registry.list(steady_ms())) {
+    if (h.owner == *owner) expires_in = h.expires_ms - std::min(h.expires_ms, steady_ms());
+  }
+  return reply(200, json{{"held", slots->str()},
+                         {"drained_ms", round_ms(drained_ms)},
+                         {"queued", queued},
+                         {"owner", *owner},
+                         {"expires_in_ms", expires_in}});
+}
+
+ControlReply SlotControl::route(std::string_view body) {
+  ControlReply error;
+  const auto j = parse_body(body, error);
+  if (!j) return error;
+  bool present = false;
+  const auto slots = slots_field(*j, true, error, present);
+  if (!slots) return error;
+  if (!j->contains("node") || !(*j)["node"].is_string()) {
+    return error_reply(400, "'node' is required: the new owner as \"HOST:PORT\"");
+  }
+  std::string why;
+  const auto node = parse_host_port((*j)["node"].get<std::string>(), why);
+  if (!node) return error_reply(400, "'node': " + why);
+
+  const auto& workers = proxy_.workers();
+  auto call = std::make_shared<ControlCall>(workers.size());
+  for (const auto& w : workers) {
+    Worker* worker = w.get();
+    worker->post([worker, call, s = *slots, n = *node] {
+      worker->router().route(s, n);
+      call->answer(worker->index(), {});
+    });
+  }
+  if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) {
+    return error_reply(503, "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
+                                std::to_string(kWorkerAnswer.count()) + " ms");
+  }
+  return reply(200, json{{"routed", slots->str()}, {"node", node->str()}});
+}
+
+ControlReply SlotControl::release(std::string_view body) {
+  ControlReply error;
+  const auto j = parse_body(body, error);
+  if (!j) return error;
+  bool has_slots = false;
+  const auto slots = slots_field(*j, false, error, has_slots);
+  if (has_slots && !slots) return error;
+  const bool has_owner = j->contains("owner");
+  const auto owner = owner_field(*j, error);
+  if (!owner) return error;
+  if (!has_slots && !has_owner) {
+    return error_reply(400, "give 'slots' (\"0-100,200\") or 'owner' (everything that owner holds), or both");
+  }
+
+  const SlotSet removed =
+      proxy_.holds().release(has_slots ? &*slots : nullptr, has_owner ? &*owner : nullptr, steady_ms());
+  const auto& workers = proxy_.workers();
+  auto call = std::make_shared<ControlCall>(workers.size());
+  for (const auto& w : workers) {
+    Worker* worker = w.get();
+    const bool posted = worker->post([worker, call] {
+      WorkerReport report;
+      report.dispatched = worker->held().sync();
+      call->answer(worker->index(), std::move(report));
+    });
+    if (!posted) call->answer(worker->index(), {});
+  }
+  const bool all = call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer);
+  std::size_t dispatched = 0;
+  for (const auto& r : call->reports())
+    dispatched += r.dispatched;
+  if (!all) {
+    return error_reply(503, "released, but worker(s) " + worker_list(call->missing()) +
+                                " did not answer within " + std::to_string(kWorkerAnswer.count()) + " ms (" +
+                                std::to_string(dispatched) + " held command(s) sent on so far)");
+  }
+  return reply(200, json{{"released", has_slots ? slots->str() : removed.str()},
+                         {"dispatched", dispatched},
+                         {"were_held", removed.str()}});
+}
+
+ControlReply SlotControl::list() {
+  const std::uint64_t now = steady_ms();
+  const std::vector<Hold> holds = proxy_.holds().list(now);
+  const auto& workers = proxy_.workers();
+  auto call = std::make_shared<ControlCall>(workers.size());
+  std::vector<SlotSet> sets;
+  for (const Hold& h : holds)
+    sets.push_back(h.slots);
+  for (const auto& w : workers) {
+    Worker* worker = w.get();
+    const bool posted = worker->post([worker, call, sets] {
+      WorkerReport report;
+      for (const SlotSet& s : sets)
+        report.queued_per_hold.push_back(worker->held().queued(s));
+      call->answer(worker->index(), std::move(report));
+    });
+    if (!posted) call->answer(worker->index(), {});
+  }
+  const bool all = call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer);
+  const auto reports = call->reports();
+  json out = json::array();
+  for (std::size_t i = 0; i < holds.size(); ++i) {
+    std::size_t queued = 0;
+    for (const auto& r : reports) {
+      if (i < r.queued_per_hold.size()) queued += r.queued_per_hold[i];
+    }
+    const Hold& h = holds[i];
+    out.push_back(json{{"slots", h.slots.str()},
+                       {"owner", h.owner},
+                       {"age_ms", now - std::min(now, h.placed_ms)},
+                       {"expires_in_ms", h.expires_ms - std::min(h.expires_ms, now)},
+                       {"queued", queued}});
+  }
+  const Totals totals = proxy_.totals();
+  auto counter = [&totals](std::string_view name) {
+    for (std::size_t i = 0; i < kCounterCount; ++i) {
+      if (kCounters[i].name == name) return totals.counters[i];
+    }
+    return std::uint64_t{0};
+  };
+  json j{{"holds", out},
+         {"held_requests", counter("held_requests")},
+         {"held_request_bytes", counter("held_request_bytes")},
+         {"max_held_bytes", proxy_.config().max_held_bytes}};
+  if (!all) j["workers_not_answering"] = call->missing();
+  return reply(200, j);
+}
+
+}  // namespace slotshift::proxy

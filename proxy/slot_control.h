@@ -1,0 +1,178 @@
+// The slot hold / route / release control, the process's side. At each batch's cutover the orchestrator
+// drives every proxy through the admin endpoint:
+//
+//   POST /v1/slots/hold     {"slots": "0-100,200", "ttl_ms": 2000, "owner": "move-42", "wait_ms": 1000}
+//   POST /v1/slots/route    {"slots": "0-100,200", "node": "10.0.0.7:6379"}
+//   POST /v1/slots/release  {"slots": "0-100,200"}  or  {"owner": "move-42"}
+//   GET  /v1/slots
+//
+// HOLD stops every worker from sending new commands for the slots (they wait in the proxy, see
+// held_requests.h) and answers once every command already at a backend for them has returned, so that
+// nothing can reach the old owner after the orchestrator's fence. ROUTE points the slots at the new owner in
+// every worker's slot map. RELEASE lets the held commands go, in each client's order, to where the map points
+// now. A hold ends by itself `ttl_ms` after it was placed, so that an orchestrator that dies mid-cutover
+// cannot freeze clients.
+//
+// Who owns what: the HoldRegistry is the one truth about which slots are held and until when; the admin
+// thread changes it, and workers read it (on a control call, and on their tick when a hold's time is up).
+// Each worker keeps its own copy of the held slots so that its request path never takes the registry's lock.
+// A control call reaches each worker through the worker's control queue (Worker::post) and comes back through
+// a ControlCall that the admin thread waits on with a deadline.
+#pragma once
+
+#include <bitset>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/slot.h"
+#include "proxy/stats.h"
+
+namespace slotshift::proxy {
+
+class Proxy;
+
+// Milliseconds of the monotonic clock: the time base of hold ages and expiries, the same in every thread.
+std::uint64_t steady_ms();
+
+// A set of hash slots. Written as CLUSTER NODES writes slot ranges, with commas between them: "0-100,200".
+class SlotSet {
+ public:
+  // Parses "0-100,200" (commas or spaces between items). nullopt and `error` for anything else, or for no
+  // slot at all.
+  static std::optional<SlotSet> parse(std::string_view text, std::string& error);
+  // "0-100,200"; "" for the empty set.
+  std::string str() const;
+
+  bool test(Slot slot) const { return bits_.test(slot); }
+  void set(Slot slot) { bits_.set(slot); }
+  bool any() const { return bits_.any(); }
+  bool none() const { return bits_.none(); }
+  std::size_t count() const { return bits_.count(); }
+  // Whether every slot of `other` is in this set.
+  bool contains(const SlotSet& other) const { return (other.bits_ & ~bits_).none(); }
+  SlotSet& operator|=(const SlotSet& other) {
+    bits_ |= other.bits_;
+    return *this;
+  }
+  SlotSet& operator&=(const SlotSet& other) {
+    bits_ &= other.bits_;
+    return *this;
+  }
+  // Removes the slots of `other`.
+  SlotSet& operator-=(const SlotSet& other) {
+    bits_ &= ~other.bits_;
+    return *this;
+  }
+  friend bool operator==(const SlotSet&, const SlotSet&) = default;
+
+ private:
+  std::bitset<kSlotCount> bits_;
+};
+
+// One owner's hold: its slots, since when and until when (steady_ms()).
+struct Hold {
+  std::string owner;
+  SlotSet slots;
+  std::uint64_t placed_ms = 0;
+  std::uint64_t expires_ms = 0;
+};
+
+// What a worker needs of the registry: every held slot, and when the first hold ends by itself (0: none).
+struct HeldSlots {
+  SlotSet slots;
+  std::uint64_t next_expiry_ms = 0;
+};
+
+// Every hold of the process, by owner. Holds whose time is up are removed (and counted as expired) by
+// whoever looks next, under the lock: a worker's tick, or any call of the admin thread.
+class HoldRegistry {
+ public:
+  // Places `owner`'s hold on `slots` for `ttl_ms`, or extends the one it has: its slots become the union, and
+  // it ends at the later of the two ends.
+  void hold(const std::string& owner, const SlotSet& slots, std::uint64_t ttl_ms, std::uint64_t now_ms);
+  // Takes `slots` out of every hold, or out of `owner`'s hold when an owner is given; with no slots given,
+  // ends `owner`'s hold entirely. Returns the slots taken out of some hold (whether or not another hold still
+  // covers them).
+  SlotSet release(const SlotSet* slots, const std::string* owner, std::uint64_t now_ms);
+  HeldSlots current(std::uint64_t now_ms);
+  // Whether `owner` holds every slot of `slots` now.
+  bool holds(const std::string& owner, const SlotSet& slots, std::uint64_t now_ms);
+  std::vector<Hold> list(std::uint64_t now_ms);
+  // The process's hold counters (holds placed, expired, current, longest); written under the lock.
+  const Stats& stats() const { return stats_; }
+
+ private:
+  void expire(std::uint64_t now_ms);
+  void ended(const Hold& hold, std::uint64_t now_ms);
+
+  std::mutex mutex_;
+  std::map<std::string, Hold> holds_;
+  Stats stats_;
+};
+
+// What one worker answers to a control call.
+struct WorkerReport {
+  std::size_t queued = 0;      // requests held for the call's slots (HOLD), or for each hold (list)
+  std::size_t dispatched = 0;  // held requests sent on (RELEASE)
+  bool released = false;       // HOLD: the slots stopped being held before they drained
+  std::vector<std::size_t> queued_per_hold;
+  std::vector<std::string> at_backend;  // HOLD that did not drain in time: what is still at a backend
+};
+
+// A call from the admin thread to every worker. Each worker answers once, on its own loop; the caller waits
+// for all of them up to a deadline. Shared, so that a worker may still answer after the caller gave up.
+class ControlCall {
+ public:
+  explicit ControlCall(std::size_t workers) : reports_(workers), answered_(workers, false) {}
+  void answer(int worker, WorkerReport report);
+  // True once every worker answered; false if the deadline came first.
+  bool wait_until(std::chrono::steady_clock::time_point deadline);
+  std::vector<WorkerReport> reports();
+  // Indexes of the workers that have not answered.
+  std::vector<int> missing();
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<WorkerReport> reports_;
+  std::vector<bool> answered_;
+  std::size_t count_ = 0;
+};
+
+// The HTTP status and JSON body of a control request.
+struct ControlReply {
+  int status = 200;
+  std::string body;
+};
+
+// The admin endpoint's side: checks a request, changes the registry, runs what each worker must do on the
+// worker's loop and waits for the answers. Called on the admin endpoint's threads; never on a worker's.
+class SlotControl {
+ public:
+  explicit SlotControl(Proxy& proxy) : proxy_(proxy) {}
+
+  ControlReply hold(std::string_view body);
+  ControlReply route(std::string_view body);
+  ControlReply release(std::string_view body);
+  ControlReply list();
+
+  // Longest hold a request may ask for: a dead orchestrator freezes clients for at most this long.
+  static constexpr std::uint64_t kMaxTtlMs = 60000;
+  // How long a worker may take to run a control operation on its loop (it runs between two callbacks).
+  static constexpr std::chrono::milliseconds kWorkerAnswer{5000};
+  // How long a HOLD that did not drain waits for the workers to say what is still at a backend.
+  static constexpr std::chrono::milliseconds kDescribeAnswer{50};
+
+ private:
+  Proxy& proxy_;
+};
+
+}  // namespace slotshift::proxy
