@@ -529,6 +529,51 @@ std::string join(const std::vector<std::string>& parts, std::string_view sep) {
 // -----------------------------------------------------------------------------------------------------------------
 // Names
 
+std::optional<std::vector<Slot>> parse_slot_list(std::string_view text, std::string& error) {
+  std::vector<bool> seen(kSlotCount);
+  auto number = [](std::string_view s, unsigned& n) {
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    return !s.empty() && ec == std::errc() && end == s.data() + s.size() && n < kSlotCount;
+  };
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t end = std::min(text.find_first_of(", ", pos), text.size());
+    const std::string_view item = text.substr(pos, end - pos);
+    pos = end + 1;
+    if (item.empty()) continue;
+    const std::size_t dash = item.find('-');
+    unsigned first = 0, last = 0;
+    const bool ok = dash == std::string_view::npos ? number(item, first) && number(item, last)
+                                                   : number(item.substr(0, dash), first) &&
+                                                         number(item.substr(dash + 1), last) && first <= last;
+    if (!ok) {
+      error = "'" + std::string(item) + "' is not a hash slot (0-16383) or a range of them (first-last)";
+      return std::nullopt;
+    }
+    for (unsigned s = first; s <= last; ++s)
+      seen[s] = true;
+  }
+  std::vector<Slot> out;
+  for (unsigned s = 0; s < kSlotCount; ++s)
+    if (seen[s]) out.push_back(static_cast<Slot>(s));
+  if (out.empty()) {
+    error = "no slot given: expected slots and ranges such as \"0-100,200\"";
+    return std::nullopt;
+  }
+  return out;
+}
+
+std::vector<SlotRange> slot_ranges(const std::vector<Slot>& slots) {
+  std::vector<SlotRange> ranges;
+  for (const Slot s : slots) {
+    if (!ranges.empty() && ranges.back().last + 1 == s)
+      ranges.back().last = s;
+    else
+      ranges.push_back({s, s});
+  }
+  return ranges;
+}
+
 std::string format_slot_ranges(const std::vector<SlotRange>& ranges) {
   std::string out;
   for (const SlotRange& r : ranges) {

@@ -64,6 +64,11 @@ struct SlotRange {
 
 // "0-5460 5461 16000-16383" (the CLUSTER NODES notation); empty for no ranges.
 std::string format_slot_ranges(const std::vector<SlotRange>& ranges);
+// Slots and ranges as users write them on command lines and in control requests: "0-100,200" or
+// "0-100 200". The slots, sorted and distinct. nullopt (and `error`) for anything else, or for no slot.
+std::optional<std::vector<Slot>> parse_slot_list(std::string_view text, std::string& error);
+// Sorted, distinct slots as ranges of consecutive slots.
+std::vector<SlotRange> slot_ranges(const std::vector<Slot>& slots);
 
 enum class NodeRole : std::uint8_t { kUnknown, kMaster, kReplica };
 enum class LinkState : std::uint8_t { kUnknown, kConnected, kDisconnected };

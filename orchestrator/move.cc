@@ -61,53 +61,11 @@ std::string with_commas(std::uint64_t n) {
   return out;
 }
 
-// "0-1000,5000" -> sorted, distinct slots.
-bool parse_slots(std::string_view text, std::vector<Slot>& out, std::string& error) {
-  std::vector<bool> seen(kSlotCount);
-  std::size_t pos = 0;
-  auto number = [&](std::string_view s, int& n) {
-    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
-    return ec == std::errc() && end == s.data() + s.size() && n >= 0 && n < kSlotCount;
-  };
-  while (pos <= text.size()) {
-    auto comma = text.find(',', pos);
-    if (comma == std::string_view::npos) comma = text.size();
-    const auto part = text.substr(pos, comma - pos);
-    const auto dash = part.find('-');
-    int first = 0, last = 0;
-    if (dash == std::string_view::npos
-            ? !number(part, first)
-            : !number(part.substr(0, dash), first) || !number(part.substr(dash + 1), last) || last < first) {
-      error = "'" + std::string(part) + "' is not a slot (0-16383) or a range of slots (first-last)";
-      return false;
-    }
-    if (dash == std::string_view::npos) last = first;
-    for (int s = first; s <= last; ++s)
-      seen[static_cast<std::size_t>(s)] = true;
-    pos = comma + 1;
-  }
-  out.clear();
-  for (int s = 0; s < kSlotCount; ++s)
-    if (seen[static_cast<std::size_t>(s)]) out.push_back(static_cast<Slot>(s));
-  return true;
-}
-
 std::string join(const std::vector<std::string>& parts, const std::string& separator = " ") {
   std::string out;
   for (const auto& p : parts)
     out += (out.empty() ? "" : separator) + p;
   return out;
-}
-
-std::vector<SlotRange> to_ranges(const std::vector<Slot>& slots) {
-  std::vector<SlotRange> ranges;
-  for (const Slot s : slots) {
-    if (!ranges.empty() && ranges.back().last + 1 == s)
-      ranges.back().last = s;
-    else
-      ranges.push_back({s, s});
-  }
-  return ranges;
 }
 
 struct Batch {
@@ -272,8 +230,9 @@ bool MoveJob::plan() {
   std::string error;
   const auto seed = parse_host_port(options_.common.cluster, error);
   if (!seed) return fail("--cluster: " + error);
-  std::vector<Slot> slots;
-  if (!parse_slots(options_.slots, slots, error)) return fail("--slots: " + error);
+  const auto parsed = parse_slot_list(options_.slots, error);
+  if (!parsed) return fail("--slots: " + error);
+  const std::vector<Slot>& slots = *parsed;
   if (!options_.proxies.empty() || !options_.proxy_dns.empty()) {
     proxies_ = std::make_unique<ProxyControl>(options_.proxies, options_.proxy_dns, options_.proxy_token,
                                               options_.common.timeout);
@@ -442,7 +401,7 @@ void MoveJob::print_plan() {
     plan.push_back({{"source", src.address.str()},
                     {"source_id", src.node.id},
                     {"server", src.info.name()},
-                    {"slots", format_slot_ranges(to_ranges(src.slots))},
+                    {"slots", format_slot_ranges(slot_ranges(src.slots))},
                     {"slot_count", src.slots.size()},
                     {"keys", src.estimated_keys},
                     {"bytes_estimated", src.estimated_bytes},
@@ -457,7 +416,7 @@ void MoveJob::print_plan() {
                      {"target_id", target_.id},
                      {"target_server", target_info_.name()},
                      {"sources", plan},
-                     {"already_on_target", format_slot_ranges(to_ranges(skipped_))},
+                     {"already_on_target", format_slot_ranges(slot_ranges(skipped_))},
                      {"keys", keys},
                      {"bytes_estimated", bytes},
                      {"batches_estimated", batches},
@@ -475,7 +434,7 @@ void MoveJob::print_plan() {
          << human_bytes(static_cast<double>(p["bytes_estimated"].get<std::uint64_t>())) << ", about "
          << p["batches_estimated"] << " batch(es)\n";
   if (!skipped_.empty())
-    out_ << "  already on the target: " << format_slot_ranges(to_ranges(skipped_)) << "\n";
+    out_ << "  already on the target: " << format_slot_ranges(slot_ranges(skipped_)) << "\n";
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.1f", seconds);
   out_ << "  " << with_commas(keys) << " keys, about " << human_bytes(static_cast<double>(bytes))
@@ -494,7 +453,7 @@ bool MoveJob::prepare() {
       cmds.push_back({"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", src.node.id});
       slots.push_back(s);
     }
-  journal({{"step", "importing"}, {"target", target_.id}, {"slots", format_slot_ranges(to_ranges(slots))}});
+  journal({{"step", "importing"}, {"target", target_.id}, {"slots", format_slot_ranges(slot_ranges(slots))}});
   std::vector<std::vector<std::vector<std::string>>> groups;
   for (auto& c : cmds)
     groups.push_back({std::move(c)});
@@ -626,7 +585,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   auto& copier = *src.copier;
   auto* c = control(src.node);
   if (!c) return fail("cannot connect to the source " + connect_error_);
-  const std::string slots_text = format_slot_ranges(to_ranges(batch.slots));
+  const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
 
   // Start the fence only once the target is close behind the source, so that the wait inside it is short.
   const auto settle_deadline = Clock::now() + std::chrono::seconds(30);
@@ -904,7 +863,7 @@ bool MoveJob::verify(const Batch& batch) {
       }
       if (problem.empty()) break;
       if (Clock::now() > deadline)
-        return fail("after the claim of " + format_slot_ranges(to_ranges(batch.slots)) + ", node " +
+        return fail("after the claim of " + format_slot_ranges(slot_ranges(batch.slots)) + ", node " +
                     node.address() + ":" + std::to_string(node.port) + " " + problem + " (10 s later)");
       std::this_thread::sleep_for(milliseconds(1));
     }
@@ -1121,10 +1080,10 @@ void MoveJob::rollback() {
     for (const Slot s : open)
       importing_[s] = false;
   journal(
-      {{"step", "rolled-back"}, {"slots", format_slot_ranges(to_ranges(open))}, {"keys_deleted", deleted}});
+      {{"step", "rolled-back"}, {"slots", format_slot_ranges(slot_ranges(open))}, {"keys_deleted", deleted}});
   warnings_.push_back(
       "undone: " + std::to_string(open.size()) + " slots not claimed (" +
-      format_slot_ranges(to_ranges(open)) + ") stay with their owner; " + std::to_string(deleted) +
+      format_slot_ranges(slot_ranges(open)) + ") stay with their owner; " + std::to_string(deleted) +
       " copied keys were deleted from the target" +
       (stable_error ? ", but clearing IMPORTING failed (" + *stable_error + "): run slotshift check" : ""));
 }
@@ -1147,7 +1106,7 @@ void MoveJob::report(bool ok) {
     sources.push_back({{"source", src.address.str()},
                        {"source_id", src.node.id},
                        {"server", src.info.name()},
-                       {"slots", format_slot_ranges(to_ranges(src.slots))},
+                       {"slots", format_slot_ranges(slot_ranges(src.slots))},
                        {"keys_copied", st.keys_copied.load()},
                        {"bytes_copied", st.bytes_copied.load()},
                        {"keys_expired_skipped", st.keys_expired.load()},
@@ -1166,7 +1125,7 @@ void MoveJob::report(bool ok) {
       if (b.attempts == 0) continue;
       max_pause = std::max(max_pause, b.pause_ms);
       batches.push_back({{"source", src.address.str()},
-                         {"slots", format_slot_ranges(to_ranges(b.slots))},
+                         {"slots", format_slot_ranges(slot_ranges(b.slots))},
                          {"slot_count", b.slots.size()},
                          {"keys", b.source_keys},
                          {"pause_ms", b.pause_ms},
@@ -1270,7 +1229,7 @@ int MoveJob::run() {
            {"sources", [&] {
               auto a = nlohmann::json::array();
               for (const auto& s : sources_)
-                a.push_back({{"id", s.node.id}, {"slots", format_slot_ranges(to_ranges(s.slots))}});
+                a.push_back({{"id", s.node.id}, {"slots", format_slot_ranges(slot_ranges(s.slots))}});
               return a;
             }()}});
   struct sigaction action {};

@@ -97,33 +97,11 @@ std::uint64_t steady_ms() {
 // SlotSet
 
 std::optional<SlotSet> SlotSet::parse(std::string_view text, std::string& error) {
+  const auto slots = parse_slot_list(text, error);
+  if (!slots) return std::nullopt;
   SlotSet out;
-  auto number = [](std::string_view s, unsigned& n) {
-    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
-    return !s.empty() && ec == std::errc() && end == s.data() + s.size() && n < kSlotCount;
-  };
-  std::size_t pos = 0;
-  while (pos < text.size()) {
-    const std::size_t end = std::min(text.find_first_of(", ", pos), text.size());
-    const std::string_view item = text.substr(pos, end - pos);
-    pos = end + 1;
-    if (item.empty()) continue;
-    const std::size_t dash = item.find('-');
-    unsigned first = 0, last = 0;
-    const bool ok = dash == std::string_view::npos ? number(item, first) && number(item, last)
-                                                   : number(item.substr(0, dash), first) &&
-                                                         number(item.substr(dash + 1), last) && first <= last;
-    if (!ok) {
-      error = "'" + std::string(item) + "' is not a hash slot (0-16383) or a range of them (first-last)";
-      return std::nullopt;
-    }
-    for (unsigned s = first; s <= last; ++s)
-      out.set(static_cast<Slot>(s));
-  }
-  if (out.none()) {
-    error = "no slot given: expected slots and ranges such as \"0-100,200\"";
-    return std::nullopt;
-  }
+  for (const Slot s : *slots)
+    out.set(s);
   return out;
 }
 

@@ -1142,3 +1142,16 @@ TEST_CASE("a snapshot is shared read-only and looked up by slot") {
   CHECK(other->owner(key_slot("foo"))->id == kC);  // "foo" is slot 12182
   CHECK(sizeof(SlotTable) == 2 * kSlotCount);
 }
+
+TEST_CASE("slot lists as users write them: ranges, commas or spaces, sorted and distinct; anything else refused") {
+  std::string error;
+  const auto slots = parse_slot_list("5-7,1 3-4,6", error);
+  REQUIRE(slots);
+  CHECK(*slots == std::vector<Slot>{1, 3, 4, 5, 6, 7});
+  CHECK(format_slot_ranges(slot_ranges(*slots)) == "1 3-7");
+  CHECK(parse_slot_list("0-16383", error)->size() == 16384);
+  for (const char* bad : {"", ",", "16384", "7-3", "a", "1-", "-1", "1--2", "1.5"}) {
+    CHECK_FALSE_MESSAGE(parse_slot_list(bad, error), bad);
+    CHECK_FALSE(error.empty());
+  }
+}
