@@ -102,7 +102,7 @@ class MoveJob {
  public:
   MoveJob(const MoveOptions& options, std::ostream& out, std::ostream& err)
       : options_(options), out_(out), err_(err) {
-    show_progress_ = options.progress && !options.common.json && isatty(STDERR_FILENO);
+    show_progress_ = options.progress && isatty(STDERR_FILENO);  // stderr: beside --json on stdout too
   }
 
   int run();
