@@ -128,6 +128,7 @@ class MoveJob {
   bool clean_source_replicas();
   std::vector<Batch> plan_batches(const Source& source) const;
   double predicted_pause_ms(std::uint64_t keys, std::size_t slots) const;
+  double stall_ms(const Batch& batch) const;
   bool fits(std::uint64_t keys, std::size_t slots) const;
   void learn_pause(const Batch& batch);
   void rollback();
@@ -524,19 +525,45 @@ double MoveJob::predicted_pause_ms(std::uint64_t keys, std::size_t slots) const 
 
 bool MoveJob::fits(std::uint64_t keys, std::size_t slots) const {
   // Aim at 70% of the budget, so that a batch a little slower than predicted still fits. Until the first
-  // batch has been measured, batches stay small.
+  // batch has been measured, batches stay small. When the part no batch size changes (the source's own
+  // delay in learning a claim: tens of ms on Valkey 9.1) already takes most of the budget, smaller batches
+  // would only mean more stalls of the same length: the part that grows with the batch then gets 30%.
   if (!calibrated_ && (keys > 5000 || slots > 500)) return false;
-  return predicted_pause_ms(keys, slots) <= static_cast<double>(options_.max_pause.count()) * 0.7;
+  const double budget = static_cast<double>(options_.max_pause.count());
+  const double floor = pause_fixed_ms_ + claim_floor_ms_;
+  return predicted_pause_ms(keys, slots) - floor <= std::max(budget * 0.7 - floor, budget * 0.3);
+}
+
+// What a batch cost the source's clients: the pause, or with --fence proxy (no pause) the source's own stall
+// while it deletes the batch's keys on learning the claim (claim_ms ends when it answers again).
+double MoveJob::stall_ms(const Batch& batch) const {
+  return options_.fence == "proxy" ? batch.claim_ms : batch.pause_ms;
 }
 
 void MoveJob::learn_pause(const Batch& batch) {
-  pause_fixed_ms_ = std::min(pause_fixed_ms_, std::max(0.5, batch.pause_ms - batch.claim_ms));
+  const double stall = stall_ms(batch);
+  pause_fixed_ms_ = std::min(pause_fixed_ms_, std::max(0.5, stall - batch.claim_ms));
+  // The least time any batch's source took to learn its claim once it was sent: a floor no batch size
+  // changes.
+  const double learn = std::max(0.0, batch.claim_ms - batch.claim_send_ms);
+  claim_floor_ms_ = claim_floor_known_ ? std::min(claim_floor_ms_, learn) : learn;
+  claim_floor_known_ = true;
+  if (pause_fixed_ms_ + claim_floor_ms_ > static_cast<double>(options_.max_pause.count()) && !floor_warned_) {
+    floor_warned_ = true;
+    char text[32];
+    std::snprintf(text, sizeof text, "%.0f ms", pause_fixed_ms_ + claim_floor_ms_);
+    warnings_.push_back(
+        "a cutover of the source " + batch_source_ + " takes at least " + text +
+        " whatever the batch (most of it the source learning the claim): its stalls cannot stay "
+        "under --max-pause " +
+        std::to_string(options_.max_pause.count()) + " ms");
+  }
   if (batch.slots.size() >= 50)
     pause_us_per_slot_ = std::max(pause_us_per_slot_ / 2,
                                   batch.claim_send_ms * 1000 / static_cast<double>(batch.slots.size()));
   if (batch.source_keys < 1000) return;
-  const double rest =
-      batch.pause_ms - pause_fixed_ms_ - static_cast<double>(batch.slots.size()) * pause_us_per_slot_ / 1000;
+  const double rest = stall - pause_fixed_ms_ - claim_floor_ms_ -
+                      static_cast<double>(batch.slots.size()) * pause_us_per_slot_ / 1000;
   const double sample = std::max(0.05, rest * 1000 / static_cast<double>(batch.source_keys));
   // A slower sample counts fully at once (the budget is a promise); a faster one half.
   pause_us_per_key_ = sample > pause_us_per_key_ ? sample : (pause_us_per_key_ + sample) / 2;
@@ -696,6 +723,14 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
           false);
   }
 
+  // The fence lasts as long as the hold's ttl and the pause's timeout (they end by themselves so that a dead
+  // slotshift cannot freeze clients). If this process was held up for most of that, the fence may be gone
+  // by the time the claim lands: give the batch up and take it again.
+  if (Clock::now() - t0 > options_.pause_timeout * 3 / 4)
+    return abandon("the fence had been up for " + std::to_string(static_cast<long>(ms_since(t0))) +
+                       " ms of its " + std::to_string(options_.pause_timeout.count()) +
+                       " ms before the claim",
+                   true);
   // 4. The claim. On servers that crash when they learn it while paused, the pause ends just before.
   if (!pause_through_claim) unpause(src);
   journal({{"step", "claim"}, {"source", src.node.id}, {"slots", slots_text}, {"offset", fence}});
@@ -813,13 +848,15 @@ void MoveJob::release_proxies(const std::string& slots) {
   note_proxy_failures(proxies_->release(slots));
 }
 
-// A proxy that does not answer is reported once per proxy and step, not once per batch.
+// A proxy that does not answer is reported once, not once per batch.
 void MoveJob::note_proxy_failures(const ProxyCalls& calls) {
   for (const auto& call : calls.calls)
     if (!call.ok && proxy_warned_.insert(call.proxy).second)
-      warnings_.push_back("proxy " + call.proxy + " did not answer (" + call.error +
-                          "); it was left out from then on: its clients are fenced by the source's pause and "
-                          "meet MOVED after the move");
+      warnings_.push_back("proxy " + call.proxy + " did not answer (" + call.error + ")" +
+                          (options_.fence == "proxy"
+                               ? ""
+                               : "; it was left out from then on: its clients are fenced by the source's "
+                                 "pause and meet MOVED after the move"));
 }
 
 bool MoveJob::verify(const Batch& batch) {
@@ -1091,7 +1128,7 @@ void MoveJob::rollback() {
 void MoveJob::report(bool ok) {
   end_progress();
   std::uint64_t keys = 0, bytes = 0, expired = 0, chunked = 0, repairs = 0, applied = 0, unknown = 0;
-  double max_pause = 0;
+  double max_pause = 0, max_stall = 0;
   nlohmann::json sources = nlohmann::json::array(), batches = nlohmann::json::array();
   for (const auto& src : sources_) {
     if (!src.copier) continue;
@@ -1124,11 +1161,13 @@ void MoveJob::report(bool ok) {
     for (const auto& b : src.batches) {
       if (b.attempts == 0) continue;
       max_pause = std::max(max_pause, b.pause_ms);
+      max_stall = std::max(max_stall, stall_ms(b));
       batches.push_back({{"source", src.address.str()},
                          {"slots", format_slot_ranges(slot_ranges(b.slots))},
                          {"slot_count", b.slots.size()},
                          {"keys", b.source_keys},
                          {"pause_ms", b.pause_ms},
+                         {"stall_ms", stall_ms(b)},
                          {"wait_ms", b.wait_ms},
                          {"claim_ms", b.claim_ms},
                          {"claim_send_ms", b.claim_send_ms},
@@ -1163,6 +1202,7 @@ void MoveJob::report(bool ok) {
                      {"replica_cleanup_s", cleanup_s_},
                      {"settle_s", settle_s_},
                      {"max_pause_ms", max_pause},
+                     {"max_stall_ms", max_stall},
                      {"warnings", warnings_},
                      {"notes", notes_}};
     if (!ok) j["error"] = error_;
@@ -1188,10 +1228,10 @@ void MoveJob::report(bool ok) {
     return;
   }
   std::snprintf(line, sizeof line,
-                "moved %s keys (%s) to %s %s in %.2f s (copy %.2f s), %zu batches, longest pause %.1f ms\n",
+                "moved %s keys (%s) to %s %s in %.2f s (copy %.2f s), %zu batches, longest %s %.1f ms\n",
                 with_commas(keys).c_str(), human_bytes(static_cast<double>(bytes)).c_str(),
                 short_id(target_.id).c_str(), target_address_.str().c_str(), elapsed, copy_s_, batches.size(),
-                max_pause);
+                options_.fence == "proxy" ? "stall of the source" : "pause", max_stall);
   out_ << line;
   out_ << "  " << with_commas(applied) << " live writes followed, " << with_commas(repairs)
        << " keys read again after a refused replay, " << with_commas(expired) << " expired keys skipped, "
