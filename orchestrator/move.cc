@@ -912,9 +912,10 @@ bool MoveJob::verify(const Batch& batch) {
 // telling its replicas (REDIS-FACTS.md, "Cutover"), so after a move its replicas keep the moved keys, and if
 // the slots ever come back those stale keys (deleted ones included) would be served again by a promoted
 // replica. Nothing can write to a replica directly, so the deletes go through its master: with the slot in
-// IMPORTING there, `ASKING MULTI SET k "" DEL k EXEC` creates and removes each key in one transaction, and
-// the replica, which applies both, ends without it. The master is left with nothing (the transaction is
-// atomic). Keys are listed from the replicas themselves, once they have caught up with their master.
+// IMPORTING there, a script called after ASKING creates and removes each key; the replica applies both (a
+// script's writes reach it as MULTI SET DEL EXEC) and ends without it, and the master is left with nothing
+// (the script is atomic). Keys are listed from the replicas themselves, once they have caught up with their
+// master.
 bool MoveJob::purge_replica_keys(const Node& master, const std::string& importing_from,
                                  const std::vector<Slot>& slots, bool set_importing, std::uint64_t& purged) {
   purged = 0;
@@ -973,12 +974,12 @@ bool MoveJob::purge_replica_keys(const Node& master, const std::string& importin
     return true;
   };
   if (!run()) return false;
+  // One script call per key does what MULTI SET DEL EXEC does (a script's writes reach the replicas as one
+  // MULTI ... EXEC) in two commands instead of five.
+  static const std::string kSetDel = "redis.call('SET', KEYS[1], '') return redis.call('DEL', KEYS[1])";
   for (const auto& k : keys) {
     cmds.push_back({"ASKING"});
-    cmds.push_back({"MULTI"});
-    cmds.push_back({"SET", k, ""});
-    cmds.push_back({"DEL", k});
-    cmds.push_back({"EXEC"});
+    cmds.push_back({"EVAL", kSetDel, "1", k});
     if (cmds.size() >= 5000 && !run()) return false;
   }
   if (set_importing)
