@@ -448,15 +448,16 @@ class Op:
     """One write: the keys it touches, how to send it, and what it does. effect(st, t0, t1) applies the write once
     to st, a dict key -> State or None, and returns the reply it must get; t0 and t1 bound when the server ran it
     (unix ms). A repeated application that Redis would refuse (RENAME of a key already renamed, XADD of an ID
-    already there) raises Refused and leaves st alone."""
+    already there) raises Refused and leaves st alone. A read_only op changes nothing: only its reply is checked."""
 
-    def __init__(self, name, keys, command=None, effect=None, transaction=None, slot=None):
+    def __init__(self, name, keys, command=None, effect=None, transaction=None, slot=None, read_only=False):
         self.name = name
         self.keys = tuple(keys)
         self.command = command          # arguments for RedisCluster.execute_command
         self.transaction = transaction  # or a list of commands for MULTI/EXEC on the owner
         self.effect = effect
         self.slot = slot
+        self.read_only = read_only
 
 
 class Refused(Exception):
@@ -501,7 +502,11 @@ class Group:
 
 
 class Writer(threading.Thread):
-    """Writes to its groups until stopped, and records each outcome in the model."""
+    """Writes to its groups until stopped, and records each outcome in the model. Errors that mean "not applied"
+    (not_applied()) and lost replies are part of a cluster client's life and recorded as such; a subclass whose
+    client must never see them says so with not_applied() and lost_reply_fails."""
+
+    lost_reply_fails = False  # a write whose reply was lost is a failure (its keys are then not checked)
 
     def __init__(self, cluster, model, groups, seed, t_origin):
         super().__init__(daemon=True)
@@ -585,13 +590,32 @@ class Writer(threading.Thread):
             return self.transaction(op.slot, op.transaction)
         return self.rc.execute_command(*op.command)
 
+    def open_clients(self):
+        self.rc = tracked_cluster_client(self.cluster)
+
+    def close_clients(self):
+        if self.rc is not None:
+            self.rc.close()
+        for r in self.nodes.values():
+            r.connection_pool.disconnect()
+
+    def not_applied(self, error):
+        """For an error that came with its reply (no lost request): what to count it as when it means the write was
+        not applied and is no failure of the move; None when it is a failure."""
+        kind = redirect_kind(error)
+        # ClusterError is RedisCluster giving up after 16 redirections or TRYAGAINs.
+        if kind or isinstance(error, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
+                                      redis.exceptions.RedisClusterException)):
+            return kind or type(error).__name__
+        return None
+
     # -- the loop --------------------------------------------------------------------------------------------
 
     def run(self):
         interval = 1.0 / WRITER_OPS_PER_S
         next_at = time.time()
         try:
-            self.rc = tracked_cluster_client(self.cluster)
+            self.open_clients()
             while not self.stop_flag.is_set():
                 group = self.rng.choice(self.groups)
                 op = self.pick(group)
@@ -607,10 +631,7 @@ class Writer(threading.Thread):
         except Exception as e:  # noqa: BLE001 - a broken writer must fail the test, with the cause
             self.failures.append("%s stopped: %s: %s" % (self.name, type(e).__name__, e))
         finally:
-            if self.rc is not None:
-                self.rc.close()
-            for r in self.nodes.values():
-                r.connection_pool.disconnect()
+            self.close_clients()
 
     def execute(self, group, op):
         model = self.model
@@ -627,11 +648,9 @@ class Writer(threading.Thread):
         at = "%s by %s at +%.3f s" % (op.name, self.name, t0 / 1000 - self.t_origin)
 
         if error is not None and lost == 0:
-            kind = redirect_kind(error)
-            # ClusterError is RedisCluster giving up after 16 redirections or TRYAGAINs.
-            if kind or isinstance(error, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
-                                          redis.exceptions.RedisClusterException)):
-                self.stats["not applied: " + (kind or type(error).__name__)] += 1
+            kind = self.not_applied(error)
+            if kind:
+                self.stats["not applied: " + kind] += 1
                 return
             # Anything else is a failure of the move (WRONGTYPE on a key the model knows, a script error, ...).
             # What the write did is unknown: its keys are left out of the comparison.
@@ -646,6 +665,9 @@ class Writer(threading.Thread):
             if got != expected:
                 self.failures.append("%s: replied %s, expected %s from the acknowledged writes before it (keys %s)"
                                      % (at, short(got, 80), short(expected, 80), ", ".join(map(short, op.keys))))
+            if op.read_only:
+                self.stats["reads"] += 1
+                return
             with model.lock:
                 for k in op.keys:
                     model.exact[k] = after[k]
@@ -660,6 +682,12 @@ class Writer(threading.Thread):
                     group.retire(k)
             return
 
+        if self.lost_reply_fails:
+            self.failures.append("%s: %d lost replies (%s; keys %s)" % (
+                at, lost, "acknowledged" if error is None else "%s: %s" % (type(error).__name__, error),
+                ", ".join(map(short, op.keys))))
+            self.retire(group, op.keys, None, at + " (reply lost)")
+            return
         # The reply of at least one request was lost: the write ran between lo and hi times.
         lo, hi = (1, 1 + lost) if error is None else (0, lost)
         candidates = []
@@ -985,7 +1013,9 @@ class Writer(threading.Thread):
 class Workload:
     """Writer threads over groups of keys in the moving slots and in other slots."""
 
-    def __init__(self, cluster, model, moving_slots, other_slots, rng, threads=WRITER_THREADS):
+    def __init__(self, cluster, model, moving_slots, other_slots, rng, threads=WRITER_THREADS, make_writer=None):
+        """make_writer(groups, index, t_origin) makes writer index over groups (default: a Writer through a cluster
+        client)."""
         self.t_origin = time.time()
         groups = []
         moving = list(moving_slots)
@@ -995,7 +1025,8 @@ class Workload:
         for i in range(2 * threads):
             groups.append(Group(len(groups), rng.choice(other_slots), False))
         self.groups = groups
-        self.writers = [Writer(cluster, model, groups[i::threads], i, self.t_origin) for i in range(threads)]
+        make_writer = make_writer or (lambda gs, i, t: Writer(cluster, model, gs, i, t))
+        self.writers = [make_writer(groups[i::threads], i, self.t_origin) for i in range(threads)]
 
     def start(self):
         for w in self.writers:
