@@ -258,12 +258,15 @@ class SilentEndpoint:
 class Move:
     """slotshift move as a child process; result() waits for it and returns (exit code, JSON report, stderr)."""
 
-    def __init__(self, cluster, slots, target, proxies, fence, max_pause="5ms", pause_timeout="2s", journal=None):
+    def __init__(self, cluster, slots, target, proxies, fence, max_pause="5ms", pause_timeout="2s", journal=None,
+                 proxy_dns=()):
         self.cmd = [harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
                     harness.format_slots(slots), "--to", "%s:%d" % target, "--fence", fence, "--max-pause",
                     max_pause, "--pause-timeout", pause_timeout, "--json", "--no-progress"]
         for p in proxies:
             self.cmd += ["--proxy", p]
+        for name in proxy_dns:
+            self.cmd += ["--proxy-dns", name]
         if journal:
             self.cmd += ["--journal", journal]
         self.out = open(os.path.join(cluster.dir, "move-%d.out" % time.monotonic_ns()), "w+")
@@ -307,9 +310,9 @@ class Move:
 def summarize(report):
     batches = report.get("batches", [])
     held = collections.Counter(b.get("proxies_held") for b in batches)
-    return "%d batches (held by %s proxies), %d keys copied, longest pause %.1f ms%s%s" % (
+    return "%d batches (held by %s proxies), %d keys copied, longest pause %.1f ms, stall %.1f ms%s%s" % (
         len(batches), ", ".join("%s: %d" % kv for kv in sorted(held.items(), key=str)), report.get("keys_copied", 0),
-        report.get("max_pause_ms", 0), "".join("\n      warning: " + w for w in report.get("warnings", [])),
+        report.get("max_pause_ms", 0), report.get("max_stall_ms", 0), "".join("\n      warning: " + w for w in report.get("warnings", [])),
         "\n      error: " + report["error"] if report.get("error") else "")
 
 
@@ -577,7 +580,13 @@ class CutoverUnderLoadTest(CutoverTest):
         try:
             run.start(proxies=2)
             time.sleep(1.0)  # writes flow before the move starts
-            move = run.move(fence)
+            if fence == "source-pause":
+                # The second proxy by name, as a headless Service gives them: "localhost" resolves to 127.0.0.1,
+                # where its admin endpoint listens.
+                move = run.move(fence, proxies=[run.admin(0)],
+                                proxy_dns=["localhost:" + run.admin(1).rsplit(":", 1)[1]])
+            else:
+                move = run.move(fence)
             rc, report, err = move.result()
             time.sleep(0.5)  # and after it
             run.stop_writers()
