@@ -39,44 +39,19 @@ proxy_bin=$bin/proxy/slotshift-proxy
 client=$root/tests/bench/cutover_client.py
 [ -x "$slotshift" ] && [ -x "$proxy_bin" ] || { echo "build first: cmake --preset default && cmake --build build" >&2; exit 1; }
 
-eval "$("$root/deploy/local/cluster.sh" start --masters 3 --replicas 0 --owner-pid $$)"
-work=$(mktemp -d "${TMPDIR:-/tmp}/cutover-bench.XXXXXX")
+. "$root/tests/bench/lib.sh"
 proxy_pid=""
 client_pid=""
 cleanup() {
   [ -z "$client_pid" ] || kill "$client_pid" 2>/dev/null || true
   [ -z "$proxy_pid" ] || { kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; }
-  "$root/deploy/local/cluster.sh" stop --dir "$SLOTSHIFT_CLUSTER_DIR" 2>/dev/null || true
-  rm -rf "$work"
+  bench_cluster_stop
 }
 trap cleanup EXIT
-for pidfile in "$SLOTSHIFT_CLUSTER_DIR"/*/redis.pid; do taskset -pc 0 "$(cat "$pidfile")" >/dev/null; done
-seed=${SLOTSHIFT_CLUSTER_NODES%%,*}
-cli() { redis-cli -h "${1%:*}" -p "${1#*:}" "${@:2}"; }
-# An emptied master stays a master (instead of following the target as a replica), so the slots can go back.
-for n in ${SLOTSHIFT_CLUSTER_NODES//,/ }; do cli "$n" config set cluster-allow-replica-migration no >/dev/null; done
-
+bench_cluster_start "$keys" "$size" 0 cutover-bench
 free_port() {
   /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-owner_of() {  # slot -> HOST:PORT of its master
-  /usr/bin/python3 - "$seed" "$1" <<'PY'
-import sys, redis
-h, p = sys.argv[1].rsplit(":", 1)
-for first, last, master, *_ in redis.Redis(host=h, port=int(p)).execute_command("CLUSTER SLOTS"):
-    if first <= int(sys.argv[2]) <= last:
-        print("%s:%d" % (master[0].decode(), master[1]))
-PY
-}
-node_id() { cli "$1" cluster myid; }
-
-echo "loading $keys keys of $size bytes" >&2
-"$root/tests/bench/load_keys.py" "$seed" "$keys" "$size"
-a=$(owner_of 0)
-b=$(owner_of 16383)
-[ "$a" != "$b" ] || { echo "slot 0 and 16383 on one master" >&2; exit 1; }
-moving=$(cli "$a" dbsize)
-echo "moving slots 0-5460 ($moving keys) from $a to $b" >&2
 
 port=$(free_port)
 admin=$(free_port)
@@ -85,16 +60,6 @@ taskset -c 1 "$proxy_bin" --listen "127.0.0.1:$port" --seed "$seed" --threads 1 
 proxy_pid=$!
 for _ in $(seq 100); do cli "127.0.0.1:$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 proxy_counter() { cli "127.0.0.1:$port" info proxy | tr -d '\r' | sed -n "s/^$1://p"; }
-
-wait_settled() {
-  for _ in $(seq 300); do
-    if redis-cli --cluster check "$seed" 2>/dev/null | grep -q '\[OK\] All 16384 slots covered' &&
-      ! redis-cli --cluster check "$seed" 2>/dev/null | grep -qE '\[(ERR|WARNING)\]'; then return 0; fi
-    sleep 0.1
-  done
-  echo "the cluster did not settle" >&2
-  return 1
-}
 
 # mover PATH: moves slots 0-5460 from $a to $b.
 mover() {

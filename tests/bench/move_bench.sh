@@ -29,47 +29,9 @@ slotshift=$root/build/orchestrator/slotshift
 probe=$root/build/tests/bench/move_probe
 [ -x "$slotshift" ] && [ -x "$probe" ] || { echo "build first: cmake --preset default && cmake --build build" >&2; exit 1; }
 
-eval "$("$root/deploy/local/cluster.sh" start --masters 3 --replicas "$replicas" --owner-pid $$)"
-work=$(mktemp -d "${TMPDIR:-/tmp}/move-bench.XXXXXX")
-cleanup() {
-  "$root/deploy/local/cluster.sh" stop --dir "$SLOTSHIFT_CLUSTER_DIR" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-for pidfile in "$SLOTSHIFT_CLUSTER_DIR"/*/redis.pid; do taskset -pc 0 "$(cat "$pidfile")" >/dev/null; done
-seed=${SLOTSHIFT_CLUSTER_NODES%%,*}
-cli() { redis-cli -h "${1%:*}" -p "${1#*:}" "${@:2}"; }
-# An emptied master stays a master (instead of following the target as a replica), so the slots can go back.
-for n in ${SLOTSHIFT_CLUSTER_NODES//,/ }; do cli "$n" config set cluster-allow-replica-migration no >/dev/null; done
-
-owner_of() {  # slot -> HOST:PORT of its master
-  /usr/bin/python3 - "$seed" "$1" <<'PY'
-import sys, redis
-h, p = sys.argv[1].rsplit(":", 1)
-for first, last, master, *_ in redis.Redis(host=h, port=int(p)).execute_command("CLUSTER SLOTS"):
-    if first <= int(sys.argv[2]) <= last:
-        print("%s:%d" % (master[0].decode(), master[1]))
-PY
-}
-node_id() { cli "$1" cluster myid; }
-
-echo "loading $keys keys of $size bytes" >&2
-"$root/tests/bench/load_keys.py" "$seed" "$keys" "$size"
-a=$(owner_of 0)
-b=$(owner_of 16383)
-[ "$a" != "$b" ] || { echo "slot 0 and 16383 on one master" >&2; exit 1; }
-moving=$(cli "$a" dbsize)
-echo "moving slots 0-5460 ($moving keys) from $a to $b" >&2
-
-wait_settled() {
-  for _ in $(seq 300); do
-    if redis-cli --cluster check "$seed" 2>/dev/null | grep -q '\[OK\] All 16384 slots covered' &&
-      ! redis-cli --cluster check "$seed" 2>/dev/null | grep -qE '\[(ERR|WARNING)\]'; then return 0; fi
-    sleep 0.1
-  done
-  echo "the cluster did not settle" >&2
-  return 1
-}
+. "$root/tests/bench/lib.sh"
+trap bench_cluster_stop EXIT
+bench_cluster_start "$keys" "$size" "$replicas" move-bench
 
 # mover PATH FROM TO: moves slots 0-5460 from FROM to TO.
 mover() {

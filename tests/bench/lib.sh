@@ -1,0 +1,54 @@
+# Shared by the move benchmarks (sourced, not run): a local cluster of 3 masters loaded with KEYS keys of SIZE
+# bytes, redis-servers pinned to core 0, emptied masters kept as masters so that slots can go back, and the two
+# masters a move goes between: A (owner of slot 0, whose slots 0-5460 move) and B (owner of slot 16383).
+#
+#   bench_cluster_start KEYS SIZE REPLICAS NAME   sets seed, work (a temporary directory), a, b, moving (A's keys)
+#   bench_cluster_stop                            stops the cluster and removes $work
+#   cli HOST:PORT ARGS...                         redis-cli against one node
+#   owner_of SLOT, node_id HOST:PORT, wait_settled
+
+cli() { redis-cli -h "${1%:*}" -p "${1#*:}" "${@:2}"; }
+
+owner_of() {  # slot -> HOST:PORT of its master
+  /usr/bin/python3 - "$seed" "$1" <<'PY'
+import sys, redis
+h, p = sys.argv[1].rsplit(":", 1)
+for first, last, master, *_ in redis.Redis(host=h, port=int(p)).execute_command("CLUSTER SLOTS"):
+    if first <= int(sys.argv[2]) <= last:
+        print("%s:%d" % (master[0].decode(), master[1]))
+PY
+}
+
+node_id() { cli "$1" cluster myid; }
+
+# Until redis-cli --cluster check finds every slot covered and nothing to warn about (30 s at most).
+wait_settled() {
+  for _ in $(seq 300); do
+    if redis-cli --cluster check "$seed" 2>/dev/null | grep -q '\[OK\] All 16384 slots covered' &&
+      ! redis-cli --cluster check "$seed" 2>/dev/null | grep -qE '\[(ERR|WARNING)\]'; then return 0; fi
+    sleep 0.1
+  done
+  echo "the cluster did not settle" >&2
+  return 1
+}
+
+bench_cluster_start() {
+  local keys=$1 size=$2 replicas=$3 name=$4 n pidfile
+  eval "$("$root/deploy/local/cluster.sh" start --masters 3 --replicas "$replicas" --owner-pid $$)"
+  work=$(mktemp -d "${TMPDIR:-/tmp}/$name.XXXXXX")
+  for pidfile in "$SLOTSHIFT_CLUSTER_DIR"/*/redis.pid; do taskset -pc 0 "$(cat "$pidfile")" >/dev/null; done
+  seed=${SLOTSHIFT_CLUSTER_NODES%%,*}
+  for n in ${SLOTSHIFT_CLUSTER_NODES//,/ }; do cli "$n" config set cluster-allow-replica-migration no >/dev/null; done
+  echo "loading $keys keys of $size bytes" >&2
+  "$root/tests/bench/load_keys.py" "$seed" "$keys" "$size"
+  a=$(owner_of 0)
+  b=$(owner_of 16383)
+  [ "$a" != "$b" ] || { echo "slot 0 and 16383 on one master" >&2; return 1; }
+  moving=$(cli "$a" dbsize)
+  echo "moving slots 0-5460 ($moving keys) from $a to $b" >&2
+}
+
+bench_cluster_stop() {
+  "$root/deploy/local/cluster.sh" stop --dir "$SLOTSHIFT_CLUSTER_DIR" 2>/dev/null || true
+  [ -z "${work:-}" ] || rm -rf "$work"
+}
