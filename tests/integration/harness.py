@@ -100,9 +100,18 @@ class Cluster:
     def node_id(self, node):
         return self.cli(node, "cluster", "myid").strip()
 
-    def view(self, node):
-        """CLUSTER NODES as seen by node: a list of NodeEntry, the node itself first."""
-        entries = [NodeEntry(line) for line in self.cli(node, "cluster", "nodes").splitlines() if line.strip()]
+    def view(self, node, timeout=10):
+        """CLUSTER NODES as seen by node: a list of NodeEntry, the node itself first. A node that answers with an
+        error instead (LOADING, while a replica loads its master's snapshot) is asked again until timeout."""
+        deadline = time.time() + timeout
+        while True:
+            text = self.cli(node, "cluster", "nodes")
+            if not text.startswith(("LOADING", "ERR", "MASTERDOWN", "BUSY")):
+                break
+            if time.time() > deadline:
+                raise subprocess.SubprocessError("%s:%d answers CLUSTER NODES with: %s" % (*node, text.strip()))
+            time.sleep(0.1)
+        entries = [NodeEntry(line) for line in text.splitlines() if line.strip()]
         entries.sort(key=lambda e: "myself" not in e.flags)
         return entries
 
