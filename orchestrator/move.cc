@@ -31,6 +31,10 @@ using std::chrono::milliseconds;
 
 std::atomic<int> g_interrupted{0};
 
+// min-replicas-to-write while a source refuses writes around a claim: more replicas than any server can have.
+// A source found with it set was left so by a move that was killed in that instant.
+constexpr const char* kRefuseAllWrites = "2147483647";
+
 extern "C" void on_interrupt(int sig) {
   g_interrupted.store(sig);
 }
@@ -78,6 +82,8 @@ struct Batch {
   double claim_send_ms = 0;  // the claim's commands on the target
   double hold_ms = 0;        // the proxies' hold, from HOLD to RELEASE: what their clients waited at most
   int proxies_held = 0;
+  double refuse_ms =
+      0;  // writes refused on the source (servers that cannot keep the pause through the claim)
   double verify_ms = 0;                            // until every node agreed
   std::uint64_t source_keys = 0, target_keys = 0;  // counted during the fence
   int attempts = 0;
@@ -94,6 +100,11 @@ struct Source {
   NodeClient control;
   std::vector<Batch> batches;
   bool paused = false;
+  // Servers that crash when they learn a claim while paused (ServerInfo::survives_paused_claim) are fenced
+  // for the claim by refusing writes instead: min-replicas-to-write raised out of reach, then restored to
+  // these values (read before the move starts).
+  bool refusing = false;
+  std::string min_replicas_to_write, min_replicas_max_lag;
 };
 
 }  // namespace
@@ -132,7 +143,9 @@ class MoveJob {
   bool fits(std::uint64_t keys, std::size_t slots) const;
   void learn_pause(const Batch& batch);
   void rollback();
+  // Ends the source's fence: its pause, and the refusal of writes where that replaced the pause.
   bool unpause(Source& source);
+  bool refuse_writes(Source& source);
   void journal(const nlohmann::json& step);
   void progress(const std::string& line);
   void end_progress();
@@ -318,11 +331,34 @@ bool MoveJob::plan() {
     std::string why;
     if (!payloads_compatible(src.info, target_info_, why))
       return fail("cannot move from " + src.address.str() + ": " + why);
-    if (!src.info.survives_paused_claim())
+    // What the source's replica-count check is now: the cutover raises it on servers that cannot stay
+    // paused through a claim, and puts it back.
+    const bool refuses = !src.info.survives_paused_claim() && options_.fence != "proxy";
+    auto config = c->command({"CONFIG", "GET", "min-replicas-*"});
+    if (refuses && (!config || config->is_error()))
+      return fail(src.address.str() + " runs " + src.info.name() +
+                  ", which crashes if it learns a claim while its writes are paused, so slotshift fences it "
+                  "by raising min-replicas-to-write for the claim; but CONFIG GET is refused (" +
+                  (config ? config->str : c->error()) +
+                  "). With every client behind slotshift-proxy, --fence proxy needs no CONFIG");
+    for (std::size_t i = 0; config && !config->is_error() && i + 1 < config->elements.size(); i += 2) {
+      if (config->elements[i].str == "min-replicas-to-write")
+        src.min_replicas_to_write = config->elements[i + 1].str;
+      if (config->elements[i].str == "min-replicas-max-lag")
+        src.min_replicas_max_lag = config->elements[i + 1].str;
+    }
+    if (src.min_replicas_to_write == kRefuseAllWrites)
+      return fail(
+          src.address.str() + " refuses every write (min-replicas-to-write " + kRefuseAllWrites +
+          "): a slotshift move was killed during a cutover there. Its journal's last \"refuse-writes\" "
+          "step says what to restore (`CONFIG SET min-replicas-to-write 0` is the server's default)");
+    if (refuses && (src.min_replicas_to_write.empty() || src.min_replicas_max_lag.empty()))
+      return fail(src.address.str() + ": CONFIG GET min-replicas-* did not name both settings");
+    if (refuses)
       warnings_.push_back(
           src.info.name() + " on " + src.address.str() +
-          " crashes if it learns the claim while paused: its pause ends just before each claim, "
-          "so a client writing to it directly in that instant is not fenced");
+          " crashes if it learns a claim while paused: around each claim its pause gives way to a few "
+          "milliseconds of refused writes (NOREPLICAS; nothing is applied, slotshift-proxy retries them)");
   }
 
   // Function libraries live on each node, not in slots: a library the source has and the target lacks makes
@@ -534,10 +570,11 @@ bool MoveJob::fits(std::uint64_t keys, std::size_t slots) const {
   return predicted_pause_ms(keys, slots) - floor <= std::max(budget * 0.7 - floor, budget * 0.3);
 }
 
-// What a batch cost the source's clients: the pause, or with --fence proxy (no pause) the source's own stall
-// while it deletes the batch's keys on learning the claim (claim_ms ends when it answers again).
+// What a batch cost the source's clients: the pause (and the refusal of writes that follows it on servers
+// that cannot stay paused through a claim), or with --fence proxy (no pause) the source's own stall while it
+// deletes the batch's keys on learning the claim (claim_ms ends when it answers again).
 double MoveJob::stall_ms(const Batch& batch) const {
-  return options_.fence == "proxy" ? batch.claim_ms : batch.pause_ms;
+  return options_.fence == "proxy" ? batch.claim_ms : batch.pause_ms + batch.refuse_ms;
 }
 
 void MoveJob::learn_pause(const Batch& batch) {
@@ -593,16 +630,58 @@ std::vector<Batch> MoveJob::plan_batches(const Source& src) const {
 }
 
 bool MoveJob::unpause(Source& src) {
-  if (!src.paused) return true;
+  bool ok = true;
   auto* c = control(src.node);
-  auto r = c ? c->command({"CLIENT", "UNPAUSE"}) : std::nullopt;
+  if (src.paused) {
+    auto r = c ? c->command({"CLIENT", "UNPAUSE"}) : std::nullopt;
+    if (!r || r->is_error()) {
+      warnings_.push_back("CLIENT UNPAUSE on " + src.address.str() + " failed (" +
+                          (r ? r->str : "no connection") + "); its pause ends by itself within " +
+                          std::to_string(options_.pause_timeout.count()) + " ms");
+      ok = false;
+    }
+    src.paused = false;
+  }
+  if (src.refusing) {
+    const std::vector<std::string> restore = {"CONFIG",
+                                              "SET",
+                                              "min-replicas-to-write",
+                                              src.min_replicas_to_write,
+                                              "min-replicas-max-lag",
+                                              src.min_replicas_max_lag};
+    auto r = c ? c->command(restore) : std::nullopt;
+    if (!r || r->is_error()) {
+      warnings_.push_back("restoring min-replicas-to-write on " + src.address.str() + " failed (" +
+                          (r ? r->str : "no connection") + "): it refuses every write until `" +
+                          join(restore) + "` is sent to it");
+      return false;
+    }
+    src.refusing = false;
+  }
+  return ok;
+}
+
+// The fence of a source that cannot stay paused while it learns a claim (Redis 7.2 to 8.x, Valkey 8.0): it
+// refuses writes with NOREPLICAS (nothing is applied, the client may retry) from just before the claim until
+// it has learnt it; then it answers MOVED for the moved slots. Redirection is checked before the replica
+// count, so moved slots get MOVED even while it still refuses.
+bool MoveJob::refuse_writes(Source& src) {
+  auto* c = control(src.node);
+  if (!c) return false;
+  journal({{"step", "refuse-writes"},
+           {"source", src.node.id},
+           {"restore",
+            {"CONFIG", "SET", "min-replicas-to-write", src.min_replicas_to_write, "min-replicas-max-lag",
+             src.min_replicas_max_lag}}});
+  // A lag of 0 disables the check; any other keeps it on while no replica can be counted good.
+  const std::string lag = src.min_replicas_max_lag == "0" ? "10" : src.min_replicas_max_lag;
+  src.refusing = true;  // even if the reply is lost, restoring is harmless
+  auto r =
+      c->command({"CONFIG", "SET", "min-replicas-to-write", kRefuseAllWrites, "min-replicas-max-lag", lag});
   if (!r || r->is_error()) {
-    warnings_.push_back("CLIENT UNPAUSE on " + src.address.str() + " failed (" +
-                        (r ? r->str : "no connection") + "); its pause ends by itself within " +
-                        std::to_string(options_.pause_timeout.count()) + " ms");
+    connect_error_ = r ? r->str : c->error();
     return false;
   }
-  src.paused = false;
   return true;
 }
 
@@ -686,8 +765,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   if (fence < 0)
     return abandon("INFO replication on the source " + src.address.str() + ": no master_repl_offset", false);
   // From here the copier applies nothing of these slots past the fence: the source's writes are paused, and
-  // after the claim it answers MOVED for them.
-  copier.close_slots(batch.slots, fence);
+  // after the claim it answers MOVED for them. (Where the pause gives way to refused writes before the claim,
+  // the fence moves there, and the writes run in between are applied.)
+  const bool refuse_for_claim = !pause_through_claim && !fence_proxy;
+  if (!refuse_for_claim) copier.close_slots(batch.slots, fence);
   const auto t_wait = Clock::now();
   if (!copier.wait_applied(fence, t_pause + options_.pause_timeout / 2))
     return abandon("the target did not reach the source's offset within " +
@@ -731,9 +812,35 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
                        " ms of its " + std::to_string(options_.pause_timeout.count()) +
                        " ms before the claim",
                    true);
-  // 4. The claim. On servers that crash when they learn it while paused, the pause ends just before.
-  if (!pause_through_claim) unpause(src);
-  journal({{"step", "claim"}, {"source", src.node.id}, {"slots", slots_text}, {"offset", fence}});
+  // 4. The claim. Servers that crash when they learn it while paused are unpaused and refuse writes instead
+  //    (NOREPLICAS: not applied, the client may retry) until they know the new owner. What they accepted
+  //    between the end of the pause and the refusal is applied to the target before the claim.
+  std::int64_t claim_offset = fence;
+  auto t_refuse = t0;
+  if (refuse_for_claim) {
+    // The queued writes run as the pause ends, before the server reads its next command from us.
+    if (!unpause(src)) return abandon("CLIENT UNPAUSE on the source failed", false);
+    t_refuse = Clock::now();
+    if (!refuse_writes(src))
+      return abandon("cannot make the source " + src.address.str() + " refuse writes for the claim (" +
+                         connect_error_ +
+                         "); with every client behind slotshift-proxy, --fence proxy needs "
+                         "no CONFIG",
+                     false);
+    info = c->command({"INFO", "replication"});
+    claim_offset = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
+    if (claim_offset < 0)
+      return abandon("INFO replication on the source " + src.address.str() + ": no master_repl_offset",
+                     false);
+    copier.close_slots(batch.slots, claim_offset);
+    if (!copier.wait_applied(claim_offset, t_refuse + options_.pause_timeout / 2))
+      return abandon("the target did not reach the source's offset within " +
+                         std::to_string(options_.pause_timeout.count() / 2) + " ms",
+                     true);
+  } else if (!pause_through_claim) {
+    unpause(src);  // --fence proxy: the proxies hold; nothing of the source is paused anyway
+  }
+  journal({{"step", "claim"}, {"source", src.node.id}, {"slots", slots_text}, {"offset", claim_offset}});
   // As one broadcast. `SETSLOT s NODE target` on a target that has s in IMPORTING bumps its config epoch (if
   // it is not already the unique maximum) and broadcasts a PONG to every node, once per slot: for a batch of
   // a thousand slots that is a thousand broadcasts, and the source spends a fifth of a millisecond on each
@@ -806,6 +913,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   if (src.paused) {
     unpause(src);
     batch.pause_ms = ms_since(t_pause);
+  } else if (refuse_for_claim) {
+    batch.pause_ms = std::chrono::duration<double, std::milli>(t_refuse - t_pause).count();
+    unpause(src);
+    batch.refuse_ms = ms_since(t_refuse);
   } else if (!fence_proxy) {
     batch.pause_ms = std::chrono::duration<double, std::milli>(t_claim - t_pause).count();
   }
@@ -1129,7 +1240,7 @@ void MoveJob::rollback() {
 void MoveJob::report(bool ok) {
   end_progress();
   std::uint64_t keys = 0, bytes = 0, expired = 0, chunked = 0, repairs = 0, applied = 0, unknown = 0;
-  double max_pause = 0, max_stall = 0;
+  double max_pause = 0, max_stall = 0, max_refuse = 0;
   nlohmann::json sources = nlohmann::json::array(), batches = nlohmann::json::array();
   for (const auto& src : sources_) {
     if (!src.copier) continue;
@@ -1162,12 +1273,14 @@ void MoveJob::report(bool ok) {
     for (const auto& b : src.batches) {
       if (b.attempts == 0) continue;
       max_pause = std::max(max_pause, b.pause_ms);
+      max_refuse = std::max(max_refuse, b.refuse_ms);
       max_stall = std::max(max_stall, stall_ms(b));
       batches.push_back({{"source", src.address.str()},
                          {"slots", format_slot_ranges(slot_ranges(b.slots))},
                          {"slot_count", b.slots.size()},
                          {"keys", b.source_keys},
                          {"pause_ms", b.pause_ms},
+                         {"refuse_ms", b.refuse_ms},
                          {"stall_ms", stall_ms(b)},
                          {"wait_ms", b.wait_ms},
                          {"claim_ms", b.claim_ms},
@@ -1203,6 +1316,7 @@ void MoveJob::report(bool ok) {
                      {"replica_cleanup_s", cleanup_s_},
                      {"settle_s", settle_s_},
                      {"max_pause_ms", max_pause},
+                     {"max_refuse_ms", max_refuse},
                      {"max_stall_ms", max_stall},
                      {"warnings", warnings_},
                      {"notes", notes_}};
@@ -1214,11 +1328,16 @@ void MoveJob::report(bool ok) {
   for (const auto& b : batches) {
     std::snprintf(
         line, sizeof line,
-        "  batch %-24s %6zu slots %9s keys  pause %6.1f ms (wait %.1f, claim %.1f of which sent %.1f)\n",
+        "  batch %-24s %6zu slots %9s keys  pause %6.1f ms (wait %.1f, claim %.1f of which sent %.1f)",
         b["slots"].get<std::string>().substr(0, 24).c_str(), b["slot_count"].get<std::size_t>(),
         with_commas(b["keys"].get<std::uint64_t>()).c_str(), b["pause_ms"].get<double>(),
         b["wait_ms"].get<double>(), b["claim_ms"].get<double>(), b["claim_send_ms"].get<double>());
     out_ << line;
+    if (const double refused = b["refuse_ms"].get<double>(); refused > 0) {
+      std::snprintf(line, sizeof line, ", then writes refused %.1f ms", refused);
+      out_ << line;
+    }
+    out_ << "\n";
   }
   for (const auto& n : notes_)
     out_ << "note: " << n << "\n";

@@ -51,8 +51,9 @@ struct Request {
   std::uint64_t deadline_ms = 0;  // loop time; 0 = none (blocking commands wait as long as the client asked)
   std::uint32_t attempt = 0;
   int redirects = 0;
-  std::uint64_t retry_at_ms = 0;  // TRYAGAIN/CLUSTERDOWN backoff
-  std::string last_cause;         // why it was last retried: the error if its deadline passes
+  std::uint64_t retry_at_ms = 0;       // TRYAGAIN/CLUSTERDOWN backoff
+  std::string last_cause;              // why it was last retried: the error if its deadline passes
+  std::uint64_t refused_since_ms = 0;  // first NOREPLICAS met (a master fencing writes around a slot move)
 
   bool done = false;
   bool held =

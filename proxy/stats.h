@@ -42,6 +42,7 @@ struct Stats {
   Counter ask;                 // ASK replies met
   Counter tryagain;            // TRYAGAIN replies met
   Counter clusterdown;         // CLUSTERDOWN replies met
+  Counter noreplicas;          // NOREPLICAS replies met
   Counter retries;             // requests sent again (after a redirect, a backoff or a lost connection)
   Counter topology_refreshes;  // slot map reloads
   Counter clients_connected;
@@ -102,6 +103,8 @@ inline constexpr CounterInfo kCounters[] = {
     {"proxy", "redirects_ask", &Stats::ask, "ASK replies met and followed"},
     {"proxy", "redirects_tryagain", &Stats::tryagain, "TRYAGAIN replies met and retried"},
     {"proxy", "redirects_clusterdown", &Stats::clusterdown, "CLUSTERDOWN replies met and retried"},
+    {"proxy", "refusals_noreplicas", &Stats::noreplicas,
+     "NOREPLICAS replies met (writes refused by a master)"},
     {"proxy", "retries", &Stats::retries, "requests sent again"},
     {"proxy", "topology_refreshes", &Stats::topology_refreshes, "slot map reloads"},
     {"proxy", "backend_connections_opened", &Stats::backend_connects, "connections opened to cluster nodes"},

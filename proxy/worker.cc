@@ -17,6 +17,8 @@ namespace slotshift::proxy {
 namespace {
 
 constexpr std::uint64_t kTickMs = 10;
+// How long a write refused with NOREPLICAS is retried before the refusal reaches the client.
+constexpr std::uint64_t kNoReplicasPatienceMs = 500;
 
 // "-MOVED 3999 127.0.0.1:6381\r\n" -> slot and node.
 bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, HostPort& node) {
@@ -278,6 +280,19 @@ bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
     retry_later(r, backoff, std::string(err.substr(1, err.size() - 3)));
     return true;
   }
+  if (err.starts_with("-NOREPLICAS")) {
+    // A master refuses writes while it has fewer good replicas than min-replicas-to-write. slotshift move
+    // makes a source do that for a few milliseconds around a claim on servers that cannot stay paused
+    // through one; nothing of the command was applied. Retried for a short while; a master that keeps
+    // refusing (replicas really missing) gets its error passed on as it is.
+    stats_.noreplicas.add();
+    const std::uint64_t now = now_ms();
+    if (r->refused_since_ms == 0) r->refused_since_ms = now;
+    if (now - r->refused_since_ms >= kNoReplicasPatienceMs) return false;
+    retry_later(r, std::min<std::uint64_t>(20, 2ull << std::min(r->attempt, 3u)),
+                std::string(err.substr(1, err.size() - 3)));
+    return true;
+  }
   return false;
 }
 
@@ -299,7 +314,8 @@ void Worker::on_backend_reply(const RequestPtr& r, std::string reply) {
       return;
     }
     for (std::size_t i = 1; i + 1 < replies.size(); ++i) {
-      if (replies[i][0] == '-' && (replies[i].starts_with("-MOVED ") || replies[i].starts_with("-ASK "))) {
+      if (replies[i][0] == '-' && (replies[i].starts_with("-MOVED ") || replies[i].starts_with("-ASK ") ||
+                                   replies[i].starts_with("-NOREPLICAS"))) {
         if (follow_redirect(r, replies[i])) return;
       }
     }

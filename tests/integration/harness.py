@@ -19,6 +19,16 @@ PROXY_BIN = os.path.join(BINARY_DIR, "proxy/slotshift-proxy")
 SLOTSHIFT_BIN = os.path.join(BINARY_DIR, "orchestrator/slotshift")
 SLOTS = 16384
 
+# The server the clusters run (deploy/local/cluster.sh --server): redis-7.0 (the host's), redis-8.0, valkey-8.0,
+# valkey-8.1 or valkey-9.1.
+SERVER = os.environ.get("SLOTSHIFT_SERVER", "redis-7.0")
+# What slotshift move promises a client that writes to a source directly (not through slotshift-proxy) during a
+# cutover. Servers that survive learning a claim while write-paused keep the pause through it: the client's writes
+# wait, then run or meet MOVED. Redis 8.0 and Valkey 8.0 crash in that case (REDIS-FACTS "The pause trap"), so
+# around each claim they refuse writes instead, for a few milliseconds: the client may meet NOREPLICAS (nothing
+# applied; slotshift-proxy retries it). On no server is an acknowledged write lost.
+REFUSES_WRITES_AROUND_CLAIM = SERVER in ("redis-8.0", "valkey-8.0")
+
 
 class NodeEntry:
     """One line of CLUSTER NODES: what the node that printed it believes about a node."""

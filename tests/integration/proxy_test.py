@@ -539,6 +539,43 @@ class ProxyRedirects(ClusterBehindProxy):
         self.assertGreater(r.info("proxy")["redirects_clusterdown"], before)
         self.cluster.wait_consistent()
 
+    def test_noreplicas_for_a_moment_is_retried_and_a_lasting_one_passed_on(self):
+        # slotshift move makes a source refuse writes for a few milliseconds around a claim on servers that cannot
+        # stay paused through one (min-replicas-to-write out of reach): proxy clients wait instead of failing.
+        # A master that keeps refusing (its replicas really missing) gets its error through after a while.
+        r = self.r
+        slot = r.execute_command("CLUSTER", "KEYSLOT", "{nr}k")
+        (owner, _) = self.owner_of(slot)
+        lag = self.cluster.cli(owner, "config", "get", "min-replicas-max-lag").split()[1]
+        before = r.info("proxy")["refusals_noreplicas"]
+        self.cluster.cli(owner, "config", "set", "min-replicas-to-write", "2147483647")
+        try:
+            def restore():
+                time.sleep(0.2)
+                self.cluster.cli(owner, "config", "set", "min-replicas-to-write", "0")
+
+            t = threading.Thread(target=restore)
+            t.start()
+            start = time.time()
+            with r.pipeline(transaction=True) as tx:
+                tx.set("{nr}k", "1").incr("{nr}k")
+                self.assertEqual(tx.execute(), [True, 2])
+            self.assertTrue(r.set("{nr}k2", "v"))
+            waited = time.time() - start
+            t.join()
+            self.assertGreater(waited, 0.15)
+            self.assertGreater(r.info("proxy")["refusals_noreplicas"], before)
+            self.assertEqual(r.get("{nr}k"), b"2")
+
+            self.cluster.cli(owner, "config", "set", "min-replicas-to-write", "2147483647")
+            start = time.time()
+            with self.assertRaisesRegex(redis.ResponseError, "NOREPLICAS"):
+                r.set("{nr}k", "refused")
+            self.assertLess(time.time() - start, 3)
+            self.assertEqual(r.get("{nr}k"), b"2")
+        finally:
+            self.cluster.cli(owner, "config", "set", "min-replicas-to-write", "0", "min-replicas-max-lag", lag)
+
 
 class ProxyUnderReshape(unittest.TestCase):
     def test_resharding_and_failover_under_load(self):
