@@ -5,6 +5,11 @@
 #   tests/run.sh                    the default build (RelWithDebInfo, warnings as errors)
 #   tests/run.sh --preset asan      AddressSanitizer + UndefinedBehaviorSanitizer build
 #   tests/run.sh -- -L unit         extra arguments after -- go to ctest (here: unit tests only)
+#
+# Every test runs on the host's Redis 7.0. The version tests (ctest label "version") run again on each server that
+# SLOTSHIFT_TEST_SERVERS names, space-separated: by default all of redis-8.0 valkey-8.0 valkey-8.1 valkey-9.1;
+# SLOTSHIFT_TEST_SERVERS= (empty) runs none. Their Debian roots are built on first use (deploy/local/server-root.sh,
+# about a minute each, cached outside the repository).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -24,8 +29,18 @@ deploy/local/install-deps.sh
 if [ ! -d tests/integration/ioredis/node_modules/ioredis ]; then
   (cd tests/integration/ioredis && npm ci --no-audit --no-fund --loglevel=error)
 fi
+servers=${SLOTSHIFT_TEST_SERVERS-redis-8.0 valkey-8.0 valkey-8.1 valkey-9.1}
+# The roots, side by side (each mostly waits for the mirror), before any test needs one.
+pids=()
+for s in $servers; do
+  deploy/local/server-root.sh "$s" >/dev/null &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do
+  wait "$p" || { echo "tests/run.sh: a server root could not be built (see above)" >&2; exit 1; }
+done
 jobs=$(nproc)
-cmake --preset "$preset" >/dev/null
+cmake --preset "$preset" -DSLOTSHIFT_TEST_SERVERS="$(echo $servers | tr ' ' ';')" >/dev/null
 cmake --build --preset "$preset" -j "$jobs"
 # The integration tests start real redis-server clusters; two at a time fit 2 cores comfortably.
 ctest --preset "$preset" -j "$jobs" --timeout 900 "${ctest_args[@]}"
