@@ -319,6 +319,13 @@ bool MoveJob::plan() {
     if (!r || r->is_error()) return fail(c.node().str() + ": INFO server: " + (r ? r->str : c.error()));
     std::string why;
     if (!parse_server_info(r->str, info, why)) return fail(c.node().str() + ": " + why);
+    // A node that does not consider the cluster up answers CLUSTERDOWN to the copy's writes (or to clients).
+    auto state = c.command({"CLUSTER", "INFO"});
+    if (!state || state->is_error())
+      return fail(c.node().str() + ": CLUSTER INFO: " + (state ? state->str : c.error()));
+    if (const auto s = info_field(state->str, "cluster_state"); s != "ok")
+      return fail(c.node().str() + " reports cluster_state:" + std::string(s) +
+                  " (a node that has just joined takes a moment to see the cluster up); nothing was touched");
     return true;
   };
   if (!target_control_.connect(target_address_, options_.common.timeout, options_.common.credentials))
@@ -1367,6 +1374,9 @@ int MoveJob::run() {
     }
   }
   if (!plan()) {
+    // Refused before anything was touched; machines get that as JSON too.
+    if (options_.common.json)
+      out_ << nlohmann::json{{"ok", false}, {"error", error_}, {"refused_before_start", true}}.dump(2) << "\n";
     err_ << "slotshift move: " << error_ << "\n";
     return error_.starts_with("--") ? 2 : 1;
   }
