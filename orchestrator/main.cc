@@ -74,6 +74,11 @@ int main(int argc, char** argv) {
         "source, and the proxies hold) or proxy (only the proxies hold the moving slots; the source is "
         "never paused, so every client must go through a proxy)")
       ->check(CLI::IsMember({"source-pause", "proxy"}));
+  mv->add_option("--engine", move.engine,
+                 "replica (default): slotshift's replica link copies the keys and fences each cutover; "
+                 "native: the servers' own CLUSTER MIGRATESLOTS (Valkey 9 and later) moves each batch, sized "
+                 "so the source's delete of the moved keys stays within --max-pause")
+      ->check(CLI::IsMember({"replica", "native"}));
   std::vector<std::string> proxies, proxy_dns;
   mv->add_option("--proxy", proxies,
                  "the admin endpoint (slotshift-proxy --admin) of a proxy to hold, route and release at each "

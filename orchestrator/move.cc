@@ -20,6 +20,7 @@
 #include "common/server_info.h"
 #include "common/topology.h"
 #include "orchestrator/copier.h"
+#include "orchestrator/native_migration.h"
 #include "orchestrator/node_client.h"
 #include "orchestrator/proxy_control.h"
 
@@ -125,6 +126,11 @@ class MoveJob {
   bool prepare();
   bool copy();
   bool cut_over_all();
+  // --engine native: every batch of every source by CLUSTER MIGRATESLOTS.
+  bool migrate_native_all();
+  bool migrate_native(Source& source, Batch& batch);
+  bool fits_native(std::uint64_t keys) const;
+  void learn_native(const Batch& batch);
   // One batch. True when it was claimed; false with `retry` set when it was abandoned before its claim and
   // may be tried again.
   bool cut_over(Source& source, Batch& batch, bool& retry);
@@ -197,6 +203,11 @@ class MoveJob {
   bool claim_floor_known_ = false, floor_warned_ = false;
   bool calibrated_ = false;
   std::string batch_source_;  // for messages of learn_pause()
+  // --engine native: a batch's stall is a fixed part plus the source's delete of the moved keys.
+  const bool native_ = options_.engine == "native";
+  double native_floor_ms_ = 0;
+  double native_batch_keys_ = 5000;  // keys per batch, steered by the stalls measured
+  std::vector<std::uint64_t> slot_keys_ = std::vector<std::uint64_t>(kSlotCount);  // counted before the move
 };
 
 bool MoveJob::interrupted() {
@@ -254,6 +265,10 @@ bool MoveJob::plan() {
              std::to_string(
                  duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
   }
+  if (native_ && options_.fence == "proxy")
+    return fail(
+        "--engine native: the servers fence each handoff themselves (a short pause of the source's "
+        "writes); --fence proxy applies to the default engine only");
   if (options_.fence == "proxy" && !proxies_)
     return fail("--fence proxy: the proxies are the fence, so name them with --proxy or --proxy-dns");
 
@@ -331,11 +346,34 @@ bool MoveJob::plan() {
   if (!target_control_.connect(target_address_, options_.common.timeout, options_.common.credentials))
     return fail("cannot connect to the target " + target_control_.error());
   if (!server(target_control_, target_info_)) return false;
+  if (native_) {
+    if (!has_native_migration(target_info_))
+      return fail("--engine native needs Valkey 9.0 or later (CLUSTER MIGRATESLOTS); the target " +
+                  target_address_.str() + " runs " + target_info_.name() +
+                  ". The default engine works there");
+    // One migration into a target at a time: an import still running there (another move, or someone's
+    // MIGRATESLOTS) would queue ours behind it or be mixed with it.
+    auto jobs = target_control_.command({"CLUSTER", "GETSLOTMIGRATIONS"});
+    if (!jobs || jobs->is_error())
+      return fail("CLUSTER GETSLOTMIGRATIONS on the target: " + (jobs ? jobs->str : target_control_.error()));
+    for (const auto& job : parse_slot_migrations(*jobs))
+      if (!job.finished())
+        return fail("the target " + target_address_.str() + " is already " +
+                    (job.operation == "IMPORT" ? "importing" : "exporting") + " slots " + job.slot_ranges +
+                    " (migration " + job.name.substr(0, 8) + ", " + job.state +
+                    "); wait for it or cancel it (CLUSTER CANCELSLOTMIGRATIONS ALL)");
+  }
   for (auto& src : sources_) {
     auto* c = control(src.node);
     if (!c) return fail("cannot connect to the source " + connect_error_);
     if (!server(*c, src.info)) return false;
     std::string why;
+    if (native_) {
+      if (!has_native_migration(src.info))
+        return fail("--engine native needs Valkey 9.0 or later on every source; " + src.address.str() +
+                    " runs " + src.info.name() + ". The default engine works there");
+      continue;  // the servers carry the values and fence the handoff themselves
+    }
     if (!payloads_compatible(src.info, target_info_, why))
       return fail("cannot move from " + src.address.str() + ": " + why);
     // What the source's replica-count check is now: the cutover raises it on servers that cannot stay
@@ -1201,6 +1239,216 @@ bool MoveJob::cut_over_all() {
   return true;
 }
 
+bool MoveJob::fits_native(std::uint64_t keys) const {
+  return static_cast<double>(keys) <= native_batch_keys_;
+}
+
+void MoveJob::learn_native(const Batch& batch) {
+  // A batch's stall is the handoff's own pause (noisy: 10 to 60 ms here, whatever the batch) plus the
+  // source's delete of its keys (about 2 us a key). A model fitted to so noisy a fixed part shrinks batches
+  // for nothing, and every batch costs a migration's fixed time (25 to 130 ms): so the batch size is steered
+  // by the stalls themselves. Well within the budget: half as many keys again; over it: back by 40%.
+  const double budget = static_cast<double>(options_.max_pause.count());
+  const double size = static_cast<double>(std::max<std::uint64_t>(batch.source_keys, 1));
+  native_floor_ms_ = calibrated_ ? std::min(native_floor_ms_, batch.pause_ms) : batch.pause_ms;
+  calibrated_ = true;
+  if (batch.pause_ms <= budget * 0.7)
+    native_batch_keys_ = std::max(native_batch_keys_, size * 1.5);
+  else if (batch.pause_ms > budget)
+    native_batch_keys_ = std::max(1000.0, std::min(native_batch_keys_, size) * 0.6);
+}
+
+bool MoveJob::migrate_native_all() {
+  // Keys per slot, to size the batches: the servers carry the values, so nothing else is read beforehand.
+  for (auto& src : sources_) {
+    auto* c = control(src.node);
+    if (!c) return fail("cannot connect to the source " + connect_error_);
+    std::vector<std::vector<std::string>> counts;
+    for (const Slot s : src.slots)
+      counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
+    auto replies = c->pipeline(counts);
+    if (!replies)
+      return fail("counting the keys of the moving slots on " + src.address.str() + ": " + c->error());
+    for (std::size_t i = 0; i < src.slots.size(); ++i)
+      slot_keys_[src.slots[i]] = static_cast<std::uint64_t>(std::max<std::int64_t>((*replies)[i].integer, 0));
+  }
+  // Following a job means reading CLUSTER GETSLOTMIGRATIONS about every millisecond, and it lists every job
+  // the node keeps (up to cluster-slot-migration-log-max-len, 1000 by default, about 350 bytes each): with a
+  // long log each call cost the source half a millisecond, and a move of 200 batches made it spend most of
+  // its time answering. The log is kept short on the nodes involved while the move runs, then put back.
+  struct LogLength {
+    NodeClient* node;
+    std::string value;
+  };
+  std::vector<LogLength> logs;
+  auto shorten = [&](NodeClient* c) {
+    auto r = c ? c->command({"CONFIG", "GET", "cluster-slot-migration-log-max-len"}) : std::nullopt;
+    if (!r || r->is_error() || r->elements.size() != 2) return;
+    if (std::stoll(r->elements[1].str) <= 16) return;
+    auto set = c->command({"CONFIG", "SET", "cluster-slot-migration-log-max-len", "16"});
+    if (set && !set->is_error()) logs.push_back({c, r->elements[1].str});
+  };
+  shorten(&target_control_);
+  for (auto& src : sources_)
+    shorten(control(src.node));
+  if (!logs.empty())
+    notes_.push_back(
+        "cluster-slot-migration-log-max-len was 16 on the nodes involved while the move ran (it "
+        "keeps CLUSTER GETSLOTMIGRATIONS cheap to follow), then put back");
+  struct Restore {
+    std::vector<LogLength>& logs;
+    ~Restore() {
+      for (auto& l : logs)
+        l.node->command({"CONFIG", "SET", "cluster-slot-migration-log-max-len", l.value});
+    }
+  } restore{logs};
+
+  std::size_t done = 0;
+  for (auto& src : sources_) {
+    for (;;) {
+      // The next batch: consecutive slots not yet moved, as many as the learnt delete speed allows.
+      Batch batch;
+      for (const Slot s : src.slots) {
+        if (claimed_[s]) continue;
+        if (!batch.slots.empty() && !fits_native(batch.keys + slot_keys_[s])) break;
+        batch.slots.push_back(s);
+        batch.keys += slot_keys_[s];
+      }
+      if (batch.slots.empty()) break;
+      char line[200];
+      std::snprintf(line, sizeof line, "migrate  batch %zu  %zu slots  %s keys", done + 1, batch.slots.size(),
+                    with_commas(batch.keys).c_str());
+      progress(line);
+      const bool moved = migrate_native(src, batch);
+      src.batches.push_back(std::move(batch));
+      if (!moved || !verify(src.batches.back())) return false;
+      learn_native(src.batches.back());
+      ++done;
+    }
+  }
+  if (done >= 3 && native_floor_ms_ > static_cast<double>(options_.max_pause.count())) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.0f ms", native_floor_ms_);
+    warnings_.push_back("every handoff by CLUSTER MIGRATESLOTS stalled the source's writers at least " +
+                        std::string(text) + ", whatever the batch (the server's own pause): --max-pause " +
+                        std::to_string(options_.max_pause.count()) + " ms could not be kept");
+  }
+  return true;
+}
+
+// One batch by CLUSTER MIGRATESLOTS. A second connection to the source measures what a writer of the moving
+// slots waits (a write that changes nothing, to a key of the batch's first slot: paused during the handoff,
+// delayed by the source's delete after it, answered MOVED once the slot has gone). The proxies hold the slots
+// from the moment the handoff begins to the moment the target owns them, then send what they held there.
+bool MoveJob::migrate_native(Source& src, Batch& batch) {
+  ++batch.attempts;
+  batch.source_keys = batch.keys;
+  auto* c = control(src.node);
+  if (!c) return fail("cannot connect to the source " + connect_error_);
+  const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
+
+  std::atomic<bool> probing{true};
+  std::atomic<double> stall_ms{0};
+  std::string probe_key;
+  for (int i = 0; probe_key.empty(); ++i)
+    if (key_slot("slotshift:probe:" + std::to_string(i)) == batch.slots.front())
+      probe_key = "slotshift:probe:" + std::to_string(i);
+  NodeClient probe_client;
+  const bool probe_ok =
+      probe_client.connect(src.address, options_.common.timeout, options_.common.credentials);
+  std::thread probe([&] {
+    // LREM of a value no list holds: a write (so the handoff's pause delays it) that changes nothing.
+    const std::vector<std::string> write = {"LREM", probe_key, "0", "slotshift-probe-" + owner_};
+    while (probe_ok && probing.load()) {
+      const auto t = Clock::now();
+      if (!probe_client.command(write)) break;
+      const double took = ms_since(t);
+      if (took > stall_ms.load()) stall_ms.store(took);
+      std::this_thread::sleep_until(t + milliseconds(1));  // a client, not a load on the source
+    }
+  });
+  auto stop_probe = [&] {
+    probing.store(false);
+    if (probe.joinable()) probe.join();
+    batch.pause_ms = stall_ms.load();
+  };
+
+  std::vector<std::pair<int, int>> ranges;
+  for (const auto& r : slot_ranges(batch.slots))
+    ranges.emplace_back(r.first, r.last);
+  NativeMigration job(*c);
+  journal({{"step", "migrate"}, {"source", src.node.id}, {"slots", slots_text}});
+  const auto t0 = Clock::now();
+  if (!job.start(ranges, target_.id)) {
+    stop_probe();
+    return fail("the source " + src.address.str() + " refused to migrate " + slots_text + ": " + job.error());
+  }
+  bool held = false;
+  auto t_hold = t0;
+  auto give_up = [&](const std::string& why) {
+    const bool cancelled = job.cancel();
+    stop_probe();
+    if (held) release_proxies(slots_text);
+    journal({{"step", "migrate-cancelled"}, {"slots", slots_text}, {"why", why}});
+    return fail(why + (cancelled ? "; the migration was cancelled"
+                                 : "; cancelling it failed too (" + job.error() + "): run slotshift check"));
+  };
+  // The source sends the batch's keys at about a million a second here; allow far more, and never less
+  // than a minute.
+  const auto deadline = t0 + std::chrono::seconds(60) + std::chrono::microseconds(50 * batch.keys);
+  std::string last_state;
+  int misses = 0;
+  for (;;) {
+    if (g_interrupted) return give_up("interrupted during the migration of batch " + slots_text);
+    if (Clock::now() > deadline)
+      return give_up("the migration of batch " + slots_text + " did not finish within " +
+                     std::to_string(duration_cast<std::chrono::seconds>(deadline - t0).count()) +
+                     " s (last state " + last_state + ")");
+    const auto state = job.poll();
+    if (!state) {
+      // Just after MIGRATESLOTS the job may not be listed yet.
+      if (last_state.empty() && ++misses < 1000) continue;
+      return give_up(job.error());
+    }
+    last_state = state->state;
+    if (state->failed()) {
+      stop_probe();
+      if (held) release_proxies(slots_text);
+      journal({{"step", "migrate-failed"}, {"slots", slots_text}, {"state", state->state}});
+      return fail("the migration of batch " + slots_text + " " + state->state +
+                  (state->message.empty() ? std::string() : ": " + state->message) +
+                  "; its slots stay with " + src.address.str());
+    }
+    if (!held && proxies_ && state->handing_off()) {
+      // From here until the target owns the slots, the proxies keep their clients' commands for them.
+      t_hold = Clock::now();
+      const auto wait = std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
+      const auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_);
+      held = true;
+      for (const auto& call : calls.calls)
+        batch.proxies_held += call.ok;
+      note_proxy_failures(calls);
+    }
+    if (state->succeeded()) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  batch.claim_ms = ms_since(t0);
+  for (const Slot s : batch.slots)
+    claimed_[s] = true;
+  if (held) {
+    route_and_release(slots_text);
+    batch.hold_ms = ms_since(t_hold);
+  }
+  // The source deletes the moved keys as it hands off; one more round trip of the probe covers the end of it.
+  std::this_thread::sleep_for(milliseconds(2));
+  stop_probe();
+  journal({{"step", "migrated"},
+           {"slots", slots_text},
+           {"stall_ms", batch.pause_ms},
+           {"job_ms", batch.claim_ms}});
+  return true;
+}
+
 void MoveJob::rollback() {
   // Undo what this move did for every slot it has not claimed: stop the copiers (nothing more is written),
   // unpause, let the proxies go, delete the copied keys on the target (ASKING makes them reachable while
@@ -1250,6 +1498,38 @@ void MoveJob::report(bool ok) {
   double max_pause = 0, max_stall = 0, max_refuse = 0;
   nlohmann::json sources = nlohmann::json::array(), batches = nlohmann::json::array();
   for (const auto& src : sources_) {
+    if (native_) {
+      // The servers carried the values: what is known is what each batch counted before it moved.
+      std::uint64_t moved = 0;
+      for (const auto& b : src.batches)
+        if (claimed_[b.slots.front()]) moved += b.source_keys;
+      keys += moved;
+      sources.push_back({{"source", src.address.str()},
+                         {"source_id", src.node.id},
+                         {"server", src.info.name()},
+                         {"engine", "native"},
+                         {"slots", format_slot_ranges(slot_ranges(src.slots))},
+                         {"keys_moved", moved}});
+    }
+    for (const auto& b : src.batches) {
+      if (b.attempts == 0) continue;
+      max_pause = std::max(max_pause, b.pause_ms);
+      max_refuse = std::max(max_refuse, b.refuse_ms);
+      max_stall = std::max(max_stall, stall_ms(b));
+      batches.push_back({{"source", src.address.str()},
+                         {"slots", format_slot_ranges(slot_ranges(b.slots))},
+                         {"slot_count", b.slots.size()},
+                         {"keys", b.source_keys},
+                         {"pause_ms", b.pause_ms},
+                         {"refuse_ms", b.refuse_ms},
+                         {"stall_ms", stall_ms(b)},
+                         {"wait_ms", b.wait_ms},
+                         {"claim_ms", b.claim_ms},
+                         {"claim_send_ms", b.claim_send_ms},
+                         {"hold_ms", b.hold_ms},
+                         {"proxies_held", b.proxies_held},
+                         {"attempts", b.attempts}});
+    }
     if (!src.copier) continue;
     const auto& st = src.copier->stats();
     keys += st.keys_copied;
@@ -1277,25 +1557,6 @@ void MoveJob::report(bool ok) {
                        {"snapshot_parsed_ms", st.received_ms.load()},
                        {"snapshot_applied_ms", st.applied_ms.load()},
                        {"spilled_peak_bytes", src.copier->spool_peak()}});
-    for (const auto& b : src.batches) {
-      if (b.attempts == 0) continue;
-      max_pause = std::max(max_pause, b.pause_ms);
-      max_refuse = std::max(max_refuse, b.refuse_ms);
-      max_stall = std::max(max_stall, stall_ms(b));
-      batches.push_back({{"source", src.address.str()},
-                         {"slots", format_slot_ranges(slot_ranges(b.slots))},
-                         {"slot_count", b.slots.size()},
-                         {"keys", b.source_keys},
-                         {"pause_ms", b.pause_ms},
-                         {"refuse_ms", b.refuse_ms},
-                         {"stall_ms", stall_ms(b)},
-                         {"wait_ms", b.wait_ms},
-                         {"claim_ms", b.claim_ms},
-                         {"claim_send_ms", b.claim_send_ms},
-                         {"hold_ms", b.hold_ms},
-                         {"proxies_held", b.proxies_held},
-                         {"attempts", b.attempts}});
-    }
   }
   for (const auto& src : sources_)
     if (src.copier && src.copier->stats().writes_after_fence > 0)
@@ -1333,6 +1594,15 @@ void MoveJob::report(bool ok) {
   }
   char line[256];
   for (const auto& b : batches) {
+    if (native_) {
+      std::snprintf(line, sizeof line,
+                    "  batch %-24s %6zu slots %9s keys  stall %6.1f ms (migration %.1f ms)\n",
+                    b["slots"].get<std::string>().substr(0, 24).c_str(), b["slot_count"].get<std::size_t>(),
+                    with_commas(b["keys"].get<std::uint64_t>()).c_str(), b["pause_ms"].get<double>(),
+                    b["claim_ms"].get<double>());
+      out_ << line;
+      continue;
+    }
     std::snprintf(
         line, sizeof line,
         "  batch %-24s %6zu slots %9s keys  pause %6.1f ms (wait %.1f, claim %.1f of which sent %.1f)",
@@ -1358,8 +1628,12 @@ void MoveJob::report(bool ok) {
                 "moved %s keys (%s) to %s %s in %.2f s (copy %.2f s), %zu batches, longest %s %.1f ms\n",
                 with_commas(keys).c_str(), human_bytes(static_cast<double>(bytes)).c_str(),
                 short_id(target_.id).c_str(), target_address_.str().c_str(), elapsed, copy_s_, batches.size(),
-                options_.fence == "proxy" ? "stall of the source" : "pause", max_stall);
+                native_                     ? "stall of a writer"
+                : options_.fence == "proxy" ? "stall of the source"
+                                            : "pause",
+                max_stall);
   out_ << line;
+  if (native_) return;
   out_ << "  " << with_commas(applied) << " live writes followed, " << with_commas(repairs)
        << " keys read again after a refused replay, " << with_commas(expired) << " expired keys skipped, "
        << with_commas(chunked) << " big keys sent in chunks\n";
@@ -1376,7 +1650,8 @@ int MoveJob::run() {
   if (!plan()) {
     // Refused before anything was touched; machines get that as JSON too.
     if (options_.common.json)
-      out_ << nlohmann::json{{"ok", false}, {"error", error_}, {"refused_before_start", true}}.dump(2) << "\n";
+      out_ << nlohmann::json{{"ok", false}, {"error", error_}, {"refused_before_start", true}}.dump(2)
+           << "\n";
     err_ << "slotshift move: " << error_ << "\n";
     return error_.starts_with("--") ? 2 : 1;
   }
@@ -1416,9 +1691,11 @@ int MoveJob::run() {
     seconds = ms_since(t0) / 1000;
     return r;
   };
-  const bool ok = prepare() && copy() && timed(cutover_s_, [&] { return cut_over_all(); }) &&
-                  timed(cleanup_s_, [&] { return clean_source_replicas(); }) &&
-                  timed(settle_s_, [&] { return settle(); });
+  const bool ok = native_ ? timed(cutover_s_, [&] { return migrate_native_all(); }) &&
+                                timed(settle_s_, [&] { return settle(); })
+                          : prepare() && copy() && timed(cutover_s_, [&] { return cut_over_all(); }) &&
+                                timed(cleanup_s_, [&] { return clean_source_replicas(); }) &&
+                                timed(settle_s_, [&] { return settle(); });
   if (!ok) rollback();
   if (ok) journal({{"step", "done"}});
   report(ok);

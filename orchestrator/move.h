@@ -15,6 +15,10 @@
 //   verify    per batch: every node names the target as owner, the target's epoch is the largest and unique,
 //             no slot is left open
 //
+// With --engine native (Valkey 9 and later) the servers move each batch themselves (CLUSTER MIGRATESLOTS, see
+// native_migration.h): slotshift sizes the batches so that the source's delete of the moved keys stays within
+// --max-pause, holds and routes the proxies at each handoff, verifies, and cancels the job on a failure.
+//
 // Any failure before a batch's claim undoes what the move did for the slots not yet claimed: the source is
 // unpaused, the copied keys are deleted from the target and IMPORTING is cleared. Claimed batches stay moved.
 #pragma once
@@ -37,10 +41,13 @@ struct MoveOptions {
   std::string to;     // HOST:PORT or node id (or a unique prefix of one)
   std::chrono::milliseconds max_pause{50};
   std::string fence = "source-pause";  // or "proxy": only the proxies hold, the source is never paused
-  std::vector<HostPort> proxies;       // admin endpoints of slotshift-proxy (--proxy)
-  std::vector<HostPort> proxy_dns;     // names whose every address is a proxy (--proxy-dns)
-  std::string proxy_token;             // their admin token
-  std::string journal;                 // append every step to this file before taking it
+  // "replica": slotshift's own replica link and cutover; "native": the servers' CLUSTER MIGRATESLOTS
+  // (Valkey 9 and later), one job per batch.
+  std::string engine = "replica";
+  std::vector<HostPort> proxies;    // admin endpoints of slotshift-proxy (--proxy)
+  std::vector<HostPort> proxy_dns;  // names whose every address is a proxy (--proxy-dns)
+  std::string proxy_token;          // their admin token
+  std::string journal;              // append every step to this file before taking it
   bool dry_run = false;
   std::size_t big_key = 8u << 20;
   bool diskless = true;  // --snapshot diskless (default) or disk
