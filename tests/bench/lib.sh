@@ -2,10 +2,15 @@
 # bytes, redis-servers pinned to core 0, emptied masters kept as masters so that slots can go back, and the two
 # masters a move goes between: A (owner of slot 0, whose slots 0-5460 move) and B (owner of slot 16383).
 #
-#   bench_cluster_start KEYS SIZE REPLICAS NAME   sets seed, work (a temporary directory), a, b, moving (A's keys)
-#   bench_cluster_stop                            stops the cluster and removes $work
+#   bench_cluster_start KEYS SIZE REPLICAS NAME [SERVER]
+#                                                 sets seed, work (a temporary directory), a, b, moving (A's keys);
+#                                                 SERVER (cluster.sh --server: redis-7.0, valkey-9.1, ...) defaults
+#                                                 to cluster.sh's own default ($SLOTSHIFT_SERVER or redis-7.0)
+#   bench_cluster_stop                            stops the cluster and removes $work (once; again is a no-op)
 #   cli HOST:PORT ARGS...                         redis-cli against one node
 #   owner_of SLOT, node_id HOST:PORT, wait_settled
+
+SLOTSHIFT_CLUSTER_DIR="" work=""  # none until bench_cluster_start: an inherited one is not ours to stop
 
 cli() { redis-cli -h "${1%:*}" -p "${1#*:}" "${@:2}"; }
 
@@ -33,8 +38,10 @@ wait_settled() {
 }
 
 bench_cluster_start() {
-  local keys=$1 size=$2 replicas=$3 name=$4 n pidfile
-  eval "$("$root/deploy/local/cluster.sh" start --masters 3 --replicas "$replicas" --owner-pid $$)"
+  local keys=$1 size=$2 replicas=$3 name=$4 server=(${5:+--server "$5"}) n pidfile started
+  started=$("$root/deploy/local/cluster.sh" start --masters 3 --replicas "$replicas" --owner-pid $$ \
+    "${server[@]}") || return 1
+  eval "$started"
   work=$(mktemp -d "${TMPDIR:-/tmp}/$name.XXXXXX")
   for pidfile in "$SLOTSHIFT_CLUSTER_DIR"/*/redis.pid; do taskset -pc 0 "$(cat "$pidfile")" >/dev/null; done
   seed=${SLOTSHIFT_CLUSTER_NODES%%,*}
@@ -49,6 +56,9 @@ bench_cluster_start() {
 }
 
 bench_cluster_stop() {
-  "$root/deploy/local/cluster.sh" stop --dir "$SLOTSHIFT_CLUSTER_DIR" 2>/dev/null || true
+  # Never without --dir: cluster.sh would stop the cluster this user started last, which may be someone else's.
+  [ -z "${SLOTSHIFT_CLUSTER_DIR:-}" ] ||
+    "$root/deploy/local/cluster.sh" stop --dir "$SLOTSHIFT_CLUSTER_DIR" 2>/dev/null || true
   [ -z "${work:-}" ] || rm -rf "$work"
+  SLOTSHIFT_CLUSTER_DIR="" work=""
 }
