@@ -361,7 +361,7 @@ bool MoveJob::plan() {
         return fail("the target " + target_address_.str() + " is already " +
                     (job.operation == "IMPORT" ? "importing" : "exporting") + " slots " + job.slot_ranges +
                     " (migration " + job.name.substr(0, 8) + ", " + job.state +
-                    "); wait for it or cancel it (CLUSTER CANCELSLOTMIGRATIONS ALL)");
+                    "); wait for it or cancel it (CLUSTER CANCELSLOTMIGRATIONS on its source)");
   }
   for (auto& src : sources_) {
     auto* c = control(src.node);
@@ -1386,7 +1386,18 @@ bool MoveJob::migrate_native(Source& src, Batch& batch) {
   bool held = false;
   auto t_hold = t0;
   auto give_up = [&](const std::string& why) {
-    const bool cancelled = job.cancel();
+    bool cancelled = job.cancel();
+    // The server ends a cancelled job on its own time: wait until it says so, so that nothing is left
+    // running when slotshift exits.
+    for (const auto until = Clock::now() + std::chrono::seconds(10); cancelled;) {
+      const auto state = job.poll();
+      if (state && state->finished()) break;
+      if (Clock::now() > until) {
+        cancelled = false;
+        break;
+      }
+      std::this_thread::sleep_for(milliseconds(5));
+    }
     stop_probe();
     if (held) release_proxies(slots_text);
     journal({{"step", "migrate-cancelled"}, {"slots", slots_text}, {"why", why}});
@@ -1420,14 +1431,20 @@ bool MoveJob::migrate_native(Source& src, Batch& batch) {
                   "; its slots stay with " + src.address.str());
     }
     if (!held && proxies_ && state->handing_off()) {
-      // From here until the target owns the slots, the proxies keep their clients' commands for them.
+      // From here until the target owns the slots, the proxies keep their clients' commands for them. A
+      // write already at the source waits there until the handoff is over (then it meets MOVED, which the
+      // proxy follows): the hold must let it come back, so its wait is not the pause budget.
       t_hold = Clock::now();
-      const auto wait = std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
-      const auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_);
+      const auto calls =
+          proxies_->hold(slots_text, options_.pause_timeout, options_.pause_timeout / 2, owner_);
       held = true;
       for (const auto& call : calls.calls)
         batch.proxies_held += call.ok;
-      note_proxy_failures(calls);
+      for (const auto& call : calls.calls)
+        if (!call.ok && proxy_warned_.insert(call.proxy).second)
+          warnings_.push_back("proxy " + call.proxy + " did not hold batch " + slots_text + " (" +
+                              call.error + "); its clients meet MOVED for the moved slots, which it follows");
+      continue;  // the hold took a while: look at the job again at once
     }
     if (state->succeeded()) break;
     std::this_thread::sleep_for(std::chrono::microseconds(500));

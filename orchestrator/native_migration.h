@@ -4,8 +4,9 @@
 // moved keys in one go: that delete is the stall its clients see, so batches are sized by key count.
 //
 // The server runs a job per MIGRATESLOTS, one at a time per source, and lists it (with the earlier ones) in
-// CLUSTER GETSLOTMIGRATIONS; CLUSTER CANCELSLOTMIGRATIONS ALL stops them. A target with any slot in manual
-// IMPORTING refuses the command ("Slots are being manually imported"), so the two mechanisms never mix.
+// CLUSTER GETSLOTMIGRATIONS; CLUSTER CANCELSLOTMIGRATIONS stops them (no argument on 9.1.2). A target with
+// any slot in manual IMPORTING refuses the command ("Slots are being manually imported"), so the two
+// mechanisms never mix.
 #pragma once
 
 #include <chrono>
@@ -50,7 +51,7 @@ class NativeMigration {
   bool start(const std::vector<std::pair<int, int>>& ranges, const std::string& target_id);
   // The job's current state; nullopt (error()) when the source does not answer or no longer lists it.
   std::optional<SlotMigrationJob> poll();
-  // CLUSTER CANCELSLOTMIGRATIONS ALL on the source.
+  // CLUSTER CANCELSLOTMIGRATIONS on the source (every migration it runs).
   bool cancel();
 
   const std::string& error() const { return error_; }

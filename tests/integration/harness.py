@@ -82,9 +82,11 @@ def free_port():
 
 
 class Cluster:
-    def __init__(self, masters=3, replicas=0):
+    def __init__(self, masters=3, replicas=0, server=None):
+        """server: redis-7.0, valkey-9.1, ... (default: SERVER, from SLOTSHIFT_SERVER)."""
         out = subprocess.run([CLUSTER_SH, "start", "--masters", str(masters), "--replicas", str(replicas),
-                              "--owner-pid", str(os.getpid())], check=True, capture_output=True, text=True).stdout
+                              "--owner-pid", str(os.getpid()), "--server", server or SERVER],
+                             check=True, capture_output=True, text=True).stdout
         env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         self.dir = env["SLOTSHIFT_CLUSTER_DIR"]
         self.nodes = [(h, int(p)) for h, p in (n.rsplit(":", 1) for n in env["SLOTSHIFT_CLUSTER_NODES"].split(","))]

@@ -55,6 +55,8 @@ import harness  # noqa: E402
 # RedisCluster logs every redirection it follows with a traceback; the writers count them instead.
 logging.getLogger("redis.cluster").setLevel(logging.CRITICAL)
 
+# SLOTSHIFT_MOVE_ENGINE=native runs the slotshift scenarios with `slotshift move --engine native` (Valkey 9.1).
+ENGINE = os.environ.get("SLOTSHIFT_MOVE_ENGINE")
 REPLY_TIMEOUT_S = 20        # a write slower than this counts as lost (uncertain), not as failed
 MOVING_KEYS = 4000          # dataset keys in the moving slots
 OTHER_KEYS = 2000           # dataset keys elsewhere, on every master
@@ -1346,6 +1348,8 @@ class SlotshiftMover:
                # Low enough that the dataset's big lists, sets, zsets, hashes and strings go as chunks of
                # commands, so that path is checked by value like the RESTOREs are.
                "--big-key", "16KB"]
+        if ENGINE:
+            cmd += ["--engine", ENGINE]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired as e:
