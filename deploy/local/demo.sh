@@ -3,9 +3,19 @@
 # 300,000 keys, puts two slotshift-proxy instances in front of it, runs a client load through both, moves a third
 # of the slots with slotshift move while the clients keep going, and shows what the clients saw. Leaves no
 # process behind.
+#
+#   deploy/local/demo.sh [--server redis-7.0|redis-8.0|valkey-8.0|valkey-8.1|valkey-9.1]
+#
+# --server (or SLOTSHIFT_SERVER) runs the cluster on another server, from its Debian root (cluster.sh).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
+while [ $# -gt 0 ]; do
+  case $1 in
+    --server) export SLOTSHIFT_SERVER=$2; shift 2 ;;
+    *) sed -n '7p' "$0" >&2; exit 2 ;;
+  esac
+done
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -16,7 +26,7 @@ step "building"
 cmake --preset default >/dev/null
 cmake --build --preset default -j "$(nproc)" | tail -1
 
-step "starting a local Redis Cluster: 3 masters, 1 replica each"
+step "starting a local cluster (${SLOTSHIFT_SERVER:-redis-7.0}): 3 masters, 1 replica each"
 # --owner-pid: the cluster stops by itself if this script is killed before its trap runs.
 eval "$(deploy/local/cluster.sh start --masters 3 --replicas 1 --owner-pid $$)"
 pids=()
