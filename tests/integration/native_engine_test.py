@@ -190,13 +190,23 @@ class RefusedTest(unittest.TestCase):
         self.assertTrue(report.get("refused_before_start"), report)
         return report["error"]
 
-    def test_on_redis_7_0(self):
+    def test_on_redis_7_0_and_from_a_source_left_refusing_writes(self):
         cluster = harness.Cluster(3, 0, server="redis-7.0")
         try:
             a, b, _ = cluster.masters_by_slot()
             error = self.refused(cluster, "--slots", "0-99", "--to", cluster.node_id(b))
             self.assertIn("Valkey 9.0 or later", error)
             self.assertIn("Redis 7.0", error)
+            # A source that a killed move left refusing writes (min-replicas-to-write out of reach, the fence of
+            # Redis 8.0 and Valkey 8.0 around a claim) is named, with what to do, by any engine.
+            cluster.cli(a, "config", "set", "min-replicas-to-write", "2147483647")
+            run = subprocess.run([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots", "0-99",
+                                  "--to", cluster.node_id(b), "--json"], capture_output=True, text=True, timeout=120)
+            self.assertEqual(run.returncode, 1, run.stdout)
+            report = json.loads(run.stdout)
+            self.assertTrue(report.get("refused_before_start"), report)
+            self.assertIn("refuses every write", report["error"])
+            self.assertIn("CONFIG SET min-replicas-to-write 0", report["error"])
         finally:
             cluster.stop()
 
