@@ -1203,7 +1203,7 @@ bool MoveJob::settle() {
                ? "unreachable: " + survey.unreachable.front()
                : std::string(finding_kind_name(findings.front().kind)) + ": " + findings.front().message;
     if (Clock::now() > deadline) break;
-    std::this_thread::sleep_for(milliseconds(100));
+    std::this_thread::sleep_for(milliseconds(25));
   }
   warnings_.push_back(
       "every slot moved and every node agrees on its owner, but 15 s later the cluster is still "
