@@ -1406,7 +1406,9 @@ class Run:
         self.times["dataset"] = time.time() - t
         self.workload = Workload(cluster, self.model, moving, other, self.rng)
 
-    def move(self):
+    def move(self, until=None):
+        """The plan's moves under the writers; with until, the writers go on after the moves until it returns
+        true (60 s at most)."""
         self.workload.start()
         time.sleep(1.0)  # writes flow before the move starts
         t = self.move_started = time.time()
@@ -1422,6 +1424,9 @@ class Run:
         self.move_ended = time.time()
         self.times["move"] = self.move_ended - t
         time.sleep(0.5)  # and after it
+        deadline = time.time() + 60
+        while until and not until() and time.time() < deadline:
+            time.sleep(0.1)
         self.workload.stop()
 
     def verify(self, tamper=None):
@@ -1647,7 +1652,15 @@ class LostRepliesTest(unittest.TestCase):
             run.start()
             killer = ConnectionKiller(run.cluster)
             killer.start()
-            run.move()
+            # The move may be over before enough replies were lost (it takes a second or two, and on a loaded
+            # machine the kills often land between requests): the writers go on, and the killer, until more
+            # than 10 were, so that the checks below are about many lost replies.
+            def enough_lost():
+                try:
+                    return run.workload.stats()["uncertain"] > 10
+                except RuntimeError:  # a writer added a counter while they were summed
+                    return False
+            run.move(until=enough_lost)
             killer.stop_flag.set()
             killer.join(30)
             failures = run.workload.failures()
