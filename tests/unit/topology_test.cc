@@ -1143,7 +1143,8 @@ TEST_CASE("a snapshot is shared read-only and looked up by slot") {
   CHECK(sizeof(SlotTable) == 2 * kSlotCount);
 }
 
-TEST_CASE("slot lists as users write them: ranges, commas or spaces, sorted and distinct; anything else refused") {
+TEST_CASE(
+    "slot lists as users write them: ranges, commas or spaces, sorted and distinct; anything else refused") {
   std::string error;
   const auto slots = parse_slot_list("5-7,1 3-4,6", error);
   REQUIRE(slots);
