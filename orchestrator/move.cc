@@ -66,6 +66,21 @@ std::string with_commas(std::uint64_t n) {
   return out;
 }
 
+// CLUSTER COUNTKEYSINSLOT of every slot, in one round trip; nullopt (c.error()) when the connection fails.
+std::optional<std::vector<std::uint64_t>> count_keys(NodeClient& c, const std::vector<Slot>& slots) {
+  std::vector<std::vector<std::string>> counts;
+  counts.reserve(slots.size());
+  for (const Slot s : slots)
+    counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
+  auto replies = c.pipeline(counts);
+  if (!replies) return std::nullopt;
+  std::vector<std::uint64_t> out;
+  out.reserve(replies->size());
+  for (const auto& r : *replies)
+    out.push_back(static_cast<std::uint64_t>(std::max<std::int64_t>(r.integer, 0)));
+  return out;
+}
+
 std::string join(const std::vector<std::string>& parts, const std::string& separator = " ") {
   std::string out;
   for (const auto& p : parts)
@@ -207,7 +222,6 @@ class MoveJob {
   const bool native_ = options_.engine == "native";
   double native_floor_ms_ = 0;
   double native_batch_keys_ = 5000;  // keys per batch, steered by the stalls measured
-  std::vector<std::uint64_t> slot_keys_ = std::vector<std::uint64_t>(kSlotCount);  // counted before the move
 };
 
 bool MoveJob::interrupted() {
@@ -425,20 +439,16 @@ bool MoveJob::plan() {
                             "loaded (FUNCTION DUMP on the source, FUNCTION RESTORE on the target)");
 
   // The target must hold nothing of the moving slots: whatever it holds would be mixed with the copy.
-  std::vector<std::vector<std::string>> counts;
   std::vector<Slot> all;
   for (const auto& src : sources_)
-    for (const Slot s : src.slots) {
-      counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
-      all.push_back(s);
-    }
-  if (!counts.empty()) {
-    auto replies = target_control_.pipeline(counts);
-    if (!replies) return fail(target_control_.error());
+    all.insert(all.end(), src.slots.begin(), src.slots.end());
+  if (!all.empty()) {
+    const auto held = count_keys(target_control_, all);
+    if (!held) return fail(target_control_.error());
     for (std::size_t i = 0; i < all.size(); ++i)
-      if ((*replies)[i].integer > 0)
-        return fail("the target " + target_address_.str() + " already holds " +
-                    std::to_string((*replies)[i].integer) + " keys of slot " + std::to_string(all[i]) +
+      if ((*held)[i] > 0)
+        return fail("the target " + target_address_.str() + " already holds " + std::to_string((*held)[i]) +
+                    " keys of slot " + std::to_string(all[i]) +
                     ", which it does not own; slotshift does not mix them with the moved keys. Delete them "
                     "first (CLUSTER GETKEYSINSLOT on the target)");
   }
@@ -448,13 +458,10 @@ bool MoveJob::plan() {
 bool MoveJob::estimate() {
   for (auto& src : sources_) {
     auto* c = control(src.node);
-    std::vector<std::vector<std::string>> counts;
-    for (const Slot s : src.slots)
-      counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
-    auto replies = c->pipeline(counts);
-    if (!replies) return fail(c->error());
-    for (const auto& r : *replies)
-      src.estimated_keys += static_cast<std::uint64_t>(std::max<std::int64_t>(r.integer, 0));
+    const auto keys = count_keys(*c, src.slots);
+    if (!keys) return fail(c->error());
+    for (const auto n : *keys)
+      src.estimated_keys += n;
     auto mem = c->command({"INFO", "memory"});
     auto dbsize = c->command({"DBSIZE"});
     if (mem && !mem->is_error() && dbsize && dbsize->integer > 0) {
@@ -824,19 +831,15 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   // 3. Both sides now hold the same data for these slots: compare the key counts before anything changes
   //    owner. Keys that expired in between are the only possible difference, and only downwards on the
   //    target.
-  std::vector<std::vector<std::string>> counts;
-  for (const Slot s : batch.slots)
-    counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
-  auto on_source = c->pipeline(counts);
-  auto on_target = target_control_.pipeline(counts);
+  const auto on_source = count_keys(*c, batch.slots);
+  const auto on_target = count_keys(target_control_, batch.slots);
   if (!on_source || !on_target)
     return abandon("counting the keys of batch " + slots_text + ": " +
                        (on_source ? target_control_.error() : c->error()),
                    false);
   batch.source_keys = batch.target_keys = 0;
   for (std::size_t i = 0; i < batch.slots.size(); ++i) {
-    const auto a = static_cast<std::uint64_t>(std::max<std::int64_t>((*on_source)[i].integer, 0));
-    const auto b = static_cast<std::uint64_t>(std::max<std::int64_t>((*on_target)[i].integer, 0));
+    const auto a = (*on_source)[i], b = (*on_target)[i];
     batch.source_keys += a;
     batch.target_keys += b;
     const auto expiring = copier.slot_expiring(batch.slots[i]);
@@ -1097,15 +1100,11 @@ bool MoveJob::purge_replica_keys(const Node& master, const std::string& importin
       if (Clock::now() > deadline) break;
       std::this_thread::sleep_for(milliseconds(5));
     }
-    std::vector<std::vector<std::string>> counts;
-    for (const Slot s : slots)
-      counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
-    auto n = c->pipeline(counts);
+    const auto n = count_keys(*c, slots);
     if (!n) return fail(c->error());
     for (std::size_t i = 0; i < slots.size(); ++i) {
-      if ((*n)[i].integer <= 0) continue;
-      auto k =
-          c->command({"CLUSTER", "GETKEYSINSLOT", std::to_string(slots[i]), std::to_string((*n)[i].integer)});
+      if ((*n)[i] == 0) continue;
+      auto k = c->command({"CLUSTER", "GETKEYSINSLOT", std::to_string(slots[i]), std::to_string((*n)[i])});
       if (!k || k->is_error()) return fail(c->error());
       for (auto& e : k->elements)
         keys.push_back(std::move(e.str));
@@ -1260,17 +1259,15 @@ void MoveJob::learn_native(const Batch& batch) {
 
 bool MoveJob::migrate_native_all() {
   // Keys per slot, to size the batches: the servers carry the values, so nothing else is read beforehand.
+  std::vector<std::uint64_t> slot_keys(kSlotCount);
   for (auto& src : sources_) {
     auto* c = control(src.node);
     if (!c) return fail("cannot connect to the source " + connect_error_);
-    std::vector<std::vector<std::string>> counts;
-    for (const Slot s : src.slots)
-      counts.push_back({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(s)});
-    auto replies = c->pipeline(counts);
-    if (!replies)
+    const auto keys = count_keys(*c, src.slots);
+    if (!keys)
       return fail("counting the keys of the moving slots on " + src.address.str() + ": " + c->error());
     for (std::size_t i = 0; i < src.slots.size(); ++i)
-      slot_keys_[src.slots[i]] = static_cast<std::uint64_t>(std::max<std::int64_t>((*replies)[i].integer, 0));
+      slot_keys[src.slots[i]] = (*keys)[i];
   }
   // Following a job means reading CLUSTER GETSLOTMIGRATIONS about every millisecond, and it lists every job
   // the node keeps (up to cluster-slot-migration-log-max-len, 1000 by default, about 350 bytes each): with a
@@ -1310,9 +1307,9 @@ bool MoveJob::migrate_native_all() {
       Batch batch;
       for (const Slot s : src.slots) {
         if (claimed_[s]) continue;
-        if (!batch.slots.empty() && !fits_native(batch.keys + slot_keys_[s])) break;
+        if (!batch.slots.empty() && !fits_native(batch.keys + slot_keys[s])) break;
         batch.slots.push_back(s);
-        batch.keys += slot_keys_[s];
+        batch.keys += slot_keys[s];
       }
       if (batch.slots.empty()) break;
       char line[200];

@@ -34,12 +34,10 @@ std::optional<json> parse_body(std::string_view body, ControlReply& error) {
   return j;
 }
 
-// `field` of `j` as a slot set; nullopt and a 400 reply when it is missing (and `required`) or malformed.
-std::optional<SlotSet> slots_field(const json& j, bool required, ControlReply& error, bool& present) {
-  present = j.contains("slots");
-  if (!present) {
-    if (required)
-      error = error_reply(400, "'slots' is required: a string of slots and ranges such as \"0-100,200\"");
+// "slots" of `j` as a slot set; nullopt and a 400 reply when it is missing or malformed.
+std::optional<SlotSet> slots_field(const json& j, ControlReply& error) {
+  if (!j.contains("slots")) {
+    error = error_reply(400, "'slots' is required: a string of slots and ranges such as \"0-100,200\"");
     return std::nullopt;
   }
   if (!j["slots"].is_string()) {
@@ -247,8 +245,7 @@ ControlReply SlotControl::hold(std::string_view body) {
   ControlReply error;
   const auto j = parse_body(body, error);
   if (!j) return error;
-  bool present = false;
-  const auto slots = slots_field(*j, true, error, present);
+  const auto slots = slots_field(*j, error);
   if (!slots) return error;
   if (!j->contains("ttl_ms")) {
     return error_reply(400, "'ttl_ms' is required: the hold ends by itself after it (at most " +
@@ -341,8 +338,7 @@ ControlReply SlotControl::route(std::string_view body) {
   ControlReply error;
   const auto j = parse_body(body, error);
   if (!j) return error;
-  bool present = false;
-  const auto slots = slots_field(*j, true, error, present);
+  const auto slots = slots_field(*j, error);
   if (!slots) return error;
   if (!j->contains("node") || !(*j)["node"].is_string()) {
     return error_reply(400, "'node' is required: the new owner as \"HOST:PORT\"");
@@ -371,8 +367,8 @@ ControlReply SlotControl::release(std::string_view body) {
   ControlReply error;
   const auto j = parse_body(body, error);
   if (!j) return error;
-  bool has_slots = false;
-  const auto slots = slots_field(*j, false, error, has_slots);
+  const bool has_slots = j->contains("slots");
+  const auto slots = has_slots ? slots_field(*j, error) : std::nullopt;
   if (has_slots && !slots) return error;
   const bool has_owner = j->contains("owner");
   const auto owner = owner_field(*j, error);

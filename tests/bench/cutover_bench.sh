@@ -69,9 +69,8 @@ mover() {
       [ "$1" = proxy ] || fence=proxy
       taskset -c 1 "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$b" --proxy "127.0.0.1:$admin" \
         --fence $fence --no-progress --json --journal "$work/move.journal" >"$work/move.json" ;;
-    reshard) taskset -c 1 redis-cli --cluster reshard "$seed" --cluster-from "$(node_id "$a")" \
-      --cluster-to "$(node_id "$b")" --cluster-slots 5461 --cluster-yes --cluster-pipeline 1000 \
-      >"$work/reshard.log" 2>&1 ;;
+    reshard) reshard_command 1000 "$a" "$b"
+      "${reshard[@]}" >"$work/reshard.log" 2>&1 ;;
   esac
 }
 

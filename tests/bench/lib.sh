@@ -9,6 +9,8 @@
 #   bench_cluster_stop                            stops the cluster and removes $work (once; again is a no-op)
 #   cli HOST:PORT ARGS...                         redis-cli against one node
 #   owner_of SLOT, node_id HOST:PORT, wait_settled
+#   reshard_command PIPELINE FROM TO              sets reshard: the redis-cli --cluster reshard of slots 0-5460's
+#                                                 5461 slots from FROM to TO, pinned to core 1 (run it yourself)
 
 SLOTSHIFT_CLUSTER_DIR="" work=""  # none until bench_cluster_start: an inherited one is not ours to stop
 
@@ -25,6 +27,13 @@ PY
 }
 
 node_id() { cli "$1" cluster myid; }
+
+# The baseline every move benchmark measures against; an array, not a function, so that a caller can run it in
+# the background and signal redis-cli itself.
+reshard_command() {
+  reshard=(taskset -c 1 redis-cli --cluster reshard "$seed" --cluster-from "$(node_id "$2")"
+    --cluster-to "$(node_id "$3")" --cluster-slots 5461 --cluster-yes --cluster-pipeline "$1")
+}
 
 # Until redis-cli --cluster check finds every slot covered and nothing to warn about (30 s at most).
 wait_settled() {

@@ -39,9 +39,8 @@ mover() {
   case $path in
     slotshift) taskset -c 1 "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$to" --no-progress \
       --json >"$work/slotshift.json" ;;
-    reshard-*) taskset -c 1 redis-cli --cluster reshard "$seed" --cluster-from "$(node_id "$from")" \
-      --cluster-to "$(node_id "$to")" --cluster-slots 5461 --cluster-yes --cluster-pipeline "${path#reshard-}" \
-      >"$work/reshard.log" 2>&1 ;;
+    reshard-*) reshard_command "${path#reshard-}" "$from" "$to"
+      "${reshard[@]}" >"$work/reshard.log" 2>&1 ;;
     *) echo "unknown path $path" >&2; return 1 ;;
   esac
 }

@@ -164,9 +164,8 @@ mover() {
     slotshift-*) waited taskset -c 1 "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$b" "${engine[@]}" \
       --proxy "127.0.0.1:$admin" --no-progress --json >"$work/move.json" || {
         echo "$1: slotshift move failed:" >&2; cat "$work/move.json" >&2; return 1; } ;;
-    reshard-1000-*) waited taskset -c 1 redis-cli --cluster reshard "$seed" --cluster-from "$(node_id "$a")" \
-      --cluster-to "$(node_id "$b")" --cluster-slots 5461 --cluster-yes --cluster-pipeline 1000 \
-      >"$work/reshard.log" 2>&1 || {
+    reshard-1000-*) reshard_command 1000 "$a" "$b"
+      waited "${reshard[@]}" >"$work/reshard.log" 2>&1 || {
         echo "$1: redis-cli --cluster reshard failed: $(tail -5 "$work/reshard.log")" >&2; return 1; } ;;
     native-*) native_alone
       t0=$(/usr/bin/python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["t0"])' "$work/native.json") ;;
