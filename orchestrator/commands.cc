@@ -6,8 +6,12 @@
 namespace slotshift {
 namespace {
 
-std::optional<Topology> read_nodes(NodeClient& client, std::string& error) {
-  auto reply = client.command({"CLUSTER", "NODES"});
+// One node's CLUSTER NODES, waiting until `deadline` for a node that is loading its dataset; `loading` says
+// it still was at the deadline.
+std::optional<Topology> read_nodes(NodeClient& client, std::chrono::steady_clock::time_point deadline,
+                                   std::string& error, bool& loading) {
+  auto reply = client.command_when_loaded({"CLUSTER", "NODES"}, deadline);
+  loading = reply && is_loading(*reply);
   if (!reply) {
     error = client.error();
     return std::nullopt;
@@ -22,6 +26,11 @@ std::optional<Topology> read_nodes(NodeClient& client, std::string& error) {
     return std::nullopt;
   }
   return std::move(parsed.topology);
+}
+
+std::string still_loading(const HostPort& node, std::chrono::milliseconds waited) {
+  return node.str() + " is still loading its dataset (LOADING) after " + std::to_string(waited.count()) +
+         " ms";
 }
 
 nlohmann::json node_json(const Node& n) {
@@ -70,14 +79,21 @@ std::size_t covered_slots(const Topology& t) {
 ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout,
                              const Credentials& credentials) {
   ClusterSurvey s;
+  // A node that answers LOADING (a restarted node, or an emptied master that turned into a replica and is
+  // loading its first full sync) is asked again within one deadline for the whole survey.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   NodeClient client;
   if (!client.connect(seed, timeout, credentials)) {
     s.error = "cannot reach the seed node " + client.error();
     return s;
   }
-  auto shards = client.command({"CLUSTER", "SHARDS"});
+  auto shards = client.command_when_loaded({"CLUSTER", "SHARDS"}, deadline);
   if (!shards) {
     s.error = client.error();
+    return s;
+  }
+  if (is_loading(*shards)) {
+    s.error = still_loading(seed, timeout) + "; ask again, or name another node with --cluster";
     return s;
   }
   if (!shards->is_error()) {
@@ -93,9 +109,11 @@ ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds tim
   } else {
     // Servers before 7.0 have no CLUSTER SHARDS: the seed's CLUSTER NODES is the base then.
     std::string error;
-    auto nodes = read_nodes(client, error);
+    bool loading = false;
+    auto nodes = read_nodes(client, deadline, error, loading);
     if (!nodes) {
-      s.error = error;
+      s.error =
+          loading ? still_loading(seed, timeout) + "; ask again, or name another node with --cluster" : error;
       return s;
     }
     s.merged = std::move(*nodes);
@@ -107,8 +125,13 @@ ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds tim
     NodeClient c;
     const HostPort where{node.address(), node.port};
     std::string error;
+    bool loading = false;
     std::optional<Topology> view;
-    if (c.connect(where, timeout, credentials)) view = read_nodes(c, error);
+    if (c.connect(where, timeout, credentials)) view = read_nodes(c, deadline, error, loading);
+    if (loading) {
+      s.loading.push_back(still_loading(where, timeout));
+      continue;
+    }
     if (!view) {
       s.unreachable.push_back(error.empty() ? c.error() : error);
       continue;
@@ -153,8 +176,9 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
       nodes.push_back(node_json(n));
     j["nodes"] = nodes;
     j["unreachable"] = s.unreachable;
+    j["loading"] = s.loading;
     out << j.dump(2) << "\n";
-    return s.unreachable.empty() ? 0 : 1;
+    return s.complete() ? 0 : 1;
   }
   out << "cluster seen from " << seed->str() << ": " << masters.size() << " masters, "
       << s.merged.nodes.size() - masters.size() << " other nodes, " << covered_slots(s.merged) << " of "
@@ -174,7 +198,9 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
   }
   for (const auto& u : s.unreachable)
     out << "  unreachable: " << u << "\n";
-  return s.unreachable.empty() ? 0 : 1;
+  for (const auto& l : s.loading)
+    out << "  loading: " << l << "\n";
+  return s.complete() ? 0 : 1;
 }
 
 int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err) {
@@ -192,7 +218,7 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
   auto findings = check(s.merged);
   for (auto& f : compare_views(s.views))
     findings.push_back(std::move(f));
-  const bool clean = findings.empty() && s.unreachable.empty();
+  const bool clean = findings.empty() && s.complete();
   if (options.json) {
     nlohmann::json j;
     j["ok"] = clean;
@@ -202,6 +228,7 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
       list.push_back(finding_json(f));
     j["findings"] = list;
     j["unreachable"] = s.unreachable;
+    j["loading"] = s.loading;
     out << j.dump(2) << "\n";
     return clean ? 0 : 1;
   }
@@ -209,10 +236,13 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
       << " slots covered\n";
   for (const auto& u : s.unreachable)
     out << "  unreachable: " << u << "\n";
+  for (const auto& l : s.loading)
+    out << "  loading: " << l << "; its view could not be read\n";
   for (const auto& f : findings)
     out << "  " << finding_kind_name(f.kind) << ": " << f.message << "\n";
   out << (clean ? "OK: all nodes agree, every slot is covered, nothing is open\n"
-                : "NOT OK: " + std::to_string(findings.size() + s.unreachable.size()) + " problem(s)\n");
+                : "NOT OK: " + std::to_string(findings.size() + s.unreachable.size() + s.loading.size()) +
+                      " problem(s)\n");
   return clean ? 0 : 1;
 }
 

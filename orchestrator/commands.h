@@ -26,12 +26,17 @@ inline std::string short_id(const std::string& id) {
 
 // What the orchestrator learns by asking every node: the seed's CLUSTER SHARDS (CLUSTER NODES on servers
 // without it) merged with the CLUSTER NODES of every reachable node, each node's own view, and who did not
-// answer.
+// answer. `timeout` bounds each connection and reply, and the wait for nodes that are loading their dataset.
 struct ClusterSurvey {
   Topology merged;
   std::vector<Topology> views;
   std::vector<std::string> unreachable;  // "127.0.0.1:7002: Connection refused"
-  std::string error;                     // set when not even the seed could be read
+  // Nodes that still answered LOADING when the survey's deadline (its timeout) passed: reachable, but their
+  // view of the cluster is unknown.
+  std::vector<std::string> loading;
+  std::string error;  // set when not even the seed could be read
+  // Every node's own view was read.
+  bool complete() const { return error.empty() && unreachable.empty() && loading.empty(); }
 };
 
 ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout,

@@ -290,6 +290,9 @@ bool MoveJob::plan() {
   if (!survey.error.empty()) return fail(survey.error);
   if (!survey.unreachable.empty())
     return fail("every node must answer before slots move; unreachable: " + survey.unreachable.front());
+  if (!survey.loading.empty())
+    return fail("every node must answer before slots move; " + survey.loading.front() +
+                " (--timeout-ms waits longer)");
   topology_ = survey.merged;
   // A move starts only from a clean cluster: an open slot, a failing node, two masters with one config epoch
   // or nodes that disagree are how clusters get broken, and a move would make it worse.
@@ -1196,10 +1199,11 @@ bool MoveJob::settle() {
     for (auto& f : compare_views(survey.views))
       findings.push_back(std::move(f));
     std::erase_if(findings, [](const Finding& f) { return f.kind == FindingKind::kNodeLoading; });
-    if (survey.error.empty() && survey.unreachable.empty() && findings.empty()) return true;
-    last = !survey.error.empty() ? survey.error
-           : !survey.unreachable.empty()
-               ? "unreachable: " + survey.unreachable.front()
+    if (survey.complete() && findings.empty()) return true;
+    last = !survey.error.empty()         ? survey.error
+           : !survey.unreachable.empty() ? "unreachable: " + survey.unreachable.front()
+           : !survey.loading.empty()
+               ? survey.loading.front()
                : std::string(finding_kind_name(findings.front().kind)) + ": " + findings.front().message;
     if (Clock::now() > deadline) break;
     std::this_thread::sleep_for(milliseconds(25));

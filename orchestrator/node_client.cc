@@ -3,6 +3,7 @@
 #include <hiredis/hiredis.h>
 
 #include <algorithm>
+#include <thread>
 #include <utility>
 
 namespace slotshift {
@@ -97,6 +98,16 @@ std::optional<resp::Value> NodeClient::command(const std::vector<std::string>& a
   auto replies = pipeline({args});
   if (!replies) return std::nullopt;
   return std::move(replies->front());
+}
+
+std::optional<resp::Value> NodeClient::command_when_loaded(const std::vector<std::string>& args,
+                                                           std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    auto reply = command(args);
+    if (!reply || !is_loading(*reply) || std::chrono::steady_clock::now() >= deadline) return reply;
+    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+        std::chrono::milliseconds(50), deadline - std::chrono::steady_clock::now()));
+  }
 }
 
 void NodeClient::append(const std::vector<std::string>& args) {

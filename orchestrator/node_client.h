@@ -21,6 +21,11 @@ struct Credentials {
   std::string password;  // empty: no AUTH
 };
 
+// A node's error reply while it reads its dataset into memory.
+inline bool is_loading(const resp::Value& reply) {
+  return reply.is_error() && reply.str.starts_with("LOADING");
+}
+
 class NodeClient {
  public:
   NodeClient() = default;
@@ -36,6 +41,11 @@ class NodeClient {
   // Sends one command and waits for its reply. nullopt on a connection failure or timeout; a Redis error
   // reply is a Value whose is_error() is true.
   std::optional<resp::Value> command(const std::vector<std::string>& args);
+  // command(), asked again every 50 ms while the node answers LOADING (it is reading its dataset: after a
+  // restart, or a full sync from a new master), until `deadline`. The last reply either way: a LOADING error
+  // past the deadline tells the caller the node is still loading (is_loading()).
+  std::optional<resp::Value> command_when_loaded(const std::vector<std::string>& args,
+                                                 std::chrono::steady_clock::time_point deadline);
   // Sends every command at once, then reads their replies in order (one round trip for all). nullopt on a
   // connection failure or timeout.
   std::optional<std::vector<resp::Value>> pipeline(const std::vector<std::vector<std::string>>& commands);

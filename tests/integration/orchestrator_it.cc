@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
 #include "tests/integration/fixture.h"
 
@@ -128,4 +129,74 @@ TEST_CASE("a cluster with a password: status, check and move with --password, an
   b.command({"AUTH", "pw"});
   CHECK(b.command({"CLUSTER", "COUNTKEYSINSLOT", "0"})->integer == 20);
   CHECK(a.command({"CLUSTER", "COUNTKEYSINSLOT", "0"})->integer == 0);
+}
+
+// A node answers LOADING while it reads its dataset: after a restart, or (as in the demo) when a master
+// emptied by a move turns into a replica and loads its first full sync. DEBUG RELOAD gives the same state on
+// demand: with a delay per key and events served every kilobyte, the node answers LOADING for about two
+// seconds.
+TEST_CASE(
+    "status, check and move wait for a node that is loading, and name it if it still is at the deadline") {
+  test::LocalCluster cluster(3, 0);
+  const auto masters = cluster.masters();
+  const auto loading = masters[2];
+  test::Connection c(loading);
+  const auto tag = [&] {
+    for (int n = 0;; ++n) {
+      const std::string t = "{load" + std::to_string(n) + "}";
+      if (c.command({"EXISTS", t})->type != REDIS_REPLY_ERROR) return t;  // not MOVED: this node's slot
+    }
+  }();
+  c.command({"DEBUG", "POPULATE", "10000", tag});
+  c.command({"CONFIG", "SET", "key-load-delay", "200"});
+  c.command({"CONFIG", "SET", "loading-process-events-interval-bytes", "1024"});
+  auto reload = [&] {
+    // In the background: DEBUG RELOAD answers only once the load is over.
+    test::run("redis-cli -h " + loading.host + " -p " + std::to_string(loading.port) +
+              " DEBUG RELOAD >/dev/null 2>&1 &");
+    for (int i = 0; i < 200; ++i) {
+      test::Connection probe(loading);
+      auto r = probe.command({"PING"});
+      if (r->type == REDIS_REPLY_ERROR && std::string(r->str).starts_with("LOADING")) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    FAIL("the node never answered LOADING");
+  };
+  const auto seed = masters[0].str();
+
+  // Past the deadline: named as loading, not as unreachable and not as healthy.
+  reload();
+  auto short_check = slotshift_cmd("check --cluster " + seed + " --timeout-ms 300");
+  CHECK(short_check.exit_code == 1);
+  CHECK_MESSAGE(short_check.out.find("loading: " + loading.str() +
+                                     " is still loading its dataset (LOADING)") != std::string::npos,
+                short_check.out);
+  CHECK_MESSAGE(short_check.out.find("NOT OK") != std::string::npos, short_check.out);
+  auto short_status = slotshift_cmd("status --json --cluster " + loading.str() + " --timeout-ms 300");
+  CHECK(short_status.exit_code == 1);
+  CHECK_MESSAGE(short_status.out.find("is still loading its dataset") != std::string::npos, short_status.out);
+  auto refused =
+      slotshift_cmd("move --cluster " + seed + " --slots 0 --to " + masters[1].str() + " --timeout-ms 300");
+  CHECK(refused.exit_code == 1);
+  CHECK_MESSAGE(refused.out.find("still loading its dataset") != std::string::npos, refused.out);
+
+  // Within the deadline: the same commands wait for it and find a healthy cluster.
+  for (int i = 0;
+       i < 400 &&
+       test::run_capture("redis-cli -p " + std::to_string(loading.port) + " PING").out.starts_with("LOADING");
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  reload();
+  auto check = slotshift_cmd("check --cluster " + seed + " --timeout-ms 20000");
+  CHECK_MESSAGE(check.exit_code == 0, check.out);
+  CHECK_MESSAGE(check.out.find("OK: all nodes agree") != std::string::npos, check.out);
+  for (int i = 0;
+       i < 400 &&
+       test::run_capture("redis-cli -p " + std::to_string(loading.port) + " PING").out.starts_with("LOADING");
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  reload();
+  auto status = slotshift_cmd("status --cluster " + loading.str() + " --timeout-ms 20000");
+  CHECK_MESSAGE(status.exit_code == 0, status.out);
+  CHECK(status.out.find("16384 of 16384 slots covered") != std::string::npos);
 }
