@@ -24,13 +24,33 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+servers=${SLOTSHIFT_TEST_SERVERS-redis-8.0 valkey-8.0 valkey-8.1 valkey-9.1}
+
+# What this run is about to do that takes time, said before it starts (rough figures for 2 cores).
+missing=$(deploy/local/install-deps.sh --list | tr '\n' ' ')
+roots=()
+for s in $servers; do deploy/local/server-root.sh "$s" --check || roots+=("$s"); done
+echo "tests/run.sh: the plan" >&2
+[ -n "$missing" ] && echo "  install Debian packages: $missing(about 2 min)" >&2
+[ -d tests/integration/ioredis/node_modules/ioredis ] ||
+  echo "  install the JavaScript test clients from npm (about 10 s)" >&2
+[ ${#roots[@]} -gt 0 ] &&
+  echo "  build the Debian roots of ${roots[*]}, side by side (about 2 min, 300 MB each)" >&2
+build_dir=build
+[ "$preset" = default ] || build_dir=build-$preset
+[ -f "$build_dir/CMakeCache.txt" ] ||
+  echo "  build slotshift ($preset preset) from nothing (about 4 min)" >&2
+echo "  run the tests: every test on Redis 7.0${servers:+, the version tests on $servers} (about 7 min;" \
+  "12 min under asan)" >&2
+
+# Every package first, once: nothing after this line calls apt, so the roots can be built side by side.
 deploy/local/install-deps.sh
 # ioredis for the client tests, at the version package-lock.json pins.
 if [ ! -d tests/integration/ioredis/node_modules/ioredis ]; then
   (cd tests/integration/ioredis && npm ci --no-audit --no-fund --loglevel=error)
 fi
-servers=${SLOTSHIFT_TEST_SERVERS-redis-8.0 valkey-8.0 valkey-8.1 valkey-9.1}
-# The roots, side by side (each mostly waits for the mirror), before any test needs one.
+# The roots, side by side (each mostly waits for the mirror), before any test needs one. Each says on stderr
+# why it failed, its log's last lines included.
 pids=()
 for s in $servers; do
   deploy/local/server-root.sh "$s" >/dev/null &

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Installs the Debian packages slotshift builds, tests and demos with. Idempotent: it asks apt only for what is
-# missing, so a machine that has everything pays one dpkg query.
+# Installs every Debian package slotshift builds, tests, benchmarks and demos with. Idempotent: it asks apt only
+# for what is missing, so a machine that has everything pays one dpkg query. It is the only script of the project
+# that calls apt on the host: run it once, before anything runs side by side (tests/run.sh and demo.sh do).
+#
+#   install-deps.sh           installs what is missing
+#   install-deps.sh --list    prints what is missing, one package a line, and installs nothing
 set -euo pipefail
+list_only=false
+[ "${1:-}" = --list ] && list_only=true
 
 packages=(
   build-essential cmake ninja-build pkg-config
   libuv1-dev libhiredis-dev nlohmann-json3-dev libcli11-dev doctest-dev libcpp-httplib-dev liblzf-dev
   redis-server redis-tools python3 python3-redis
+  # deploy/local/server-root.sh: the Debian roots of the other server versions (tests/run.sh, demo --server).
+  debootstrap
 )
 
 # Node.js runs the ioredis client tests; a machine that already has node and npm (from any source) keeps them.
@@ -18,6 +26,10 @@ for p in "${packages[@]}"; do
     missing+=("$p")
   fi
 done
+if $list_only; then
+  [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"
+  exit 0
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "install-deps: installing ${missing[*]}" >&2
