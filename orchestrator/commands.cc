@@ -136,6 +136,14 @@ ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds tim
       s.unreachable.push_back(error.empty() ? c.error() : error);
       continue;
     }
+    // A move that could not see a source learn its claim leaves it refusing writes, its only fence left;
+    // a killed one may too. Either way no write reaches that master until someone lifts it.
+    const Node* me = view->myself();
+    if (me && me->is_master()) {
+      const auto mr = c.command({"CONFIG", "GET", "min-replicas-to-write"});
+      if (mr && !mr->is_error() && mr->elements.size() == 2 && mr->elements[1].str == kRefuseAllWrites)
+        s.refusing_writes.push_back(where.str());
+    }
     merge(s.merged, *view);
     s.views.push_back(std::move(*view));
   }
@@ -218,7 +226,7 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
   auto findings = check(s.merged);
   for (auto& f : compare_views(s.views))
     findings.push_back(std::move(f));
-  const bool clean = findings.empty() && s.complete();
+  const bool clean = findings.empty() && s.complete() && s.refusing_writes.empty();
   if (options.json) {
     nlohmann::json j;
     j["ok"] = clean;
@@ -229,6 +237,7 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
     j["findings"] = list;
     j["unreachable"] = s.unreachable;
     j["loading"] = s.loading;
+    j["refusing_writes"] = s.refusing_writes;
     out << j.dump(2) << "\n";
     return clean ? 0 : 1;
   }
@@ -238,6 +247,10 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
     out << "  unreachable: " << u << "\n";
   for (const auto& l : s.loading)
     out << "  loading: " << l << "; its view could not be read\n";
+  for (const auto& r : s.refusing_writes)
+    out << "  refusing-writes: " << r << " refuses every write (min-replicas-to-write " << kRefuseAllWrites
+        << "), left so by a slotshift move; once every node names one owner for each slot, put back its own "
+           "value (the move's message and journal say it; the server's default is 0)\n";
   for (const auto& f : findings)
     out << "  " << finding_kind_name(f.kind) << ": " << f.message << "\n";
   out << (clean ? "OK: all nodes agree, every slot is covered, nothing is open\n"

@@ -19,6 +19,11 @@ struct CommonOptions {
   Credentials credentials;                  // for every node
 };
 
+// min-replicas-to-write while slotshift makes a source refuse writes around a claim: more replicas than any
+// server can have. A master found with it set was left so by a move that was killed, or that could not see
+// the source learn its claim (slotshift move says which).
+inline constexpr const char* kRefuseAllWrites = "2147483647";
+
 // A node id as messages show it: its first 8 characters.
 inline std::string short_id(const std::string& id) {
   return id.substr(0, 8);
@@ -34,6 +39,8 @@ struct ClusterSurvey {
   // Nodes that still answered LOADING when the survey's deadline (its timeout) passed: reachable, but their
   // view of the cluster is unknown.
   std::vector<std::string> loading;
+  // Masters that refuse every write because a move left min-replicas-to-write at kRefuseAllWrites.
+  std::vector<std::string> refusing_writes;
   std::string error;  // set when not even the seed could be read
   // Every node's own view was read.
   bool complete() const { return error.empty() && unreachable.empty() && loading.empty(); }

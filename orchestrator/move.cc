@@ -1,5 +1,6 @@
 #include "orchestrator/move.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,8 +8,10 @@
 #include <charconv>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <future>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -20,6 +23,7 @@
 #include "common/server_info.h"
 #include "common/topology.h"
 #include "orchestrator/copier.h"
+#include "orchestrator/fault_injection.h"
 #include "orchestrator/native_migration.h"
 #include "orchestrator/node_client.h"
 #include "orchestrator/proxy_control.h"
@@ -31,10 +35,6 @@ using std::chrono::duration_cast;
 using std::chrono::milliseconds;
 
 std::atomic<int> g_interrupted{0};
-
-// min-replicas-to-write while a source refuses writes around a claim: more replicas than any server can have.
-// A source found with it set was left so by a move that was killed in that instant.
-constexpr const char* kRefuseAllWrites = "2147483647";
 
 extern "C" void on_interrupt(int sig) {
   g_interrupted.store(sig);
@@ -120,7 +120,19 @@ struct Source {
   // for the claim by refusing writes instead: min-replicas-to-write raised out of reach, then restored to
   // these values (read before the move starts).
   bool refusing = false;
+  // Set when the source had still not learnt a claim at the deadline: its refusal of writes is the only fence
+  // left, and it stays for an operator to lift once the source names the new owner.
+  bool keep_refusing = false;
   std::string min_replicas_to_write, min_replicas_max_lag;
+};
+
+// Which of some slots the target owns in its own view: the only word on a claim that counts (REDIS-FACTS, "A
+// claim is never known from the reply alone").
+struct TargetView {
+  bool known = false;
+  std::vector<Slot> owned, other;
+  std::set<Slot> importing;  // of `other`, those the target still has in IMPORTING
+  std::string error;         // why it is not known
 };
 
 }  // namespace
@@ -149,6 +161,12 @@ class MoveJob {
   // One batch. True when it was claimed; false with `retry` set when it was abandoned before its claim and
   // may be tried again.
   bool cut_over(Source& source, Batch& batch, bool& retry);
+  // After an error at or after a batch's first SETSLOT ... NODE: asks the target what it owns, keeps the
+  // source fenced until it knows, and leaves the rest to rollback(). Always false (the move stops).
+  void drop_setslot_connections();
+  bool settle_claim(Source& source, Batch& batch, const std::string& claim_error, bool held);
+  TargetView target_view(const std::vector<Slot>& slots);
+  bool wait_source_learns(Source& source, const std::vector<Slot>& slots);
   bool verify(const Batch& batch);
   bool settle();
   void release_proxies(const std::string& slots);
@@ -166,6 +184,8 @@ class MoveJob {
   void rollback();
   // Ends the source's fence: its pause, and the refusal of writes where that replaced the pause.
   bool unpause(Source& source);
+  std::chrono::milliseconds learn_timeout() const;
+  std::string fence_left(const Source& source) const;
   bool refuse_writes(Source& source);
   void journal(const nlohmann::json& step);
   void progress(const std::string& line);
@@ -197,7 +217,8 @@ class MoveJob {
   NodeFanout target_fanout_;  // for SETSLOT (see setslots())
   bool target_fanout_connected_ = false;
   std::vector<Source> sources_;
-  std::vector<Slot> skipped_;  // already on the target
+  std::vector<Slot> skipped_;         // already on the target
+  milliseconds node_timeout_{15000};  // the target's cluster-node-timeout
   std::vector<bool> importing_ = std::vector<bool>(kSlotCount);
   std::vector<bool> claimed_ = std::vector<bool>(kSlotCount);
   std::map<std::string, NodeClient> controls_;
@@ -206,7 +227,8 @@ class MoveJob {
   std::string owner_;  // names this move's holds on the proxies
   std::set<std::string> proxy_warned_;
   std::mutex warnings_mu_;  // the proxies' route and release run beside the cutover's wait for the source
-  std::ofstream journal_;
+  int journal_fd_ = -1;
+  std::string move_id_;  // in every journal record
   // A batch's pause is a fixed part (PAUSE, INFO, the offset wait, the key counts, the claim's round trips)
   // plus the source's synchronous delete of the batch's keys when it learns the claim, which grows with the
   // keys. Both are learnt from the batches as they go; the first batch of a move is kept small to measure.
@@ -232,12 +254,20 @@ bool MoveJob::interrupted() {
   return false;
 }
 
+// One record, on disk before the step it names is acted on: written in one call and synced, so that a
+// crash leaves either the whole line or none of it.
 void MoveJob::journal(const nlohmann::json& step) {
-  if (!journal_.is_open()) return;
-  nlohmann::json j = step;
-  j["time_ms"] = duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  journal_ << j.dump() << "\n";
-  journal_.flush();
+  if (journal_fd_ >= 0) {
+    nlohmann::json j = step;
+    j["version"] = 1;
+    j["move"] = move_id_;
+    j["time_ms"] = duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    const std::string line = j.dump() + "\n";
+    if (::write(journal_fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size()) ||
+        ::fdatasync(journal_fd_) != 0)
+      warnings_.push_back("writing the journal " + options_.journal + " failed: " + std::strerror(errno));
+  }
+  if (step.contains("step") && fault::armed(step["step"].get<std::string>(), "kill")) ::raise(SIGKILL);
 }
 
 void MoveJob::progress(const std::string& line) {
@@ -275,9 +305,7 @@ bool MoveJob::plan() {
   if (!options_.proxies.empty() || !options_.proxy_dns.empty()) {
     proxies_ = std::make_unique<ProxyControl>(options_.proxies, options_.proxy_dns, options_.proxy_token,
                                               options_.common.timeout);
-    owner_ = "slotshift-move-" + std::to_string(::getpid()) + "-" +
-             std::to_string(
-                 duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+    owner_ = "slotshift-" + move_id_;
   }
   if (native_ && options_.fence == "proxy")
     return fail(
@@ -363,6 +391,9 @@ bool MoveJob::plan() {
   if (!target_control_.connect(target_address_, options_.common.timeout, options_.common.credentials))
     return fail("cannot connect to the target " + target_control_.error());
   if (!server(target_control_, target_info_)) return false;
+  if (auto t = target_control_.command({"CONFIG", "GET", "cluster-node-timeout"});
+      t && !t->is_error() && t->elements.size() == 2)
+    node_timeout_ = milliseconds(std::strtoll(t->elements[1].str.c_str(), nullptr, 10));
   if (native_) {
     if (!has_native_migration(target_info_))
       return fail("--engine native needs Valkey 9.0 or later (CLUSTER MIGRATESLOTS); the target " +
@@ -697,7 +728,7 @@ bool MoveJob::unpause(Source& src) {
     }
     src.paused = false;
   }
-  if (src.refusing) {
+  if (src.refusing && !src.keep_refusing) {
     const std::vector<std::string> restore = {"CONFIG",
                                               "SET",
                                               "min-replicas-to-write",
@@ -904,6 +935,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   for (std::size_t i = 0; i + 1 < batch.slots.size(); ++i)
     pairs.push_back({{"CLUSTER", "SETSLOT", std::to_string(batch.slots[i]), "STABLE"},
                      {"CLUSTER", "SETSLOT", std::to_string(batch.slots[i]), "NODE", target_.id}});
+  if (fault::armed("claim", "drop-setslot-connections")) drop_setslot_connections();
   const auto t_claim = Clock::now();
   // Past this point nothing is undone: some or all of the slots may belong to the target now.
   std::string claim_error;
@@ -920,12 +952,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
                     " NODE: " + (last ? last->str : target_control_.error());
   }
   batch.claim_send_ms = ms_since(t_claim);
-  if (!claim_error.empty()) {
-    unpause(src);
-    if (held) release_proxies(slots_text);
-    return fail("claiming batch " + slots_text + " on the target: " + claim_error +
-                "; run slotshift check: some of its slots may have moved");
-  }
+  if (!claim_error.empty()) return settle_claim(src, batch, claim_error, held);
   for (const Slot s : batch.slots) {
     claimed_[s] = true;
     importing_[s] = false;
@@ -939,25 +966,11 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
       batch.hold_ms = ms_since(t0);
     });
   // 6. The source deletes its keys of these slots as soon as it hears the target's broadcast (synchronously:
-  //    that delete is most of the pause) and answers MOVED from then on. Wait for it, then unpause.
-  const auto learn_deadline = t_claim + std::max(options_.pause_timeout, milliseconds(5000));
-  for (;;) {
-    auto nodes = c->command({"CLUSTER", "NODES"});
-    if (nodes && !nodes->is_error()) {
-      const auto view = parse_cluster_nodes(*nodes);
-      const bool knows = view.ok() && std::all_of(batch.slots.begin(), batch.slots.end(), [&](Slot s) {
-                           const Node* o = view.topology.owner(s);
-                           return o && o->id == target_.id;
-                         });
-      if (knows) break;
-    }
-    if (Clock::now() > learn_deadline) {
-      unpause(src);
-      return fail("the source " + src.address.str() + " did not learn the claim of batch " + slots_text +
-                  " within " + std::to_string(duration_cast<milliseconds>(learn_deadline - t_claim).count()) +
-                  " ms; run slotshift check");
-    }
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  //    that delete is most of the pause) and answers MOVED from then on. Wait for it, fenced, then unpause.
+  if (!wait_source_learns(src, batch.slots)) {
+    if (proxies_done.valid()) proxies_done.get();
+    return fail("the source " + src.address.str() + " did not learn the claim of batch " + slots_text +
+                " within " + std::to_string(learn_timeout().count()) + " ms; " + fence_left(src));
   }
   batch.claim_ms = ms_since(t_claim);
   if (proxies_done.valid()) proxies_done.get();
@@ -977,13 +990,175 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   return true;
 }
 
+std::chrono::milliseconds MoveJob::learn_timeout() const {
+  // The source learns a claim from the target's broadcast within milliseconds; after a claim that failed part
+  // way there is no broadcast, and it learns from the target's regular pings, which reach every node at least
+  // once per half node timeout.
+  return std::max(milliseconds(5000), node_timeout_);
+}
+
+// What is left of a source's fence after wait_source_learns() gave up, for the user.
+std::string MoveJob::fence_left(const Source& src) const {
+  if (src.keep_refusing)
+    return "so that no write it accepts is lost when it does, it refuses every write (NOREPLICAS) until "
+           "`CONFIG "
+           "SET min-replicas-to-write " +
+           src.min_replicas_to_write + " min-replicas-max-lag " + src.min_replicas_max_lag +
+           "` is sent to it: send that once slotshift check shows every node naming the target as their "
+           "owner";
+  return "slotshift could not fence it (no connection): writes it accepted for those slots after the claim "
+         "are lost when it learns; run slotshift check";
+}
+
+// Waits until the source names the target as the owner of every slot of `slots`, its fence up all the while.
+// The source deletes its keys of a slot when it learns that the target owns it: a write it accepted after the
+// fence and before that would be deleted with them, acknowledged and gone. So the fence never lapses here:
+// the pause is renewed (a second CLIENT PAUSE only extends it), a refusal of writes stays, and a source that
+// has still not learnt at the deadline is left refusing writes (NOREPLICAS: nothing applied), for an operator
+// to lift (fence_left()). Servers that crash when they learn a claim while paused are never paused here.
+bool MoveJob::wait_source_learns(Source& src, const std::vector<Slot>& slots) {
+  const auto deadline = Clock::now() + learn_timeout();
+  auto renewed = Clock::now();
+  for (;;) {
+    auto* c = control(src.node);
+    auto nodes = c ? c->command({"CLUSTER", "NODES"}) : std::nullopt;
+    if (!nodes) controls_.erase(src.node.id);  // a broken connection: a new one next time
+    if (nodes && !nodes->is_error()) {
+      const auto view = parse_cluster_nodes(*nodes);
+      if (view.ok() && std::all_of(slots.begin(), slots.end(), [&](Slot s) {
+            const Node* o = view.topology.owner(s);
+            return o && o->id == target_.id;
+          }))
+        return true;
+    }
+    if (src.paused && Clock::now() - renewed > options_.pause_timeout / 4 && c) {
+      c->command({"CLIENT", "PAUSE", std::to_string(options_.pause_timeout.count()), "WRITE"});
+      renewed = Clock::now();
+    }
+    if (Clock::now() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  if (src.refusing || refuse_writes(src)) src.keep_refusing = true;
+  unpause(src);  // the pause only: the refusal stays
+  journal({{"step", "source-not-learnt"},
+           {"source", src.node.id},
+           {"slots", format_slot_ranges(slot_ranges(slots))},
+           {"refusing_writes", src.keep_refusing}});
+  return false;
+}
+
+// A target's own CLUSTER NODES, asked on a new connection (the one that failed may be the reason we ask),
+// again and again until a deadline.
+TargetView MoveJob::target_view(const std::vector<Slot>& slots) {
+  TargetView v;
+  const auto deadline = Clock::now() + std::max(milliseconds(10000), options_.common.timeout * 3);
+  for (;;) {
+    NodeClient c;
+    if (c.connect(target_address_, options_.common.timeout, options_.common.credentials)) {
+      const auto nodes = c.command_when_loaded({"CLUSTER", "NODES"}, deadline);
+      const auto parsed = nodes && !nodes->is_error() ? parse_cluster_nodes(*nodes) : TopologyResult{};
+      const Node* me = parsed.ok() ? parsed.topology.myself() : nullptr;
+      if (me && me->id == target_.id) {
+        for (const Slot s : slots) {
+          const Node* o = parsed.topology.owner(s);
+          if (o && o->id == target_.id) {
+            v.owned.push_back(s);
+          } else {
+            v.other.push_back(s);
+            if (me->importing.count(s)) v.importing.insert(s);
+          }
+        }
+        v.known = true;
+        return v;
+      }
+      v.error = !nodes ? c.error() : nodes->is_error() ? nodes->str : "its CLUSTER NODES names no myself";
+    } else {
+      v.error = c.error();
+    }
+    if (Clock::now() > deadline) return v;
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+}
+
+// A claim that failed part way: some of the batch's SETSLOT ... NODE may have run, and the target owns those
+// slots whatever their replies said; the cluster learns it by gossip, and the source then deletes its keys of
+// them. So nothing is decided from the error: the target is asked what it owns. Those slots are moved, and
+// the source stays fenced until it knows; the others go back to the source (rollback() removes their copies,
+// and only theirs). If the target cannot even be asked, nothing is undone and the source refuses writes.
+bool MoveJob::settle_claim(Source& src, Batch& batch, const std::string& claim_error, bool held) {
+  const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
+  journal({{"step", "claim-failed"}, {"slots", slots_text}, {"error", claim_error}});
+  const auto view = target_view(batch.slots);
+  if (!view.known) {
+    for (const Slot s : batch.slots)
+      importing_[s] = false;  // rollback() must not touch them: they may be the target's
+    const bool refused = src.refusing || refuse_writes(src);
+    if (refused) src.keep_refusing = true;
+    unpause(src);
+    if (held) release_proxies(slots_text);
+    journal({{"step", "claim-unknown"}, {"slots", slots_text}, {"error", view.error}});
+    return fail(
+        "claiming batch " + slots_text + " on the target: " + claim_error +
+        "; then the target could not be asked which of its slots it owns (" + view.error +
+        "). Nothing of the batch was undone, since any of its slots may be the target's now, and " +
+        (refused ? "the source " + src.address.str() +
+                       " refuses writes so that none is lost: once slotshift check shows one owner for each "
+                       "slot, send it `CONFIG SET min-replicas-to-write " +
+                       src.min_replicas_to_write + " min-replicas-max-lag " + src.min_replicas_max_lag + "`"
+                 : "the source could not be fenced either: run slotshift check"));
+  }
+  for (const Slot s : view.owned) {
+    claimed_[s] = true;
+    importing_[s] = false;
+  }
+  const std::string owned_text = format_slot_ranges(slot_ranges(view.owned));
+  const std::string other_text = format_slot_ranges(slot_ranges(view.other));
+  journal({{"step", "claim-settled"},
+           {"slots", slots_text},
+           {"target_owns", owned_text},
+           {"source_keeps", other_text}});
+  if (held) {
+    if (!view.owned.empty()) route_and_release(owned_text);
+    if (!view.other.empty()) release_proxies(other_text);
+  }
+  const bool learnt = view.owned.empty() || wait_source_learns(src, view.owned);
+  unpause(src);
+  std::string what = "claiming batch " + slots_text + " on the target failed part way (" + claim_error +
+                     "). The nodes say: ";
+  if (view.owned.empty())
+    what += "the target owns none of its slots";
+  else
+    what += "the target owns " + std::to_string(view.owned.size()) + " of its " +
+            std::to_string(batch.slots.size()) + " slots (" + owned_text + "), which are moved" +
+            (learnt ? " and the source knows it" : "; the source had not learnt it: " + fence_left(src));
+  if (!view.other.empty())
+    what += "; the other " + std::to_string(view.other.size()) + " (" + other_text +
+            ") stay with the source " + src.address.str();
+  return fail(what);
+}
+
+// The fault claim:drop-setslot-connections (fault_injection.h): every other SETSLOT connection of the target
+// closed by the target itself, as the connections of a restarted load balancer are.
+void MoveJob::drop_setslot_connections() {
+  auto list = target_control_.command({"CLIENT", "LIST", "TYPE", "normal"});
+  if (!list || list->is_error()) return;
+  std::istringstream lines(list->str);
+  int n = 0;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find(" name=slotshift-setslot ") == std::string::npos || n++ % 2) continue;
+    const auto id = line.substr(3, line.find(' ') - 3);  // "id=123 addr=..."
+    target_control_.command({"CLIENT", "KILL", "ID", id});
+  }
+}
+
 // CLUSTER SETSLOT commands on the target, each group in order, the groups over many connections at once:
 // Valkey 8 and later make each SETSLOT wait until the node's replicas have it (see NodeFanout). The first
 // error, or nothing.
 std::optional<std::string> MoveJob::setslots(
     const std::vector<std::vector<std::vector<std::string>>>& groups) {
   if (!target_fanout_connected_) {
-    if (!target_fanout_.connect(target_address_, options_.common.timeout, options_.common.credentials, 64))
+    if (!target_fanout_.connect(target_address_, options_.common.timeout, options_.common.credentials, 64,
+                                "slotshift-setslot"))
       return target_fanout_.error();
     target_fanout_connected_ = true;
   }
@@ -1174,8 +1349,12 @@ bool MoveJob::clean_source_replicas() {
     auto* c = control(src.node);
     auto role = c ? c->command({"ROLE"}) : std::nullopt;
     if (!role || role->is_error() || role->elements.empty() || role->elements[0].str != "master") continue;
+    // Only what the target owns: a move that stopped part way leaves the rest with the source.
+    std::vector<Slot> lost;
+    std::copy_if(src.slots.begin(), src.slots.end(), std::back_inserter(lost),
+                 [&](Slot s) { return claimed_[s]; });
     std::uint64_t purged = 0;
-    if (!purge_replica_keys(src.node, target_.id, src.slots, true, purged)) return false;
+    if (!purge_replica_keys(src.node, target_.id, lost, true, purged)) return false;
     if (purged > 0) {
       journal({{"step", "replicas-cleaned"}, {"source", src.node.id}, {"keys", purged}});
       notes_.push_back("removed " + std::to_string(purged) + " moved keys from the replicas of " +
@@ -1480,34 +1659,91 @@ void MoveJob::rollback() {
   for (int s = 0; s < kSlotCount; ++s)
     if (importing_[static_cast<std::size_t>(s)]) open.push_back(static_cast<Slot>(s));
   if (open.empty()) return;
+  // Keys are deleted only in slots that the target does not own in its own view, whatever this run believes:
+  // once the target owns a slot, the source drops its copy, and the target's is the only one left.
+  const auto view = target_view(open);
+  if (!view.known) {
+    warnings_.push_back("not undone: the target could not be asked which slots it owns (" + view.error +
+                        "), so the copied keys of slots " + format_slot_ranges(slot_ranges(open)) +
+                        " were left on it, in IMPORTING; run slotshift check");
+    return;
+  }
+  for (const Slot s : view.owned) {
+    importing_[s] = false;
+    claimed_[s] = true;
+  }
+  if (!view.owned.empty())
+    warnings_.push_back("slots " + format_slot_ranges(slot_ranges(view.owned)) +
+                        " are the target's in its own view, though their claim was not seen to succeed: they "
+                        "are moved, and their keys were kept");
+  open = view.other;
+  if (open.empty()) return;
+  // A fresh connection: the old one may have been the one that failed.
+  if (!target_control_.connect(target_address_, options_.common.timeout, options_.common.credentials)) {
+    warnings_.push_back("not undone: cannot reconnect to the target " + target_control_.error() +
+                        "; the copied keys of slots " + format_slot_ranges(slot_ranges(open)) +
+                        " are still on it; run slotshift check");
+    return;
+  }
+  // A slot whose claim ran SETSLOT STABLE but not NODE has left IMPORTING, and ASKING no longer reaches its
+  // keys: it is put back in IMPORTING (from its source) for the delete.
+  std::vector<std::vector<std::vector<std::string>>> reimport;
+  for (const Slot s : open)
+    if (!view.importing.count(s))
+      for (const auto& src : sources_)
+        if (std::find(src.slots.begin(), src.slots.end(), s) != src.slots.end())
+          reimport.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", src.node.id}});
+  if (!reimport.empty())
+    if (const auto error = setslots(reimport)) {
+      warnings_.push_back("not undone: " + *error + "; the copied keys of slots " +
+                          format_slot_ranges(slot_ranges(open)) +
+                          " are still on the target; run slotshift check");
+      return;
+    }
   std::uint64_t deleted = 0;
+  std::string delete_error;
   for (const Slot s : open) {
-    for (int rounds = 0; rounds < 100000; ++rounds) {
+    for (int rounds = 0; rounds < 100000 && delete_error.empty(); ++rounds) {
       auto keys = target_control_.command({"CLUSTER", "GETKEYSINSLOT", std::to_string(s), "1000"});
-      if (!keys || keys->is_error() || keys->elements.empty()) break;
+      if (!keys || keys->is_error()) {
+        delete_error = keys ? keys->str : target_control_.error();
+        break;
+      }
+      if (keys->elements.empty()) break;
       std::vector<std::vector<std::string>> dels;
       for (const auto& k : keys->elements) {
         dels.push_back({"ASKING"});
         dels.push_back({"DEL", k.str});
       }
-      if (!target_control_.pipeline(dels)) break;
-      deleted += keys->elements.size();
+      const auto replies = target_control_.pipeline(dels);
+      if (!replies) delete_error = target_control_.error();
+      for (std::size_t i = 0; replies && i < replies->size() && delete_error.empty(); ++i)
+        if ((*replies)[i].is_error()) delete_error = join(dels[i]) + ": " + (*replies)[i].str;
+      if (delete_error.empty()) deleted += keys->elements.size();
     }
   }
-  std::vector<std::vector<std::vector<std::string>>> stable;
-  for (const Slot s : open)
-    stable.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"}});
-  const auto stable_error = setslots(stable);
-  if (!stable_error)
+  std::optional<std::string> stable_error;
+  if (delete_error.empty()) {
+    std::vector<std::vector<std::vector<std::string>>> stable;
     for (const Slot s : open)
-      importing_[s] = false;
-  journal(
-      {{"step", "rolled-back"}, {"slots", format_slot_ranges(slot_ranges(open))}, {"keys_deleted", deleted}});
+      stable.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"}});
+    stable_error = setslots(stable);
+    if (!stable_error)
+      for (const Slot s : open)
+        importing_[s] = false;
+  }
+  journal({{"step", "rolled-back"},
+           {"slots", format_slot_ranges(slot_ranges(open))},
+           {"keys_deleted", deleted},
+           {"complete", delete_error.empty() && !stable_error}});
   warnings_.push_back(
       "undone: " + std::to_string(open.size()) + " slots not claimed (" +
       format_slot_ranges(slot_ranges(open)) + ") stay with their owner; " + std::to_string(deleted) +
       " copied keys were deleted from the target" +
-      (stable_error ? ", but clearing IMPORTING failed (" + *stable_error + "): run slotshift check" : ""));
+      (!delete_error.empty() ? ", but deleting the rest failed (" + delete_error +
+                                   "): they are still there, in IMPORTING; run slotshift check"
+       : stable_error ? ", but clearing IMPORTING failed (" + *stable_error + "): run slotshift check"
+                      : ""));
 }
 
 void MoveJob::report(bool ok) {
@@ -1658,13 +1894,24 @@ void MoveJob::report(bool ok) {
 }
 
 int MoveJob::run() {
+  move_id_ = "move-" + std::to_string(::getpid()) + "-" +
+             std::to_string(
+                 duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
   if (!options_.journal.empty()) {
-    journal_.open(options_.journal, std::ios::app);
-    if (!journal_) {
-      err_ << "slotshift move: cannot open the journal " << options_.journal << "\n";
+    journal_fd_ = ::open(options_.journal.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (journal_fd_ < 0) {
+      err_ << "slotshift move: cannot open the journal " << options_.journal << ": " << std::strerror(errno)
+           << "\n";
       return 2;
     }
   }
+  struct CloseJournal {
+    int& fd;
+    ~CloseJournal() {
+      if (fd >= 0) ::close(fd);
+      fd = -1;
+    }
+  } close_journal{journal_fd_};
   if (!plan()) {
     // Refused before anything was touched; machines get that as JSON too.
     if (options_.common.json)
@@ -1714,7 +1961,12 @@ int MoveJob::run() {
                           : prepare() && copy() && timed(cutover_s_, [&] { return cut_over_all(); }) &&
                                 timed(cleanup_s_, [&] { return clean_source_replicas(); }) &&
                                 timed(settle_s_, [&] { return settle(); });
-  if (!ok) rollback();
+  if (!ok) {
+    rollback();
+    // The batches claimed before the failure are moved: their keys go from the source's replicas as after a
+    // move that went well.
+    clean_source_replicas();
+  }
   if (ok) journal({{"step", "done"}});
   report(ok);
   for (auto& src : sources_)

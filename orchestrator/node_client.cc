@@ -147,14 +147,16 @@ std::optional<resp::Value> NodeClient::read_reply(const std::string& what) {
 }
 
 bool NodeFanout::connect(const HostPort& node, std::chrono::milliseconds timeout,
-                         const Credentials& credentials, std::size_t connections) {
+                         const Credentials& credentials, std::size_t connections, const std::string& name) {
   clients_.clear();
   clients_.resize(std::max<std::size_t>(connections, 1));
-  for (auto& c : clients_)
+  for (auto& c : clients_) {
     if (!c.connect(node, timeout, credentials)) {
       error_ = c.error();
       return false;
     }
+    if (!name.empty()) c.command({"CLIENT", "SETNAME", name});
+  }
   return true;
 }
 

@@ -71,8 +71,9 @@ class NodeClient {
 // Valkey 9.1 with one replica), on a hundred connections ten.
 class NodeFanout {
  public:
+  // `name` (CLIENT SETNAME) tells the connections apart in the node's CLIENT LIST.
   bool connect(const HostPort& node, std::chrono::milliseconds timeout, const Credentials& credentials,
-               std::size_t connections);
+               std::size_t connections, const std::string& name = "");
   // Runs each group of commands in order on one connection, the groups spread over the connections, all at
   // once. The replies, group by group. nullopt (error()) when a connection fails.
   std::optional<std::vector<std::vector<resp::Value>>> run(
