@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 namespace slotshift {
 namespace {
@@ -149,14 +150,21 @@ ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds tim
   }
   // CLUSTER SHARDS calls every replica whose replication offset is 0 "loading", and an idle master's offset
   // stays 0 however long its replicas have been in sync. Ask such a replica itself before calling it loading.
+  // A replica that really is in its first full sync (an emptied master that turned into a replica, say) is
+  // given until the survey's deadline to finish it.
   for (auto& node : s.merged.nodes) {
     if (node.health != Health::kLoading || node.port == 0) continue;
     NodeClient c;
     if (!c.connect(HostPort{node.address(), node.port}, timeout, credentials)) continue;
-    const auto info = c.command({"INFO", "replication"});
-    if (info && !info->is_error() && info->str.find("master_link_status:up") != std::string::npos &&
-        info->str.find("master_sync_in_progress:0") != std::string::npos) {
-      node.health = Health::kOnline;
+    for (;;) {
+      const auto info = c.command_when_loaded({"INFO", "replication"}, deadline);
+      if (info && !info->is_error() && info->str.find("master_link_status:up") != std::string::npos &&
+          info->str.find("master_sync_in_progress:0") != std::string::npos) {
+        node.health = Health::kOnline;
+        break;
+      }
+      if (!info || std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   }
   return s;

@@ -124,6 +124,7 @@ struct Source {
   // left, and it stays for an operator to lift once the source names the new owner.
   bool keep_refusing = false;
   std::string min_replicas_to_write, min_replicas_max_lag;
+  bool can_refuse = false;  // both were read
 };
 
 // Which of some slots the target owns in its own view: the only word on a claim that counts (REDIS-FACTS, "A
@@ -185,6 +186,7 @@ class MoveJob {
   // Ends the source's fence: its pause, and the refusal of writes where that replaced the pause.
   bool unpause(Source& source);
   std::chrono::milliseconds learn_timeout() const;
+  std::chrono::milliseconds claim_pause() const;
   std::string fence_left(const Source& source) const;
   bool refuse_writes(Source& source);
   void journal(const nlohmann::json& step);
@@ -267,7 +269,7 @@ void MoveJob::journal(const nlohmann::json& step) {
         ::fdatasync(journal_fd_) != 0)
       warnings_.push_back("writing the journal " + options_.journal + " failed: " + std::strerror(errno));
   }
-  if (step.contains("step") && fault::armed(step["step"].get<std::string>(), "kill")) ::raise(SIGKILL);
+  if (step.contains("step")) fault::at_step(step["step"].get<std::string>());
 }
 
 void MoveJob::progress(const std::string& line) {
@@ -283,6 +285,11 @@ void MoveJob::end_progress() {
 
 NodeClient* MoveJob::control(const Node& node) {
   auto it = controls_.find(node.id);
+  // A connection that failed (a node that stalled past the timeout, a dropped link) is replaced.
+  if (it != controls_.end() && !it->second.usable()) {
+    controls_.erase(it);
+    it = controls_.end();
+  }
   if (it == controls_.end()) {
     NodeClient c;
     if (!c.connect(HostPort{node.address(), node.port}, options_.common.timeout,
@@ -424,8 +431,8 @@ bool MoveJob::plan() {
     }
     if (!payloads_compatible(src.info, target_info_, why))
       return fail("cannot move from " + src.address.str() + ": " + why);
-    // What the source's replica-count check is now: the cutover raises it on servers that cannot stay
-    // paused through a claim, and puts it back.
+    // What the source's replica-count check is now: the cutover raises it around every claim (see
+    // cut_over()), and puts it back.
     const bool refuses = !src.info.survives_paused_claim() && options_.fence != "proxy";
     auto config = c->command({"CONFIG", "GET", "min-replicas-*"});
     if (refuses && (!config || config->is_error()))
@@ -445,8 +452,10 @@ bool MoveJob::plan() {
           src.address.str() + " refuses every write (min-replicas-to-write " + kRefuseAllWrites +
           "): a slotshift move was killed during a cutover there. Its journal's last \"refuse-writes\" "
           "step says what to restore (`CONFIG SET min-replicas-to-write 0` is the server's default)");
-    if (refuses && (src.min_replicas_to_write.empty() || src.min_replicas_max_lag.empty()))
+    src.can_refuse = !src.min_replicas_to_write.empty() && !src.min_replicas_max_lag.empty();
+    if (refuses && !src.can_refuse)
       return fail(src.address.str() + ": CONFIG GET min-replicas-* did not name both settings");
+
     if (refuses)
       warnings_.push_back(
           src.info.name() + " on " + src.address.str() +
@@ -718,16 +727,7 @@ std::vector<Batch> MoveJob::plan_batches(const Source& src) const {
 bool MoveJob::unpause(Source& src) {
   bool ok = true;
   auto* c = control(src.node);
-  if (src.paused) {
-    auto r = c ? c->command({"CLIENT", "UNPAUSE"}) : std::nullopt;
-    if (!r || r->is_error()) {
-      warnings_.push_back("CLIENT UNPAUSE on " + src.address.str() + " failed (" +
-                          (r ? r->str : "no connection") + "); its pause ends by itself within " +
-                          std::to_string(options_.pause_timeout.count()) + " ms");
-      ok = false;
-    }
-    src.paused = false;
-  }
+  // The refusal goes first: the writes the pause held run the moment it ends, and must not meet it.
   if (src.refusing && !src.keep_refusing) {
     const std::vector<std::string> restore = {"CONFIG",
                                               "SET",
@@ -740,9 +740,20 @@ bool MoveJob::unpause(Source& src) {
       warnings_.push_back("restoring min-replicas-to-write on " + src.address.str() + " failed (" +
                           (r ? r->str : "no connection") + "): it refuses every write until `" +
                           join(restore) + "` is sent to it");
-      return false;
+      ok = false;
+    } else {
+      src.refusing = false;
     }
-    src.refusing = false;
+  }
+  if (src.paused) {
+    auto r = c ? c->command({"CLIENT", "UNPAUSE"}) : std::nullopt;
+    if (!r || r->is_error()) {
+      warnings_.push_back("CLIENT UNPAUSE on " + src.address.str() + " failed (" +
+                          (r ? r->str : "no connection") + "); its pause ends by itself within " +
+                          std::to_string(options_.pause_timeout.count()) + " ms");
+      ok = false;
+    }
+    src.paused = false;
   }
   return ok;
 }
@@ -753,7 +764,10 @@ bool MoveJob::unpause(Source& src) {
 // count, so moved slots get MOVED even while it still refuses.
 bool MoveJob::refuse_writes(Source& src) {
   auto* c = control(src.node);
-  if (!c) return false;
+  if (!c || !src.can_refuse) {
+    connect_error_ = c ? "CONFIG GET min-replicas-* was refused at the start" : connect_error_;
+    return false;
+  }
   journal({{"step", "refuse-writes"},
            {"source", src.node.id},
            {"restore",
@@ -842,17 +856,34 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     if (!pause || pause->is_error())
       return abandon(
           "CLIENT PAUSE on the source " + src.address.str() + ": " + (pause ? pause->str : c->error()),
-          false);
+          !pause);  // a source that stalled or dropped the connection may answer the next time
     src.paused = true;
     t_pause = Clock::now();
   }
   auto info = c->command({"INFO", "replication"});
   const std::int64_t fence = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
   if (fence < 0)
-    return abandon("INFO replication on the source " + src.address.str() + ": no master_repl_offset", false);
+    return abandon("INFO replication on the source " + src.address.str() + ": " +
+                       (info ? "no master_repl_offset" : c->error()),
+                   !info);
+  journal({{"step", "fence"},
+           {"source", src.node.id},
+           {"slots", slots_text},
+           {"offset", fence},
+           {"paused", src.paused},
+           {"proxies_held", held ? owner_ : ""}});
   // From here the copier applies nothing of these slots past the fence: the source's writes are paused, and
   // after the claim it answers MOVED for them. (Where the pause gives way to refused writes before the claim,
   // the fence moves there, and the writes run in between are applied.)
+  // The pause ends by itself after --pause-timeout, so that a dead slotshift cannot freeze the source. A
+  // source that stalls (a slow disk, a swap storm, SIGSTOP) for longer than that just as it is to learn the
+  // claim would wake up unpaused, and could run writes for the claimed slots before it reads the target's
+  // broadcast, then delete them with the slots. So for the claim the pause is made as long as the wait for
+  // the source to learn (claim_pause(), at least 5 s; renewed while slotshift waits): only a source stalled
+  // for longer than that, which the cluster fails over anyway, outlives it. (Raising min-replicas-to-write
+  // instead would not lapse, but the server checks it before the pause: every client would meet NOREPLICAS
+  // for the whole claim.) On servers that crash when they learn a claim while paused, the pause gives way to
+  // that refusal before the claim.
   const bool refuse_for_claim = !pause_through_claim && !fence_proxy;
   if (!refuse_for_claim) copier.close_slots(batch.slots, fence);
   const auto t_wait = Clock::now();
@@ -865,12 +896,18 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   // 3. Both sides now hold the same data for these slots: compare the key counts before anything changes
   //    owner. Keys that expired in between are the only possible difference, and only downwards on the
   //    target.
+  // (A connection that failed here, a node that stalled past the timeout, is made again for the next try.)
+  c = control(src.node);
+  if (!c) return abandon("cannot connect to the source " + connect_error_, true);
+  if (!target_control_.usable() &&
+      !target_control_.connect(target_address_, options_.common.timeout, options_.common.credentials))
+    return abandon("cannot connect to the target " + target_control_.error(), true);
   const auto on_source = count_keys(*c, batch.slots);
   const auto on_target = count_keys(target_control_, batch.slots);
   if (!on_source || !on_target)
     return abandon("counting the keys of batch " + slots_text + ": " +
                        (on_source ? target_control_.error() : c->error()),
-                   false);
+                   true);
   batch.source_keys = batch.target_keys = 0;
   for (std::size_t i = 0; i < batch.slots.size(); ++i) {
     const auto a = (*on_source)[i], b = (*on_target)[i];
@@ -909,7 +946,8 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
                          "); with every client behind slotshift-proxy, --fence proxy needs "
                          "no CONFIG",
                      false);
-    info = c->command({"INFO", "replication"});
+    c = control(src.node);  // refuse_writes() may have replaced a failed connection
+    info = c ? c->command({"INFO", "replication"}) : std::nullopt;
     claim_offset = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
     if (claim_offset < 0)
       return abandon("INFO replication on the source " + src.address.str() + ": no master_repl_offset",
@@ -921,6 +959,15 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
                      true);
   } else if (!pause_through_claim) {
     unpause(src);  // --fence proxy: the proxies hold; nothing of the source is paused anyway
+  } else if (src.paused) {
+    // Long enough to outlast the wait for the source to learn (renewed there); see above.
+    c = control(src.node);
+    auto longer =
+        c ? c->command({"CLIENT", "PAUSE", std::to_string(claim_pause().count()), "WRITE"}) : std::nullopt;
+    if (!longer || longer->is_error())
+      return abandon("CLIENT PAUSE on the source " + src.address.str() +
+                         " for the claim: " + (longer ? longer->str : connect_error_),
+                     false);
   }
   journal({{"step", "claim"}, {"source", src.node.id}, {"slots", slots_text}, {"offset", claim_offset}});
   // As one broadcast. `SETSLOT s NODE target` on a target that has s in IMPORTING bumps its config epoch (if
@@ -990,6 +1037,12 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   return true;
 }
 
+// How long a source's pause lasts from a claim on: the wait for it to learn, and a margin for slotshift's own
+// round trips.
+std::chrono::milliseconds MoveJob::claim_pause() const {
+  return learn_timeout() + options_.pause_timeout;
+}
+
 std::chrono::milliseconds MoveJob::learn_timeout() const {
   // The source learns a claim from the target's broadcast within milliseconds; after a claim that failed part
   // way there is no broadcast, and it learns from the target's regular pings, which reach every node at least
@@ -1022,7 +1075,6 @@ bool MoveJob::wait_source_learns(Source& src, const std::vector<Slot>& slots) {
   for (;;) {
     auto* c = control(src.node);
     auto nodes = c ? c->command({"CLUSTER", "NODES"}) : std::nullopt;
-    if (!nodes) controls_.erase(src.node.id);  // a broken connection: a new one next time
     if (nodes && !nodes->is_error()) {
       const auto view = parse_cluster_nodes(*nodes);
       if (view.ok() && std::all_of(slots.begin(), slots.end(), [&](Slot s) {
@@ -1032,7 +1084,7 @@ bool MoveJob::wait_source_learns(Source& src, const std::vector<Slot>& slots) {
         return true;
     }
     if (src.paused && Clock::now() - renewed > options_.pause_timeout / 4 && c) {
-      c->command({"CLIENT", "PAUSE", std::to_string(options_.pause_timeout.count()), "WRITE"});
+      c->command({"CLIENT", "PAUSE", std::to_string(claim_pause().count()), "WRITE"});
       renewed = Clock::now();
     }
     if (Clock::now() > deadline) break;

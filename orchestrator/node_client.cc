@@ -100,6 +100,10 @@ std::optional<resp::Value> NodeClient::command(const std::vector<std::string>& a
   return std::move(replies->front());
 }
 
+bool NodeClient::usable() const {
+  return ctx_ && ctx_->err == 0;
+}
+
 std::optional<resp::Value> NodeClient::command_when_loaded(const std::vector<std::string>& args,
                                                            std::chrono::steady_clock::time_point deadline) {
   for (;;) {

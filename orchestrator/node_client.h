@@ -52,6 +52,8 @@ class NodeClient {
 
   const std::string& error() const { return error_; }
   const HostPort& node() const { return node_; }
+  // False once the connection has failed (a timeout included): hiredis cannot use it again.
+  bool usable() const;
 
  private:
   friend class NodeFanout;

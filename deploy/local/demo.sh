@@ -114,7 +114,9 @@ for i, port in enumerate(ports, 1):
           counters.get("redirects_ask"), counters.get("holds_placed")))
 PY
 
-step "slotshift check --cluster $seed"
-build/orchestrator/slotshift check --cluster "$seed"
+# The master the move emptied has turned into a replica of the target and is loading its first full sync
+# (on Valkey, after a few seconds' delay): check waits for such nodes up to its --timeout-ms.
+step "slotshift check --cluster $seed --timeout-ms 60000"
+build/orchestrator/slotshift check --cluster "$seed" --timeout-ms 60000
 
 step "done; stopping the proxies and the cluster"

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 import zlib
@@ -36,18 +37,21 @@ def parse_slots(text):
 
 
 class FaultedMover:
-    """slotshift move with SLOTSHIFT_FAULT set: it must fail; its output is kept for the checks."""
+    """slotshift move with SLOTSHIFT_FAULT (and SLOTSHIFT_FAULT_RUN) set; its output is kept for the checks."""
 
     name = "slotshift move (faulted)"
 
-    def __init__(self, fault):
+    def __init__(self, fault, run_command=None):
         self.fault = fault
+        self.run_command = run_command
         self.result = None
 
     def __call__(self, cluster, slots, target):
         cmd = [harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots", harness.format_slots(slots),
                "--to", cluster.node_id(target), "--journal", os.path.join(cluster.dir, "move.journal")]
         env = dict(os.environ, SLOTSHIFT_FAULT=self.fault)
+        if self.run_command:
+            env["SLOTSHIFT_FAULT_RUN"] = self.run_command
         self.result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         for line in (self.result.stdout + self.result.stderr).splitlines():
             if not line.startswith("  batch"):
@@ -55,18 +59,34 @@ class FaultedMover:
         return self.result
 
 
-class ClaimFaultTest(unittest.TestCase):
-    """The case that once deleted 2,627 keys: half of the target's SETSLOT connections closed by the target at a
-    batch's claim, so that some of the batch's slots became the target's and the others did not."""
+def pid_of(cluster, node):
+    return int(cluster.cli(node, "info", "server").split("process_id:")[1].split()[0])
 
-    def test_setslot_connections_dropped_at_the_claim(self):
-        mover = FaultedMover("claim:drop-setslot-connections")
+
+def stop_for(cluster, node, seconds, marker):
+    """A shell command that stops a node's process (SIGSTOP) for a while, in the background, the first time it
+    runs (marker: a file it leaves behind)."""
+    pid = pid_of(cluster, node)
+    return "[ -e %s ] || { touch %s; kill -STOP %d; (sleep %s; kill -CONT %d) & }" % (
+        marker, marker, pid, seconds, pid)
+
+
+class FaultScenarios:
+    """One move of 2,000 slots of the first master to the second under the writers, with a fault; then the checks
+    every fault shares. Returns what slotshift said and the owners after."""
+
+    def faulted_move(self, fault, run_command=None, expect_failure=None, name="fault"):
+        mover = FaultedMover(fault, None if callable(run_command) else run_command)
         run = Run(self, mover, lambda cluster, a, b, c: [(cluster.slots_of(a)[:2000], b)],
-                  seed=zlib.crc32(b"claim-drop"))
+                  seed=zlib.crc32(name.encode()))
+        self.run = run
         try:
             run.start()
             cluster = run.cluster
             source, target, _ = run.masters
+            self.source, self.target = source, target
+            if callable(run_command):
+                mover.run_command = run_command(self)
             slots, _ = run.steps[0]
             run.workload.start()
             time.sleep(1.0)
@@ -74,36 +94,37 @@ class ClaimFaultTest(unittest.TestCase):
             time.sleep(0.5)
             run.workload.stop()
             out = result.stdout + result.stderr
-            self.assertEqual(result.returncode, 1, out)
-            self.assertIn("failed part way", out)
+            if expect_failure is not None:
+                self.assertEqual(result.returncode != 0, expect_failure, out)
+            self.assertIn(result.returncode, (0, 1), out)
 
-            # What slotshift says the target owns and the source keeps...
-            m = re.search(r"the target owns (\d+) of its (\d+) slots \(([^)]*)\), which are moved and the source "
-                          r"knows it", out)
-            said_owned = parse_slots(m.group(3)) if m else set()
-            if not m:
-                self.assertIn("the target owns none of its slots", out)
+            # What slotshift says about the slots...
+            said_target, said_source = set(), set()
+            m = re.search(r"the target owns (\d+) of its (\d+) slots \(([^)]*)\), which are moved", out)
+            if m:
+                said_target |= parse_slots(m.group(3))
             m = re.search(r"the other (\d+) \(([^)]*)\) stay with the source", out)
-            said_kept = parse_slots(m.group(2)) if m else set()
-            batch = said_owned | said_kept
-            self.assertTrue(batch, "slotshift named no slot of the failed batch:\n" + out)
-            self.assertTrue(said_owned and said_kept,
-                            "the fault was meant to leave the claim half done; slotshift says the target owns %d "
-                            "and the source keeps %d:\n%s" % (len(said_owned), len(said_kept), out))
+            if m:
+                said_source |= parse_slots(m.group(2))
+            m = re.search(r"undone: \d+ slots not claimed \(([^)]*)\) stay with their owner", out)
+            if m:
+                said_source |= parse_slots(m.group(1))
+            if result.returncode == 0:
+                said_target = set(slots)
             # ... is what every node says, once they agree.
             cluster.wait_consistent(60)
             owners = cluster.owners()
             target_id, source_id = run.ids[target], run.ids[source]
-            wrong = sorted(s for s in said_owned if owners[s] != target_id)
-            wrong += sorted(s for s in said_kept if owners[s] != source_id)
-            self.assertEqual(wrong, [], "slots whose owner is not what slotshift said")
-            # Earlier batches, claimed before the fault, and later ones never started: target and source.
-            moved = {s for s in slots if owners[s] == target_id}
-            self.assertTrue(moved.issuperset(said_owned))
+            wrong = sorted(s for s in said_target if owners[s] != target_id)
+            wrong += sorted(s for s in said_source if owners[s] != source_id)
+            self.assertEqual(wrong, [], "slots whose owner is not what slotshift said:\n" + out)
             self.assertEqual({s for s in slots if owners[s] not in (target_id, source_id)}, set())
+            if result.returncode != 0:
+                self.assertEqual(said_target | said_source | {s for s in slots if owners[s] == target_id},
+                                 set(slots), "slotshift did not say where every slot of the move is:\n" + out)
 
             # Every acknowledged write is there, once, wherever its slot is now.
-            v = run.verify(moved=False)
+            v = run.verify(moved=result.returncode == 0)
             self.assertFalse(v.problems, v.report() if v.problems else "")
             # Redis 7.0 does not send a source's deletes of lost slots to its replicas; slotshift removes them
             # there for the slots that moved, also when the move stopped part way.
@@ -115,11 +136,46 @@ class ClaimFaultTest(unittest.TestCase):
             check = subprocess.run([harness.SLOTSHIFT_BIN, "check", "--cluster", cluster.seed()],
                                    capture_output=True, text=True, timeout=60)
             self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
-            log("claim fault: slotshift says the target owns %d slots of the batch, the source keeps %d; %d of "
-                "the %d slots asked for moved; %d acknowledged writes checked" % (
-                    len(said_owned), len(said_kept), len(moved), len(slots), run.workload.stats()["acknowledged"]))
+            moved = {s for s in slots if owners[s] == target_id}
+            log("%s: slotshift exited %d; %d of the %d slots moved; %d acknowledged writes checked; the writers "
+                "met %s" % (name, result.returncode, len(moved), len(slots), run.workload.stats()["acknowledged"],
+                            ", ".join("%s %d" % kv for kv in sorted(run.workload.stats().items())
+                                      if kv[0].startswith("not applied")) or "no refusal"))
+            return out, owners
         finally:
             run.stop()
+
+
+class ClaimFaultTest(FaultScenarios, unittest.TestCase):
+    """Faults at a batch's claim."""
+
+    def test_setslot_connections_dropped_at_the_claim(self):
+        """The case that once deleted 2,627 keys: half of the target's SETSLOT connections closed by the target
+        at a batch's claim, so that some of the batch's slots became the target's and the others did not."""
+        out, _ = self.faulted_move("claim:drop-setslot-connections", expect_failure=True, name="claim-drop")
+        self.assertIn("failed part way", out)
+        m = re.search(r"the target owns (\d+) of its (\d+) slots", out)
+        self.assertTrue(m and 0 < int(m.group(1)) < int(m.group(2)),
+                        "the fault was meant to leave the claim half done:\n" + out)
+        self.assertIn("and the source knows it", out)
+
+    def test_source_stopped_at_the_claim(self):
+        """The source stalls for 3 s (SIGSTOP) just as the claim is sent, longer than --pause-timeout: it must
+        not run a write for a claimed slot when it wakes, before it reads the claim."""
+        marker = tempfile.mktemp(prefix="slotshift-fault-")
+        self.faulted_move("claim:run", lambda t: stop_for(t.run.cluster, t.source, 3, marker), name="stop-claim")
+        self.assertTrue(os.path.exists(marker), "the fault never ran")
+
+
+class FenceFaultTest(FaultScenarios, unittest.TestCase):
+    """Faults once a batch's fence is up, before its claim."""
+
+    def test_source_stopped_at_the_fence(self):
+        """The source stalls for 3 s once paused, before the target has caught up: the batch is given up and
+        taken again, or the move stops with the batch undone."""
+        marker = tempfile.mktemp(prefix="slotshift-fault-")
+        self.faulted_move("fence:run", lambda t: stop_for(t.run.cluster, t.source, 3, marker), name="stop-fence")
+        self.assertTrue(os.path.exists(marker), "the fault never ran")
 
 
 if __name__ == "__main__":
