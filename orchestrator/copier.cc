@@ -210,7 +210,10 @@ void SlotCopier::reopen_slots(const std::vector<Slot>& slots) {
 void SlotCopier::set_applied(std::int64_t offset) {
   if (offset <= applied_.load(std::memory_order_relaxed)) return;
   applied_.store(offset, std::memory_order_release);
-  link_.set_applied_offset(offset);
+  // The link's ACKs stay at the snapshot's offset (set once the payload has begun, below): the source counts
+  // a replica's ACKed offset for WAIT, and slotshift drops every write of the slots that are not moving, so
+  // an ACK of the stream's position would tell a client's WAIT that a replica has a write nobody has.
+  if (link_.applied_offset() != link_.initial_offset()) link_.set_applied_offset(link_.initial_offset());
 }
 
 bool SlotCopier::wait_applied(std::int64_t offset, Clock::time_point deadline) const {
@@ -462,12 +465,8 @@ bool SlotCopier::process(const Parsed& command) {
     transaction_.clear();
     return true;
   } else if (iequals(name, "replconf")) {
-    if (args.size() >= 2 && iequals(args[1], "getack")) {
-      // Answer with what the target really has: finish what is in flight first.
-      if (!drain()) return false;
-      set_applied(pos_);
-      link_.send_ack();
-    }
+    // REPLCONF GETACK (sent for a client's WAIT) is not answered: slotshift holds only some slots' writes, so
+    // it never counts as a replica that has one (see set_applied()). Its regular ACKs keep the link alive.
   } else if (iequals(name, "flushall") || iequals(name, "flushdb")) {
     ok = flush_moving_slots();
   } else if (!iequals(name, "ping") && !iequals(name, "select")) {

@@ -127,6 +127,8 @@ class SlotCopier {
   }
 
   const CopyStats& stats() const { return stats_; }
+  // The replication id the source gave at +FULLRESYNC (set once the snapshot has begun).
+  const std::string& replid() const { return link_.replid(); }
   // Per slot, from the snapshot: keys copied, their bytes, and how many keys could expire in it (copied with
   // a TTL, skipped as expired, or given an expiry by the stream): what the fence's key count check tolerates.
   std::uint64_t slot_keys(Slot s) const { return slot_keys_[s].load(std::memory_order_relaxed); }

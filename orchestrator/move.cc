@@ -24,6 +24,7 @@
 #include "common/topology.h"
 #include "orchestrator/copier.h"
 #include "orchestrator/fault_injection.h"
+#include "orchestrator/move_lease.h"
 #include "orchestrator/native_migration.h"
 #include "orchestrator/node_client.h"
 #include "orchestrator/proxy_control.h"
@@ -165,6 +166,7 @@ class MoveJob {
   // After an error at or after a batch's first SETSLOT ... NODE: asks the target what it owns, keeps the
   // source fenced until it knows, and leaves the rest to rollback(). Always false (the move stops).
   void drop_setslot_connections();
+  void follow_target_failover();
   bool settle_claim(Source& source, Batch& batch, const std::string& claim_error, bool held);
   TargetView target_view(const std::vector<Slot>& slots);
   bool wait_source_learns(Source& source, const std::vector<Slot>& slots);
@@ -187,6 +189,9 @@ class MoveJob {
   bool unpause(Source& source);
   std::chrono::milliseconds learn_timeout() const;
   std::chrono::milliseconds claim_pause() const;
+  std::optional<std::string> source_changed(const Source& source, const std::string& info) const;
+  std::string copier_failure(Source& source);
+  std::optional<std::string> target_replicas_behind(Clock::time_point deadline);
   std::string fence_left(const Source& source) const;
   bool refuse_writes(Source& source);
   void journal(const nlohmann::json& step);
@@ -226,6 +231,7 @@ class MoveJob {
   std::map<std::string, NodeClient> controls_;
   std::string connect_error_;  // why control() last returned nullptr
   std::unique_ptr<ProxyControl> proxies_;
+  std::unique_ptr<MoveLease> lease_;
   std::string owner_;  // names this move's holds on the proxies
   std::set<std::string> proxy_warned_;
   std::mutex warnings_mu_;  // the proxies' route and release run beside the cutover's wait for the source
@@ -251,6 +257,10 @@ class MoveJob {
 bool MoveJob::interrupted() {
   if (const int sig = g_interrupted.load()) {
     fail(std::string("interrupted by ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    return true;
+  }
+  if (lease_ && !lease_->held()) {
+    fail(lease_->lost_reason() + "; the move stops");
     return true;
   }
   return false;
@@ -625,7 +635,7 @@ bool MoveJob::copy() {
     bool done = true;
     std::uint64_t keys = 0, bytes = 0, rdb = 0, estimated = 0;
     for (auto& src : sources_) {
-      if (src.copier->failed()) return fail(src.copier->error());
+      if (src.copier->failed()) return fail(copier_failure(src));
       const auto& st = src.copier->stats();
       done &= st.rdb_done.load();
       keys += st.keys_copied.load();
@@ -796,7 +806,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   // Start the fence only once the target is close behind the source, so that the wait inside it is short.
   const auto settle_deadline = Clock::now() + std::chrono::seconds(30);
   while (copier.lag_bytes() > (256u << 10) || copier.lag_seconds() > 0.05) {
-    if (copier.failed()) return fail(copier.error());
+    if (copier.failed()) return fail(copier_failure(src));
     if (interrupted()) return false;
     if (Clock::now() > settle_deadline)
       return fail("the target has stayed " + human_bytes(static_cast<double>(copier.lag_bytes())) +
@@ -811,7 +821,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     copier.reopen_slots(batch.slots);
     unpause(src);
     if (held) release_proxies(slots_text);
-    if (copier.failed()) return fail(copier.error());
+    if (copier.failed()) return fail(copier_failure(src));
     if (may_retry) {
       retry = true;
       warnings_.push_back("batch " + slots_text + ": " + why + "; the batch was tried again");
@@ -866,6 +876,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     return abandon("INFO replication on the source " + src.address.str() + ": " +
                        (info ? "no master_repl_offset" : c->error()),
                    !info);
+  if (auto changed = source_changed(src, info->str)) return abandon(*changed, false);
   journal({{"step", "fence"},
            {"source", src.node.id},
            {"slots", slots_text},
@@ -969,7 +980,22 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
                          " for the claim: " + (longer ? longer->str : connect_error_),
                      false);
   }
-  journal({{"step", "claim"}, {"source", src.node.id}, {"slots", slots_text}, {"offset", claim_offset}});
+  // The last look at the source before the claim: a failover since the fence would make the claim hand the
+  // target slots whose newer writes went to the new master.
+  c = control(src.node);
+  info = c ? c->command({"INFO", "replication"}) : std::nullopt;
+  if (!info || info->is_error())
+    return abandon("INFO replication on the source " + src.address.str() +
+                       " before the claim: " + (info ? info->str : connect_error_),
+                   !info);
+  if (auto changed = source_changed(src, info->str)) return abandon(*changed, false);
+  if (auto lagging = target_replicas_behind(Clock::now() + options_.pause_timeout / 4))
+    return abandon(*lagging, true);
+  journal({{"step", "claim"},
+           {"source", src.node.id},
+           {"slots", slots_text},
+           {"offset", claim_offset},
+           {"replid", src.copier->replid()}});
   // As one broadcast. `SETSLOT s NODE target` on a target that has s in IMPORTING bumps its config epoch (if
   // it is not already the unique maximum) and broadcasts a PONG to every node, once per slot: for a batch of
   // a thousand slots that is a thousand broadcasts, and the source spends a fifth of a millisecond on each
@@ -1035,6 +1061,76 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   batch_source_ = src.address.str();
   learn_pause(batch);
   return true;
+}
+
+// Why the source is no longer the master slotshift copies from, or nothing. A failover (a replica promoted,
+// by TAKEOVER too) gives the promoted node a new replication id and turns the old master into its replica,
+// whose master_replid becomes the new one: either way INFO replication no longer shows this role and id.
+std::optional<std::string> MoveJob::source_changed(const Source& src, const std::string& info) const {
+  const auto role = info_field(info, "role");
+  const auto replid = info_field(info, "master_replid");
+  if (role == "master" && (replid == src.copier->replid() || src.copier->replid().empty()))
+    return std::nullopt;
+  return "the source " + src.address.str() + " is no longer the master slotshift copies from (role " +
+         std::string(role) + ", replication id " + std::string(replid) + " where the copy began with " +
+         src.copier->replid() + "): a failover? No batch is claimed on what was copied from it";
+}
+
+// Waits until every replica of the target has what the target has now, or the deadline passes (then says
+// which replica is behind). After the claim the target's copy of the batch is the only one: if the target
+// failed over to a replica that lacks part of it, that part would be gone. A replica that the cluster flags
+// as failed is not waited for (it cannot be promoted).
+std::optional<std::string> MoveJob::target_replicas_behind(Clock::time_point deadline) {
+  std::vector<const Node*> replicas;
+  for (const auto* r : topology_.replicas_of(target_.id))
+    if (!r->flags || !r->flags->fail) replicas.push_back(r);
+  if (replicas.empty()) return std::nullopt;
+  std::string behind;
+  for (;;) {
+    auto info = target_control_.command({"INFO", "replication"});
+    if (!info || info->is_error()) {
+      behind = "INFO replication on the target: " + (info ? info->str : target_control_.error());
+    } else {
+      // "slave0:ip=127.0.0.1,port=7004,state=online,offset=1234,lag=0", one line per connected replica.
+      const auto offset = info_integer(info->str, "master_repl_offset");
+      behind.clear();
+      for (const auto* r : replicas) {
+        // Matched by address and port: in a cluster of many hosts every node may use the same port.
+        const std::string port = "port=" + std::to_string(r->port) + ",";
+        const std::string ip = r->ip.empty() ? "" : "ip=" + r->ip + ",";
+        std::int64_t acked = -1;
+        std::istringstream lines(info->str);
+        for (std::string line; std::getline(lines, line);) {
+          if (!line.starts_with("slave") || line.find(port) == std::string::npos ||
+              (!ip.empty() && line.find(ip) == std::string::npos) ||
+              line.find("state=online") == std::string::npos)
+            continue;
+          const auto at = line.find("offset=");
+          if (at != std::string::npos) acked = std::strtoll(line.c_str() + at + 7, nullptr, 10);
+        }
+        if (acked < offset) {
+          behind = "the target's replica " + r->address() + ":" + std::to_string(r->port) +
+                   (acked < 0 ? " is not connected to it"
+                              : " is " + std::to_string(offset - acked) + " bytes behind it") +
+                   "; nothing is claimed before every replica of the target has the batch";
+          break;
+        }
+      }
+      if (behind.empty()) return std::nullopt;
+    }
+    if (Clock::now() > deadline || !info) return behind;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+// Why a source's copier stopped, as the nodes tell it: a replica link that the source closed is most often a
+// failover (a master that becomes a replica drops its own replicas), and then that is what the user is told.
+std::string MoveJob::copier_failure(Source& src) {
+  auto* c = control(src.node);
+  const auto info = c ? c->command({"INFO", "replication"}) : std::nullopt;
+  if (info && !info->is_error())
+    if (auto changed = source_changed(src, info->str)) return *changed + " (" + src.copier->error() + ")";
+  return src.copier->error();
 }
 
 // How long a source's pause lasts from a claim on: the wait for it to learn, and a margin for slotshift's own
@@ -1130,6 +1226,27 @@ TargetView MoveJob::target_view(const std::vector<Slot>& slots) {
     if (Clock::now() > deadline) return v;
     std::this_thread::sleep_for(milliseconds(100));
   }
+}
+
+// A target that failed over during the move is a replica now; its data (the copied keys included) lives on
+// in the replica that took its place, which is where they must be removed. Nothing to do when the target is
+// still a master or cannot be asked.
+void MoveJob::follow_target_failover() {
+  NodeClient c;
+  if (!c.connect(target_address_, options_.common.timeout, options_.common.credentials)) return;
+  const auto nodes = c.command({"CLUSTER", "NODES"});
+  const auto view = nodes && !nodes->is_error() ? parse_cluster_nodes(*nodes) : TopologyResult{};
+  const Node* me = view.ok() ? view.topology.myself() : nullptr;
+  if (!me || me->is_master() || me->master_id.empty()) return;
+  const Node* master = view.topology.find(me->master_id);
+  if (!master || master->port == 0) return;
+  warnings_.push_back("the target " + target_address_.str() + " failed over during the move to " +
+                      master->address() + ":" + std::to_string(master->port) + ", which took its place");
+  journal({{"step", "target-failed-over"}, {"from", target_.id}, {"to", master->id}});
+  target_ = *master;
+  target_address_ = HostPort{master->address(), master->port};
+  target_control_ = NodeClient{};
+  target_fanout_connected_ = false;
 }
 
 // A claim that failed part way: some of the batch's SETSLOT ... NODE may have run, and the target owns those
@@ -1711,6 +1828,7 @@ void MoveJob::rollback() {
   for (int s = 0; s < kSlotCount; ++s)
     if (importing_[static_cast<std::size_t>(s)]) open.push_back(static_cast<Slot>(s));
   if (open.empty()) return;
+  follow_target_failover();
   // Keys are deleted only in slots that the target does not own in its own view, whatever this run believes:
   // once the target owns a slot, the source drops its copy, and the target's is the only one left.
   const auto view = target_view(open);
@@ -1754,6 +1872,14 @@ void MoveJob::rollback() {
     }
   std::uint64_t deleted = 0;
   std::string delete_error;
+  // A node that has just seen a failover may answer CLUSTERDOWN (or TRYAGAIN, LOADING) for a moment: such
+  // a round is tried again, for a while.
+  const auto transient_until = Clock::now() + std::chrono::seconds(15);
+  auto transient = [&](const std::string& error) {
+    return (error.starts_with("CLUSTERDOWN") || error.starts_with("TRYAGAIN") ||
+            error.starts_with("LOADING")) &&
+           Clock::now() < transient_until;
+  };
   for (const Slot s : open) {
     for (int rounds = 0; rounds < 100000 && delete_error.empty(); ++rounds) {
       auto keys = target_control_.command({"CLUSTER", "GETKEYSINSLOT", std::to_string(s), "1000"});
@@ -1769,9 +1895,18 @@ void MoveJob::rollback() {
       }
       const auto replies = target_control_.pipeline(dels);
       if (!replies) delete_error = target_control_.error();
-      for (std::size_t i = 0; replies && i < replies->size() && delete_error.empty(); ++i)
-        if ((*replies)[i].is_error()) delete_error = join(dels[i]) + ": " + (*replies)[i].str;
-      if (delete_error.empty()) deleted += keys->elements.size();
+      std::uint64_t done = 0;
+      for (std::size_t i = 0; replies && i < replies->size() && delete_error.empty(); ++i) {
+        if (!(*replies)[i].is_error()) {
+          done += i % 2;  // the DELs, not the ASKINGs
+        } else if (transient((*replies)[i].str)) {
+          std::this_thread::sleep_for(milliseconds(100));
+          break;  // this round again
+        } else {
+          delete_error = join(dels[i]) + ": " + (*replies)[i].str;
+        }
+      }
+      deleted += done;
     }
   }
   std::optional<std::string> stable_error;
@@ -1985,7 +2120,22 @@ int MoveJob::run() {
     report(true);
     return 0;
   }
+  // One move at a time on each node it changes, whoever runs it.
+  lease_ = std::make_unique<MoveLease>(move_id_, options_.lease_ttl, options_.common.timeout,
+                                       options_.common.credentials);
+  std::vector<HostPort> leased{target_address_};
+  for (const auto& src : sources_)
+    leased.push_back(src.address);
+  if (!lease_->acquire(leased)) {
+    if (options_.common.json)
+      out_ << nlohmann::json{{"ok", false}, {"error", lease_->error()}, {"refused_before_start", true}}.dump(
+                  2)
+           << "\n";
+    err_ << "slotshift move: " << lease_->error() << "\n";
+    return 1;
+  }
   journal({{"step", "plan"},
+           {"lease", leased.size()},
            {"target", target_.id},
            {"slots", options_.slots},
            {"sources", [&] {

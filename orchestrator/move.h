@@ -57,6 +57,9 @@ struct MoveOptions {
   // resume by themselves after this.
   std::chrono::milliseconds pause_timeout{2000};
   bool progress = true;  // a progress line on stderr when it is a terminal
+  // The move lease on every node the move changes (move_lease.h): renewed every third of this while the move
+  // runs; another slotshift may take it over once it has not been renewed for this long.
+  std::chrono::milliseconds lease_ttl{30000};
 };
 
 int run_move(const MoveOptions& options, std::ostream& out, std::ostream& err);

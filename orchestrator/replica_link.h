@@ -21,8 +21,9 @@
 // payload until the first stream byte arrives, then every second.
 //
 // Offsets: the stream's first byte has the FULLRESYNC offset; every byte after it counts, SELECT and PING
-// included. The ACKed offset is the one the consumer reports as applied to the target (set_applied_offset),
-// never more, because a master counts ACKs for WAIT and min-replicas-to-write.
+// included. The ACKed offset is the one the consumer reports (set_applied_offset), never more, because a
+// master counts ACKs for WAIT: slotshift's copier reports the snapshot's offset throughout, since it drops
+// the writes of the slots that do not move.
 #pragma once
 
 #include <atomic>

@@ -20,8 +20,11 @@ import time
 import unittest
 import zlib
 
+import redis
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import move_test  # noqa: E402
 from move_test import Run, log  # noqa: E402
 
 
@@ -71,12 +74,32 @@ def stop_for(cluster, node, seconds, marker):
         marker, marker, pid, seconds, pid)
 
 
+def fail_over(cluster, master, replica, marker):
+    """A shell command that, the first time it runs, makes the master's replica take its place by CLUSTER
+    FAILOVER TAKEOVER (no agreement from the master or the others), once the replica has everything the master
+    acknowledged (a takeover loses what its replica lacks, by Redis's own design, and that is not what is
+    tested here), and returns once the old master knows it is a replica."""
+    m, r = master[1], replica[1]
+    offset = "redis-cli -p %d info replication | tr -d '\\r' | awk -F: '/^%s:/{print $2}'"
+    return ("[ -e {f} ] || {{ touch {f}; redis-cli -p {m} client pause 3000 write >/dev/null; "
+            "until [ \"$({ro})\" = \"$({mo})\" ]; do sleep 0.01; done; "
+            "redis-cli -p {r} cluster failover takeover >/dev/null; "
+            "until redis-cli -p {m} role | head -1 | grep -q slave; do sleep 0.01; done; "
+            "redis-cli -p {m} client unpause >/dev/null; }}").format(
+                f=marker, m=m, r=r, ro=offset % (r, "slave_repl_offset"), mo=offset % (m, "master_repl_offset"))
+
+
 class FaultScenarios:
     """One move of 2,000 slots of the first master to the second under the writers, with a fault; then the checks
-    every fault shares. Returns what slotshift said and the owners after."""
+    every fault shares."""
 
-    def faulted_move(self, fault, run_command=None, expect_failure=None, name="fault"):
-        mover = FaultedMover(fault, None if callable(run_command) else run_command)
+    def promoting_replica(self):
+        """For a test that promotes a replica: what Redis itself does not keep equal on one is not compared."""
+        move_test.COMPARE_ENTRIES_READ = False
+        self.addCleanup(setattr, move_test, "COMPARE_ENTRIES_READ", True)
+
+    def faulted_move(self, fault, run_command=None, expect_failure=None, name="fault", mover=None):
+        mover = mover or FaultedMover(fault, None if callable(run_command) else run_command)
         run = Run(self, mover, lambda cluster, a, b, c: [(cluster.slots_of(a)[:2000], b)],
                   seed=zlib.crc32(name.encode()))
         self.run = run
@@ -85,6 +108,11 @@ class FaultScenarios:
             cluster = run.cluster
             source, target, _ = run.masters
             self.source, self.target = source, target
+            replicas = [n for n in cluster.nodes if cluster.view(n)[0].master_id == run.ids[source]]
+            self.source_replica = replicas[0] if replicas else None
+            # Each side: the master, or a replica of it that a fault promoted.
+            sides = {m: {run.ids[m]} | {run.ids[n] for n in cluster.nodes
+                                        if cluster.view(n)[0].master_id == run.ids[m]} for m in (source, target)}
             if callable(run_command):
                 mover.run_command = run_command(self)
             slots, _ = run.steps[0]
@@ -114,13 +142,13 @@ class FaultScenarios:
             # ... is what every node says, once they agree.
             cluster.wait_consistent(60)
             owners = cluster.owners()
-            target_id, source_id = run.ids[target], run.ids[source]
-            wrong = sorted(s for s in said_target if owners[s] != target_id)
-            wrong += sorted(s for s in said_source if owners[s] != source_id)
+            source_side, target_side = sides[source], sides[target]
+            wrong = sorted(s for s in said_target if owners[s] not in target_side)
+            wrong += sorted(s for s in said_source if owners[s] not in source_side)
             self.assertEqual(wrong, [], "slots whose owner is not what slotshift said:\n" + out)
-            self.assertEqual({s for s in slots if owners[s] not in (target_id, source_id)}, set())
+            self.assertEqual({s for s in slots if owners[s] not in target_side | source_side}, set())
             if result.returncode != 0:
-                self.assertEqual(said_target | said_source | {s for s in slots if owners[s] == target_id},
+                self.assertEqual(said_target | said_source | {s for s in slots if owners[s] in target_side},
                                  set(slots), "slotshift did not say where every slot of the move is:\n" + out)
 
             # Every acknowledged write is there, once, wherever its slot is now.
@@ -136,7 +164,7 @@ class FaultScenarios:
             check = subprocess.run([harness.SLOTSHIFT_BIN, "check", "--cluster", cluster.seed()],
                                    capture_output=True, text=True, timeout=60)
             self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
-            moved = {s for s in slots if owners[s] == target_id}
+            moved = {s for s in slots if owners[s] in target_side}
             log("%s: slotshift exited %d; %d of the %d slots moved; %d acknowledged writes checked; the writers "
                 "met %s" % (name, result.returncode, len(moved), len(slots), run.workload.stats()["acknowledged"],
                             ", ".join("%s %d" % kv for kv in sorted(run.workload.stats().items())
@@ -167,6 +195,52 @@ class ClaimFaultTest(FaultScenarios, unittest.TestCase):
         self.assertTrue(os.path.exists(marker), "the fault never ran")
 
 
+class FailoverFaultTest(FaultScenarios, unittest.TestCase):
+    """The source fails over to its replica in the middle of a move. Its writes then go to the new master, which
+    slotshift does not copy from: no batch may be claimed on a fence taken from the old one."""
+
+    def failover(self, step):
+        self.promoting_replica()
+        marker = tempfile.mktemp(prefix="slotshift-fault-")
+        out, owners = self.faulted_move(step + ":run",
+                                        lambda t: fail_over(t.run.cluster, t.source, t.source_replica, marker),
+                                        expect_failure=True, name="failover-" + step)
+        self.assertTrue(os.path.exists(marker), "the fault never ran")
+        self.assertIn("is no longer the master slotshift copies from", out)
+
+    def test_source_fails_over_during_the_copy(self):
+        self.failover("copied")
+
+    def test_source_fails_over_at_the_fence(self):
+        self.failover("fence")
+
+
+class TargetFaultTest(FaultScenarios, unittest.TestCase):
+    """Faults of the target: after a claim its copy of a batch is the only one, so its replicas must have it."""
+
+    def target_replica(self):
+        return next(n for n in self.run.cluster.nodes
+                    if self.run.cluster.view(n)[0].master_id == self.run.ids[self.target])
+
+    def test_target_replica_stopped_across_the_claims(self):
+        """The target's replica stalls for 4 s from the end of the snapshot on: no batch may be claimed that it
+        has not got, so the move waits for it, or stops with the rest undone."""
+        marker = tempfile.mktemp(prefix="slotshift-fault-")
+        self.faulted_move("copied:run", lambda t: stop_for(t.run.cluster, t.target_replica(), 4, marker),
+                          name="stop-target-replica")
+        self.assertTrue(os.path.exists(marker), "the fault never ran")
+
+    def test_target_fails_over_right_after_a_claim(self):
+        """The target's replica takes over right after the first batch's claim: the claimed keys are on it, and
+        the move stops with the rest undone on the node that now serves the target's slots."""
+        self.promoting_replica()
+        marker = tempfile.mktemp(prefix="slotshift-fault-")
+        out, owners = self.faulted_move(
+            "claimed:run", lambda t: fail_over(t.run.cluster, t.target, t.target_replica(), marker),
+            expect_failure=True, name="failover-target")
+        self.assertTrue(os.path.exists(marker), "the fault never ran")
+
+
 class FenceFaultTest(FaultScenarios, unittest.TestCase):
     """Faults once a batch's fence is up, before its claim."""
 
@@ -176,6 +250,84 @@ class FenceFaultTest(FaultScenarios, unittest.TestCase):
         marker = tempfile.mktemp(prefix="slotshift-fault-")
         self.faulted_move("fence:run", lambda t: stop_for(t.run.cluster, t.source, 3, marker), name="stop-fence")
         self.assertTrue(os.path.exists(marker), "the fault never ran")
+
+
+class LeaseTest(FaultScenarios, unittest.TestCase):
+    """One move at a time on any node: the move lease (orchestrator/move_lease.h)."""
+
+    def test_two_moves_started_at_the_same_instant(self):
+        """Two slotshift moves of the same slots to the same target, started together under the writers: at most
+        one goes on, and the other changes nothing and says why."""
+        def both(cluster, slots, target):
+            cmd = [harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
+                   harness.format_slots(slots), "--to", cluster.node_id(target)]
+            procs = [subprocess.Popen(cmd + ["--journal", os.path.join(cluster.dir, "move-%d.journal" % i)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+            outs = [p.communicate(timeout=300)[0] for p in procs]
+            codes = [p.returncode for p in procs]
+            for i, out in enumerate(outs):
+                for line in out.splitlines():
+                    log("    slotshift %d: %s" % (i + 1, line))
+            self.assertNotEqual(codes, [0, 0], "both moves went on")
+            for code, out in zip(codes, outs):
+                if code != 0:
+                    self.assertTrue("another slotshift move holds" in out or "not clean" in out,
+                                    "a move that did not go on must say it was refused before it started:\n" + out)
+            return subprocess.CompletedProcess(cmd, min(codes), "\n".join(outs), "")
+        self.faulted_move("none", name="two-moves", mover=both)
+
+    def test_a_live_lease_refuses_and_an_expired_one_is_taken_over(self):
+        cluster = harness.Cluster(3, 0)
+        try:
+            source, target, _ = cluster.masters_by_slot()
+            slots = cluster.slots_of(source)[:10]
+            holder = redis.Redis(host=target[0], port=target[1], single_connection_client=True)
+            until = int(time.time() * 1000) + 60000
+            holder.execute_command("CLIENT", "SETNAME", "slotshift-lease:move-1-2:%d:elsewhere" % until)
+            holder_id = holder.client_id()
+            mover = FaultedMover("none")
+            r = mover(cluster, slots, target)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("another slotshift move holds %s:%d: move-1-2 from elsewhere" % target, r.stderr)
+            self.assertEqual(cluster.cli(target, "cluster", "nodes").count("<-"), 0, "the refused move opened slots")
+            # Expired: taken over (its connection is closed) and the move goes on.
+            holder.execute_command("CLIENT", "SETNAME", "slotshift-lease:move-1-2:%d:elsewhere" % (until - 120000))
+            r = mover(cluster, slots, target)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            listed = cluster.cli(target, "client", "list", "id", str(holder_id))
+            self.assertNotIn("id=%d " % holder_id, listed, "the expired lease's connection was not closed")
+            cluster.wait_owner(slots, cluster.node_id(target))
+        finally:
+            cluster.stop()
+
+
+class SourceReplicationTest(unittest.TestCase):
+    """slotshift's replica link on the source is no replica a client can count on."""
+
+    def test_wait_does_not_count_slotshift(self):
+        """A client's WAIT on the source, in a cluster without replicas, while a move follows the source's
+        stream: slotshift drops the writes of slots that do not move, so it must not be counted as a replica that
+        has them (it once acknowledged every offset)."""
+        cluster = harness.Cluster(3, 0)
+        try:
+            source, target, _ = cluster.masters_by_slot()
+            slots = cluster.slots_of(source)[:100]
+            other = next(s for s in cluster.slots_of(source) if s not in slots)
+            key = next("k%d" % i for i in range(100000) if move_test.key_slot(b"k%d" % i) == other)
+            out = tempfile.mktemp(prefix="slotshift-wait-")
+            # At the step "copied" the snapshot is in and the link follows the stream (and ACKs it).
+            # (WAIT counts for the writes of its own connection: one redis-cli for both.)
+            hook = ("sleep 1.5; printf 'set {k} v\\nwait 1 1500\\nset {k} w\\nwait 1 1500\\n' | "
+                    "redis-cli -p {p} > {o}").format(p=source[1], k=key, o=out)
+            mover = FaultedMover("copied:run", hook)
+            result = mover(cluster, slots, target)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            with open(out) as f:
+                counted = f.read().split()
+            self.assertEqual(counted, ["OK", "0", "OK", "0"],
+                             "WAIT 1 on the source counted slotshift's link as a replica")
+        finally:
+            cluster.stop()
 
 
 if __name__ == "__main__":

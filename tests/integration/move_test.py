@@ -57,6 +57,9 @@ logging.getLogger("redis.cluster").setLevel(logging.CRITICAL)
 
 # SLOTSHIFT_MOVE_ENGINE=native runs the slotshift scenarios with `slotshift move --engine native` (Valkey 9.1).
 ENGINE = os.environ.get("SLOTSHIFT_MOVE_ENGINE")
+# A consumer group's entries-read is compared; a Redis 7.0 replica does not always keep it equal to its
+# master's (seen: 6 on a master, 5 on its replica after XREADGROUP), so tests that promote a replica set this False.
+COMPARE_ENTRIES_READ = True
 REPLY_TIMEOUT_S = 20        # a write slower than this counts as lost (uncertain), not as failed
 MOVING_KEYS = 4000          # dataset keys in the moving slots
 OTHER_KEYS = 2000           # dataset keys elsewhere, on every master
@@ -264,7 +267,7 @@ def read_states(node, keys):
                         consumers = tuple(sorted((c[b"name"], c[b"pending"]) for c in map(dict, map(pairs, next(res)))))
                         pel = tuple((e[0], e[1], e[3]) for e in next(res))
                         gs.append((g[b"name"], g[b"consumers"], g[b"pending"], g[b"last-delivered-id"],
-                                   g.get(b"entries-read"), consumers, pel))
+                                   g.get(b"entries-read") if COMPARE_ENTRIES_READ else None, consumers, pel))
                     out[k] = State("stream", (entries, meta, tuple(sorted(gs))), expiry)
     finally:
         r.connection_pool.disconnect()

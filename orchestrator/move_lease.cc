@@ -1,0 +1,183 @@
+#include "orchestrator/move_lease.h"
+
+#include <unistd.h>
+
+#include <sstream>
+
+namespace slotshift {
+namespace {
+
+constexpr std::string_view kPrefix = "slotshift-lease:";
+
+std::int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown-host";
+  return buf;
+}
+
+// One lease seen in a node's CLIENT LIST.
+struct Seen {
+  std::string client_id, addr, move_id, host;
+  std::int64_t until_ms = 0;
+};
+
+std::vector<Seen> leases_in(const std::string& client_list) {
+  std::vector<Seen> out;
+  std::istringstream lines(client_list);
+  for (std::string line; std::getline(lines, line);) {
+    Seen s;
+    std::string name;
+    std::istringstream fields(line);
+    for (std::string f; fields >> f;) {
+      if (f.starts_with("id=")) s.client_id = f.substr(3);
+      if (f.starts_with("addr=")) s.addr = f.substr(5);
+      if (f.starts_with("name=")) name = f.substr(5);
+    }
+    if (!name.starts_with(kPrefix)) continue;
+    // <move id>:<until>:<host>; the move id has no ':'.
+    const auto rest = name.substr(kPrefix.size());
+    const auto a = rest.find(':'), b = rest.find(':', a == std::string::npos ? a : a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    s.move_id = rest.substr(0, a);
+    s.until_ms = std::strtoll(rest.substr(a + 1, b - a - 1).c_str(), nullptr, 10);
+    s.host = rest.substr(b + 1);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace
+
+MoveLease::MoveLease(std::string move_id, std::chrono::milliseconds ttl, std::chrono::milliseconds timeout,
+                     Credentials credentials)
+    : move_id_(std::move(move_id)), ttl_(ttl), timeout_(timeout), credentials_(std::move(credentials)) {}
+
+MoveLease::~MoveLease() {
+  release();
+}
+
+std::string MoveLease::name(std::int64_t until_ms) const {
+  return std::string(kPrefix) + move_id_ + ":" + std::to_string(until_ms) + ":" + host_name();
+}
+
+bool MoveLease::acquire(const std::vector<HostPort>& nodes) {
+  nodes_ = nodes;
+  held_.clear();
+  auto refuse = [&](std::string why) {
+    error_ = std::move(why);
+    held_.clear();  // closing the connections drops whatever we had set
+    return false;
+  };
+  // 1. Our name on every node, with its connection's id.
+  std::vector<std::string> my_ids;
+  for (const auto& node : nodes_) {
+    NodeClient c;
+    if (!c.connect(node, timeout_, credentials_)) return refuse("cannot take the move lease on " + c.error());
+    auto set = c.command({"CLIENT", "SETNAME", name(unix_ms() + ttl_.count())});
+    auto id = c.command({"CLIENT", "ID"});
+    if (!set || set->is_error() || !id || id->is_error())
+      return refuse("cannot take the move lease on " + node.str() + ": CLIENT SETNAME/ID: " +
+                    (set && set->is_error() ? set->str
+                     : id && id->is_error() ? id->str
+                                            : c.error()));
+    my_ids.push_back(std::to_string(id->integer));
+    held_.push_back(std::move(c));
+  }
+  // 2. Then look: any other lease that has not expired makes us give up (see the header); an expired one is
+  //    taken over.
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    auto list = held_[i].command({"CLIENT", "LIST", "TYPE", "normal"});
+    if (!list || list->is_error())
+      return refuse("cannot read CLIENT LIST on " + nodes_[i].str() + ": " +
+                    (list ? list->str : held_[i].error()));
+    for (const auto& other : leases_in(list->str)) {
+      if (other.client_id == my_ids[i]) continue;
+      if (other.until_ms < unix_ms()) {
+        // Expired: its holder has not renewed it for a whole ttl (a vanished machine, a partition).
+        held_[i].command({"CLIENT", "KILL", "ID", other.client_id});
+        continue;
+      }
+      return refuse("another slotshift move holds " + nodes_[i].str() + ": " + other.move_id + " from " +
+                    other.host + " (connection " + other.addr + "), its lease valid for " +
+                    std::to_string((other.until_ms - unix_ms()) / 1000) +
+                    " s more and renewed while it runs. Wait for it to end; if it was killed, slotshift "
+                    "resume or abort with its journal");
+    }
+  }
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = false;
+  }
+  lost_ = false;
+  renewer_ = std::thread([this] { renew_loop(); });
+  return true;
+}
+
+void MoveLease::renew_loop() {
+  std::unique_lock lock(mu_);
+  auto last_ok = std::chrono::steady_clock::now();
+  while (!stop_cv_.wait_for(lock, ttl_ / 3, [&] { return stopping_; })) {
+    lock.unlock();
+    std::string failure;
+    for (std::size_t i = 0; i < held_.size(); ++i) {
+      // A connection that failed (or that another slotshift killed, taking over a lease we let expire) is
+      // made again, and the lease set again, unless someone else holds it now.
+      const bool again = !held_[i].usable();
+      if (again && !held_[i].connect(nodes_[i], timeout_, credentials_)) {
+        failure = "cannot reach " + held_[i].error();
+        continue;
+      }
+      auto r = held_[i].command({"CLIENT", "SETNAME", name(unix_ms() + ttl_.count())});
+      if (!r || r->is_error()) {
+        failure = nodes_[i].str() + ": " + (r ? r->str : held_[i].error());
+        continue;
+      }
+      if (!again) continue;
+      auto id = held_[i].command({"CLIENT", "ID"});
+      auto list = held_[i].command({"CLIENT", "LIST", "TYPE", "normal"});
+      if (!id || !list || list->is_error()) {
+        failure = nodes_[i].str() + ": " + held_[i].error();
+        continue;
+      }
+      for (const auto& other : leases_in(list->str))
+        if (other.client_id != std::to_string(id->integer) && other.until_ms >= unix_ms()) {
+          std::lock_guard relock(mu_);
+          lost_reason_ = "another slotshift move (" + other.move_id + " from " + other.host +
+                         ") took the lease on " + nodes_[i].str() + " over";
+          lost_ = true;
+        }
+    }
+    lock.lock();
+    if (failure.empty()) {
+      last_ok = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - last_ok > ttl_ / 2) {
+      // Past half the ttl without a renewal, another slotshift may soon take the lease over.
+      lost_reason_ = "the move lease could not be renewed for " + std::to_string(ttl_.count() / 2) + " ms (" +
+                     failure + ")";
+      lost_ = true;
+    }
+  }
+}
+
+std::string MoveLease::lost_reason() const {
+  std::lock_guard lock(mu_);
+  return lost_reason_;
+}
+
+void MoveLease::release() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  stop_cv_.notify_all();
+  if (renewer_.joinable()) renewer_.join();
+  held_.clear();  // closing the connections ends the lease
+}
+
+}  // namespace slotshift
