@@ -108,12 +108,47 @@ int main(int argc, char** argv) {
                  "(default 2s)");
   mv->add_flag("!--no-progress", move.progress, "no progress line on the terminal");
 
+  // abort and resume: the move of a journal. resume takes move's options for the rest of the move.
+  slotshift::MoveOptions recover;
+  auto* abort = app.add_subcommand(
+      "abort",
+      "after a crash: undo what a move did not claim (copied keys, IMPORTING, settings it changed, the "
+      "proxies' holds, the sources' pause); claimed batches stay moved, as the nodes say");
+  auto* resume = app.add_subcommand(
+      "resume",
+      "after a crash: abort what was not claimed, then move the rest of the plan to the same target");
+  for (auto* sub : {abort, resume}) {
+    add_common(sub);
+    sub->add_option("--journal", recover.journal,
+                    "the move's journal (default: the newest unfinished one in $SLOTSHIFT_STATE_DIR, "
+                    "/var/lib/slotshift for root, ~/.local/state/slotshift for others)");
+    sub->add_option("--proxy-token", recover.proxy_token,
+                    "the proxies' admin token (or the environment variable SLOTSHIFT_ADMIN_TOKEN)");
+  }
+  resume->add_option("--max-pause", max_pause, "as for move");
+  resume->add_option("--pause-timeout", pause_timeout, "as for move");
+
   CLI11_PARSE(app, argc, argv);
   options.timeout = std::chrono::milliseconds(timeout_ms);
   if (options.credentials.password.empty())
     if (const char* p = std::getenv("SLOTSHIFT_PASSWORD")) options.credentials.password = p;
   if (status->parsed()) return slotshift::run_status(options, std::cout, std::cerr);
   if (check->parsed()) return slotshift::run_check(options, std::cout, std::cerr);
+  if (abort->parsed() || resume->parsed()) {
+    try {
+      recover.max_pause = parse_duration(max_pause);
+      recover.pause_timeout = parse_duration(pause_timeout);
+    } catch (const std::exception& e) {
+      std::cerr << "slotshift resume: " << e.what() << "\n";
+      return 2;
+    }
+    if (recover.proxy_token.empty())
+      if (const char* t = std::getenv("SLOTSHIFT_ADMIN_TOKEN")) recover.proxy_token = t;
+    recover.common = options;
+    recover.progress = false;
+    return abort->parsed() ? slotshift::run_abort(recover, std::cout, std::cerr)
+                           : slotshift::run_resume(recover, std::cout, std::cerr);
+  }
   if (mv->parsed()) {
     try {
       move.max_pause = parse_duration(max_pause);

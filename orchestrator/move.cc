@@ -9,7 +9,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
+#include <filesystem>
 #include <future>
 #include <iterator>
 #include <map>
@@ -24,6 +24,7 @@
 #include "common/topology.h"
 #include "orchestrator/copier.h"
 #include "orchestrator/fault_injection.h"
+#include "orchestrator/journal.h"
 #include "orchestrator/move_lease.h"
 #include "orchestrator/native_migration.h"
 #include "orchestrator/node_client.h"
@@ -147,6 +148,8 @@ class MoveJob {
   }
 
   int run();
+  // slotshift abort (resume == false) and resume: the move of a journal, after a crash.
+  int recover(bool resume);
 
  private:
   bool plan();
@@ -191,10 +194,11 @@ class MoveJob {
   std::chrono::milliseconds claim_pause() const;
   std::optional<std::string> source_changed(const Source& source, const std::string& info) const;
   std::string copier_failure(Source& source);
-  std::optional<std::string> target_replicas_behind(Clock::time_point deadline);
+  std::optional<std::string> target_replicas_behind(const Batch& batch, Clock::time_point deadline);
   std::string fence_left(const Source& source) const;
   bool refuse_writes(Source& source);
   void journal(const nlohmann::json& step);
+  bool open_journal();
   void progress(const std::string& line);
   void end_progress();
   bool interrupted();
@@ -236,7 +240,9 @@ class MoveJob {
   std::set<std::string> proxy_warned_;
   std::mutex warnings_mu_;  // the proxies' route and release run beside the cutover's wait for the source
   int journal_fd_ = -1;
-  std::string move_id_;  // in every journal record
+  std::string journal_path_;
+  bool undo_complete_ = true;  // rollback() undid every slot it had to
+  std::string move_id_;        // in every journal record
   // A batch's pause is a fixed part (PAUSE, INFO, the offset wait, the key counts, the claim's round trips)
   // plus the source's synchronous delete of the batch's keys when it learns the claim, which grows with the
   // keys. Both are learnt from the batches as they go; the first batch of a move is kept small to measure.
@@ -266,6 +272,28 @@ bool MoveJob::interrupted() {
   return false;
 }
 
+// The journal: --journal, or a file of its own in journal_dir(), named after the move. Said on stderr at the
+// start, so that whoever has to resume or abort the move knows where it is.
+bool MoveJob::open_journal() {
+  std::string path = options_.journal;
+  if (path.empty()) {
+    const std::string dir = journal_dir();
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    path = dir + "/" + move_id_ + ".journal";
+  }
+  journal_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (journal_fd_ < 0) {
+    err_ << "slotshift move: cannot open the journal " << path << ": " << std::strerror(errno)
+         << " (--journal names another file)\n";
+    return false;
+  }
+  journal_path_ = path;
+  err_ << "slotshift move: journal " << path << " (slotshift resume|abort --journal " << path
+       << " after a crash)\n";
+  return true;
+}
+
 // One record, on disk before the step it names is acted on: written in one call and synced, so that a
 // crash leaves either the whole line or none of it.
 void MoveJob::journal(const nlohmann::json& step) {
@@ -277,7 +305,7 @@ void MoveJob::journal(const nlohmann::json& step) {
     const std::string line = j.dump() + "\n";
     if (::write(journal_fd_, line.data(), line.size()) != static_cast<ssize_t>(line.size()) ||
         ::fdatasync(journal_fd_) != 0)
-      warnings_.push_back("writing the journal " + options_.journal + " failed: " + std::strerror(errno));
+      warnings_.push_back("writing the journal " + journal_path_ + " failed: " + std::strerror(errno));
   }
   if (step.contains("step")) fault::at_step(step["step"].get<std::string>());
 }
@@ -989,7 +1017,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
                        " before the claim: " + (info ? info->str : connect_error_),
                    !info);
   if (auto changed = source_changed(src, info->str)) return abandon(*changed, false);
-  if (auto lagging = target_replicas_behind(Clock::now() + options_.pause_timeout / 4))
+  if (auto lagging = target_replicas_behind(batch, Clock::now() + options_.pause_timeout / 4))
     return abandon(*lagging, true);
   journal({{"step", "claim"},
            {"source", src.node.id},
@@ -1077,50 +1105,36 @@ std::optional<std::string> MoveJob::source_changed(const Source& src, const std:
 }
 
 // Waits until every replica of the target has what the target has now, or the deadline passes (then says
-// which replica is behind). After the claim the target's copy of the batch is the only one: if the target
-// failed over to a replica that lacks part of it, that part would be gone. A replica that the cluster flags
-// as failed is not waited for (it cannot be promoted).
-std::optional<std::string> MoveJob::target_replicas_behind(Clock::time_point deadline) {
-  std::vector<const Node*> replicas;
+// so). After the claim the target's copy of the batch is the only one: if the target failed over to a replica
+// that lacks part of it, that part would be gone. A replica that the cluster flags as failed is not waited
+// for (it cannot be promoted).
+//
+// WAIT counts the replicas that have acknowledged the offset of this connection's last write, and asks them
+// at once (REPLCONF GETACK) rather than at their next ACK a second later. The control connection writes
+// nothing, so it first writes and removes a key of the batch's first slot in one script call (reached by
+// ASKING, as the slot is in IMPORTING): a write whose offset is past every key the copy wrote, and which
+// leaves nothing.
+std::optional<std::string> MoveJob::target_replicas_behind(const Batch& batch, Clock::time_point deadline) {
+  std::size_t replicas = 0;
   for (const auto* r : topology_.replicas_of(target_.id))
-    if (!r->flags || !r->flags->fail) replicas.push_back(r);
-  if (replicas.empty()) return std::nullopt;
-  std::string behind;
-  for (;;) {
-    auto info = target_control_.command({"INFO", "replication"});
-    if (!info || info->is_error()) {
-      behind = "INFO replication on the target: " + (info ? info->str : target_control_.error());
-    } else {
-      // "slave0:ip=127.0.0.1,port=7004,state=online,offset=1234,lag=0", one line per connected replica.
-      const auto offset = info_integer(info->str, "master_repl_offset");
-      behind.clear();
-      for (const auto* r : replicas) {
-        // Matched by address and port: in a cluster of many hosts every node may use the same port.
-        const std::string port = "port=" + std::to_string(r->port) + ",";
-        const std::string ip = r->ip.empty() ? "" : "ip=" + r->ip + ",";
-        std::int64_t acked = -1;
-        std::istringstream lines(info->str);
-        for (std::string line; std::getline(lines, line);) {
-          if (!line.starts_with("slave") || line.find(port) == std::string::npos ||
-              (!ip.empty() && line.find(ip) == std::string::npos) ||
-              line.find("state=online") == std::string::npos)
-            continue;
-          const auto at = line.find("offset=");
-          if (at != std::string::npos) acked = std::strtoll(line.c_str() + at + 7, nullptr, 10);
-        }
-        if (acked < offset) {
-          behind = "the target's replica " + r->address() + ":" + std::to_string(r->port) +
-                   (acked < 0 ? " is not connected to it"
-                              : " is " + std::to_string(offset - acked) + " bytes behind it") +
-                   "; nothing is claimed before every replica of the target has the batch";
-          break;
-        }
-      }
-      if (behind.empty()) return std::nullopt;
-    }
-    if (Clock::now() > deadline || !info) return behind;
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
+    replicas += !r->flags || !r->flags->fail;
+  if (replicas == 0) return std::nullopt;
+  std::string key;
+  for (int i = 0; key.empty(); ++i)
+    if (key_slot("slotshift:ack:" + std::to_string(i)) == batch.slots.front())
+      key = "slotshift:ack:" + std::to_string(i);
+  static const std::string kSetDel = "redis.call('SET', KEYS[1], '') return redis.call('DEL', KEYS[1])";
+  const auto wait_ms = std::max<long>(1, duration_cast<milliseconds>(deadline - Clock::now()).count());
+  const auto replies = target_control_.pipeline(
+      {{"ASKING"}, {"EVAL", kSetDel, "1", key}, {"WAIT", std::to_string(replicas), std::to_string(wait_ms)}});
+  if (!replies) return "the target's replicas: " + target_control_.error();
+  for (const auto& r : *replies)
+    if (r.is_error()) return "the target's replicas: " + r.str;
+  const auto acked = replies->back().integer;
+  if (acked >= static_cast<std::int64_t>(replicas)) return std::nullopt;
+  return std::to_string(acked) + " of the target's " + std::to_string(replicas) +
+         " replicas had the batch within " + std::to_string(wait_ms) +
+         " ms; nothing is claimed before every replica of the target has it";
 }
 
 // Why a source's copier stopped, as the nodes tell it: a replica link that the source closed is most often a
@@ -1242,7 +1256,10 @@ void MoveJob::follow_target_failover() {
   if (!master || master->port == 0) return;
   warnings_.push_back("the target " + target_address_.str() + " failed over during the move to " +
                       master->address() + ":" + std::to_string(master->port) + ", which took its place");
-  journal({{"step", "target-failed-over"}, {"from", target_.id}, {"to", master->id}});
+  journal({{"step", "target-failed-over"},
+           {"from", target_.id},
+           {"to", master->id},
+           {"to_address", master->address() + ":" + std::to_string(master->port)}});
   target_ = *master;
   target_address_ = HostPort{master->address(), master->port};
   target_control_ = NodeClient{};
@@ -1581,6 +1598,9 @@ bool MoveJob::cut_over_all() {
       bool claimed = cut_over(src, batch, retry);
       while (!claimed && retry && batch.attempts < 3)
         claimed = cut_over(src, batch, retry);
+      if (!claimed && retry)
+        fail("batch " + format_slot_ranges(slot_ranges(batch.slots)) + " was given up " +
+             std::to_string(batch.attempts) + " times before its claim (" + warnings_.back() + ")");
       src.batches.push_back(std::move(batch));
       if (!claimed || !verify(src.batches.back())) return false;
       ++done;
@@ -1833,6 +1853,7 @@ void MoveJob::rollback() {
   // once the target owns a slot, the source drops its copy, and the target's is the only one left.
   const auto view = target_view(open);
   if (!view.known) {
+    undo_complete_ = false;
     warnings_.push_back("not undone: the target could not be asked which slots it owns (" + view.error +
                         "), so the copied keys of slots " + format_slot_ranges(slot_ranges(open)) +
                         " were left on it, in IMPORTING; run slotshift check");
@@ -1847,9 +1868,11 @@ void MoveJob::rollback() {
                         " are the target's in its own view, though their claim was not seen to succeed: they "
                         "are moved, and their keys were kept");
   open = view.other;
+  const std::vector<Slot> stay = open;  // with their sources: all of them, whether or not there is work to do
   if (open.empty()) return;
   // A fresh connection: the old one may have been the one that failed.
   if (!target_control_.connect(target_address_, options_.common.timeout, options_.common.credentials)) {
+    undo_complete_ = false;
     warnings_.push_back("not undone: cannot reconnect to the target " + target_control_.error() +
                         "; the copied keys of slots " + format_slot_ranges(slot_ranges(open)) +
                         " are still on it; run slotshift check");
@@ -1857,6 +1880,20 @@ void MoveJob::rollback() {
   }
   // A slot whose claim ran SETSLOT STABLE but not NODE has left IMPORTING, and ASKING no longer reaches its
   // keys: it is put back in IMPORTING (from its source) for the delete.
+  // Slots the target has neither in IMPORTING nor holds keys of were never touched (a move killed before its
+  // IMPORTING step, say): nothing to undo there.
+  {
+    std::vector<Slot> untouched;
+    for (const Slot s : open)
+      if (!view.importing.count(s)) untouched.push_back(s);
+    if (const auto counts = untouched.empty() ? std::optional<std::vector<std::uint64_t>>{}
+                                              : count_keys(target_control_, untouched))
+      for (std::size_t i = 0; i < untouched.size(); ++i)
+        if ((*counts)[i] == 0) {
+          importing_[untouched[i]] = false;
+          std::erase(open, untouched[i]);
+        }
+  }
   std::vector<std::vector<std::vector<std::string>>> reimport;
   for (const Slot s : open)
     if (!view.importing.count(s))
@@ -1865,6 +1902,7 @@ void MoveJob::rollback() {
           reimport.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", src.node.id}});
   if (!reimport.empty())
     if (const auto error = setslots(reimport)) {
+      undo_complete_ = false;
       warnings_.push_back("not undone: " + *error + "; the copied keys of slots " +
                           format_slot_ranges(slot_ranges(open)) +
                           " are still on the target; run slotshift check");
@@ -1910,7 +1948,7 @@ void MoveJob::rollback() {
     }
   }
   std::optional<std::string> stable_error;
-  if (delete_error.empty()) {
+  if (delete_error.empty() && !open.empty()) {
     std::vector<std::vector<std::vector<std::string>>> stable;
     for (const Slot s : open)
       stable.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"}});
@@ -1919,13 +1957,14 @@ void MoveJob::rollback() {
       for (const Slot s : open)
         importing_[s] = false;
   }
+  if (!delete_error.empty() || stable_error) undo_complete_ = false;
   journal({{"step", "rolled-back"},
            {"slots", format_slot_ranges(slot_ranges(open))},
            {"keys_deleted", deleted},
            {"complete", delete_error.empty() && !stable_error}});
   warnings_.push_back(
-      "undone: " + std::to_string(open.size()) + " slots not claimed (" +
-      format_slot_ranges(slot_ranges(open)) + ") stay with their owner; " + std::to_string(deleted) +
+      "undone: " + std::to_string(stay.size()) + " slots not claimed (" +
+      format_slot_ranges(slot_ranges(stay)) + ") stay with their owner; " + std::to_string(deleted) +
       " copied keys were deleted from the target" +
       (!delete_error.empty() ? ", but deleting the rest failed (" + delete_error +
                                    "): they are still there, in IMPORTING; run slotshift check"
@@ -2084,14 +2123,6 @@ int MoveJob::run() {
   move_id_ = "move-" + std::to_string(::getpid()) + "-" +
              std::to_string(
                  duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-  if (!options_.journal.empty()) {
-    journal_fd_ = ::open(options_.journal.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (journal_fd_ < 0) {
-      err_ << "slotshift move: cannot open the journal " << options_.journal << ": " << std::strerror(errno)
-           << "\n";
-      return 2;
-    }
-  }
   struct CloseJournal {
     int& fd;
     ~CloseJournal() {
@@ -2134,14 +2165,26 @@ int MoveJob::run() {
     err_ << "slotshift move: " << lease_->error() << "\n";
     return 1;
   }
+  if (!open_journal()) return 2;
   journal({{"step", "plan"},
            {"lease", leased.size()},
            {"target", target_.id},
+           {"target_address", target_address_.str()},
            {"slots", options_.slots},
+           {"proxies",
+            [&] {
+              auto a = nlohmann::json::array();
+              for (const auto& p : options_.proxies)
+                a.push_back(p.str());
+              return a;
+            }()},
+           {"proxy_owner", owner_},
            {"sources", [&] {
               auto a = nlohmann::json::array();
               for (const auto& s : sources_)
-                a.push_back({{"id", s.node.id}, {"slots", format_slot_ranges(slot_ranges(s.slots))}});
+                a.push_back({{"id", s.node.id},
+                             {"address", s.address.str()},
+                             {"slots", format_slot_ranges(slot_ranges(s.slots))}});
               return a;
             }()}});
   struct sigaction action {};
@@ -2176,6 +2219,173 @@ int MoveJob::run() {
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
   return ok ? 0 : 1;
+}
+
+// After a crash (of slotshift, of its machine) the journal says what the move planned and changed, and the
+// nodes say where things are. Abort puts back what was not claimed, exactly as a move that fails does
+// (rollback(): only in slots the target does not own by its own word), restores the settings the journal
+// recorded, releases the proxies' holds and unpauses the sources, and removes claimed batches' keys from a
+// 7.0 source's replicas. Resume does the same, then moves what is left of the plan as a new move recorded
+// in the same journal: batches that were not claimed are copied again.
+int MoveJob::recover(bool resume) {
+  const char* verb = resume ? "resume" : "abort";
+  std::string error;
+  const std::string path = options_.journal.empty() ? latest_unfinished_journal(error) : options_.journal;
+  if (path.empty()) {
+    err_ << "slotshift " << verb << ": " << error << "\n";
+    return 2;
+  }
+  const auto state = read_journal(path, error);
+  if (!state) {
+    err_ << "slotshift " << verb << ": " << error << "\n";
+    return 2;
+  }
+  if (state->finished) {
+    err_ << "slotshift " << verb << ": the move " << state->move_id << " of " << path << " has already "
+         << (state->last_step == "done" ? "ended" : "been aborted") << "; nothing to do\n";
+    return 0;
+  }
+  move_id_ = state->move_id;
+  journal_path_ = path;
+  journal_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  struct CloseJournal {
+    int& fd;
+    ~CloseJournal() {
+      if (fd >= 0) ::close(fd);
+      fd = -1;
+    }
+  } close_journal{journal_fd_};
+  if (journal_fd_ < 0) {
+    err_ << "slotshift " << verb << ": cannot append to " << path << ": " << std::strerror(errno) << "\n";
+    return 2;
+  }
+
+  // The nodes, as the cluster knows them now (ids from the journal, addresses from the cluster).
+  const auto seed = parse_host_port(options_.common.cluster, error);
+  if (!seed) {
+    err_ << "slotshift " << verb << ": --cluster: " << error << "\n";
+    return 2;
+  }
+  const auto survey = survey_cluster(*seed, options_.common.timeout, options_.common.credentials);
+  if (!survey.error.empty()) {
+    err_ << "slotshift " << verb << ": " << survey.error << "\n";
+    return 1;
+  }
+  topology_ = survey.merged;
+  auto node_of = [&](const std::string& id, const std::string& address) {
+    if (const Node* n = topology_.find(id)) return *n;
+    Node n;
+    n.id = id;
+    if (const auto hp = parse_host_port(address, error)) {
+      n.ip = hp->host;
+      n.port = hp->port;
+    }
+    return n;
+  };
+  target_ = node_of(state->target_id, state->target_address);
+  target_address_ = HostPort{target_.address(), target_.port};
+  std::vector<Slot> planned;
+  for (const auto& js : state->sources) {
+    Source src;
+    src.node = node_of(js.id, js.address);
+    src.address = HostPort{src.node.address(), src.node.port};
+    src.slots = js.slots;
+    planned.insert(planned.end(), js.slots.begin(), js.slots.end());
+    if (auto* c = control(src.node)) {
+      if (auto r = c->command({"INFO", "server"}); r && !r->is_error()) {
+        std::string why;
+        parse_server_info(r->str, src.info, why);
+      }
+      // The setting a killed move may have left out of reach; the journal has what it was.
+      if (const auto it = state->restore_min_replicas.find(js.id); it != state->restore_min_replicas.end()) {
+        src.min_replicas_to_write = it->second.first;
+        src.min_replicas_max_lag = it->second.second;
+        src.can_refuse = true;
+        auto now = c->command({"CONFIG", "GET", "min-replicas-to-write"});
+        src.refusing =
+            now && !now->is_error() && now->elements.size() == 2 && now->elements[1].str == kRefuseAllWrites;
+      }
+    }
+    src.paused = true;  // CLIENT UNPAUSE: a killed move's pause may still be running
+    sources_.push_back(std::move(src));
+  }
+  // A move that is still running holds its lease: recovering under it would fight it.
+  lease_ = std::make_unique<MoveLease>(move_id_ + "-" + verb, options_.lease_ttl, options_.common.timeout,
+                                       options_.common.credentials);
+  std::vector<HostPort> leased{target_address_};
+  for (const auto& src : sources_)
+    leased.push_back(src.address);
+  if (!lease_->acquire(leased)) {
+    err_ << "slotshift " << verb << ": " << lease_->error() << "\n";
+    return 1;
+  }
+  if (!state->proxies.empty()) {
+    std::vector<HostPort> proxies;
+    for (const auto& p : state->proxies)
+      if (const auto hp = parse_host_port(p, error)) proxies.push_back(*hp);
+    proxies_ = std::make_unique<ProxyControl>(proxies, options_.proxy_dns, options_.proxy_token,
+                                              options_.common.timeout);
+    owner_ = state->proxy_owner;
+  }
+  // Candidates for undoing: every slot of the plan not claimed per the journal (a "claimed" record is written
+  // once the source knows); rollback() asks the target which of them are its own all the same.
+  for (const Slot s : planned)
+    (state->claimed.count(s) ? claimed_ : importing_)[s] = true;
+  journal(
+      {{"step", std::string(verb) + "-started"}, {"by_pid", ::getpid()}, {"last_step", state->last_step}});
+  rollback();
+  clean_source_replicas();
+  std::vector<Slot> moved, left;
+  for (const Slot s : planned)
+    (claimed_[s] ? moved : left).push_back(s);
+  journal({{"step", "aborted"},
+           {"moved", format_slot_ranges(slot_ranges(moved))},
+           {"undone", format_slot_ranges(slot_ranges(left))},
+           {"complete", undo_complete_}});
+  lease_->release();
+  out_ << (resume ? "resuming" : "aborted") << " move " << move_id_ << " (journal " << path << ", last step "
+       << state->last_step << (state->torn_lines ? ", a torn last record skipped" : "") << ")\n";
+  if (!moved.empty())
+    out_ << "  the target " << short_id(target_.id) << " owns " << moved.size() << " of its slots ("
+         << format_slot_ranges(slot_ranges(moved)) << "): they stay moved\n";
+  for (const auto& n : notes_)
+    out_ << "note: " << n << "\n";
+  for (const auto& w : warnings_)
+    out_ << "warning: " << w << "\n";
+  if (!undo_complete_) {
+    err_ << "slotshift " << verb << ": not everything could be undone (see above); run it again\n";
+    return 1;
+  }
+  if (!resume) {
+    out_ << "  " << left.size() << " slots are with their sources again, as before the move\n";
+    return 0;
+  }
+  if (left.empty()) {
+    out_ << "  nothing is left to move\n";
+    return 0;
+  }
+  MoveOptions rest = options_;
+  std::vector<SlotRange> ranges = slot_ranges(left);
+  rest.slots = format_slot_ranges(ranges);
+  std::replace(rest.slots.begin(), rest.slots.end(), ' ', ',');
+  rest.to = target_.id;
+  rest.journal = path;
+  out_ << "  moving the " << left.size() << " slots left (" << format_slot_ranges(ranges) << ") to "
+       << short_id(target_.id) << "\n";
+  ::close(journal_fd_);  // the new move appends to the same file
+  journal_fd_ = -1;
+  MoveJob job(rest, out_, err_);
+  return job.run();
+}
+
+int run_abort(const MoveOptions& options, std::ostream& out, std::ostream& err) {
+  MoveJob job(options, out, err);
+  return job.recover(false);
+}
+
+int run_resume(const MoveOptions& options, std::ostream& out, std::ostream& err) {
+  MoveJob job(options, out, err);
+  return job.recover(true);
 }
 
 int run_move(const MoveOptions& options, std::ostream& out, std::ostream& err) {

@@ -47,7 +47,7 @@ struct MoveOptions {
   std::vector<HostPort> proxies;    // admin endpoints of slotshift-proxy (--proxy)
   std::vector<HostPort> proxy_dns;  // names whose every address is a proxy (--proxy-dns)
   std::string proxy_token;          // their admin token
-  std::string journal;              // append every step to this file before taking it
+  std::string journal;  // append every step to this file before taking it (default: one in journal_dir())
   bool dry_run = false;
   std::size_t big_key = 8u << 20;
   bool diskless = true;  // --snapshot diskless (default) or disk
@@ -63,5 +63,9 @@ struct MoveOptions {
 };
 
 int run_move(const MoveOptions& options, std::ostream& out, std::ostream& err);
+// After a crash: the move of `options.journal` (or of the newest unfinished journal in journal_dir()), its
+// unclaimed part undone (abort), or undone and then moved again (resume). See MoveJob::recover().
+int run_abort(const MoveOptions& options, std::ostream& out, std::ostream& err);
+int run_resume(const MoveOptions& options, std::ostream& out, std::ostream& err);
 
 }  // namespace slotshift

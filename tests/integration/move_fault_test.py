@@ -98,7 +98,7 @@ class FaultScenarios:
         move_test.COMPARE_ENTRIES_READ = False
         self.addCleanup(setattr, move_test, "COMPARE_ENTRIES_READ", True)
 
-    def faulted_move(self, fault, run_command=None, expect_failure=None, name="fault", mover=None):
+    def faulted_move(self, fault, run_command=None, expect_failure=None, name="fault", mover=None, after=None):
         mover = mover or FaultedMover(fault, None if callable(run_command) else run_command)
         run = Run(self, mover, lambda cluster, a, b, c: [(cluster.slots_of(a)[:2000], b)],
                   seed=zlib.crc32(name.encode()))
@@ -137,8 +137,12 @@ class FaultScenarios:
             m = re.search(r"undone: \d+ slots not claimed \(([^)]*)\) stay with their owner", out)
             if m:
                 said_source |= parse_slots(m.group(1))
-            if result.returncode == 0:
-                said_target = set(slots)
+            m = re.search(r"owns \d+ of its slots \(([^)]*)\): they stay moved", out)
+            if m:
+                said_target |= parse_slots(m.group(1))
+            moved_all = result.returncode == 0 and getattr(mover, "moves_all_on_success", True)
+            if moved_all:
+                said_target, said_source = set(slots), set()
             # ... is what every node says, once they agree.
             cluster.wait_consistent(60)
             owners = cluster.owners()
@@ -147,12 +151,12 @@ class FaultScenarios:
             wrong += sorted(s for s in said_source if owners[s] not in source_side)
             self.assertEqual(wrong, [], "slots whose owner is not what slotshift said:\n" + out)
             self.assertEqual({s for s in slots if owners[s] not in target_side | source_side}, set())
-            if result.returncode != 0:
+            if not moved_all:
                 self.assertEqual(said_target | said_source | {s for s in slots if owners[s] in target_side},
                                  set(slots), "slotshift did not say where every slot of the move is:\n" + out)
 
             # Every acknowledged write is there, once, wherever its slot is now.
-            v = run.verify(moved=result.returncode == 0)
+            v = run.verify(moved=moved_all)
             self.assertFalse(v.problems, v.report() if v.problems else "")
             # Redis 7.0 does not send a source's deletes of lost slots to its replicas; slotshift removes them
             # there for the slots that moved, also when the move stopped part way.
@@ -164,6 +168,8 @@ class FaultScenarios:
             check = subprocess.run([harness.SLOTSHIFT_BIN, "check", "--cluster", cluster.seed()],
                                    capture_output=True, text=True, timeout=60)
             self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+            if after:
+                after(run)
             moved = {s for s in slots if owners[s] in target_side}
             log("%s: slotshift exited %d; %d of the %d slots moved; %d acknowledged writes checked; the writers "
                 "met %s" % (name, result.returncode, len(moved), len(slots), run.workload.stats()["acknowledged"],
@@ -250,6 +256,59 @@ class FenceFaultTest(FaultScenarios, unittest.TestCase):
         marker = tempfile.mktemp(prefix="slotshift-fault-")
         self.faulted_move("fence:run", lambda t: stop_for(t.run.cluster, t.source, 3, marker), name="stop-fence")
         self.assertTrue(os.path.exists(marker), "the fault never ran")
+
+
+class KilledMover(FaultedMover):
+    """slotshift move killed (SIGKILL) right after the journal record `step`, then `slotshift <recovery>` with its
+    journal: the checks then judge what the recovery says and leaves."""
+
+    def __init__(self, step, recovery):
+        super().__init__(step + ":kill")
+        self.step, self.recovery = step, recovery
+        self.moves_all_on_success = recovery == "resume"
+
+    def __call__(self, cluster, slots, target):
+        killed = super().__call__(cluster, slots, target)
+        if killed.returncode != -9:
+            raise AssertionError("slotshift was meant to be killed at %s; it exited %d:\n%s" % (
+                self.step, killed.returncode, killed.stdout + killed.stderr))
+        journal = os.path.join(cluster.dir, "move.journal")
+        cmd = [harness.SLOTSHIFT_BIN, self.recovery, "--cluster", cluster.seed(), "--journal", journal]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        for line in (r.stdout + r.stderr).splitlines():
+            log("    slotshift %s: %s" % (self.recovery, line))
+        self.result = r
+        return r
+
+
+class KillTest(FaultScenarios, unittest.TestCase):
+    """slotshift killed at every step of its journal, then resumed or aborted: the move ends as the recovery
+    says, every acknowledged write is where its slot is, and nothing is left open, paused or refused."""
+
+    def killed(self, step, recovery):
+        def nothing_left_fenced(run):
+            # No master is left refusing writes, or paused: a write to each answers at once.
+            for node in run.masters:
+                self.assertEqual(run.cluster.cli(node, "config", "get", "min-replicas-to-write").split()[1], "0")
+                owned = run.cluster.slots_of(node)
+                if not owned:
+                    continue
+                key = next("probe%d" % i for i in range(1000000) if move_test.key_slot(b"probe%d" % i) == owned[0])
+                t = time.time()
+                self.assertEqual(run.cluster.cli(node, "set", key, "x").strip(), "OK")
+                self.assertLess(time.time() - t, 1.0, "a write to %s:%d waited" % node)
+                run.cluster.cli(node, "del", key)
+        out, owners = self.faulted_move("none", name="kill-%s-%s" % (step, recovery),
+                                        mover=KilledMover(step, recovery), expect_failure=False,
+                                        after=nothing_left_fenced)
+        if recovery == "abort":
+            self.assertIn("aborted move", out)
+
+
+for _step in ("plan", "importing", "copy", "copied", "fence", "claim", "claimed"):
+    for _recovery in ("resume", "abort"):
+        setattr(KillTest, "test_killed_at_%s_then_%s" % (_step, _recovery),
+                lambda self, s=_step, r=_recovery: self.killed(s, r))
 
 
 class LeaseTest(FaultScenarios, unittest.TestCase):

@@ -1,0 +1,123 @@
+#include "orchestrator/journal.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/topology.h"
+
+namespace slotshift {
+namespace {
+
+std::vector<Slot> slots_of(const nlohmann::json& j, const char* field) {
+  if (!j.contains(field) || !j[field].is_string()) return {};
+  std::string error;
+  auto parsed = parse_slot_list(j[field].get<std::string>(), error);
+  return parsed ? *parsed : std::vector<Slot>{};
+}
+
+std::string text(const nlohmann::json& j, const char* field) {
+  return j.contains(field) && j[field].is_string() ? j[field].get<std::string>() : std::string();
+}
+
+}  // namespace
+
+std::optional<JournalState> read_journal(const std::string& path, std::string& error) {
+  std::ifstream in(path);
+  if (!in) {
+    error = "cannot read the journal " + path;
+    return std::nullopt;
+  }
+  std::optional<JournalState> state;
+  std::size_t torn = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("step")) {
+      ++torn;  // only the last line can be torn by a crash; the reader says how many it skipped
+      continue;
+    }
+    if (j.value("version", 0) > kJournalVersion) {
+      error = path + " was written by a newer slotshift (journal version " +
+              std::to_string(j.value("version", 0)) + "); use that one";
+      return std::nullopt;
+    }
+    const std::string step = j["step"].get<std::string>();
+    if (step == "plan") {
+      // A file can hold several moves (resume appends the rest of a move as a new one): the last plan wins.
+      state = JournalState{};
+      state->move_id = text(j, "move");
+      state->target_id = text(j, "target");
+      state->target_address = text(j, "target_address");
+      state->proxy_owner = text(j, "proxy_owner");
+      if (j.contains("proxies") && j["proxies"].is_array())
+        for (const auto& p : j["proxies"])
+          if (p.is_string()) state->proxies.push_back(p.get<std::string>());
+      if (j.contains("sources") && j["sources"].is_array())
+        for (const auto& s : j["sources"])
+          state->sources.push_back({text(s, "id"), text(s, "address"), slots_of(s, "slots")});
+      continue;
+    }
+    if (!state || text(j, "move") != state->move_id) continue;
+    state->last_step = step;
+    if (step == "claimed") {
+      for (const Slot s : slots_of(j, "slots"))
+        state->claimed.insert(s);
+    } else if (step == "claim-settled") {
+      for (const Slot s : slots_of(j, "target_owns"))
+        state->claimed.insert(s);
+    } else if (step == "refuse-writes" && j.contains("restore") && j["restore"].is_array() &&
+               j["restore"].size() == 6) {
+      // ["CONFIG", "SET", "min-replicas-to-write", V, "min-replicas-max-lag", L]; the first record per source
+      // holds the values from before the move (later ones repeat them).
+      state->restore_min_replicas.try_emplace(text(j, "source"), j["restore"][3].get<std::string>(),
+                                              j["restore"][5].get<std::string>());
+    } else if (step == "target-failed-over") {
+      state->target_id = text(j, "to");
+      state->target_address = text(j, "to_address");
+    } else if (step == "done" || step == "aborted") {
+      state->finished = true;
+    }
+  }
+  if (!state) {
+    error = path + " holds no move (no plan record)";
+    return std::nullopt;
+  }
+  state->torn_lines = torn;
+  return state;
+}
+
+std::string journal_dir() {
+  if (const char* d = std::getenv("SLOTSHIFT_STATE_DIR"); d && *d) return d;
+  if (::geteuid() == 0) return "/var/lib/slotshift";
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : "/tmp") + "/.local/state/slotshift";
+}
+
+std::string latest_unfinished_journal(std::string& error) {
+  namespace fs = std::filesystem;
+  const std::string dir = journal_dir();
+  std::error_code ec;
+  std::vector<fs::directory_entry> journals;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.is_regular_file() && e.path().extension() == ".journal") journals.push_back(e);
+  if (ec) {
+    error = "no journal in " + dir + " (" + ec.message() + "); name one with --journal";
+    return "";
+  }
+  std::sort(journals.begin(), journals.end(),
+            [](const auto& a, const auto& b) { return a.last_write_time() > b.last_write_time(); });
+  for (const auto& e : journals) {
+    std::string why;
+    const auto state = read_journal(e.path().string(), why);
+    if (state && !state->finished) return e.path().string();
+  }
+  error = "no unfinished move in " + dir + "; name a journal with --journal";
+  return "";
+}
+
+}  // namespace slotshift

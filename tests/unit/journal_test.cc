@@ -1,0 +1,103 @@
+// The journal reader: a move rebuilt from its records, as abort and resume see it after a crash.
+#include "orchestrator/journal.h"
+
+#include <doctest/doctest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+using namespace slotshift;
+
+namespace {
+
+// A journal file with these lines, removed at the end of the test.
+struct JournalFile {
+  std::string path;
+  explicit JournalFile(const std::string& text) {
+    char name[] = "/tmp/slotshift-journal-test-XXXXXX";
+    const int fd = ::mkstemp(name);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+    path = name;
+    std::ofstream(path) << text;
+  }
+  ~JournalFile() { ::unlink(path.c_str()); }
+};
+
+const std::string kPlan =
+    R"({"step":"plan","version":1,"move":"move-1-100","target":"tttt","target_address":"127.0.0.1:7001",)"
+    R"("proxies":["127.0.0.1:9180"],"proxy_owner":"slotshift-move-1-100","sources":[{"id":"ssss",)"
+    R"("address":"127.0.0.1:7000","slots":"0-9 20"}],"time_ms":1})"
+    "\n";
+
+}  // namespace
+
+TEST_CASE("a killed move: its plan, what it claimed, and what it raised") {
+  JournalFile f(
+      kPlan +
+      R"({"step":"importing","version":1,"move":"move-1-100","time_ms":2})"
+      "\n"
+      R"({"step":"refuse-writes","version":1,"move":"move-1-100","source":"ssss",)"
+      R"("restore":["CONFIG","SET","min-replicas-to-write","0","min-replicas-max-lag","10"],"time_ms":3})"
+      "\n"
+      R"({"step":"claimed","version":1,"move":"move-1-100","slots":"0-4","time_ms":4})"
+      "\n"
+      R"({"step":"claim-settled","version":1,"move":"move-1-100","slots":"5-9",)"
+      R"("target_owns":"5 7","source_keeps":"6 8-9","time_ms":5})"
+      "\n"
+      R"({"step":"fen)");  // torn by the crash
+  std::string error;
+  const auto s = read_journal(f.path, error);
+  REQUIRE_MESSAGE(s, error);
+  CHECK(s->move_id == "move-1-100");
+  CHECK(s->target_id == "tttt");
+  CHECK(s->target_address == "127.0.0.1:7001");
+  REQUIRE(s->sources.size() == 1);
+  CHECK(s->sources[0].address == "127.0.0.1:7000");
+  CHECK(s->sources[0].slots.size() == 11);
+  CHECK(s->proxies == std::vector<std::string>{"127.0.0.1:9180"});
+  CHECK(s->proxy_owner == "slotshift-move-1-100");
+  CHECK(s->claimed == std::set<Slot>{0, 1, 2, 3, 4, 5, 7});
+  REQUIRE(s->restore_min_replicas.count("ssss"));
+  CHECK(s->restore_min_replicas.at("ssss") == std::pair<std::string, std::string>{"0", "10"});
+  CHECK(s->last_step == "claim-settled");
+  CHECK_FALSE(s->finished);
+  CHECK(s->torn_lines == 1);
+}
+
+TEST_CASE("a resumed move: the last plan of the file is the move; its end finishes it") {
+  JournalFile f(kPlan +
+                R"({"step":"claimed","version":1,"move":"move-1-100","slots":"0-4","time_ms":4})"
+                "\n"
+                R"({"step":"aborted","version":1,"move":"move-1-100","time_ms":5})"
+                "\n"
+                R"({"step":"plan","version":1,"move":"move-2-200","target":"tttt","sources":[{"id":"ssss",)"
+                R"("address":"127.0.0.1:7000","slots":"5-9 20"}],"time_ms":6})"
+                "\n");
+  std::string error;
+  auto s = read_journal(f.path, error);
+  REQUIRE(s);
+  CHECK(s->move_id == "move-2-200");
+  CHECK(s->claimed.empty());
+  CHECK_FALSE(s->finished);
+  std::ofstream(f.path, std::ios::app) << R"({"step":"done","version":1,"move":"move-2-200","time_ms":7})"
+                                       << "\n";
+  s = read_journal(f.path, error);
+  REQUIRE(s);
+  CHECK(s->finished);
+}
+
+TEST_CASE("what the reader refuses") {
+  std::string error;
+  CHECK_FALSE(read_journal("/nonexistent/slotshift.journal", error));
+  CHECK(error.find("cannot read the journal") != std::string::npos);
+  JournalFile empty("\n");
+  CHECK_FALSE(read_journal(empty.path, error));
+  CHECK(error.find("holds no move") != std::string::npos);
+  JournalFile newer(R"({"step":"plan","version":2,"move":"m","time_ms":1})"
+                    "\n");
+  CHECK_FALSE(read_journal(newer.path, error));
+  CHECK(error.find("newer slotshift") != std::string::npos);
+}
