@@ -1274,7 +1274,16 @@ void MoveJob::follow_target_failover() {
 bool MoveJob::settle_claim(Source& src, Batch& batch, const std::string& claim_error, bool held) {
   const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
   journal({{"step", "claim-failed"}, {"slots", slots_text}, {"error", claim_error}});
-  const auto view = target_view(batch.slots);
+  // Read twice, half a second apart, until both agree: a SETSLOT still on its way through the target (one
+  // whose connection timed out on our side) must not change the answer after it was given.
+  auto view = target_view(batch.slots);
+  for (const auto until = Clock::now() + std::chrono::seconds(10); view.known && Clock::now() < until;) {
+    std::this_thread::sleep_for(milliseconds(500));
+    auto again = target_view(batch.slots);
+    const bool same = again.known && again.owned == view.owned;
+    view = std::move(again);
+    if (same) break;
+  }
   if (!view.known) {
     for (const Slot s : batch.slots)
       importing_[s] = false;  // rollback() must not touch them: they may be the target's

@@ -171,27 +171,35 @@ std::optional<std::vector<std::vector<resp::Value>>> NodeFanout::run(
     error_ = "not connected";
     return std::nullopt;
   }
+  // A failed connection does not cut the others short: every command sent on a connection that is still up
+  // has had its reply (and so has run) when this returns. A caller that then asks the node what it did (a
+  // claim that failed part way) must not be answered before commands still in flight have run: on Valkey 8
+  // and later a SETSLOT takes effect only once the node's replicas have it, well after it was sent.
   const std::size_t n = std::min(clients_.size(), groups.size());
+  error_.clear();
+  std::vector<bool> failed(n, false);
   for (std::size_t i = 0; i < groups.size(); ++i)
     for (const auto& cmd : groups[i])
       clients_[i % n].append(cmd);
   for (std::size_t k = 0; k < n; ++k)
     if (!clients_[k].flush()) {
-      error_ = clients_[k].error();
-      return std::nullopt;
+      failed[k] = true;
+      if (error_.empty()) error_ = clients_[k].error();
     }
   // Connection k carries groups k, k+n, k+2n, ...: read them in that order.
   std::vector<std::vector<resp::Value>> out(groups.size());
   for (std::size_t k = 0; k < n; ++k)
-    for (std::size_t i = k; i < groups.size(); i += n)
+    for (std::size_t i = k; i < groups.size() && !failed[k]; i += n)
       for (const auto& cmd : groups[i]) {
         auto v = clients_[k].read_reply(cmd.empty() ? std::string() : cmd[0]);
         if (!v) {
-          error_ = clients_[k].error();
-          return std::nullopt;
+          failed[k] = true;
+          if (error_.empty()) error_ = clients_[k].error();
+          break;
         }
         out[i].push_back(std::move(*v));
       }
+  if (!error_.empty()) return std::nullopt;
   return out;
 }
 
