@@ -1,8 +1,11 @@
 #include "orchestrator/commands.h"
 
 #include <algorithm>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
+
+#include "orchestrator/move_lease.h"
 
 namespace slotshift {
 namespace {
@@ -183,9 +186,36 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
     return 1;
   }
   const auto masters = s.merged.masters();
+  // Moves in progress: the leases their slotshift holds on the nodes it changes (move_lease.h).
+  struct Move {
+    std::string host;
+    std::vector<std::string> nodes;
+    std::int64_t until_ms = 0;
+  };
+  std::map<std::string, Move> moves;
+  for (const auto* m : masters) {
+    NodeClient c;
+    if (!c.connect(HostPort{m->address(), m->port}, options.timeout, options.credentials)) continue;
+    for (const auto& lease : leases_on(c)) {
+      auto& move = moves[lease.move_id];
+      move.host = lease.host;
+      move.nodes.push_back(m->address() + ":" + std::to_string(m->port));
+      move.until_ms = std::max(move.until_ms, lease.until_ms);
+    }
+  }
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
   if (options.json) {
     nlohmann::json j;
     j["seed"] = seed->str();
+    auto in_progress = nlohmann::json::array();
+    for (const auto& [id, move] : moves)
+      in_progress.push_back({{"move", id},
+                             {"host", move.host},
+                             {"nodes", move.nodes},
+                             {"lease_expires_in_ms", move.until_ms - now_ms}});
+    j["moves_in_progress"] = in_progress;
     j["slots_covered"] = covered_slots(s.merged);
     auto nodes = nlohmann::json::array();
     for (const auto& n : s.merged.nodes)
@@ -211,6 +241,15 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
       if (r->health != Health::kUnknown) out << "  " << health_name(r->health);
       out << "\n";
     }
+  }
+  for (const auto& [id, move] : moves) {
+    out << "  move in progress: " << id << " from " << move.host << " on";
+    for (const auto& n : move.nodes)
+      out << " " << n;
+    out << " (lease "
+        << (move.until_ms >= now_ms ? "valid " + std::to_string((move.until_ms - now_ms) / 1000) + " s more"
+                                    : "expired")
+        << ")\n";
   }
   for (const auto& u : s.unreachable)
     out << "  unreachable: " << u << "\n";

@@ -210,10 +210,18 @@ void SlotCopier::reopen_slots(const std::vector<Slot>& slots) {
 void SlotCopier::set_applied(std::int64_t offset) {
   if (offset <= applied_.load(std::memory_order_relaxed)) return;
   applied_.store(offset, std::memory_order_release);
-  // The link's ACKs stay at the snapshot's offset (set once the payload has begun, below): the source counts
-  // a replica's ACKed offset for WAIT, and slotshift drops every write of the slots that are not moving, so
-  // an ACK of the stream's position would tell a client's WAIT that a replica has a write nobody has.
-  if (link_.applied_offset() != link_.initial_offset()) link_.set_applied_offset(link_.initial_offset());
+  // The source counts a replica's ACKed offset for WAIT: a client's WAIT after a write is satisfied by any
+  // replica that has ACKed the offset after it. slotshift drops the writes of the slots that do not move, so
+  // it ACKs what the target has applied only up to the first write it dropped, and never past it.
+  link_.set_applied_offset(std::min(offset, ack_cap_));
+}
+
+// A write of the stream that is not applied to the target (its slots do not move, or it has no key): from
+// here on the ACKs stop short of where it began.
+void SlotCopier::dropped(const Parsed& command) {
+  const std::int64_t start =
+      applying_transaction_ ? boundary_ : pos_ - static_cast<std::int64_t>(command.wire.size());
+  ack_cap_ = std::min(ack_cap_, start);
 }
 
 bool SlotCopier::wait_applied(std::int64_t offset, Clock::time_point deadline) const {
@@ -465,8 +473,13 @@ bool SlotCopier::process(const Parsed& command) {
     transaction_.clear();
     return true;
   } else if (iequals(name, "replconf")) {
-    // REPLCONF GETACK (sent for a client's WAIT) is not answered: slotshift holds only some slots' writes, so
-    // it never counts as a replica that has one (see set_applied()). Its regular ACKs keep the link alive.
+    if (args.size() >= 2 && iequals(args[1], "getack")) {
+      // A client's WAIT: answer with what the target really has (finishing what is in flight first), never
+      // past a write that was dropped (set_applied()).
+      if (!drain()) return false;
+      set_applied(pos_);
+      link_.send_ack();
+    }
   } else if (iequals(name, "flushall") || iequals(name, "flushdb")) {
     ok = flush_moving_slots();
   } else if (!iequals(name, "ping") && !iequals(name, "select")) {
@@ -480,6 +493,11 @@ bool SlotCopier::process(const Parsed& command) {
 bool SlotCopier::apply_transaction() {
   std::vector<Parsed> pending;
   pending.reserve(transaction_.size());
+  applying_transaction_ = true;
+  struct Done {
+    bool& flag;
+    ~Done() { flag = false; }
+  } done{applying_transaction_};
   for (const auto& wire : transaction_) {
     tx_scanner_.reset();
     if (tx_scanner_.scan(wire) != resp::Status::kComplete) continue;
@@ -531,9 +549,13 @@ bool SlotCopier::apply_commands(const std::vector<Parsed>& commands) {
     Kept k{&c, find_command(c.args), {}};
     if (!k.info) {
       stats_.unknown_commands.fetch_add(1, std::memory_order_relaxed);
+      dropped(c);
       continue;
     }
-    if (keys_of(*k.info, c.args, k.key_index) != KeysError::kNone || k.key_index.empty()) continue;
+    if (keys_of(*k.info, c.args, k.key_index) != KeysError::kNone || k.key_index.empty()) {
+      dropped(c);
+      continue;
+    }
     bool moving = false, late = false;
     for (const auto i : k.key_index) {
       const Slot slot = key_slot(c.args[i]);
@@ -549,7 +571,10 @@ bool SlotCopier::apply_commands(const std::vector<Parsed>& commands) {
         first_late_write_ = std::string(c.args[0]) + " " + std::string(c.args[k.key_index.front()]);
       }
     }
-    if (!moving) continue;
+    if (!moving) {
+      dropped(c);
+      continue;
+    }
     for (const auto i : k.key_index)
       keys.emplace_back(c.args[i]);
     if (sets_expiry(*k.info, c.args))

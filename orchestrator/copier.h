@@ -145,6 +145,7 @@ class SlotCopier {
     std::vector<std::string_view> args;
   };
   void run();
+  void dropped(const Parsed& command);
   bool copy_snapshot();
   bool follow_stream();
   bool process(const Parsed& command);
@@ -188,6 +189,9 @@ class SlotCopier {
   std::uint64_t next_tag_ = 1;
   std::int64_t pos_ = 0;       // stream offset after the last command consumed
   std::int64_t boundary_ = 0;  // offset after the last command outside a transaction
+  // ACKs to the source never reach past where the first write slotshift did not apply began (set_applied()).
+  std::int64_t ack_cap_ = std::numeric_limits<std::int64_t>::max();
+  bool applying_transaction_ = false;
   bool in_transaction_ = false;
   std::vector<std::string> transaction_;  // the queued commands' bytes, until EXEC
   std::string stream_head_;               // stream bytes that came with the end of the snapshot

@@ -147,6 +147,12 @@ class MoveJob {
     show_progress_ = options.progress && isatty(STDERR_FILENO);  // stderr: beside --json on stdout too
   }
 
+  ~MoveJob() {
+    if (journal_fd_ >= 0) ::close(journal_fd_);
+  }
+  MoveJob(const MoveJob&) = delete;
+  MoveJob& operator=(const MoveJob&) = delete;
+
   int run();
   // slotshift abort (resume == false) and resume: the move of a journal, after a crash.
   int recover(bool resume);
@@ -2132,13 +2138,6 @@ int MoveJob::run() {
   move_id_ = "move-" + std::to_string(::getpid()) + "-" +
              std::to_string(
                  duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-  struct CloseJournal {
-    int& fd;
-    ~CloseJournal() {
-      if (fd >= 0) ::close(fd);
-      fd = -1;
-    }
-  } close_journal{journal_fd_};
   if (!plan()) {
     // Refused before anything was touched; machines get that as JSON too.
     if (options_.common.json)
@@ -2257,13 +2256,6 @@ int MoveJob::recover(bool resume) {
   move_id_ = state->move_id;
   journal_path_ = path;
   journal_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  struct CloseJournal {
-    int& fd;
-    ~CloseJournal() {
-      if (fd >= 0) ::close(fd);
-      fd = -1;
-    }
-  } close_journal{journal_fd_};
   if (journal_fd_ < 0) {
     err_ << "slotshift " << verb << ": cannot append to " << path << ": " << std::strerror(errno) << "\n";
     return 2;

@@ -21,17 +21,11 @@ std::string host_name() {
   return buf;
 }
 
-// One lease seen in a node's CLIENT LIST.
-struct Seen {
-  std::string client_id, addr, move_id, host;
-  std::int64_t until_ms = 0;
-};
-
-std::vector<Seen> leases_in(const std::string& client_list) {
-  std::vector<Seen> out;
+std::vector<LeaseSeen> leases_in(const std::string& client_list) {
+  std::vector<LeaseSeen> out;
   std::istringstream lines(client_list);
   for (std::string line; std::getline(lines, line);) {
-    Seen s;
+    LeaseSeen s;
     std::string name;
     std::istringstream fields(line);
     for (std::string f; fields >> f;) {
@@ -53,6 +47,12 @@ std::vector<Seen> leases_in(const std::string& client_list) {
 }
 
 }  // namespace
+
+std::vector<LeaseSeen> leases_on(NodeClient& c) {
+  auto list = c.command({"CLIENT", "LIST", "TYPE", "normal"});
+  if (!list || list->is_error()) return {};
+  return leases_in(list->str);
+}
 
 MoveLease::MoveLease(std::string move_id, std::chrono::milliseconds ttl, std::chrono::milliseconds timeout,
                      Credentials credentials)

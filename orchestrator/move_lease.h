@@ -29,6 +29,14 @@
 
 namespace slotshift {
 
+// A lease as a node's CLIENT LIST shows it.
+struct LeaseSeen {
+  std::string client_id, addr, move_id, host;
+  std::int64_t until_ms = 0;  // unix ms
+};
+// Every slotshift lease on the node `c` is connected to (empty if CLIENT LIST is refused).
+std::vector<LeaseSeen> leases_on(NodeClient& c);
+
 class MoveLease {
  public:
   MoveLease(std::string move_id, std::chrono::milliseconds ttl, std::chrono::milliseconds timeout,

@@ -22,8 +22,8 @@
 //
 // Offsets: the stream's first byte has the FULLRESYNC offset; every byte after it counts, SELECT and PING
 // included. The ACKed offset is the one the consumer reports (set_applied_offset), never more, because a
-// master counts ACKs for WAIT: slotshift's copier reports the snapshot's offset throughout, since it drops
-// the writes of the slots that do not move.
+// master counts ACKs for WAIT: slotshift's copier reports what the target has applied, and never past the
+// first write it dropped (its slot does not move).
 #pragma once
 
 #include <atomic>

@@ -349,6 +349,9 @@ class LeaseTest(FaultScenarios, unittest.TestCase):
             self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
             self.assertIn("another slotshift move holds %s:%d: move-1-2 from elsewhere" % target, r.stderr)
             self.assertEqual(cluster.cli(target, "cluster", "nodes").count("<-"), 0, "the refused move opened slots")
+            status = subprocess.run([harness.SLOTSHIFT_BIN, "status", "--cluster", cluster.seed()],
+                                    capture_output=True, text=True, timeout=60)
+            self.assertIn("move in progress: move-1-2 from elsewhere on %s:%d (lease valid" % target, status.stdout)
             # Expired: taken over (its connection is closed) and the move goes on.
             holder.execute_command("CLIENT", "SETNAME", "slotshift-lease:move-1-2:%d:elsewhere" % (until - 120000))
             r = mover(cluster, slots, target)
@@ -366,7 +369,7 @@ class SourceReplicationTest(unittest.TestCase):
     def test_wait_does_not_count_slotshift(self):
         """A client's WAIT on the source, in a cluster without replicas, while a move follows the source's
         stream: slotshift drops the writes of slots that do not move, so it must not be counted as a replica that
-        has them (it once acknowledged every offset)."""
+        has them (it once acknowledged every offset). (copier_it checks that a write it applied does count.)"""
         cluster = harness.Cluster(3, 0)
         try:
             source, target, _ = cluster.masters_by_slot()
