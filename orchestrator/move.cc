@@ -134,8 +134,10 @@ struct Source {
 struct TargetView {
   bool known = false;
   std::vector<Slot> owned, other;
-  std::set<Slot> importing;  // of `other`, those the target still has in IMPORTING
-  std::string error;         // why it is not known
+  std::set<Slot> importing;           // of `other`, those the target still has in IMPORTING
+  std::set<Slot> unbound;             // of `other`, those no master owns in the target's view
+  std::map<Slot, std::string> owner;  // of `other`, the owner in the target's view
+  std::string error;                  // why it is not known
 };
 
 }  // namespace
@@ -1234,6 +1236,10 @@ TargetView MoveJob::target_view(const std::vector<Slot>& slots) {
           } else {
             v.other.push_back(s);
             if (me->importing.count(s)) v.importing.insert(s);
+            if (o)
+              v.owner[s] = o->id;
+            else
+              v.unbound.insert(s);
           }
         }
         v.known = true;
@@ -1866,7 +1872,7 @@ void MoveJob::rollback() {
   follow_target_failover();
   // Keys are deleted only in slots that the target does not own in its own view, whatever this run believes:
   // once the target owns a slot, the source drops its copy, and the target's is the only one left.
-  const auto view = target_view(open);
+  auto view = target_view(open);
   if (!view.known) {
     undo_complete_ = false;
     warnings_.push_back("not undone: the target could not be asked which slots it owns (" + view.error +
@@ -1909,12 +1915,44 @@ void MoveJob::rollback() {
           std::erase(open, untouched[i]);
         }
   }
+  // A slot the target imports from a source that has since failed over has no owner in the target's view: the
+  // old source turned into a replica, which owns nothing, and a node ignores what gossip says of a slot it
+  // imports, so it never learns the new owner, and answers CLUSTERDOWN even after ASKING. Such slots leave
+  // IMPORTING first; once the target has learnt their owner they go back into IMPORTING from it, below.
+  std::vector<Slot> unbound;
+  for (const Slot s : open)
+    if (view.unbound.count(s)) unbound.push_back(s);
+  if (!unbound.empty()) {
+    std::vector<std::vector<std::vector<std::string>>> stable;
+    for (const Slot s : unbound)
+      stable.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"}});
+    setslots(stable);
+    for (const auto until = Clock::now() + std::max(milliseconds(10000), node_timeout_);;) {
+      const auto again = target_view(open);
+      if (again.known && again.unbound.empty()) {
+        view = again;
+        break;
+      }
+      if (Clock::now() > until) {
+        undo_complete_ = false;
+        warnings_.push_back(
+            "not undone: the target names no owner for slots " + format_slot_ranges(slot_ranges(unbound)) +
+            " (their source failed over); their copied keys are still on it; run slotshift check");
+        return;
+      }
+      std::this_thread::sleep_for(milliseconds(100));
+    }
+  }
   std::vector<std::vector<std::vector<std::string>>> reimport;
   for (const Slot s : open)
-    if (!view.importing.count(s))
+    if (!view.importing.count(s)) {
+      // From the slot's owner as the target sees it now (its source, or the replica that took its place).
+      std::string from = view.owner.count(s) ? view.owner.at(s) : "";
       for (const auto& src : sources_)
-        if (std::find(src.slots.begin(), src.slots.end(), s) != src.slots.end())
-          reimport.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", src.node.id}});
+        if (from.empty() && std::find(src.slots.begin(), src.slots.end(), s) != src.slots.end())
+          from = src.node.id;
+      reimport.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", from}});
+    }
   if (!reimport.empty())
     if (const auto error = setslots(reimport)) {
       undo_complete_ = false;
