@@ -1915,90 +1915,110 @@ void MoveJob::rollback() {
           std::erase(open, untouched[i]);
         }
   }
-  // A slot the target imports from a source that has since failed over has no owner in the target's view: the
-  // old source turned into a replica, which owns nothing, and a node ignores what gossip says of a slot it
-  // imports, so it never learns the new owner, and answers CLUSTERDOWN even after ASKING. Such slots leave
-  // IMPORTING first; once the target has learnt their owner they go back into IMPORTING from it, below.
-  std::vector<Slot> unbound;
-  for (const Slot s : open)
-    if (view.unbound.count(s)) unbound.push_back(s);
-  if (!unbound.empty()) {
-    std::vector<std::vector<std::vector<std::string>>> stable;
-    for (const Slot s : unbound)
-      stable.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"}});
-    setslots(stable);
-    for (const auto until = Clock::now() + std::max(milliseconds(10000), node_timeout_);;) {
-      const auto again = target_view(open);
-      if (again.known && again.unbound.empty()) {
-        view = again;
-        break;
-      }
-      if (Clock::now() > until) {
-        undo_complete_ = false;
-        warnings_.push_back(
-            "not undone: the target names no owner for slots " + format_slot_ranges(slot_ranges(unbound)) +
-            " (their source failed over); their copied keys are still on it; run slotshift check");
-        return;
-      }
-      std::this_thread::sleep_for(milliseconds(100));
-    }
-  }
-  std::vector<std::vector<std::vector<std::string>>> reimport;
-  for (const Slot s : open)
-    if (!view.importing.count(s)) {
-      // From the slot's owner as the target sees it now (its source, or the replica that took its place).
-      std::string from = view.owner.count(s) ? view.owner.at(s) : "";
-      for (const auto& src : sources_)
-        if (from.empty() && std::find(src.slots.begin(), src.slots.end(), s) != src.slots.end())
-          from = src.node.id;
-      reimport.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", from}});
-    }
-  if (!reimport.empty())
-    if (const auto error = setslots(reimport)) {
-      undo_complete_ = false;
-      warnings_.push_back("not undone: " + *error + "; the copied keys of slots " +
-                          format_slot_ranges(slot_ranges(open)) +
-                          " are still on the target; run slotshift check");
-      return;
-    }
   std::uint64_t deleted = 0;
   std::string delete_error;
-  // A node that has just seen a failover may answer CLUSTERDOWN (or TRYAGAIN, LOADING) for a moment: such
-  // a round is tried again, for a while.
-  const auto transient_until = Clock::now() + std::chrono::seconds(15);
-  auto transient = [&](const std::string& error) {
-    return (error.starts_with("CLUSTERDOWN") || error.starts_with("TRYAGAIN") ||
-            error.starts_with("LOADING")) &&
-           Clock::now() < transient_until;
-  };
-  for (const Slot s : open) {
-    for (int rounds = 0; rounds < 100000 && delete_error.empty(); ++rounds) {
-      auto keys = target_control_.command({"CLUSTER", "GETKEYSINSLOT", std::to_string(s), "1000"});
-      if (!keys || keys->is_error()) {
-        delete_error = keys ? keys->str : target_control_.error();
+  // The target may learn of a source's failover at any moment, also half way through the deletes: then the
+  // slots lose their owner in its view (below) and the pass starts again from a new look at the target.
+  for (int pass = 0; pass < 3; ++pass) {
+    if (pass > 0) {
+      view = target_view(open);
+      if (!view.known) {
+        delete_error = "the target could not be asked again (" + view.error + ")";
         break;
       }
-      if (keys->elements.empty()) break;
-      std::vector<std::vector<std::string>> dels;
-      for (const auto& k : keys->elements) {
-        dels.push_back({"ASKING"});
-        dels.push_back({"DEL", k.str});
-      }
-      const auto replies = target_control_.pipeline(dels);
-      if (!replies) delete_error = target_control_.error();
-      std::uint64_t done = 0;
-      for (std::size_t i = 0; replies && i < replies->size() && delete_error.empty(); ++i) {
-        if (!(*replies)[i].is_error()) {
-          done += i % 2;  // the DELs, not the ASKINGs
-        } else if (transient((*replies)[i].str)) {
-          std::this_thread::sleep_for(milliseconds(100));
-          break;  // this round again
-        } else {
-          delete_error = join(dels[i]) + ": " + (*replies)[i].str;
-        }
-      }
-      deleted += done;
     }
+    bool lost_owner = false;
+    // A slot the target imports from a source that has since failed over has no owner in the target's view:
+    // the old source turned into a replica, which owns nothing, and a node ignores what gossip says of a slot
+    // it imports, so it never learns the new owner, and answers CLUSTERDOWN even after ASKING. Such slots
+    // leave IMPORTING first; once the target has learnt their owner they go back into IMPORTING from it,
+    // below.
+    std::vector<Slot> unbound;
+    for (const Slot s : open)
+      if (view.unbound.count(s)) unbound.push_back(s);
+    if (!unbound.empty()) {
+      std::vector<std::vector<std::vector<std::string>>> stable;
+      for (const Slot s : unbound)
+        stable.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "STABLE"}});
+      setslots(stable);
+      for (const auto until = Clock::now() + std::max(milliseconds(10000), node_timeout_);;) {
+        const auto again = target_view(open);
+        if (again.known && again.unbound.empty()) {
+          view = again;
+          break;
+        }
+        if (Clock::now() > until) {
+          undo_complete_ = false;
+          warnings_.push_back(
+              "not undone: the target names no owner for slots " + format_slot_ranges(slot_ranges(unbound)) +
+              " (their source failed over); their copied keys are still on it; run slotshift check");
+          return;
+        }
+        std::this_thread::sleep_for(milliseconds(100));
+      }
+    }
+    std::vector<std::vector<std::vector<std::string>>> reimport;
+    for (const Slot s : open)
+      if (!view.importing.count(s)) {
+        // From the slot's owner as the target sees it now (its source, or the replica that took its place).
+        std::string from = view.owner.count(s) ? view.owner.at(s) : "";
+        for (const auto& src : sources_)
+          if (from.empty() && std::find(src.slots.begin(), src.slots.end(), s) != src.slots.end())
+            from = src.node.id;
+        reimport.push_back({{"CLUSTER", "SETSLOT", std::to_string(s), "IMPORTING", from}});
+      }
+    if (!reimport.empty())
+      if (const auto error = setslots(reimport)) {
+        undo_complete_ = false;
+        warnings_.push_back("not undone: " + *error + "; the copied keys of slots " +
+                            format_slot_ranges(slot_ranges(open)) +
+                            " are still on the target; run slotshift check");
+        return;
+      }
+    // A node that has just seen a failover may answer CLUSTERDOWN (or TRYAGAIN, LOADING) for a moment: such
+    // a round is tried again, for a while.
+    const auto transient_until = Clock::now() + std::chrono::seconds(15);
+    auto transient = [&](const std::string& error) {
+      return (error.starts_with("CLUSTERDOWN") || error.starts_with("TRYAGAIN") ||
+              error.starts_with("LOADING")) &&
+             Clock::now() < transient_until;
+    };
+    for (const Slot s : open) {
+      if (lost_owner) break;
+      for (int rounds = 0; rounds < 100000 && delete_error.empty() && !lost_owner; ++rounds) {
+        auto keys = target_control_.command({"CLUSTER", "GETKEYSINSLOT", std::to_string(s), "1000"});
+        if (!keys || keys->is_error()) {
+          delete_error = keys ? keys->str : target_control_.error();
+          break;
+        }
+        if (keys->elements.empty()) break;
+        std::vector<std::vector<std::string>> dels;
+        for (const auto& k : keys->elements) {
+          dels.push_back({"ASKING"});
+          dels.push_back({"DEL", k.str});
+        }
+        const auto replies = target_control_.pipeline(dels);
+        if (!replies) delete_error = target_control_.error();
+        std::uint64_t done = 0;
+        for (std::size_t i = 0; replies && i < replies->size() && delete_error.empty(); ++i) {
+          if (!(*replies)[i].is_error()) {
+            done += i % 2;  // the DELs, not the ASKINGs
+          } else if ((*replies)[i].str.find("Hash slot not served") != std::string::npos) {
+            lost_owner = true;
+            break;
+          } else if (transient((*replies)[i].str)) {
+            std::this_thread::sleep_for(milliseconds(100));
+            break;  // this round again
+          } else {
+            delete_error = join(dels[i]) + ": " + (*replies)[i].str;
+          }
+        }
+        deleted += done;
+      }
+    }
+    if (!lost_owner) break;
+    delete_error = "the target kept losing the owner of the slots (their source failed over)";
+    if (pass < 2) delete_error.clear();
   }
   std::optional<std::string> stable_error;
   if (delete_error.empty() && !open.empty()) {
