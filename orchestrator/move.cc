@@ -925,12 +925,12 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   // The pause ends by itself after --pause-timeout, so that a dead slotshift cannot freeze the source. A
   // source that stalls (a slow disk, a swap storm, SIGSTOP) for longer than that just as it is to learn the
   // claim would wake up unpaused, and could run writes for the claimed slots before it reads the target's
-  // broadcast, then delete them with the slots. So for the claim the pause is made as long as the wait for
-  // the source to learn (claim_pause(), at least 5 s; renewed while slotshift waits): only a source stalled
-  // for longer than that, which the cluster fails over anyway, outlives it. (Raising min-replicas-to-write
-  // instead would not lapse, but the server checks it before the pause: every client would meet NOREPLICAS
-  // for the whole claim.) On servers that crash when they learn a claim while paused, the pause gives way to
-  // that refusal before the claim.
+  // broadcast, then delete them with the slots. So for the claim the pause is made twice as long
+  // (claim_pause(); renewed while slotshift waits for the source to learn), and a source that has not learnt
+  // by the deadline is left refusing writes (wait_source_learns()). (Raising min-replicas-to-write for every
+  // claim instead would not lapse, but the server checks it before the pause: every client would meet
+  // NOREPLICAS for the whole claim.) On servers that crash when they learn a claim while paused, the pause
+  // gives way to that refusal before the claim.
   const bool refuse_for_claim = !pause_through_claim && !fence_proxy;
   if (!refuse_for_claim) copier.close_slots(batch.slots, fence);
   const auto t_wait = Clock::now();
@@ -1155,10 +1155,12 @@ std::string MoveJob::copier_failure(Source& src) {
   return src.copier->error();
 }
 
-// How long a source's pause lasts from a claim on: the wait for it to learn, and a margin for slotshift's own
-// round trips.
+// How long a source's pause lasts from a claim on (and is renewed to while slotshift waits for it to learn):
+// twice --pause-timeout. It outlasts a stall of the source of up to that much at the claim, and a slotshift
+// killed right then still holds the source's writes for no longer than that: clients behind the proxies wait
+// it out within their request deadline (5 s by default against a 4 s pause).
 std::chrono::milliseconds MoveJob::claim_pause() const {
-  return learn_timeout() + options_.pause_timeout;
+  return options_.pause_timeout * 2;
 }
 
 std::chrono::milliseconds MoveJob::learn_timeout() const {

@@ -40,8 +40,8 @@ build_dir=build
 [ "$preset" = default ] || build_dir=build-$preset
 [ -f "$build_dir/CMakeCache.txt" ] ||
   echo "  build slotshift ($preset preset) from nothing (about 4 min)" >&2
-echo "  run the tests: every test on Redis 7.0${servers:+, the version tests on $servers} (about 7 min;" \
-  "12 min under asan)" >&2
+echo "  run the tests: every test on Redis 7.0${servers:+, the version tests on $servers} (about 14 min;" \
+  "longer under asan)" >&2
 
 # Every package first, once: nothing after this line calls apt, so the roots can be built side by side.
 deploy/local/install-deps.sh
