@@ -140,14 +140,6 @@ ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds tim
       s.unreachable.push_back(error.empty() ? c.error() : error);
       continue;
     }
-    // A move that could not see a source learn its claim leaves it refusing writes, its only fence left;
-    // a killed one may too. Either way no write reaches that master until someone lifts it.
-    const Node* me = view->myself();
-    if (me && me->is_master()) {
-      const auto mr = c.command({"CONFIG", "GET", "min-replicas-to-write"});
-      if (mr && !mr->is_error() && mr->elements.size() == 2 && mr->elements[1].str == kRefuseAllWrites)
-        s.refusing_writes.push_back(where.str());
-    }
     merge(s.merged, *view);
     s.views.push_back(std::move(*view));
   }
@@ -273,7 +265,18 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
   auto findings = check(s.merged);
   for (auto& f : compare_views(s.views))
     findings.push_back(std::move(f));
-  const bool clean = findings.empty() && s.complete() && s.refusing_writes.empty();
+  // A move that could not see a source learn its claim leaves it refusing writes, its only fence left; a
+  // killed one may too. Either way no write reaches that master until someone lifts it. (Asked here, not in
+  // every survey: a move's settle surveys the cluster every 25 ms.)
+  std::vector<std::string> refusing_writes;
+  for (const auto* m : s.merged.masters()) {
+    NodeClient c;
+    if (!c.connect(HostPort{m->address(), m->port}, options.timeout, options.credentials)) continue;
+    const auto mr = c.command({"CONFIG", "GET", "min-replicas-to-write"});
+    if (mr && !mr->is_error() && mr->elements.size() == 2 && mr->elements[1].str == kRefuseAllWrites)
+      refusing_writes.push_back(c.node().str());
+  }
+  const bool clean = findings.empty() && s.complete() && refusing_writes.empty();
   if (options.json) {
     nlohmann::json j;
     j["ok"] = clean;
@@ -284,7 +287,7 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
     j["findings"] = list;
     j["unreachable"] = s.unreachable;
     j["loading"] = s.loading;
-    j["refusing_writes"] = s.refusing_writes;
+    j["refusing_writes"] = refusing_writes;
     out << j.dump(2) << "\n";
     return clean ? 0 : 1;
   }
@@ -294,14 +297,16 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
     out << "  unreachable: " << u << "\n";
   for (const auto& l : s.loading)
     out << "  loading: " << l << "; its view could not be read\n";
-  for (const auto& r : s.refusing_writes)
+  for (const auto& r : refusing_writes)
     out << "  refusing-writes: " << r << " refuses every write (min-replicas-to-write " << kRefuseAllWrites
         << "), left so by a slotshift move; once every node names one owner for each slot, put back its own "
            "value (the move's message and journal say it; the server's default is 0)\n";
   for (const auto& f : findings)
     out << "  " << finding_kind_name(f.kind) << ": " << f.message << "\n";
   out << (clean ? "OK: all nodes agree, every slot is covered, nothing is open\n"
-                : "NOT OK: " + std::to_string(findings.size() + s.unreachable.size() + s.loading.size()) +
+                : "NOT OK: " +
+                      std::to_string(findings.size() + s.unreachable.size() + s.loading.size() +
+                                     refusing_writes.size()) +
                       " problem(s)\n");
   return clean ? 0 : 1;
 }

@@ -39,8 +39,6 @@ struct ClusterSurvey {
   // Nodes that still answered LOADING when the survey's deadline (its timeout) passed: reachable, but their
   // view of the cluster is unknown.
   std::vector<std::string> loading;
-  // Masters that refuse every write because a move left min-replicas-to-write at kRefuseAllWrites.
-  std::vector<std::string> refusing_writes;
   std::string error;  // set when not even the seed could be read
   // Every node's own view was read.
   bool complete() const { return error.empty() && unreachable.empty() && loading.empty(); }

@@ -195,3 +195,20 @@ TEST_CASE(
   CHECK_MESSAGE(status.exit_code == 0, status.out);
   CHECK(status.out.find("16384 of 16384 slots covered") != std::string::npos);
 }
+
+// A master that a move left refusing every write (its only fence while a source had not learnt a claim) is no
+// healthy cluster: check names it and counts it.
+TEST_CASE("check reports a master left refusing writes by a move") {
+  test::LocalCluster cluster(3, 0);
+  const auto master = cluster.masters().front();
+  test::Connection c(master);
+  c.command({"CONFIG", "SET", "min-replicas-to-write", "2147483647"});
+  auto refused = slotshift_cmd("check --cluster " + master.str());
+  CHECK(refused.exit_code == 1);
+  CHECK_MESSAGE(
+      refused.out.find("refusing-writes: " + master.str() + " refuses every write") != std::string::npos,
+      refused.out);
+  CHECK_MESSAGE(refused.out.find("NOT OK: 1 problem(s)") != std::string::npos, refused.out);
+  c.command({"CONFIG", "SET", "min-replicas-to-write", "0"});
+  CHECK(slotshift_cmd("check --cluster " + master.str()).exit_code == 0);
+}
