@@ -941,8 +941,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   batch.wait_ms = ms_since(t_wait);
 
   // 3. Both sides now hold the same data for these slots: compare the key counts before anything changes
-  //    owner. Keys that expired in between are the only possible difference, and only downwards on the
-  //    target.
+  //    owner. Keys that expired in between are the only possible difference: the target, a master, expires
+  //    keys on its own, so it may hold fewer. A paused source expires nothing, but with --fence proxy it is
+  //    not paused and goes on expiring keys after the offset was read (their DELs lie past the fence), so the
+  //    target may then hold more too.
   // (A connection that failed here, a node that stalled past the timeout, is made again for the next try.)
   c = control(src.node);
   if (!c) return abandon("cannot connect to the source " + connect_error_, true);
@@ -961,7 +963,8 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     batch.source_keys += a;
     batch.target_keys += b;
     const auto expiring = copier.slot_expiring(batch.slots[i]);
-    if (b > a || a - b > expiring)
+    const bool too_many = b > a && (src.paused || b - a > expiring);
+    if (too_many || (a > b && a - b > expiring))
       return abandon(
           "slot " + std::to_string(batch.slots[i]) + ": the source holds " + std::to_string(a) +
               " keys and the target " + std::to_string(b) + " at the same offset (at most " +
