@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "common/topology.h"
@@ -26,6 +27,47 @@ std::string text(const nlohmann::json& j, const char* field) {
 
 }  // namespace
 
+namespace {
+
+// In the order of MoveStep.
+constexpr const char* kStepNames[] = {
+    "plan",
+    "importing",
+    "copy",
+    "copied",
+    "fence",
+    "refuse-writes",
+    "claim",
+    "claim-failed",
+    "claim-settled",
+    "claim-unknown",
+    "claimed",
+    "source-not-learnt",
+    "target-failed-over",
+    "rolled-back",
+    "replicas-cleaned",
+    "done",
+    "migrate",
+    "migrate-cancelled",
+    "migrate-failed",
+    "migrated",
+    "abort-started",
+    "resume-started",
+    "aborted",
+};
+
+}  // namespace
+
+const char* step_name(MoveStep step) {
+  return kStepNames[static_cast<std::size_t>(step)];
+}
+
+std::optional<MoveStep> parse_step(std::string_view name) {
+  for (std::size_t i = 0; i < std::size(kStepNames); ++i)
+    if (name == kStepNames[i]) return static_cast<MoveStep>(i);
+  return std::nullopt;
+}
+
 std::optional<JournalState> read_journal(const std::string& path, std::string& error) {
   std::ifstream in(path);
   if (!in) {
@@ -37,7 +79,7 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
     const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("step")) {
+    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_string()) {
       ++torn;  // only the last line can be torn by a crash; the reader says how many it skipped
       continue;
     }
@@ -46,8 +88,14 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
               std::to_string(j.value("version", 0)) + "); use that one";
       return std::nullopt;
     }
-    const std::string step = j["step"].get<std::string>();
-    if (step == "plan") {
+    const std::string name = j["step"].get<std::string>();
+    const auto step = parse_step(name);
+    if (!step) {
+      error =
+          path + ": a record of step \"" + name + "\" that no slotshift writes; is this a move's journal?";
+      return std::nullopt;
+    }
+    if (*step == MoveStep::kPlan) {
       // A file can hold several moves (resume appends the rest of a move as a new one): the last plan wins.
       state = JournalState{};
       state->move_id = text(j, "move");
@@ -63,23 +111,23 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
       continue;
     }
     if (!state || text(j, "move") != state->move_id) continue;
-    state->last_step = step;
-    if (step == "claimed") {
+    state->last_step = name;
+    if (*step == MoveStep::kClaimed) {
       for (const Slot s : slots_of(j, "slots"))
         state->claimed.insert(s);
-    } else if (step == "claim-settled") {
+    } else if (*step == MoveStep::kClaimSettled) {
       for (const Slot s : slots_of(j, "target_owns"))
         state->claimed.insert(s);
-    } else if (step == "refuse-writes" && j.contains("restore") && j["restore"].is_array() &&
+    } else if (*step == MoveStep::kRefuseWrites && j.contains("restore") && j["restore"].is_array() &&
                j["restore"].size() == 6) {
       // ["CONFIG", "SET", "min-replicas-to-write", V, "min-replicas-max-lag", L]; the first record per source
       // holds the values from before the move (later ones repeat them).
       state->restore_min_replicas.try_emplace(text(j, "source"), j["restore"][3].get<std::string>(),
                                               j["restore"][5].get<std::string>());
-    } else if (step == "target-failed-over") {
+    } else if (*step == MoveStep::kTargetFailedOver) {
       state->target_id = text(j, "to");
       state->target_address = text(j, "to_address");
-    } else if (step == "done" || step == "aborted") {
+    } else if (*step == MoveStep::kDone || *step == MoveStep::kAborted) {
       state->finished = true;
     }
   }

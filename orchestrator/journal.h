@@ -24,6 +24,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -32,6 +33,40 @@
 namespace slotshift {
 
 inline constexpr int kJournalVersion = 1;
+
+// The states of a move, as its journal names them (the "step" of each record, above). A record is written and
+// synced before the state it names is entered; the fault injection names the same steps.
+enum class MoveStep {
+  kPlan,
+  kImporting,
+  kCopy,
+  kCopied,
+  kFence,
+  kRefuseWrites,
+  kClaim,
+  kClaimFailed,
+  kClaimSettled,
+  kClaimUnknown,
+  kClaimed,
+  kSourceNotLearnt,
+  kTargetFailedOver,
+  kRolledBack,
+  kReplicasCleaned,
+  kDone,
+  // --engine native
+  kMigrate,
+  kMigrateCancelled,
+  kMigrateFailed,
+  kMigrated,
+  // slotshift abort and resume
+  kAbortStarted,
+  kResumeStarted,
+  kAborted,
+};
+
+const char* step_name(MoveStep step);
+// nullopt for a name no version of this journal writes.
+std::optional<MoveStep> parse_step(std::string_view name);
 
 struct JournalSource {
   std::string id, address;

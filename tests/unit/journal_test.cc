@@ -101,3 +101,22 @@ TEST_CASE("what the reader refuses") {
   CHECK_FALSE(read_journal(newer.path, error));
   CHECK(error.find("newer slotshift") != std::string::npos);
 }
+
+TEST_CASE("a record of a step no slotshift writes is refused, not skipped") {
+  std::string error;
+  JournalFile foreign(kPlan + R"({"step":"teleported","version":1,"move":"move-1-100","time_ms":2})"
+                              "\n");
+  CHECK_FALSE(read_journal(foreign.path, error));
+  CHECK(error.find("\"teleported\"") != std::string::npos);
+}
+
+TEST_CASE("every step's name reads back as that step") {
+  for (int i = 0; i <= static_cast<int>(MoveStep::kAborted); ++i) {
+    const auto step = static_cast<MoveStep>(i);
+    const auto back = parse_step(step_name(step));
+    REQUIRE(back);
+    CHECK(*back == step);
+  }
+  CHECK(std::string(step_name(MoveStep::kRefuseWrites)) == "refuse-writes");
+  CHECK_FALSE(parse_step("fenced"));
+}

@@ -1,0 +1,194 @@
+// The move's machinery, shared by the files that each hold one part of it:
+//
+//   move_job.cc      the run from plan to done, the journal, the copy, verification, cleaning the replicas
+//   move_plan.cc     the plan and its refusals (what slotshift checks before it touches anything)
+//   batch_sizer.h    how many slots a cutover takes (pure)
+//   cutover.cc       one batch's fence and claim, and the source's fence until it learns
+//   claim_settle.cc  after a claim that failed: what the target owns by its own word
+//   move_undo.cc     undoing what was not claimed, and abort/resume after a crash
+//   move_native.cc   --engine native: the servers' own CLUSTER MIGRATESLOTS behind the same batches
+//   move_report.cc   what the user is told, as text or JSON
+//
+// Not part of slotshift's interface (move.h is).
+#pragma once
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <ostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/server_info.h"
+#include "common/topology.h"
+#include "orchestrator/batch_sizer.h"
+#include "orchestrator/copier.h"
+#include "orchestrator/journal.h"
+#include "orchestrator/move.h"
+#include "orchestrator/move_lease.h"
+#include "orchestrator/node_client.h"
+#include "orchestrator/proxy_control.h"
+
+namespace slotshift {
+
+// Set by SIGINT and SIGTERM during a move: it stops at the next batch boundary and undoes the rest.
+extern std::atomic<int> g_move_interrupted;
+extern "C" void on_move_interrupt(int sig);
+
+double ms_since(Clock::time_point t);
+std::string human_bytes(double b);
+std::string with_commas(std::uint64_t n);
+// CLUSTER COUNTKEYSINSLOT of every slot, in one round trip; nullopt (c.error()) when the connection fails.
+std::optional<std::vector<std::uint64_t>> count_keys(NodeClient& c, const std::vector<Slot>& slots);
+std::string join(const std::vector<std::string>& parts, const std::string& separator = " ");
+
+struct Source {
+  Node node;
+  HostPort address;
+  ServerInfo info;
+  std::vector<Slot> slots;
+  std::uint64_t estimated_keys = 0;
+  std::uint64_t estimated_bytes = 0;
+  std::unique_ptr<SlotCopier> copier;
+  NodeClient control;
+  std::vector<Batch> batches;
+  bool paused = false;
+  // Servers that crash when they learn a claim while paused (ServerInfo::survives_paused_claim) are fenced
+  // for the claim by refusing writes instead: min-replicas-to-write raised out of reach, then restored to
+  // these values (read before the move starts).
+  bool refusing = false;
+  // Set when the source had still not learnt a claim at the deadline: its refusal of writes is the only fence
+  // left, and it stays for an operator to lift once the source names the new owner.
+  bool keep_refusing = false;
+  std::string min_replicas_to_write, min_replicas_max_lag;
+  bool can_refuse = false;  // both were read
+};
+
+// Which of some slots the target owns in its own view: the only word on a claim that counts (REDIS-FACTS, "A
+// claim is never known from the reply alone").
+struct TargetView {
+  bool known = false;
+  std::vector<Slot> owned, other;
+  std::set<Slot> importing;           // of `other`, those the target still has in IMPORTING
+  std::set<Slot> unbound;             // of `other`, those no master owns in the target's view
+  std::map<Slot, std::string> owner;  // of `other`, the owner in the target's view
+  std::string error;                  // why it is not known
+};
+
+class MoveJob {
+ public:
+  MoveJob(const MoveOptions& options, std::ostream& out, std::ostream& err)
+      : options_(options), out_(out), err_(err) {
+    show_progress_ = options.progress && isatty(STDERR_FILENO);  // stderr: beside --json on stdout too
+  }
+
+  ~MoveJob() {
+    if (journal_fd_ >= 0) ::close(journal_fd_);
+  }
+  MoveJob(const MoveJob&) = delete;
+  MoveJob& operator=(const MoveJob&) = delete;
+
+  int run();
+  // slotshift abort (resume == false) and resume: the move of a journal, after a crash.
+  int recover(bool resume);
+
+ private:
+  bool plan();
+  bool estimate();
+  void print_plan();
+  bool prepare();
+  bool copy();
+  bool cut_over_all();
+  // --engine native: every batch of every source by CLUSTER MIGRATESLOTS.
+  bool migrate_native_all();
+  bool migrate_native(Source& source, Batch& batch);
+  // One batch. True when it was claimed; false with `retry` set when it was abandoned before its claim and
+  // may be tried again.
+  bool cut_over(Source& source, Batch& batch, bool& retry);
+  // After an error at or after a batch's first SETSLOT ... NODE: asks the target what it owns, keeps the
+  // source fenced until it knows, and leaves the rest to rollback(). Always false (the move stops).
+  void drop_setslot_connections();
+  void follow_target_failover();
+  bool settle_claim(Source& source, Batch& batch, const std::string& claim_error, bool held);
+  TargetView target_view(const std::vector<Slot>& slots);
+  bool wait_source_learns(Source& source, const std::vector<Slot>& slots);
+  bool verify(const Batch& batch);
+  bool settle();
+  void release_proxies(const std::string& slots);
+  std::optional<std::string> setslots(const std::vector<std::vector<std::vector<std::string>>>& groups);
+  void route_and_release(const std::string& slots);
+  void note_proxy_failures(const ProxyCalls& calls);
+  bool purge_replica_keys(const Node& master, const std::string& importing_from,
+                          const std::vector<Slot>& slots, bool set_importing, std::uint64_t& purged);
+  bool clean_source_replicas();
+  void rollback();
+  // Ends the source's fence: its pause, and the refusal of writes where that replaced the pause.
+  bool unpause(Source& source);
+  std::chrono::milliseconds learn_timeout() const;
+  std::chrono::milliseconds claim_pause() const;
+  std::optional<std::string> source_changed(const Source& source, const std::string& info) const;
+  std::string copier_failure(Source& source);
+  std::optional<std::string> target_replicas_behind(const Batch& batch, Clock::time_point deadline);
+  std::string fence_left(const Source& source) const;
+  bool refuse_writes(Source& source);
+  // Writes and syncs the record of `step` (with `fields`) before the step is taken.
+  void journal(MoveStep step, const nlohmann::json& fields = nlohmann::json::object());
+  bool open_journal();
+  void progress(const std::string& line);
+  void end_progress();
+  bool interrupted();
+  void report(bool ok);
+  bool fail(std::string message) {
+    if (error_.empty()) error_ = std::move(message);
+    return false;
+  }
+  NodeClient* control(const Node& node);
+
+  MoveOptions options_;
+  std::ostream& out_;
+  std::ostream& err_;
+  bool show_progress_ = false;
+  bool progress_shown_ = false;
+  std::string error_;
+  std::vector<std::string> warnings_;
+  std::vector<std::string> notes_;
+  Clock::time_point started_ = Clock::now();
+  double copy_s_ = 0, cutover_s_ = 0, cleanup_s_ = 0, settle_s_ = 0;
+
+  Topology topology_;
+  Node target_;
+  HostPort target_address_;
+  ServerInfo target_info_;
+  NodeClient target_control_;
+  NodeFanout target_fanout_;  // for SETSLOT (see setslots())
+  bool target_fanout_connected_ = false;
+  std::vector<Source> sources_;
+  std::vector<Slot> skipped_;                      // already on the target
+  std::chrono::milliseconds node_timeout_{15000};  // the target's cluster-node-timeout
+  std::vector<bool> importing_ = std::vector<bool>(kSlotCount);
+  std::vector<bool> claimed_ = std::vector<bool>(kSlotCount);
+  std::map<std::string, NodeClient> controls_;
+  std::string connect_error_;  // why control() last returned nullptr
+  std::unique_ptr<ProxyControl> proxies_;
+  std::unique_ptr<MoveLease> lease_;
+  std::string owner_;  // names this move's holds on the proxies
+  std::set<std::string> proxy_warned_;
+  std::mutex warnings_mu_;  // the proxies' route and release run beside the cutover's wait for the source
+  int journal_fd_ = -1;
+  std::string journal_path_;
+  bool undo_complete_ = true;  // rollback() undid every slot it had to
+  std::string move_id_;        // in every journal record
+  // Sizes the batches from what the cutovers so far cost (batch_sizer.h).
+  BatchSizer sizer_{options_.max_pause, options_.fence == "proxy"};
+  const bool native_ = options_.engine == "native";
+};
+
+}  // namespace slotshift

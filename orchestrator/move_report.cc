@@ -1,0 +1,180 @@
+#include "orchestrator/move_job.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/server_info.h"
+#include "common/topology.h"
+#include "orchestrator/fault_injection.h"
+#include "orchestrator/journal.h"
+#include "orchestrator/native_migration.h"
+
+namespace slotshift {
+
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+
+void MoveJob::report(bool ok) {
+  end_progress();
+  std::uint64_t keys = 0, bytes = 0, expired = 0, chunked = 0, repairs = 0, applied = 0, unknown = 0;
+  double max_pause = 0, max_stall = 0, max_refuse = 0;
+  nlohmann::json sources = nlohmann::json::array(), batches = nlohmann::json::array();
+  for (const auto& src : sources_) {
+    if (native_) {
+      // The servers carried the values: what is known is what each batch counted before it moved.
+      std::uint64_t moved = 0;
+      for (const auto& b : src.batches)
+        if (claimed_[b.slots.front()]) moved += b.source_keys;
+      keys += moved;
+      sources.push_back({{"source", src.address.str()},
+                         {"source_id", src.node.id},
+                         {"server", src.info.name()},
+                         {"engine", "native"},
+                         {"slots", format_slot_ranges(slot_ranges(src.slots))},
+                         {"keys_moved", moved}});
+    }
+    for (const auto& b : src.batches) {
+      if (b.attempts == 0) continue;
+      max_pause = std::max(max_pause, b.pause_ms);
+      max_refuse = std::max(max_refuse, b.refuse_ms);
+      max_stall = std::max(max_stall, sizer_.stall_ms(b));
+      batches.push_back({{"source", src.address.str()},
+                         {"slots", format_slot_ranges(slot_ranges(b.slots))},
+                         {"slot_count", b.slots.size()},
+                         {"keys", b.source_keys},
+                         {"pause_ms", b.pause_ms},
+                         {"refuse_ms", b.refuse_ms},
+                         {"stall_ms", sizer_.stall_ms(b)},
+                         {"wait_ms", b.wait_ms},
+                         {"claim_ms", b.claim_ms},
+                         {"claim_send_ms", b.claim_send_ms},
+                         {"hold_ms", b.hold_ms},
+                         {"proxies_held", b.proxies_held},
+                         {"attempts", b.attempts}});
+    }
+    if (!src.copier) continue;
+    const auto& st = src.copier->stats();
+    keys += st.keys_copied;
+    bytes += st.bytes_copied;
+    expired += st.keys_expired;
+    chunked += st.keys_chunked;
+    repairs += st.repairs;
+    applied += st.stream_applied;
+    unknown += st.unknown_commands;
+    sources.push_back({{"source", src.address.str()},
+                       {"source_id", src.node.id},
+                       {"server", src.info.name()},
+                       {"slots", format_slot_ranges(slot_ranges(src.slots))},
+                       {"keys_copied", st.keys_copied.load()},
+                       {"bytes_copied", st.bytes_copied.load()},
+                       {"keys_expired_skipped", st.keys_expired.load()},
+                       {"keys_chunked", st.keys_chunked.load()},
+                       {"snapshot_bytes", st.rdb_bytes.load()},
+                       {"stream_bytes", st.stream_bytes.load()},
+                       {"stream_operations_applied", st.stream_applied.load()},
+                       {"keys_repaired", st.repairs.load()},
+                       {"unknown_commands_dropped", st.unknown_commands.load()},
+                       {"writes_after_fence", st.writes_after_fence.load()},
+                       {"snapshot_header_ms", st.header_ms.load()},
+                       {"snapshot_parsed_ms", st.received_ms.load()},
+                       {"snapshot_applied_ms", st.applied_ms.load()},
+                       {"spilled_peak_bytes", src.copier->spool_peak()}});
+  }
+  for (const auto& src : sources_)
+    if (src.copier && src.copier->stats().writes_after_fence > 0)
+      warnings_.push_back(std::to_string(src.copier->stats().writes_after_fence.load()) +
+                          " writes reached the source " + src.address.str() +
+                          " for slots past their fence and are not on the target (first: " +
+                          src.copier->first_late_write() + ")");
+  if (unknown > 0)
+    warnings_.push_back(
+        std::to_string(unknown) +
+        " commands of the stream were not in the command table (module commands?) and were not "
+        "applied to the target");
+  const double elapsed = ms_since(started_) / 1000;
+  if (options_.common.json) {
+    nlohmann::json j{{"ok", ok},
+                     {"target", target_address_.str()},
+                     {"target_id", target_.id},
+                     {"sources", sources},
+                     {"batches", batches},
+                     {"keys_copied", keys},
+                     {"bytes_copied", bytes},
+                     {"elapsed_s", elapsed},
+                     {"copy_s", copy_s_},
+                     {"cutover_s", cutover_s_},
+                     {"replica_cleanup_s", cleanup_s_},
+                     {"settle_s", settle_s_},
+                     {"max_pause_ms", max_pause},
+                     {"max_refuse_ms", max_refuse},
+                     {"max_stall_ms", max_stall},
+                     {"warnings", warnings_},
+                     {"notes", notes_}};
+    if (!ok) j["error"] = error_;
+    out_ << j.dump(2) << "\n";
+    return;
+  }
+  char line[256];
+  for (const auto& b : batches) {
+    if (native_) {
+      std::snprintf(line, sizeof line,
+                    "  batch %-24s %6zu slots %9s keys  stall %6.1f ms (migration %.1f ms)\n",
+                    b["slots"].get<std::string>().substr(0, 24).c_str(), b["slot_count"].get<std::size_t>(),
+                    with_commas(b["keys"].get<std::uint64_t>()).c_str(), b["pause_ms"].get<double>(),
+                    b["claim_ms"].get<double>());
+      out_ << line;
+      continue;
+    }
+    std::snprintf(
+        line, sizeof line,
+        "  batch %-24s %6zu slots %9s keys  pause %6.1f ms (wait %.1f, claim %.1f of which sent %.1f)",
+        b["slots"].get<std::string>().substr(0, 24).c_str(), b["slot_count"].get<std::size_t>(),
+        with_commas(b["keys"].get<std::uint64_t>()).c_str(), b["pause_ms"].get<double>(),
+        b["wait_ms"].get<double>(), b["claim_ms"].get<double>(), b["claim_send_ms"].get<double>());
+    out_ << line;
+    if (const double refused = b["refuse_ms"].get<double>(); refused > 0) {
+      std::snprintf(line, sizeof line, ", then writes refused %.1f ms", refused);
+      out_ << line;
+    }
+    out_ << "\n";
+  }
+  for (const auto& n : notes_)
+    out_ << "note: " << n << "\n";
+  for (const auto& w : warnings_)
+    out_ << "warning: " << w << "\n";
+  if (!ok) {
+    err_ << "slotshift move: " << error_ << "\n";
+    return;
+  }
+  std::snprintf(line, sizeof line,
+                "moved %s keys (%s) to %s %s in %.2f s (copy %.2f s), %zu batches, longest %s %.1f ms\n",
+                with_commas(keys).c_str(), human_bytes(static_cast<double>(bytes)).c_str(),
+                short_id(target_.id).c_str(), target_address_.str().c_str(), elapsed, copy_s_, batches.size(),
+                native_                     ? "stall of a writer"
+                : options_.fence == "proxy" ? "stall of the source"
+                                            : "pause",
+                max_stall);
+  out_ << line;
+  if (native_) return;
+  out_ << "  " << with_commas(applied) << " live writes followed, " << with_commas(repairs)
+       << " keys read again after a refused replay, " << with_commas(expired) << " expired keys skipped, "
+       << with_commas(chunked) << " big keys sent in chunks\n";
+}
+
+}  // namespace slotshift
