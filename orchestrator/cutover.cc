@@ -1,21 +1,9 @@
 #include "orchestrator/move_job.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <algorithm>
-#include <atomic>
-#include <charconv>
 #include <csignal>
-#include <cstdio>
-#include <cstring>
-#include <filesystem>
 #include <future>
-#include <iterator>
-#include <map>
-#include <memory>
 #include <mutex>
-#include <nlohmann/json.hpp>
-#include <set>
 #include <sstream>
 #include <thread>
 
@@ -23,7 +11,6 @@
 #include "common/topology.h"
 #include "orchestrator/fault_injection.h"
 #include "orchestrator/journal.h"
-#include "orchestrator/native_migration.h"
 
 namespace slotshift {
 

@@ -1,34 +1,13 @@
 #include "orchestrator/move_job.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <algorithm>
-#include <atomic>
-#include <charconv>
-#include <csignal>
 #include <cstdio>
-#include <cstring>
-#include <filesystem>
-#include <future>
-#include <iterator>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
-#include <set>
-#include <sstream>
-#include <thread>
 
-#include "common/server_info.h"
 #include "common/topology.h"
-#include "orchestrator/fault_injection.h"
-#include "orchestrator/journal.h"
 #include "orchestrator/native_migration.h"
 
 namespace slotshift {
-
-using std::chrono::duration_cast;
-using std::chrono::milliseconds;
 
 void MoveJob::report(bool ok) {
   end_progress();
