@@ -311,6 +311,36 @@ for _step in ("plan", "importing", "copy", "copied", "fence", "claim", "claimed"
                 lambda self, s=_step, r=_recovery: self.killed(s, r))
 
 
+class RefuseKillTest(FaultScenarios, unittest.TestCase):
+    """Servers that crash when they learn a claim while paused (Redis 7.2 to 8.x, Valkey 8.0) are fenced for the
+    claim by refusing writes (min-replicas-to-write out of reach): slotshift killed right after it recorded the
+    values to put back, and once they are refusing, then resumed or aborted. No master may be left refusing
+    writes. ctest runs it on
+    redis-8.0 only: other servers never take this step, so a kill there would never fire."""
+
+    def setUp(self):
+        if harness.SERVER not in ("redis-8.0", "valkey-8.0"):
+            self.fail("%s never refuses writes at a claim; run RefuseKillTest with SLOTSHIFT_SERVER=redis-8.0"
+                      % harness.SERVER)
+        super().setUp()
+
+    killed = KillTest.killed
+
+    def test_killed_at_refuse_writes_then_resume(self):
+        self.killed("refuse-writes", "resume")
+
+    def test_killed_at_refuse_writes_then_abort(self):
+        self.killed("refuse-writes", "abort")
+
+    # Killed at the claim's record: the source's pause has given way to refused writes, which nothing but the
+    # recovery lifts.
+    def test_killed_while_writes_are_refused_then_resume(self):
+        self.killed("claim", "resume")
+
+    def test_killed_while_writes_are_refused_then_abort(self):
+        self.killed("claim", "abort")
+
+
 class LeaseTest(FaultScenarios, unittest.TestCase):
     """One move at a time on any node: the move lease (orchestrator/move_lease.h)."""
 
