@@ -4,6 +4,7 @@
 #include <csignal>
 #include <future>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -127,8 +128,19 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     const auto wait = fence_proxy
                           ? std::clamp(options_.max_pause * 4, milliseconds(100), options_.pause_timeout / 2)
                           : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
-    const auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_);
+    auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_);
     held = true;
+    // A proxy that answered that a command of these slots was still at a backend when the wait ran out is
+    // alive and busy (a slow moment of its backend, or of this machine): the command is about to return, so
+    // it is asked once more at once rather than given up.
+    std::set<std::string> slow;
+    for (const auto& call : calls.calls)
+      if (call.slow_to_drain()) slow.insert(call.proxy);
+    batch.proxies_asked_again.insert(batch.proxies_asked_again.end(), slow.begin(), slow.end());
+    if (!slow.empty())
+      for (auto& again : proxies_->hold(slots_text, options_.pause_timeout, wait, owner_, &slow).calls)
+        for (auto& call : calls.calls)
+          if (call.proxy == again.proxy) call = std::move(again);
     batch.proxies_held = 0;
     for (const auto& call : calls.calls)
       batch.proxies_held += call.ok;
@@ -137,8 +149,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
       if (fence_proxy)
         return abandon("--fence proxy: not every proxy held batch " + slots_text + ": " + failed, false);
       note_proxy_failures(calls);
+      // Waiting for a proxy that does not answer would cost every later batch as long: it is left out. One
+      // that answered is asked again at the next batch.
       for (const auto& call : calls.calls)
-        if (!call.ok) proxies_->forget(call.proxy);
+        if (!call.ok && !call.slow_to_drain()) proxies_->forget(call.proxy);
     }
   }
   // 2. The source's writes pause (unless the proxies are the fence), and its offset at that moment is where
@@ -514,13 +528,21 @@ void MoveJob::release_proxies(const std::string& slots) {
 
 // A proxy that does not answer is reported once, not once per batch.
 void MoveJob::note_proxy_failures(const ProxyCalls& calls) {
-  for (const auto& call : calls.calls)
-    if (!call.ok && proxy_warned_.insert(call.proxy).second)
+  for (const auto& call : calls.calls) {
+    if (call.ok || !proxy_warned_.insert(call.proxy).second) continue;
+    if (call.slow_to_drain())
+      warnings_.push_back(
+          "proxy " + call.proxy + " could not hold a batch twice in a row (" + call.error + ")" +
+          (options_.fence == "proxy" ? ""
+                                     : "; the batch went on without its hold: its clients were fenced by the "
+                                       "source's pause and met MOVED after it, which it follows"));
+    else
       warnings_.push_back("proxy " + call.proxy + " did not answer (" + call.error + ")" +
                           (options_.fence == "proxy"
                                ? ""
                                : "; it was left out from then on: its clients are fenced by the source's "
                                  "pause and meet MOVED after the move"));
+  }
 }
 
 }  // namespace slotshift

@@ -47,6 +47,7 @@ constexpr const char* kStepNames[] = {
     "rolled-back",
     "replicas-cleaned",
     "done",
+    "migration-log",
     "migrate",
     "migrate-cancelled",
     "migrate-failed",
@@ -102,6 +103,7 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
       state->target_id = text(j, "target");
       state->target_address = text(j, "target_address");
       state->proxy_owner = text(j, "proxy_owner");
+      if (const auto engine = text(j, "engine"); !engine.empty()) state->engine = engine;
       if (j.contains("proxies") && j["proxies"].is_array())
         for (const auto& p : j["proxies"])
           if (p.is_string()) state->proxies.push_back(p.get<std::string>());
@@ -124,6 +126,9 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
       // holds the values from before the move (later ones repeat them).
       state->restore_min_replicas.try_emplace(text(j, "source"), j["restore"][3].get<std::string>(),
                                               j["restore"][5].get<std::string>());
+    } else if (*step == MoveStep::kMigrationLog && j.contains("restore") && j["restore"].is_string()) {
+      // The first record per node holds the value from before the move.
+      state->restore_migration_log.try_emplace(text(j, "node"), j["restore"].get<std::string>());
     } else if (*step == MoveStep::kTargetFailedOver) {
       state->target_id = text(j, "to");
       state->target_address = text(j, "to_address");

@@ -2,7 +2,8 @@
 // (MoveJob::journal()), every record carrying {"version": 1, "move": <move id>, "step": ..., "time_ms": ...}.
 // The records a move writes, in order:
 //
-//   plan            target (id, address), sources (id, address, slots), the proxies and their hold owner
+//   plan            target (id, address), sources (id, address, slots), the proxies and their hold owner, the
+//                   engine
 //   importing       IMPORTING set on the target for every slot of the plan
 //   copy, copied    a source's copy starts; every snapshot is in and the stream is followed
 //   fence           a batch's fence is up: source, slots, offset, whether the source is paused
@@ -11,6 +12,9 @@
 //   claim-failed, claim-settled, claim-unknown
 //                   a claim that failed, and which of its slots the target owns by its own word
 //   claimed         a batch is the target's and the source knows it
+//   migration-log, migrate, migrated, migrate-failed, migrate-cancelled
+//                   --engine native: a node's cluster-slot-migration-log-max-len is about to be shortened
+//                   ("restore" holds the value to put back); a batch's CLUSTER MIGRATESLOTS and its outcome
 //   source-not-learnt, target-failed-over, rolled-back, replicas-cleaned
 //   done            the move ended well;  aborted  slotshift abort (or resume) undid what was not claimed
 //
@@ -54,6 +58,7 @@ enum class MoveStep {
   kReplicasCleaned,
   kDone,
   // --engine native
+  kMigrationLog,
   kMigrate,
   kMigrateCancelled,
   kMigrateFailed,
@@ -75,6 +80,7 @@ struct JournalSource {
 
 struct JournalState {
   std::string move_id;
+  std::string engine = "replica";  // or "native"
   std::string target_id, target_address;
   std::vector<JournalSource> sources;
   std::vector<std::string> proxies;  // admin endpoints, HOST:PORT
@@ -82,6 +88,8 @@ struct JournalState {
   std::set<Slot> claimed;            // claimed per the journal (the nodes are asked anyway)
   // Per source id: min-replicas-to-write and min-replicas-max-lag as they were before the move raised them.
   std::map<std::string, std::pair<std::string, std::string>> restore_min_replicas;
+  // --engine native, per node id: cluster-slot-migration-log-max-len as it was before the move shortened it.
+  std::map<std::string, std::string> restore_migration_log;
   std::string last_step;
   bool finished = false;       // done or aborted
   std::size_t torn_lines = 0;  // lines that are not whole records (a crash while writing the last one)

@@ -509,6 +509,7 @@ int MoveJob::run() {
                             {"target", target_.id},
                             {"target_address", target_address_.str()},
                             {"slots", options_.slots},
+                            {"engine", options_.engine},
                             {"proxies",
                              [&] {
                                auto a = nlohmann::json::array();

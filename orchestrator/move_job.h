@@ -110,6 +110,9 @@ class MoveJob {
   // --engine native: every batch of every source by CLUSTER MIGRATESLOTS.
   bool migrate_native_all();
   bool migrate_native(Source& source, Batch& batch);
+  // After a crash of a native move: the servers' migrations stopped, the settings put back, and which slots
+  // moved taken from the target (before rollback(), which then has nothing IMPORTING to undo).
+  void settle_native(const JournalState& state);
   // One batch. True when it was claimed; false with `retry` set when it was abandoned before its claim and
   // may be tried again.
   bool cut_over(Source& source, Batch& batch, bool& retry);

@@ -34,16 +34,18 @@ bool MoveJob::migrate_native_all() {
     std::string value;
   };
   std::vector<LogLength> logs;
-  auto shorten = [&](NodeClient* c) {
+  auto shorten = [&](NodeClient* c, const std::string& id) {
     auto r = c ? c->command({"CONFIG", "GET", "cluster-slot-migration-log-max-len"}) : std::nullopt;
     if (!r || r->is_error() || r->elements.size() != 2) return;
     if (std::stoll(r->elements[1].str) <= 16) return;
+    // Recorded first: a slotshift killed from here on leaves it short, and abort or resume puts it back.
+    journal(MoveStep::kMigrationLog, {{"node", id}, {"restore", r->elements[1].str}});
     auto set = c->command({"CONFIG", "SET", "cluster-slot-migration-log-max-len", "16"});
     if (set && !set->is_error()) logs.push_back({c, r->elements[1].str});
   };
-  shorten(&target_control_);
+  shorten(&target_control_, target_.id);
   for (auto& src : sources_)
-    shorten(control(src.node));
+    shorten(control(src.node), src.node.id);
   if (!logs.empty())
     notes_.push_back(
         "cluster-slot-migration-log-max-len was 16 on the nodes involved while the move ran (it "
@@ -209,6 +211,91 @@ bool MoveJob::migrate_native(Source& src, Batch& batch) {
   journal(MoveStep::kMigrated,
           {{"slots", slots_text}, {"stall_ms", batch.pause_ms}, {"job_ms", batch.claim_ms}});
   return true;
+}
+
+// A native move's migrations are run by the servers: a slotshift killed in the middle of one leaves it
+// running, and it may finish at any moment, so nothing can be said about which slots moved while it runs.
+// Every migration still listed as running on the move's nodes is cancelled and waited for until the servers
+// list it as finished (Valkey drops what a cancelled import brought); then the target's own view says which
+// slots are its own. The lease keeps any other slotshift away from these nodes meanwhile.
+void MoveJob::settle_native(const JournalState& state) {
+  const auto deadline = Clock::now() + std::max(milliseconds(30000), options_.common.timeout * 5);
+  std::vector<Node> nodes{target_};
+  for (const auto& src : sources_)
+    nodes.push_back(src.node);
+  for (const auto& node : nodes) {
+    const bool is_source = node.id != target_.id;
+    bool cancelled = false;
+    for (;;) {
+      auto* c = control(node);
+      auto listed = c ? c->command({"CLUSTER", "GETSLOTMIGRATIONS"}) : std::nullopt;
+      if (!listed || listed->is_error()) {
+        undo_complete_ = false;
+        warnings_.push_back("cannot ask " + node.address() + ":" + std::to_string(node.port) +
+                            " which migrations it runs (" +
+                            (!c       ? connect_error_
+                             : listed ? listed->str
+                                      : c->error()) +
+                            "): one of this move may still be running; run slotshift check");
+        break;
+      }
+      std::vector<std::string> running;
+      for (const auto& job : parse_slot_migrations(*listed))
+        if (!job.finished()) running.push_back(job.slot_ranges + " (" + job.state + ")");
+      if (running.empty()) break;
+      if (Clock::now() > deadline) {
+        undo_complete_ = false;
+        warnings_.push_back(node.address() + ":" + std::to_string(node.port) +
+                            " still runs the migration of " + join(running, ", ") +
+                            " after it was cancelled; run slotshift " + "check, then this again");
+        break;
+      }
+      // Cancelled on the source: its export ends, and with it the target's import.
+      if (is_source && !cancelled) {
+        NativeMigration job(*c);
+        cancelled = job.cancel();
+        journal(
+            MoveStep::kMigrateCancelled,
+            {{"source", node.id}, {"slots", join(running, ", ")}, {"why", "found running after a crash"}});
+        notes_.push_back("the migration of " + join(running, ", ") + " was still running on " +
+                         node.address() + ":" + std::to_string(node.port) +
+                         (cancelled ? "; it was cancelled" : ""));
+      }
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+  }
+  for (const auto& [id, value] : state.restore_migration_log) {
+    const Node* node = id == target_.id ? &target_ : nullptr;
+    for (const auto& src : sources_)
+      if (src.node.id == id) node = &src.node;
+    auto* c = node ? control(*node) : nullptr;
+    auto set = c ? c->command({"CONFIG", "SET", "cluster-slot-migration-log-max-len", value}) : std::nullopt;
+    if (!set || set->is_error())
+      warnings_.push_back("cluster-slot-migration-log-max-len could not be put back to " + value + " on " +
+                          short_id(id) + " (" +
+                          (set ? set->str
+                           : c ? c->error()
+                               : "not a node of the move") +
+                          ")");
+  }
+  // Nothing of a native move is ever set IMPORTING by slotshift: which slots moved is the target's word
+  // alone.
+  std::vector<Slot> open;
+  for (std::size_t s = 0; s < importing_.size(); ++s)
+    if (importing_[s]) {
+      open.push_back(static_cast<Slot>(s));
+      importing_[s] = false;
+    }
+  if (open.empty()) return;
+  const auto view = target_view(open);
+  if (!view.known) {
+    undo_complete_ = false;
+    warnings_.push_back("the target could not be asked which slots it owns (" + view.error +
+                        "); run slotshift check");
+    return;
+  }
+  for (const Slot s : view.owned)
+    claimed_[s] = true;
 }
 
 }  // namespace slotshift

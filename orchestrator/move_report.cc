@@ -45,6 +45,7 @@ void MoveJob::report(bool ok) {
                          {"claim_send_ms", b.claim_send_ms},
                          {"hold_ms", b.hold_ms},
                          {"proxies_held", b.proxies_held},
+                         {"proxies_asked_again", b.proxies_asked_again},
                          {"attempts", b.attempts}});
     }
     if (!src.copier) continue;

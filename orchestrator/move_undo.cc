@@ -308,6 +308,7 @@ int MoveJob::recover(bool resume) {
     (state->claimed.count(s) ? claimed_ : importing_)[s] = true;
   journal(resume ? MoveStep::kResumeStarted : MoveStep::kAbortStarted,
           {{"by_pid", ::getpid()}, {"last_step", state->last_step}});
+  if (state->engine == "native") settle_native(*state);
   rollback();
   clean_source_replicas();
   std::vector<Slot> moved, left;
@@ -344,6 +345,7 @@ int MoveJob::recover(bool resume) {
   std::replace(rest.slots.begin(), rest.slots.end(), ' ', ',');
   rest.to = target_.id;
   rest.journal = path;
+  rest.engine = state->engine;
   out_ << "  moving the " << left.size() << " slots left (" << format_slot_ranges(ranges) << ") to "
        << short_id(target_.id) << "\n";
   ::close(journal_fd_);  // the new move appends to the same file

@@ -65,14 +65,14 @@ std::vector<HostPort> ProxyControl::resolve(std::vector<ProxyCall>& failed) cons
 }
 
 ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& body,
-                                  std::chrono::milliseconds timeout) {
+                                  std::chrono::milliseconds timeout, const std::set<std::string>* only) {
   ProxyCalls result;
   const auto proxies = resolve(result.calls);
   // Proxies are near: a connection that takes longer than this is a proxy that is gone.
   const auto connect_timeout = std::min(timeout_, std::chrono::milliseconds(500));
   std::vector<std::future<ProxyCall>> pending;
   for (const auto& p : proxies) {
-    if (forgotten_.count(p.str())) continue;
+    if (forgotten_.count(p.str()) || (only && !only->count(p.str()))) continue;
     pending.push_back(std::async(std::launch::async, [this, p, &path, &body, timeout, connect_timeout] {
       ProxyCall call{p.str(), false, {}, {}};
       httplib::Client client(p.host, p.port);
@@ -83,7 +83,7 @@ ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& bo
       const auto res = client.Post(path, body, "application/json");
       if (!res) {
         call.error = "no answer (" + httplib::to_string(res.error()) + ")";
-      } else if (res->status != 200) {
+      } else if (call.status = res->status; res->status != 200) {
         call.error = "HTTP " + std::to_string(res->status) + ": " + res->body;
         while (!call.error.empty() && (call.error.back() == '\n' || call.error.back() == '\r'))
           call.error.pop_back();
@@ -100,12 +100,14 @@ ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& bo
 }
 
 ProxyCalls ProxyControl::hold(const std::string& slots, std::chrono::milliseconds ttl,
-                              std::chrono::milliseconds wait, const std::string& owner) {
+                              std::chrono::milliseconds wait, const std::string& owner,
+                              const std::set<std::string>* only) {
   // The proxy answers once what is in flight for the slots has returned; it gives up (and releases) after
   // wait_ms, and this call a little after that.
   const nlohmann::json body{
       {"slots", slots}, {"ttl_ms", ttl.count()}, {"wait_ms", wait.count()}, {"owner", owner}};
-  return post_all("/v1/slots/hold", body.dump(), wait + std::min(timeout_, std::chrono::milliseconds(100)));
+  return post_all("/v1/slots/hold", body.dump(), wait + std::min(timeout_, std::chrono::milliseconds(100)),
+                  only);
 }
 
 ProxyCalls ProxyControl::route(const std::string& slots, const HostPort& node) {

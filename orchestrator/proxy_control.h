@@ -30,6 +30,10 @@ struct ProxyCall {
   bool ok = false;
   std::string error;  // when not ok: unreachable, timed out, or the proxy's own words and HTTP status
   std::string body;   // the reply when ok
+  int status = 0;     // the HTTP status when the proxy answered; 0 when it did not
+  // It answered a hold that its commands in flight did not drain within the wait (and dropped the hold): a
+  // proxy that is alive and busy, not one that is gone.
+  bool slow_to_drain() const { return status == 504; }
 };
 
 struct ProxyCalls {
@@ -50,8 +54,9 @@ class ProxyControl {
 
   // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").
   // `wait` is how long the proxies may take to drain what is in flight before they give up (and release).
+  // `only`, when given, limits the call to these proxies (HOST:PORT).
   ProxyCalls hold(const std::string& slots, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
-                  const std::string& owner);
+                  const std::string& owner, const std::set<std::string>* only = nullptr);
   ProxyCalls route(const std::string& slots, const HostPort& node);
   ProxyCalls release(const std::string& slots);
   ProxyCalls release_owner(const std::string& owner);
@@ -60,7 +65,8 @@ class ProxyControl {
   void forget(const std::string& proxy) { forgotten_.insert(proxy); }
 
  private:
-  ProxyCalls post_all(const std::string& path, const std::string& body, std::chrono::milliseconds timeout);
+  ProxyCalls post_all(const std::string& path, const std::string& body, std::chrono::milliseconds timeout,
+                      const std::set<std::string>* only = nullptr);
 
   std::vector<HostPort> proxies_;
   std::vector<HostPort> dns_names_;

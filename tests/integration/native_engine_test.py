@@ -7,6 +7,8 @@
   InterruptTest      slotshift interrupted (SIGINT) in the middle of a native move: the running migration is
                      cancelled, no migration is left running, every slot is owned by the source or the target,
                      no key is lost or doubled, and the cluster is consistent
+  KilledTest         slotshift SIGKILLed while the servers run one of its migrations, then abort or resume: the
+                     migration is stopped first, what the recovery says is what the nodes say, nothing lost
   RefusedTest        refused before anything is touched: on Redis 7.0 (no CLUSTER MIGRATESLOTS), with a target
                      that has a slot in manual IMPORTING (Valkey refuses to mix the two), with --fence proxy
 
@@ -179,6 +181,76 @@ class InterruptTest(unittest.TestCase):
             self.assertEqual(total_keys(cluster), before)
         finally:
             cluster.stop()
+
+
+class KilledTest(unittest.TestCase):
+    """slotshift SIGKILLed in the middle of a native move, while the servers run one of its migrations, then
+    `slotshift abort` or `resume` with its journal: the migration the servers were running is stopped before
+    anything is said, what the recovery says moved is what the nodes say, no key is lost or doubled, the
+    migration log's length is put back, and resume moves the rest."""
+
+    def killed_mid_migration(self, recovery):
+        cluster = harness.Cluster(3, 0, server=SERVER)
+        try:
+            a, b, _ = cluster.masters_by_slot()
+            load(cluster, a, 60000)
+            before = total_keys(cluster)
+            owned = cluster.slots_of(a)
+            log_len = {n: cluster.cli(n, "config", "get", "cluster-slot-migration-log-max-len").split()[1]
+                       for n in (a, b)}
+            journal = os.path.join(cluster.dir, "native.journal")
+            proc = subprocess.Popen([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
+                                     harness.format_slots(owned), "--to", cluster.node_id(b), "--engine", "native",
+                                     "--journal", journal, "--json"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            deadline = time.time() + 60
+            while not any(j["operation"] == "EXPORT" and j["state"] == "success" for j in migrations(a)):
+                self.assertLess(time.time(), deadline, "no batch moved within 60 s")
+                time.sleep(0.005)
+            while not any(j["state"] not in ("success", "failed", "cancelled") for j in migrations(a)):
+                self.assertLess(time.time(), deadline, "no second migration started")
+                time.sleep(0.001)
+            proc.kill()
+            proc.communicate(timeout=30)
+            sys.stderr.write("after the kill: %s\n" % [(j["slot_ranges"], j["state"]) for j in migrations(a)
+                                                        if j["state"] not in ("success", "failed", "cancelled")])
+            r = subprocess.run([harness.SLOTSHIFT_BIN, recovery, "--cluster", cluster.seed(), "--journal", journal],
+                               capture_output=True, text=True, timeout=600)
+            sys.stderr.write("slotshift %s:\n%s%s" % (recovery, r.stdout[-3000:], r.stderr[-2000:]))
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            for node in (a, b):
+                running = [j for j in migrations(node) if j["state"] not in ("success", "failed", "cancelled")]
+                self.assertEqual(running, [], "%s:%d still runs a migration after %s" % (*node, recovery))
+                self.assertEqual(cluster.cli(node, "config", "get", "cluster-slot-migration-log-max-len").split()[1],
+                                 log_len[node], "the migration log's length was not put back")
+            cluster.wait_consistent()
+            a_id, b_id = cluster.node_id(a), cluster.node_id(b)
+            owner = cluster.owners()
+            moved = [s for s in owned if owner[s] == b_id]
+            self.assertTrue(all(owner[s] in (a_id, b_id) for s in owned))
+            if recovery == "abort":
+                # What abort says moved is what the nodes say.
+                self.assertIn("aborted move", r.stdout)
+                self.assertIn("owns %d of its slots (%s)" % (len(moved), harness.format_slots(moved).replace(",", " ")),
+                              r.stdout)
+                self.assertIn("%d slots are with their sources again" % (len(owned) - len(moved)), r.stdout)
+                self.assertGreater(len(owned) - len(moved), 0)
+            else:
+                self.assertEqual(moved, owned, "resume did not move every slot")
+            self.assertEqual(total_keys(cluster), before)
+            # (A master emptied by a move turns into a replica of the target and loads a full sync first.)
+            check = subprocess.run([harness.SLOTSHIFT_BIN, "check", "--cluster", cluster.seed(), "--timeout-ms",
+                                    "60000"],
+                                   capture_output=True, text=True, timeout=120)
+            self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        finally:
+            cluster.stop()
+
+    def test_killed_then_abort(self):
+        self.killed_mid_migration("abort")
+
+    def test_killed_then_resume(self):
+        self.killed_mid_migration("resume")
 
 
 class RefusedTest(unittest.TestCase):
