@@ -222,13 +222,25 @@ class Proxy:
     def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None):
         """admin=True serves the admin endpoint on a free loopback port (self.admin_port), with admin_token if
         given; admin_call() talks to it."""
+        self.admin_token = admin_token
+        # free_port() only finds a port that was free a moment ago: another test running beside this one may
+        # take it first. A proxy that could not listen for that reason is started again on other ports.
+        for _ in range(3):
+            if self.start(cluster, flags, threads, admin) or "Address already in use" not in self.output():
+                break
+            self.log.close()
+        if self.proc.poll() is not None:
+            self.stop()  # raises, with what the proxy printed
+            raise RuntimeError("slotshift-proxy did not come up: " + self.output())
+
+    def start(self, cluster, flags, threads, admin):
+        """True once the proxy answers; False when it exited."""
         self.port = free_port()
         self.admin_port = free_port() if admin else None
-        self.admin_token = admin_token
         if admin:
             flags = (*flags, "--admin", "127.0.0.1:%d" % self.admin_port)
-            if admin_token:
-                flags = (*flags, "--admin-token", admin_token)
+            if self.admin_token:
+                flags = (*flags, "--admin-token", self.admin_token)
         self.log = open(os.path.join(cluster.dir, "proxy-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--seed", cluster.seed(),
                                       "--threads", str(threads), *flags], stdout=self.log, stderr=subprocess.STDOUT)
@@ -238,14 +250,15 @@ class Proxy:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     s.sendall(b"DBSIZE\r\n")
                     if s.recv(100).startswith(b":"):
-                        return
+                        return True
             except OSError:
                 pass
             if self.proc.poll() is not None:
-                break
+                return False
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("slotshift-proxy did not come up: " + self.output())
+        self.proc.kill()
+        self.proc.wait()
+        return False
 
     def admin_call(self, method, path, body=None, token=None, timeout=70):
         """One request to the admin endpoint, with the proxy's admin token unless token is given ("" for none).
