@@ -34,7 +34,8 @@ struct Batch {
   double claim_send_ms = 0;  // the claim's commands on the target
   double hold_ms = 0;        // the proxies' hold, from HOLD to RELEASE: what their clients waited at most
   int proxies_held = 0;
-  std::vector<std::string> proxies_asked_again;  // answered that they could not drain in time; asked once more
+  std::vector<std::string>
+      proxies_asked_again;  // answered that they could not drain in time; asked once more
   double refuse_ms =
       0;  // writes refused on the source (servers that cannot keep the pause through the claim)
   double verify_ms = 0;                            // until every node agreed

@@ -132,13 +132,16 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     held = true;
     // A proxy that answered that a command of these slots was still at a backend when the wait ran out is
     // alive and busy (a slow moment of its backend, or of this machine): the command is about to return, so
-    // it is asked once more at once rather than given up.
+    // it is asked once more at once, with a longer wait, rather than given up.
     std::set<std::string> slow;
     for (const auto& call : calls.calls)
       if (call.slow_to_drain()) slow.insert(call.proxy);
     batch.proxies_asked_again.insert(batch.proxies_asked_again.end(), slow.begin(), slow.end());
     if (!slow.empty())
-      for (auto& again : proxies_->hold(slots_text, options_.pause_timeout, wait, owner_, &slow).calls)
+      for (auto& again :
+           proxies_->hold(slots_text, options_.pause_timeout, std::min(wait * 3, options_.pause_timeout / 4),
+                          owner_, &slow)
+               .calls)
         for (auto& call : calls.calls)
           if (call.proxy == again.proxy) call = std::move(again);
     batch.proxies_held = 0;

@@ -129,14 +129,8 @@ void MoveJob::journal(MoveStep step, const nlohmann::json& fields) {
 }
 
 void MoveJob::progress(const std::string& line) {
-  if (!show_progress_) return;
-  err_ << "\r\033[K" << line << std::flush;
-  progress_shown_ = true;
-}
-
-void MoveJob::end_progress() {
-  if (progress_shown_) err_ << "\r\033[K" << std::flush;
-  progress_shown_ = false;
+  for (auto& o : observers_)
+    o->on_progress(line);
 }
 
 NodeClient* MoveJob::control(const Node& node) {
@@ -259,6 +253,7 @@ bool MoveJob::cut_over_all() {
         fail("batch " + format_slot_ranges(slot_ranges(batch.slots)) + " was given up " +
              std::to_string(batch.attempts) + " times before its claim (" + warnings_.back() + ")");
       src.batches.push_back(std::move(batch));
+      batch_ended(src, src.batches.back());
       if (!claimed || !verify(src.batches.back())) return false;
       ++done;
     }

@@ -34,6 +34,7 @@
 #include "orchestrator/journal.h"
 #include "orchestrator/move.h"
 #include "orchestrator/move_lease.h"
+#include "orchestrator/move_report.h"
 #include "orchestrator/node_client.h"
 #include "orchestrator/proxy_control.h"
 
@@ -87,7 +88,11 @@ class MoveJob {
  public:
   MoveJob(const MoveOptions& options, std::ostream& out, std::ostream& err)
       : options_(options), out_(out), err_(err) {
-    show_progress_ = options.progress && isatty(STDERR_FILENO);  // stderr: beside --json on stdout too
+    if (options.progress && isatty(STDERR_FILENO)) observers_.push_back(std::make_unique<ProgressView>(err));
+    if (options.common.json)
+      observers_.push_back(std::make_unique<JsonReport>(out));
+    else
+      observers_.push_back(std::make_unique<TextReport>(out, err));
   }
 
   ~MoveJob() {
@@ -146,7 +151,9 @@ class MoveJob {
   void journal(MoveStep step, const nlohmann::json& fields = nlohmann::json::object());
   bool open_journal();
   void progress(const std::string& line);
-  void end_progress();
+  // A batch ended (claimed or given up): told to every observer.
+  void batch_ended(const Source& source, const Batch& batch);
+  nlohmann::json batch_record(const Source& source, const Batch& batch) const;
   bool interrupted();
   void report(bool ok);
   bool fail(std::string message) {
@@ -158,8 +165,7 @@ class MoveJob {
   MoveOptions options_;
   std::ostream& out_;
   std::ostream& err_;
-  bool show_progress_ = false;
-  bool progress_shown_ = false;
+  std::vector<std::unique_ptr<MoveObserver>> observers_;  // what the move says goes to each (move_report.h)
   std::string error_;
   std::vector<std::string> warnings_;
   std::vector<std::string> notes_;

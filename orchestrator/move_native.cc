@@ -70,6 +70,7 @@ bool MoveJob::migrate_native_all() {
       progress(line);
       const bool moved = migrate_native(src, batch);
       src.batches.push_back(std::move(batch));
+      batch_ended(src, src.batches.back());
       if (!moved || !verify(src.batches.back())) return false;
       sizer_.learn_native(src.batches.back());
       ++done;

@@ -1,3 +1,5 @@
+#include "orchestrator/move_report.h"
+
 #include "orchestrator/move_job.h"
 
 #include <algorithm>
@@ -9,8 +11,33 @@
 
 namespace slotshift {
 
+nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
+  return {{"source", src.address.str()},
+          {"slots", format_slot_ranges(slot_ranges(b.slots))},
+          {"slot_count", b.slots.size()},
+          {"keys", b.source_keys},
+          {"pause_ms", b.pause_ms},
+          {"refuse_ms", b.refuse_ms},
+          {"stall_ms", sizer_.stall_ms(b)},
+          {"wait_ms", b.wait_ms},
+          {"claim_ms", b.claim_ms},
+          {"claim_send_ms", b.claim_send_ms},
+          {"hold_ms", b.hold_ms},
+          {"proxies_held", b.proxies_held},
+          {"proxies_asked_again", b.proxies_asked_again},
+          {"attempts", b.attempts},
+          {"claimed", !b.slots.empty() && claimed_[b.slots.front()]},
+          {"engine", native_ ? "native" : "replica"}};
+}
+
+void MoveJob::batch_ended(const Source& src, const Batch& batch) {
+  if (batch.attempts == 0) return;
+  const auto record = batch_record(src, batch);
+  for (auto& o : observers_)
+    o->on_batch(record);
+}
+
 void MoveJob::report(bool ok) {
-  end_progress();
   std::uint64_t keys = 0, bytes = 0, expired = 0, chunked = 0, repairs = 0, applied = 0, unknown = 0;
   double max_pause = 0, max_stall = 0, max_refuse = 0;
   nlohmann::json sources = nlohmann::json::array(), batches = nlohmann::json::array();
@@ -33,20 +60,7 @@ void MoveJob::report(bool ok) {
       max_pause = std::max(max_pause, b.pause_ms);
       max_refuse = std::max(max_refuse, b.refuse_ms);
       max_stall = std::max(max_stall, sizer_.stall_ms(b));
-      batches.push_back({{"source", src.address.str()},
-                         {"slots", format_slot_ranges(slot_ranges(b.slots))},
-                         {"slot_count", b.slots.size()},
-                         {"keys", b.source_keys},
-                         {"pause_ms", b.pause_ms},
-                         {"refuse_ms", b.refuse_ms},
-                         {"stall_ms", sizer_.stall_ms(b)},
-                         {"wait_ms", b.wait_ms},
-                         {"claim_ms", b.claim_ms},
-                         {"claim_send_ms", b.claim_send_ms},
-                         {"hold_ms", b.hold_ms},
-                         {"proxies_held", b.proxies_held},
-                         {"proxies_asked_again", b.proxies_asked_again},
-                         {"attempts", b.attempts}});
+      batches.push_back(batch_record(src, b));
     }
     if (!src.copier) continue;
     const auto& st = src.copier->stats();
@@ -87,40 +101,53 @@ void MoveJob::report(bool ok) {
         std::to_string(unknown) +
         " commands of the stream were not in the command table (module commands?) and were not "
         "applied to the target");
-  const double elapsed = ms_since(started_) / 1000;
-  if (options_.common.json) {
-    nlohmann::json j{{"ok", ok},
-                     {"target", target_address_.str()},
-                     {"target_id", target_.id},
-                     {"sources", sources},
-                     {"batches", batches},
-                     {"keys_copied", keys},
-                     {"bytes_copied", bytes},
-                     {"elapsed_s", elapsed},
-                     {"copy_s", copy_s_},
-                     {"cutover_s", cutover_s_},
-                     {"replica_cleanup_s", cleanup_s_},
-                     {"settle_s", settle_s_},
-                     {"max_pause_ms", max_pause},
-                     {"max_refuse_ms", max_refuse},
-                     {"max_stall_ms", max_stall},
-                     {"warnings", warnings_},
-                     {"notes", notes_}};
-    if (!ok) j["error"] = error_;
-    out_ << j.dump(2) << "\n";
-    return;
-  }
+  nlohmann::json j{{"ok", ok},
+                   {"engine", native_ ? "native" : "replica"},
+                   {"fence", options_.fence},
+                   {"target", target_address_.str()},
+                   {"target_id", target_.id},
+                   {"sources", sources},
+                   {"batches", batches},
+                   {"keys_copied", keys},
+                   {"bytes_copied", bytes},
+                   {"live_writes_followed", applied},
+                   {"keys_repaired", repairs},
+                   {"keys_expired_skipped", expired},
+                   {"keys_chunked", chunked},
+                   {"elapsed_s", ms_since(started_) / 1000},
+                   {"copy_s", copy_s_},
+                   {"cutover_s", cutover_s_},
+                   {"replica_cleanup_s", cleanup_s_},
+                   {"settle_s", settle_s_},
+                   {"max_pause_ms", max_pause},
+                   {"max_refuse_ms", max_refuse},
+                   {"max_stall_ms", max_stall},
+                   {"warnings", warnings_},
+                   {"notes", notes_}};
+  if (!ok) j["error"] = error_;
+  for (auto& o : observers_)
+    o->on_finished(j);
+}
+
+void ProgressView::on_progress(const std::string& line) {
+  err_ << "\r\033[K" << line << std::flush;
+  shown_ = true;
+}
+
+void ProgressView::clear() {
+  if (shown_) err_ << "\r\033[K" << std::flush;
+  shown_ = false;
+}
+
+void TextReport::on_batch(const nlohmann::json& b) {
   char line[256];
-  for (const auto& b : batches) {
-    if (native_) {
-      std::snprintf(line, sizeof line,
-                    "  batch %-24s %6zu slots %9s keys  stall %6.1f ms (migration %.1f ms)\n",
-                    b["slots"].get<std::string>().substr(0, 24).c_str(), b["slot_count"].get<std::size_t>(),
-                    with_commas(b["keys"].get<std::uint64_t>()).c_str(), b["pause_ms"].get<double>(),
-                    b["claim_ms"].get<double>());
-      out_ << line;
-      continue;
-    }
+  if (b["engine"] == "native") {
+    std::snprintf(line, sizeof line, "  batch %-24s %6zu slots %9s keys  stall %6.1f ms (migration %.1f ms)",
+                  b["slots"].get<std::string>().substr(0, 24).c_str(), b["slot_count"].get<std::size_t>(),
+                  with_commas(b["keys"].get<std::uint64_t>()).c_str(), b["pause_ms"].get<double>(),
+                  b["claim_ms"].get<double>());
+    out_ << line;
+  } else {
     std::snprintf(
         line, sizeof line,
         "  batch %-24s %6zu slots %9s keys  pause %6.1f ms (wait %.1f, claim %.1f of which sent %.1f)",
@@ -132,29 +159,38 @@ void MoveJob::report(bool ok) {
       std::snprintf(line, sizeof line, ", then writes refused %.1f ms", refused);
       out_ << line;
     }
-    out_ << "\n";
   }
-  for (const auto& n : notes_)
-    out_ << "note: " << n << "\n";
-  for (const auto& w : warnings_)
-    out_ << "warning: " << w << "\n";
-  if (!ok) {
-    err_ << "slotshift move: " << error_ << "\n";
+  if (!b["claimed"].get<bool>()) out_ << "  (not claimed)";
+  out_ << "\n" << std::flush;
+}
+
+void TextReport::on_finished(const nlohmann::json& r) {
+  for (const auto& n : r["notes"])
+    out_ << "note: " << n.get<std::string>() << "\n";
+  for (const auto& w : r["warnings"])
+    out_ << "warning: " << w.get<std::string>() << "\n";
+  if (!r["ok"].get<bool>()) {
+    err_ << "slotshift move: " << r["error"].get<std::string>() << "\n";
     return;
   }
+  const bool native = r["engine"] == "native";
+  char line[256];
   std::snprintf(line, sizeof line,
                 "moved %s keys (%s) to %s %s in %.2f s (copy %.2f s), %zu batches, longest %s %.1f ms\n",
-                with_commas(keys).c_str(), human_bytes(static_cast<double>(bytes)).c_str(),
-                short_id(target_.id).c_str(), target_address_.str().c_str(), elapsed, copy_s_, batches.size(),
-                native_                     ? "stall of a writer"
-                : options_.fence == "proxy" ? "stall of the source"
-                                            : "pause",
-                max_stall);
+                with_commas(r["keys_copied"].get<std::uint64_t>()).c_str(),
+                human_bytes(static_cast<double>(r["bytes_copied"].get<std::uint64_t>())).c_str(),
+                short_id(r["target_id"].get<std::string>()).c_str(), r["target"].get<std::string>().c_str(),
+                r["elapsed_s"].get<double>(), r["copy_s"].get<double>(), r["batches"].size(),
+                native                  ? "stall of a writer"
+                : r["fence"] == "proxy" ? "stall of the source"
+                                        : "pause",
+                r["max_stall_ms"].get<double>());
   out_ << line;
-  if (native_) return;
-  out_ << "  " << with_commas(applied) << " live writes followed, " << with_commas(repairs)
-       << " keys read again after a refused replay, " << with_commas(expired) << " expired keys skipped, "
-       << with_commas(chunked) << " big keys sent in chunks\n";
+  if (native) return;
+  out_ << "  " << with_commas(r["live_writes_followed"].get<std::uint64_t>()) << " live writes followed, "
+       << with_commas(r["keys_repaired"].get<std::uint64_t>()) << " keys read again after a refused replay, "
+       << with_commas(r["keys_expired_skipped"].get<std::uint64_t>()) << " expired keys skipped, "
+       << with_commas(r["keys_chunked"].get<std::uint64_t>()) << " big keys sent in chunks\n";
 }
 
 }  // namespace slotshift

@@ -4,12 +4,14 @@ slotshift-proxy instances under client load, alternating both fences. It looks f
 memory a proxy or slotshift keeps a little of at every move, holds or connections that pile up, a state that
 goes wrong only after many cutovers.
 
-After every move: slotshift exited 0 and said ok, every batch was held by both proxies. Each proxy's resident
-memory (VmRSS) is sampled after every move; after the warm-up (the first fifth of the moves, at least two) it
-must stay flat: the highest sample of the last third of the moves at most 25% or 8 MB (whichever is more)
-above the highest of the warm-up. At the end: no client saw an error or a redirect, every acknowledged write is where it belongs,
-`slotshift check` is clean, and both proxies exit 0 on SIGTERM. Under the ASan build (LeakSanitizer on, see
-CMakePresets.json), a leak in slotshift makes its exit code non-zero, and one in a proxy its exit at SIGTERM.
+After every move: slotshift exited 0 and said ok, and every batch was held by both proxies (under --fence
+source-pause, a proxy that twice could not drain a batch in time is gone on without, and the move must say so; at
+most one batch in 50). Each proxy's resident memory (VmRSS) is sampled after every move; after the warm-up (the
+first fifth of the moves, at least two) it must stay flat: the highest sample of the last third of the moves at
+most 25% or 8 MB (whichever is more) above the highest of the warm-up. At the end: no client saw an error (nor a
+redirect, through a proxy that held every batch), every acknowledged write is where it belongs, `slotshift check`
+is clean, and both proxies exit 0 on SIGTERM. Under the ASan build (LeakSanitizer on, see CMakePresets.json), a
+leak in slotshift makes its exit code non-zero, and one in a proxy its exit at SIGTERM.
 
 SLOTSHIFT_SOAK_MOVES sets how many moves (default 20: the short form that ctest runs as soak_it; a user runs
 the long one, e.g. SLOTSHIFT_SOAK_MOVES=300). The RSS curve is printed, and written as CSV to
@@ -51,6 +53,7 @@ class SoakTest(ct.CutoverTest):
             t0 = time.time()
             batches = 0
             holds = [0, 0]  # per proxy: one per cutover, one more where it was asked again
+            unheld = [0, 0]  # per proxy: batches it could not hold (see below)
             for i in range(MOVES):
                 fence = "source-pause" if i % 2 == 0 else "proxy"
                 to = ends[(i + 1) % 2]
@@ -60,8 +63,21 @@ class SoakTest(ct.CutoverTest):
                 self.assertEqual(rc, 0, "move %d of %d (--fence %s) failed: %s" % (i + 1, MOVES, fence,
                                                                                   report or err))
                 self.assertTrue(report["ok"])
-                not_held = [b["slots"] for b in report["batches"] if b["proxies_held"] != 2]
-                self.assertEqual(not_held, [], "move %d: batches not held by both proxies" % (i + 1))
+                # Every batch held by both proxies. Under --fence source-pause the source's pause is the fence,
+                # and a proxy that answered twice that a command of the batch was still at a backend (a slow
+                # source) is gone on without: the move must say so, and that proxy's clients then follow MOVED.
+                for b in report["batches"]:
+                    if b["proxies_held"] == 2:
+                        continue
+                    self.assertEqual(fence, "source-pause", "move %d: batch %s not held by both proxies" % (
+                        i + 1, b["slots"]))
+                    self.assertTrue(b["proxies_asked_again"], "move %d: batch %s not held by both proxies, and "
+                                    "no proxy was asked again" % (i + 1, b["slots"]))
+                    for p in b["proxies_asked_again"]:
+                        said = [w for w in report["warnings"] if ("proxy %s could not hold" % p) in w]
+                        self.assertTrue(said, "move %d: the move did not say why %s did not hold %s" % (
+                            i + 1, p, b["slots"]))
+                        unheld[admins.index(p)] += 1
                 batches += len(report["batches"])
                 for p in (0, 1):
                     holds[p] += sum(b["attempts"] + (admins[p] in b["proxies_asked_again"]) for b in report["batches"])
@@ -72,7 +88,9 @@ class SoakTest(ct.CutoverTest):
             run.stop_writers()
 
             self.assertNoClientErrors(run)
-            self.assertNoRedirects(run, [0, 1])
+            self.assertLessEqual(sum(unheld), max(2, batches // 50), "too many batches were not held: %s" % unheld)
+            # No MOVED or ASK through a proxy that held every batch.
+            self.assertNoRedirects(run, [p for p in (0, 1) if unheld[p] == 0])
             for i in (0, 1):
                 self.assertEqual(ct.holds_of(run.proxies[i]), [], "a hold is left on proxy :%d" % run.proxies[i].port)
                 deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired")
