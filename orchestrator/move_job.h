@@ -7,7 +7,7 @@
 //   claim_settle.cc  after a claim that failed: what the target owns by its own word
 //   move_undo.cc     undoing what was not claimed, and abort/resume after a crash
 //   move_native.cc   --engine native: the servers' own CLUSTER MIGRATESLOTS behind the same batches
-//   move_report.cc   what the user is told, as text or JSON
+//   move_report.*    what the user is told: observers of the move's events (progress, text, --json)
 //
 // Not part of slotshift's interface (move.h is).
 #pragma once

@@ -132,6 +132,23 @@ class ThroughProxyTest(unittest.TestCase):
             cluster.stop()
 
 
+def native_move_mid_migration(test, cluster, slots, target, *extra):
+    """slotshift move --engine native --json of slots to target, as a child process, returned once its first batch
+    has moved and a later migration runs on the source (the owner of slots[0])."""
+    source = next(n for n in cluster.masters() if slots[0] in cluster.slots_of(n))
+    proc = subprocess.Popen([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
+                             harness.format_slots(slots), "--to", cluster.node_id(target), "--engine", "native",
+                             "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not any(j["operation"] == "EXPORT" and j["state"] == "success" for j in migrations(source)):
+        test.assertLess(time.time(), deadline, "no batch moved within 60 s")
+        time.sleep(0.005)
+    while not any(j["state"] not in ("success", "failed", "cancelled") for j in migrations(source)):
+        test.assertLess(time.time(), deadline, "no second migration started")
+        time.sleep(0.001)
+    return proc
+
+
 class InterruptTest(unittest.TestCase):
     def test_sigint_cancels_the_running_migration(self):
         cluster = harness.Cluster(3, 0, server=SERVER)
@@ -140,17 +157,8 @@ class InterruptTest(unittest.TestCase):
             load(cluster, a, 60000)
             before = total_keys(cluster)
             owned = cluster.slots_of(a)
-            proc = subprocess.Popen([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
-                                     harness.format_slots(owned), "--to", cluster.node_id(b), "--engine", "native",
-                                     "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             # Interrupt while a migration runs: after the first batch has moved, in the middle of a later one.
-            deadline = time.time() + 60
-            while not any(j["operation"] == "EXPORT" and j["state"] == "success" for j in migrations(a)):
-                self.assertLess(time.time(), deadline, "no batch moved within 60 s")
-                time.sleep(0.005)
-            while not any(j["state"] not in ("success", "failed", "cancelled") for j in migrations(a)):
-                self.assertLess(time.time(), deadline, "no second migration started")
-                time.sleep(0.001)
+            proc = native_move_mid_migration(self, cluster, owned, b)
             proc.send_signal(signal.SIGINT)
             t_int = time.time()
             out, err = proc.communicate(timeout=60)
@@ -199,17 +207,7 @@ class KilledTest(unittest.TestCase):
             log_len = {n: cluster.cli(n, "config", "get", "cluster-slot-migration-log-max-len").split()[1]
                        for n in (a, b)}
             journal = os.path.join(cluster.dir, "native.journal")
-            proc = subprocess.Popen([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
-                                     harness.format_slots(owned), "--to", cluster.node_id(b), "--engine", "native",
-                                     "--journal", journal, "--json"], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-            deadline = time.time() + 60
-            while not any(j["operation"] == "EXPORT" and j["state"] == "success" for j in migrations(a)):
-                self.assertLess(time.time(), deadline, "no batch moved within 60 s")
-                time.sleep(0.005)
-            while not any(j["state"] not in ("success", "failed", "cancelled") for j in migrations(a)):
-                self.assertLess(time.time(), deadline, "no second migration started")
-                time.sleep(0.001)
+            proc = native_move_mid_migration(self, cluster, owned, b, "--journal", journal)
             proc.kill()
             proc.communicate(timeout=30)
             sys.stderr.write("after the kill: %s\n" % [(j["slot_ranges"], j["state"]) for j in migrations(a)

@@ -122,8 +122,10 @@ class SoakTest(ct.CutoverTest):
         for p in (0, 1):
             warmed = max(c[1 + p] for c in curve[:warm])
             late = max(c[1 + p] for c in tail)
-            ct.log("    proxy :%d RSS: %s MB" % (run.proxies[p].port, " ".join(
-                "%.1f" % (c[1 + p] / 1024) for c in curve)))
+            # The curve, one sample in ten (and the last): every sample goes to SLOTSHIFT_SOAK_CSV.
+            shown = [(i + 1, c) for i, c in enumerate(curve) if i == 0 or (i + 1) % 10 == 0 or i + 1 == len(curve)]
+            ct.log("    proxy :%d RSS after move n: %s" % (run.proxies[p].port, ", ".join(
+                "%d: %.1f MB" % (n, c[1 + p] / 1024) for n, c in shown)))
             self.assertLessEqual(late, max(warmed * 1.25, warmed + 8192),
                                  "proxy :%d grew from %d KB after the warm-up (%d moves) to %d KB by the end" % (
                                      run.proxies[p].port, warmed, warm, late))
