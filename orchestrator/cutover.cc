@@ -137,20 +137,22 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     for (const auto& call : calls.calls)
       if (call.slow_to_drain()) slow.insert(call.proxy);
     batch.proxies_asked_again.insert(batch.proxies_asked_again.end(), slow.begin(), slow.end());
-    if (!slow.empty())
-      for (auto& again :
-           proxies_->hold(slots_text, options_.pause_timeout, std::min(wait * 3, options_.pause_timeout / 4),
-                          owner_, &slow)
-               .calls)
+    if (!slow.empty()) {
+      const auto longer = std::max(wait, std::min(wait * 3, options_.pause_timeout / 4));
+      for (auto& again : proxies_->hold(slots_text, options_.pause_timeout, longer, owner_, &slow).calls)
         for (auto& call : calls.calls)
           if (call.proxy == again.proxy) call = std::move(again);
+    }
     batch.proxies_held = 0;
     for (const auto& call : calls.calls)
       batch.proxies_held += call.ok;
     if (!calls.all_ok()) {
       const auto failed = join(calls.failures(), "; ");
+      // A proxy that answered is alive: the batch may be tried again. One that did not ends the move.
       if (fence_proxy)
-        return abandon("--fence proxy: not every proxy held batch " + slots_text + ": " + failed, false);
+        return abandon("--fence proxy: not every proxy held batch " + slots_text + ": " + failed,
+                       std::all_of(calls.calls.begin(), calls.calls.end(),
+                                   [](const ProxyCall& call) { return call.ok || call.slow_to_drain(); }));
       note_proxy_failures(calls);
       // Waiting for a proxy that does not answer would cost every later batch as long: it is left out. One
       // that answered is asked again at the next batch.
@@ -169,13 +171,17 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     src.paused = true;
     t_pause = Clock::now();
   }
-  auto info = c->command({"INFO", "replication"});
+  // With the stats: an unpaused source (--fence proxy) goes on expiring and evicting keys past the fence, and
+  // its counters say how many (step 3).
+  auto info = c->command({"INFO", "replication", "stats"});
   const std::int64_t fence = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
   if (fence < 0)
     return abandon("INFO replication on the source " + src.address.str() + ": " +
                        (info ? "no master_repl_offset" : c->error()),
                    !info);
   if (auto changed = source_changed(src, info->str)) return abandon(*changed, false);
+  const auto removed_at_fence =
+      info_integer(info->str, "expired_keys") + info_integer(info->str, "evicted_keys");
   journal(MoveStep::kFence, {{"source", src.node.id},
                              {"slots", slots_text},
                              {"offset", fence},
@@ -196,6 +202,8 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   const bool refuse_for_claim = !pause_through_claim && !fence_proxy;
   if (!refuse_for_claim) copier.close_slots(batch.slots, fence);
   const auto t_wait = Clock::now();
+  // (With --fence proxy the wait starts at the fence, not before the proxies' hold.)
+  if (fence_proxy) t_pause = t_wait;
   if (!copier.wait_applied(fence, t_pause + options_.pause_timeout / 2))
     return abandon("the target did not reach the source's offset within " +
                        std::to_string(options_.pause_timeout.count() / 2) + " ms",
@@ -204,9 +212,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
 
   // 3. Both sides now hold the same data for these slots: compare the key counts before anything changes
   //    owner. Keys that expired in between are the only possible difference: the target, a master, expires
-  //    keys on its own, so it may hold fewer. A paused source expires nothing, but with --fence proxy it is
-  //    not paused and goes on expiring keys after the offset was read (their DELs lie past the fence), so the
-  //    target may then hold more too.
+  //    keys on its own, so it may hold fewer (at most the keys with a TTL). A paused source removes nothing,
+  //    but with --fence proxy it is not paused and may expire or evict keys after the offset was read (their
+  //    DELs lie past the fence): the target may then hold more, by no more than the source's own counters
+  //    grew since the fence. Anything else (a client that deleted a key on the source directly) fails.
   // (A connection that failed here, a node that stalled past the timeout, is made again for the next try.)
   c = control(src.node);
   if (!c) return abandon("cannot connect to the source " + connect_error_, true);
@@ -219,18 +228,32 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     return abandon("counting the keys of batch " + slots_text + ": " +
                        (on_source ? target_control_.error() : c->error()),
                    true);
+  std::uint64_t removed_since = 0;
+  if (!src.paused) {
+    auto stats = c->command({"INFO", "stats"});
+    if (!stats || stats->is_error())
+      return abandon(
+          "INFO stats on the source " + src.address.str() + ": " + (stats ? stats->str : c->error()), !stats);
+    const auto removed = info_integer(stats->str, "expired_keys") + info_integer(stats->str, "evicted_keys");
+    if (removed_at_fence >= 0 && removed > removed_at_fence)
+      removed_since = static_cast<std::uint64_t>(removed - removed_at_fence);
+  }
+  std::uint64_t more_on_target = 0;
   batch.source_keys = batch.target_keys = 0;
   for (std::size_t i = 0; i < batch.slots.size(); ++i) {
     const auto a = (*on_source)[i], b = (*on_target)[i];
     batch.source_keys += a;
     batch.target_keys += b;
     const auto expiring = copier.slot_expiring(batch.slots[i]);
-    const bool too_many = b > a && (src.paused || b - a > expiring);
-    if (too_many || (a > b && a - b > expiring))
+    if (b > a) more_on_target += b - a;
+    if (more_on_target > removed_since || (a > b && a - b > expiring))
       return abandon(
           "slot " + std::to_string(batch.slots[i]) + ": the source holds " + std::to_string(a) +
-              " keys and the target " + std::to_string(b) + " at the same offset (at most " +
-              std::to_string(expiring) + " may differ by expiry); nothing was claimed, the move is undone" +
+              " keys and the target " + std::to_string(b) + " at the same offset (" +
+              (b > a ? "the source removed " + std::to_string(removed_since) +
+                           " keys by expiry or eviction since the fence"
+                     : "at most " + std::to_string(expiring) + " may differ by expiry") +
+              "); nothing was claimed, the move is undone" +
               (fence_proxy ? " (with --fence proxy, does a client write to the source directly?)" : ""),
           false);
   }

@@ -59,6 +59,9 @@ constexpr const char* kStepNames[] = {
 
 }  // namespace
 
+static_assert(std::size(kStepNames) == static_cast<std::size_t>(MoveStep::kAborted) + 1,
+              "a name for every MoveStep, in its order");
+
 const char* step_name(MoveStep step) {
   return kStepNames[static_cast<std::size_t>(step)];
 }
@@ -126,14 +129,24 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
       // holds the values from before the move (later ones repeat them).
       state->restore_min_replicas.try_emplace(text(j, "source"), j["restore"][3].get<std::string>(),
                                               j["restore"][5].get<std::string>());
-    } else if (*step == MoveStep::kMigrationLog && j.contains("restore") && j["restore"].is_string()) {
+    }
+    // Journals of versions that did not record the engine in the plan: their native moves' own records say
+    // it.
+    if (*step == MoveStep::kMigrate || *step == MoveStep::kMigrationLog) state->engine = "native";
+    if (*step == MoveStep::kMigrationLog && j.contains("restore") && j["restore"].is_string()) {
       // The first record per node holds the value from before the move.
       state->restore_migration_log.try_emplace(text(j, "node"), j["restore"].get<std::string>());
     } else if (*step == MoveStep::kTargetFailedOver) {
       state->target_id = text(j, "to");
       state->target_address = text(j, "to_address");
-    } else if (*step == MoveStep::kDone || *step == MoveStep::kAborted) {
+    } else if (*step == MoveStep::kMigrated) {
+      for (const Slot s : slots_of(j, "slots"))
+        state->claimed.insert(s);
+    } else if (*step == MoveStep::kDone) {
       state->finished = true;
+    } else if (*step == MoveStep::kAborted) {
+      // An abort that could not undo everything says so, and is to be run again.
+      state->finished = j.value("complete", true);
     }
   }
   if (!state) {

@@ -1,5 +1,6 @@
 #include "orchestrator/move_job.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <thread>
@@ -220,47 +221,69 @@ bool MoveJob::migrate_native(Source& src, Batch& batch) {
 // list it as finished (Valkey drops what a cancelled import brought); then the target's own view says which
 // slots are its own. The lease keeps any other slotshift away from these nodes meanwhile.
 void MoveJob::settle_native(const JournalState& state) {
-  const auto deadline = Clock::now() + std::max(milliseconds(30000), options_.common.timeout * 5);
-  std::vector<Node> nodes{target_};
+  // Only the jobs of this move's slots: an export of them on a source, their import on the target.
+  std::vector<bool> planned(kSlotCount);
+  for (const auto& src : sources_)
+    for (const Slot s : src.slots)
+      planned[s] = true;
+  auto ours = [&](const SlotMigrationJob& job, bool is_source) {
+    if (job.operation != (is_source ? "EXPORT" : "IMPORT")) return false;
+    std::string error;
+    const auto slots = parse_slot_list(job.slot_ranges, error);
+    return slots && std::any_of(slots->begin(), slots->end(), [&](Slot s) { return planned[s]; });
+  };
+  // The sources first: cancelling there ends the target's imports too.
+  std::vector<Node> nodes;
   for (const auto& src : sources_)
     nodes.push_back(src.node);
+  nodes.push_back(target_);
   for (const auto& node : nodes) {
     const bool is_source = node.id != target_.id;
-    bool cancelled = false;
+    const std::string where = node.address() + ":" + std::to_string(node.port);
+    const auto deadline = Clock::now() + std::max(milliseconds(30000), options_.common.timeout * 5);
+    std::vector<std::string> found;  // the jobs seen running, by their slots
+    bool tried = false;
     for (;;) {
       auto* c = control(node);
       auto listed = c ? c->command({"CLUSTER", "GETSLOTMIGRATIONS"}) : std::nullopt;
       if (!listed || listed->is_error()) {
         undo_complete_ = false;
-        warnings_.push_back("cannot ask " + node.address() + ":" + std::to_string(node.port) +
-                            " which migrations it runs (" +
+        warnings_.push_back("cannot ask " + where + " which migrations it runs (" +
                             (!c       ? connect_error_
                              : listed ? listed->str
                                       : c->error()) +
-                            "): one of this move may still be running; run slotshift check");
+                            "): one of this move may still be running; run slotshift check, then this again");
         break;
       }
+      const auto jobs = parse_slot_migrations(*listed);
       std::vector<std::string> running;
-      for (const auto& job : parse_slot_migrations(*listed))
-        if (!job.finished()) running.push_back(job.slot_ranges + " (" + job.state + ")");
-      if (running.empty()) break;
+      for (const auto& job : jobs)
+        if (!job.finished() && ours(job, is_source)) running.push_back(job.slot_ranges);
+      if (running.empty()) {
+        // What became of each job seen running, in the server's words.
+        for (const auto& slots : found)
+          for (const auto& job : jobs)
+            if (job.slot_ranges == slots && ours(job, is_source))
+              notes_.push_back("the migration of " + slots + " was still running on " + where +
+                               " after slotshift stopped; it ended " + job.state);
+        break;
+      }
+      for (const auto& r : running)
+        if (std::find(found.begin(), found.end(), r) == found.end()) found.push_back(r);
       if (Clock::now() > deadline) {
         undo_complete_ = false;
-        warnings_.push_back(node.address() + ":" + std::to_string(node.port) +
-                            " still runs the migration of " + join(running, ", ") +
-                            " after it was cancelled; run slotshift " + "check, then this again");
+        warnings_.push_back(where + " still runs the migration of " + join(running, ", ") +
+                            (tried ? " after it was cancelled" : "") +
+                            "; run slotshift check, then this again");
         break;
       }
-      // Cancelled on the source: its export ends, and with it the target's import.
-      if (is_source && !cancelled) {
+      // Cancelled on the source (once): its export ends, and with it the target's import.
+      if (is_source && !tried) {
+        tried = true;
+        journal(MoveStep::kMigrateCancelled,
+                {{"source", node.id}, {"slots", join(running, " ")}, {"why", "found running after a crash"}});
         NativeMigration job(*c);
-        cancelled = job.cancel();
-        journal(
-            MoveStep::kMigrateCancelled,
-            {{"source", node.id}, {"slots", join(running, ", ")}, {"why", "found running after a crash"}});
-        notes_.push_back("the migration of " + join(running, ", ") + " was still running on " +
-                         node.address() + ":" + std::to_string(node.port) +
-                         (cancelled ? "; it was cancelled" : ""));
+        if (!job.cancel()) warnings_.push_back("cancelling the migrations on " + where + ": " + job.error());
       }
       std::this_thread::sleep_for(milliseconds(10));
     }
@@ -271,13 +294,15 @@ void MoveJob::settle_native(const JournalState& state) {
       if (src.node.id == id) node = &src.node;
     auto* c = node ? control(*node) : nullptr;
     auto set = c ? c->command({"CONFIG", "SET", "cluster-slot-migration-log-max-len", value}) : std::nullopt;
-    if (!set || set->is_error())
+    if (!set || set->is_error()) {
+      undo_complete_ = false;  // so that this runs again (the journal keeps the value)
       warnings_.push_back("cluster-slot-migration-log-max-len could not be put back to " + value + " on " +
                           short_id(id) + " (" +
                           (set ? set->str
                            : c ? c->error()
                                : "not a node of the move") +
                           ")");
+    }
   }
   // Nothing of a native move is ever set IMPORTING by slotshift: which slots moved is the target's word
   // alone.

@@ -26,7 +26,8 @@ nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
           {"proxies_held", b.proxies_held},
           {"proxies_asked_again", b.proxies_asked_again},
           {"attempts", b.attempts},
-          {"claimed", !b.slots.empty() && claimed_[b.slots.front()]},
+          {"slots_claimed",
+           std::count_if(b.slots.begin(), b.slots.end(), [&](Slot slot) { return claimed_[slot]; })},
           {"engine", native_ ? "native" : "replica"}};
 }
 
@@ -160,7 +161,10 @@ void TextReport::on_batch(const nlohmann::json& b) {
       out_ << line;
     }
   }
-  if (!b["claimed"].get<bool>()) out_ << "  (not claimed)";
+  if (const auto claimed = b["slots_claimed"].get<std::size_t>(); claimed == 0)
+    out_ << "  (not claimed)";
+  else if (claimed < b["slot_count"].get<std::size_t>())
+    out_ << "  (" << claimed << " of its slots claimed)";
   out_ << "\n" << std::flush;
 }
 

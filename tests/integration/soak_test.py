@@ -7,11 +7,12 @@ goes wrong only after many cutovers.
 After every move: slotshift exited 0 and said ok, and every batch was held by both proxies (under --fence
 source-pause, a proxy that twice could not drain a batch in time is gone on without, and the move must say so; at
 most one batch in 50). Each proxy's resident memory (VmRSS) is sampled after every move; after the warm-up (the
-first fifth of the moves, at least two) it must stay flat: the highest sample of the last third of the moves at
-most 25% or 8 MB (whichever is more) above the highest of the warm-up. At the end: no client saw an error (nor a
-redirect, through a proxy that held every batch), every acknowledged write is where it belongs, `slotshift check`
-is clean, and both proxies exit 0 on SIGTERM. Under the ASan build (LeakSanitizer on, see CMakePresets.json), a
-leak in slotshift makes its exit code non-zero, and one in a proxy its exit at SIGTERM.
+first fifth of the moves, at least two; 40 moves under a sanitizer build, whose short form therefore checks leaks
+only) it must stay flat: the highest sample of the last third of the moves at most 25% or 8 MB (whichever is
+more) above the highest of the warm-up. At the end: no client saw an error (nor a redirect, through a proxy that
+held every batch), every acknowledged write is where it belongs, `slotshift check` is clean, and both proxies
+exit 0 on SIGTERM. Under the ASan build (LeakSanitizer on, see CMakePresets.json), a leak in slotshift makes its
+exit code non-zero, and one in a proxy its exit at SIGTERM.
 
 SLOTSHIFT_SOAK_MOVES sets how many moves (default 20: the short form that ctest runs as soak_it; a user runs
 the long one, e.g. SLOTSHIFT_SOAK_MOVES=300). The RSS curve is printed, and written as CSV to
@@ -30,6 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cutover_test as ct  # noqa: E402
 
 MOVES = int(os.environ.get("SLOTSHIFT_SOAK_MOVES", "20"))
+# Under a sanitizer build (set by tests/CMakeLists.txt), ASan's quarantine of freed memory (16 MB, see
+# CMakePresets.json) and its allocator's caches fill over the first moves: measured, a proxy went from 49 to 80 MB
+# over 40 moves, then stayed between 78 and 83 MB up to move 150. So the warm-up is 40 moves there.
+SANITIZED = os.environ.get("SLOTSHIFT_SANITIZED") == "1"
 SLOTS = 300
 
 
@@ -117,15 +122,23 @@ class SoakTest(ct.CutoverTest):
                 f.write("move,seconds,proxy_%d_rss_kb,proxy_%d_rss_kb\n" % (run.proxies[0].port, run.proxies[1].port))
                 for i, (t, a, b) in enumerate(curve):
                     f.write("%d,%.1f,%d,%d\n" % (i + 1, t, a, b))
-        warm = max(2, len(curve) // 5)
+        warm = 40 if SANITIZED else max(2, len(curve) // 5)
+        if len(curve) < warm + 10:
+            # Too few moves after the warm-up to tell growth from warm-up: said, and the leak check (the proxies'
+            # exit under LeakSanitizer) still applies.
+            ct.log("    RSS not judged: %d moves, of which the sanitizer build's warm-up takes %d (run "
+                   "SLOTSHIFT_SOAK_MOVES=150 or more)" % (len(curve), warm))
+            warm = len(curve)
         tail = curve[-max(1, len(curve) // 3):]
         for p in (0, 1):
-            warmed = max(c[1 + p] for c in curve[:warm])
-            late = max(c[1 + p] for c in tail)
             # The curve, one sample in ten (and the last): every sample goes to SLOTSHIFT_SOAK_CSV.
             shown = [(i + 1, c) for i, c in enumerate(curve) if i == 0 or (i + 1) % 10 == 0 or i + 1 == len(curve)]
             ct.log("    proxy :%d RSS after move n: %s" % (run.proxies[p].port, ", ".join(
                 "%d: %.1f MB" % (n, c[1 + p] / 1024) for n, c in shown)))
+            if warm == len(curve):
+                continue
+            warmed = max(c[1 + p] for c in curve[:warm])
+            late = max(c[1 + p] for c in tail)
             self.assertLessEqual(late, max(warmed * 1.25, warmed + 8192),
                                  "proxy :%d grew from %d KB after the warm-up (%d moves) to %d KB by the end" % (
                                      run.proxies[p].port, warmed, warm, late))

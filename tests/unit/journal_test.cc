@@ -120,3 +120,26 @@ TEST_CASE("every step's name reads back as that step") {
   CHECK(std::string(step_name(MoveStep::kRefuseWrites)) == "refuse-writes");
   CHECK_FALSE(parse_step("fenced"));
 }
+
+TEST_CASE("an abort that could not undo everything leaves the move unfinished; native moves say so") {
+  std::string error;
+  JournalFile f(
+      kPlan +
+      R"({"step":"migrate","version":1,"move":"move-1-100","source":"ssss","slots":"0-9","time_ms":2})"
+      "\n"
+      R"({"step":"migrated","version":1,"move":"move-1-100","slots":"0-9","time_ms":3})"
+      "\n"
+      R"({"step":"aborted","version":1,"move":"move-1-100","complete":false,"time_ms":4})"
+      "\n");
+  auto state = read_journal(f.path, error);
+  REQUIRE(state);
+  CHECK_FALSE(state->finished);
+  CHECK(state->engine == "native");  // from its records: this plan did not name the engine
+  CHECK(state->claimed.size() == 10);
+  JournalFile done(kPlan + R"({"step":"aborted","version":1,"move":"move-1-100","complete":true,"time_ms":4})"
+                           "\n");
+  state = read_journal(done.path, error);
+  REQUIRE(state);
+  CHECK(state->finished);
+  CHECK(state->engine == "replica");
+}
