@@ -262,9 +262,10 @@ class KilledMover(FaultedMover):
     """slotshift move killed (SIGKILL) right after the journal record `step`, then `slotshift <recovery>` with its
     journal: the checks then judge what the recovery says and leaves."""
 
-    def __init__(self, step, recovery):
+    def __init__(self, step, recovery, recovery_killed_at=None):
+        """recovery_killed_at: the recovery is itself killed right after this journal record, then run again."""
         super().__init__(step + ":kill")
-        self.step, self.recovery = step, recovery
+        self.step, self.recovery, self.recovery_killed_at = step, recovery, recovery_killed_at
         self.moves_all_on_success = recovery == "resume"
 
     def __call__(self, cluster, slots, target):
@@ -274,6 +275,14 @@ class KilledMover(FaultedMover):
                 self.step, killed.returncode, killed.stdout + killed.stderr))
         journal = os.path.join(cluster.dir, "move.journal")
         cmd = [harness.SLOTSHIFT_BIN, self.recovery, "--cluster", cluster.seed(), "--journal", journal]
+        if self.recovery_killed_at:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, SLOTSHIFT_FAULT=self.recovery_killed_at + ":kill"))
+            for line in (r.stdout + r.stderr).splitlines():
+                log("    slotshift %s (killed at %s): %s" % (self.recovery, self.recovery_killed_at, line))
+            if r.returncode != -9:
+                raise AssertionError("slotshift %s was meant to be killed at %s; it exited %d" % (
+                    self.recovery, self.recovery_killed_at, r.returncode))
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         for line in (r.stdout + r.stderr).splitlines():
             log("    slotshift %s: %s" % (self.recovery, line))
@@ -285,7 +294,7 @@ class KillTest(FaultScenarios, unittest.TestCase):
     """slotshift killed at every step of its journal, then resumed or aborted: the move ends as the recovery
     says, every acknowledged write is where its slot is, and nothing is left open, paused or refused."""
 
-    def killed(self, step, recovery):
+    def killed(self, step, recovery, recovery_killed_at=None):
         def nothing_left_fenced(run):
             # No master is left refusing writes, or paused: a write to each answers at once.
             for node in run.masters:
@@ -299,11 +308,18 @@ class KillTest(FaultScenarios, unittest.TestCase):
                 self.assertLess(time.time() - t, 1.0, "a write to %s:%d waited" % node)
                 run.cluster.cli(node, "del", key)
         out, owners = self.faulted_move("none", name="kill-%s-%s" % (step, recovery),
-                                        mover=KilledMover(step, recovery), expect_failure=False,
+                                        mover=KilledMover(step, recovery, recovery_killed_at), expect_failure=False,
                                         after=nothing_left_fenced)
         if recovery == "abort":
             self.assertIn("aborted move", out)
 
+
+# The recovery itself killed, then run again: abort right after it undid what was not claimed, resume once it
+# has started (before it undoes anything).
+KillTest.test_killed_at_claimed_then_abort_killed_then_abort = \
+    lambda self: self.killed("claimed", "abort", recovery_killed_at="rolled-back")
+KillTest.test_killed_at_fence_then_resume_killed_then_resume = \
+    lambda self: self.killed("fence", "resume", recovery_killed_at="resume-started")
 
 for _step in ("plan", "importing", "copy", "copied", "fence", "claim", "claimed"):
     for _recovery in ("resume", "abort"):
