@@ -171,9 +171,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     src.paused = true;
     t_pause = Clock::now();
   }
-  // With the stats: an unpaused source (--fence proxy) goes on expiring and evicting keys past the fence, and
-  // its counters say how many (step 3).
-  auto info = c->command({"INFO", "replication", "stats"});
+  // An unpaused source (--fence proxy) goes on expiring and evicting keys past the fence: its stats, read
+  // with the offset, say how many (step 3). A paused one removes nothing, and its pause is not made longer
+  // for them.
+  auto info = src.paused ? c->command({"INFO", "replication"}) : c->command({"INFO", "replication", "stats"});
   const std::int64_t fence = info && !info->is_error() ? info_integer(info->str, "master_repl_offset") : -1;
   if (fence < 0)
     return abandon("INFO replication on the source " + src.address.str() + ": " +
