@@ -117,6 +117,9 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
     }
     if (!state || text(j, "move") != state->move_id) continue;
     state->last_step = name;
+    // Journals of versions that did not record the engine in the plan: their native moves' own records say
+    // it.
+    if (*step == MoveStep::kMigrate || *step == MoveStep::kMigrationLog) state->engine = "native";
     if (*step == MoveStep::kClaimed) {
       for (const Slot s : slots_of(j, "slots"))
         state->claimed.insert(s);
@@ -129,11 +132,7 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
       // holds the values from before the move (later ones repeat them).
       state->restore_min_replicas.try_emplace(text(j, "source"), j["restore"][3].get<std::string>(),
                                               j["restore"][5].get<std::string>());
-    }
-    // Journals of versions that did not record the engine in the plan: their native moves' own records say
-    // it.
-    if (*step == MoveStep::kMigrate || *step == MoveStep::kMigrationLog) state->engine = "native";
-    if (*step == MoveStep::kMigrationLog && j.contains("restore") && j["restore"].is_string()) {
+    } else if (*step == MoveStep::kMigrationLog && j.contains("restore") && j["restore"].is_string()) {
       // The first record per node holds the value from before the move.
       state->restore_migration_log.try_emplace(text(j, "node"), j["restore"].get<std::string>());
     } else if (*step == MoveStep::kTargetFailedOver) {

@@ -93,9 +93,9 @@ bool MoveJob::plan() {
   if (!seed) return fail("--cluster: " + error);
   const auto slots = parse_slot_list(options_.slots, error);
   if (!slots) return fail("--slots: " + error);
-  if (auto refused = refuse_options(options_, !options_.proxies.empty() || !options_.proxy_dns.empty()))
-    return fail(std::move(*refused));
-  if (!options_.proxies.empty() || !options_.proxy_dns.empty()) {
+  const bool has_proxies = !options_.proxies.empty() || !options_.proxy_dns.empty();
+  if (auto refused = refuse_options(options_, has_proxies)) return fail(std::move(*refused));
+  if (has_proxies) {
     proxies_ = std::make_unique<ProxyControl>(options_.proxies, options_.proxy_dns, options_.proxy_token,
                                               options_.common.timeout);
     owner_ = "slotshift-" + move_id_;
