@@ -132,6 +132,16 @@ class ThroughProxyTest(unittest.TestCase):
             cluster.stop()
 
 
+def loaded_cluster(test):
+    """A cluster of 3 masters (stopped when the test ends) whose first master holds 60,000 keys: (cluster, that
+    master, the second master, the keys of the cluster, the first master's slots)."""
+    cluster = harness.Cluster(3, 0, server=SERVER)
+    test.addCleanup(cluster.stop)
+    a, b, _ = cluster.masters_by_slot()
+    load(cluster, a, 60000)
+    return cluster, a, b, total_keys(cluster), cluster.slots_of(a)
+
+
 def native_move_mid_migration(test, cluster, slots, target, *extra):
     """slotshift move --engine native --json of slots to target, as a child process, returned once its first batch
     has moved and a later migration runs on the source (the owner of slots[0])."""
@@ -151,44 +161,37 @@ def native_move_mid_migration(test, cluster, slots, target, *extra):
 
 class InterruptTest(unittest.TestCase):
     def test_sigint_cancels_the_running_migration(self):
-        cluster = harness.Cluster(3, 0, server=SERVER)
-        try:
-            a, b, _ = cluster.masters_by_slot()
-            load(cluster, a, 60000)
-            before = total_keys(cluster)
-            owned = cluster.slots_of(a)
-            # Interrupt while a migration runs: after the first batch has moved, in the middle of a later one.
-            proc = native_move_mid_migration(self, cluster, owned, b)
-            proc.send_signal(signal.SIGINT)
-            t_int = time.time()
-            out, err = proc.communicate(timeout=60)
-            self.assertLess(time.time() - t_int, 15, "slotshift took long to stop after SIGINT")
-            self.assertNotEqual(proc.returncode, 0, out)
-            report = json.loads(out)
-            self.assertFalse(report["ok"])
-            self.assertIn("interrupted", report["error"])
-            # Nothing left running, every slot with one of the two, no key lost or doubled.
-            for node in (a, b):
-                running = [j for j in migrations(node) if j["state"] not in ("success", "failed", "cancelled")]
-                self.assertEqual(running, [], "%s:%d %s" % (*node, report))
-            cluster.wait_consistent()
-            a_id, b_id = cluster.node_id(a), cluster.node_id(b)
-            owner = cluster.owners()
-            self.assertTrue(all(owner[s] in (a_id, b_id) for s in owned))
-            self.assertGreater(sum(owner[s] == b_id for s in owned), 0)
-            self.assertGreater(sum(owner[s] == a_id for s in owned), 0)
-            self.assertEqual(total_keys(cluster), before)
-            # And the move can be taken up again: the rest goes.
-            rest = [s for s in owned if owner[s] == a_id]
-            run = subprocess.run([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
-                                  harness.format_slots(rest), "--to", cluster.node_id(b), "--engine", "native"],
-                                 capture_output=True, text=True, timeout=600)
-            self.assertEqual(run.returncode, 0, run.stdout[-2000:] + run.stderr[-2000:])
-            sys.stderr.write("the rest moved: %s\n" % run.stdout.splitlines()[-1])
-            cluster.wait_owner(owned, cluster.node_id(b))
-            self.assertEqual(total_keys(cluster), before)
-        finally:
-            cluster.stop()
+        cluster, a, b, before, owned = loaded_cluster(self)
+        # Interrupt while a migration runs: after the first batch has moved, in the middle of a later one.
+        proc = native_move_mid_migration(self, cluster, owned, b)
+        proc.send_signal(signal.SIGINT)
+        t_int = time.time()
+        out, err = proc.communicate(timeout=60)
+        self.assertLess(time.time() - t_int, 15, "slotshift took long to stop after SIGINT")
+        self.assertNotEqual(proc.returncode, 0, out)
+        report = json.loads(out)
+        self.assertFalse(report["ok"])
+        self.assertIn("interrupted", report["error"])
+        # Nothing left running, every slot with one of the two, no key lost or doubled.
+        for node in (a, b):
+            running = [j for j in migrations(node) if j["state"] not in ("success", "failed", "cancelled")]
+            self.assertEqual(running, [], "%s:%d %s" % (*node, report))
+        cluster.wait_consistent()
+        a_id, b_id = cluster.node_id(a), cluster.node_id(b)
+        owner = cluster.owners()
+        self.assertTrue(all(owner[s] in (a_id, b_id) for s in owned))
+        self.assertGreater(sum(owner[s] == b_id for s in owned), 0)
+        self.assertGreater(sum(owner[s] == a_id for s in owned), 0)
+        self.assertEqual(total_keys(cluster), before)
+        # And the move can be taken up again: the rest goes.
+        rest = [s for s in owned if owner[s] == a_id]
+        run = subprocess.run([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
+                              harness.format_slots(rest), "--to", cluster.node_id(b), "--engine", "native"],
+                             capture_output=True, text=True, timeout=600)
+        self.assertEqual(run.returncode, 0, run.stdout[-2000:] + run.stderr[-2000:])
+        sys.stderr.write("the rest moved: %s\n" % run.stdout.splitlines()[-1])
+        cluster.wait_owner(owned, cluster.node_id(b))
+        self.assertEqual(total_keys(cluster), before)
 
 
 class KilledTest(unittest.TestCase):
@@ -198,51 +201,44 @@ class KilledTest(unittest.TestCase):
     migration log's length is put back, and resume moves the rest."""
 
     def killed_mid_migration(self, recovery):
-        cluster = harness.Cluster(3, 0, server=SERVER)
-        try:
-            a, b, _ = cluster.masters_by_slot()
-            load(cluster, a, 60000)
-            before = total_keys(cluster)
-            owned = cluster.slots_of(a)
-            log_len = {n: cluster.cli(n, "config", "get", "cluster-slot-migration-log-max-len").split()[1]
-                       for n in (a, b)}
-            journal = os.path.join(cluster.dir, "native.journal")
-            proc = native_move_mid_migration(self, cluster, owned, b, "--journal", journal)
-            proc.kill()
-            proc.communicate(timeout=30)
-            sys.stderr.write("after the kill: %s\n" % [(j["slot_ranges"], j["state"]) for j in migrations(a)
-                                                        if j["state"] not in ("success", "failed", "cancelled")])
-            r = subprocess.run([harness.SLOTSHIFT_BIN, recovery, "--cluster", cluster.seed(), "--journal", journal],
-                               capture_output=True, text=True, timeout=600)
-            sys.stderr.write("slotshift %s:\n%s%s" % (recovery, r.stdout[-3000:], r.stderr[-2000:]))
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            for node in (a, b):
-                running = [j for j in migrations(node) if j["state"] not in ("success", "failed", "cancelled")]
-                self.assertEqual(running, [], "%s:%d still runs a migration after %s" % (*node, recovery))
-                self.assertEqual(cluster.cli(node, "config", "get", "cluster-slot-migration-log-max-len").split()[1],
-                                 log_len[node], "the migration log's length was not put back")
-            cluster.wait_consistent()
-            a_id, b_id = cluster.node_id(a), cluster.node_id(b)
-            owner = cluster.owners()
-            moved = [s for s in owned if owner[s] == b_id]
-            self.assertTrue(all(owner[s] in (a_id, b_id) for s in owned))
-            if recovery == "abort":
-                # What abort says moved is what the nodes say.
-                self.assertIn("aborted move", r.stdout)
-                self.assertIn("owns %d of its slots (%s)" % (len(moved), harness.format_slots(moved).replace(",", " ")),
-                              r.stdout)
-                self.assertIn("%d slots are with their sources again" % (len(owned) - len(moved)), r.stdout)
-                self.assertGreater(len(owned) - len(moved), 0)
-            else:
-                self.assertEqual(moved, owned, "resume did not move every slot")
-            self.assertEqual(total_keys(cluster), before)
-            # (A master emptied by a move turns into a replica of the target and loads a full sync first.)
-            check = subprocess.run([harness.SLOTSHIFT_BIN, "check", "--cluster", cluster.seed(), "--timeout-ms",
-                                    "60000"],
-                                   capture_output=True, text=True, timeout=120)
-            self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
-        finally:
-            cluster.stop()
+        cluster, a, b, before, owned = loaded_cluster(self)
+        log_len = {n: cluster.cli(n, "config", "get", "cluster-slot-migration-log-max-len").split()[1]
+                   for n in (a, b)}
+        journal = os.path.join(cluster.dir, "native.journal")
+        proc = native_move_mid_migration(self, cluster, owned, b, "--journal", journal)
+        proc.kill()
+        proc.communicate(timeout=30)
+        sys.stderr.write("after the kill: %s\n" % [(j["slot_ranges"], j["state"]) for j in migrations(a)
+                                                    if j["state"] not in ("success", "failed", "cancelled")])
+        r = subprocess.run([harness.SLOTSHIFT_BIN, recovery, "--cluster", cluster.seed(), "--journal", journal],
+                           capture_output=True, text=True, timeout=600)
+        sys.stderr.write("slotshift %s:\n%s%s" % (recovery, r.stdout[-3000:], r.stderr[-2000:]))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        for node in (a, b):
+            running = [j for j in migrations(node) if j["state"] not in ("success", "failed", "cancelled")]
+            self.assertEqual(running, [], "%s:%d still runs a migration after %s" % (*node, recovery))
+            self.assertEqual(cluster.cli(node, "config", "get", "cluster-slot-migration-log-max-len").split()[1],
+                             log_len[node], "the migration log's length was not put back")
+        cluster.wait_consistent()
+        a_id, b_id = cluster.node_id(a), cluster.node_id(b)
+        owner = cluster.owners()
+        moved = [s for s in owned if owner[s] == b_id]
+        self.assertTrue(all(owner[s] in (a_id, b_id) for s in owned))
+        if recovery == "abort":
+            # What abort says moved is what the nodes say.
+            self.assertIn("aborted move", r.stdout)
+            self.assertIn("owns %d of its slots (%s)" % (len(moved), harness.format_slots(moved).replace(",", " ")),
+                          r.stdout)
+            self.assertIn("%d slots are with their sources again" % (len(owned) - len(moved)), r.stdout)
+            self.assertGreater(len(owned) - len(moved), 0)
+        else:
+            self.assertEqual(moved, owned, "resume did not move every slot")
+        self.assertEqual(total_keys(cluster), before)
+        # (A master emptied by a move turns into a replica of the target and loads a full sync first.)
+        check = subprocess.run([harness.SLOTSHIFT_BIN, "check", "--cluster", cluster.seed(), "--timeout-ms",
+                                "60000"],
+                               capture_output=True, text=True, timeout=120)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
     def test_killed_then_abort(self):
         self.killed_mid_migration("abort")
