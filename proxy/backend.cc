@@ -31,6 +31,7 @@ void Backend::warm() {
 
 void Backend::returned(const Pending& p) {
   if (p.counted) worker_.held().returned(p.slot);
+  worker_.inflight_bytes_ -= p.bytes;
 }
 
 void Backend::mark_dirty() {
@@ -42,8 +43,17 @@ void Backend::mark_dirty() {
 
 void Backend::send(const RequestPtr& request, bool asking) {
   if (!conn_) connect();
+  if (!conn_) {
+    // The connect failed before it began: nothing was sent, so the request may go again (within its deadline,
+    // by when the error reaches its client).
+    worker_.retry_later(request, 50, name_ + ": " + last_failure_);
+    return;
+  }
+  request->sent = true;
   Pending p;
   p.request = request;
+  p.bytes = request->wire.size();
+  worker_.inflight_bytes_ += p.bytes;
   p.attempt = request->attempt;
   p.remaining = request->replies_per_send;
   auto& out = conn_->out.buffer();
@@ -68,6 +78,10 @@ void Backend::send(const RequestPtr& request, bool asking) {
 
 void Backend::send_internal(std::string wire, InternalCallback done) {
   if (!conn_) connect();
+  if (!conn_) {
+    done(nullptr);
+    return;
+  }
   Pending p;
   p.internal = std::move(done);
   conn_->out.buffer().append(wire);
@@ -205,7 +219,7 @@ void Backend::on_read(ssize_t nread) {
     if (conn_ != conn) return;
     conn->in.consume(size);
   }
-  if (conn_ == conn && conn->in.size() == 0 && conn->in.capacity() > (1u << 20)) conn->in.shrink(64 * 1024);
+  if (conn_ == conn) conn->in.trim(64 * 1024);
 }
 
 void Backend::handle_reply(std::string_view reply) {
@@ -220,6 +234,7 @@ void Backend::handle_reply(std::string_view reply) {
   }
   if (p.internal) {
     auto cb = std::move(p.internal);
+    returned(p);
     pending_.pop_front();
     const std::string copy(reply);
     cb(&copy);
@@ -238,11 +253,12 @@ void Backend::handle_reply(std::string_view reply) {
     bytes = std::move(p.collected);
     bytes.append(reply);
   }
-  const bool counted = p.counted;
-  const Slot slot = p.slot;
+  returned(p);
   pending_.pop_front();
-  if (counted) worker_.held().returned(slot);
-  if (current) worker_.on_backend_reply(request, std::move(bytes));
+  if (current) {
+    request->sent = false;
+    worker_.on_backend_reply(request, std::move(bytes));
+  }
 }
 
 void Backend::check_deadlines(std::uint64_t now_ms) {
@@ -287,9 +303,11 @@ void Backend::close_conn() {
 void Backend::fail(std::string_view why) {
   std::deque<Pending> pending;
   pending.swap(pending_);
+  last_failure_ = std::string(why);
+  // Bytes the kernel took may have reached the server; none beyond them did (see StreamWriter::kernel_total).
   std::uint64_t written = 0;
   if (conn_) {
-    written = conn_->out.written_total();
+    written = conn_->out.kernel_total();
     close_conn();
   }
   worker_.stats().backend_failures.add();
@@ -303,7 +321,9 @@ void Backend::fail(std::string_view why) {
     }
     RequestPtr& r = p.request;
     if (r->done || r->attempt != p.attempt) continue;
-    // A command that never reached the kernel was certainly not run; a read-only one may run twice.
+    r->sent = false;
+    // A command whose last byte never reached the kernel was certainly not run (the server got at most part
+    // of it, then lost the connection); a read-only one may run twice.
     if (p.end_offset > written || r->idempotent) {
       worker_.retry_later(r, 50, cause);
     } else {

@@ -32,6 +32,7 @@ class Backend {
   const std::string& name() const { return name_; }
   bool connected() const { return conn_ && conn_->connected; }
   std::size_t inflight() const { return pending_.size(); }
+  std::uint64_t last_activity_ms() const { return last_activity_ms_; }
 
   // Queues the request's bytes (after an ASKING when `asking`), connecting first if need be. Bytes are
   // written at the worker's next flush, so every request of one client read goes out in one write.
@@ -64,6 +65,7 @@ class Backend {
     std::uint64_t end_offset = 0;  // position of the request's last byte in the output stream
     bool counted = false;          // counted at the worker's HeldRequests as at a backend for `slot`
     Slot slot = 0;
+    std::size_t bytes = 0;  // the request's bytes, counted in the worker's bytes in flight
   };
 
   // The libuv side: allocated on connect, freed by the close callback, so that callbacks in flight never see
@@ -81,6 +83,8 @@ class Backend {
     StreamWriter out;
   };
 
+  // Opens a connection. It may fail at once (no descriptor left, an address the kernel refuses): then conn_
+  // is null again and last_failure_ says why.
   void connect();
   void start_connect(const sockaddr* addr);
   void on_connected(int status);
@@ -105,7 +109,12 @@ class Backend {
   std::uint64_t queued_bytes_ = 0;  // bytes ever queued on the current connection
   std::uint64_t connect_started_ms_ = 0;
   std::uint64_t last_activity_ms_ = 0;
-  resp::Scanner scanner_{resp::Scanner::Mode::kReply};
+  std::string last_failure_;
+  // A reply is whatever the server sends: LRANGE, HGETALL or KEYS on a big node answer with more elements,
+  // and more bytes, than any request may carry. Only the nesting depth is bounded (the scanner keeps a frame
+  // per level).
+  resp::Scanner scanner_{resp::Scanner::Mode::kReply,
+                         resp::Limits{std::size_t{1} << 62, std::size_t{1} << 62, 1024, 64ull << 20}};
   bool dirty_ = false;
 
   friend class Worker;

@@ -1,10 +1,16 @@
 // A read buffer for one connection: libuv reads into its free tail, the parser consumes from its head.
 // Consumed bytes are dropped by moving the unconsumed rest to the front only when the free space runs short,
-// so a stream of small messages costs no copying at all and a large one is copied at most once.
+// so a stream of small messages costs no copying at all and a large one is copied a few times at most.
+//
+// Memory: nothing is allocated until the first read, release() gives everything back when the buffer is
+// empty (an idle client holds no buffer at all), and a size announced by a message header is believed only
+// as far as the bytes already received: a 20-byte "$536870000" header reserves 1 MB, not 512 MB, and the
+// buffer then doubles as the bytes arrive.
 #pragma once
 
 #include <uv.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -14,19 +20,24 @@ namespace slotshift::proxy {
 
 class ReadBuffer {
  public:
-  explicit ReadBuffer(std::size_t initial = 16 * 1024) : data_(new char[initial]), capacity_(initial) {}
+  // What may be reserved ahead of the bytes received, on a header's word alone.
+  static constexpr std::size_t kTrustedAhead = 1u << 20;
+
+  explicit ReadBuffer(std::size_t initial = 16 * 1024) : initial_(initial) {}
 
   // Room for the next read of at least `min_free` bytes; `expected_total` (from the scanner's size_hint())
-  // lets a large message be given its whole size at once.
+  // lets a large message be given more room at once, within what the bytes received so far justify.
   uv_buf_t prepare(std::size_t min_free, std::size_t expected_total = 0) {
-    std::size_t need = std::max(min_free, expected_total > size() ? expected_total - size() : 0);
+    std::size_t ahead = expected_total > size() ? expected_total - size() : 0;
+    ahead = std::min(ahead, std::max(size(), kTrustedAhead));
+    const std::size_t need = std::max(min_free, ahead);
     if (capacity_ - end_ < need) {
       if (begin_ > 0 && capacity_ - size() >= need && size() < capacity_ / 2) {
         std::memmove(data_.get(), data_.get() + begin_, size());
         end_ -= begin_;
         begin_ = 0;
       } else {
-        std::size_t cap = capacity_;
+        std::size_t cap = std::max(capacity_, initial_);
         while (cap - size() < need)
           cap *= 2;
         reallocate(cap);
@@ -47,12 +58,24 @@ class ReadBuffer {
   void shrink(std::size_t to) {
     if (capacity_ > to && size() <= to) reallocate(to);
   }
+  // Frees the buffer if it holds nothing; the next prepare() allocates again.
+  void release() {
+    if (size() != 0 || !data_) return;
+    data_.reset();
+    capacity_ = begin_ = end_ = 0;
+  }
+  // After a message was consumed: a buffer much larger than what it holds gives the difference back, so one
+  // large value does not keep its memory for the connection's lifetime.
+  void trim(std::size_t keep) {
+    if (capacity_ > std::max<std::size_t>(keep, 1u << 20) && size() < capacity_ / 8)
+      shrink(std::max(keep, size() * 2));
+  }
 
  private:
   // Moves the unconsumed bytes to the front of a new allocation of `cap` bytes.
   void reallocate(std::size_t cap) {
     std::unique_ptr<char[]> fresh(new char[cap]);
-    std::memcpy(fresh.get(), data_.get() + begin_, size());
+    if (size() > 0) std::memcpy(fresh.get(), data_.get() + begin_, size());
     data_ = std::move(fresh);
     capacity_ = cap;
     end_ -= begin_;
@@ -60,7 +83,8 @@ class ReadBuffer {
   }
 
   std::unique_ptr<char[]> data_;
-  std::size_t capacity_;
+  std::size_t initial_;
+  std::size_t capacity_ = 0;
   std::size_t begin_ = 0;
   std::size_t end_ = 0;
 };

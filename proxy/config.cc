@@ -53,6 +53,10 @@ std::string load_config_file(const std::string& path, Config& config) {
         config.max_pipeline = v.get<std::size_t>();
       } else if (key == "max-held-bytes") {
         config.max_held_bytes = v.get<std::size_t>();
+      } else if (key == "max-blocking-connections") {
+        config.max_blocking_connections = v.get<std::size_t>();
+      } else if (key == "max-inflight-bytes") {
+        config.max_inflight_bytes = v.get<std::size_t>();
       } else if (key == "idle-timeout-s") {
         config.idle_timeout = std::chrono::seconds(v.get<long>());
       } else if (key == "admin") {

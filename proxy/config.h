@@ -32,6 +32,13 @@ struct Config {
   std::chrono::seconds idle_timeout{0};         // 0: never close idle clients
   bool allow_admin_commands = false;            // SHUTDOWN, CONFIG SET, DEBUG, CLUSTER writes, ...
 
+  // Blocking commands (BLPOP, XREAD BLOCK, ...) each get a connection of their own to a node: at most this
+  // many at once, per process; more are refused with an error saying so.
+  std::size_t max_blocking_connections = 1024;
+  // Bytes of requests sent to the cluster and not answered yet (kept for a retry until then), per process;
+  // past it no client is read until half of them are answered.
+  std::size_t max_inflight_bytes = 256ull << 20;
+
   // Requests kept back for slot holds, in bytes, per process; past it, clients with held commands are not
   // read until their commands are released.
   std::size_t max_held_bytes = 64ull << 20;

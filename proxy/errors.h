@@ -27,6 +27,12 @@ inline constexpr std::string_view kExecWithoutMulti = "-ERR EXEC without MULTI\r
 inline constexpr std::string_view kDiscardWithoutMulti = "-ERR DISCARD without MULTI\r\n";
 inline constexpr std::string_view kExecAbort =
     "-EXECABORT Transaction discarded because of previous errors.\r\n";
+inline constexpr std::string_view kWatchInMulti = "-ERR WATCH inside MULTI is not allowed\r\n";
+inline constexpr std::string_view kNotAllowedInMulti = "-ERR Command not allowed inside a transaction\r\n";
+inline constexpr std::string_view kInvalidCursor = "-ERR invalid cursor\r\n";
+inline constexpr std::string_view kClientReplySyntax = "-ERR syntax error\r\n";
+inline constexpr std::string_view kClientNameChars =
+    "-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
 inline constexpr std::string_view kClusterDisabled = "-ERR This instance has cluster support disabled\r\n";
 inline std::string protocol_error(std::string_view message) {
   return "-ERR " + std::string(message) + "\r\n";
@@ -42,8 +48,26 @@ inline std::string refused_admin(std::string_view name) {
 inline std::string unsupported(std::string_view name, std::string_view why) {
   return "-ERR slotshift-proxy does not support '" + std::string(name) + "': " + std::string(why) + "\r\n";
 }
+// A command that would change the state of the connection it runs on: inside MULTI it would reach the shared
+// connection to a node when EXEC runs, and change it for every client of the proxy.
+inline std::string unsupported_in_multi(std::string_view name, std::string_view why) {
+  return "-ERR slotshift-proxy does not support '" + std::string(name) +
+         "' inside MULTI: " + std::string(why) + "\r\n";
+}
+inline std::string too_many_blocking(std::size_t limit) {
+  return "-ERR slotshift-proxy: too many blocking commands at once (max-blocking-connections is " +
+         std::to_string(limit) + "); try again later\r\n";
+}
+inline constexpr std::string_view kScanCursorTooLarge =
+    "-ERR slotshift-proxy: a node answered SCAN with a cursor too large to carry in the proxy's cursor\r\n";
 inline std::string timeout(std::string_view cause) {
   return "-ERR slotshift-proxy: request timed out: " + std::string(cause) + "\r\n";
+}
+// A request that could not be sent again without letting a later command of its client overtake it, and whose
+// failure was the proxy's own (a connection that could not be opened, say).
+inline std::string not_retried(std::string_view cause) {
+  return "-ERR slotshift-proxy: not applied: " + std::string(cause) +
+         " (a later command of this connection for the same slot already ran, so it was not sent again)\r\n";
 }
 inline std::string backend_lost(std::string_view node) {
   return "-ERR slotshift-proxy: connection to " + std::string(node) +

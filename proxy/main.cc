@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
   config.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::string listen, seeds, config_file;
   long request_timeout_ms = 0, connect_timeout_ms = 0, refresh_ms = 0, idle_s = 0;
-  std::size_t max_clients = 0, max_bulk = 0, max_output = 0, max_pipeline = 0, max_held = 0;
+  std::size_t max_clients = 0, max_bulk = 0, max_output = 0, max_pipeline = 0, max_held = 0, max_blocking = 0,
+              max_inflight = 0;
   int threads = 0;
   bool allow_admin = false;
   std::string admin, admin_token;
@@ -50,6 +51,12 @@ int main(int argc, char** argv) {
   auto* o_held = app.add_option("--max-held-bytes", max_held,
                                 "requests kept back for slot holds, per process, before clients with held "
                                 "commands stop being read (67108864)");
+  auto* o_blocking =
+      app.add_option("--max-blocking-connections", max_blocking,
+                     "blocking commands at once, each on a connection of its own, per process (1024)");
+  auto* o_inflight = app.add_option("--max-inflight-bytes", max_inflight,
+                                    "bytes of requests at the cluster, unanswered, per process, before no "
+                                    "client is read (268435456)");
   auto* o_idle = app.add_option("--idle-timeout-s", idle_s, "close clients idle this long; 0 never (0)");
   auto* o_admin =
       app.add_flag("--allow-admin-commands", allow_admin,
@@ -96,6 +103,8 @@ int main(int argc, char** argv) {
   if (o_output->count()) config.max_client_output = max_output;
   if (o_pipeline->count()) config.max_pipeline = max_pipeline;
   if (o_held->count()) config.max_held_bytes = max_held;
+  if (o_blocking->count()) config.max_blocking_connections = max_blocking;
+  if (o_inflight->count()) config.max_inflight_bytes = max_inflight;
   if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
   if (o_admin->count()) config.allow_admin_commands = allow_admin;
   if (o_admin_ep->count()) {

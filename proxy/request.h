@@ -25,7 +25,7 @@ enum class Merge : std::uint8_t {
   kConcatArrays,  // KEYS
   kFirstReply,    // SCRIPT LOAD: every master answers the same
   kArrayMin,      // SCRIPT EXISTS: 1 only where every master has it
-  kScanCursor,    // SCAN: one master's reply, its cursor rewritten to carry the master's index
+  kScanCursor,    // SCAN: one master's reply, its cursor rewritten to carry where the walk is (scan_cursor.h)
 };
 
 // Shared between the client's session (which answers in request order) and the backends it is pending on
@@ -49,16 +49,28 @@ struct Request {
   std::uint64_t seq = 0;  // its place among its client's commands (parts share their command's)
   std::uint64_t start_ns = 0;
   std::uint64_t deadline_ms = 0;  // loop time; 0 = none (blocking commands wait as long as the client asked)
+  // Blocking commands: the deadline of their waits in the proxy (for a node that serves the slot, a retry),
+  // set when they first have to wait; the time spent blocked at the server has no deadline of ours.
+  std::uint64_t wait_deadline_ms = 0;
   std::uint32_t attempt = 0;
   int redirects = 0;
   std::uint64_t retry_at_ms = 0;       // TRYAGAIN/CLUSTERDOWN backoff
   std::string last_cause;              // why it was last retried: the error if its deadline passes
+  std::string last_error;              // the server's error that made it retry, as the server sent it
   std::uint64_t refused_since_ms = 0;  // first NOREPLICAS met (a master fencing writes around a slot move)
 
+  // Where it is: at a backend (sent), waiting to be sent again (retrying), or answered (done). A request
+  // that is none of these is with its client, parked behind an earlier one (Session::park).
+  bool sent = false;
+  bool retrying = false;
   bool done = false;
   bool held =
       false;  // answered while an earlier request of its client was not: counted in the client's bounds
-  std::string reply;  // the bytes the client gets
+  bool silent = false;  // CLIENT REPLY OFF or SKIP: the client asked not to get this reply
+  std::string reply;    // the bytes the client gets
+
+  // The deadline that bounds its next wait in the proxy.
+  std::uint64_t wait_deadline() const { return deadline_ms != 0 ? deadline_ms : wait_deadline_ms; }
 
   // Splitting and fan-out.
   Merge merge = Merge::kNone;
@@ -67,8 +79,10 @@ struct Request {
   std::vector<std::string> part_replies;            // parent: replies of its parts by part_index
   std::vector<std::vector<std::size_t>> part_keys;  // kArrayByIndex parent: each part's key positions
   std::size_t key_count = 0;                        // kArrayByIndex parent: elements in the merged reply
-  std::size_t scan_node = 0;                        // kScanCursor parent: the master walked, of scan_nodes
-  std::size_t scan_nodes = 0;
+  std::vector<std::weak_ptr<Request>> parts;        // split parent: its parts, by part_index (gone: answered)
+  std::vector<Slot> part_slots;                     // and the slot of each
+  Slot scan_slot = 0;          // kScanCursor parent: the lowest slot of the master walked
+  std::uint16_t scan_tag = 0;  // and the tag of its address (scan_cursor.h)
 };
 
 }  // namespace slotshift::proxy

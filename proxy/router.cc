@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <unordered_set>
 
 #include "common/resp.h"
 #include "common/topology.h"
@@ -126,6 +127,16 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
   masters_ = std::move(masters);
   loaded_ = true;
   refreshing_ = false;
+}
+
+std::vector<std::pair<Slot, Backend*>> Router::masters_by_lowest_slot() const {
+  std::vector<std::pair<Slot, Backend*>> out;
+  std::unordered_set<Backend*> seen;
+  for (unsigned s = 0; s < kSlotCount; ++s) {
+    Backend* b = slots_[s];
+    if (b && seen.insert(b).second) out.emplace_back(static_cast<Slot>(s), b);
+  }
+  return out;
 }
 
 }  // namespace slotshift::proxy

@@ -14,6 +14,7 @@
 #include "common/slot.h"
 #include "proxy/backend.h"
 #include "proxy/errors.h"
+#include "proxy/scan_cursor.h"
 #include "proxy/worker.h"
 
 namespace slotshift::proxy {
@@ -77,11 +78,28 @@ constexpr FanOut kFanOut[] = {
     {"function|delete", Merge::kAllOk},  {"function|flush", Merge::kAllOk},
 };
 
-// Connection-state commands the proxy cannot give a multiplexed connection yet.
-constexpr std::string_view kUnsupportedState[] = {"watch",      "unwatch",     "subscribe",    "psubscribe",
-                                                  "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
-                                                  "monitor",    "reset",       "sync",         "psync",
-                                                  "replconf",   "readonly",    "readwrite"};
+// Commands that would change the state of the connection they run on, or whose replies are not one per
+// request. Every other command may share a connection to a node with other clients' commands; these may not,
+// and the proxy does not yet give them a connection of their own: they are refused, inside a transaction or
+// not.
+struct Unsupported {
+  std::string_view name;
+  std::string_view why;
+};
+constexpr std::string_view kStateWhy =
+    "it changes the state of the connection it runs on, which the proxy shares between clients";
+constexpr std::string_view kPushWhy =
+    "its replies are not one per command, and the proxy shares its connections to nodes between clients";
+constexpr std::string_view kWaitWhy =
+    "it counts the replicas that acknowledged the writes of the connection it runs on, and the proxy's "
+    "connections to nodes carry the writes of every client";
+constexpr Unsupported kUnsupportedState[] = {
+    {"watch", kStateWhy},       {"subscribe", kPushWhy},   {"psubscribe", kPushWhy},
+    {"ssubscribe", kPushWhy},   {"unsubscribe", kPushWhy}, {"punsubscribe", kPushWhy},
+    {"sunsubscribe", kPushWhy}, {"monitor", kPushWhy},     {"sync", kPushWhy},
+    {"psync", kPushWhy},        {"replconf", kStateWhy},   {"wait", kWaitWhy},
+    {"waitaof", kWaitWhy},
+};
 
 // How the proxy treats a command, decided once per command-table entry so that the hot path makes one hash
 // lookup on a pointer instead of comparing names.
@@ -90,11 +108,14 @@ struct Plan {
   Handling handling = Handling::kForward;
   Merge merge = Merge::kNone;
   std::size_t step = 1;
+  std::string_view why;  // kUnsupported: the reason given to the client
 };
 
-// The names the proxy answers itself (Session::answer_locally).
-constexpr std::string_view kLocal[] = {"ping",    "echo",  "quit", "select", "multi",   "exec",
-                                       "discard", "hello", "auth", "client", "cluster", "info"};
+// The names the proxy answers itself (Session::answer_locally). Connection state that the proxy keeps per
+// client (SELECT 0, CLIENT SETNAME, CLIENT REPLY, RESET, ...) never reaches a node.
+constexpr std::string_view kLocal[] = {"ping",    "echo",     "quit",      "select", "multi",   "exec",
+                                       "discard", "hello",    "auth",      "client", "cluster", "info",
+                                       "reset",   "readonly", "readwrite", "unwatch"};
 
 const Plan& plan_of(const CommandInfo* cmd) {
   static const std::unordered_map<const CommandInfo*, Plan> plans = [] {
@@ -113,14 +134,14 @@ const Plan& plan_of(const CommandInfo* cmd) {
         m[&sub] = plan;
     };
     for (auto name : kLocal)
-      set(name, {Handling::kLocal});
-    for (auto name : kUnsupportedState)
-      set(name, {Handling::kUnsupported});
+      set(name, {Handling::kLocal, Merge::kNone, 1, {}});
+    for (const auto& u : kUnsupportedState)
+      set(u.name, {Handling::kUnsupported, Merge::kNone, 1, u.why});
     for (const auto& s : kSplittable)
-      set(s.name, {Handling::kSplit, s.merge, s.step});
+      set(s.name, {Handling::kSplit, s.merge, s.step, {}});
     for (const auto& f : kFanOut)
-      set(f.name, {Handling::kEveryMaster, f.merge});
-    set("scan", {Handling::kScan});
+      set(f.name, {Handling::kEveryMaster, f.merge, 1, {}});
+    set("scan", {Handling::kScan, Merge::kNone, 1, {}});
     return m;
   }();
   static const Plan forward;
@@ -214,21 +235,45 @@ void Session::close() {
   worker_.session_closed(this);
   if (dirty_) worker_.forget_dirty(this);
   if (!on_hold_.empty()) worker_.held().session_closing(*this);
+  parked_.clear();
   for (auto& [name, backend] : dedicated_)
     backend->shutdown();
+  worker_.proxy().blocking_connections().fetch_sub(dedicated_.size());
+  dedicated_.clear();
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_),
            [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
 }
 
 Backend* Session::dedicated(const HostPort& node) {
-  auto& b = dedicated_[node.str()];
-  if (!b) b = std::make_unique<Backend>(worker_, node);
+  const std::string key = node.str();
+  if (auto it = dedicated_.find(key); it != dedicated_.end()) return it->second.get();
+  // Each is a connection to a node and a client there: without a cap, clients could open as many as the nodes
+  // accept, for everyone.
+  auto& count = worker_.proxy().blocking_connections();
+  if (count.fetch_add(1) >= worker_.config().max_blocking_connections) {
+    count.fetch_sub(1);
+    return nullptr;
+  }
+  auto& b = dedicated_[key];
+  b = std::make_unique<Backend>(worker_, node);
   return b.get();
 }
 
 void Session::check_deadlines(std::uint64_t now_ms) {
-  for (auto& [name, backend] : dedicated_)
-    backend->check_deadlines(now_ms);
+  // A connection of this client's own that has had nothing to do for a while is closed, so that the cap
+  // counts blocking commands rather than clients that once ran one.
+  constexpr std::uint64_t kIdleDedicatedMs = 2000;
+  for (auto it = dedicated_.begin(); it != dedicated_.end();) {
+    Backend& b = *it->second;
+    b.check_deadlines(now_ms);
+    if (b.inflight() == 0 && now_ms - b.last_activity_ms() > kIdleDedicatedMs) {
+      b.shutdown();
+      it = dedicated_.erase(it);
+      worker_.proxy().blocking_connections().fetch_sub(1);
+    } else {
+      ++it;
+    }
+  }
 }
 
 void Session::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
@@ -245,12 +290,21 @@ void Session::on_write_error(void* owner, int) {
 }
 
 void Session::on_read(ssize_t nread) {
-  if (closing_ || nread == 0 || nread == UV_EAGAIN) return;
+  if (closing_ || nread == 0 || nread == UV_EAGAIN) {
+    in_.release();
+    return;
+  }
   if (nread < 0) {
     close();
     return;
   }
   in_.commit(static_cast<std::size_t>(nread));
+  if (quit_after_flush_) {
+    // After QUIT or a protocol error nothing more is run, and nothing more is kept.
+    in_.consume(in_.size());
+    in_.release();
+    return;
+  }
   last_activity_ms_ = worker_.now_ms();
   std::vector<std::string_view> args;
   while (!closing_ && !quit_after_flush_) {
@@ -270,7 +324,9 @@ void Session::on_read(ssize_t nread) {
     scanner_.reset();
     in_.consume(size);
   }
-  if (in_.size() == 0 && in_.capacity() > (1u << 20)) in_.shrink(16 * 1024);
+  if (quit_after_flush_) in_.consume(in_.size());
+  in_.trim(16 * 1024);
+  in_.release();  // an idle client keeps no buffer
   // Requests are written to the backends, and replies to this client, once per loop iteration for everything
   // that became ready in it: one write per connection however many clients and replies took part.
   if (!queue_.empty() && queue_.front()->done) worker_.mark_dirty(this);
@@ -281,15 +337,21 @@ void Session::on_read(ssize_t nread) {
 // behind a slow earlier one, or that has commands on hold while the process holds more than max-held-bytes,
 // is not read (so sends nothing new to the cluster, and gets no error) until it is back under half the
 // bounds.
+//
+// Past the process's bytes in flight (requests at the cluster, unanswered, kept for a retry) no client is
+// read. After QUIT or a protocol error the client is never read again.
 void Session::pause_or_resume_reading() {
   if (closing_) return;
   const auto& c = worker_.config();
   const bool holding = !on_hold_.empty();
-  if (reading_ && (queue_.size() >= c.max_pipeline || held_bytes_ > c.max_client_output ||
+  const std::size_t inflight_limit = c.max_inflight_bytes / static_cast<std::size_t>(c.threads);
+  if (reading_ && (quit_after_flush_ || queue_.size() >= c.max_pipeline ||
+                   held_bytes_ > c.max_client_output / 2 || worker_.inflight_bytes() > inflight_limit ||
                    (holding && worker_.proxy().held_bytes() > c.max_held_bytes))) {
     reading_ = false;
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
-  } else if (!reading_ && queue_.size() < c.max_pipeline / 2 && held_bytes_ <= c.max_client_output / 2 &&
+  } else if (!reading_ && !quit_after_flush_ && queue_.size() < c.max_pipeline / 2 &&
+             held_bytes_ <= c.max_client_output / 4 && worker_.inflight_bytes() <= inflight_limit / 2 &&
              (!holding || worker_.proxy().held_bytes() <= c.max_held_bytes / 2)) {
     reading_ = true;
     uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Session::on_alloc, &Session::on_read_cb);
@@ -320,7 +382,65 @@ RequestPtr Session::new_request(std::string name, const CommandInfo* cmd) {
 }
 
 void Session::enqueue(const RequestPtr& request) {
+  if (reply_off_ || skip_next_reply_) {
+    request->silent = true;
+    skip_next_reply_ = false;
+  }
   queue_.push_back(request);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Per-client order through retries
+
+void Session::retry_started(const Request& request) {
+  retrying_.insert(request.seq);
+}
+
+void Session::retry_ended(const Request& request) {
+  const auto it = retrying_.find(request.seq);
+  if (it == retrying_.end()) return;
+  const bool was_first = it == retrying_.begin();
+  retrying_.erase(it);
+  if (!was_first || parked_.empty() || closing_) return;
+  // The earliest waiting request is on its way: what was parked behind it goes, in the client's order, and
+  // parks again if another earlier request still waits.
+  std::deque<Parked> parked;
+  parked.swap(parked_);
+  std::stable_sort(parked.begin(), parked.end(),
+                   [](const Parked& a, const Parked& b) { return a.request->seq < b.request->seq; });
+  for (auto& p : parked)
+    worker_.dispatch(p.request, p.asking, p.to);
+}
+
+void Session::park(const RequestPtr& request, bool asking, Backend* to) {
+  request->sent = false;
+  parked_.push_back({request, asking, to});
+}
+
+Session::Later Session::later_on_slot(const Request& request) const {
+  Later worst = Later::kNone;
+  auto note = [&worst](const Request& r) {
+    if (r.done) {
+      worst = Later::kDone;
+    } else if (r.sent && worst == Later::kNone) {
+      worst = Later::kSent;
+    }
+  };
+  for (auto it = queue_.rbegin(); it != queue_.rend() && (*it)->seq > request.seq; ++it) {
+    const Request& later = **it;
+    if (later.has_slot && later.slot == request.slot) note(later);
+    for (std::size_t i = 0; i < later.part_slots.size(); ++i) {
+      if (later.part_slots[i] != request.slot) continue;
+      const RequestPtr part = later.parts[i].lock();
+      if (part) {
+        note(*part);
+      } else {
+        worst = Later::kDone;  // nothing holds a part but until it is answered
+      }
+    }
+    if (worst == Later::kDone) break;
+  }
+  return worst;
 }
 
 void Session::answer(std::string_view name, std::string reply) {
@@ -332,10 +452,24 @@ void Session::answer(std::string_view name, std::string reply) {
 }
 
 void Session::on_request_done(Request& request) {
+  if (closing_) return;
   if (!queue_.empty() && queue_.front().get() != &request) {
     // Answered, but an earlier request is not: the reply waits here, and counts against the client's bounds.
     request.held = true;
     held_bytes_ += request.reply.size();
+    // (Replies that complete in one loop iteration count here until the iteration's flush; they are not
+    // stuck unless the first of the queue is still unanswered.)
+    if (held_bytes_ > worker_.config().max_client_output && !queue_.front()->done) {
+      // Replies of later commands pile up behind one that is not answered (a BLPOP with no timeout ahead of
+      // large GETs): as for a slow reader, memory stays bounded and the client is told by the closed socket.
+      worker_.stats().clients_slow_reader.add();
+      std::fprintf(stderr,
+                   "slotshift-proxy: closing client %s: %zu bytes of replies wait behind an unanswered "
+                   "command (limit %zu)\n",
+                   peer_.c_str(), held_bytes_, worker_.config().max_client_output);
+      close();
+      return;
+    }
     pause_or_resume_reading();
     return;
   }
@@ -353,7 +487,13 @@ void Session::flush_replies() {
   while (!queue_.empty() && queue_.front()->done) {
     Request& r = *queue_.front();
     if (r.held) held_bytes_ -= r.reply.size();
-    out.append(r.reply);
+    if (!r.silent) {
+      if (out.empty()) {
+        out.swap(r.reply);  // a large reply is handed on, not copied
+      } else {
+        out.append(r.reply);
+      }
+    }
     worker_.stats().record_latency((mono_ns() - r.start_ns) / 1000);
     queue_.pop_front();
     any = true;
@@ -387,8 +527,16 @@ void Session::handle(Args args, std::string_view raw) {
   const CommandInfo* cmd = find_command(args);
   const Plan& plan = plan_of(cmd);
 
-  if (in_multi_ && name != "exec" && name != "discard" && name != "multi" && name != "watch" &&
-      name != "quit") {
+  if (in_multi_) {
+    // What Redis runs at once inside a transaction rather than queueing it.
+    if (name == "exec" || name == "discard" || name == "multi" || name == "quit" || name == "reset") {
+      answer_locally(name, args);
+      return;
+    }
+    if (name == "watch") {
+      answer(name, std::string(errors::kWatchInMulti));
+      return;
+    }
     queue_transaction(args, raw, std::move(name), cmd);
     return;
   }
@@ -419,6 +567,20 @@ bool Session::answer_locally(const std::string& name, Args args) {
   if (name == "quit") {
     answer(name, "+OK\r\n");
     quit_after_flush_ = true;
+    pause_or_resume_reading();
+    return true;
+  }
+  if (name == "reset") {
+    if (argc != 1) return answer(name, errors::wrong_arity(name)), true;
+    reset_state();
+    answer(name, "+RESET\r\n");
+    return true;
+  }
+  if (name == "readonly" || name == "readwrite" || name == "unwatch") {
+    // READONLY asks for reads from replicas, which a client may be given or not: the proxy reads from
+    // masters. Nothing is ever watched (WATCH is refused), so UNWATCH has nothing to do.
+    if (argc != 1) return answer(name, errors::wrong_arity(name)), true;
+    answer(name, "+OK\r\n");
     return true;
   }
   if (name == "select") {
@@ -429,6 +591,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
     return true;
   }
   if (name == "multi") {
+    if (argc != 1) return answer(name, errors::wrong_arity(name)), true;
     if (in_multi_) return answer(name, std::string(errors::kMultiNested)), true;
     in_multi_ = true;
     multi_failed_ = multi_has_slot_ = false;
@@ -445,8 +608,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
   }
   if (name == "discard") {
     if (!in_multi_) return answer(name, std::string(errors::kDiscardWithoutMulti)), true;
-    in_multi_ = false;
-    multi_wire_.clear();
+    discard_transaction();
     answer(name, "+OK\r\n");
     return true;
   }
@@ -497,44 +659,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
            "your configuration is correct?\r\n");
     return true;
   }
-  if (name == "client" && argc >= 2) {
-    const std::string sub = lower(args[1]);
-    std::string reply;
-    if (sub == "setname" && argc == 3) {
-      if (args[2].find_first_of(" \n\r") != std::string_view::npos) {
-        reply = "-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
-      } else {
-        client_name_ = std::string(args[2]);
-        reply = "+OK\r\n";
-      }
-    } else if (sub == "getname" && argc == 2) {
-      if (client_name_.empty()) {
-        resp::append_null_bulk(reply);
-      } else {
-        resp::append_bulk(reply, client_name_);
-      }
-    } else if (sub == "id" && argc == 2) {
-      resp::append_integer(reply, static_cast<std::int64_t>(id_));
-    } else if ((sub == "info" && argc == 2)) {
-      const auto now = worker_.now_ms();
-      resp::append_bulk(reply,
-                        "id=" + std::to_string(id_) + " addr=" + peer_ + " name=" + client_name_ +
-                            " age=" + std::to_string((now - created_ms_) / 1000) +
-                            " idle=" + std::to_string((now - last_activity_ms_) / 1000) +
-                            " db=0 multi=" + (in_multi_ ? std::to_string(multi_count_) : std::string("-1")) +
-                            " worker=" + std::to_string(worker_.index()) + "\n");
-    } else if (sub == "setinfo" && argc == 4) {
-      reply = "+OK\r\n";
-    } else if (sub == "setname" || sub == "getname" || sub == "id" || sub == "info" || sub == "setinfo") {
-      reply = "-ERR wrong number of arguments for 'client|" + sub + "' command\r\n";
-    } else {
-      worker_.stats().errors_refused.add();
-      reply =
-          errors::unsupported("client " + sub, "only SETNAME, GETNAME, ID, INFO and SETINFO are answered");
-    }
-    answer(name, std::move(reply));
-    return true;
-  }
+  if (name == "client" && argc >= 2) return client_command(args);
   if (name == "cluster") {
     if (argc == 3 && iequals(args[1], "keyslot")) {
       std::string reply;
@@ -556,31 +681,112 @@ bool Session::answer_locally(const std::string& name, Args args) {
   return false;
 }
 
-void Session::route(Args args, std::string_view raw, std::string name, const CommandInfo* cmd) {
-  if (!cmd) {
-    answer(name, errors::unknown_command(args[0], args_preview(args)));
-    return;
+bool Session::client_command(Args args) {
+  const std::size_t argc = args.size();
+  const std::string sub = lower(args[1]);
+  std::string reply;
+  if (sub == "reply" && argc == 3) {
+    // As Redis: OFF and SKIP are not answered themselves; SKIP drops the next command's reply too.
+    if (iequals(args[2], "on")) {
+      reply_off_ = skip_next_reply_ = false;
+      answer("client", "+OK\r\n");
+    } else if (iequals(args[2], "off")) {
+      answer("client", "+OK\r\n");
+      queue_.back()->silent = true;
+      reply_off_ = true;
+    } else if (iequals(args[2], "skip")) {
+      answer("client", "+OK\r\n");
+      queue_.back()->silent = true;
+      if (!reply_off_) skip_next_reply_ = true;
+    } else {
+      answer("client", std::string(errors::kClientReplySyntax));
+    }
+    return true;
   }
-  if (!arity_ok(*cmd, args.size())) {
-    answer(name, errors::wrong_arity(cmd->name));
-    return;
+  if (sub == "setname" && argc == 3) {
+    if (args[2].find_first_of(" \n\r") != std::string_view::npos) {
+      reply = std::string(errors::kClientNameChars);
+    } else {
+      client_name_ = std::string(args[2]);
+      reply = "+OK\r\n";
+    }
+  } else if (sub == "getname" && argc == 2) {
+    if (client_name_.empty()) {
+      resp::append_null_bulk(reply);
+    } else {
+      resp::append_bulk(reply, client_name_);
+    }
+  } else if (sub == "id" && argc == 2) {
+    resp::append_integer(reply, static_cast<std::int64_t>(id_));
+  } else if ((sub == "info" && argc == 2)) {
+    const auto now = worker_.now_ms();
+    resp::append_bulk(reply,
+                      "id=" + std::to_string(id_) + " addr=" + peer_ + " name=" + client_name_ +
+                          " age=" + std::to_string((now - created_ms_) / 1000) +
+                          " idle=" + std::to_string((now - last_activity_ms_) / 1000) +
+                          " db=0 multi=" + (in_multi_ ? std::to_string(multi_count_) : std::string("-1")) +
+                          " worker=" + std::to_string(worker_.index()) + "\n");
+  } else if (sub == "setinfo" && argc == 4) {
+    reply = "+OK\r\n";
+  } else if (sub == "setname" || sub == "getname" || sub == "id" || sub == "info" || sub == "setinfo" ||
+             sub == "reply") {
+    reply = errors::wrong_arity("client|" + sub);
+  } else {
+    worker_.stats().errors_refused.add();
+    reply = errors::unsupported("client " + sub,
+                                "only SETNAME, GETNAME, ID, INFO, SETINFO and REPLY are answered; the "
+                                "others concern a node's own connections");
   }
+  answer("client", std::move(reply));
+  return true;
+}
+
+void Session::reset_state() {
+  if (in_multi_) discard_transaction();
+  reply_off_ = skip_next_reply_ = false;
+  client_name_.clear();
+}
+
+std::string Session::refusal(Args args, const std::string& name, const CommandInfo* cmd,
+                             bool in_transaction) {
+  if (!cmd) return errors::unknown_command(args[0], args_preview(args));
+  if (!arity_ok(*cmd, args.size())) return errors::wrong_arity(cmd->name);
+  // MSET and MSETNX take keys and values in pairs: Redis checks that in the command itself, after the arity.
+  if ((name == "mset" || name == "msetnx") && args.size() % 2 == 0) return errors::wrong_arity(cmd->name);
   const Plan& plan = plan_of(cmd);
   if (plan.handling == Handling::kUnsupported) {
     worker_.stats().errors_refused.add();
-    answer(name, errors::unsupported(name,
-                                     "connection state (WATCH, Pub/Sub, MONITOR, ...) is not carried "
-                                     "through the proxy yet"));
-    return;
+    return errors::unsupported(name, plan.why);
   }
-  // CONFIG GET only reads: it goes to one master like any keyless command (redis-benchmark and many tools
-  // ask).
   if (cmd->has_flag(CommandFlag::kAdmin) && !worker_.config().allow_admin_commands &&
-      cmd->name != "config|get") {
+      (in_transaction || cmd->name != "config|get")) {
+    // CONFIG GET only reads: it goes to one master like any keyless command (redis-benchmark and many tools
+    // ask).
     worker_.stats().errors_refused.add();
-    answer(name, errors::refused_admin(cmd->name));
+    return errors::refused_admin(cmd->name);
+  }
+  if (!in_transaction) return "";
+  if (cmd->has_flag(CommandFlag::kNoMulti)) return std::string(errors::kNotAllowedInMulti);
+  // A transaction runs on one node. Commands the proxy answers itself, or spreads over every master, would
+  // either reach that node's shared connection (HELLO, CLIENT REPLY, SELECT: changing it for every client)
+  // or give one master's answer for the whole cluster (KEYS, DBSIZE, FLUSHALL).
+  if (plan.handling == Handling::kLocal && name != "ping" && name != "echo") {
+    worker_.stats().errors_refused.add();
+    return errors::unsupported_in_multi(name, "the proxy answers it itself, and only outside a transaction");
+  }
+  if (plan.handling == Handling::kEveryMaster || plan.handling == Handling::kScan) {
+    worker_.stats().errors_refused.add();
+    return errors::unsupported_in_multi(name, "it concerns every master, and a transaction runs on one");
+  }
+  return "";
+}
+
+void Session::route(Args args, std::string_view raw, std::string name, const CommandInfo* cmd) {
+  if (std::string error = refusal(args, name, cmd, false); !error.empty()) {
+    answer(name, std::move(error));
     return;
   }
+  const Plan& plan = plan_of(cmd);
 
   const KeysError ke = keys_of(*cmd, args, keys_);
   if (ke == KeysError::kNone && !keys_.empty()) {
@@ -659,6 +865,7 @@ void Session::split(const RequestPtr& parent, Args args, const std::vector<std::
   parent->parts_pending = part_keys.size();
   parent->part_replies.assign(part_keys.size(), std::string());
   parent->part_keys = part_keys;
+  parent->part_slots = part_slot;
   std::vector<RequestPtr> parts;
   for (std::size_t p = 0; p < part_keys.size(); ++p) {
     auto part = make_part(parent, p);
@@ -666,10 +873,12 @@ void Session::split(const RequestPtr& parent, Args args, const std::vector<std::
     part->slot = part_slot[p];
     std::vector<std::string_view> argv{args[0]};
     for (std::size_t k : part_keys[p]) {
-      for (std::size_t j = 0; j < step; ++j)
+      // refusal() has checked that every key has its `step - 1` arguments after it.
+      for (std::size_t j = 0; j < step && keys[k] + j < args.size(); ++j)
         argv.push_back(args[keys[k] + j]);
     }
     resp::append_command(part->wire, argv);
+    parent->parts.push_back(part);
     parts.push_back(std::move(part));
   }
   for (auto& part : parts)
@@ -699,50 +908,55 @@ void Session::fan_out(const RequestPtr& parent, Args args, Merge merge) {
     worker_.dispatch(part);
 }
 
-// SCAN over the whole cluster: the cursor the client sees carries the index of the master being walked in its
-// low 10 bits and that master's own cursor above them. Masters are walked in address order; a topology change
-// in the middle of a walk can make it skip or repeat keys, which SCAN's guarantees allow for a changing
-// dataset.
+// SCAN over the whole cluster, one master after the other, with a cursor that names the master by its lowest
+// slot (scan_cursor.h) so that it stays valid through failovers and added masters.
 void Session::scan(Args args, const std::string& name, const CommandInfo* cmd) {
   std::uint64_t cursor = 0;
   if (!parse_u64(args[1], cursor)) {
-    answer(name, "-ERR invalid cursor\r\n");
+    answer(name, std::string(errors::kInvalidCursor));
     return;
   }
-  const auto& masters = worker_.router().masters();
-  const std::size_t node = cursor & 0x3FF;
-  if (masters.empty() || node >= masters.size()) {
-    answer(name, masters.empty() ? errors::no_owner(0) : std::string("-ERR invalid cursor\r\n"));
+  const auto walk = worker_.router().masters_by_lowest_slot();
+  if (walk.empty()) {
+    answer(name, errors::no_owner(0));
     return;
   }
+  scan_cursor::Position at = scan_cursor::decode(cursor);
+  Backend* node = nullptr;
+  if (cursor == 0) {
+    at.slot = walk.front().first;
+    node = walk.front().second;
+  } else {
+    node = worker_.router().owner(at.slot);
+    if (!node) {
+      answer(name, errors::no_owner(at.slot));
+      return;
+    }
+  }
+  const std::uint16_t tag = scan_cursor::tag_of(node->name());
+  // Another master serves the slot than the one the cursor was made on (a failover, a move): its own cursor
+  // means nothing there, so that master is walked from its start.
+  if (at.tag != tag) at.node_cursor = 0;
   auto parent = new_request(name, cmd);
   parent->merge = Merge::kScanCursor;
   parent->parts_pending = 1;
   parent->part_replies.assign(1, std::string());
-  parent->scan_node = node;
-  parent->scan_nodes = masters.size();
+  parent->scan_slot = at.slot;
+  parent->scan_tag = tag;
   enqueue(parent);
   auto part = make_part(parent, 0);
   part->idempotent = true;
-  part->fixed = masters[node];
+  part->fixed = node;
   std::vector<std::string_view> argv(args.begin(), args.end());
-  const std::string node_cursor = std::to_string(cursor >> 10);
+  const std::string node_cursor = std::to_string(at.node_cursor);
   argv[1] = node_cursor;
   resp::append_command(part->wire, argv);
   worker_.dispatch(part);
 }
 
 void Session::queue_transaction(Args args, std::string_view raw, std::string name, const CommandInfo* cmd) {
-  std::string error;
-  if (!cmd) {
-    error = errors::unknown_command(args[0], args_preview(args));
-  } else if (!arity_ok(*cmd, args.size())) {
-    error = errors::wrong_arity(cmd->name);
-  } else if (cmd->has_flag(CommandFlag::kNoMulti)) {
-    error = "-ERR Command not allowed inside a transaction\r\n";
-  } else if (cmd->has_flag(CommandFlag::kAdmin) && !worker_.config().allow_admin_commands) {
-    error = errors::refused_admin(cmd->name);
-  } else if (keys_of(*cmd, args, keys_) == KeysError::kNone) {
+  std::string error = refusal(args, name, cmd, true);
+  if (error.empty() && keys_of(*cmd, args, keys_) == KeysError::kNone) {
     for (std::size_t k : keys_) {
       const Slot s = key_slot(args[k]);
       if (!multi_has_slot_) {
@@ -758,6 +972,7 @@ void Session::queue_transaction(Args args, std::string_view raw, std::string nam
     error = std::string(errors::kTransactionTooBig);
   }
   if (!error.empty()) {
+    // As Redis: a command refused while queueing makes EXEC discard the whole transaction.
     multi_failed_ = true;
     answer(name, std::move(error));
     return;
@@ -767,18 +982,21 @@ void Session::queue_transaction(Args args, std::string_view raw, std::string nam
   answer(name, "+QUEUED\r\n");
 }
 
-void Session::exec_transaction() {
+void Session::discard_transaction() {
   in_multi_ = false;
-  if (multi_failed_) {
-    multi_wire_.clear();
-    answer("exec", std::string(errors::kExecAbort));
+  multi_failed_ = multi_has_slot_ = false;
+  multi_count_ = 0;
+  std::string().swap(multi_wire_);
+}
+
+void Session::exec_transaction() {
+  if (multi_failed_ || multi_count_ == 0) {
+    const bool failed = multi_failed_;
+    discard_transaction();
+    answer("exec", failed ? std::string(errors::kExecAbort) : std::string("*0\r\n"));
     return;
   }
-  if (multi_count_ == 0) {
-    multi_wire_.clear();
-    answer("exec", "*0\r\n");
-    return;
-  }
+  in_multi_ = false;
   auto r = new_request("exec", find_command("exec"));
   resp::append_command(multi_wire_, {"EXEC"});
   r->wire = std::move(multi_wire_);

@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,9 +34,28 @@ class Session {
   void close();
   void on_request_done(Request& request);
   void check_idle(std::uint64_t now_ms);
-  // The session's own connection to `node`, for blocking commands.
+  // The session's own connection to `node`, for blocking commands; null when the process has
+  // max-blocking-connections of them already.
   Backend* dedicated(const HostPort& node);
+  // Answers what passed its deadline on the session's own connections, and closes those idle for a while.
   void check_deadlines(std::uint64_t now_ms);
+
+  // Per-client order through retries. A request that has to be sent again (TRYAGAIN, CLUSTERDOWN,
+  // NOREPLICAS, a connection lost before it was sent) must not be overtaken by the client's later commands:
+  // while it waits, they wait too (parked here, in the client's order), and it is itself sent again only if
+  // no later command of the client for its slot has been sent meanwhile (Worker::on_tick).
+  void retry_started(const Request& request);
+  void retry_ended(const Request& request);
+  // Whether `request` must wait behind an earlier request of this client that is waiting to be sent again.
+  bool must_wait(const Request& request) const {
+    return !retrying_.empty() && request.seq > *retrying_.begin();
+  }
+  void park(const RequestPtr& request, bool asking, Backend* to);
+  // What the client's later commands for `request`'s slot have become.
+  enum class Later : std::uint8_t { kNone, kSent, kDone };
+  Later later_on_slot(const Request& request) const;
+  // Reading pauses and resumes with the process's bounds (called on every tick for a paused client).
+  void pause_or_resume_reading();
 
   std::uint64_t id() const { return id_; }
   // Writes every reply that is ready, in order (called by the worker once per loop iteration).
@@ -56,16 +76,22 @@ class Session {
   // Commands the proxy answers itself (PING, SELECT, CLIENT, INFO, ...). False if `name` is not one of them.
   bool answer_locally(const std::string& name, Args args);
   void queue_transaction(Args args, std::string_view raw, std::string name, const CommandInfo* cmd);
+  void discard_transaction();
   void exec_transaction();
 
   RequestPtr new_request(std::string name, const CommandInfo* cmd);
   // A reply the proxy writes itself, in its place among the client's pending replies.
   void answer(std::string_view name, std::string reply);
   void enqueue(const RequestPtr& request);
+  // The error a command gets before it is sent anywhere (unknown, wrong arity, refused, ...), or "" when it
+  // may go on. The same checks for a command alone and for one queued in a transaction.
+  std::string refusal(Args args, const std::string& name, const CommandInfo* cmd, bool in_transaction);
   void split(const RequestPtr& parent, Args args, const std::vector<std::size_t>& keys, std::size_t step);
   void fan_out(const RequestPtr& parent, Args args, Merge merge);
   void scan(Args args, const std::string& name, const CommandInfo* cmd);
-  void pause_or_resume_reading();
+  bool client_command(Args args);
+  // RESET: the connection's state back to a new connection's.
+  void reset_state();
   std::string info_reply(std::string_view section);
 
   static void on_alloc(uv_handle_t* handle, std::size_t suggested, uv_buf_t* buf);
@@ -88,12 +114,24 @@ class Session {
   bool dirty_ = false;          // has replies ready; the worker flushes it at the end of the loop iteration
   std::size_t held_bytes_ = 0;  // replies answered but waiting behind an earlier, unanswered one
   bool closing_ = false;
-  bool quit_after_flush_ = false;
+  bool quit_after_flush_ = false;  // QUIT or a protocol error: nothing more is read; close once answered
+  // CLIENT REPLY OFF / SKIP: replies the client asked not to get are dropped (Request::silent).
+  bool reply_off_ = false;
+  bool skip_next_reply_ = false;
   // Requests kept back for a slot hold, in the client's order (see held_requests.h); empty but during a hold.
   std::deque<RequestPtr> on_hold_;
   std::uint64_t next_seq_ = 0;  // numbers the client's commands (Request::seq)
-  // Blocking commands get connections of their own, one per node, for as long as the client stays.
+  // Blocking commands get connections of their own, one per node, kept while the client uses them.
   std::map<std::string, std::unique_ptr<Backend>> dedicated_;
+  // Per-client order through retries (retry_started): the seqs of requests waiting to be sent again, and the
+  // later requests parked behind them.
+  std::multiset<std::uint64_t> retrying_;
+  struct Parked {
+    RequestPtr request;
+    bool asking = false;
+    Backend* to = nullptr;
+  };
+  std::deque<Parked> parked_;
 
   // MULTI ... EXEC: commands are checked and queued here, then sent as one block to the node of their slot.
   bool in_multi_ = false;

@@ -38,6 +38,7 @@ struct Stats {
   Counter errors_backend;      // lost connection after a non-idempotent command was sent
   Counter errors_crossslot;    // multi-key commands that cannot be split
   Counter errors_refused;      // administrative or unsupported commands
+  Counter errors_reordered;    // not sent again: a later command of the client for its slot already ran
   Counter moved;               // MOVED replies met
   Counter ask;                 // ASK replies met
   Counter tryagain;            // TRYAGAIN replies met
@@ -99,6 +100,8 @@ inline constexpr CounterInfo kCounters[] = {
     {"proxy", "errors_backend_lost", &Stats::errors_backend, "writes lost with their backend connection"},
     {"proxy", "errors_crossslot", &Stats::errors_crossslot, "multi-key commands refused with CROSSSLOT"},
     {"proxy", "errors_refused", &Stats::errors_refused, "administrative or unsupported commands refused"},
+    {"proxy", "errors_not_retried", &Stats::errors_reordered,
+     "errors passed on rather than retried, since a later command of the client for the slot already ran"},
     {"proxy", "redirects_moved", &Stats::moved, "MOVED replies met and followed"},
     {"proxy", "redirects_ask", &Stats::ask, "ASK replies met and followed"},
     {"proxy", "redirects_tryagain", &Stats::tryagain, "TRYAGAIN replies met and retried"},

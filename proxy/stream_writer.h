@@ -20,8 +20,15 @@ class StreamWriter {
   std::string& buffer() { return out_; }
   // Bytes accepted but not yet handed to the kernel.
   std::size_t pending_bytes() const { return out_.size() + in_flight_; }
-  // Bytes handed to the kernel since attach, in total.
+  // Bytes handed to the kernel since attach, in total, as far as the write callbacks have said.
   std::uint64_t written_total() const { return written_; }
+  // Bytes the kernel has taken since attach, counting those of a write still in progress: libuv writes a
+  // queued buffer piece by piece and calls back only once the whole buffer is out, so a connection that dies
+  // meanwhile has sent more than written_total() says. What lies beyond this count never left the process.
+  std::uint64_t kernel_total() const {
+    const std::size_t queued = stream_ ? uv_stream_get_write_queue_size(stream_) : 0;
+    return written_ + (in_flight_ > queued ? in_flight_ - queued : 0);
+  }
   bool idle() const { return out_.empty() && in_flight_ == 0; }
 
   // Returns a libuv error code (< 0) when the stream failed; 0 otherwise.
@@ -34,13 +41,17 @@ class StreamWriter {
     if (n < 0) return n;
     written_ += static_cast<std::uint64_t>(n);
     if (static_cast<std::size_t>(n) == out_.size()) {
-      out_.clear();
+      release_if_large();
       return 0;
     }
     auto* w = new Write;
     w->writer = this;
-    w->data.assign(out_, static_cast<std::size_t>(n));
-    out_.clear();
+    if (n == 0) {
+      w->data.swap(out_);  // a large reply is handed on, not copied
+    } else {
+      w->data.assign(out_, static_cast<std::size_t>(n));
+      release_if_large();
+    }
     in_flight_ = w->data.size();
     w->req.data = w;
     uv_buf_t rest = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
@@ -78,6 +89,15 @@ class StreamWriter {
     if (!self->out_.empty()) {
       const int rc = self->flush();
       if (rc < 0 && self->on_error) self->on_error(self->owner, rc);
+    }
+  }
+
+  // Empties the buffer, giving its memory back when one large reply made it grow.
+  void release_if_large() {
+    if (out_.capacity() > (1u << 20)) {
+      std::string().swap(out_);
+    } else {
+      out_.clear();
     }
   }
 

@@ -11,6 +11,7 @@
 
 #include "common/resp.h"
 #include "proxy/errors.h"
+#include "proxy/scan_cursor.h"
 #include "proxy/session.h"
 
 namespace slotshift::proxy {
@@ -207,10 +208,20 @@ void Worker::flush_backends() {
     b->flush();
 }
 
+Session* Worker::owner_of(const Request& r) {
+  if (r.session) return r.session;
+  return r.parent ? r.parent->session : nullptr;
+}
+
 void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
   if (r->done) return;
   if (r->blocking && !r->session) {
     r->done = true;  // the client that asked is gone
+    return;
+  }
+  // An earlier command of the same client waits to be sent again: this one may not overtake it.
+  if (Session* owner = owner_of(*r); owner && owner->must_wait(*r)) {
+    owner->park(r, asking, to);
     return;
   }
   // While this worker has no hold, slot holds cost the request path this test of a bool (and a counter per
@@ -227,14 +238,28 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
                             : std::string("topology unknown"));
     return;
   }
-  if (r->blocking) b = r->session->dedicated(b->address());
+  if (r->blocking) {
+    b = r->session->dedicated(b->address());
+    if (!b) {
+      stats_.errors_refused.add();
+      complete(r, errors::too_many_blocking(config_.max_blocking_connections));
+      return;
+    }
+  }
   b->send(r, asking);
 }
 
-void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::string_view cause) {
+void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::string_view cause,
+                         std::string_view server_error) {
   if (r->done) return;
-  const std::uint64_t at = now_ms() + delay_ms;
-  if (r->deadline_ms != 0 && at >= r->deadline_ms) {
+  const std::uint64_t now = now_ms();
+  const std::uint64_t at = now + delay_ms;
+  // A blocking command has no deadline while the server blocks it, but its waits in the proxy have one: a
+  // BLPOP during CLUSTERDOWN gets an error after request-timeout, as any other command.
+  if (r->deadline_ms == 0 && r->wait_deadline_ms == 0)
+    r->wait_deadline_ms = now + static_cast<std::uint64_t>(config_.request_timeout.count());
+  r->sent = false;
+  if (at >= r->wait_deadline()) {
     stats_.errors_timeout.add();
     complete(r, errors::timeout(cause));
     return;
@@ -242,8 +267,38 @@ void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::strin
   ++r->attempt;
   r->retry_at_ms = at;
   r->last_cause = std::string(cause);
+  r->last_error = std::string(server_error);
   stats_.retries.add();
+  if (!r->retrying) {
+    r->retrying = true;
+    if (Session* owner = owner_of(*r)) owner->retry_started(*r);
+  }
   retries_.push_back(r);
+}
+
+void Worker::retry_due(const RequestPtr& r, std::uint64_t now) {
+  Session* owner = owner_of(*r);
+  if (owner && r->has_slot) {
+    // Sending it again is safe only if no later command of the client for the same slot has been sent
+    // meanwhile: that one could then run first (SET k 10 sent again after SET k 20 leaves 10). One still at a
+    // node is waited for; one already answered means this one can no longer keep its place, and the client
+    // gets the error that stopped it, as from Redis itself.
+    switch (owner->later_on_slot(*r)) {
+      case Session::Later::kNone:
+        break;
+      case Session::Later::kSent:
+        r->retry_at_ms = now + kTickMs;
+        retries_.push_back(r);
+        return;
+      case Session::Later::kDone:
+        stats_.errors_reordered.add();
+        complete(r, r->last_error.empty() ? errors::not_retried(r->last_cause) : r->last_error);
+        return;
+    }
+  }
+  r->retrying = false;
+  if (owner) owner->retry_ended(*r);
+  dispatch(r);
 }
 
 bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
@@ -277,7 +332,7 @@ bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
     if (clusterdown) router_.refresh_soon();
     // 10, 20, 40, 80, then every 100 ms, until the deadline.
     const std::uint64_t backoff = std::min<std::uint64_t>(100, 10ull << std::min(r->attempt, 3u));
-    retry_later(r, backoff, std::string(err.substr(1, err.size() - 3)));
+    retry_later(r, backoff, std::string(err.substr(1, err.size() - 3)), err);
     return true;
   }
   if (err.starts_with("-NOREPLICAS")) {
@@ -290,7 +345,7 @@ bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
     if (r->refused_since_ms == 0) r->refused_since_ms = now;
     if (now - r->refused_since_ms >= kNoReplicasPatienceMs) return false;
     retry_later(r, std::min<std::uint64_t>(20, 2ull << std::min(r->attempt, 3u)),
-                std::string(err.substr(1, err.size() - 3)));
+                std::string(err.substr(1, err.size() - 3)), err);
     return true;
   }
   return false;
@@ -331,7 +386,12 @@ void Worker::on_backend_reply(const RequestPtr& r, std::string reply) {
 void Worker::complete(const RequestPtr& r, std::string reply) {
   if (r->done) return;
   r->done = true;
+  r->sent = false;
   r->reply = std::move(reply);
+  if (r->retrying) {
+    r->retrying = false;
+    if (Session* owner = owner_of(*r)) owner->retry_ended(*r);
+  }
   if (r->parent) {
     RequestPtr parent = r->parent;
     if (parent->done) return;
@@ -418,11 +478,19 @@ std::string Worker::merge_parts(Request& p) {
       const auto [e, ec] =
           std::from_chars(cursor.str.data(), cursor.str.data() + cursor.str.size(), node_cursor);
       if (ec != std::errc() || e != cursor.str.data() + cursor.str.size()) return unexpected(part);
+      if (node_cursor > scan_cursor::kMaxNodeCursor) return std::string(errors::kScanCursorTooLarge);
       std::uint64_t next = 0;
       if (node_cursor != 0) {
-        next = (node_cursor << 10) | p.scan_node;
-      } else if (p.scan_node + 1 < p.scan_nodes) {
-        next = p.scan_node + 1;
+        next = scan_cursor::encode({p.scan_slot, p.scan_tag, node_cursor});
+      } else {
+        // That master is done: on to the master with the next lowest slot, in the map as it is now.
+        const auto walk = router_.masters_by_lowest_slot();
+        for (const auto& [slot, backend] : walk) {
+          if (slot > p.scan_slot) {
+            next = scan_cursor::encode({slot, scan_cursor::tag_of(backend->name()), 0});
+            break;
+          }
+        }
       }
       resp::append_array_header(out, 2);
       resp::append_bulk(out, std::to_string(next));
@@ -446,12 +514,12 @@ void Worker::on_tick() {
     retries_ = std::move(later);
     for (auto& r : due) {
       if (r->done) continue;
-      if (r->deadline_ms != 0 && now >= r->deadline_ms) {
+      if (r->wait_deadline() != 0 && now >= r->wait_deadline()) {
         stats_.errors_timeout.add();
         complete(r, errors::timeout(r->last_cause));
         continue;
       }
-      dispatch(r);
+      retry_due(r, now);
     }
   }
   if (held_.active()) held_.on_tick(now);
@@ -460,6 +528,8 @@ void Worker::on_tick() {
   for (Session* s : std::vector<Session*>(sessions_.begin(), sessions_.end())) {
     s->check_deadlines(now);
     s->check_idle(now);
+    // Reading resumes once the process's bounds allow it (bytes in flight drain without this client).
+    if (!s->reading_ && !s->closing_) s->pause_or_resume_reading();
   }
   const bool stale =
       now - router_.last_refresh_ms() >= static_cast<std::uint64_t>(config_.refresh_interval.count());

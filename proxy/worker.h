@@ -66,8 +66,11 @@ class Worker {
   void dispatch(const RequestPtr& request, bool asking = false, Backend* to = nullptr);
   // A backend's reply for `request`: follows MOVED/ASK, backs off on TRYAGAIN/CLUSTERDOWN, else completes.
   void on_backend_reply(const RequestPtr& request, std::string reply);
-  // Sends `request` again after `delay_ms` (0: at the next timer tick), within its deadline.
-  void retry_later(const RequestPtr& request, std::uint64_t delay_ms, std::string_view cause);
+  // Sends `request` again after `delay_ms` (0: at the next timer tick), within its deadline. `server_error`
+  // is the server's own error that made it retry, if one did: it is what the client gets if the request may
+  // not be sent again (see Session::retry_started).
+  void retry_later(const RequestPtr& request, std::uint64_t delay_ms, std::string_view cause,
+                   std::string_view server_error = {});
   // The request's final reply (a part's reply goes to its parent, which merges once every part is in).
   void complete(const RequestPtr& request, std::string reply);
 
@@ -80,9 +83,15 @@ class Worker {
   void flush_backends();
 
   void session_closed(Session* session);
+  // Bytes of requests at this worker's backends, not answered yet (Config::max_inflight_bytes).
+  std::size_t inflight_bytes() const { return inflight_bytes_; }
 
  private:
   void on_tick();
+  // The client a request (or the command it is a part of) comes from; null once the client is gone.
+  static Session* owner_of(const Request& request);
+  // A retry whose time has come: sent again, kept waiting, or answered (see Session::retry_started).
+  void retry_due(const RequestPtr& request, std::uint64_t now);
   // MOVED/ASK/TRYAGAIN/CLUSTERDOWN: acts on it and returns true; false for any other error.
   bool follow_redirect(const RequestPtr& request, std::string_view error);
   std::string merge_parts(Request& parent);
@@ -112,10 +121,12 @@ class Worker {
   std::vector<RequestPtr> retries_;
   std::unordered_set<Session*> sessions_;
   HeldRequests held_;
+  std::size_t inflight_bytes_ = 0;
   bool stopping_ = false;
 
   friend class Session;
   friend class HeldRequests;
+  friend class Backend;
 };
 
 // The whole process: its workers, the configuration and what is counted across workers.
@@ -131,6 +142,8 @@ class Proxy {
   const std::vector<std::unique_ptr<Worker>>& workers() const { return workers_; }
   std::atomic<std::size_t>& clients() { return clients_; }
   std::atomic<std::uint64_t>& next_client_id() { return next_client_id_; }
+  // Connections of clients' own, for blocking commands, open now (Config::max_blocking_connections).
+  std::atomic<std::size_t>& blocking_connections() { return blocking_connections_; }
   std::uint64_t start_time_ms() const { return start_time_ms_; }
   // Every worker's counters added up (callable from any thread).
   Totals totals() const;
@@ -145,6 +158,7 @@ class Proxy {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<std::size_t> clients_{0};
   std::atomic<std::uint64_t> next_client_id_{1};
+  std::atomic<std::size_t> blocking_connections_{0};
   std::uint64_t start_time_ms_ = 0;
   HoldRegistry holds_;
 };
