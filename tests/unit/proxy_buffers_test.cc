@@ -2,10 +2,14 @@
 // the whole-cluster SCAN cursor.
 #include <doctest/doctest.h>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <string>
 
 #include "proxy/buffer.h"
 #include "proxy/scan_cursor.h"
+#include "proxy/stream_writer.h"
 
 using namespace slotshift;
 using namespace slotshift::proxy;
@@ -67,4 +71,44 @@ TEST_CASE("the SCAN cursor carries the slot, the tag and the node's cursor, and 
     CHECK(tag_of(address) != 0);
   CHECK(tag_of("127.0.0.1:7000") != tag_of("127.0.0.1:7001"));
   CHECK(decode(0).tag == 0);
+}
+
+TEST_CASE("bytes the kernel took count as sent even while their write is still in progress") {
+  // A connection whose peer reads nothing: the kernel takes what its buffers hold and libuv keeps the rest,
+  // and the write's callback (which written_total() waits for) never comes. A request whose bytes were all
+  // taken may have run on the node, and must not be counted as unsent if the connection then dies.
+  int fds[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+  int small = 16 * 1024;
+  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  uv_pipe_t pipe;
+  uv_pipe_init(&loop, &pipe, 0);
+  REQUIRE(uv_pipe_open(&pipe, fds[0]) == 0);
+  StreamWriter out;
+  out.attach(reinterpret_cast<uv_stream_t*>(&pipe));
+  const std::size_t total = 4u << 20;
+  out.buffer().assign(total, 'x');
+  REQUIRE(out.flush() == 0);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  const std::uint64_t taken = out.kernel_total();
+  CHECK(taken < total);  // the rest never left the process
+  // Read a little: the kernel takes more of the write in progress, whose callback has not come.
+  char sink[8192];
+  std::size_t drained = 0;
+  while (drained < 256 * 1024) {
+    const ssize_t n = ::read(fds[1], sink, sizeof sink);
+    if (n <= 0) break;
+    drained += static_cast<std::size_t>(n);
+    uv_run(&loop, UV_RUN_NOWAIT);
+  }
+  CHECK(out.kernel_total() > taken);
+  CHECK(out.written_total() < out.kernel_total());
+  CHECK(out.kernel_total() < total);
+  uv_close(reinterpret_cast<uv_handle_t*>(&pipe), nullptr);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  ::close(fds[1]);
 }
