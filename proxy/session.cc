@@ -164,6 +164,9 @@ RequestPtr make_part(const RequestPtr& parent, std::size_t index) {
   return part;
 }
 
+// Longer than any retry's backoff (Worker::follow_redirect, Backend::fail).
+constexpr std::uint64_t kParkedAfterCloseMs = 150;
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -235,6 +238,10 @@ void Session::close() {
   worker_.session_closed(this);
   if (dirty_) worker_.forget_dirty(this);
   if (!on_hold_.empty()) worker_.held().session_closing(*this);
+  // Commands the client sent before it hung up still run, as on a single Redis: parked ones go after the
+  // longest retry backoff, so behind the earlier command they waited for.
+  for (auto& p : parked_)
+    worker_.retry_later(p.request, kParkedAfterCloseMs, "sent after its client closed");
   parked_.clear();
   for (auto& [name, backend] : dedicated_)
     backend->shutdown();
