@@ -12,8 +12,10 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string_view>
 
 namespace slotshift::proxy {
@@ -72,17 +74,24 @@ class ReadBuffer {
   }
 
  private:
-  // Moves the unconsumed bytes to the front of a new allocation of `cap` bytes.
+  // Moves the unconsumed bytes to the front, then resizes to `cap` bytes. With realloc, a large buffer
+  // (which the C library maps on its own) grows or shrinks by remapping its pages instead of copying them and
+  // touching fresh ones: on a virtual machine, page faults are what a large message costs most.
   void reallocate(std::size_t cap) {
-    std::unique_ptr<char[]> fresh(new char[cap]);
-    if (size() > 0) std::memcpy(fresh.get(), data_.get() + begin_, size());
-    data_ = std::move(fresh);
-    capacity_ = cap;
+    if (begin_ > 0 && size() > 0) std::memmove(data_.get(), data_.get() + begin_, size());
     end_ -= begin_;
     begin_ = 0;
+    char* grown = static_cast<char*>(std::realloc(data_.get(), cap));
+    if (!grown) throw std::bad_alloc();
+    (void)data_.release();
+    data_.reset(grown);
+    capacity_ = cap;
   }
 
-  std::unique_ptr<char[]> data_;
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  std::unique_ptr<char, Free> data_;
   std::size_t initial_;
   std::size_t capacity_ = 0;
   std::size_t begin_ = 0;

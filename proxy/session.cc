@@ -243,10 +243,11 @@ void Session::close() {
   for (auto& p : parked_)
     worker_.retry_later(p.request, kParkedAfterCloseMs, "sent after its client closed");
   parked_.clear();
+  // The connections are closed now but freed with the session: a callback of one of them may be what closes
+  // the client.
   for (auto& [name, backend] : dedicated_)
     backend->shutdown();
   worker_.proxy().blocking_connections().fetch_sub(dedicated_.size());
-  dedicated_.clear();
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_),
            [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
 }
@@ -259,28 +260,46 @@ Backend* Session::dedicated(const HostPort& node) {
   auto& count = worker_.proxy().blocking_connections();
   if (count.fetch_add(1) >= worker_.config().max_blocking_connections) {
     count.fetch_sub(1);
-    return nullptr;
+    // At the cap: connections that no blocking command uses any more (their clients' last ones returned less
+    // than 2 s ago) are closed to make room, in this worker; only connections in use are worth a refusal.
+    if (worker_.close_idle_dedicated() == 0 ||
+        count.fetch_add(1) >= worker_.config().max_blocking_connections) {
+      count.fetch_sub(1);
+      return nullptr;
+    }
   }
   auto& b = dedicated_[key];
   b = std::make_unique<Backend>(worker_, node);
   return b.get();
 }
 
-void Session::check_deadlines(std::uint64_t now_ms) {
-  // A connection of this client's own that has had nothing to do for a while is closed, so that the cap
-  // counts blocking commands rather than clients that once ran one.
-  constexpr std::uint64_t kIdleDedicatedMs = 2000;
+std::size_t Session::close_idle_dedicated(std::uint64_t idle_ms) {
+  std::size_t closed = 0;
+  if (closing_) return 0;  // close() has closed them all
+  const std::uint64_t now = worker_.now_ms();
   for (auto it = dedicated_.begin(); it != dedicated_.end();) {
     Backend& b = *it->second;
-    b.check_deadlines(now_ms);
-    if (b.inflight() == 0 && now_ms - b.last_activity_ms() > kIdleDedicatedMs) {
+    if (b.inflight() == 0 && now - b.last_activity_ms() >= idle_ms) {
+      // Closed now, freed at the worker's next tick: this may run inside a callback of that very connection.
       b.shutdown();
+      worker_.retire(std::move(it->second));
       it = dedicated_.erase(it);
       worker_.proxy().blocking_connections().fetch_sub(1);
+      ++closed;
     } else {
       ++it;
     }
   }
+  return closed;
+}
+
+void Session::check_deadlines(std::uint64_t now_ms) {
+  // A connection of this client's own that has had nothing to do for a while is closed, so that the cap
+  // counts blocking commands rather than clients that once ran one.
+  constexpr std::uint64_t kIdleDedicatedMs = 2000;
+  for (auto& [name, backend] : dedicated_)
+    backend->check_deadlines(now_ms);
+  close_idle_dedicated(kIdleDedicatedMs);
 }
 
 void Session::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {

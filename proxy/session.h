@@ -37,6 +37,8 @@ class Session {
   // The session's own connection to `node`, for blocking commands; null when the process has
   // max-blocking-connections of them already.
   Backend* dedicated(const HostPort& node);
+  // Closes the session's own connections that have had no command for `idle_ms`; returns how many.
+  std::size_t close_idle_dedicated(std::uint64_t idle_ms);
   // Answers what passed its deadline on the session's own connections, and closes those idle for a while.
   void check_deadlines(std::uint64_t now_ms);
 

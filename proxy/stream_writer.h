@@ -44,17 +44,14 @@ class StreamWriter {
       release_if_large();
       return 0;
     }
+    // The rest is written from where the kernel stopped, out of the buffer itself: a large reply is handed
+    // on, never copied.
     auto* w = new Write;
     w->writer = this;
-    if (n == 0) {
-      w->data.swap(out_);  // a large reply is handed on, not copied
-    } else {
-      w->data.assign(out_, static_cast<std::size_t>(n));
-      release_if_large();
-    }
-    in_flight_ = w->data.size();
+    w->data.swap(out_);
+    in_flight_ = w->data.size() - static_cast<std::size_t>(n);
     w->req.data = w;
-    uv_buf_t rest = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    uv_buf_t rest = uv_buf_init(w->data.data() + n, static_cast<unsigned>(in_flight_));
     const int rc = uv_write(&w->req, stream_, &rest, 1, &StreamWriter::on_write);
     if (rc < 0) {
       in_flight_ = 0;
@@ -78,7 +75,7 @@ class StreamWriter {
   static void on_write(uv_write_t* req, int status) {
     auto* w = static_cast<Write*>(req->data);
     StreamWriter* self = w->writer;
-    const std::size_t bytes = w->data.size();
+    const std::size_t bytes = self->in_flight_;
     delete w;
     self->in_flight_ = 0;
     if (status < 0) {

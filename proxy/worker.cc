@@ -57,6 +57,7 @@ Worker::Worker(Proxy& proxy, const Config& config, int index)
 }
 
 Worker::~Worker() {
+  retired_.clear();
   backends_.clear();
   uv_loop_close(&loop_);
 }
@@ -177,6 +178,13 @@ void Worker::on_connection(uv_stream_t* server, int status) {
 
 void Worker::session_closed(Session* session) {
   sessions_.erase(session);
+}
+
+std::size_t Worker::close_idle_dedicated() {
+  std::size_t closed = 0;
+  for (Session* s : sessions_)
+    closed += s->close_idle_dedicated(0);
+  return closed;
 }
 
 Backend* Worker::backend(const HostPort& node) {
@@ -505,6 +513,7 @@ std::string Worker::merge_parts(Request& p) {
 
 void Worker::on_tick() {
   if (stopping_) return;
+  retired_.clear();
   const std::uint64_t now = now_ms();
   if (!retries_.empty()) {
     std::vector<RequestPtr> due;

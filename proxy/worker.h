@@ -83,6 +83,10 @@ class Worker {
   void flush_backends();
 
   void session_closed(Session* session);
+  // Frees a backend at the next tick, out of any callback of its own.
+  void retire(std::unique_ptr<Backend> backend) { retired_.push_back(std::move(backend)); }
+  // Closes every client's own connection that no blocking command uses now; returns how many.
+  std::size_t close_idle_dedicated();
   // Bytes of requests at this worker's backends, not answered yet (Config::max_inflight_bytes).
   std::size_t inflight_bytes() const { return inflight_bytes_; }
 
@@ -116,6 +120,7 @@ class Worker {
   Stats stats_;
   Router router_;
   std::map<std::string, std::unique_ptr<Backend>> backends_;  // by "host:port"
+  std::vector<std::unique_ptr<Backend>> retired_;
   std::vector<Backend*> dirty_;
   std::vector<Session*> dirty_sessions_;
   std::vector<RequestPtr> retries_;
