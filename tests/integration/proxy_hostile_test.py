@@ -1087,7 +1087,8 @@ class HostileClients(ProxyTestCase):
     # 15 ----------------------------------------------------------------------------------------------------------
     def test_15_out_of_file_descriptors(self):
         wait_for_binary()
-        proxy = guard(LimitedProxy(self.cluster, threads=1, nofile=64))
+        # The BLPOP below waits in the proxy for a connection it cannot open, until its request timeout.
+        proxy = guard(LimitedProxy(self.cluster, "--request-timeout-ms", "1000", threads=1, nofile=64))
         self.addCleanup(stop_if_running, proxy)
         kept = []
         try:
@@ -1194,10 +1195,13 @@ class ScanThroughTopologyChanges(ProxyTestCase):
         cursor, seen, first, walking = self.scan_until_second_master(r, owner)
         log("SCAN: %d keys seen when it reached the second master" % len(seen))
         untouched = next(m for m in set(owner) if m not in (first, walking))
-        view = self.cluster.view(self.cluster.nodes[0])
         for master_id in (untouched, walking):
-            replica = next(e.addr for e in view if e.master_id == master_id)
-            self.failover(replica)
+            # A node learns of the cluster's replicas by gossip: wait until the one asked knows this one's.
+            replicas = []
+            self.assertTrue(wait_until(lambda: replicas.extend(
+                e.addr for e in self.cluster.view(self.cluster.nodes[0]) if e.master_id == master_id) or replicas,
+                20, interval=0.2), "no replica of %s known" % master_id)
+            self.failover(replicas[0])
         self.cluster.wait_consistent()
         time.sleep(1)  # the proxy's map is reloaded every 200 ms
         self.finish_scan(r, cursor, seen)
