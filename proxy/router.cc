@@ -101,7 +101,7 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
     }
     return;
   }
-  const TopologyResult parsed = shards ? parse_cluster_shards(value) : parse_cluster_slots(value);
+  TopologyResult parsed = shards ? parse_cluster_shards(value) : parse_cluster_slots(value);
   if (!parsed.ok()) {
     std::fprintf(stderr, "slotshift-proxy: ignoring the topology from %s: %s\n",
                  refresh_candidates_[candidate].str().c_str(), parsed.error.c_str());
@@ -127,6 +127,7 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
   masters_ = std::move(masters);
   loaded_ = true;
   refreshing_ = false;
+  worker_.proxy().topology_loaded(make_snapshot(std::move(parsed.topology)));
 }
 
 std::vector<std::pair<Slot, Backend*>> Router::masters_by_lowest_slot() const {

@@ -8,6 +8,7 @@
 #include "common/host_port.h"
 #include "common/topology.h"
 #include "proxy/held_requests.h"
+#include "proxy/route_check.h"
 #include "proxy/worker.h"
 
 namespace slotshift::proxy {
@@ -346,6 +347,17 @@ ControlReply SlotControl::route(std::string_view body) {
   std::string why;
   const auto node = parse_host_port((*j)["node"].get<std::string>(), why);
   if (!node) return error_reply(400, "'node': " + why);
+
+  // A ROUTE moves every client's commands for the slots at once, and no MOVED would correct a wrong one: the
+  // cluster must agree before any worker follows it (route_check.h). It costs a connection and one command
+  // to the node per ROUTE, within the connect timeout; the orchestrator sends one ROUTE per batch.
+  const RouteVerdict verdict = check_route(*slots, *node, proxy_.topology(), proxy_.config().seeds,
+                                           std::min(proxy_.config().connect_timeout, kRouteCheck));
+  if (!verdict.ok()) {
+    json refusal{{"error", verdict.error + "; nothing was routed"}, {"node", node->str()}};
+    if (verdict.not_owned.any()) refusal["not_owned"] = verdict.not_owned.str();
+    return reply(verdict.status, refusal);
+  }
 
   const auto& workers = proxy_.workers();
   auto call = std::make_shared<ControlCall>(workers.size());

@@ -170,6 +170,8 @@ class SlotControl {
   static constexpr std::chrono::milliseconds kWorkerAnswer{5000};
   // How long a HOLD that did not drain waits for the workers to say what is still at a backend.
   static constexpr std::chrono::milliseconds kDescribeAnswer{50};
+  // Longest a ROUTE's check of its node may take (route_check.h): the connect timeout, at most this.
+  static constexpr std::chrono::milliseconds kRouteCheck{2000};
 
  private:
   Proxy& proxy_;

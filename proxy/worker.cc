@@ -579,6 +579,16 @@ std::size_t Proxy::held_bytes() const {
   return n;
 }
 
+void Proxy::topology_loaded(TopologySnapshot topology) {
+  std::lock_guard lock(topology_mutex_);
+  topology_ = std::move(topology);
+}
+
+TopologySnapshot Proxy::topology() const {
+  std::lock_guard lock(topology_mutex_);
+  return topology_;
+}
+
 bool Proxy::ready() const {
   for (const auto& w : workers_) {
     if (!w->router().ready()) return false;

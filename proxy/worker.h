@@ -16,6 +16,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "common/topology.h"
 #include "proxy/backend.h"
 #include "proxy/config.h"
 #include "proxy/held_requests.h"
@@ -157,6 +158,10 @@ class Proxy {
   HoldRegistry& holds() { return holds_; }
   // Bytes of requests held for slot holds, in every worker (callable from any thread).
   std::size_t held_bytes() const;
+  // The topology a worker loaded last (its CLUSTER SHARDS or SLOTS), published whole; null before the first
+  // load. The admin endpoint checks a ROUTE against it (route_check.h). Callable from any thread.
+  void topology_loaded(TopologySnapshot topology);
+  TopologySnapshot topology() const;
 
  private:
   Config config_;
@@ -166,6 +171,8 @@ class Proxy {
   std::atomic<std::size_t> blocking_connections_{0};
   std::uint64_t start_time_ms_ = 0;
   HoldRegistry holds_;
+  mutable std::mutex topology_mutex_;  // taken once per reload, and by a ROUTE: never on a request's path
+  TopologySnapshot topology_;
 };
 
 }  // namespace slotshift::proxy

@@ -5,9 +5,11 @@ redis-cli) on a real Redis Cluster. Run by ctest; runs alone too: tests/integrat
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -72,6 +74,18 @@ class Background:
         if self.error:
             raise self.error
         return self.result
+
+
+def move_empty_slot(test, cluster, slot, dst):
+    """Moves an empty slot to dst by hand, as redis-cli --cluster reshard does (no key to migrate)."""
+    src_id = cluster.owners()[slot]
+    src = cluster.address(src_id)
+    dst_id = cluster.node_id(dst)
+    test.assertEqual(cluster.cli(dst, "cluster", "setslot", str(slot), "importing", src_id).strip(), "OK")
+    test.assertEqual(cluster.cli(src, "cluster", "setslot", str(slot), "migrating", dst_id).strip(), "OK")
+    for node in [dst, src] + [m for m in cluster.masters() if m not in (src, dst)]:
+        test.assertEqual(cluster.cli(node, "cluster", "setslot", str(slot), "node", dst_id).strip(), "OK")
+    cluster.wait_owner([slot], dst_id)
 
 
 class ControlCase(unittest.TestCase):
@@ -466,14 +480,7 @@ class RouteAfterMove(ControlCase):
     FLAGS = ("--request-timeout-ms", "20000", "--refresh-interval-ms", "3600000")
 
     def move_empty_slot(self, slot, dst):
-        """Moves an empty slot to dst by hand, as redis-cli --cluster reshard does (no key to migrate)."""
-        src, src_id = self.owner(slot)
-        dst_id = self.cluster.node_id(dst)
-        self.assertEqual(self.cluster.cli(dst, "cluster", "setslot", str(slot), "importing", src_id).strip(), "OK")
-        self.assertEqual(self.cluster.cli(src, "cluster", "setslot", str(slot), "migrating", dst_id).strip(), "OK")
-        for node in [dst, src] + [m for m in self.cluster.masters() if m not in (src, dst)]:
-            self.assertEqual(self.cluster.cli(node, "cluster", "setslot", str(slot), "node", dst_id).strip(), "OK")
-        self.cluster.wait_owner([slot], dst_id)
+        move_empty_slot(self, self.cluster, slot, dst)
 
     def other_master(self, slot):
         src, _ = self.owner(slot)
@@ -570,6 +577,147 @@ class RouteAfterMove(ControlCase):
         self.assertEqual(client(self.proxy).rpush(key, "x"), 1)
         self.assertEqual(blocked.join(15), (key.encode(), b"x"))
         self.assertEqual(redis.Redis(host=dst[0], port=dst[1]).exists(key), 0)
+
+
+class FakeClusterNode:
+    """A server that answers any command with a CLUSTER NODES in which it is a master owning every slot: a node
+    that lies about the cluster."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def serve(self):
+        text = ("%s 127.0.0.1:%d@%d myself,master - 0 0 1 connected 0-16383\n"
+                % ("f" * 40, self.port, self.port + 10000)).encode()
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.settimeout(2)
+                    conn.recv(65536)
+                    conn.sendall(b"$%d\r\n%s\r\n" % (len(text), text))
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+class RouteCheckedAgainstTheCluster(ControlCase):
+    """A ROUTE is followed only when its node is a node of the cluster that owns every slot of it."""
+
+    FLAGS = ("--request-timeout-ms", "20000", "--refresh-interval-ms", "3600000")
+
+    def route_status(self, slots, node):
+        return self.proxy.admin_call("POST", "/v1/slots/route", {"slots": slots, "node": node})
+
+    def still_served(self, keys):
+        """Every key written and read through the proxy, with no redirect met: the slot map is unchanged."""
+        info = self.r.info("proxy")
+        for k in keys:
+            self.assertTrue(self.r.set(k, "v-" + k))
+            self.assertEqual(self.r.get(k), ("v-" + k).encode())
+        after = self.r.info("proxy")
+        self.assertEqual(after["redirects_moved"] + after["redirects_ask"],
+                         info["redirects_moved"] + info["redirects_ask"])
+
+    def test_a_node_outside_the_cluster_is_refused(self):
+        status, out = self.route_status("0-16383", "127.0.0.1:1")
+        self.assertEqual(status, 400, out)
+        self.assertIn("127.0.0.1:1 is not a node of the cluster", out["error"])
+        self.assertIn("nothing was routed", out["error"])
+        self.still_served(["{out-%d}k" % i for i in range(20)])
+
+    def test_a_server_that_claims_every_slot_is_not_believed(self):
+        fake = FakeClusterNode()
+        self.addCleanup(fake.close)
+        status, out = self.route_status("0-16383", fake.address())
+        self.assertEqual(status, 400, out)
+        self.assertIn("%s (node id %s) is not a node of the cluster" % (fake.address(), "f" * 40), out["error"])
+        self.still_served(["{fake-%d}k" % i for i in range(20)])
+
+    def test_a_node_that_does_not_own_the_slots_is_refused(self):
+        a = self.slot("{nown-a}")
+        src, _ = self.owner(a)
+        dst = next(m for m in self.cluster.masters() if m != src)
+        owned = self.cluster.slots_of(dst)[:3]
+        # Some slots it owns and one it does not: the whole route is refused, and the answer names the one.
+        status, out = self.route_status(harness.format_slots(owned + [a]), "%s:%d" % dst)
+        self.assertEqual(status, 409, out)
+        self.assertEqual(out["not_owned"], str(a))
+        self.assertIn("%s:%d does not own slot(s) %d" % (dst[0], dst[1], a), out["error"])
+        self.still_served(["{nown-a}k%d" % i for i in range(10)])
+        # Its own slots alone are taken.
+        self.assertEqual(self.route(harness.format_slots(owned), "%s:%d" % dst)["routed"], harness.format_slots(owned))
+
+
+@unittest.skipUnless(harness.SERVER == "redis-7.0", "starts the host's redis-server as a node that joins")
+class RouteToANodeThatJustJoined(unittest.TestCase):
+    """A node that joined after the proxy loaded its topology is not in it: a node the proxy knows vouches for
+    it, and a move to it goes through."""
+
+    def setUp(self):
+        self.cluster = harness.Cluster(3, 0)
+        self.addCleanup(self.cluster.stop)
+        self.proxy = harness.Proxy(self.cluster, "--refresh-interval-ms", "3600000", admin=True, admin_token=TOKEN)
+        self.addCleanup(self.proxy.stop)
+
+    def join_new_node(self):
+        node_dir = tempfile.mkdtemp(prefix="joined.", dir=self.cluster.dir)
+        for _ in range(20):
+            port = harness.free_port() % 10000 + 20000
+            try:
+                for p in (port, port + 10000):
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", p))
+                break
+            except OSError:
+                continue
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                                 "--cluster-config-file", os.path.join(node_dir, "nodes.conf"), "--dir", node_dir,
+                                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+
+        def stop():
+            proc.kill()
+            proc.wait()
+            shutil.rmtree(node_dir, ignore_errors=True)
+        self.addCleanup(stop)
+        node = ("127.0.0.1", port)
+        deadline = time.time() + 10
+        while self.cluster.cli(node, "ping", check=False).strip() != "PONG":
+            self.assertLess(time.time(), deadline, "the new node did not start")
+            time.sleep(0.05)
+        self.assertEqual(self.cluster.cli(self.cluster.nodes[0], "cluster", "meet", "127.0.0.1", str(port)).strip(),
+                         "OK")
+        self.cluster.nodes.append(node)
+        # Until every node, the new one included, knows every other.
+        ids = {self.cluster.node_id(n) for n in self.cluster.nodes}
+        while any({e.id for e in self.cluster.view(n) if "handshake" not in e.flags} != ids for n in self.cluster.nodes):
+            self.assertLess(time.time(), deadline + 20, "the cluster did not meet the new node")
+            time.sleep(0.1)
+        return node
+
+    def test_a_route_to_it_goes_through(self):
+        r = redis.Redis(host="127.0.0.1", port=self.proxy.port, socket_timeout=30)
+        slot = r.execute_command("CLUSTER", "KEYSLOT", "{joined}k")
+        node = self.join_new_node()
+        move_empty_slot(self, self.cluster, slot, node)
+        status, out = self.proxy.admin_call("POST", "/v1/slots/route", {"slots": str(slot), "node": "%s:%d" % node})
+        self.assertEqual((status, out), (200, {"routed": str(slot), "node": "%s:%d" % node}))
+        moved = r.info("proxy")["redirects_moved"]
+        self.assertTrue(r.set("{joined}k", "here"))
+        self.assertEqual(r.info("proxy")["redirects_moved"], moved)
+        self.assertEqual(redis.Redis(host=node[0], port=node[1]).get("{joined}k"), b"here")
 
 
 if __name__ == "__main__":

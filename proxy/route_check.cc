@@ -1,0 +1,158 @@
+#include "proxy/route_check.h"
+
+#include <hiredis/hiredis.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <memory>
+#include <optional>
+
+namespace slotshift::proxy {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// What is left until `deadline` (at least a millisecond: hiredis takes a zero timeval as "no timeout").
+timeval time_left(Clock::time_point deadline) {
+  const auto left = std::max(std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()),
+                             std::chrono::microseconds(1000));
+  return timeval{static_cast<time_t>(left.count() / 1000000),
+                 static_cast<suseconds_t>(left.count() % 1000000)};
+}
+
+// `node`'s own view of the cluster (CLUSTER NODES, with its `myself` line); nullopt and `error` when it
+// cannot be had by `deadline`.
+std::optional<Topology> cluster_nodes(const HostPort& node, Clock::time_point deadline, std::string& error) {
+  if (Clock::now() >= deadline) {
+    error = "no time left to ask " + node.str();
+    return std::nullopt;
+  }
+  std::unique_ptr<redisContext, decltype(&redisFree)> ctx(
+      redisConnectWithTimeout(node.host.c_str(), node.port, time_left(deadline)), &redisFree);
+  if (!ctx || ctx->err) {
+    error = ctx ? "cannot connect: " + std::string(ctx->errstr) : std::string("cannot connect");
+    return std::nullopt;
+  }
+  if (redisSetTimeout(ctx.get(), time_left(deadline)) != REDIS_OK) {
+    error = "cannot set a timeout: " + std::string(ctx->errstr);
+    return std::nullopt;
+  }
+  std::unique_ptr<redisReply, decltype(&freeReplyObject)> reply(
+      static_cast<redisReply*>(redisCommand(ctx.get(), "CLUSTER NODES")), &freeReplyObject);
+  if (!reply) {
+    error = "no reply to CLUSTER NODES: " + std::string(ctx->errstr);
+    return std::nullopt;
+  }
+  if (reply->type == REDIS_REPLY_ERROR) {
+    error = "CLUSTER NODES: " + std::string(reply->str, reply->len);
+    return std::nullopt;
+  }
+  if (reply->type != REDIS_REPLY_STRING) {
+    error = "CLUSTER NODES: not a string reply";
+    return std::nullopt;
+  }
+  TopologyResult parsed = parse_cluster_nodes(std::string_view(reply->str, reply->len));
+  if (!parsed.ok()) {
+    error = "CLUSTER NODES: " + parsed.error;
+    return std::nullopt;
+  }
+  if (!parsed.topology.myself()) {
+    error = "CLUSTER NODES: no line is flagged myself";
+    return std::nullopt;
+  }
+  return std::move(parsed.topology);
+}
+
+// Whether `n` is reached at `node`, by any of the names the cluster gives it.
+bool reached_at(const Node& n, const HostPort& node) {
+  if (n.port != node.port && n.tls_port != node.port) return false;
+  return n.ip == node.host || n.endpoint == node.host || (!n.hostname.empty() && n.hostname == node.host);
+}
+
+// Whether `view` lists the node `id` at `node` (a node still in handshake is not a member yet).
+bool lists(const Topology& view, const std::string& id, const HostPort& node) {
+  const Node* n = view.find(id);
+  return n && !n->in_handshake() && reached_at(*n, node);
+}
+
+// Nodes the proxy already trusts to say who is in the cluster: the masters of its topology, then the seeds.
+std::vector<HostPort> trusted_nodes(const TopologySnapshot& known, const std::vector<HostPort>& seeds,
+                                    const HostPort& except) {
+  std::vector<HostPort> out;
+  auto add = [&](HostPort hp) {
+    if (hp.port != 0 && !hp.host.empty() && !(hp == except) &&
+        std::find(out.begin(), out.end(), hp) == out.end())
+      out.push_back(std::move(hp));
+  };
+  if (known) {
+    for (const Node* m : known->masters())
+      if (!m->failed() && !reached_at(*m, except)) add(HostPort{m->address(), m->port});
+  }
+  for (const auto& seed : seeds)
+    add(seed);
+  return out;
+}
+
+RouteVerdict refusal(int status, std::string error, const SlotSet& not_owned = {}) {
+  return {status, std::move(error), not_owned};
+}
+
+}  // namespace
+
+RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const TopologySnapshot& known,
+                         const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  const bool address_known = known && std::any_of(known->nodes.begin(), known->nodes.end(),
+                                                  [&node](const Node& n) { return reached_at(n, node); });
+  std::string error;
+  const auto own = cluster_nodes(node, deadline, error);
+  if (!own) {
+    if (!address_known) {
+      const std::string what =
+          " is not a node of the cluster: the proxy's topology does not list it, and it ";
+      return refusal(400, node.str() + what + "does not answer as one (" + error + ")");
+    }
+    return refusal(503, "cannot ask " + node.str() + " which slots it owns (" + error + ")");
+  }
+  const Node& me = *own->myself();
+
+  // Its own word says nothing about membership (any server can print any CLUSTER NODES): the proxy's topology
+  // must list it, or a node of that topology must, for a node that joined since the last reload.
+  if (!known || !lists(*known, me.id, node)) {
+    bool asked = false, member = false;
+    std::string why = "no node of the cluster known yet";
+    for (const auto& trusted : trusted_nodes(known, seeds, node)) {
+      if (const auto view = cluster_nodes(trusted, deadline, why)) {
+        asked = true;
+        member = lists(*view, me.id, node);
+        break;
+      }
+      why = trusted.str() + ": " + why;
+    }
+    if (!asked) {
+      const std::string what = " is a node of the cluster: none of its nodes answered in time (";
+      return refusal(503, "cannot confirm that " + node.str() + what + why + ")");
+    }
+    if (!member) {
+      return refusal(400,
+                     node.str() + " (node id " + me.id + ") is not a node of the cluster this proxy serves");
+    }
+  }
+
+  SlotSet owned;
+  if (me.is_master()) {
+    for (const SlotRange& r : me.slots)
+      for (unsigned s = r.first; s <= r.last; ++s)
+        owned.set(static_cast<Slot>(s));
+  }
+  SlotSet not_owned = slots;
+  not_owned -= owned;
+  if (not_owned.any()) {
+    const std::string what = me.is_master() ? "by its own CLUSTER NODES" : "it is a replica";
+    return refusal(409, node.str() + " does not own slot(s) " + not_owned.str() + " (" + what + ")",
+                   not_owned);
+  }
+  return {};
+}
+
+}  // namespace slotshift::proxy

@@ -1,0 +1,39 @@
+// The check a ROUTE passes before any worker follows it. A ROUTE points every worker's slot map at a node at
+// once, with no MOVED to correct it: a caller that is wrong (or hostile) would send every client's writes for
+// those slots anywhere, 127.0.0.1:1 included. So before the map changes, the cluster must agree:
+//
+//   - the node is a node of the cluster this proxy serves: the last topology a worker loaded lists it (same
+//     address, same node id), or, for a node that joined since, a node of that topology lists it;
+//   - the node owns every slot of the route by its own word: its CLUSTER NODES `myself` line lists them. The
+//     orchestrator sends ROUTE only after the new owner has claimed the slots, so a real move always passes.
+//
+// Each check is a blocking connection from the admin endpoint's thread: connect and one CLUSTER NODES, within
+// one deadline for the whole check. One round trip for a node the proxy knows, two for a node it has not
+// seen yet.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "common/host_port.h"
+#include "common/topology.h"
+#include "proxy/slot_control.h"
+
+namespace slotshift::proxy {
+
+struct RouteVerdict {
+  // 200: the route may be applied. 400: `node` is not a node of the cluster. 409: it does not own
+  // `not_owned`. 503: the node (or the cluster) could not be asked in time.
+  int status = 200;
+  std::string error;  // what a user is told when status is not 200
+  SlotSet not_owned;
+  bool ok() const { return status == 200; }
+};
+
+// Whether `node` may serve `slots` now. `known` is the proxy's last topology (may be null: none loaded yet);
+// `seeds` are asked when a node of `known` cannot be. Blocks for at most `timeout`.
+RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const TopologySnapshot& known,
+                         const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout);
+
+}  // namespace slotshift::proxy
