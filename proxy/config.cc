@@ -1,5 +1,10 @@
 #include "proxy/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -15,6 +20,8 @@ std::string load_config_file(const std::string& path, Config& config) {
     return path + ": not valid JSON: " + e.what();
   }
   if (!j.is_object()) return path + ": expected a JSON object";
+  if (j.contains("admin-token") && j.contains("admin-token-file"))
+    return path + ": give admin-token or admin-token-file, not both";
   try {
     for (auto it = j.begin(); it != j.end(); ++it) {
       const std::string& key = it.key();
@@ -65,6 +72,9 @@ std::string load_config_file(const std::string& path, Config& config) {
         config.admin = *hp;
       } else if (key == "admin-token") {
         config.admin_token = v.get<std::string>();
+      } else if (key == "admin-token-file") {
+        const auto why = read_token_file(v.get<std::string>(), config.admin_token);
+        if (!why.empty()) return path + ": admin-token-file: " + why;
       } else if (key == "allow-admin-commands") {
         config.allow_admin_commands = v.get<bool>();
       } else {
@@ -75,6 +85,44 @@ std::string load_config_file(const std::string& path, Config& config) {
     return path + ": " + e.what();
   }
   return "";
+}
+
+std::string read_token_file(const std::string& path, std::string& token) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "cannot read " + path;
+  // The token is the first line; a file much longer than a token is the wrong file.
+  constexpr std::size_t kMaxToken = 4096;
+  std::string text(kMaxToken + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  if (text.size() > kMaxToken) return path + " is longer than " + std::to_string(kMaxToken) + " bytes";
+  text.resize(std::min(text.find('\n'), text.size()));
+  if (!text.empty() && text.back() == '\r') text.pop_back();
+  if (text.empty()) return path + " is empty";
+  token = std::move(text);
+  return "";
+}
+
+bool is_loopback(const std::string& host) {
+  std::string lower = host;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (lower == "localhost") return true;
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, host.c_str(), &v6) == 1) {
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+std::string admin_endpoint_error(const Config& config) {
+  if (config.admin.port == 0 || !config.admin_token.empty() || is_loopback(config.admin.host)) return "";
+  return "--admin " + config.admin.str() +
+         " is not a loopback address, and no admin token is set: anyone "
+         "who reaches it could hold and route slots. Give a token (--admin-token-file FILE, "
+         "SLOTSHIFT_ADMIN_TOKEN or --admin-token), or listen on 127.0.0.1";
 }
 
 }  // namespace slotshift::proxy

@@ -43,13 +43,29 @@ struct Config {
   // read until their commands are released.
   std::size_t max_held_bytes = 64ull << 20;
 
-  // The admin endpoint (HTTP: /healthz, /readyz, /metrics, /stats, /v1/slots); off unless given.
+  // The admin endpoint (HTTP: /healthz, /readyz, /metrics, /stats, /v1/slots); off unless given. Without a
+  // token it may listen on a loopback address only (admin_endpoint_error()).
   HostPort admin{"", 0};
-  std::string admin_token;  // when set, required as "Authorization: Bearer <token>" (all but /healthz)
+  // When set, required as "Authorization: Bearer <token>" (all but /healthz). Given as --admin-token, as
+  // --admin-token-file (kept out of the command line, which `ps` shows to every user), in the environment
+  // (SLOTSHIFT_ADMIN_TOKEN), or in the config file ("admin-token", "admin-token-file").
+  std::string admin_token;
 };
 
 // Reads a JSON config file into `config`, leaving fields the file does not name as they are. Returns an error
 // message, empty on success.
 std::string load_config_file(const std::string& path, Config& config);
+
+// Reads the admin token from `path`: the file's first line, without its line end. Returns an error message
+// (unreadable, empty, or too long to be a token file), empty on success.
+std::string read_token_file(const std::string& path, std::string& token);
+
+// Whether `host` names the loopback interface: an address in 127.0.0.0/8, ::1 (or 127.x.x.x mapped into
+// IPv6), or "localhost".
+bool is_loopback(const std::string& host);
+
+// Why the admin endpoint must not start as configured, or "": an endpoint without a token is open to whoever
+// can reach it (holds freeze clients, routes send their commands elsewhere), so it listens on loopback only.
+std::string admin_endpoint_error(const Config& config);
 
 }  // namespace slotshift::proxy

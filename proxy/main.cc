@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "proxy/admin.h"
@@ -23,7 +24,7 @@ int main(int argc, char** argv) {
               max_inflight = 0;
   int threads = 0;
   bool allow_admin = false;
-  std::string admin, admin_token;
+  std::string admin, admin_token, admin_token_file;
   auto* o_listen =
       app.add_option("--listen", listen, "HOST:PORT to accept clients on (default 127.0.0.1:6380)");
   auto* o_seed =
@@ -64,8 +65,11 @@ int main(int argc, char** argv) {
   auto* o_admin_ep =
       app.add_option("--admin", admin, "HOST:PORT of the HTTP admin endpoint (off by default)");
   auto* o_token = app.add_option("--admin-token", admin_token,
-                                 "bearer token the admin endpoint requires (or env SLOTSHIFT_ADMIN_TOKEN)")
-                      ->envname("SLOTSHIFT_ADMIN_TOKEN");
+                                 "bearer token the admin endpoint requires (or env SLOTSHIFT_ADMIN_TOKEN); "
+                                 "required unless --admin is a loopback address");
+  auto* o_token_file = app.add_option("--admin-token-file", admin_token_file,
+                                      "file holding the admin token, so that it is not on the command line")
+                           ->excludes(o_token);
   CLI11_PARSE(app, argc, argv);
 
   if (!config_file.empty()) {
@@ -111,7 +115,22 @@ int main(int argc, char** argv) {
     if (!endpoints("--admin", admin, one, true)) return 2;
     config.admin = one.front();
   }
-  if (o_token->count()) config.admin_token = admin_token;
+  // The token: from the command line, else the environment, else the config file.
+  if (o_token->count()) {
+    config.admin_token = admin_token;
+  } else if (o_token_file->count()) {
+    error = proxy::read_token_file(admin_token_file, config.admin_token);
+    if (!error.empty()) {
+      std::fprintf(stderr, "slotshift-proxy: --admin-token-file: %s\n", error.c_str());
+      return 2;
+    }
+  } else if (const char* env = std::getenv("SLOTSHIFT_ADMIN_TOKEN"); env && *env) {
+    config.admin_token = env;
+  }
+  if (error = proxy::admin_endpoint_error(config); !error.empty()) {
+    std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
+    return 2;
+  }
   if (config.seeds.empty()) {
     std::fprintf(stderr, "slotshift-proxy: --seed is required (HOST:PORT of at least one cluster node)\n");
     return 2;

@@ -4,8 +4,10 @@ admin endpoint), driven as the orchestrator drives it at a move's cutover, with 
 redis-cli) on a real Redis Cluster. Run by ctest; runs alone too: tests/integration/proxy_control_test.py [-k pattern].
 """
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +15,8 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 import redis
 
@@ -74,6 +78,19 @@ class Background:
         if self.error:
             raise self.error
         return self.result
+
+
+def http(port, method, path, token=None, body=None, timeout=10, host="127.0.0.1"):
+    """One request to an admin endpoint on host:port: (status, body as text)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request("http://%s:%d%s" % (host, port, path), data=data, method=method)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as res:
+            return res.status, res.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def move_empty_slot(test, cluster, slot, dst):
@@ -577,6 +594,108 @@ class RouteAfterMove(ControlCase):
         self.assertEqual(client(self.proxy).rpush(key, "x"), 1)
         self.assertEqual(blocked.join(15), (key.encode(), b"x"))
         self.assertEqual(redis.Redis(host=dst[0], port=dst[1]).exists(key), 0)
+
+
+class StartingTheEndpoint(unittest.TestCase):
+    """Without a token the admin endpoint listens on loopback only; the token can stay off the command line."""
+
+    def start(self, *flags, env=None):
+        """slotshift-proxy with flags, started directly: (process, admin port)."""
+        admin_port = harness.free_port()
+        flags = [f.replace("ADMIN_PORT", str(admin_port)) for f in flags]
+        proc = subprocess.Popen([harness.PROXY_BIN, "--listen", "127.0.0.1:%d" % harness.free_port(), "--seed",
+                                 CLUSTER.seed(), "--threads", "1", *flags], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        self.addCleanup(self.stop, proc)
+        return proc, admin_port
+
+    def stop(self, proc):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+    def wait_up(self, proc, admin_port, host="127.0.0.1"):
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if http(admin_port, "GET", "/healthz", timeout=1, host=host) == (200, "ok\n"):
+                    return
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                self.fail("the proxy exited with %s: %s" % (proc.returncode, proc.stderr.read()))
+            time.sleep(0.05)
+        self.fail("the admin endpoint did not come up")
+
+    def token_file(self, text):
+        fd, path = tempfile.mkstemp(prefix="admin-token.", dir=CLUSTER.dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        self.addCleanup(os.remove, path)
+        return path
+
+    def test_refuses_a_non_loopback_address_without_a_token(self):
+        env = {k: v for k, v in os.environ.items() if k != "SLOTSHIFT_ADMIN_TOKEN"}
+        for address in ("0.0.0.0:ADMIN_PORT", "admin.example:ADMIN_PORT", "[::]:ADMIN_PORT"):
+            proc, admin_port = self.start("--admin", address, env=env)
+            try:
+                code = proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.fail("slotshift-proxy --admin %s without a token started" % address)
+            err = proc.stderr.read()
+            self.assertEqual(code, 2, err)
+            self.assertIn("--admin %s is not a loopback address, and no admin token is set"
+                          % address.replace("ADMIN_PORT", str(admin_port)).replace("[::]", "::"), err)
+            self.assertIn("--admin-token-file", err)
+
+    def test_loopback_addresses_need_no_token(self):
+        for host in ("127.0.0.2", "localhost"):
+            proc, admin_port = self.start("--admin", "%s:ADMIN_PORT" % host)
+            self.wait_up(proc, admin_port, host)
+            self.assertEqual(http(admin_port, "GET", "/v1/slots", host=host)[0], 200)
+
+    def check_token(self, admin_port, token):
+        self.assertEqual(http(admin_port, "GET", "/v1/slots")[0], 401)
+        self.assertEqual(http(admin_port, "GET", "/v1/slots", token="not-" + token)[0], 401)
+        status, body = http(admin_port, "GET", "/v1/slots", token=token)
+        self.assertEqual((status, json.loads(body)["holds"]), (200, []))
+
+    def test_a_token_from_a_file_the_environment_or_the_config_file_opens_any_address(self):
+        path = self.token_file("from-a-file\n")
+        proc, admin_port = self.start("--admin", "0.0.0.0:ADMIN_PORT", "--admin-token-file", path)
+        self.wait_up(proc, admin_port)
+        self.check_token(admin_port, "from-a-file")
+        # The token is not on the command line, where every user's `ps` would see it.
+        with open("/proc/%d/cmdline" % proc.pid, "rb") as f:
+            self.assertNotIn(b"from-a-file", f.read())
+
+        env = dict(os.environ, SLOTSHIFT_ADMIN_TOKEN="from-the-environment")
+        proc, admin_port = self.start("--admin", "0.0.0.0:ADMIN_PORT", env=env)
+        self.wait_up(proc, admin_port)
+        self.check_token(admin_port, "from-the-environment")
+
+        config = self.token_file(json.dumps({"admin": "0.0.0.0:%d" % harness.free_port(), "admin-token-file": path}))
+        with open(config) as f:
+            admin_port = int(json.load(f)["admin"].rsplit(":", 1)[1])
+        proc, _ = self.start("--config", config)
+        self.wait_up(proc, admin_port)
+        self.check_token(admin_port, "from-a-file")
+
+    def test_a_bad_token_file_is_refused(self):
+        for text, why in (("", "is empty"), ("\n", "is empty"), ("x" * 5000, "is longer than 4096 bytes")):
+            proc, _ = self.start("--admin", "0.0.0.0:ADMIN_PORT", "--admin-token-file", self.token_file(text))
+            self.assertEqual(proc.wait(10), 2)
+            self.assertIn(why, proc.stderr.read())
+        proc, _ = self.start("--admin", "127.0.0.1:ADMIN_PORT", "--admin-token", "a", "--admin-token-file",
+                             self.token_file("b"))
+        self.assertNotEqual(proc.wait(10), 0)
+        self.assertIn("--admin-token excludes --admin-token-file", proc.stderr.read())
 
 
 class FakeClusterNode:
