@@ -3,17 +3,64 @@
 #include <httplib.h>
 
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string_view>
 
+#include "proxy/admin_http.h"
 #include "proxy/worker.h"
 
 namespace slotshift::proxy {
+namespace {
+
+// Why a request is refused before its handler runs.
+struct Refusal {
+  int status;
+  std::string message;
+};
+
+// An error as the endpoint writes every one: JSON on the control paths, plain text on the others.
+void error_reply(const httplib::Request& req, httplib::Response& res, int status,
+                 const std::string& message) {
+  res.status = status;
+  if (req.path.starts_with("/v1/")) {
+    res.set_content(nlohmann::json{{"error", message}}.dump() + "\n", "application/json");
+  } else {
+    res.set_content(message + "\n", "text/plain");
+  }
+}
+
+// Whether `given` equals `expected`, in a time that depends on `expected`'s length alone: neither where the
+// first difference is nor how long `given` is shows in how long it takes. A shorter `given` is compared as if
+// padded with zeros, and a length that differs fails on its own.
+bool same_secret(std::string_view given, std::string_view expected) {
+  unsigned char differ = given.size() == expected.size() ? 0 : 1;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    const unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
+    differ |= static_cast<unsigned char>(g ^ static_cast<unsigned char>(expected[i]));
+  }
+  return differ == 0;
+}
+
+}  // namespace
 
 AdminServer::AdminServer(Proxy& proxy, HostPort listen, std::string token)
     : proxy_(proxy),
       listen_(std::move(listen)),
       token_(std::move(token)),
       control_(proxy),
-      server_(new httplib::Server) {}
+      server_(std::make_unique<AdminHttpServer>(AdminHttpLimits{
+          .request_bytes = kMaxBody + 16 * 1024,  // and the request line and headers (8 KiB a line at most)
+          .request_time = kRequestTime,
+          .idle = kIdle,
+          .write_time = kWriteTime,
+          .requests_per_connection = kRequestsPerConnection})) {
+  // What cpp-httplib tells clients (Keep-Alive: timeout=, max=), and its own socket timeouts: the same
+  // limits.
+  server_->set_keep_alive_timeout(std::chrono::ceil<std::chrono::seconds>(kIdle).count());
+  server_->set_keep_alive_max_count(kRequestsPerConnection);
+  server_->set_read_timeout(kRequestTime);
+  server_->set_write_timeout(kWriteTime);
+}
 
 AdminServer::~AdminServer() {
   stop();
@@ -62,26 +109,58 @@ std::string AdminServer::stats_json() const {
 }
 
 std::string AdminServer::start() {
-  auto authorized = [this](const httplib::Request& req, httplib::Response& res) {
-    if (token_.empty() || req.get_header_value("Authorization") == "Bearer " + token_) return true;
-    res.status = 401;
-    res.set_content("unauthorized: send Authorization: Bearer <admin token>\n", "text/plain");
-    return false;
+  // The one check of every request, on its headers alone: cpp-httplib calls it (as the pre-routing handler,
+  // or for "Expect: 100-continue") before it reads a byte of the body, so a caller without the token, or with
+  // a body too large, costs a header's worth of memory. The connection is then closed (admin_http.h).
+  auto check = [this](const httplib::Request& req) -> std::optional<Refusal> {
+    if (req.path != "/healthz" && !token_.empty() &&
+        !same_secret(req.get_header_value("Authorization"), "Bearer " + token_)) {
+      return Refusal{401, "unauthorized: send Authorization: Bearer <admin token>"};
+    }
+    const auto length = content_length(req);
+    if (!length) return Refusal{400, "malformed Content-Length"};
+    const bool has_body = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+                          req.method == "DELETE" || req.method == "PRI";
+    if (req.has_header("Transfer-Encoding") || (has_body && !req.has_header("Content-Length"))) {
+      return Refusal{411, "send the body with a Content-Length (at most " + std::to_string(kMaxBody) +
+                              " bytes); chunked bodies are not taken"};
+    }
+    if (*length > kMaxBody) {
+      return Refusal{413, "the body is " + std::to_string(*length) + " bytes; at most " +
+                              std::to_string(kMaxBody) + " are taken"};
+    }
+    return std::nullopt;
   };
+  server_->set_pre_routing_handler([check](const httplib::Request& req, httplib::Response& res) {
+    const auto refusal = check(req);
+    if (!refusal) return httplib::Server::HandlerResponse::Unhandled;
+    error_reply(req, res, refusal->status, refusal->message);
+    res.set_header("Connection", "close");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  server_->set_expect_100_continue_handler([check](const httplib::Request& req, httplib::Response& res) {
+    const auto refusal = check(req);
+    if (!refusal) return 100;
+    error_reply(req, res, refusal->status, refusal->message);
+    res.set_header("Connection", "close");
+    return refusal->status;
+  });
+  // cpp-httplib's own limit, behind the check above.
+  server_->set_payload_max_length(kMaxBody);
+
   server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });
-  server_->Get("/readyz", [this, authorized](const httplib::Request& req, httplib::Response& res) {
-    if (!authorized(req, res)) return;
+  server_->Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
     const bool ready = proxy_.ready();
     res.status = ready ? 200 : 503;
     res.set_content(ready ? "ready\n" : "no slot map yet\n", "text/plain");
   });
-  server_->Get("/metrics", [this, authorized](const httplib::Request& req, httplib::Response& res) {
-    if (authorized(req, res)) res.set_content(metrics(), "text/plain; version=0.0.4");
+  server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics(), "text/plain; version=0.0.4");
   });
-  server_->Get("/stats", [this, authorized](const httplib::Request& req, httplib::Response& res) {
-    if (authorized(req, res)) res.set_content(stats_json(), "application/json");
+  server_->Get("/stats", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(stats_json(), "application/json");
   });
 
   // The slot control speaks JSON both ways, errors included.
@@ -89,27 +168,18 @@ std::string AdminServer::start() {
     res.status = reply.status;
     res.set_content(reply.body, "application/json");
   };
-  auto control_authorized = [this, control](const httplib::Request& req, httplib::Response& res) {
-    if (token_.empty() || req.get_header_value("Authorization") == "Bearer " + token_) return true;
-    control({401, "{\"error\":\"unauthorized: send Authorization: Bearer <admin token>\"}\n"}, res);
-    return false;
-  };
-  server_->Post("/v1/slots/hold",
-                [this, control, control_authorized](const httplib::Request& req, httplib::Response& res) {
-                  if (control_authorized(req, res)) control(control_.hold(req.body), res);
-                });
-  server_->Post("/v1/slots/route",
-                [this, control, control_authorized](const httplib::Request& req, httplib::Response& res) {
-                  if (control_authorized(req, res)) control(control_.route(req.body), res);
-                });
-  server_->Post("/v1/slots/release",
-                [this, control, control_authorized](const httplib::Request& req, httplib::Response& res) {
-                  if (control_authorized(req, res)) control(control_.release(req.body), res);
-                });
-  server_->Get("/v1/slots",
-               [this, control, control_authorized](const httplib::Request& req, httplib::Response& res) {
-                 if (control_authorized(req, res)) control(control_.list(), res);
-               });
+  server_->Post("/v1/slots/hold", [this, control](const httplib::Request& req, httplib::Response& res) {
+    control(control_.hold(req.body), res);
+  });
+  server_->Post("/v1/slots/route", [this, control](const httplib::Request& req, httplib::Response& res) {
+    control(control_.route(req.body), res);
+  });
+  server_->Post("/v1/slots/release", [this, control](const httplib::Request& req, httplib::Response& res) {
+    control(control_.release(req.body), res);
+  });
+  server_->Get("/v1/slots", [this, control](const httplib::Request&, httplib::Response& res) {
+    control(control_.list(), res);
+  });
   // Few requests, each cheap but a HOLD, which waits for its drain: four threads let a HOLD or two wait
   // while /metrics and a RELEASE still get through, and keep the proxy's cores for clients.
   server_->new_task_queue = [] { return new httplib::ThreadPool(4); };

@@ -1,9 +1,16 @@
-// The admin endpoint: HTTP on its own thread, off the request path. GET /healthz (alive), /readyz (every
+// The admin endpoint: HTTP on its own threads, off the request path. GET /healthz (alive), /readyz (every
 // worker has a slot map), /metrics (Prometheus text), /stats (JSON), and the slot hold / route / release
 // control under /v1/slots (slot_control.h). With a token configured, everything but /healthz wants
-// "Authorization: Bearer <token>". Bound to loopback unless configured otherwise.
+// "Authorization: Bearer <token>". Bound to loopback unless configured otherwise (and then only with a
+// token: see admin_endpoint_error() in config.h).
+//
+// Anyone who can reach it may try anything, so every request is judged on its headers before its body is
+// read: the token first (401), then the body's size (413 past kMaxBody, 411 without a Content-Length). How
+// long a connection may hold a thread is bounded in admin_http.h.
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <thread>
@@ -11,13 +18,10 @@
 #include "common/host_port.h"
 #include "proxy/slot_control.h"
 
-namespace httplib {
-class Server;
-}
-
 namespace slotshift::proxy {
 
 class Proxy;
+class AdminHttpServer;
 
 class AdminServer {
  public:
@@ -33,12 +37,21 @@ class AdminServer {
   std::string metrics() const;
   std::string stats_json() const;
 
+  // The largest request body taken. The control bodies are a few hundred bytes.
+  static constexpr std::size_t kMaxBody = 64 * 1024;
+  // A request must arrive whole within kRequestTime of its first byte; a connection may wait kIdle for its
+  // next request; each write of a reply must progress within kWriteTime.
+  static constexpr std::chrono::milliseconds kRequestTime{2000};
+  static constexpr std::chrono::milliseconds kIdle{2000};
+  static constexpr std::chrono::milliseconds kWriteTime{2000};
+  static constexpr std::size_t kRequestsPerConnection = 32;
+
  private:
   Proxy& proxy_;
   HostPort listen_;
   std::string token_;
   SlotControl control_;
-  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<AdminHttpServer> server_;
   std::thread thread_;
 };
 

@@ -80,6 +80,55 @@ class Background:
         return self.result
 
 
+def rss_kib(pid):
+    """The resident memory of a process, in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS for %d" % pid)
+
+
+def send_raw(port, head, body_bytes=0, wait=5):
+    """Sends head (bytes) to port, then up to body_bytes more from another thread, as fast as the peer takes them,
+    while reading the answer until the peer closes (or wait seconds pass). Returns (answer, seconds from the
+    end of head to the first byte of the answer or None, body bytes sent, whether the peer closed)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(wait)
+    s.sendall(head)
+    start = time.time()
+    sent = [0]
+
+    def send_body():
+        chunk = b"a" * 65536
+        try:
+            while sent[0] < body_bytes:
+                s.sendall(chunk)
+                sent[0] += len(chunk)
+        except OSError:
+            pass  # the peer closed
+
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    answer, first, closed = b"", None, False
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                closed = True
+                break
+            if first is None:
+                first = time.time() - start
+            answer += data
+    except ConnectionResetError:
+        closed = True
+    except socket.timeout:
+        pass
+    sender.join(30)
+    s.close()
+    return answer, first, sent[0], closed
+
+
 def http(port, method, path, token=None, body=None, timeout=10, host="127.0.0.1"):
     """One request to an admin endpoint on host:port: (status, body as text)."""
     data = None if body is None else json.dumps(body).encode()
@@ -594,6 +643,106 @@ class RouteAfterMove(ControlCase):
         self.assertEqual(client(self.proxy).rpush(key, "x"), 1)
         self.assertEqual(blocked.join(15), (key.encode(), b"x"))
         self.assertEqual(redis.Redis(host=dst[0], port=dst[1]).exists(key), 0)
+
+
+class RequestsJudgedOnTheirHeaders(ControlCase):
+    """Every request is judged on its headers (the token, then the body's size) before its body is read."""
+
+    HUGE = 1 << 30
+
+    def test_a_wrong_token_is_refused_before_the_body_is_read(self):
+        pid = self.proxy.proc.pid
+        before = rss_kib(pid)
+        head = ("POST /v1/slots/hold HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                "Authorization: Bearer wrong\r\n\r\n" % self.HUGE).encode()
+        # 64 MiB of the announced 1 GiB are offered: a proxy that reads the body before the token takes all of it.
+        answer, first, sent, closed = send_raw(self.proxy.admin_port, head, body_bytes=64 << 20)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 401 "), answer[:200])
+        self.assertIn(b"unauthorized: send Authorization: Bearer <admin token>", answer)
+        self.assertLess(first, 1.0)
+        # The connection was closed rather than read on: what went out is what the sockets' buffers hold.
+        self.assertTrue(closed)
+        self.assertLess(sent, 16 << 20)
+        grown = rss_kib(pid) - before
+        self.assertLess(grown, 8 * 1024, "the proxy grew by %d KiB" % grown)
+        self.assertEqual(self.holds(), [])
+
+    def test_an_endless_request_line_is_cut_off(self):
+        pid = self.proxy.proc.pid
+        before = rss_kib(pid)
+        # No token can be checked before the request line ends: the proxy must stop reading it on its own.
+        answer, _, sent, closed = send_raw(self.proxy.admin_port, b"GET /", body_bytes=64 << 20)
+        self.assertTrue(closed, answer[:200])
+        self.assertLess(sent, 16 << 20)
+        grown = rss_kib(pid) - before
+        self.assertLess(grown, 8 * 1024, "the proxy grew by %d KiB" % grown)
+        self.assertEqual(self.proxy.admin_call("GET", "/healthz", token=""), (200, "ok\n"))
+
+    def test_an_oversized_body_gets_413_with_the_token(self):
+        slot = self.slot("{big}")
+        padding = 70000 - len(json.dumps({"slots": str(slot), "ttl_ms": 1000, "owner": "big", "pad": ""}))
+        status, out = self.proxy.admin_call("POST", "/v1/slots/hold",
+                                            {"slots": str(slot), "ttl_ms": 1000, "owner": "big", "pad": "x" * padding})
+        self.assertEqual(status, 413, out)
+        self.assertEqual(out["error"], "the body is 70000 bytes; at most 65536 are taken")
+        self.assertEqual(self.holds(), [])
+        # A body of exactly the limit is taken (the handler ignores the field it does not know).
+        padding = 65536 - len(json.dumps({"slots": str(slot), "ttl_ms": 1000, "owner": "big", "pad": ""}))
+        body = self.hold(slot, ttl_ms=1000, owner="big", pad="x" * padding)
+        self.assertEqual(body["held"], str(slot))
+        self.release(owner="big")
+        # A Content-Length of 1 GiB is refused at once, without waiting for the body.
+        head = ("POST /v1/slots/hold HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nAuthorization: Bearer %s\r\n\r\n"
+                % (self.HUGE, TOKEN)).encode()
+        answer, first, sent, closed = send_raw(self.proxy.admin_port, head, body_bytes=64 << 20)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
+        self.assertLess(first, 1.0)
+        self.assertTrue(closed)
+        self.assertLess(sent, 16 << 20)
+
+    def test_a_chunked_body_is_refused(self):
+        """A chunked body has no length to check up front: it is refused, not read."""
+        body = json.dumps({"slots": str(self.slot("{chunked}")), "ttl_ms": 1000, "owner": "chunked"}).encode()
+        head = ("POST /v1/slots/hold HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer %s\r\n"
+                "Content-Type: application/json\r\n\r\n" % TOKEN).encode()
+        answer, _, _, closed = send_raw(self.proxy.admin_port, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        self.assertTrue(answer.startswith(b"HTTP/1.1 411 "), answer[:200])
+        self.assertIn(b"send the body with a Content-Length", answer)
+        self.assertTrue(closed)
+        self.assertEqual(self.holds(), [])
+
+    def test_every_path_but_healthz_wants_the_token(self):
+        """One check in front of every path, unknown ones included (a caller without the token learns nothing of
+        what the endpoint serves), and only the exact token passes it."""
+        paths = [("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/stats"), ("GET", "/v1/slots"), ("GET", "/nope"),
+                 ("POST", "/v1/slots/nope"), ("POST", "/v1/slots/release")]
+        for method, path in paths:
+            for token in ("", TOKEN[:-1], TOKEN + "x", TOKEN.upper(), "x" * len(TOKEN), " " + TOKEN):
+                status, out = self.proxy.admin_call(method, path, {"owner": "x"} if method == "POST" else None,
+                                                    token=token)
+                self.assertEqual(status, 401, (method, path, token, out))
+        self.assertEqual(self.proxy.admin_call("GET", "/nope")[0], 404)
+        self.assertEqual(self.proxy.admin_call("GET", "/healthz", token=""), (200, "ok\n"))
+
+
+class WithoutAToken(unittest.TestCase):
+    """A proxy whose admin endpoint has no token (loopback only): the body limit holds all the same."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.proxy = harness.Proxy(CLUSTER, admin=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proxy.stop()
+
+    def test_an_oversized_body_gets_413(self):
+        status, out = self.proxy.admin_call("POST", "/v1/slots/hold",
+                                            {"slots": "1", "ttl_ms": 1000, "pad": "x" * 70000})
+        self.assertEqual(status, 413, out)
+        self.assertIn("at most 65536 are taken", out["error"])
+        status, out = self.proxy.admin_call("GET", "/v1/slots")
+        self.assertEqual((status, out["holds"]), (200, []))
 
 
 class StartingTheEndpoint(unittest.TestCase):

@@ -1,0 +1,147 @@
+#include "proxy/admin_http.h"
+
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+
+namespace slotshift::proxy {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Waits until `fd` is ready for `events` (or hung up) or `deadline` passes.
+bool ready_by(int fd, short events, Clock::time_point deadline) {
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, events, 0};
+    const int n = ::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left, 60000)));
+    if (n > 0) return true;  // a hang-up or an error too: the read or write that follows says which
+    if (n < 0 && errno != EINTR) return false;
+  }
+}
+
+void address_of(int fd, bool peer, std::string& ip, int& port) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  auto* sa = reinterpret_cast<sockaddr*>(&addr);
+  if ((peer ? ::getpeername(fd, sa, &len) : ::getsockname(fd, sa, &len)) != 0) return;
+  char host[NI_MAXHOST] = {};
+  char service[NI_MAXSERV] = {};
+  if (::getnameinfo(sa, len, host, sizeof host, service, sizeof service, NI_NUMERICHOST | NI_NUMERICSERV) !=
+      0)
+    return;
+  ip = host;
+  port = std::atoi(service);
+}
+
+// One connection as cpp-httplib reads and writes it: a socket, a read buffer, and the current request's
+// budget and deadline.
+class Connection final : public httplib::Stream {
+ public:
+  Connection(int fd, const AdminHttpLimits& limits) : fd_(fd), limits_(limits) {}
+
+  // A request starts: the budget is whole again, and the deadline runs from now.
+  void start_request() {
+    consumed_ = 0;
+    deadline_ = Clock::now() + limits_.request_time;
+  }
+  // Bytes of the current request handed to cpp-httplib.
+  std::size_t consumed() const { return consumed_; }
+  bool buffered() const { return begin_ < end_; }
+
+  bool is_readable() const override { return buffered() || ready_by(fd_, POLLIN, deadline_); }
+  bool is_writable() const override { return ready_by(fd_, POLLOUT, Clock::now() + limits_.write_time); }
+
+  ssize_t read(char* ptr, size_t size) override {
+    if (consumed_ >= limits_.request_bytes) return -1;
+    if (!buffered()) {
+      if (!ready_by(fd_, POLLIN, deadline_)) return -1;
+      const ssize_t n = ::recv(fd_, buffer_, sizeof buffer_, 0);
+      if (n <= 0) return n;
+      begin_ = 0;
+      end_ = static_cast<std::size_t>(n);
+    }
+    const std::size_t n = std::min({size, end_ - begin_, limits_.request_bytes - consumed_});
+    std::memcpy(ptr, buffer_ + begin_, n);
+    begin_ += n;
+    consumed_ += n;
+    return static_cast<ssize_t>(n);
+  }
+
+  ssize_t write(const char* ptr, size_t size) override {
+    if (!is_writable()) return -1;
+    return ::send(fd_, ptr, size, MSG_NOSIGNAL);
+  }
+
+  void get_remote_ip_and_port(std::string& ip, int& port) const override { address_of(fd_, true, ip, port); }
+  void get_local_ip_and_port(std::string& ip, int& port) const override { address_of(fd_, false, ip, port); }
+  socket_t socket() const override { return fd_; }
+
+ private:
+  int fd_;
+  const AdminHttpLimits& limits_;
+  char buffer_[4096];
+  std::size_t begin_ = 0;
+  std::size_t end_ = 0;
+  std::size_t consumed_ = 0;
+  Clock::time_point deadline_;
+};
+
+}  // namespace
+
+std::optional<std::uint64_t> content_length(const httplib::Request& req) {
+  if (!req.has_header("Content-Length")) return 0;
+  const std::string text = req.get_header_value("Content-Length");
+  std::uint64_t n = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return n;
+}
+
+bool AdminHttpServer::wait_for_request(socket_t sock) const {
+  const auto deadline = Clock::now() + limits_.idle;
+  // In short steps, so that stop() does not wait for idle connections to time out.
+  while (svr_sock_ != INVALID_SOCKET) {
+    const auto step = std::min(deadline, Clock::now() + std::chrono::milliseconds(100));
+    if (ready_by(sock, POLLIN, step)) return true;
+    if (Clock::now() >= deadline) return false;
+  }
+  return false;
+}
+
+bool AdminHttpServer::process_and_close_socket(socket_t sock) {
+  Connection connection(sock, limits_);
+  bool ok = true;
+  for (std::size_t served = 0; served < limits_.requests_per_connection; ++served) {
+    if (!connection.buffered() && !wait_for_request(sock)) break;
+    connection.start_request();
+    bool reached = false;  // set once the headers are in, before the handlers run
+    bool unframed = false;
+    std::size_t body_at = 0;
+    std::uint64_t body_length = 0;
+    bool closed = false;
+    const bool last = served + 1 == limits_.requests_per_connection;
+    ok = process_request(connection, last, closed, [&](httplib::Request& req) {
+      reached = true;
+      body_at = connection.consumed();
+      const auto length = content_length(req);
+      unframed = !length || req.has_header("Transfer-Encoding");
+      body_length = length.value_or(0);
+    });
+    // A body that was not read (its request refused on the headers) must not be read as the next request.
+    if (!ok || closed || !reached || unframed || connection.consumed() - body_at < body_length) break;
+  }
+  ::shutdown(sock, SHUT_RDWR);
+  ::close(sock);
+  return ok;
+}
+
+}  // namespace slotshift::proxy
