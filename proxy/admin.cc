@@ -169,6 +169,18 @@ std::string AdminServer::start() {
     res.set_content(reply.body, "application/json");
   };
   server_->Post("/v1/slots/hold", [this, control](const httplib::Request& req, httplib::Response& res) {
+    // A HOLD waits for its drain, up to its wait_ms: only a few at once, so that HOLDs never take every
+    // thread (the RELEASE that ends them among others).
+    struct Waiting {
+      std::atomic<int>& n;
+      ~Waiting() { --n; }
+    } waiting{waiting_holds_};
+    if (++waiting_holds_ > kMaxWaitingHolds) {
+      error_reply(req, res, 503,
+                  std::to_string(kMaxWaitingHolds) +
+                      " HOLDs are already waiting for their drain; try again once one has answered");
+      return;
+    }
     control(control_.hold(req.body), res);
   });
   server_->Post("/v1/slots/route", [this, control](const httplib::Request& req, httplib::Response& res) {
@@ -180,9 +192,7 @@ std::string AdminServer::start() {
   server_->Get("/v1/slots", [this, control](const httplib::Request&, httplib::Response& res) {
     control(control_.list(), res);
   });
-  // Few requests, each cheap but a HOLD, which waits for its drain: four threads let a HOLD or two wait
-  // while /metrics and a RELEASE still get through, and keep the proxy's cores for clients.
-  server_->new_task_queue = [] { return new httplib::ThreadPool(4); };
+  server_->new_task_queue = [] { return new httplib::ThreadPool(kThreads); };
   if (!server_->bind_to_port(listen_.host.c_str(), listen_.port)) {
     return "cannot listen for the admin endpoint on " + listen_.str();
   }

@@ -6,9 +6,11 @@
 //
 // Anyone who can reach it may try anything, so every request is judged on its headers before its body is
 // read: the token first (401), then the body's size (413 past kMaxBody, 411 without a Content-Length). How
-// long a connection may hold a thread is bounded in admin_http.h.
+// long a connection may hold a thread is bounded in admin_http.h, and HOLDs, which wait for their drain, are
+// capped, so that slow or idle clients leave threads for /healthz, /metrics and the RELEASE that ends a hold.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -39,6 +41,12 @@ class AdminServer {
 
   // The largest request body taken. The control bodies are a few hundred bytes.
   static constexpr std::size_t kMaxBody = 64 * 1024;
+  // Request threads. Each serves one connection at a time, for at most the limits of admin_http.h per
+  // request; HOLDs take at most kMaxWaitingHolds of them. Idle threads cost no CPU.
+  static constexpr std::size_t kThreads = 16;
+  // HOLDs waiting for their drain at once (each up to its wait_ms); one more is answered 503 at once. The
+  // orchestrator sends one HOLD per batch.
+  static constexpr int kMaxWaitingHolds = 4;
   // A request must arrive whole within kRequestTime of its first byte; a connection may wait kIdle for its
   // next request; each write of a reply must progress within kWriteTime.
   static constexpr std::chrono::milliseconds kRequestTime{2000};
@@ -53,6 +61,7 @@ class AdminServer {
   SlotControl control_;
   std::unique_ptr<AdminHttpServer> server_;
   std::thread thread_;
+  std::atomic<int> waiting_holds_{0};
 };
 
 }  // namespace slotshift::proxy

@@ -988,5 +988,86 @@ class RouteToANodeThatJustJoined(unittest.TestCase):
         self.assertEqual(redis.Redis(host=node[0], port=node[1]).get("{joined}k"), b"here")
 
 
+class EndpointNotStarved(ControlCase):
+    """Slow, idle and waiting callers leave the endpoint free for /healthz, /metrics and the RELEASE that ends a
+    hold."""
+
+    def test_idle_and_slow_clients_do_not_starve_it(self):
+        key = "{starve}k"
+        self.hold(self.slot(key), owner="starve")
+        waiting = Background(client(self.proxy).set, key, "v")
+        time.sleep(0.2)
+        port = self.proxy.admin_port
+        # More connections than the endpoint had threads: some say nothing, some send a request a byte at a time.
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+        slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        for s in slow:
+            s.sendall(b"POST /v1/slots/release HTTP/1.1\r\nHost: x\r\n")
+        stop = threading.Event()
+
+        def trickle():
+            while not stop.wait(0.2):
+                for s in slow:
+                    try:
+                        s.sendall(b"X")
+                    except OSError:
+                        pass
+
+        trickler = threading.Thread(target=trickle, daemon=True)
+        trickler.start()
+        try:
+            time.sleep(0.3)
+            start = time.time()
+            self.assertEqual(self.proxy.admin_call("GET", "/healthz", token="", timeout=5), (200, "ok\n"))
+            self.assertEqual(self.proxy.admin_call("GET", "/metrics", timeout=5)[0], 200)
+            out = self.release(owner="starve")
+            self.assertLess(time.time() - start, 1.0)
+            self.assertEqual(out["dispatched"], 1)
+            self.assertTrue(waiting.join())
+            # And the proxy lets go of them: idle connections and unfinished requests are closed within seconds.
+            deadline = time.time() + 6
+            for s in idle + slow:
+                s.settimeout(max(0.1, deadline - time.time()))
+                try:
+                    while s.recv(65536):  # the slow ones may be told 400 first
+                        pass
+                except ConnectionResetError:
+                    pass
+        finally:
+            stop.set()
+            trickler.join()
+            for s in idle + slow:
+                s.close()
+
+    def test_holds_waiting_for_their_drain_are_capped(self):
+        key = "{capped}k"
+        slot = self.slot(key)
+        busy = Background(client(self.proxy).eval, BUSY_SCRIPT, 1, key, 2500)
+        time.sleep(0.15)
+
+        def hold(owner):
+            return self.proxy.admin_call("POST", "/v1/slots/hold",
+                                         {"slots": str(slot), "ttl_ms": 10000, "wait_ms": 8000, "owner": owner},
+                                         timeout=15)
+
+        waiting = [Background(hold, "cap-%d" % i) for i in range(4)]
+        time.sleep(0.5)
+        start = time.time()
+        status, out = hold("cap-4")
+        self.assertEqual(status, 503, out)
+        self.assertIn("4 HOLDs are already waiting for their drain", out["error"])
+        self.assertEqual(self.proxy.admin_call("GET", "/healthz", token="", timeout=5), (200, "ok\n"))
+        self.assertEqual(self.proxy.admin_call("GET", "/stats", timeout=5)[0], 200)
+        self.assertLess(time.time() - start, 1.0)
+        self.assertTrue(all(w.running() for w in waiting))
+        for w in waiting:
+            status, out = w.join(15)
+            self.assertEqual(status, 200, out)
+        self.assertEqual(busy.join(10), 1)
+        # Once they have answered, HOLDs are taken again.
+        self.assertEqual(self.hold(slot, owner="cap-5")["held"], str(slot))
+        self.release(slots=str(slot))
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
