@@ -29,11 +29,11 @@ using namespace std::chrono_literals;
 
 // Every wait has a deadline. Replies: a request's deadline in the proxy is 300 ms (see the config below), and
 // the rules' delays add up to at most kMaxDelay; the rest is room for a loaded machine.
-constexpr auto kReadyDeadline = 3s;
+constexpr auto kReadyDeadline = 5s;
 constexpr auto kWriteDeadline = 10s;
 constexpr auto kReplyDeadline = 8s;
 constexpr auto kCloseDeadline = 2s;
-constexpr auto kPingDeadline = 2s;
+constexpr auto kPingDeadline = 5s;
 constexpr auto kMaxDelay = 2000ms;
 constexpr int kPacedRounds = 50;
 
