@@ -440,9 +440,12 @@ std::string drive(const Plan& plan, std::vector<Client>& clients, const proxy::C
     ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left, 50) + 1));
   }
   for (std::size_t i = 0; i < clients.size(); ++i) {
+    if (clients[i].active() && !clients[i].failure.empty())
+      return describe(i, clients[i]) + ": " + clients[i].failure;
+  }
+  for (std::size_t i = 0; i < clients.size(); ++i) {
     Client& c = clients[i];
     if (!c.active()) continue;
-    if (!c.failure.empty()) return describe(i, c) + ": " + c.failure;
     if (c.replies < c.expected.replies) {
       if (c.closed && (slow_reader_closed() || c.expected.trailing)) continue;
       return describe(i, c) + (c.closed ? ": closed by the proxy early" : ": no reply in time");
