@@ -344,11 +344,12 @@ std::string ScriptedCluster::store_reply(int node, const Argv& argv) {
     store[argv[1]] = argv[2];
     return "+OK\r\n";
   }
-  if (name == "del" || name == "exists") {
+  if (name == "del" || name == "unlink" || name == "exists" || name == "touch") {
     if (argc < 2) return wrong_arity(name);
+    const bool removes = name == "del" || name == "unlink";
     std::int64_t count = 0;
     for (std::size_t i = 1; i < argc; ++i)
-      count += static_cast<std::int64_t>(name == "del" ? store.erase(argv[i]) : store.count(argv[i]));
+      count += static_cast<std::int64_t>(removes ? store.erase(argv[i]) : store.count(argv[i]));
     return integer(count);
   }
   if (name == "incr") {

@@ -62,9 +62,10 @@ class ScriptedCluster {
 
   // Replaces the script; an empty function brings back store_reply.
   void set_script(Script script);
-  // The default script: for GET, SET, DEL, MGET, MSET, EXISTS, INCR, DBSIZE, KEYS, SCAN, FLUSHALL, FLUSHDB,
-  // PING and ECHO, what Redis answers from a store of strings kept per node; for any other command the bulk
-  // string "<command> <first argument>" (lower-case command), so a client can tell each reply is its own.
+  // The default script: for GET, SET, DEL, UNLINK, MGET, MSET, EXISTS, TOUCH, INCR, DBSIZE, KEYS, SCAN,
+  // FLUSHALL, FLUSHDB, PING and ECHO, what Redis answers from a store of strings kept per node; for any other
+  // command the bulk string "<command> <first argument>" (lower-case command), so a client can tell each
+  // reply is its own.
   std::string store_reply(int node, const Argv& argv);
   // Whether nodes answer MOVED/CROSSSLOT for keys they do not own (on by default).
   void set_slot_checks(bool on) { slot_checks_ = on; }
