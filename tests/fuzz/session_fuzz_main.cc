@@ -10,6 +10,7 @@
 // failure handler can reach it: a failed check, an abort (libstdc++'s assertions), a crash signal, a
 // sanitizer report or an input that hangs all write it to the failure file (session_fuzz-failure-<seed>.bin
 // unless given) before the process dies, and the message says how to replay it.
+#include <execinfo.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -80,7 +81,15 @@ void save_input() {
   write_stderr("\n");
 }
 
+// The stack of the thread that failed (an assertion aborts in the proxy's worker thread), then the input.
 void on_signal(int sig) {
+#ifdef SLOTSHIFT_FUZZ_ASAN
+  __sanitizer_print_stack_trace();
+#else
+  void* frames[64];
+  ::backtrace_symbols_fd(frames, ::backtrace(frames, 64), 2);
+  write_stderr("session_fuzz: (addr2line -Cfpe <binary> <+offsets> names them, or replay under gdb)\n");
+#endif
   save_input();
   std::signal(sig, SIG_DFL);
   std::raise(sig);
