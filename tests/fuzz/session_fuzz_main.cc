@@ -55,6 +55,7 @@ constexpr auto kInputHangs = std::chrono::seconds(60);
 std::string g_input;
 char g_failure_path[4096] = "session_fuzz-failure.bin";
 std::atomic<std::int64_t> g_input_started_ms{0};  // 0 between inputs
+std::atomic<bool> g_check_failed{false};          // the abort is ours: its stack says nothing
 
 void write_stderr(const char* s) {
   [[maybe_unused]] const auto n = ::write(2, s, std::strlen(s));
@@ -83,13 +84,15 @@ void save_input() {
 
 // The stack of the thread that failed (an assertion aborts in the proxy's worker thread), then the input.
 void on_signal(int sig) {
+  if (!g_check_failed) {
 #ifdef SLOTSHIFT_FUZZ_ASAN
-  __sanitizer_print_stack_trace();
+    __sanitizer_print_stack_trace();
 #else
-  void* frames[64];
-  ::backtrace_symbols_fd(frames, ::backtrace(frames, 64), 2);
-  write_stderr("session_fuzz: (addr2line -Cfpe <binary> <+offsets> names them, or replay under gdb)\n");
+    void* frames[64];
+    ::backtrace_symbols_fd(frames, ::backtrace(frames, 64), 2);
+    write_stderr("session_fuzz: (addr2line -Cfpe <binary> <+offsets> names them, or replay under gdb)\n");
 #endif
+  }
   save_input();
   std::signal(sig, SIG_DFL);
   std::raise(sig);
@@ -138,6 +141,7 @@ void run_or_die(fuzz::SessionHarness& harness, const std::string& input, const s
   g_input_started_ms = 0;
   if (!failure.empty()) {
     std::fprintf(stderr, "session_fuzz: %s: %s\n", what.c_str(), failure.c_str());
+    g_check_failed = true;
     std::abort();  // the SIGABRT handler saves the input
   }
 }
