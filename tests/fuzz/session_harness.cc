@@ -354,6 +354,39 @@ void close_client(Client& c, bool reset) {
   c.fd = -1;
 }
 
+// PING on a fresh connection. `transport` says the connection itself failed (refused, or reset before a
+// byte came back): loopback connections to one port, thousands a minute, now and then meet a TIME_WAIT
+// left by an earlier one, which is the kernel's matter, not the proxy's.
+struct PingResult {
+  std::string failure;  // "" for +PONG in time
+  bool transport = false;
+};
+
+PingResult ping(int port) {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return {"cannot connect", true};
+  constexpr std::string_view kPing = "*1\r\n$4\r\nPING\r\n";
+  std::string reply;
+  bool reset = ::send(fd, kPing.data(), kPing.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(kPing.size());
+  const auto deadline = Clock::now() + kPingDeadline;
+  while (!reset && reply.size() < 7 && Clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    ::poll(&p, 1, 50);
+    char buf[64];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      reply.append(buf, static_cast<std::size_t>(n));
+    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+      reset = true;
+    }
+  }
+  ::close(fd);
+  if (reply == "+PONG\r\n") return {};
+  const std::string got = reply.empty() ? std::string("nothing") : "'" + printable(reply) + "'";
+  if (reset) return {"closed after " + got, reply.empty()};
+  return {"got " + got + " in " + std::to_string(kPingDeadline.count()) + " s", false};
+}
+
 std::size_t next_chunk(const Plan& plan, Rng& rng, std::size_t left) {
   if (plan.chunking == 0) return left;
   if (plan.chunking == 1) return 1;
@@ -474,7 +507,9 @@ SessionHarness::SessionHarness() {
   // the same).
   std::signal(SIGPIPE, SIG_IGN);
   cluster_.set_recording(false);
-  config_.listen = HostPort{"127.0.0.1", port_.port()};
+  for (auto& port : ports_)
+    port = std::make_unique<test::PortReservation>();
+  config_.listen = HostPort{"127.0.0.1", ports_.front()->port()};
   config_.seeds = cluster_.addresses();
   config_.threads = 1;
   // Small limits keep memory small and put the limits themselves within reach of the inputs.
@@ -495,6 +530,9 @@ std::string SessionHarness::run(std::string_view input) {
   if (!cluster_.reset()) return "the scripted cluster did not close its connections in time";
   cluster_.set_recording(false);
   const Plan plan = decode(input, cluster_);
+  // The proxy's port changes from one input to the next, so that fewer of the connections to it meet a
+  // TIME_WAIT of an earlier one.
+  config_.listen.port = ports_[runs_++ % ports_.size()]->port();
 
   proxy::Proxy proxy(config_);
   if (std::string error = proxy.start(); !error.empty()) return "the proxy did not start: " + error;
@@ -515,9 +553,15 @@ std::string SessionHarness::run(std::string_view input) {
     failure = drive(plan, clients, config_, fnv1a(input), slow_reader_closed);
   }
   if (failure.empty()) {
-    test::TestClient ping(config_.listen.port, kPingDeadline);
-    const std::string reply = ping.command({"PING"});
-    if (reply != "+PONG\r\n") failure = "PING on a fresh connection got '" + printable(reply) + "'";
+    PingResult result = ping(config_.listen.port);
+    if (result.transport) {
+      const PingResult again = ping(config_.listen.port);
+      if (again.failure.empty())
+        result = again;
+      else
+        result.failure += ", and again: " + again.failure;
+    }
+    if (!result.failure.empty()) failure = "PING on a fresh connection: " + result.failure;
   }
   for (std::size_t i = 0; i < clients.size() && failure.empty(); ++i) {
     Client& c = clients[i];

@@ -19,12 +19,15 @@
 //     to QUIT or the first protocol error, which get one each, after which the proxy closes), unless the
 //     proxy closed it as a slow reader, or bytes followed the QUIT or the error (closing with input unread
 //     makes the kernel reset the connection, which may discard replies on their way);
-//   - afterwards, a fresh connection gets +PONG to PING within a deadline;
+//   - afterwards, a fresh connection gets +PONG to PING within a deadline (a second one if the first could
+//   not
+//     connect or was reset before any reply);
 //   - the process does not crash: the sanitizer builds abort on any report, and the driver's copy of the
 //   proxy
 //     is built with libstdc++'s assertions, which abort on an index out of range.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -57,7 +60,8 @@ class SessionHarness {
 
  private:
   test::ScriptedCluster cluster_;
-  test::PortReservation port_;
+  std::array<std::unique_ptr<test::PortReservation>, 4> ports_;
+  std::size_t runs_ = 0;
   proxy::Config config_;
 };
 
