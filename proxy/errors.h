@@ -8,6 +8,17 @@
 
 namespace slotshift::proxy::errors {
 
+// An error reply is one line: CR and LF inside it (from a client's bytes quoted back, or a node's reply
+// quoted in a merge error) would end it early and leave the rest to be read as further replies, breaking the
+// client's stream. They become spaces, as Redis does when it quotes client input in an error.
+inline std::string one_line(std::string error) {
+  if (error.size() < 3 || error[0] != '-') return error;
+  for (std::size_t i = 1; i + 2 < error.size(); ++i) {
+    if (error[i] == '\r' || error[i] == '\n') error[i] = ' ';
+  }
+  return error;
+}
+
 // Redis's own errors.
 inline std::string unknown_command(std::string_view name, std::string_view args_preview) {
   return "-ERR unknown command '" + std::string(name) +
@@ -79,6 +90,11 @@ inline std::string no_owner(unsigned slot) {
 }
 inline std::string too_many_redirects(std::string_view last) {
   return "-ERR slotshift-proxy: too many redirects, last: " + std::string(last) + "\r\n";
+}
+// A node's reply that a split or fanned-out command cannot merge (its first bytes quoted).
+inline std::string merge_unexpected(std::string_view what) {
+  return one_line("-ERR slotshift-proxy: unexpected reply from a node while merging: " +
+                  std::string(what.substr(0, 60)) + "\r\n");
 }
 inline constexpr std::string_view kMaxClients = "-ERR max number of clients reached\r\n";
 inline constexpr std::string_view kTransactionTooBig =

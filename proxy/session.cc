@@ -472,7 +472,7 @@ Session::Later Session::later_on_slot(const Request& request) const {
 void Session::answer(std::string_view name, std::string reply) {
   auto r = new_request(std::string(name), nullptr);
   r->done = true;
-  r->reply = std::move(reply);
+  r->reply = reply.empty() || reply[0] != '-' ? std::move(reply) : errors::one_line(std::move(reply));
   worker_.stats().local_replies.add();
   enqueue(r);
 }

@@ -45,8 +45,7 @@ bool parse_integer_reply(std::string_view reply, std::int64_t& out) {
 }
 
 std::string unexpected(std::string_view what) {
-  return "-ERR slotshift-proxy: unexpected reply from a node while merging: " +
-         std::string(what.substr(0, 60)) + "\r\n";
+  return errors::merge_unexpected(what);
 }
 
 }  // namespace
@@ -304,9 +303,10 @@ void Worker::retry_due(const RequestPtr& r, std::uint64_t now) {
         return;
     }
   }
+  // Sent first, then what its client parked behind it: on the same connection they follow it.
   r->retrying = false;
-  if (owner) owner->retry_ended(*r);
   dispatch(r);
+  if (owner) owner->retry_ended(*r);
 }
 
 bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {

@@ -208,29 +208,71 @@ struct Expectation {
   bool trailing = false;
 };
 
+bool is(std::string_view arg, std::string_view lower_name) {
+  return arg.size() == lower_name.size() &&
+         std::equal(arg.begin(), arg.end(), lower_name.begin(),
+                    [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
+}
+
 Expectation expect(std::string_view stream, const resp::Limits& limits) {
   Expectation e;
   resp::Scanner scanner(resp::Scanner::Mode::kRequest, limits);
   std::vector<std::string_view> args;
+  // The state that decides which commands get a reply: CLIENT REPLY OFF and SKIP silence replies (outside
+  // MULTI; inside, CLIENT is refused), RESET and CLIENT REPLY ON bring them back.
+  bool off = false, skip = false, in_multi = false;
+  auto reply = [&] {
+    if (off) return;
+    if (skip) {
+      skip = false;
+      return;
+    }
+    ++e.replies;
+  };
   while (!stream.empty()) {
     const resp::Status status = scanner.scan(stream);
     if (status == resp::Status::kIncomplete) break;
     if (status == resp::Status::kError) {
-      ++e.replies;
+      reply();
       e.closes = true;
       e.trailing = true;  // the rest of the malformed command at least
       break;
     }
     scanner.args(stream, args);
     if (!args.empty()) {
-      ++e.replies;
       const std::string_view name = args[0];
-      if (name.size() == 4 && std::equal(name.begin(), name.end(), "quit", [](char a, char b) {
-            return std::tolower(static_cast<unsigned char>(a)) == b;
-          })) {
+      if (is(name, "quit")) {
+        reply();
         e.closes = true;
         e.trailing = stream.size() > scanner.size();
         break;
+      }
+      if (is(name, "reset")) {
+        if (args.size() == 1) {
+          off = skip = in_multi = false;
+        }
+        reply();
+      } else if (!in_multi && is(name, "client") && args.size() == 3 && is(args[1], "reply")) {
+        if (is(args[2], "on")) {
+          off = skip = false;
+          reply();
+        } else if (is(args[2], "off")) {
+          // Not answered itself (a pending SKIP is spent on it).
+          off = true;
+          skip = false;
+        } else if (is(args[2], "skip")) {
+          // Not answered itself either; it skips the next reply unless replies are off anyway.
+          skip = !off;
+        } else {
+          reply();
+        }
+      } else {
+        if (is(name, "multi") && args.size() == 1) {
+          in_multi = true;
+        } else if (in_multi && (is(name, "exec") || is(name, "discard"))) {
+          in_multi = false;
+        }
+        reply();
       }
     }
     stream.remove_prefix(scanner.size());

@@ -228,3 +228,81 @@ TEST_CASE("pipelined replies come back in order, each its own, while one node is
   for (const auto& e : expected)
     CHECK(c.read_reply() == e);
 }
+
+// Per-client order through retries: a command sent again must not run after a later command of the same
+// client for the same slot (SET k 10 sent again after SET k 20 would leave 10).
+
+TEST_CASE("a write refused with CLUSTERDOWN is not sent again over a later write of its client that ran") {
+  ProxyFixture f;
+  TestClient c = f.client();
+  const std::string key = key_on(f.cluster, 1, "order");
+  f.cluster.fail("set", "CLUSTERDOWN The cluster is down", 1, 1);
+  std::string wire;
+  resp::append_command(wire, {"SET", key, "10"});
+  resp::append_command(wire, {"SET", key, "20"});
+  REQUIRE(c.send_raw(wire));
+  // The second SET ran before the first one's error came back: the first keeps its error (as from Redis).
+  CHECK(c.read_reply() == "-CLUSTERDOWN The cluster is down\r\n");
+  CHECK(c.read_reply() == "+OK\r\n");
+  std::this_thread::sleep_for(150ms);  // longer than any retry's backoff
+  CHECK(c.command({"GET", key}) == bulk("20"));
+  CHECK(f.cluster.received(1, "set").size() == 2);
+}
+
+TEST_CASE("pipelined writes refused together are sent again together, in the client's order") {
+  ProxyFixture f;
+  TestClient c = f.client();
+  const std::string key = key_on(f.cluster, 1, "order");
+  f.cluster.fail("set", "TRYAGAIN Multiple keys request during rehashing of slot", 2, 1);
+  std::string wire;
+  resp::append_command(wire, {"SET", key, "10"});
+  resp::append_command(wire, {"SET", key, "20"});
+  REQUIRE(c.send_raw(wire));
+  CHECK(c.read_reply() == "+OK\r\n");
+  CHECK(c.read_reply() == "+OK\r\n");
+  CHECK(c.command({"GET", key}) == bulk("20"));
+  const auto sets = f.cluster.received(1, "set");
+  REQUIRE(sets.size() == 4);
+  CHECK(sets[2][2] == "10");
+  CHECK(sets[3][2] == "20");
+}
+
+TEST_CASE(
+    "a command that arrives while an earlier one of its client waits to be sent again waits behind it") {
+  ProxyFixture f;
+  TestClient c = f.client();
+  const std::string key = key_on(f.cluster, 2, "order");
+  const std::string other = key_on(f.cluster, 0, "elsewhere");
+  // Five refusals: the first SET waits in the proxy for about 250 ms (10, 20, 40, 80, 100 ms of backoff).
+  f.cluster.fail("set", "CLUSTERDOWN The cluster is down", 5, 2);
+  REQUIRE(c.send({"SET", key, "10"}));
+  std::this_thread::sleep_for(50ms);
+  std::string wire;
+  resp::append_command(wire, {"SET", key, "20"});
+  resp::append_command(wire, {"SET", other, "x"});  // another node: it waits too, to keep the client's order
+  REQUIRE(c.send_raw(wire));
+  CHECK(c.read_reply() == "+OK\r\n");
+  CHECK(c.read_reply() == "+OK\r\n");
+  CHECK(c.read_reply() == "+OK\r\n");
+  CHECK(c.command({"GET", key}) == bulk("20"));
+  const auto sets = f.cluster.received(2, "set");
+  REQUIRE(sets.size() == 7);
+  CHECK(sets[5][2] == "10");
+  CHECK(sets[6][2] == "20");
+}
+
+TEST_CASE("a connect that fails at once is answered, and the proxy goes on") {
+  // 255.255.255.255 is refused by the kernel in connect() itself (a broadcast address), before any event:
+  // the failure comes back inside the send.
+  ProxyFixture f;
+  TestClient c = f.client();
+  const std::string key = key_on(f.cluster, 0, "nowhere");
+  f.cluster.fail("get", "MOVED " + std::to_string(key_slot(key)) + " 255.255.255.255:6379", 1, 0);
+  const std::string reply = c.command({"GET", key});
+  // Either the map is reloaded in time and the node that owns the slot answers, or the deadline passes and
+  // the client is told why.
+  const bool answered = reply == "$-1\r\n" || reply.find("cannot connect") != std::string::npos;
+  CHECK_MESSAGE(answered, reply);
+  CHECK(f.client().command({"PING"}) == "+PONG\r\n");
+  CHECK(c.command({"SET", key, "v"}) == "+OK\r\n");
+}
