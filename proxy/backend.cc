@@ -13,6 +13,8 @@ Backend::Backend(Worker& worker, HostPort address)
 Backend::~Backend() {
   if (dirty_) worker_.forget_dirty(this);
   if (conn_) close_conn();
+  for (const auto& p : pending_)
+    returned(p);
 }
 
 void Backend::shutdown() {
@@ -52,8 +54,11 @@ void Backend::send(const RequestPtr& request, bool asking) {
   request->sent = true;
   Pending p;
   p.request = request;
-  p.bytes = request->wire.size();
+  // A blocking command may wait for hours: it is not counted in the bytes in flight, which pause every
+  // client.
+  p.bytes = request->blocking ? 0 : request->wire.size();
   worker_.inflight_bytes_ += p.bytes;
+  request->sent_ms = worker_.now_ms();
   p.attempt = request->attempt;
   p.remaining = request->replies_per_send;
   auto& out = conn_->out.buffer();

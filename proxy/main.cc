@@ -131,6 +131,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
     return 2;
   }
+  if (config.max_pipeline < 2) {
+    // Reading resumes once a client is under half of it: below 2 it never would.
+    std::fprintf(stderr, "slotshift-proxy: --max-pipeline must be at least 2\n");
+    return 2;
+  }
   if (config.seeds.empty()) {
     std::fprintf(stderr, "slotshift-proxy: --seed is required (HOST:PORT of at least one cluster node)\n");
     return 2;

@@ -52,6 +52,7 @@ struct Request {
   // Blocking commands: the deadline of their waits in the proxy (for a node that serves the slot, a retry),
   // set when they first have to wait; the time spent blocked at the server has no deadline of ours.
   std::uint64_t wait_deadline_ms = 0;
+  std::uint64_t sent_ms = 0;  // loop time it was last sent to a node
   std::uint32_t attempt = 0;
   int redirects = 0;
   std::uint64_t retry_at_ms = 0;       // TRYAGAIN/CLUSTERDOWN backoff

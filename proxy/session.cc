@@ -240,9 +240,12 @@ void Session::close() {
   if (!on_hold_.empty()) worker_.held().session_closing(*this);
   // Commands the client sent before it hung up still run, as on a single Redis: parked ones go after the
   // longest retry backoff, so behind the earlier command they waited for.
-  for (auto& p : parked_)
+  std::deque<Parked> parked;
+  parked.swap(parked_);
+  for (auto& p : parked) {
+    worker_.waiting_bytes_ -= p.request->wire.size();
     worker_.retry_later(p.request, kParkedAfterCloseMs, "sent after its client closed");
-  parked_.clear();
+  }
   // The connections are closed now but freed with the session: a callback of one of them may be what closes
   // the client.
   for (auto& [name, backend] : dedicated_)
@@ -434,12 +437,17 @@ void Session::retry_ended(const Request& request) {
   parked.swap(parked_);
   std::stable_sort(parked.begin(), parked.end(),
                    [](const Parked& a, const Parked& b) { return a.request->seq < b.request->seq; });
-  for (auto& p : parked)
+  for (auto& p : parked) {
+    worker_.waiting_bytes_ -= p.request->wire.size();
+    // A dispatch may close this client (a reply answered at once over its bounds): what is left goes through
+    // dispatch all the same, which no longer orders it by this client.
     worker_.dispatch(p.request, p.asking, p.to);
+  }
 }
 
 void Session::park(const RequestPtr& request, bool asking, Backend* to) {
   request->sent = false;
+  worker_.waiting_bytes_ += request->wire.size();
   parked_.push_back({request, asking, to});
 }
 
@@ -475,10 +483,13 @@ void Session::answer(std::string_view name, std::string reply) {
   r->reply = reply.empty() || reply[0] != '-' ? std::move(reply) : errors::one_line(std::move(reply));
   worker_.stats().local_replies.add();
   enqueue(r);
+  // Behind an unanswered command it is held like any reply, within the client's bounds.
+  if (queue_.front() != r) on_request_done(*r);
 }
 
 void Session::on_request_done(Request& request) {
   if (closing_) return;
+  if (request.silent) std::string().swap(request.reply);  // CLIENT REPLY OFF/SKIP: nothing to keep
   if (!queue_.empty() && queue_.front().get() != &request) {
     // Answered, but an earlier request is not: the reply waits here, and counts against the client's bounds.
     request.held = true;

@@ -60,6 +60,7 @@ class Session {
   void pause_or_resume_reading();
 
   std::uint64_t id() const { return id_; }
+  bool closing() const { return closing_; }
   // Writes every reply that is ready, in order (called by the worker once per loop iteration).
   void flush_replies();
 

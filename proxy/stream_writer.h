@@ -78,11 +78,13 @@ class StreamWriter {
     const std::size_t bytes = self->in_flight_;
     delete w;
     self->in_flight_ = 0;
+    // A write that failed may have got part of its bytes (or all) to the node before the error: they count as
+    // sent, so that what the owner does next never sends a command twice that may have run.
+    self->written_ += bytes;
     if (status < 0) {
       if (status != UV_ECANCELED && self->on_error) self->on_error(self->owner, status);
       return;
     }
-    self->written_ += bytes;
     if (!self->out_.empty()) {
       const int rc = self->flush();
       if (rc < 0 && self->on_error) self->on_error(self->owner, rc);

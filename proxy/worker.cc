@@ -216,13 +216,14 @@ void Worker::flush_backends() {
 }
 
 Session* Worker::owner_of(const Request& r) {
-  if (r.session) return r.session;
-  return r.parent ? r.parent->session : nullptr;
+  Session* s = r.session ? r.session : (r.parent ? r.parent->session : nullptr);
+  // A client that has closed orders nothing any more (its parked commands went to the retry queue).
+  return s && !s->closing() ? s : nullptr;
 }
 
 void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
   if (r->done) return;
-  if (r->blocking && !r->session) {
+  if (r->blocking && (!r->session || r->session->closing())) {
     r->done = true;  // the client that asked is gone
     return;
   }
@@ -263,8 +264,12 @@ void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::strin
   const std::uint64_t at = now + delay_ms;
   // A blocking command has no deadline while the server blocks it, but its waits in the proxy have one: a
   // BLPOP during CLUSTERDOWN gets an error after request-timeout, as any other command.
-  if (r->deadline_ms == 0 && r->wait_deadline_ms == 0)
-    r->wait_deadline_ms = now + static_cast<std::uint64_t>(config_.request_timeout.count());
+  // A blocking command that was blocked at the server for longer than that starts a new wait.
+  const auto timeout = static_cast<std::uint64_t>(config_.request_timeout.count());
+  if (r->deadline_ms == 0 && (r->wait_deadline_ms == 0 || (r->sent_ms != 0 && now - r->sent_ms > timeout))) {
+    r->wait_deadline_ms = now + timeout;
+    r->sent_ms = 0;
+  }
   r->sent = false;
   if (at >= r->wait_deadline()) {
     stats_.errors_timeout.add();
@@ -278,6 +283,7 @@ void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::strin
   stats_.retries.add();
   if (!r->retrying) {
     r->retrying = true;
+    waiting_bytes_ += r->wire.size();
     if (Session* owner = owner_of(*r)) owner->retry_started(*r);
   }
   retries_.push_back(r);
@@ -305,6 +311,7 @@ void Worker::retry_due(const RequestPtr& r, std::uint64_t now) {
   }
   // Sent first, then what its client parked behind it: on the same connection they follow it.
   r->retrying = false;
+  waiting_bytes_ -= r->wire.size();
   dispatch(r);
   if (owner) owner->retry_ended(*r);
 }
@@ -398,6 +405,7 @@ void Worker::complete(const RequestPtr& r, std::string reply) {
   r->reply = std::move(reply);
   if (r->retrying) {
     r->retrying = false;
+    waiting_bytes_ -= r->wire.size();
     if (Session* owner = owner_of(*r)) owner->retry_ended(*r);
   }
   if (r->parent) {
@@ -491,11 +499,15 @@ std::string Worker::merge_parts(Request& p) {
       if (node_cursor != 0) {
         next = scan_cursor::encode({p.scan_slot, p.scan_tag, node_cursor});
       } else {
-        // That master is done: on to the master with the next lowest slot, in the map as it is now.
-        const auto walk = router_.masters_by_lowest_slot();
-        for (const auto& [slot, backend] : walk) {
-          if (slot > p.scan_slot) {
-            next = scan_cursor::encode({slot, scan_cursor::tag_of(backend->name()), 0});
+        // That master is done: on to the owner of the next slot above it that another master serves, in the
+        // map as it is now. Slots only go up, so the walk ends; a master whose slots are not in one range may
+        // be walked twice (SCAN allows keys twice), and a master whose lowest slot moved below the walk (a
+        // slot moved to it) is still reached.
+        const Backend* current = router_.owner(p.scan_slot);
+        for (unsigned s = p.scan_slot + 1u; s < kSlotCount; ++s) {
+          const Backend* b = router_.owner(static_cast<Slot>(s));
+          if (b && b != current) {
+            next = scan_cursor::encode({static_cast<Slot>(s), scan_cursor::tag_of(b->name()), 0});
             break;
           }
         }

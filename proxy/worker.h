@@ -89,7 +89,7 @@ class Worker {
   // Closes every client's own connection that no blocking command uses now; returns how many.
   std::size_t close_idle_dedicated();
   // Bytes of requests at this worker's backends, not answered yet (Config::max_inflight_bytes).
-  std::size_t inflight_bytes() const { return inflight_bytes_; }
+  std::size_t inflight_bytes() const { return inflight_bytes_ + waiting_bytes_; }
 
  private:
   void on_tick();
@@ -128,6 +128,7 @@ class Worker {
   std::unordered_set<Session*> sessions_;
   HeldRequests held_;
   std::size_t inflight_bytes_ = 0;
+  std::size_t waiting_bytes_ = 0;  // requests waiting in the proxy to be sent (again): retrying or parked
   bool stopping_ = false;
 
   friend class Session;
