@@ -219,10 +219,12 @@ class Cluster:
 
 
 class Proxy:
-    def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None):
+    def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None, preexec=None):
         """admin=True serves the admin endpoint on a free loopback port (self.admin_port), with admin_token if
-        given; admin_call() talks to it."""
+        given; admin_call() talks to it. preexec runs in the proxy's process before it starts (resource
+        limits)."""
         self.admin_token = admin_token
+        self.preexec = preexec
         # free_port() only finds a port that was free a moment ago: another test running beside this one may
         # take it first. A proxy that could not listen for that reason is started again on other ports.
         for _ in range(3):
@@ -243,7 +245,8 @@ class Proxy:
                 flags = (*flags, "--admin-token", self.admin_token)
         self.log = open(os.path.join(cluster.dir, "proxy-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--seed", cluster.seed(),
-                                      "--threads", str(threads), *flags], stdout=self.log, stderr=subprocess.STDOUT)
+                                      "--threads", str(threads), *flags], stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=self.preexec)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:

@@ -265,41 +265,14 @@ def stop_if_running(proxy):
     proxy.stop()
 
 
-class LimitedProxy(harness.Proxy):
-    """A proxy started as harness.Proxy starts it, with its RLIMIT_NOFILE set to `nofile`."""
+def limited_proxy(cluster, *flags, threads=2, nofile=64):
+    """A proxy whose RLIMIT_NOFILE is `nofile`."""
 
-    def __init__(self, cluster, *flags, threads=2, nofile=64):
-        self.nofile = nofile
-        super().__init__(cluster, *flags, threads=threads)
+    def limit():
+        # The proxy raises its soft limit as far as the hard one allows: both are set.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    def start(self, cluster, flags, threads, admin):
-        self.port = harness.free_port()
-        self.admin_port = None
-        nofile = self.nofile
-
-        def limit():
-            # The proxy raises its soft limit as far as the hard one allows: both are set.
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.log = open(os.path.join(cluster.dir, "proxy-%d.log" % self.port), "w+")
-        self.proc = subprocess.Popen([harness.PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--seed",
-                                      cluster.seed(), "--threads", str(threads), *flags],
-                                     stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"DBSIZE\r\n")
-                    if s.recv(100).startswith(b":"):
-                        return True
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                return False
-            time.sleep(0.05)
-        self.proc.kill()
-        self.proc.wait()
-        return False
+    return harness.Proxy(cluster, *flags, threads=threads, preexec=limit)
 
 
 class Checker:
@@ -1088,7 +1061,7 @@ class HostileClients(ProxyTestCase):
     def test_15_out_of_file_descriptors(self):
         wait_for_binary()
         # The BLPOP below waits in the proxy for a connection it cannot open, until its request timeout.
-        proxy = guard(LimitedProxy(self.cluster, "--request-timeout-ms", "1000", threads=1, nofile=64))
+        proxy = guard(limited_proxy(self.cluster, "--request-timeout-ms", "1000", threads=1, nofile=64))
         self.addCleanup(stop_if_running, proxy)
         kept = []
         try:
