@@ -44,14 +44,22 @@ class StreamWriter {
       release_if_large();
       return 0;
     }
-    // The rest is written from where the kernel stopped, out of the buffer itself: a large reply is handed
-    // on, never copied.
+    // The rest is written from where the kernel stopped. When most of the buffer is still to go it is handed
+    // on as it is (a large reply is never copied); when most of it is out, the rest is copied, so that a slow
+    // reader's write never keeps more than twice its unwritten bytes.
     auto* w = new Write;
     w->writer = this;
-    w->data.swap(out_);
-    in_flight_ = w->data.size() - static_cast<std::size_t>(n);
+    std::size_t offset = static_cast<std::size_t>(n);
+    if (offset > out_.size() - offset) {
+      w->data.assign(out_, offset);
+      release_if_large();
+      offset = 0;
+    } else {
+      w->data.swap(out_);
+    }
+    in_flight_ = w->data.size() - offset;
     w->req.data = w;
-    uv_buf_t rest = uv_buf_init(w->data.data() + n, static_cast<unsigned>(in_flight_));
+    uv_buf_t rest = uv_buf_init(w->data.data() + offset, static_cast<unsigned>(in_flight_));
     const int rc = uv_write(&w->req, stream_, &rest, 1, &StreamWriter::on_write);
     if (rc < 0) {
       in_flight_ = 0;

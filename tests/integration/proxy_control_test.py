@@ -862,8 +862,9 @@ class FakeClusterNode:
         return "127.0.0.1:%d" % self.port
 
     def serve(self):
+        # The bus port is the port + 10000, wrapped into range for ephemeral ports above 55535.
         text = ("%s 127.0.0.1:%d@%d myself,master - 0 0 1 connected 0-16383\n"
-                % ("f" * 40, self.port, self.port + 10000)).encode()
+                % ("f" * 40, self.port, (self.port + 10000) % 65536 or 1)).encode()
         while True:
             try:
                 conn, _ = self.sock.accept()
