@@ -303,29 +303,6 @@ struct Client {
   bool active() const { return fd >= 0 && !drop; }
 };
 
-int connect_loopback(int port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 && errno != EINPROGRESS) {
-    ::close(fd);
-    return -1;
-  }
-  pollfd p{fd, POLLOUT, 0};
-  int error = 0;
-  socklen_t len = sizeof error;
-  if (::poll(&p, 1, 2000) != 1 || ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0 || error != 0) {
-    ::close(fd);
-    return -1;
-  }
-  const int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  return fd;
-}
-
 // At most 80 bytes of `s`, printable, for a report.
 std::string printable(std::string_view s) {
   std::string out;
@@ -405,7 +382,7 @@ struct PingResult {
 };
 
 PingResult ping(int port) {
-  const int fd = connect_loopback(port);
+  const int fd = test::connect_loopback(port, 2s);
   if (fd < 0) return {"cannot connect", true};
   constexpr std::string_view kPing = "*1\r\n$4\r\nPING\r\n";
   std::string reply;
@@ -451,7 +428,7 @@ std::string drive(const Plan& plan, std::vector<Client>& clients, const proxy::C
     c.stream = plan.streams[i];
     c.expected = expect(c.stream, limits);
     c.drop = plan.drop_last && i + 1 == clients.size();
-    c.fd = connect_loopback(config.listen.port);
+    c.fd = test::connect_loopback(config.listen.port, 2s);
     if (c.fd < 0) return "cannot connect to the proxy";
   }
   Rng rng{input_hash ^ plan.chunking};

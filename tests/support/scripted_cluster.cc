@@ -723,29 +723,32 @@ PortReservation::~PortReservation() {
 // ---------------------------------------------------------------------------------------------------------------
 // TestClient
 
-TestClient::TestClient(int port, std::chrono::milliseconds timeout) : timeout_(timeout) {
+int connect_loopback(int port, std::chrono::milliseconds timeout) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return;
+  if (fd < 0) return -1;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   addr.sin_port = htons(static_cast<std::uint16_t>(port));
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 && errno != EINPROGRESS) {
     ::close(fd);
-    return;
+    return -1;
   }
   pollfd p{fd, POLLOUT, 0};
   int error = 0;
   socklen_t len = sizeof error;
-  if (::poll(&p, 1, static_cast<int>(timeout_.count())) != 1 ||
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1 ||
       ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0 || error != 0) {
     ::close(fd);
-    return;
+    return -1;
   }
   const int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  fd_ = fd;
+  return fd;
 }
+
+TestClient::TestClient(int port, std::chrono::milliseconds timeout)
+    : fd_(connect_loopback(port, timeout)), timeout_(timeout) {}
 
 TestClient::~TestClient() {
   if (fd_ >= 0) ::close(fd_);

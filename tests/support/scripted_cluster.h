@@ -140,6 +140,9 @@ class PortReservation {
   int port_ = 0;
 };
 
+// A non-blocking TCP connection to 127.0.0.1:`port`, connected within `timeout`, with TCP_NODELAY; -1 if not.
+int connect_loopback(int port, std::chrono::milliseconds timeout);
+
 // A plain blocking client connection on loopback, every wait bounded by the timeout given at construction.
 class TestClient {
  public:
