@@ -82,7 +82,7 @@ struct Request {
   std::size_t key_count = 0;                        // kArrayByIndex parent: elements in the merged reply
   std::vector<std::weak_ptr<Request>> parts;        // split parent: its parts, by part_index (gone: answered)
   std::vector<Slot> part_slots;                     // and the slot of each
-  Slot scan_slot = 0;          // kScanCursor parent: the lowest slot of the master walked
+  Slot scan_slot = 0;          // kScanCursor parent: the slot where the master's walk began
   std::uint16_t scan_tag = 0;  // and the tag of its address (scan_cursor.h)
 };
 

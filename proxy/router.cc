@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <unordered_set>
 
 #include "common/resp.h"
 #include "common/topology.h"
@@ -128,16 +127,6 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
   loaded_ = true;
   refreshing_ = false;
   worker_.proxy().topology_loaded(make_snapshot(std::move(parsed.topology)));
-}
-
-std::vector<std::pair<Slot, Backend*>> Router::masters_by_lowest_slot() const {
-  std::vector<std::pair<Slot, Backend*>> out;
-  std::unordered_set<Backend*> seen;
-  for (unsigned s = 0; s < kSlotCount; ++s) {
-    Backend* b = slots_[s];
-    if (b && seen.insert(b).second) out.emplace_back(static_cast<Slot>(s), b);
-  }
-  return out;
 }
 
 }  // namespace slotshift::proxy

@@ -7,7 +7,6 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "common/host_port.h"
@@ -26,8 +25,6 @@ class Router {
   Backend* owner(Slot slot) const { return slots_[slot]; }
   // Every master that owns at least one slot, in a stable order (by address).
   const std::vector<Backend*>& masters() const { return masters_; }
-  // Every master with the lowest slot it owns, in the order of those slots (the walk of a SCAN).
-  std::vector<std::pair<Slot, Backend*>> masters_by_lowest_slot() const;
   // Read by the admin endpoint's thread too.
   bool ready() const { return loaded_.load(std::memory_order_relaxed); }
 

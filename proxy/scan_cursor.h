@@ -1,16 +1,18 @@
 // The cursor of a SCAN over the whole cluster, as the client sees it: one unsigned 64-bit number (clients
 // parse it as such) that says which master is being walked and where that master's own walk is.
 //
-//   bits 0-13   the lowest slot of the master being walked: the master is found again as that slot's owner
+//   bits 0-13   a slot of the master being walked (where its walk began): the master is found again as that
+//               slot's owner
 //   bits 14-29  a tag of that master's address (never 0)
 //   bits 30-63  the master's own SCAN cursor
 //
-// Masters are walked in the order of their lowest slot. Naming a master by a slot rather than by its place in
-// a list keeps a cursor valid when masters are added, removed or fail over: the owner of the slot is asked
-// again. When the slot's owner is not the master the cursor was made on (a failover, a move of that slot),
-// its walk starts again from 0: keys may then be returned twice, which SCAN allows, but none present through
-// the whole scan is skipped because a node's position changed. The tag tells the two apart with a chance of a
-// collision of one in 65,535.
+// Masters are walked in slot order: the owner of slot 0 (or the first served), then the owner of the next
+// slot that another master serves, and so on, so the walk ends. Naming a master by a slot rather than by its
+// place in a list keeps a cursor valid when masters are added, removed or fail over: the owner of the slot is
+// asked again. When the slot's owner is not the master the cursor was made on (a failover, a move of that
+// slot), its walk starts again from 0: keys may then be returned twice, which SCAN allows, but none present
+// through the whole scan is skipped because a node's position changed. The tag tells the two apart with a
+// chance of a collision of one in 65,535.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +29,7 @@ inline constexpr int kNodeShift = kSlotBits + kTagBits;
 inline constexpr std::uint64_t kMaxNodeCursor = (std::uint64_t{1} << (64 - kNodeShift)) - 1;
 
 struct Position {
-  Slot slot = 0;          // lowest slot of the master
+  Slot slot = 0;          // a slot of the master, where its walk began
   std::uint16_t tag = 0;  // 0 in the client's first cursor: start with the first master
   std::uint64_t node_cursor = 0;
 };

@@ -945,7 +945,7 @@ void Session::fan_out(const RequestPtr& parent, Args args, Merge merge) {
     worker_.dispatch(part);
 }
 
-// SCAN over the whole cluster, one master after the other, with a cursor that names the master by its lowest
+// SCAN over the whole cluster, one master after the other, with a cursor that names the master by a
 // slot (scan_cursor.h) so that it stays valid through failovers and added masters.
 void Session::scan(Args args, const std::string& name, const CommandInfo* cmd) {
   std::uint64_t cursor = 0;
@@ -953,22 +953,16 @@ void Session::scan(Args args, const std::string& name, const CommandInfo* cmd) {
     answer(name, std::string(errors::kInvalidCursor));
     return;
   }
-  const auto walk = worker_.router().masters_by_lowest_slot();
-  if (walk.empty()) {
-    answer(name, errors::no_owner(0));
-    return;
-  }
   scan_cursor::Position at = scan_cursor::decode(cursor);
-  Backend* node = nullptr;
   if (cursor == 0) {
-    at.slot = walk.front().first;
-    node = walk.front().second;
-  } else {
-    node = worker_.router().owner(at.slot);
-    if (!node) {
-      answer(name, errors::no_owner(at.slot));
-      return;
-    }
+    // A new scan starts with the owner of the lowest slot that has one.
+    while (at.slot + 1u < kSlotCount && !worker_.router().owner(at.slot))
+      ++at.slot;
+  }
+  Backend* node = worker_.router().owner(at.slot);
+  if (!node) {
+    answer(name, errors::no_owner(at.slot));
+    return;
   }
   const std::uint16_t tag = scan_cursor::tag_of(node->name());
   // Another master serves the slot than the one the cursor was made on (a failover, a move): its own cursor
