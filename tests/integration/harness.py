@@ -81,6 +81,21 @@ def free_port():
     raise RuntimeError("no free port")
 
 
+def free_node_port():
+    """A port for a cluster node started by a test: it and its cluster-bus port (port + 10000) can both be bound, and
+    both lie below the kernel's ephemeral range (32768 and up), so no outgoing connection takes them meanwhile."""
+    for _ in range(1000):
+        port = random.randint(20000, 22767)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class Cluster:
     def __init__(self, masters=3, replicas=0, server=None):
         """server: redis-7.0, valkey-9.1, ... (default: SERVER, from SLOTSHIFT_SERVER)."""

@@ -15,6 +15,7 @@ Run by ctest as mixed_versions_it when redis-8.0 is among SLOTSHIFT_TEST_SERVERS
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,27 +38,37 @@ class NewerNode:
         conf = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
         self.root, server = conf["ROOT"], conf["SERVER"]
         os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
-        self.dir = tempfile.mkdtemp(prefix="slotshift-mixed.", dir=os.path.join(self.root, "tmp"))
-        inner = self.dir[len(self.root):]
-        self.port = harness.free_port()
-        while self.port + 10000 > 65535:
-            self.port = harness.free_port()
-        subprocess.run(["chroot", self.root, server, "--port", str(self.port), "--bind", "127.0.0.1",
-                        "--protected-mode", "no", "--daemonize", "yes", "--dir", inner,
-                        "--pidfile", inner + "/redis.pid", "--logfile", inner + "/redis.log",
-                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "",
-                        "--appendonly", "no"], check=True)
-        self.addr = ("127.0.0.1", self.port)
-        self.r = redis.Redis(*self.addr)
-        deadline = time.time() + 10
-        while True:
-            try:
-                self.r.ping()
+        # A port taken by another process between our check and the server's bind makes the daemonized server exit
+        # at once; start again on another port in a fresh directory, and show the server's own log if it never
+        # comes up.
+        for attempt in range(3):
+            self.dir = tempfile.mkdtemp(prefix="slotshift-mixed.", dir=os.path.join(self.root, "tmp"))
+            inner = self.dir[len(self.root):]
+            self.port = harness.free_node_port()
+            subprocess.run(["chroot", self.root, server, "--port", str(self.port), "--bind", "127.0.0.1",
+                            "--protected-mode", "no", "--daemonize", "yes", "--dir", inner,
+                            "--pidfile", inner + "/redis.pid", "--logfile", inner + "/redis.log",
+                            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", "",
+                            "--appendonly", "no"], check=True)
+            self.addr = ("127.0.0.1", self.port)
+            self.r = redis.Redis(*self.addr)
+            if self.answers(deadline=time.time() + 10):
                 break
-            except redis.ConnectionError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
+            self.r.close()
+            try:
+                with open(os.path.join(self.dir, "redis.log"), errors="replace") as f:
+                    log = f.read()[-2000:]
+            except OSError as e:
+                log = "(no log: %s)" % e
+            try:
+                with open(os.path.join(self.dir, "redis.pid")) as f:
+                    os.kill(int(f.read()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if attempt == 2:
+                raise AssertionError("the Redis 8.0 node did not start on port %d; its log ends with:\n%s"
+                                     % (self.port, log))
         self.id = self.r.execute_command("CLUSTER", "MYID").decode()
         subprocess.run(["redis-cli", "--cluster", "add-node", "127.0.0.1:%d" % self.port, cluster.seed()],
                        check=True, capture_output=True, timeout=60)
@@ -67,6 +78,16 @@ class NewerNode:
             if time.time() > deadline:
                 raise AssertionError("the Redis 8.0 node did not join")
             time.sleep(0.1)
+
+    def answers(self, deadline):
+        while True:
+            try:
+                self.r.ping()
+                return True
+            except redis.ConnectionError:
+                if time.time() > deadline:
+                    return False
+                time.sleep(0.05)
 
     def stop(self):
         try:

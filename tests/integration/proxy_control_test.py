@@ -943,15 +943,7 @@ class RouteToANodeThatJustJoined(unittest.TestCase):
 
     def join_new_node(self):
         node_dir = tempfile.mkdtemp(prefix="joined.", dir=self.cluster.dir)
-        for _ in range(20):
-            port = harness.free_port() % 10000 + 20000
-            try:
-                for p in (port, port + 10000):
-                    with socket.socket() as s:
-                        s.bind(("127.0.0.1", p))
-                break
-            except OSError:
-                continue
+        port = harness.free_node_port()
         proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                                  "--cluster-config-file", os.path.join(node_dir, "nodes.conf"), "--dir", node_dir,
                                  "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
