@@ -492,7 +492,7 @@ std::string parse_slots_entry(const resp::Value& entry, Topology& t) {
 // and the order in which arguments are evaluated is unspecified.
 Finding make_finding(FindingKind kind, std::string message, std::string node_id = {},
                      std::string peer_id = {}, const std::vector<SlotRange>& slots = {}) {
-  return Finding{kind, std::move(message), std::move(node_id), std::move(peer_id), slots};
+  return Finding{kind, std::move(message), std::move(node_id), std::move(peer_id), slots, 0, {}};
 }
 
 // Open slots of one node, one finding per peer.
@@ -507,6 +507,15 @@ void check_open_slots(const Topology& t, const Node& n, const std::map<Slot, std
                       (migrating ? " MIGRATING to " : " IMPORTING from ") + describe_id(t, peer);
     out.push_back(make_finding(migrating ? FindingKind::kSlotMigrating : FindingKind::kSlotImporting,
                                std::move(msg), n.id, peer, ranges));
+    // The keys already copied in are reachable only through ASK from a source that is gone: the slot's new
+    // owner (the source's promoted replica, or none) never sends clients there.
+    const Node* source = t.find(peer);
+    if (!migrating && (source == nullptr || source->failed()))
+      out.push_back(make_finding(FindingKind::kImportingFromFailed,
+                                 describe(n) + " imports " + plural_slots(ranges) + " from " +
+                                     (source == nullptr ? short_id(peer) + ", no longer a node of the cluster"
+                                                        : describe(*source) + ", which has failed"),
+                                 n.id, peer, ranges));
   }
 }
 
@@ -670,6 +679,20 @@ std::string_view finding_kind_name(FindingKind kind) {
       return "node-set-disagreement";
     case FindingKind::kRoleDisagreement:
       return "role-disagreement";
+    case FindingKind::kImportingFromFailed:
+      return "importing-from-failed";
+    case FindingKind::kReplicasOfEmptyMaster:
+      return "replicas-of-empty-master";
+    case FindingKind::kNodeUnreachable:
+      return "node-unreachable";
+    case FindingKind::kOrphanKeys:
+      return "orphan-keys";
+    case FindingKind::kRefusingWrites:
+      return "refusing-writes";
+    case FindingKind::kMoveInProgress:
+      return "move-in-progress";
+    case FindingKind::kMoveUnfinished:
+      return "move-unfinished";
   }
   return "unknown";
 }
@@ -959,6 +982,18 @@ std::vector<Finding> check(const Topology& t) {
       out.push_back(make_finding(FindingKind::kNodeLoading,
                                  describe(n) + " is loading (its replication offset is still 0)", n.id));
     }
+  }
+
+  // Replicas of a master without slots protect nothing, and Redis's replica migration may move them away to a
+  // master that has lost its own.
+  for (const Node& m : t.nodes) {
+    if (!m.is_master() || !m.slots.empty() || m.failed() || m.in_handshake()) continue;
+    std::vector<std::string> names;
+    for (const Node* r : t.replicas_of(m.id))
+      names.push_back(describe(*r));
+    if (!names.empty())
+      out.push_back(make_finding(FindingKind::kReplicasOfEmptyMaster,
+                                 describe(m) + " owns no slot but has replicas: " + join(names, ", "), m.id));
   }
 
   if (!epochs_unknown.empty()) {

@@ -232,11 +232,20 @@ enum class FindingKind : std::uint8_t {
   kNodeLoading,            // SHARDS health loading: a replica that has not finished its first sync
   kEpochsUnknown,          // a master's config epoch is unknown (no NODES data): collisions not checked
   kOpenSlotsUnknown,       // a master's own NODES reply is missing: its open slots not checked
+  kImportingFromFailed,    // a node imports slots from a node that has failed or is no longer known
+  kReplicasOfEmptyMaster,  // replicas follow a master that owns no slot
   // compare_views(): several nodes' views.
   kOwnerDisagreement,    // the views name different owners for some slots
   kEpochDisagreement,    // the views give a master different config epochs
   kNodeSetDisagreement,  // a node (not in handshake) is in some views and not in others
   kRoleDisagreement,     // a node is a master in one view and a replica (or another master's) in another
+  // The orchestrator's check, from what it asks each node (orchestrator/cluster_check.h).
+  kNodeUnreachable,  // a node of the cluster did not answer
+  kOrphanKeys,       // keys on a node in slots it neither owns (nor its master) nor imports
+  kRefusingWrites,   // a master's min-replicas-to-write exceeds its replicas in sync: it refuses every write
+  kMoveInProgress,   // a slotshift move holds its lease on nodes of the cluster
+  kMoveUnfinished,   // a journal of this machine names a move of this cluster that neither ended nor was
+                     // undone
 };
 
 std::string_view finding_kind_name(FindingKind kind);
@@ -248,6 +257,8 @@ struct Finding {
   std::string node_id;           // the node it is about, when there is one
   std::string peer_id;           // the other node: migrating/importing peer, the other master of a collision
   std::vector<SlotRange> slots;  // the slots it is about, when there are any
+  std::uint64_t keys = 0;        // kOrphanKeys: how many keys
+  std::string detail;            // kMoveUnfinished: the journal's path; kRefusingWrites: the setting's value
 };
 
 // Every check of one model: coverage, double ownership, slots on replicas, epoch collisions among masters,

@@ -65,20 +65,12 @@ nlohmann::json node_json(const Node& n) {
   return j;
 }
 
-nlohmann::json finding_json(const Finding& f) {
-  nlohmann::json j{{"kind", std::string(finding_kind_name(f.kind))}, {"message", f.message}};
-  if (!f.node_id.empty()) j["node_id"] = f.node_id;
-  if (!f.peer_id.empty()) j["peer_id"] = f.peer_id;
-  if (!f.slots.empty()) j["slots"] = format_slot_ranges(f.slots);
-  return j;
-}
+}  // namespace
 
 std::size_t covered_slots(const Topology& t) {
   return static_cast<std::size_t>(
       std::count_if(t.owners.begin(), t.owners.end(), [](auto o) { return o != kNoOwner; }));
 }
-
-}  // namespace
 
 ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout,
                              const Credentials& credentials) {
@@ -248,67 +240,6 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
   for (const auto& l : s.loading)
     out << "  loading: " << l << "\n";
   return s.complete() ? 0 : 1;
-}
-
-int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err) {
-  std::string error;
-  const auto seed = parse_host_port(options.cluster, error);
-  if (!seed) {
-    err << "slotshift check: --cluster: " << error << "\n";
-    return 2;
-  }
-  const auto s = survey_cluster(*seed, options.timeout, options.credentials);
-  if (!s.error.empty()) {
-    err << "slotshift check: " << s.error << "\n";
-    return 1;
-  }
-  auto findings = check(s.merged);
-  for (auto& f : compare_views(s.views))
-    findings.push_back(std::move(f));
-  // A move that could not see a source learn its claim leaves it refusing writes, its only fence left; a
-  // killed one may too. Either way no write reaches that master until someone lifts it. (Asked here, not in
-  // every survey: a move's settle surveys the cluster every 25 ms.)
-  std::vector<std::string> refusing_writes;
-  for (const auto* m : s.merged.masters()) {
-    NodeClient c;
-    if (!c.connect(HostPort{m->address(), m->port}, options.timeout, options.credentials)) continue;
-    const auto mr = c.command({"CONFIG", "GET", "min-replicas-to-write"});
-    if (mr && !mr->is_error() && mr->elements.size() == 2 && mr->elements[1].str == kRefuseAllWrites)
-      refusing_writes.push_back(c.node().str());
-  }
-  const bool clean = findings.empty() && s.complete() && refusing_writes.empty();
-  if (options.json) {
-    nlohmann::json j;
-    j["ok"] = clean;
-    j["nodes_asked"] = s.views.size();
-    auto list = nlohmann::json::array();
-    for (const auto& f : findings)
-      list.push_back(finding_json(f));
-    j["findings"] = list;
-    j["unreachable"] = s.unreachable;
-    j["loading"] = s.loading;
-    j["refusing_writes"] = refusing_writes;
-    out << j.dump(2) << "\n";
-    return clean ? 0 : 1;
-  }
-  out << "asked " << s.views.size() << " nodes; " << covered_slots(s.merged) << " of " << kSlotCount
-      << " slots covered\n";
-  for (const auto& u : s.unreachable)
-    out << "  unreachable: " << u << "\n";
-  for (const auto& l : s.loading)
-    out << "  loading: " << l << "; its view could not be read\n";
-  for (const auto& r : refusing_writes)
-    out << "  refusing-writes: " << r << " refuses every write (min-replicas-to-write " << kRefuseAllWrites
-        << "), left so by a slotshift move; once every node names one owner for each slot, put back its own "
-           "value (the move's message and journal say it; the server's default is 0)\n";
-  for (const auto& f : findings)
-    out << "  " << finding_kind_name(f.kind) << ": " << f.message << "\n";
-  out << (clean ? "OK: all nodes agree, every slot is covered, nothing is open\n"
-                : "NOT OK: " +
-                      std::to_string(findings.size() + s.unreachable.size() + s.loading.size() +
-                                     refusing_writes.size()) +
-                      " problem(s)\n");
-  return clean ? 0 : 1;
 }
 
 }  // namespace slotshift

@@ -47,7 +47,9 @@ struct ClusterSurvey {
 ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds timeout,
                              const Credentials& credentials = {});
 
+// How many slots have an owner in `t`.
+std::size_t covered_slots(const Topology& t);
+
 int run_status(const CommonOptions& options, std::ostream& out, std::ostream& err);
-int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err);
 
 }  // namespace slotshift

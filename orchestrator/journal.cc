@@ -163,7 +163,7 @@ std::string journal_dir() {
   return std::string(home && *home ? home : "/tmp") + "/.local/state/slotshift";
 }
 
-std::string latest_unfinished_journal(std::string& error) {
+std::vector<std::string> unfinished_journals(std::string& error) {
   namespace fs = std::filesystem;
   const std::string dir = journal_dir();
   std::error_code ec;
@@ -171,18 +171,31 @@ std::string latest_unfinished_journal(std::string& error) {
   for (const auto& e : fs::directory_iterator(dir, ec))
     if (e.is_regular_file() && e.path().extension() == ".journal") journals.push_back(e);
   if (ec) {
-    error = "no journal in " + dir + " (" + ec.message() + "); name one with --journal";
-    return "";
+    error = "no journal in " + dir + " (" + ec.message() + ")";
+    return {};
   }
   std::sort(journals.begin(), journals.end(),
             [](const auto& a, const auto& b) { return a.last_write_time() > b.last_write_time(); });
+  std::vector<std::string> out;
   for (const auto& e : journals) {
     std::string why;
     const auto state = read_journal(e.path().string(), why);
-    if (state && !state->finished) return e.path().string();
+    if (state && !state->finished) out.push_back(e.path().string());
   }
-  error = "no unfinished move in " + dir + "; name a journal with --journal";
-  return "";
+  return out;
+}
+
+std::string latest_unfinished_journal(std::string& error) {
+  auto all = unfinished_journals(error);
+  if (!error.empty()) {
+    error += "; name one with --journal";
+    return "";
+  }
+  if (all.empty()) {
+    error = "no unfinished move in " + journal_dir() + "; name a journal with --journal";
+    return "";
+  }
+  return all.front();
 }
 
 }  // namespace slotshift

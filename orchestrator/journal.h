@@ -101,6 +101,9 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
 // Where journals go when --journal is not given: $SLOTSHIFT_STATE_DIR, else /var/lib/slotshift for root and
 // $HOME/.local/state/slotshift for others.
 std::string journal_dir();
+// Every journal in journal_dir() whose move has not finished, newest first; `error` set when the directory
+// cannot be read.
+std::vector<std::string> unfinished_journals(std::string& error);
 // The newest journal in journal_dir() whose move has not finished, or "" (with `error` saying why).
 std::string latest_unfinished_journal(std::string& error);
 

@@ -1,9 +1,13 @@
 // slotshift: the orchestrator CLI.
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <iostream>
 
+#include "orchestrator/cluster_check.h"
+#include "orchestrator/cluster_fix.h"
 #include "orchestrator/commands.h"
 #include "orchestrator/move.h"
 
@@ -57,6 +61,23 @@ int main(int argc, char** argv) {
   auto* check =
       app.add_subcommand("check", "compare every node's view; exit 0 only if the cluster is consistent");
   add_common(check);
+
+  slotshift::FixOptions fix_options;
+  auto* fix = app.add_subcommand(
+      "fix",
+      "repair what check finds without losing an acknowledged write: close open slots keeping the newest "
+      "copy of every key, end epoch collisions, delete orphan keys, undo unfinished moves, let masters a "
+      "move left refusing writes take them again; prints its plan first and asks");
+  add_common(fix);
+  fix->add_flag("--yes", fix_options.yes, "apply the plan without asking");
+  fix->add_flag("--dry-run", fix_options.dry_run, "print the plan and change nothing");
+  fix->add_flag(
+      "--assign-uncovered", fix_options.assign_uncovered,
+      "give slots without an owner to a master (one holding their keys, else the one with the fewest "
+      "slots)");
+  fix->add_option("--proxy-token", fix_options.proxy_token,
+                  "the proxies' admin token, for an unfinished move's proxies (or the environment variable "
+                  "SLOTSHIFT_ADMIN_TOKEN)");
 
   slotshift::MoveOptions move;
   std::string max_pause = "50ms", pause_timeout = "2s", big_key = "8MB", spool_memory = "256MB";
@@ -134,6 +155,13 @@ int main(int argc, char** argv) {
     if (const char* p = std::getenv("SLOTSHIFT_PASSWORD")) options.credentials.password = p;
   if (status->parsed()) return slotshift::run_status(options, std::cout, std::cerr);
   if (check->parsed()) return slotshift::run_check(options, std::cout, std::cerr);
+  if (fix->parsed()) {
+    fix_options.common = options;
+    fix_options.interactive = isatty(STDIN_FILENO) != 0;
+    if (fix_options.proxy_token.empty())
+      if (const char* t = std::getenv("SLOTSHIFT_ADMIN_TOKEN")) fix_options.proxy_token = t;
+    return slotshift::run_fix(fix_options, std::cin, std::cout, std::cerr);
+  }
   if (abort->parsed() || resume->parsed()) {
     try {
       recover.max_pause = parse_duration(max_pause);

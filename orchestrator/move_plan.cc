@@ -2,6 +2,8 @@
 
 #include "orchestrator/move_job.h"
 
+#include "orchestrator/cluster_check.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -45,7 +47,8 @@ SlotPlan plan_slots(const ClusterSurvey& survey, const std::vector<Slot>& slots,
   for (auto& f : compare_views(survey.views))
     findings.push_back(std::move(f));
   for (const auto& f : findings) {
-    if (f.kind == FindingKind::kNodeLoading) {
+    // Moving slots to a master that has none is how its replicas get something to protect.
+    if (f.kind == FindingKind::kNodeLoading || f.kind == FindingKind::kReplicasOfEmptyMaster) {
       plan.warnings.push_back(f.message);
       continue;
     }
@@ -104,6 +107,18 @@ bool MoveJob::plan() {
   const auto survey = survey_cluster(*seed, options_.common.timeout, options_.common.credentials);
   auto planned = plan_slots(survey, *slots, options_.to);
   if (!planned.refusal.empty()) return fail(std::move(planned.refusal));
+  {
+    // What only the nodes themselves say: keys left in slots a node does not own (a move into it would
+    // revive them), a master refusing writes, a move of this machine killed half way. A running move is
+    // refused by its lease, below, naming its holder.
+    ClusterHealth health;
+    health.survey = survey;
+    add_node_findings(health, options_.common);
+    for (const auto& f : health.findings)
+      if (f.kind != FindingKind::kMoveInProgress)
+        return fail("the cluster is not clean (" + std::string(finding_kind_name(f.kind)) + ": " + f.message +
+                    "); run slotshift check, fix it, then move");
+  }
   topology_ = survey.merged;
   warnings_ = std::move(planned.warnings);
   target_ = planned.target;

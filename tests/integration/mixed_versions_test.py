@@ -52,7 +52,7 @@ class NewerNode:
                             "--appendonly", "no"], check=True)
             self.addr = ("127.0.0.1", self.port)
             self.r = redis.Redis(*self.addr)
-            if self.answers(deadline=time.time() + 10):
+            if self.answers(deadline=time.time() + 10) and self.ours():
                 break
             self.r.close()
             try:
@@ -78,6 +78,16 @@ class NewerNode:
             if time.time() > deadline:
                 raise AssertionError("the Redis 8.0 node did not join")
             time.sleep(0.1)
+
+    def ours(self):
+        """The server answering on our port is the one we started (another test's node may hold the port if ours
+        could not bind it)."""
+        try:
+            with open(os.path.join(self.dir, "redis.pid")) as f:
+                pid = int(f.read())
+            return self.r.info("server")["process_id"] == pid
+        except (OSError, ValueError, redis.RedisError):
+            return False
 
     def answers(self, deadline):
         while True:

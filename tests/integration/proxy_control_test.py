@@ -943,21 +943,28 @@ class RouteToANodeThatJustJoined(unittest.TestCase):
 
     def join_new_node(self):
         node_dir = tempfile.mkdtemp(prefix="joined.", dir=self.cluster.dir)
-        port = harness.free_node_port()
-        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                                 "--cluster-config-file", os.path.join(node_dir, "nodes.conf"), "--dir", node_dir,
-                                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        self.addCleanup(shutil.rmtree, node_dir, ignore_errors=True)
+        # Another test's node may take the port between our check and our bind: then ours exits, and the PING
+        # is answered by theirs. Only a server that reports our process id is ours.
+        for attempt in range(5):
+            port = harness.free_node_port()
+            proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled",
+                                     "yes", "--cluster-config-file", os.path.join(node_dir, "nodes-%d.conf" % port),
+                                     "--dir", node_dir, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
 
-        def stop():
-            proc.kill()
-            proc.wait()
-            shutil.rmtree(node_dir, ignore_errors=True)
-        self.addCleanup(stop)
-        node = ("127.0.0.1", port)
-        deadline = time.time() + 10
-        while self.cluster.cli(node, "ping", check=False).strip() != "PONG":
-            self.assertLess(time.time(), deadline, "the new node did not start")
-            time.sleep(0.05)
+            def stop(proc=proc):
+                proc.kill()
+                proc.wait()
+            self.addCleanup(stop)
+            node = ("127.0.0.1", port)
+            deadline = time.time() + 10
+            while proc.poll() is None and self.cluster.cli(node, "ping", check=False).strip() != "PONG":
+                self.assertLess(time.time(), deadline, "the new node did not start")
+                time.sleep(0.05)
+            info = self.cluster.cli(node, "info", "server", check=False)
+            if proc.poll() is None and "process_id:%d" % proc.pid in info:
+                break
+            self.assertLess(attempt, 4, "no port for the new node")
         self.assertEqual(self.cluster.cli(self.cluster.nodes[0], "cluster", "meet", "127.0.0.1", str(port)).strip(),
                          "OK")
         self.cluster.nodes.append(node)

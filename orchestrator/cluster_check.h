@@ -1,0 +1,67 @@
+// slotshift check: every finding about a cluster, from what each node says about itself and about the others.
+//
+// The topology's own checks (common/topology.h: coverage, open slots, epochs, views that disagree) plus what
+// only asking each node tells: keys in slots the node neither owns nor imports (orphans), masters whose
+// min-replicas-to-write makes them refuse every write, slotshift moves that run (their lease on the nodes)
+// or were killed (a journal of this machine that neither ended nor was undone), nodes that do not answer.
+// slotshift fix plans from the same report, and slotshift move refuses to start while any finding stands.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "orchestrator/commands.h"
+#include "orchestrator/journal.h"
+
+namespace slotshift {
+
+// Keys of one node in slots it neither owns nor imports (a replica: that its master neither owns nor
+// imports).
+struct OrphanKeys {
+  std::string node_id;
+  HostPort node;
+  bool replica = false;
+  std::vector<std::pair<Slot, std::uint64_t>> slots;  // slot, keys
+  std::uint64_t keys() const;
+};
+
+// A master whose min-replicas-to-write exceeds its replicas in sync with it: it answers NOREPLICAS to writes.
+struct RefusingMaster {
+  std::string node_id;
+  HostPort node;
+  std::string min_replicas_to_write;
+  int replicas_in_sync = 0;
+};
+
+struct UnfinishedMove {
+  std::string journal;  // its path
+  JournalState state;
+};
+
+struct ClusterHealth {
+  ClusterSurvey survey;
+  std::vector<Finding> findings;
+  std::vector<OrphanKeys> orphans;
+  std::vector<RefusingMaster> refusing;
+  std::vector<UnfinishedMove> unfinished;
+  bool moving = false;  // a slotshift move holds its lease on some node
+
+  bool clean() const { return findings.empty(); }
+};
+
+// Surveys the cluster through `seed` and asks every node. The survey's error (not even the seed answers) is
+// left in survey.error with no findings.
+ClusterHealth inspect_cluster(const HostPort& seed, const CommonOptions& options);
+// The findings only asking each node gives (orphans, refused writes, moves running or unfinished), added to
+// `health`, whose survey is already made.
+void add_node_findings(ClusterHealth& health, const CommonOptions& options);
+
+// The report of `slotshift check`, human or JSON, as `run_check` and `slotshift fix` print it.
+void print_health(const ClusterHealth& health, bool json, std::ostream& out);
+
+int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err);
+
+}  // namespace slotshift

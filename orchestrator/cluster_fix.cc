@@ -1,0 +1,581 @@
+#include "orchestrator/cluster_fix.h"
+
+#include <algorithm>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "orchestrator/cluster_check.h"
+#include "orchestrator/finding_guide.h"
+#include "orchestrator/move.h"
+#include "orchestrator/move_job.h"
+#include "orchestrator/slot_repair.h"
+
+namespace slotshift {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Step {
+  enum class Kind {
+    kAbortMove,
+    kRestoreWrites,
+    kBumpEpoch,
+    kSettleOwners,
+    kCloseSlot,
+    kDeleteOrphans,
+    kAssign
+  };
+  Kind kind;
+  std::string text;  // the plan's line
+  std::string node_id;
+  HostPort node;
+  std::string value, lag;  // kRestoreWrites: what to put back
+  std::string journal;     // kAbortMove
+  std::vector<Slot> slots;
+};
+
+struct StepResult {
+  bool ok = false;
+  std::string outcome;
+};
+
+HostPort address_of(const Node& n) {
+  return HostPort{n.address(), n.port};
+}
+
+const Topology* own_view(const ClusterSurvey& s, const std::string& id) {
+  for (const auto& v : s.views)
+    if (v.myself_id == id) return &v;
+  return nullptr;
+}
+
+// The slots `id` claims in its own view.
+std::set<Slot> own_claims(const ClusterSurvey& s, const std::string& id) {
+  std::set<Slot> out;
+  if (const Topology* v = own_view(s, id))
+    if (const Node* self = v->myself())
+      for (const auto& r : self->slots)
+        for (int x = r.first; x <= r.last; ++x)
+          out.insert(static_cast<Slot>(x));
+  return out;
+}
+
+std::uint64_t keys_in(const Node& n, const std::vector<Slot>& slots, const CommonOptions& o) {
+  if (slots.empty()) return 0;
+  NodeClient c;
+  if (!c.connect(address_of(n), o.timeout, o.credentials)) return 0;
+  const auto counts = count_keys(c, slots);
+  std::uint64_t total = 0;
+  if (counts)
+    for (const auto k : *counts)
+      total += k;
+  return total;
+}
+
+// Of the masters that claim `slots`, the one that should win: the one that holds their keys (the others'
+// claims would lose those keys), else the one with the smaller id, as the servers would decide.
+const Node* rightful_owner(const std::vector<const Node*>& claimants, const std::vector<Slot>& slots,
+                           const CommonOptions& o, std::string& why) {
+  const Node* best = nullptr;
+  std::uint64_t best_keys = 0;
+  for (const Node* n : claimants) {
+    const auto k = keys_in(*n, slots, o);
+    if (best == nullptr || k > best_keys || (k == best_keys && n->id < best->id)) {
+      best = n;
+      best_keys = k;
+    }
+  }
+  why = best_keys ? "it holds the keys of the slots both claim (" + std::to_string(best_keys) + ")"
+                  : "no claimant holds keys of them; the smaller id, as the servers would choose";
+  return best;
+}
+
+// The slots some node's own view has open.
+std::set<Slot> open_slots(const ClusterSurvey& s) {
+  std::set<Slot> out;
+  for (const auto& v : s.views)
+    if (const Node* self = v.myself()) {
+      for (const auto& [slot, peer] : self->migrating)
+        out.insert(slot);
+      for (const auto& [slot, peer] : self->importing)
+        out.insert(slot);
+    }
+  return out;
+}
+
+std::string describe_open(const ClusterSurvey& s, Slot slot) {
+  std::vector<std::string> parts;
+  for (const auto& v : s.views)
+    if (const Node* self = v.myself()) {
+      if (auto it = self->migrating.find(slot); it != self->migrating.end())
+        parts.push_back(short_id(self->id) + " MIGRATING to " + short_id(it->second));
+      if (auto it = self->importing.find(slot); it != self->importing.end())
+        parts.push_back(short_id(self->id) + " IMPORTING from " + short_id(it->second));
+    }
+  return join(parts, ", ");
+}
+
+// Waits until the views agree on every owner and epoch and no two masters share an epoch; false at the
+// deadline.
+bool wait_agreement(const HostPort& seed, const CommonOptions& o, Clock::time_point deadline) {
+  for (;;) {
+    const auto s = survey_cluster(seed, o.timeout, o.credentials);
+    bool agree = s.complete();
+    if (agree)
+      for (const auto& f : compare_views(s.views))
+        if (f.kind != FindingKind::kNodeSetDisagreement) agree = false;
+    if (agree)
+      for (const auto& f : check(s.merged))
+        if (f.kind == FindingKind::kEpochCollision || f.kind == FindingKind::kSlotOwnedTwice) agree = false;
+    if (agree) return true;
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+class Fixer {
+ public:
+  Fixer(const HostPort& seed, const FixOptions& options) : seed_(seed), options_(options) {}
+
+  // Everything check found that fix repairs, as steps; the rest in `left`.
+  std::vector<Step> plan(const ClusterHealth& h, std::vector<const Finding*>& left) const;
+  StepResult apply(const Step& step, std::ostream& log);
+
+ private:
+  StepResult bump(const std::string& node_id);
+  StepResult settle_owners();
+  StepResult assign(const std::vector<Slot>& slots);
+
+  HostPort seed_;
+  FixOptions options_;
+};
+
+std::vector<Step> Fixer::plan(const ClusterHealth& h, std::vector<const Finding*>& left) const {
+  std::vector<Step> steps;
+  const auto& s = h.survey;
+  const auto& o = options_.common;
+  std::set<const Finding*> handled;
+  auto mark = [&](FindingKind kind) {
+    for (const auto& f : h.findings)
+      if (f.kind == kind) handled.insert(&f);
+  };
+
+  for (const auto& u : h.unfinished)
+    steps.push_back({Step::Kind::kAbortMove,
+                     "undo the unfinished move " + u.state.move_id + " through its journal " + u.journal +
+                         " (slotshift abort: what it claimed stays moved)",
+                     u.state.target_id,
+                     {},
+                     {},
+                     {},
+                     u.journal,
+                     {}});
+  mark(FindingKind::kMoveUnfinished);
+
+  for (const auto& r : h.refusing) {
+    if (r.min_replicas_to_write != kRefuseAllWrites) continue;
+    std::string value = "0", lag;
+    for (const auto& u : h.unfinished)
+      if (auto it = u.state.restore_min_replicas.find(r.node_id); it != u.state.restore_min_replicas.end())
+        std::tie(value, lag) = it->second;
+    steps.push_back(
+        {Step::Kind::kRestoreWrites,
+         "let master " + short_id(r.node_id) + " " + r.node.str() +
+             " take writes again: min-replicas-to-write " + kRefuseAllWrites + " -> " + value +
+             (value == "0" && h.unfinished.empty() ? " (the server's default; no journal recorded "
+                                                     "the value it had before)"
+                                                   : ""),
+         r.node_id,
+         r.node,
+         value,
+         lag,
+         {},
+         {}});
+    for (const auto& f : h.findings)
+      if (f.kind == FindingKind::kRefusingWrites && f.node_id == r.node_id) handled.insert(&f);
+  }
+
+  // Who owns what: a collision between masters that claim the same slots is resolved for the one holding
+  // their keys; one between masters with disjoint slots as the servers would.
+  for (const auto& f : h.findings) {
+    if (f.kind != FindingKind::kEpochCollision) continue;
+    const Node* a = s.merged.find(f.node_id);
+    const Node* b = s.merged.find(f.peer_id);
+    if (a == nullptr || b == nullptr) continue;
+    const auto ca = own_claims(s, a->id), cb = own_claims(s, b->id);
+    std::vector<Slot> shared;
+    std::set_intersection(ca.begin(), ca.end(), cb.begin(), cb.end(), std::back_inserter(shared));
+    std::string why;
+    const Node* winner = rightful_owner({a, b}, shared, o, why);
+    steps.push_back({Step::Kind::kBumpEpoch,
+                     "give master " + short_id(winner->id) + " " + address_of(*winner).str() +
+                         " a config epoch of its own (CLUSTER BUMPEPOCH), ending its collision with " +
+                         short_id((winner == a ? b : a)->id) + ": " + why,
+                     winner->id,
+                     address_of(*winner),
+                     {},
+                     {},
+                     {},
+                     shared});
+    handled.insert(&f);
+  }
+  bool disagree = false;
+  for (const auto& f : h.findings)
+    if (f.kind == FindingKind::kOwnerDisagreement || f.kind == FindingKind::kSlotOwnedTwice ||
+        f.kind == FindingKind::kEpochDisagreement || f.kind == FindingKind::kSlotsOnReplica ||
+        f.kind == FindingKind::kRoleDisagreement || f.kind == FindingKind::kNodeSetDisagreement) {
+      disagree = true;
+      handled.insert(&f);
+    }
+  const bool bumped = std::any_of(steps.begin(), steps.end(),
+                                  [](const Step& st) { return st.kind == Step::Kind::kBumpEpoch; });
+  if (disagree || bumped)
+    steps.push_back({Step::Kind::kSettleOwners,
+                     "wait until every node names the same owners; where they still differ, give the owner "
+                     "that holds the keys a new config epoch",
+                     {},
+                     {},
+                     {},
+                     {},
+                     {},
+                     {}});
+
+  for (const Slot slot : open_slots(s)) {
+    const Node* owner = s.merged.owner(slot);
+    std::string to;
+    for (const auto& v : s.views)
+      if (const Node* self = v.myself(); self && owner && self->id == owner->id)
+        if (auto it = self->migrating.find(slot); it != self->migrating.end()) to = it->second;
+    const Node* target = to.empty() ? nullptr : s.merged.find(to);
+    const bool finish = target && target->is_master() && !target->failed() && !target->pfailed();
+    steps.push_back(
+        {Step::Kind::kCloseSlot,
+         "close slot " + std::to_string(slot) + " (" + describe_open(s, slot) + "): " +
+             (finish ? "finish the migration to " + short_id(target->id) +
+                           ", the owner's keys replacing older copies"
+                     : "undo it, " + (owner ? short_id(owner->id) : std::string("its owner")) +
+                           " keeping the slot and its own copy of every key, taking back the keys it lacks"),
+         {},
+         {},
+         {},
+         {},
+         {},
+         {slot}});
+  }
+  for (const auto kind : {FindingKind::kSlotMigrating, FindingKind::kSlotImporting,
+                          FindingKind::kMigratingAndImporting, FindingKind::kImportingFromFailed})
+    mark(kind);
+
+  for (const auto& orphan : h.orphans) {
+    if (orphan.replica) continue;
+    std::vector<Slot> slots;
+    for (const auto& [slot, n] : orphan.slots)
+      slots.push_back(slot);
+    steps.push_back({Step::Kind::kDeleteOrphans,
+                     "delete the " + std::to_string(orphan.keys()) + " orphan keys of slots " +
+                         format_slot_ranges(slot_ranges(slots)) + " on master " + short_id(orphan.node_id) +
+                         " " + orphan.node.str() + " (the owner's copies are the live ones)",
+                     orphan.node_id,
+                     orphan.node,
+                     {},
+                     {},
+                     {},
+                     slots});
+    for (const auto& f : h.findings)
+      if (f.kind == FindingKind::kOrphanKeys && f.node_id == orphan.node_id) handled.insert(&f);
+  }
+
+  if (options_.assign_uncovered)
+    for (const auto& f : h.findings)
+      if (f.kind == FindingKind::kSlotsUncovered) {
+        std::vector<Slot> slots;
+        for (const auto& r : f.slots)
+          for (int x = r.first; x <= r.last; ++x)
+            slots.push_back(static_cast<Slot>(x));
+        steps.push_back({Step::Kind::kAssign,
+                         "give the " + std::to_string(slots.size()) + " uncovered slots " +
+                             format_slot_ranges(f.slots) +
+                             " an owner: a master holding keys of a slot, else the one with the fewest slots",
+                         {},
+                         {},
+                         {},
+                         {},
+                         {},
+                         slots});
+        handled.insert(&f);
+      }
+
+  for (const auto& f : h.findings)
+    if (!handled.count(&f)) left.push_back(&f);
+  return steps;
+}
+
+StepResult Fixer::bump(const std::string& node_id) {
+  const auto s = survey_cluster(seed_, options_.common.timeout, options_.common.credentials);
+  const Node* n = s.merged.find(node_id);
+  if (n == nullptr) return {false, "node " + short_id(node_id) + " is no longer in the cluster"};
+  NodeClient c;
+  if (!c.connect(address_of(*n), options_.common.timeout, options_.common.credentials))
+    return {false, c.error()};
+  const auto r = c.command({"CLUSTER", "BUMPEPOCH"});
+  if (!r || r->is_error()) return {false, r ? c.node().str() + ": CLUSTER BUMPEPOCH: " + r->str : c.error()};
+  return {true, short_id(node_id) + ": " + r->str};
+}
+
+StepResult Fixer::settle_owners() {
+  const auto& o = options_.common;
+  // Gossip settles most disagreements within a few node timeouts; only what outlasts that is acted on.
+  if (wait_agreement(seed_, o, Clock::now() + std::chrono::seconds(10))) return {true, "every node agrees"};
+  const auto s = survey_cluster(seed_, o.timeout, o.credentials);
+  std::vector<std::string> done;
+  for (const auto& f : compare_views(s.views)) {
+    if (f.kind != FindingKind::kOwnerDisagreement) continue;
+    std::vector<Slot> slots;
+    for (const auto& r : f.slots)
+      for (int x = r.first; x <= r.last; ++x)
+        slots.push_back(static_cast<Slot>(x));
+    std::vector<const Node*> claimants;
+    for (const auto& v : s.views)
+      if (const Node* named = v.owner(slots.front()))
+        if (const Node* n = s.merged.find(named->id);
+            n && std::find(claimants.begin(), claimants.end(), n) == claimants.end())
+          claimants.push_back(n);
+    if (claimants.empty()) continue;
+    std::string why;
+    const Node* winner = rightful_owner(claimants, slots, o, why);
+    const auto r = bump(winner->id);
+    if (!r.ok) return r;
+    done.push_back("slots " + format_slot_ranges(f.slots) + ": " + r.outcome + " (" + why + ")");
+  }
+  if (!wait_agreement(seed_, o, Clock::now() + std::chrono::seconds(10)))
+    return {false,
+            "the nodes still disagree after " + (done.empty() ? std::string("waiting") : join(done, "; "))};
+  return {true, done.empty() ? "every node agrees" : join(done, "; ")};
+}
+
+StepResult Fixer::assign(const std::vector<Slot>& slots) {
+  const auto& o = options_.common;
+  const auto s = survey_cluster(seed_, o.timeout, o.credentials);
+  if (!s.complete()) return {false, "not every node answers; nothing was changed"};
+  std::vector<Slot> still;
+  for (const Slot x : slots)
+    if (s.merged.owner(x) == nullptr) still.push_back(x);
+  auto masters = s.merged.masters();
+  std::erase_if(masters, [](const Node* m) { return m->failed() || m->pfailed(); });
+  if (masters.empty()) return {false, "no healthy master"};
+  // Keys of each uncovered slot on each master: a slot goes where its keys are.
+  std::map<std::string, std::vector<std::uint64_t>> keys;
+  std::map<std::string, std::size_t> load;
+  for (const Node* m : masters) {
+    NodeClient c;
+    if (c.connect(address_of(*m), o.timeout, o.credentials))
+      if (auto k = count_keys(c, still)) keys[m->id] = std::move(*k);
+    load[m->id] = m->slot_count();
+  }
+  std::map<std::string, std::vector<Slot>> to;
+  for (std::size_t i = 0; i < still.size(); ++i) {
+    const Node* best = nullptr;
+    std::uint64_t best_keys = 0;
+    for (const Node* m : masters) {
+      const auto k = keys.count(m->id) ? keys[m->id][i] : 0;
+      if (k > best_keys) best = m, best_keys = k;
+    }
+    if (best == nullptr)
+      best = *std::min_element(masters.begin(), masters.end(),
+                               [&](const Node* a, const Node* b) { return load[a->id] < load[b->id]; });
+    to[best->id].push_back(still[i]);
+    ++load[best->id];
+  }
+  std::vector<std::string> done;
+  for (const auto& [id, list] : to) {
+    const Node* m = s.merged.find(id);
+    NodeClient c;
+    if (!c.connect(address_of(*m), o.timeout, o.credentials)) return {false, c.error()};
+    std::vector<std::string> cmd{"CLUSTER", "ADDSLOTS"};
+    for (const Slot x : list)
+      cmd.push_back(std::to_string(x));
+    const auto r = c.command(cmd);
+    if (!r || r->is_error()) return {false, r ? c.node().str() + ": CLUSTER ADDSLOTS: " + r->str : c.error()};
+    done.push_back(format_slot_ranges(slot_ranges(list)) + " to " + short_id(id));
+  }
+  return {true, done.empty() ? "every slot had an owner by then" : "assigned " + join(done, ", ")};
+}
+
+StepResult Fixer::apply(const Step& step, std::ostream& log) {
+  const auto& o = options_.common;
+  switch (step.kind) {
+    case Step::Kind::kAbortMove: {
+      MoveOptions recover;
+      recover.common = o;
+      recover.common.json = false;
+      recover.journal = step.journal;
+      recover.proxy_token = options_.proxy_token;
+      recover.progress = false;
+      std::ostringstream said;
+      const int rc = run_abort(recover, said, said);
+      log << said.str();
+      return {rc == 0, rc == 0 ? "undone" : "slotshift abort exited " + std::to_string(rc)};
+    }
+    case Step::Kind::kRestoreWrites: {
+      NodeClient c;
+      if (!c.connect(step.node, o.timeout, o.credentials)) return {false, c.error()};
+      // Asked again: the move's own undo (an earlier step) may have put it back already.
+      const auto now = c.command({"CONFIG", "GET", "min-replicas-to-write"});
+      if (!now || now->is_error() || now->elements.size() != 2)
+        return {false, now ? c.node().str() + ": CONFIG GET: " + now->str : c.error()};
+      if (now->elements[1].str != kRefuseAllWrites)
+        return {true, "already min-replicas-to-write " + now->elements[1].str};
+      std::vector<std::string> set{"CONFIG", "SET", "min-replicas-to-write", step.value};
+      if (!step.lag.empty()) set.insert(set.end(), {"min-replicas-max-lag", step.lag});
+      const auto r = c.command(set);
+      if (!r || r->is_error()) return {false, r ? c.node().str() + ": CONFIG SET: " + r->str : c.error()};
+      return {true, "min-replicas-to-write " + step.value};
+    }
+    case Step::Kind::kBumpEpoch:
+      return bump(step.node_id);
+    case Step::Kind::kSettleOwners:
+      return settle_owners();
+    case Step::Kind::kCloseSlot: {
+      SlotRepairer repair(seed_, o, options_.step_budget);
+      const auto r = repair.close_slot(step.slots.front());
+      return {r.ok, r.summary};
+    }
+    case Step::Kind::kDeleteOrphans: {
+      SlotRepairer repair(seed_, o, options_.step_budget);
+      std::uint64_t deleted = 0;
+      for (const Slot x : step.slots) {
+        const auto r = repair.delete_orphans(step.node_id, x);
+        if (!r.ok) return {false, r.summary};
+        deleted += r.deleted;
+      }
+      return {true, std::to_string(deleted) + " keys deleted"};
+    }
+    case Step::Kind::kAssign:
+      return assign(step.slots);
+  }
+  return {false, "unknown step"};
+}
+
+}  // namespace
+
+int run_fix(const FixOptions& options, std::istream& in, std::ostream& out, std::ostream& err) {
+  std::string error;
+  const auto seed = parse_host_port(options.common.cluster, error);
+  if (!seed) {
+    err << "slotshift fix: --cluster: " << error << "\n";
+    return 2;
+  }
+  const bool json = options.common.json;
+  if (json && !options.yes && !options.dry_run) {
+    err << "slotshift fix: --json needs --yes or --dry-run (there is no way to ask)\n";
+    return 2;
+  }
+  const auto h = inspect_cluster(*seed, options.common);
+  if (!h.survey.error.empty()) {
+    err << "slotshift fix: " << h.survey.error << "\n";
+    return 1;
+  }
+  nlohmann::json report;
+  // Nothing is changed on a cluster that cannot be seen whole: a node that does not answer may hold the
+  // newest copy of a key, or a view that would change the plan.
+  std::string refusal;
+  if (!h.survey.complete())
+    refusal = "every node must answer before fix changes anything; " +
+              (h.survey.unreachable.empty() ? h.survey.loading.front() : h.survey.unreachable.front());
+  else if (h.moving)
+    refusal =
+        "a slotshift move is running (its lease is on the nodes); let it end, or stop it and run fix again";
+  Fixer fixer(*seed, options);
+  std::vector<const Finding*> left;
+  const auto steps = refusal.empty() ? fixer.plan(h, left) : std::vector<Step>{};
+
+  if (json) {
+    auto plan = nlohmann::json::array();
+    for (const auto& st : steps)
+      plan.push_back(st.text);
+    report["plan"] = plan;
+    auto kept = nlohmann::json::array();
+    for (const Finding* f : left)
+      kept.push_back({{"kind", std::string(finding_kind_name(f->kind))},
+                      {"message", f->message},
+                      {"fix", std::string(guide(f->kind).fix)}});
+    report["left_as_is"] = kept;
+    if (!refusal.empty()) report["refused"] = refusal;
+  } else {
+    out << "slotshift fix: the cluster seen from " << seed->str() << "\n";
+    if (!refusal.empty()) {
+      print_health(h, false, out);
+      err << "slotshift fix: " << refusal << "\n";
+      return 1;
+    }
+    if (steps.empty() && h.clean()) {
+      out << "nothing to fix: all nodes agree, every slot is covered, nothing is open or left behind\n";
+      return 0;
+    }
+    out << (steps.empty() ? "nothing fix can do:\n" : "plan:\n");
+    for (std::size_t i = 0; i < steps.size(); ++i)
+      out << "  " << i + 1 << ". " << steps[i].text << "\n";
+    if (!left.empty()) out << "left as is:\n";
+    for (const Finding* f : left)
+      out << "  - " << finding_kind_name(f->kind) << ": " << f->message
+          << "\n      fix: " << guide(f->kind).fix << "\n";
+  }
+  if (!refusal.empty()) {
+    report["ok"] = false;
+    out << report.dump(2) << "\n";
+    return 1;
+  }
+  if (options.dry_run || steps.empty()) {
+    if (json) {
+      report["ok"] = h.clean();
+      out << report.dump(2) << "\n";
+    }
+    return options.dry_run ? 0 : 1;
+  }
+  if (!options.yes) {
+    if (!options.interactive) {
+      out << "not applied: nothing was changed; run again with --yes to apply this plan\n";
+      return 3;
+    }
+    out << "apply this plan? [y/N] " << std::flush;
+    std::string answer;
+    std::getline(in, answer);
+    if (answer != "y" && answer != "Y" && answer != "yes") {
+      out << "not applied: nothing was changed\n";
+      return 3;
+    }
+  }
+
+  auto applied = nlohmann::json::array();
+  bool all_ok = true;
+  std::ostringstream log;
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    const auto r = fixer.apply(steps[i], json ? static_cast<std::ostream&>(log) : out);
+    all_ok = all_ok && r.ok;
+    if (json)
+      applied.push_back({{"step", steps[i].text}, {"ok", r.ok}, {"outcome", r.outcome}});
+    else
+      out << "  " << i + 1 << ". " << (r.ok ? "done: " : "FAILED: ") << r.outcome << "\n";
+  }
+  // The last steps' changes reach every node by gossip; the check below should see them all.
+  wait_agreement(*seed, options.common, Clock::now() + std::chrono::seconds(10));
+  const auto after = inspect_cluster(*seed, options.common);
+  if (json) {
+    report["applied"] = applied;
+    if (!log.str().empty()) report["log"] = log.str();
+    std::ostringstream again;
+    print_health(after, true, again);
+    report["after"] = nlohmann::json::parse(again.str());
+    report["ok"] = all_ok && after.clean();
+    out << report.dump(2) << "\n";
+  } else {
+    out << "check after fix:\n";
+    print_health(after, false, out);
+  }
+  return all_ok && after.clean() ? 0 : 1;
+}
+
+}  // namespace slotshift

@@ -1,0 +1,376 @@
+#include "orchestrator/slot_repair.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "orchestrator/move_job.h"
+
+namespace slotshift {
+namespace {
+
+constexpr std::size_t kKeysPerMigrate = 256;
+
+HostPort address_of(const Node& n) {
+  return HostPort{n.address(), n.port};
+}
+
+// The node's own view of `slot`: what it migrates or imports it to or from ("" when neither).
+struct OpenState {
+  std::string migrating_to, importing_from;
+};
+
+OpenState open_state(const ClusterSurvey& s, const std::string& id, Slot slot) {
+  OpenState o;
+  for (const auto& v : s.views) {
+    if (v.myself_id != id) continue;
+    const Node* self = v.myself();
+    if (self == nullptr) break;
+    if (auto it = self->migrating.find(slot); it != self->migrating.end()) o.migrating_to = it->second;
+    if (auto it = self->importing.find(slot); it != self->importing.end()) o.importing_from = it->second;
+  }
+  return o;
+}
+
+// Every view names the same owner for `slot` (nullptr when none does): "" if so, else who says what.
+std::string owner_disagreement(const ClusterSurvey& s, Slot slot) {
+  const Node* merged = s.merged.owner(slot);
+  for (const auto& v : s.views) {
+    const Node* o = v.owner(slot);
+    if ((o == nullptr) != (merged == nullptr) || (o && o->id != merged->id))
+      return short_id(v.myself_id) + " names " + (o ? short_id(o->id) : std::string("no owner")) + ", " +
+             "the cluster " + (merged ? short_id(merged->id) : std::string("no owner"));
+  }
+  return "";
+}
+
+}  // namespace
+
+SlotRepairer::SlotRepairer(const HostPort& seed, const CommonOptions& options,
+                           std::chrono::milliseconds budget)
+    : seed_(seed), options_(options), budget_(budget) {}
+
+NodeClient* SlotRepairer::client(const HostPort& node, std::string& error) {
+  auto& c = clients_[node.str()];
+  if (!c.usable() || !(c.node() == node)) {
+    c = NodeClient();
+    if (!c.connect(node, options_.timeout, options_.credentials)) {
+      error = c.error();
+      return nullptr;
+    }
+  }
+  return &c;
+}
+
+std::optional<std::uint64_t> SlotRepairer::count(const HostPort& node, Slot slot, std::string& error) {
+  NodeClient* c = client(node, error);
+  if (c == nullptr) return std::nullopt;
+  const auto n = c->command({"CLUSTER", "COUNTKEYSINSLOT", std::to_string(slot)});
+  if (!n || n->is_error()) {
+    error = n ? node.str() + ": " + n->str : c->error();
+    return std::nullopt;
+  }
+  return static_cast<std::uint64_t>(std::max<std::int64_t>(n->integer, 0));
+}
+
+bool SlotRepairer::setslot(const HostPort& node, const std::vector<std::string>& args, std::string& error) {
+  NodeClient* c = client(node, error);
+  if (c == nullptr) return false;
+  std::vector<std::string> cmd{"CLUSTER", "SETSLOT"};
+  cmd.insert(cmd.end(), args.begin(), args.end());
+  const auto r = c->command(cmd);
+  if (!r || r->is_error()) {
+    error = node.str() + ": " + join(cmd) + ": " + (r ? r->str : c->error());
+    return false;
+  }
+  return true;
+}
+
+SlotRepairer::Transfer SlotRepairer::transfer(const HostPort& from, const Node& to, Slot slot, bool replace) {
+  Transfer t;
+  const std::string s = std::to_string(slot);
+  for (;;) {
+    if (expired()) {
+      t.error = "gave up after " + std::to_string(budget_.count()) + " ms with keys of slot " + s +
+                " still on " + from.str();
+      return t;
+    }
+    NodeClient* src = client(from, t.error);
+    if (src == nullptr) return t;
+    const auto listed = src->command({"CLUSTER", "GETKEYSINSLOT", s, std::to_string(kKeysPerMigrate)});
+    if (!listed || listed->is_error()) {
+      t.error = listed ? from.str() + ": CLUSTER GETKEYSINSLOT: " + listed->str : src->error();
+      return t;
+    }
+    if (listed->elements.empty()) return t;
+    std::vector<std::string> keys;
+    for (const auto& e : listed->elements)
+      keys.push_back(e.str);
+    // MIGRATE runs on a node where the slot is open whether or not the node owns it; the destination
+    // receives RESTORE-ASKING, which an importing node accepts.
+    std::vector<std::string> migrate{"MIGRATE", to.ip, std::to_string(to.port),
+                                     "",        "0",   std::to_string(options_.timeout.count())};
+    if (replace) migrate.push_back("REPLACE");
+    if (!options_.credentials.password.empty()) {
+      if (options_.credentials.user.empty()) {
+        migrate.insert(migrate.end(), {"AUTH", options_.credentials.password});
+      } else {
+        migrate.insert(migrate.end(), {"AUTH2", options_.credentials.user, options_.credentials.password});
+      }
+    }
+    migrate.push_back("KEYS");
+    migrate.insert(migrate.end(), keys.begin(), keys.end());
+    const auto r = src->command(migrate);
+    if (!r) {
+      t.error = src->error();
+      return t;
+    }
+    if (!r->is_error()) {
+      if (r->str != "NOKEY") t.moved += keys.size();
+      continue;
+    }
+    // BUSYKEY: the destination holds some of the keys. MIGRATE deleted on `from` the keys it did copy; the
+    // others are still there. The destination's copy is the newer one (see slot_repair.h): delete ours.
+    if (replace || r->str.find("BUSYKEY") == std::string::npos) {
+      t.error = from.str() + ": MIGRATE to " + to.ip + ":" + std::to_string(to.port) + ": " + r->str;
+      return t;
+    }
+    NodeClient* dst = client(address_of(to), t.error);
+    if (dst == nullptr) return t;
+    std::vector<std::vector<std::string>> exists;
+    for (const auto& k : keys) {
+      exists.push_back({"ASKING"});
+      exists.push_back({"EXISTS", k});
+    }
+    const auto on_dst = dst->pipeline(exists);
+    const auto on_src = src->pipeline(exists);
+    if (!on_dst || !on_src) {
+      t.error = !on_dst ? dst->error() : src->error();
+      return t;
+    }
+    std::vector<std::vector<std::string>> drop;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if ((*on_src)[2 * i + 1].integer != 1) ++t.moved;
+      if ((*on_dst)[2 * i + 1].integer != 1 || (*on_src)[2 * i + 1].integer != 1) continue;
+      drop.push_back({"ASKING"});
+      drop.push_back({"DEL", keys[i]});
+    }
+    if (drop.empty()) continue;
+    const auto dropped = src->pipeline(drop);
+    if (!dropped) {
+      t.error = src->error();
+      return t;
+    }
+    for (std::size_t i = 1; i < dropped->size(); i += 2) {
+      if ((*dropped)[i].is_error()) {
+        t.error = from.str() + ": DEL: " + (*dropped)[i].str;
+        return t;
+      }
+      t.dropped += static_cast<std::uint64_t>(std::max<std::int64_t>((*dropped)[i].integer, 0));
+    }
+  }
+}
+
+RepairOutcome SlotRepairer::close_slot(Slot slot) {
+  deadline_ = std::chrono::steady_clock::now() + budget_;
+  RepairOutcome out;
+  const std::string s = std::to_string(slot);
+  auto fail = [&](std::string why) {
+    out.ok = false;
+    out.summary = "slot " + s + ": " + std::move(why);
+    return out;
+  };
+  const auto survey = survey_cluster(seed_, options_.timeout, options_.credentials);
+  if (!survey.complete())
+    return fail("not every node answers (" +
+                (survey.error.empty()
+                     ? (survey.unreachable.empty() ? survey.loading.front() : survey.unreachable.front())
+                     : survey.error) +
+                "); nothing was changed");
+  if (auto why = owner_disagreement(survey, slot); !why.empty())
+    return fail("the nodes disagree on its owner (" + why + "); nothing was changed");
+  const Node* owner = survey.merged.owner(slot);
+  if (owner == nullptr) return fail("no master owns it: give it an owner first (--assign-uncovered)");
+  if (owner->failed() || owner->pfailed()) return fail("its owner is failing; nothing was changed");
+  const OpenState at_owner = open_state(survey, owner->id, slot);
+
+  // Every node with the slot open, and every master holding keys of it besides the owner.
+  std::vector<const Node*> importers, others_open;
+  for (const auto& n : survey.merged.nodes) {
+    if (n.id == owner->id || n.port == 0) continue;
+    const OpenState o = open_state(survey, n.id, slot);
+    if (!o.importing_from.empty())
+      importers.push_back(&n);
+    else if (!o.migrating_to.empty())
+      others_open.push_back(&n);
+  }
+  const Node* to = at_owner.migrating_to.empty() ? nullptr : survey.merged.find(at_owner.migrating_to);
+  const bool finish = to != nullptr && to->is_master() && !to->failed() && !to->pfailed();
+  if (at_owner.migrating_to.empty() && importers.empty() && others_open.empty()) {
+    out.ok = true;
+    out.summary = "slot " + s + " is not open any more; nothing to do";
+    return out;
+  }
+  std::string error;
+  const HostPort owner_at = address_of(*owner);
+
+  if (finish) {
+    // Finish the migration to `to`. It must import the slot for the keys to land there (RESTORE-ASKING).
+    const HostPort to_at = address_of(*to);
+    if (open_state(survey, to->id, slot).importing_from.empty() &&
+        !setslot(to_at, {s, "IMPORTING", owner->id}, error))
+      return fail(error);
+    // Keys of other importers first, without overwriting: `to` already serves the keys the owner lacks.
+    for (const Node* n : importers) {
+      if (n->id == to->id || n->failed() || n->pfailed()) continue;
+      const auto moved = transfer(address_of(*n), *to, slot, false);
+      out.moved += moved.moved;
+      out.dropped += moved.dropped;
+      if (!moved.error.empty()) return fail(moved.error);
+      if (!setslot(address_of(*n), {s, "STABLE"}, error)) return fail(error);
+    }
+    // Then the owner's, which clients are served: they replace any other copy.
+    for (int round = 0;; ++round) {
+      const auto moved = transfer(owner_at, *to, slot, true);
+      out.moved += moved.moved;
+      if (!moved.error.empty()) return fail(moved.error);
+      // The claim on the importing node bumps its config epoch, so that every node lets it win.
+      if (!setslot(to_at, {s, "NODE", to->id}, error)) return fail(error);
+      // The owner refuses while it still holds keys of the slot: only if a write created one between the
+      // last transfer and now (it cannot: MIGRATING sends new keys to `to`), go round again.
+      if (setslot(owner_at, {s, "NODE", to->id}, error)) break;
+      if (round == 3 || error.find("still hold keys") == std::string::npos) return fail(error);
+    }
+    for (const Node* m : survey.merged.masters()) {
+      if (m->id == owner->id || m->id == to->id || m->failed()) continue;
+      std::string ignored;  // the others learn it by gossip anyway; telling them is only faster
+      setslot(address_of(*m), {s, "NODE", to->id}, ignored);
+    }
+    for (const Node* n : others_open)
+      if (!setslot(address_of(*n), {s, "STABLE"}, error)) return fail(error);
+    out.ok = true;
+    out.summary = "slot " + s + ": migration finished to " + short_id(to->id) + " (" +
+                  std::to_string(out.moved) + " keys moved from the owner and importers, " +
+                  std::to_string(out.dropped) + " older copies dropped)";
+    return out;
+  }
+
+  // Undo: the owner keeps the slot. First the node it sends clients to (its keys are live where the owner
+  // lacks them), then any other importer; never over the owner's own copy.
+  std::vector<const Node*> sources;
+  if (to != nullptr) sources.push_back(to);
+  for (const Node* n : importers)
+    if (to == nullptr || n->id != to->id) sources.push_back(n);
+  for (const Node* n : sources) {
+    if (n->failed() || n->pfailed()) continue;  // its keys cannot be read; its IMPORTING is cleared below
+    if (open_state(survey, n->id, slot).importing_from.empty() &&
+        !setslot(address_of(*n), {s, "IMPORTING", owner->id}, error))
+      return fail(error);
+    const auto moved = transfer(address_of(*n), *owner, slot, false);
+    out.moved += moved.moved;
+    out.dropped += moved.dropped;
+    if (!moved.error.empty()) return fail(moved.error);
+  }
+  // The owner stops sending clients away; from here it serves every key of the slot itself. A key written
+  // through ASK since the last pass is still copied below, unless the owner has a newer one by then.
+  if (!at_owner.migrating_to.empty() && !setslot(owner_at, {s, "STABLE"}, error)) return fail(error);
+  for (const Node* n : sources) {
+    const HostPort at = address_of(*n);
+    for (int round = 0;; ++round) {
+      if (n->failed() || n->pfailed()) {
+        std::string ignored;
+        setslot(at, {s, "STABLE"}, ignored);
+        break;
+      }
+      const auto moved = transfer(at, *owner, slot, false);
+      out.moved += moved.moved;
+      out.dropped += moved.dropped;
+      if (!moved.error.empty()) return fail(moved.error);
+      if (!setslot(at, {s, "STABLE"}, error)) return fail(error);
+      // A client that got its ASK before the owner's STABLE may still have written there: look once more.
+      const auto left = count(at, slot, error);
+      if (!left) return fail(error);
+      if (*left == 0) break;
+      if (round == 3) return fail(std::to_string(*left) + " keys keep arriving on " + at.str());
+      if (!setslot(at, {s, "IMPORTING", owner->id}, error)) return fail(error);
+    }
+  }
+  for (const Node* n : others_open)
+    if (!setslot(address_of(*n), {s, "STABLE"}, error)) return fail(error);
+  out.ok = true;
+  out.summary = "slot " + s + ": migration undone, " + short_id(owner->id) + " keeps it (" +
+                std::to_string(out.moved) + " keys the owner lacked copied back, " +
+                std::to_string(out.dropped) + " older copies dropped)";
+  return out;
+}
+
+RepairOutcome SlotRepairer::delete_orphans(const std::string& node_id, Slot slot) {
+  deadline_ = std::chrono::steady_clock::now() + budget_;
+  RepairOutcome out;
+  const std::string s = std::to_string(slot);
+  auto fail = [&](std::string why) {
+    out.ok = false;
+    out.summary = "orphans of slot " + s + " on " + short_id(node_id) + ": " + std::move(why);
+    return out;
+  };
+  const auto survey = survey_cluster(seed_, options_.timeout, options_.credentials);
+  const Node* node = survey.merged.find(node_id);
+  if (node == nullptr || node->port == 0) return fail("the node is no longer in the cluster");
+  // Its own view, now: a node that owns or imports the slot holds live keys, whatever the report said.
+  const Topology* own = nullptr;
+  for (const auto& v : survey.views)
+    if (v.myself_id == node_id) own = &v;
+  if (own == nullptr) return fail("the node does not answer; nothing was changed");
+  const Node* self = own->myself();
+  if (self == nullptr || !self->is_master())
+    return fail("the node is not a master any more; nothing was changed");
+  const Node* owner = own->owner(slot);
+  if ((owner != nullptr && owner->id == node_id) || self->importing.count(slot) ||
+      self->migrating.count(slot))
+    return fail("the node owns or imports the slot now: its keys are live; nothing was changed");
+  // Any node the orphan's node knows serves as the IMPORTING source: IMPORTING is set only so that ASKING
+  // reaches the keys, and no client is sent here, since no owner migrates the slot to this node.
+  std::string source = owner ? owner->id : "";
+  for (const auto& n : own->nodes)
+    if (source.empty() && n.id != node_id && n.is_master()) source = n.id;
+  if (source.empty()) return fail("the node knows no other master");
+  const HostPort at = address_of(*self);
+  std::string error;
+  if (!setslot(at, {s, "IMPORTING", source}, error)) return fail(error);
+  for (;;) {
+    NodeClient* c = client(at, error);
+    if (c == nullptr) break;
+    const auto listed = c->command({"CLUSTER", "GETKEYSINSLOT", s, "512"});
+    if (!listed || listed->is_error()) {
+      error = listed ? listed->str : c->error();
+      break;
+    }
+    if (listed->elements.empty()) break;
+    std::vector<std::vector<std::string>> dels;
+    for (const auto& k : listed->elements) {
+      dels.push_back({"ASKING"});
+      dels.push_back({"DEL", k.str});
+    }
+    const auto r = c->pipeline(dels);
+    if (!r) {
+      error = c->error();
+      break;
+    }
+    for (std::size_t i = 1; i < r->size(); i += 2) {
+      if ((*r)[i].is_error()) error = (*r)[i].str;
+      out.deleted += static_cast<std::uint64_t>(std::max<std::int64_t>((*r)[i].integer, 0));
+    }
+    if (!error.empty() || expired()) break;
+  }
+  std::string stable_error;
+  // Cleared whatever happened above: the node must not stay open.
+  const bool stable = setslot(at, {s, "STABLE"}, stable_error);
+  if (!error.empty()) return fail(error + (stable ? "" : "; and " + stable_error));
+  if (!stable) return fail(stable_error);
+  if (expired()) return fail("gave up after " + std::to_string(budget_.count()) + " ms");
+  out.ok = true;
+  out.summary = "slot " + s + ": " + std::to_string(out.deleted) + " orphan keys deleted on " +
+                short_id(node_id) + " " + at.str();
+  return out;
+}
+
+}  // namespace slotshift
