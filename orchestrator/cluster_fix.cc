@@ -269,15 +269,20 @@ std::vector<Step> Fixer::plan(const ClusterHealth& h, std::vector<const Finding*
                           FindingKind::kMigratingAndImporting, FindingKind::kImportingFromFailed})
     mark(kind);
 
-  for (const auto& orphan : h.orphans) {
-    if (orphan.replica) continue;
+  // Replicas after masters: deleting a master's orphans also deletes its replicas' copies.
+  auto orphans = h.orphans;
+  std::stable_partition(orphans.begin(), orphans.end(), [](const OrphanKeys& x) { return !x.replica; });
+  for (const auto& orphan : orphans) {
     std::vector<Slot> slots;
     for (const auto& [slot, n] : orphan.slots)
       slots.push_back(slot);
     steps.push_back({Step::Kind::kDeleteOrphans,
                      "delete the " + std::to_string(orphan.keys()) + " orphan keys of slots " +
-                         format_slot_ranges(slot_ranges(slots)) + " on master " + short_id(orphan.node_id) +
-                         " " + orphan.node.str() + " (the owner's copies are the live ones)",
+                         format_slot_ranges(slot_ranges(slots)) + " on " +
+                         (orphan.replica ? "replica " : "master ") + short_id(orphan.node_id) + " " +
+                         orphan.node.str() +
+                         (orphan.replica ? " (through its master, whose deletes it replicates)" : "") +
+                         " (the owner's copies are the live ones)",
                      orphan.node_id,
                      orphan.node,
                      {},

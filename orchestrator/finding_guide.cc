@@ -132,14 +132,12 @@ const FindingGuide& guide(FindingKind kind) {
     }
     case FindingKind::kOrphanKeys: {
       static const FindingGuide g{
-          "keys on a node in slots it neither owns nor imports (a replica: that its master does not own): "
-          "left "
-          "by a move or a failover",
-          "nothing today; but if the slot moves back to that node they would reappear as stale values, and a "
+          "keys on a node in slots it neither owns nor imports (a replica: that its master does not own), "
+          "left by a move or a failover",
+          "nothing today; but if the slot moves back to that node they reappear as stale values, and a "
           "migration into it fails with BUSYKEY",
-          "deletes them on a master (never copies them to the owner, which holds the live values); a "
-          "replica's "
-          "go at its next full sync, or are deleted by fix once it is promoted"};
+          "deletes them, never copying them to the owner, which holds the live values; a replica's through "
+          "its master, whose deletes it replicates"};
       return g;
     }
     case FindingKind::kRefusingWrites: {

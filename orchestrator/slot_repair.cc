@@ -212,6 +212,16 @@ RepairOutcome SlotRepairer::close_slot(Slot slot) {
   }
   std::string error;
   const HostPort owner_at = address_of(*owner);
+  // While a slot is open, keys of it on another master are part of the migration, not orphans: the replica
+  // of a failed importer, promoted, holds the keys clients wrote through ASK, without the IMPORTING that
+  // Redis 7.0 does not replicate. They are treated as an importer's (never over an existing copy).
+  for (const Node* m : survey.merged.masters()) {
+    if (m->id == owner->id || (to != nullptr && m->id == to->id) || m->failed() || m->pfailed()) continue;
+    if (std::find(importers.begin(), importers.end(), m) != importers.end()) continue;
+    const auto n = count(address_of(*m), slot, error);
+    if (!n) return fail(error);
+    if (*n > 0) importers.push_back(m);
+  }
 
   if (finish) {
     // Finish the migration to `to`. It must import the slot for the keys to land there (RESTORE-ASKING).
@@ -222,6 +232,9 @@ RepairOutcome SlotRepairer::close_slot(Slot slot) {
     // Keys of other importers first, without overwriting: `to` already serves the keys the owner lacks.
     for (const Node* n : importers) {
       if (n->id == to->id || n->failed() || n->pfailed()) continue;
+      if (open_state(survey, n->id, slot).importing_from.empty() &&
+          !setslot(address_of(*n), {s, "IMPORTING", owner->id}, error))
+        return fail(error);
       const auto moved = transfer(address_of(*n), *to, slot, false);
       out.moved += moved.moved;
       out.dropped += moved.dropped;
@@ -313,40 +326,58 @@ RepairOutcome SlotRepairer::delete_orphans(const std::string& node_id, Slot slot
     return out;
   };
   const auto survey = survey_cluster(seed_, options_.timeout, options_.credentials);
-  const Node* node = survey.merged.find(node_id);
-  if (node == nullptr || node->port == 0) return fail("the node is no longer in the cluster");
+  if (!survey.complete()) return fail("not every node answers; nothing was changed");
   // Its own view, now: a node that owns or imports the slot holds live keys, whatever the report said.
   const Topology* own = nullptr;
   for (const auto& v : survey.views)
     if (v.myself_id == node_id) own = &v;
-  if (own == nullptr) return fail("the node does not answer; nothing was changed");
-  const Node* self = own->myself();
-  if (self == nullptr || !self->is_master())
-    return fail("the node is not a master any more; nothing was changed");
-  const Node* owner = own->owner(slot);
-  if ((owner != nullptr && owner->id == node_id) || self->importing.count(slot) ||
-      self->migrating.count(slot))
-    return fail("the node owns or imports the slot now: its keys are live; nothing was changed");
-  // Any node the orphan's node knows serves as the IMPORTING source: IMPORTING is set only so that ASKING
-  // reaches the keys, and no client is sent here, since no owner migrates the slot to this node.
+  const Node* self = own ? own->myself() : nullptr;
+  if (self == nullptr || self->port == 0) return fail("the node is no longer in the cluster");
+  // A replica's keys go through its master: what the master deletes, the replica deletes.
+  const Node* master = self->is_master() ? self : survey.merged.find(self->master_id);
+  if (master == nullptr || master->port == 0 || master->failed() || master->pfailed())
+    return fail("its master does not answer; nothing was changed");
+  const Topology* master_view = own;
+  for (const auto& v : survey.views)
+    if (v.myself_id == master->id) master_view = &v;
+  const Node* master_self = master_view->myself();
+  const Node* owner = master_view->owner(slot);
+  if (master_self == nullptr || (owner != nullptr && owner->id == master->id) ||
+      master_self->importing.count(slot) || master_self->migrating.count(slot))
+    return fail("the slot is served by " + short_id(master->id) +
+                " now: its keys are live; nothing was changed");
+  for (const auto& v : survey.views)
+    if (const Node* n = v.myself(); n && (n->importing.count(slot) || n->migrating.count(slot)))
+      return fail("the slot is open on " + short_id(n->id) + ": closing it takes care of these keys");
+  // Any master the node knows serves as the IMPORTING source: IMPORTING is set only so that ASKING reaches
+  // the keys, and no client is sent here, since no owner migrates the slot to this node.
   std::string source = owner ? owner->id : "";
-  for (const auto& n : own->nodes)
-    if (source.empty() && n.id != node_id && n.is_master()) source = n.id;
+  for (const auto& n : master_view->nodes)
+    if (source.empty() && n.id != master->id && n.is_master()) source = n.id;
   if (source.empty()) return fail("the node knows no other master");
-  const HostPort at = address_of(*self);
+  const HostPort at = address_of(*master), listed_at = address_of(*self);
+  const bool replica = self->id != master->id;
   std::string error;
   if (!setslot(at, {s, "IMPORTING", source}, error)) return fail(error);
   for (;;) {
-    NodeClient* c = client(at, error);
-    if (c == nullptr) break;
-    const auto listed = c->command({"CLUSTER", "GETKEYSINSLOT", s, "512"});
+    NodeClient* lister = client(listed_at, error);
+    if (lister == nullptr) break;
+    const auto listed = lister->command({"CLUSTER", "GETKEYSINSLOT", s, "512"});
     if (!listed || listed->is_error()) {
-      error = listed ? listed->str : c->error();
+      error = listed ? listed->str : lister->error();
       break;
     }
     if (listed->elements.empty()) break;
+    NodeClient* c = client(at, error);
+    if (c == nullptr) break;
     std::vector<std::vector<std::string>> dels;
     for (const auto& k : listed->elements) {
+      // The master may not hold a replica's orphan at all, and a DEL that deletes nothing is not replicated:
+      // set the key first, so that both go down the stream and the replica ends without it.
+      if (replica) {
+        dels.push_back({"ASKING"});
+        dels.push_back({"SET", k.str, ""});
+      }
       dels.push_back({"ASKING"});
       dels.push_back({"DEL", k.str});
     }
@@ -355,11 +386,21 @@ RepairOutcome SlotRepairer::delete_orphans(const std::string& node_id, Slot slot
       error = c->error();
       break;
     }
-    for (std::size_t i = 1; i < r->size(); i += 2) {
+    for (std::size_t i = 1; i < r->size(); i += 2)
       if ((*r)[i].is_error()) error = (*r)[i].str;
-      out.deleted += static_cast<std::uint64_t>(std::max<std::int64_t>((*r)[i].integer, 0));
+    if (!error.empty()) break;
+    out.deleted += listed->elements.size();
+    // A replica applies the deletes when they reach it: wait for them before listing again.
+    if (replica) {
+      const auto left = count(listed_at, slot, error);
+      for (auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+           left && *left != 0 && std::chrono::steady_clock::now() < until;) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        const auto again = count(listed_at, slot, error);
+        if (!again || *again < *left) break;
+      }
     }
-    if (!error.empty() || expired()) break;
+    if (expired()) break;
   }
   std::string stable_error;
   // Cleared whatever happened above: the node must not stay open.
@@ -369,7 +410,8 @@ RepairOutcome SlotRepairer::delete_orphans(const std::string& node_id, Slot slot
   if (expired()) return fail("gave up after " + std::to_string(budget_.count()) + " ms");
   out.ok = true;
   out.summary = "slot " + s + ": " + std::to_string(out.deleted) + " orphan keys deleted on " +
-                short_id(node_id) + " " + at.str();
+                short_id(node_id) + " " + listed_at.str() +
+                (replica ? " (through its master " + short_id(master->id) + ")" : "");
   return out;
 }
 
