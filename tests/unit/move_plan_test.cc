@@ -2,6 +2,8 @@
 // NODES replies.
 #include "orchestrator/move_plan.h"
 
+#include "orchestrator/finding_guide.h"
+
 #include <doctest/doctest.h>
 
 #include <string>
@@ -149,4 +151,33 @@ TEST_CASE("slots without an owner are refused") {
   lines[0].slots = "1-5460";
   const auto plan = plan_slots(survey_of(lines), {0, 1}, "127.0.0.1:7002");
   CHECK(plan.refusal.starts_with("the cluster is not clean (slots-uncovered: "));
+}
+
+TEST_CASE("slots may move to a master without slots whose replicas protect nothing yet") {
+  // C owns nothing and A2 replicates it: check reports it, and moving slots to C is how it is cured.
+  auto lines = cluster();
+  lines[1].slots = "5461-16383";
+  lines[2].slots = "";
+  lines[3].master = kC;
+  lines[3].epoch = 3;
+  const auto survey = survey_of(lines);
+  const auto findings = check(survey.merged);
+  REQUIRE(findings.size() == 1);
+  CHECK(findings[0].kind == FindingKind::kReplicasOfEmptyMaster);
+  const auto plan = plan_slots(survey, range(0, 99), "127.0.0.1:7002");
+  CHECK_MESSAGE(plan.refusal.empty(), plan.refusal);
+  REQUIRE(plan.warnings.size() == 1);
+  CHECK(plan.warnings[0] == findings[0].message);
+}
+
+TEST_CASE("every finding has a name and says what it means, what clients see and what fix does") {
+  for (int k = 0; k <= static_cast<int>(FindingKind::kMoveUnfinished); ++k) {
+    const auto kind = static_cast<FindingKind>(k);
+    CAPTURE(k);
+    CHECK(finding_kind_name(kind) != "unknown");
+    const auto& g = guide(kind);
+    CHECK(g.meaning != "unknown");
+    CHECK(!g.clients_see.empty());
+    CHECK(!g.fix.empty());
+  }
 }

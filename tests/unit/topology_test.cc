@@ -1156,3 +1156,39 @@ TEST_CASE(
     CHECK_FALSE(error.empty());
   }
 }
+
+TEST_CASE("an import from a failed or forgotten source, and replicas of a master without slots") {
+  // 2 imports slot 100 from 1, which has failed and whose slots 3 took over; it also imports slot 200 from a
+  // node no longer in the cluster. 4 is a master without slots that 5 replicates.
+  const std::string text =
+      "1111111111111111111111111111111111111111 10.0.0.1:7000@17000 master,fail - 0 0 1 disconnected\n"
+      "2222222222222222222222222222222222222222 10.0.0.2:7000@17000 myself,master - 0 0 2 connected "
+      "5461-10922 "
+      "[100-<-1111111111111111111111111111111111111111] [200-<-9999999999999999999999999999999999999999]\n"
+      "3333333333333333333333333333333333333333 10.0.0.3:7000@17000 master - 0 0 3 connected 0-5460 "
+      "10923-16383\n"
+      "4444444444444444444444444444444444444444 10.0.0.4:7000@17000 master - 0 0 4 connected\n"
+      "5555555555555555555555555555555555555555 10.0.0.5:7000@17000 slave "
+      "4444444444444444444444444444444444444444 "
+      "0 0 4 connected\n";
+  TopologyResult r = parse_cluster_nodes(text);
+  REQUIRE(r.ok());
+  const std::vector<Finding> f = check(r.topology);
+  REQUIRE(count(f, FindingKind::kImportingFromFailed) == 2);
+  const Finding* failed =
+      find_finding(f, FindingKind::kImportingFromFailed, "2222222222222222222222222222222222222222");
+  REQUIRE(failed != nullptr);
+  CHECK(format_slot_ranges(failed->slots) == "100");
+  CHECK(failed->message.find("which has failed") != std::string::npos);
+  const auto gone = std::find_if(f.begin(), f.end(), [](const Finding& x) {
+    return x.kind == FindingKind::kImportingFromFailed && format_slot_ranges(x.slots) == "200";
+  });
+  REQUIRE(gone != f.end());
+  CHECK(gone->message.find("no longer a node of the cluster") != std::string::npos);
+  const Finding* empty =
+      find_finding(f, FindingKind::kReplicasOfEmptyMaster, "4444444444444444444444444444444444444444");
+  REQUIRE(empty != nullptr);
+  CHECK(empty->message.find("10.0.0.5:7000") != std::string::npos);
+  // A failed master without slots (1, whose replica took over) is no finding of this kind.
+  CHECK(count(f, FindingKind::kReplicasOfEmptyMaster) == 1);
+}
