@@ -42,7 +42,9 @@ std::vector<bool> served_slots(const Topology& view, const Topology& merged, con
   std::vector<bool> served(kSlotCount, false);
   for (int s = 0; s < kSlotCount; ++s) {
     const Node* o = view.owner(static_cast<Slot>(s));
-    if (o != nullptr && o->id == owner_id) served[static_cast<std::size_t>(s)] = true;
+    // Keys of a slot no master owns are its only copies, not orphans (check reports the slot uncovered).
+    if ((o != nullptr && o->id == owner_id) || merged.owner(static_cast<Slot>(s)) == nullptr)
+      served[static_cast<std::size_t>(s)] = true;
   }
   for (const Topology* t : {&view, &merged})
     if (const Node* n = t->find(owner_id))
@@ -96,6 +98,36 @@ Finding orphan_finding(const Topology& t, const OrphanKeys& o) {
 }
 
 }  // namespace
+
+bool answered(const ClusterSurvey& s, const std::string& id) {
+  return std::any_of(s.views.begin(), s.views.end(), [&](const Topology& v) { return v.myself_id == id; });
+}
+
+// Nodes that do not answer and that the cluster has agreed are down (flag fail), owning no slot: their
+// replicas took over (or they were replicas). Nothing of theirs is needed, and they can be forgotten.
+std::vector<const Node*> forgettable(const ClusterSurvey& s) {
+  std::vector<const Node*> out;
+  for (const auto& n : s.merged.nodes) {
+    if (n.port == 0 || n.in_handshake()) continue;
+    if (!answered(s, n.id) && n.failed() && n.slots.empty()) out.push_back(&n);
+  }
+  return out;
+}
+
+std::string unanswered(const ClusterSurvey& s) {
+  if (!s.error.empty()) return s.error;
+  if (!s.loading.empty()) return s.loading.front();
+  const auto gone = forgettable(s);
+  for (const auto& n : s.merged.nodes) {
+    if (n.port == 0 || n.in_handshake() || answered(s, n.id)) continue;
+    if (std::find(gone.begin(), gone.end(), &n) == gone.end())
+      return short_id(n.id) + " " + n.address() + ":" + std::to_string(n.port) + " does not answer" +
+             (n.failed()    ? " and still owns slots"
+              : n.pfailed() ? " (suspected down, not yet agreed)"
+                            : "");
+  }
+  return "";
+}
 
 std::uint64_t OrphanKeys::keys() const {
   std::uint64_t n = 0;

@@ -52,6 +52,15 @@ struct ClusterHealth {
   bool clean() const { return findings.empty(); }
 };
 
+// Nodes that do not answer and that the cluster has agreed are down (flag fail), owning no slot: their
+// replicas took over, or they were replicas. Nothing of theirs is needed; fix forgets them.
+std::vector<const Node*> forgettable(const ClusterSurvey& survey);
+// Why the survey is not complete enough to change the cluster ("" when every node answered, the forgettable
+// ones aside).
+std::string unanswered(const ClusterSurvey& survey);
+// The node's own view is in the survey.
+bool answered(const ClusterSurvey& survey, const std::string& id);
+
 // Surveys the cluster through `seed` and asks every node. The survey's error (not even the seed answers) is
 // left in survey.error with no findings.
 ClusterHealth inspect_cluster(const HostPort& seed, const CommonOptions& options);

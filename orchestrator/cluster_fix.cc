@@ -1,5 +1,7 @@
 #include "orchestrator/cluster_fix.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -11,6 +13,7 @@
 #include "orchestrator/finding_guide.h"
 #include "orchestrator/move.h"
 #include "orchestrator/move_job.h"
+#include "orchestrator/move_lease.h"
 #include "orchestrator/slot_repair.h"
 
 namespace slotshift {
@@ -19,15 +22,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Step {
-  enum class Kind {
-    kAbortMove,
-    kRestoreWrites,
-    kBumpEpoch,
-    kSettleOwners,
-    kCloseSlot,
-    kDeleteOrphans,
-    kAssign
-  };
+  enum class Kind { kAbortMove, kRestoreWrites, kForget, kSettleOwners, kCloseSlot, kDeleteOrphans, kAssign };
   Kind kind;
   std::string text;  // the plan's line
   std::string node_id;
@@ -46,51 +41,14 @@ HostPort address_of(const Node& n) {
   return HostPort{n.address(), n.port};
 }
 
+std::string describe_node(const Node& n) {
+  return short_id(n.id) + " " + n.address() + ":" + std::to_string(n.port);
+}
+
 const Topology* own_view(const ClusterSurvey& s, const std::string& id) {
   for (const auto& v : s.views)
     if (v.myself_id == id) return &v;
   return nullptr;
-}
-
-// The slots `id` claims in its own view.
-std::set<Slot> own_claims(const ClusterSurvey& s, const std::string& id) {
-  std::set<Slot> out;
-  if (const Topology* v = own_view(s, id))
-    if (const Node* self = v->myself())
-      for (const auto& r : self->slots)
-        for (int x = r.first; x <= r.last; ++x)
-          out.insert(static_cast<Slot>(x));
-  return out;
-}
-
-std::uint64_t keys_in(const Node& n, const std::vector<Slot>& slots, const CommonOptions& o) {
-  if (slots.empty()) return 0;
-  NodeClient c;
-  if (!c.connect(address_of(n), o.timeout, o.credentials)) return 0;
-  const auto counts = count_keys(c, slots);
-  std::uint64_t total = 0;
-  if (counts)
-    for (const auto k : *counts)
-      total += k;
-  return total;
-}
-
-// Of the masters that claim `slots`, the one that should win: the one that holds their keys (the others'
-// claims would lose those keys), else the one with the smaller id, as the servers would decide.
-const Node* rightful_owner(const std::vector<const Node*>& claimants, const std::vector<Slot>& slots,
-                           const CommonOptions& o, std::string& why) {
-  const Node* best = nullptr;
-  std::uint64_t best_keys = 0;
-  for (const Node* n : claimants) {
-    const auto k = keys_in(*n, slots, o);
-    if (best == nullptr || k > best_keys || (k == best_keys && n->id < best->id)) {
-      best = n;
-      best_keys = k;
-    }
-  }
-  why = best_keys ? "it holds the keys of the slots both claim (" + std::to_string(best_keys) + ")"
-                  : "no claimant holds keys of them; the smaller id, as the servers would choose";
-  return best;
 }
 
 // The slots some node's own view has open.
@@ -123,7 +81,7 @@ std::string describe_open(const ClusterSurvey& s, Slot slot) {
 bool wait_agreement(const HostPort& seed, const CommonOptions& o, Clock::time_point deadline) {
   for (;;) {
     const auto s = survey_cluster(seed, o.timeout, o.credentials);
-    bool agree = s.complete();
+    bool agree = unanswered(s).empty();
     if (agree)
       for (const auto& f : compare_views(s.views))
         if (f.kind != FindingKind::kNodeSetDisagreement) agree = false;
@@ -146,6 +104,7 @@ class Fixer {
 
  private:
   StepResult bump(const std::string& node_id);
+  StepResult forget(const std::string& node_id);
   StepResult settle_owners();
   StepResult assign(const std::vector<Slot>& slots);
 
@@ -156,7 +115,6 @@ class Fixer {
 std::vector<Step> Fixer::plan(const ClusterHealth& h, std::vector<const Finding*>& left) const {
   std::vector<Step> steps;
   const auto& s = h.survey;
-  const auto& o = options_.common;
   std::set<const Finding*> handled;
   auto mark = [&](FindingKind kind) {
     for (const auto& f : h.findings)
@@ -198,76 +156,81 @@ std::vector<Step> Fixer::plan(const ClusterHealth& h, std::vector<const Finding*
       if (f.kind == FindingKind::kRefusingWrites && f.node_id == r.node_id) handled.insert(&f);
   }
 
-  // Who owns what: a collision between masters that claim the same slots is resolved for the one holding
-  // their keys; one between masters with disjoint slots as the servers would.
-  for (const auto& f : h.findings) {
-    if (f.kind != FindingKind::kEpochCollision) continue;
-    const Node* a = s.merged.find(f.node_id);
-    const Node* b = s.merged.find(f.peer_id);
-    if (a == nullptr || b == nullptr) continue;
-    const auto ca = own_claims(s, a->id), cb = own_claims(s, b->id);
-    std::vector<Slot> shared;
-    std::set_intersection(ca.begin(), ca.end(), cb.begin(), cb.end(), std::back_inserter(shared));
-    std::string why;
-    const Node* winner = rightful_owner({a, b}, shared, o, why);
-    steps.push_back({Step::Kind::kBumpEpoch,
-                     "give master " + short_id(winner->id) + " " + address_of(*winner).str() +
-                         " a config epoch of its own (CLUSTER BUMPEPOCH), ending its collision with " +
-                         short_id((winner == a ? b : a)->id) + ": " + why,
-                     winner->id,
-                     address_of(*winner),
-                     {},
-                     {},
-                     {},
-                     shared});
-    handled.insert(&f);
-  }
-  bool disagree = false;
+  // Who owns what is the servers' to settle, by config epoch: fix waits for them, ends an epoch collision as
+  // they would (the smaller id takes a new epoch), and introduces nodes that do not know each other. It never
+  // picks an owner: any claimant may hold acknowledged writes.
+  bool settle = false;
   for (const auto& f : h.findings)
-    if (f.kind == FindingKind::kOwnerDisagreement || f.kind == FindingKind::kSlotOwnedTwice ||
-        f.kind == FindingKind::kEpochDisagreement || f.kind == FindingKind::kSlotsOnReplica ||
-        f.kind == FindingKind::kRoleDisagreement || f.kind == FindingKind::kNodeSetDisagreement) {
-      disagree = true;
+    if (f.kind == FindingKind::kEpochCollision || f.kind == FindingKind::kOwnerDisagreement ||
+        f.kind == FindingKind::kSlotOwnedTwice || f.kind == FindingKind::kEpochDisagreement ||
+        f.kind == FindingKind::kSlotsOnReplica || f.kind == FindingKind::kRoleDisagreement ||
+        f.kind == FindingKind::kNodeSetDisagreement) {
+      settle = true;
       handled.insert(&f);
     }
-  const bool bumped = std::any_of(steps.begin(), steps.end(),
-                                  [](const Step& st) { return st.kind == Step::Kind::kBumpEpoch; });
-  if (disagree || bumped)
-    steps.push_back({Step::Kind::kSettleOwners,
-                     "wait until every node names the same owners; where they still differ, give the owner "
-                     "that holds the keys a new config epoch",
-                     {},
-                     {},
-                     {},
-                     {},
-                     {},
-                     {}});
+  if (settle)
+    steps.push_back(
+        {Step::Kind::kSettleOwners,
+         "wait until every node names the same owners and epochs; end a config epoch collision on the "
+         "master with the smaller id (CLUSTER BUMPEPOCH, as the servers do); CLUSTER MEET nodes that "
+         "do not know each other",
+         {},
+         {},
+         {},
+         {},
+         {},
+         {}});
 
   for (const Slot slot : open_slots(s)) {
-    const Node* owner = s.merged.owner(slot);
-    std::string to;
-    for (const auto& v : s.views)
-      if (const Node* self = v.myself(); self && owner && self->id == owner->id)
-        if (auto it = self->migrating.find(slot); it != self->migrating.end()) to = it->second;
-    const Node* target = to.empty() ? nullptr : s.merged.find(to);
-    const bool finish = target && target->is_master() && !target->failed() && !target->pfailed();
-    steps.push_back(
-        {Step::Kind::kCloseSlot,
-         "close slot " + std::to_string(slot) + " (" + describe_open(s, slot) + "): " +
-             (finish ? "finish the migration to " + short_id(target->id) +
-                           ", the owner's keys replacing older copies"
-                     : "undo it, " + (owner ? short_id(owner->id) : std::string("its owner")) +
-                           " keeping the slot and its own copy of every key, taking back the keys it lacks"),
-         {},
-         {},
-         {},
-         {},
-         {},
-         {slot}});
+    const auto d = decide_open_slot(s, slot);
+    std::string how;
+    switch (d.kind) {
+      case SlotDecision::kFinish:
+        how = "finish the migration to " + short_id(d.to->id) + ", the owner's keys replacing older copies";
+        break;
+      case SlotDecision::kUndo:
+        how = "undo it, " + short_id(d.owner->id) +
+              " keeping the slot and its own copy of every key, taking back the keys it lacks";
+        break;
+      case SlotDecision::kRefuse:
+        how = "as the nodes say then (now: " + d.why + ")";
+        break;
+      case SlotDecision::kNothing:
+        how = "nothing, as it stands";
+        break;
+    }
+    steps.push_back({Step::Kind::kCloseSlot,
+                     "close slot " + std::to_string(slot) + " (" + describe_open(s, slot) + "): " + how,
+                     {},
+                     {},
+                     {},
+                     {},
+                     {},
+                     {slot}});
   }
   for (const auto kind : {FindingKind::kSlotMigrating, FindingKind::kSlotImporting,
                           FindingKind::kMigratingAndImporting, FindingKind::kImportingFromFailed})
     mark(kind);
+
+  if (options_.assign_uncovered)
+    for (const auto& f : h.findings)
+      if (f.kind == FindingKind::kSlotsUncovered) {
+        std::vector<Slot> slots;
+        for (const auto& r : f.slots)
+          for (int x = r.first; x <= r.last; ++x)
+            slots.push_back(static_cast<Slot>(x));
+        steps.push_back({Step::Kind::kAssign,
+                         "give the " + std::to_string(slots.size()) + " uncovered slots " +
+                             format_slot_ranges(f.slots) +
+                             " an owner: a master holding keys of a slot, else the one with the fewest slots",
+                         {},
+                         {},
+                         {},
+                         {},
+                         {},
+                         slots});
+        handled.insert(&f);
+      }
 
   // Replicas after masters: deleting a master's orphans also deletes its replicas' copies.
   auto orphans = h.orphans;
@@ -293,26 +256,26 @@ std::vector<Step> Fixer::plan(const ClusterHealth& h, std::vector<const Finding*
       if (f.kind == FindingKind::kOrphanKeys && f.node_id == orphan.node_id) handled.insert(&f);
   }
 
-  if (options_.assign_uncovered)
+  // Nodes the cluster agreed are down and that own nothing: forgotten, last, so that every node is seen
+  // whole. Not before the open slots are closed: forgetting a node clears every IMPORTING from it.
+  for (const Node* n : forgettable(s)) {
+    steps.push_back(
+        {Step::Kind::kForget,
+         "forget " + std::string(n->is_master() ? "master " : "replica ") + describe_node(*n) +
+             " on every node (CLUSTER FORGET): it does not answer, the cluster agreed it failed, and "
+             "it owns no slot; if it comes back, its data is stale: empty it and CLUSTER MEET it again",
+         n->id,
+         address_of(*n),
+         {},
+         {},
+         {},
+         {}});
     for (const auto& f : h.findings)
-      if (f.kind == FindingKind::kSlotsUncovered) {
-        std::vector<Slot> slots;
-        for (const auto& r : f.slots)
-          for (int x = r.first; x <= r.last; ++x)
-            slots.push_back(static_cast<Slot>(x));
-        steps.push_back({Step::Kind::kAssign,
-                         "give the " + std::to_string(slots.size()) + " uncovered slots " +
-                             format_slot_ranges(f.slots) +
-                             " an owner: a master holding keys of a slot, else the one with the fewest slots",
-                         {},
-                         {},
-                         {},
-                         {},
-                         {},
-                         slots});
+      if ((f.kind == FindingKind::kNodeFailed && f.node_id == n->id) ||
+          (f.kind == FindingKind::kNodeUnreachable &&
+           f.message.starts_with(n->address() + ":" + std::to_string(n->port))))
         handled.insert(&f);
-      }
-
+  }
   for (const auto& f : h.findings)
     if (!handled.count(&f)) left.push_back(&f);
   return steps;
@@ -327,44 +290,104 @@ StepResult Fixer::bump(const std::string& node_id) {
     return {false, c.error()};
   const auto r = c.command({"CLUSTER", "BUMPEPOCH"});
   if (!r || r->is_error()) return {false, r ? c.node().str() + ": CLUSTER BUMPEPOCH: " + r->str : c.error()};
-  return {true, short_id(node_id) + ": " + r->str};
+  // STILL: its epoch is already the greatest, so the server took none (it does when it is not unique).
+  return {r->str.starts_with("BUMPED"), short_id(node_id) + ": " + r->str};
+}
+
+StepResult Fixer::forget(const std::string& node_id) {
+  const auto& o = options_.common;
+  const auto s = survey_cluster(seed_, o.timeout, o.credentials);
+  std::vector<std::string> told;
+  // Every node within moments of each other: a node that still knows it would gossip it back to the others
+  // after their 60 s ban.
+  for (const auto& v : s.views) {
+    const Node* self = v.myself();
+    if (self == nullptr || v.find(node_id) == nullptr) continue;
+    NodeClient c;
+    if (!c.connect(address_of(*self), o.timeout, o.credentials)) return {false, c.error()};
+    const auto r = c.command({"CLUSTER", "FORGET", node_id});
+    if (!r || r->is_error()) return {false, r ? c.node().str() + ": CLUSTER FORGET: " + r->str : c.error()};
+    told.push_back(short_id(self->id));
+  }
+  return {true, "forgotten by " +
+                    (told.empty() ? std::string("none (no node knew it any more)") : join(told, ", "))};
 }
 
 StepResult Fixer::settle_owners() {
   const auto& o = options_.common;
-  // Gossip settles most disagreements within a few node timeouts; only what outlasts that is acted on.
-  if (wait_agreement(seed_, o, Clock::now() + std::chrono::seconds(10))) return {true, "every node agrees"};
-  const auto s = survey_cluster(seed_, o.timeout, o.credentials);
+  auto unsettled = [&](const ClusterSurvey& s) {
+    std::vector<Finding> out;
+    // A node that imports a slot ignores gossip about it: its opinion of that slot's owner is closing the
+    // slot's to settle (close_slot tells it), not the epochs'.
+    const auto open = open_slots(s);
+    for (auto& f : compare_views(s.views)) {
+      if (f.kind == FindingKind::kOwnerDisagreement &&
+          std::all_of(f.slots.begin(), f.slots.end(), [&](const SlotRange& r) {
+            for (int x = r.first; x <= r.last; ++x)
+              if (!open.count(static_cast<Slot>(x))) return false;
+            return true;
+          }))
+        continue;
+      out.push_back(std::move(f));
+    }
+    for (auto& f : check(s.merged))
+      if (f.kind == FindingKind::kEpochCollision || f.kind == FindingKind::kSlotOwnedTwice ||
+          f.kind == FindingKind::kSlotsOnReplica)
+        out.push_back(std::move(f));
+    return out;
+  };
+  // Gossip settles most of it within a few node timeouts; only what outlasts that is acted on.
   std::vector<std::string> done;
-  for (const auto& f : compare_views(s.views)) {
-    if (f.kind != FindingKind::kOwnerDisagreement) continue;
-    std::vector<Slot> slots;
-    for (const auto& r : f.slots)
-      for (int x = r.first; x <= r.last; ++x)
-        slots.push_back(static_cast<Slot>(x));
-    std::vector<const Node*> claimants;
-    for (const auto& v : s.views)
-      if (const Node* named = v.owner(slots.front()))
-        if (const Node* n = s.merged.find(named->id);
-            n && std::find(claimants.begin(), claimants.end(), n) == claimants.end())
-          claimants.push_back(n);
-    if (claimants.empty()) continue;
-    std::string why;
-    const Node* winner = rightful_owner(claimants, slots, o, why);
-    const auto r = bump(winner->id);
-    if (!r.ok) return r;
-    done.push_back("slots " + format_slot_ranges(f.slots) + ": " + r.outcome + " (" + why + ")");
+  for (int round = 0; round < 2; ++round) {
+    const auto until = Clock::now() + std::chrono::seconds(10);
+    std::vector<Finding> left;
+    for (;;) {
+      const auto s = survey_cluster(seed_, o.timeout, o.credentials);
+      const bool whole = unanswered(s).empty();
+      left = whole ? unsettled(s) : std::vector<Finding>{};
+      if (whole && left.empty()) return {true, done.empty() ? "every node agrees" : join(done, "; ")};
+      if (Clock::now() >= until) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    if (round == 1) break;
+    const auto s = survey_cluster(seed_, o.timeout, o.credentials);
+    for (const auto& f : left) {
+      if (f.kind == FindingKind::kEpochCollision) {
+        const std::string& smaller = std::min(f.node_id, f.peer_id);
+        const auto r = bump(smaller);
+        done.push_back(r.outcome);
+        if (!r.ok) return {false, "the epoch collision outlasted 10 s and " + r.outcome};
+      } else if (f.kind == FindingKind::kNodeSetDisagreement) {
+        // A node some others do not know (forgotten on one of them, say): those others meet it again.
+        const Node* n = s.merged.find(f.node_id);
+        if (n == nullptr || n->failed() || n->ip.empty()) continue;
+        for (const auto& v : s.views) {
+          const Node* self = v.myself();
+          if (self == nullptr || v.find(n->id) != nullptr) continue;
+          NodeClient c;
+          if (!c.connect(address_of(*self), o.timeout, o.credentials)) continue;
+          std::vector<std::string> meet{"CLUSTER", "MEET", n->ip, std::to_string(n->port)};
+          if (n->bus_port) meet.push_back(std::to_string(n->bus_port));
+          const auto r = c.command(meet);
+          done.push_back(short_id(self->id) + " met " + short_id(n->id) + ": " + (r ? r->str : c.error()));
+        }
+      }
+    }
   }
-  if (!wait_agreement(seed_, o, Clock::now() + std::chrono::seconds(10)))
-    return {false,
-            "the nodes still disagree after " + (done.empty() ? std::string("waiting") : join(done, "; "))};
-  return {true, done.empty() ? "every node agrees" : join(done, "; ")};
+  const auto s = survey_cluster(seed_, o.timeout, o.credentials);
+  const auto left = unsettled(s);
+  return {false, "after 20 s the nodes still disagree" +
+                     (left.empty() ? std::string()
+                                   : " (" + std::string(finding_kind_name(left[0].kind)) + ": " +
+                                         left[0].message + ")") +
+                     "; fix does not pick an owner for the servers" +
+                     (done.empty() ? "" : "; did: " + join(done, "; "))};
 }
 
 StepResult Fixer::assign(const std::vector<Slot>& slots) {
   const auto& o = options_.common;
   const auto s = survey_cluster(seed_, o.timeout, o.credentials);
-  if (!s.complete()) return {false, "not every node answers; nothing was changed"};
+  if (const auto why = unanswered(s); !why.empty()) return {false, why + "; nothing was changed"};
   std::vector<Slot> still;
   for (const Slot x : slots)
     if (s.merged.owner(x) == nullptr) still.push_back(x);
@@ -439,8 +462,8 @@ StepResult Fixer::apply(const Step& step, std::ostream& log) {
       if (!r || r->is_error()) return {false, r ? c.node().str() + ": CONFIG SET: " + r->str : c.error()};
       return {true, "min-replicas-to-write " + step.value};
     }
-    case Step::Kind::kBumpEpoch:
-      return bump(step.node_id);
+    case Step::Kind::kForget:
+      return forget(step.node_id);
     case Step::Kind::kSettleOwners:
       return settle_owners();
     case Step::Kind::kCloseSlot: {
@@ -487,9 +510,11 @@ int run_fix(const FixOptions& options, std::istream& in, std::ostream& out, std:
   // Nothing is changed on a cluster that cannot be seen whole: a node that does not answer may hold the
   // newest copy of a key, or a view that would change the plan.
   std::string refusal;
-  if (!h.survey.complete())
-    refusal = "every node must answer before fix changes anything; " +
-              (h.survey.unreachable.empty() ? h.survey.loading.front() : h.survey.unreachable.front());
+  if (const auto why = unanswered(h.survey); !why.empty())
+    refusal =
+        "every node must answer before fix changes anything (but nodes the cluster agreed have failed "
+        "and that own no slot); " +
+        why;
   else if (h.moving)
     refusal =
         "a slotshift move is running (its lease is on the nodes); let it end, or stop it and run fix again";
@@ -557,7 +582,34 @@ int run_fix(const FixOptions& options, std::istream& in, std::ostream& out, std:
   auto applied = nlohmann::json::array();
   bool all_ok = true;
   std::ostringstream log;
+  // One changer at a time: fix holds the same lease a move does on every master, so that no move starts
+  // under it and no second fix acts at once. Taken after the unfinished moves are undone, since their undo
+  // takes the lease itself.
+  MoveLease lease("fix-" + std::to_string(::getpid()) + "-" +
+                      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count()),
+                  std::chrono::seconds(30), options.common.timeout, options.common.credentials);
+  bool leased = false;
   for (std::size_t i = 0; i < steps.size(); ++i) {
+    if (!leased && steps[i].kind != Step::Kind::kAbortMove) {
+      const auto now = survey_cluster(*seed, options.common.timeout, options.common.credentials);
+      std::vector<HostPort> masters;
+      for (const Node* m : now.merged.masters())
+        if (own_view(now, m->id) != nullptr) masters.push_back(address_of(*m));
+      if (!lease.acquire(masters)) {
+        err << "slotshift fix: " << lease.error() << "; stopped before step " << i + 1 << "\n";
+        all_ok = false;
+        break;
+      }
+      leased = true;
+    }
+    if (leased && !lease.held()) {
+      err << "slotshift fix: lost its lease (" << lease.lost_reason() << "); stopped before step " << i + 1
+          << "\n";
+      all_ok = false;
+      break;
+    }
     const auto r = fixer.apply(steps[i], json ? static_cast<std::ostream&>(log) : out);
     all_ok = all_ok && r.ok;
     if (json)
@@ -565,6 +617,7 @@ int run_fix(const FixOptions& options, std::istream& in, std::ostream& out, std:
     else
       out << "  " << i + 1 << ". " << (r.ok ? "done: " : "FAILED: ") << r.outcome << "\n";
   }
+  lease.release();
   // The last steps' changes reach every node by gossip; the check below should see them all.
   wait_agreement(*seed, options.common, Clock::now() + std::chrono::seconds(10));
   const auto after = inspect_cluster(*seed, options.common);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "orchestrator/cluster_check.h"
 #include "orchestrator/move_job.h"
 
 namespace slotshift {
@@ -35,6 +36,9 @@ OpenState open_state(const ClusterSurvey& s, const std::string& id, Slot slot) {
 std::string owner_disagreement(const ClusterSurvey& s, Slot slot) {
   const Node* merged = s.merged.owner(slot);
   for (const auto& v : s.views) {
+    // A node ignores what gossip says about a slot it imports: its view of that slot's owner is whatever it
+    // was when the import began (the failed source, say). close_slot tells it the owner.
+    if (const Node* self = v.myself(); self && self->importing.count(slot)) continue;
     const Node* o = v.owner(slot);
     if ((o == nullptr) != (merged == nullptr) || (o && o->id != merged->id))
       return short_id(v.myself_id) + " names " + (o ? short_id(o->id) : std::string("no owner")) + ", " +
@@ -147,6 +151,12 @@ SlotRepairer::Transfer SlotRepairer::transfer(const HostPort& from, const Node& 
       t.error = !on_dst ? dst->error() : src->error();
       return t;
     }
+    for (const auto* replies : {&*on_dst, &*on_src})
+      for (const auto& reply : *replies)
+        if (reply.is_error()) {
+          t.error = "EXISTS after a BUSYKEY: " + reply.str;
+          return t;
+        }
     std::vector<std::vector<std::string>> drop;
     for (std::size_t i = 0; i < keys.size(); ++i) {
       if ((*on_src)[2 * i + 1].integer != 1) ++t.moved;
@@ -170,6 +180,57 @@ SlotRepairer::Transfer SlotRepairer::transfer(const HostPort& from, const Node& 
   }
 }
 
+SlotDecision decide_open_slot(const ClusterSurvey& survey, Slot slot) {
+  SlotDecision d;
+  auto refuse = [&](std::string why) {
+    d.kind = SlotDecision::kRefuse;
+    d.why = std::move(why);
+    return d;
+  };
+  if (auto why = owner_disagreement(survey, slot); !why.empty())
+    return refuse("the nodes disagree on its owner (" + why + ")");
+  d.owner = survey.merged.owner(slot);
+  if (d.owner == nullptr) return refuse("no master owns it: give it an owner first (--assign-uncovered)");
+  if (d.owner->failed()) return refuse("its owner has failed");
+  for (const auto& n : survey.merged.nodes) {
+    if (n.id == d.owner->id || n.port == 0) continue;
+    const OpenState o = open_state(survey, n.id, slot);
+    if (!o.importing_from.empty())
+      d.importers.push_back(&n);
+    else if (!o.migrating_to.empty())
+      d.others_open.push_back(&n);
+  }
+  const std::string migrating_to = open_state(survey, d.owner->id, slot).migrating_to;
+  d.owner_migrating = !migrating_to.empty();
+  if (!d.owner_migrating && d.importers.empty() && d.others_open.empty()) {
+    d.kind = SlotDecision::kNothing;
+    return d;
+  }
+  if (d.owner_migrating) {
+    // The owner sends clients of every key it lacks to this node (ASK): what they wrote there is live, and
+    // only finishing the migration keeps it. (Keys cannot go back into an owner that is MIGRATING: it
+    // answers a RESTORE of a key it lacks with ASK.) A node that has become a replica hands over to its
+    // master, which has its data.
+    const Node* to = survey.merged.find(migrating_to);
+    if (to != nullptr && to->is_replica()) to = survey.merged.find(to->master_id);
+    if (to != nullptr && to->is_master() && !to->failed() && to->id != d.owner->id) {
+      d.kind = SlotDecision::kFinish;
+      d.to = to;
+      return d;
+    }
+    if (to != nullptr)
+      return refuse("the node the owner migrates it to (" + short_id(migrating_to) + ") is failing");
+    // The node is gone from the cluster (forgotten): nobody can be served there any more. But a master
+    // holding keys of the slot may be its promoted replica, with the keys clients wrote through ASK: that
+    // cannot be told from stale keys, so it is left to a person.
+    d.kind = SlotDecision::kUndo;
+    d.target_gone = true;
+    return d;
+  }
+  d.kind = SlotDecision::kUndo;
+  return d;
+}
+
 RepairOutcome SlotRepairer::close_slot(Slot slot) {
   deadline_ = std::chrono::steady_clock::now() + budget_;
   RepairOutcome out;
@@ -180,85 +241,67 @@ RepairOutcome SlotRepairer::close_slot(Slot slot) {
     return out;
   };
   const auto survey = survey_cluster(seed_, options_.timeout, options_.credentials);
-  if (!survey.complete())
-    return fail("not every node answers (" +
-                (survey.error.empty()
-                     ? (survey.unreachable.empty() ? survey.loading.front() : survey.unreachable.front())
-                     : survey.error) +
-                "); nothing was changed");
-  if (auto why = owner_disagreement(survey, slot); !why.empty())
-    return fail("the nodes disagree on its owner (" + why + "); nothing was changed");
-  const Node* owner = survey.merged.owner(slot);
-  if (owner == nullptr) return fail("no master owns it: give it an owner first (--assign-uncovered)");
-  if (owner->failed() || owner->pfailed()) return fail("its owner is failing; nothing was changed");
-  const OpenState at_owner = open_state(survey, owner->id, slot);
-
-  // Every node with the slot open, and every master holding keys of it besides the owner.
-  std::vector<const Node*> importers, others_open;
-  for (const auto& n : survey.merged.nodes) {
-    if (n.id == owner->id || n.port == 0) continue;
-    const OpenState o = open_state(survey, n.id, slot);
-    if (!o.importing_from.empty())
-      importers.push_back(&n);
-    else if (!o.migrating_to.empty())
-      others_open.push_back(&n);
-  }
-  const Node* to = at_owner.migrating_to.empty() ? nullptr : survey.merged.find(at_owner.migrating_to);
-  const bool finish = to != nullptr && to->is_master() && !to->failed() && !to->pfailed();
-  if (at_owner.migrating_to.empty() && importers.empty() && others_open.empty()) {
+  if (const auto why = unanswered(survey); !why.empty()) return fail(why + "; nothing was changed");
+  const SlotDecision d = decide_open_slot(survey, slot);
+  if (d.kind == SlotDecision::kRefuse) return fail(d.why + "; nothing was changed");
+  if (d.kind == SlotDecision::kNothing) {
     out.ok = true;
     out.summary = "slot " + s + " is not open any more; nothing to do";
     return out;
   }
+  const Node* owner = d.owner;
   std::string error;
   const HostPort owner_at = address_of(*owner);
-  // While a slot is open, keys of it on another master are part of the migration, not orphans: the replica
-  // of a failed importer, promoted, holds the keys clients wrote through ASK, without the IMPORTING that
-  // Redis 7.0 does not replicate. They are treated as an importer's (never over an existing copy).
-  for (const Node* m : survey.merged.masters()) {
-    if (m->id == owner->id || (to != nullptr && m->id == to->id) || m->failed() || m->pfailed()) continue;
-    if (std::find(importers.begin(), importers.end(), m) != importers.end()) continue;
-    const auto n = count(address_of(*m), slot, error);
-    if (!n) return fail(error);
-    if (*n > 0) importers.push_back(m);
-  }
+  // An importer that names another owner (it ignored the gossip of a failover while importing) believes
+  // the cluster down for the slot, and answers even MIGRATE with CLUSTERDOWN: tell it the owner first. It
+  // stays IMPORTING.
+  for (const Node* n : d.importers)
+    for (const auto& v : survey.views)
+      if (v.myself_id == n->id) {
+        const Node* named = v.owner(slot);
+        if ((named == nullptr || named->id != owner->id) &&
+            !setslot(address_of(*n), {s, "NODE", owner->id}, error))
+          return fail(error);
+      }
 
-  if (finish) {
-    // Finish the migration to `to`. It must import the slot for the keys to land there (RESTORE-ASKING).
+  if (d.kind == SlotDecision::kFinish) {
+    const Node* to = d.to;
     const HostPort to_at = address_of(*to);
+    // `to` must import the slot for the keys to land there (RESTORE-ASKING), and for its claim to bump its
+    // config epoch.
     if (open_state(survey, to->id, slot).importing_from.empty() &&
         !setslot(to_at, {s, "IMPORTING", owner->id}, error))
       return fail(error);
-    // Keys of other importers first, without overwriting: `to` already serves the keys the owner lacks.
-    for (const Node* n : importers) {
-      if (n->id == to->id || n->failed() || n->pfailed()) continue;
-      if (open_state(survey, n->id, slot).importing_from.empty() &&
-          !setslot(address_of(*n), {s, "IMPORTING", owner->id}, error))
-        return fail(error);
+    // The owner's ASK goes to `to` now (it may have named a node that became `to`'s replica).
+    if (open_state(survey, owner->id, slot).migrating_to != to->id &&
+        !setslot(owner_at, {s, "MIGRATING", to->id}, error))
+      return fail(error);
+    // Keys of other importers no client reaches: onto `to` without overwriting, `to` serving what the owner
+    // lacks, and the owner's copies replacing them below.
+    for (const Node* n : d.importers) {
+      if (n->id == to->id) continue;
+      if (n->failed()) return fail("importer " + short_id(n->id) + " has failed; nothing more was changed");
       const auto moved = transfer(address_of(*n), *to, slot, false);
       out.moved += moved.moved;
       out.dropped += moved.dropped;
       if (!moved.error.empty()) return fail(moved.error);
       if (!setslot(address_of(*n), {s, "STABLE"}, error)) return fail(error);
     }
-    // Then the owner's, which clients are served: they replace any other copy.
-    for (int round = 0;; ++round) {
-      const auto moved = transfer(owner_at, *to, slot, true);
-      out.moved += moved.moved;
-      if (!moved.error.empty()) return fail(moved.error);
-      // The claim on the importing node bumps its config epoch, so that every node lets it win.
-      if (!setslot(to_at, {s, "NODE", to->id}, error)) return fail(error);
-      // The owner refuses while it still holds keys of the slot: only if a write created one between the
-      // last transfer and now (it cannot: MIGRATING sends new keys to `to`), go round again.
-      if (setslot(owner_at, {s, "NODE", to->id}, error)) break;
-      if (round == 3 || error.find("still hold keys") == std::string::npos) return fail(error);
-    }
+    // Then the owner's, which clients are served: they replace any other copy. MIGRATING sends every key the
+    // owner lacks to `to`, so the owner only loses keys from here on.
+    const auto moved = transfer(owner_at, *to, slot, true);
+    out.moved += moved.moved;
+    if (!moved.error.empty()) return fail(moved.error);
+    // The claim on the importing node bumps its config epoch, so that every node lets it win; the owner, told
+    // next, refuses only while it holds keys of the slot, which it cannot gain while MIGRATING.
+    if (!setslot(to_at, {s, "NODE", to->id}, error)) return fail(error);
+    if (!setslot(owner_at, {s, "NODE", to->id}, error)) return fail(error);
     for (const Node* m : survey.merged.masters()) {
       if (m->id == owner->id || m->id == to->id || m->failed()) continue;
       std::string ignored;  // the others learn it by gossip anyway; telling them is only faster
       setslot(address_of(*m), {s, "NODE", to->id}, ignored);
     }
-    for (const Node* n : others_open)
+    for (const Node* n : d.others_open)
       if (!setslot(address_of(*n), {s, "STABLE"}, error)) return fail(error);
     out.ok = true;
     out.summary = "slot " + s + ": migration finished to " + short_id(to->id) + " (" +
@@ -267,47 +310,32 @@ RepairOutcome SlotRepairer::close_slot(Slot slot) {
     return out;
   }
 
-  // Undo: the owner keeps the slot. First the node it sends clients to (its keys are live where the owner
-  // lacks them), then any other importer; never over the owner's own copy.
-  std::vector<const Node*> sources;
-  if (to != nullptr) sources.push_back(to);
-  for (const Node* n : importers)
-    if (to == nullptr || n->id != to->id) sources.push_back(n);
-  for (const Node* n : sources) {
-    if (n->failed() || n->pfailed()) continue;  // its keys cannot be read; its IMPORTING is cleared below
-    if (open_state(survey, n->id, slot).importing_from.empty() &&
-        !setslot(address_of(*n), {s, "IMPORTING", owner->id}, error))
-      return fail(error);
-    const auto moved = transfer(address_of(*n), *owner, slot, false);
+  // Undo: the owner keeps the slot, and serves every key of it already (it sends no client anywhere, or only
+  // to a node that is gone). The importers' keys reached no client: a key the owner lacks is copied back, a
+  // key it has keeps the owner's value.
+  if (d.target_gone) {
+    for (const Node* m : survey.merged.masters()) {
+      if (m->id == owner->id || std::find(d.importers.begin(), d.importers.end(), m) != d.importers.end())
+        continue;
+      const auto n = count(address_of(*m), slot, error);
+      if (!n) return fail(error);
+      if (*n > 0)
+        return fail("the owner migrates it to a node no longer in the cluster, and " + short_id(m->id) +
+                    " holds keys of it: they may be the live copies written there through ASK (its promoted "
+                    "replica) or stale ones; slotshift does not guess. Nothing was changed");
+    }
+    if (!setslot(owner_at, {s, "STABLE"}, error)) return fail(error);
+  }
+  for (const Node* n : d.importers) {
+    if (n->failed()) return fail("importer " + short_id(n->id) + " has failed; nothing more was changed");
+    const HostPort at = address_of(*n);
+    const auto moved = transfer(at, *owner, slot, false);
     out.moved += moved.moved;
     out.dropped += moved.dropped;
     if (!moved.error.empty()) return fail(moved.error);
+    if (!setslot(at, {s, "STABLE"}, error)) return fail(error);
   }
-  // The owner stops sending clients away; from here it serves every key of the slot itself. A key written
-  // through ASK since the last pass is still copied below, unless the owner has a newer one by then.
-  if (!at_owner.migrating_to.empty() && !setslot(owner_at, {s, "STABLE"}, error)) return fail(error);
-  for (const Node* n : sources) {
-    const HostPort at = address_of(*n);
-    for (int round = 0;; ++round) {
-      if (n->failed() || n->pfailed()) {
-        std::string ignored;
-        setslot(at, {s, "STABLE"}, ignored);
-        break;
-      }
-      const auto moved = transfer(at, *owner, slot, false);
-      out.moved += moved.moved;
-      out.dropped += moved.dropped;
-      if (!moved.error.empty()) return fail(moved.error);
-      if (!setslot(at, {s, "STABLE"}, error)) return fail(error);
-      // A client that got its ASK before the owner's STABLE may still have written there: look once more.
-      const auto left = count(at, slot, error);
-      if (!left) return fail(error);
-      if (*left == 0) break;
-      if (round == 3) return fail(std::to_string(*left) + " keys keep arriving on " + at.str());
-      if (!setslot(at, {s, "IMPORTING", owner->id}, error)) return fail(error);
-    }
-  }
-  for (const Node* n : others_open)
+  for (const Node* n : d.others_open)
     if (!setslot(address_of(*n), {s, "STABLE"}, error)) return fail(error);
   out.ok = true;
   out.summary = "slot " + s + ": migration undone, " + short_id(owner->id) + " keeps it (" +
@@ -326,7 +354,7 @@ RepairOutcome SlotRepairer::delete_orphans(const std::string& node_id, Slot slot
     return out;
   };
   const auto survey = survey_cluster(seed_, options_.timeout, options_.credentials);
-  if (!survey.complete()) return fail("not every node answers; nothing was changed");
+  if (const auto why = unanswered(survey); !why.empty()) return fail(why + "; nothing was changed");
   // Its own view, now: a node that owns or imports the slot holds live keys, whatever the report said.
   const Topology* own = nullptr;
   for (const auto& v : survey.views)
@@ -349,6 +377,8 @@ RepairOutcome SlotRepairer::delete_orphans(const std::string& node_id, Slot slot
   for (const auto& v : survey.views)
     if (const Node* n = v.myself(); n && (n->importing.count(slot) || n->migrating.count(slot)))
       return fail("the slot is open on " + short_id(n->id) + ": closing it takes care of these keys");
+  // Keys of a slot no master owns are no orphans: they may be its only copies.
+  if (survey.merged.owner(slot) == nullptr) return fail("no master owns the slot; nothing was changed");
   // Any master the node knows serves as the IMPORTING source: IMPORTING is set only so that ASKING reaches
   // the keys, and no client is sent here, since no owner migrates the slot to this node.
   std::string source = owner ? owner->id : "";
@@ -376,7 +406,7 @@ RepairOutcome SlotRepairer::delete_orphans(const std::string& node_id, Slot slot
       // set the key first, so that both go down the stream and the replica ends without it.
       if (replica) {
         dels.push_back({"ASKING"});
-        dels.push_back({"SET", k.str, ""});
+        dels.push_back({"SET", k.str, "", "PX", "1"});  // if fix dies before the DEL, it goes by itself
       }
       dels.push_back({"ASKING"});
       dels.push_back({"DEL", k.str});

@@ -22,6 +22,18 @@
 
 namespace slotshift {
 
+// How an open slot is closed, decided from the nodes' own views (slot_repair.cc says why).
+struct SlotDecision {
+  enum Kind { kNothing, kFinish, kUndo, kRefuse } kind = kNothing;
+  const Node* owner = nullptr;
+  const Node* to = nullptr;  // kFinish: where the slot ends
+  bool owner_migrating = false;
+  bool target_gone = false;  // kUndo: the owner migrates it to a node no longer in the cluster
+  std::vector<const Node*> importers, others_open;
+  std::string why;  // kRefuse
+};
+SlotDecision decide_open_slot(const ClusterSurvey& survey, Slot slot);
+
 struct RepairOutcome {
   bool ok = false;
   std::string summary;  // what was done (ok) or why it could not be (not ok), one line
@@ -35,8 +47,9 @@ class SlotRepairer {
   SlotRepairer(const HostPort& seed, const CommonOptions& options, std::chrono::milliseconds budget);
 
   // Clears every MIGRATING and IMPORTING of `slot`, the newest copy of each key ending on the node that owns
-  // the slot afterwards: the node the owner migrates it to, when that node is a healthy master (the migration
-  // is finished), else the owner (it is undone).
+  // the slot afterwards: while the owner migrates the slot to a master that has not failed (or to a node now
+  // the replica of one), the migration is finished there; else the owner keeps it and the importers' keys
+  // come back to it where it lacks them.
   RepairOutcome close_slot(Slot slot);
   // Deletes the keys of `slot` on the master `node_id`, which must neither own nor import it in its own view.
   RepairOutcome delete_orphans(const std::string& node_id, Slot slot);
