@@ -354,9 +354,24 @@ StepResult Fixer::settle_owners() {
     for (const auto& f : left) {
       if (f.kind == FindingKind::kEpochCollision) {
         const std::string& smaller = std::min(f.node_id, f.peer_id);
-        const auto r = bump(smaller);
+        auto r = bump(smaller);
         done.push_back(r.outcome);
-        if (!r.ok) return {false, "the epoch collision outlasted 10 s and " + r.outcome};
+        if (!r.ok) {
+          // STILL: the two share the greatest epoch, and a node takes a new one without consensus only
+          // below it. A third master's bump raises the cluster's current epoch past theirs, by gossip.
+          const Node* third = nullptr;
+          for (const Node* m : s.merged.masters())
+            if (m->id != f.node_id && m->id != f.peer_id && !m->failed() && answered(s, m->id)) third = m;
+          if (third == nullptr) return {false, "the epoch collision outlasted 10 s and " + r.outcome};
+          done.push_back(bump(third->id).outcome);
+          for (const auto again_until = Clock::now() + std::chrono::seconds(5); Clock::now() < again_until;) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+            r = bump(smaller);
+            if (r.ok) break;
+          }
+          done.push_back(r.outcome);
+          if (!r.ok) return {false, "the epoch collision outlasted 10 s and " + r.outcome};
+        }
       } else if (f.kind == FindingKind::kNodeSetDisagreement) {
         // A node some others do not know (forgotten on one of them, say): those others meet it again.
         const Node* n = s.merged.find(f.node_id);
