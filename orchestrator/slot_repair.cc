@@ -193,7 +193,9 @@ SlotDecision decide_open_slot(const ClusterSurvey& survey, Slot slot) {
   if (d.owner == nullptr) return refuse("no master owns it: give it an owner first (--assign-uncovered)");
   if (d.owner->failed()) return refuse("its owner has failed");
   for (const auto& n : survey.merged.nodes) {
-    if (n.id == d.owner->id || n.port == 0) continue;
+    // Valkey 8 and later replicate SETSLOT to replicas: a replica's open slot is its master's, cleared with it
+    // (and a replica refuses SETSLOT itself, and writes).
+    if (n.id == d.owner->id || n.port == 0 || !n.is_master()) continue;
     const OpenState o = open_state(survey, n.id, slot);
     if (!o.importing_from.empty())
       d.importers.push_back(&n);
