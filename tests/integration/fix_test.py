@@ -152,19 +152,6 @@ def kill_node(cluster, node):
     raise AssertionError("%s did not die" % addr(node))
 
 
-def fix_support():
-    """None when the slotshift binary has a fix subcommand, else why not."""
-    if not os.access(harness.SLOTSHIFT_BIN, os.X_OK):
-        return "no slotshift binary at %s" % harness.SLOTSHIFT_BIN
-    run = subprocess.run([harness.SLOTSHIFT_BIN, "fix", "--help"], capture_output=True, text=True, timeout=60)
-    text = run.stdout + run.stderr
-    # An unknown subcommand followed by --help prints the top-level help and exits 0: look for fix's own options.
-    if run.returncode != 0 or "--assign-uncovered" not in text or "--dry-run" not in text:
-        return "`slotshift fix --help` does not describe --dry-run and --assign-uncovered: %s has no fix " \
-               "subcommand yet:\n%s" % (harness.SLOTSHIFT_BIN, text)
-    return None
-
-
 class Tool:
     """One run of a command line: its exit code and output."""
 
@@ -1034,27 +1021,8 @@ class SlotshiftFixTest(Checks, unittest.TestCase):
     def repair(self, name):
         s = produce(self, name)
         self.check_finds(s)
-        why = fix_support()
-        if why:
-            self.fail(why)
-        writers = Writers(s.cluster, s.model, s.slots + OTHER_SLOTS)
-        writers.start()
-        time.sleep(WRITES_BEFORE_S)
-        fix = Tool([harness.SLOTSHIFT_BIN, "fix", "--cluster", s.seed, "--yes", *s.fix_flags], env=s.env)
-        time.sleep(WRITES_BEFORE_S)
-        writers.stop()
-        lost, unreadable = read_back(s.cluster, s.model)
-        record(name, "slotshift fix --yes" + "".join(" " + f for f in s.fix_flags), fix.returncode, lost,
-               unreadable, writers.summary())
-        log("  %s: slotshift fix exited %s in %.1f s; writers: %s" % (name, fix.returncode, fix.seconds,
-                                                                      writers.summary()))
-        for line in (fix.stdout + fix.stderr).splitlines()[:40]:
-            log("    fix: " + line)
-        self.assertEqual(fix.returncode, 0, fix.output())
-        self.assertEqual((lost, unreadable), ([], []), "%s: slotshift fix lost writes:\n%s\n%s" % (
-            name, describe_losses(lost, unreadable), fix.output()))
+        fix, writers = self.repair_on(s)
         self.assertGreater(writers.stats["acknowledged"], 50, "too few writes were acknowledged")
-        self.assert_clean(s, "after slotshift fix")
         return s, fix
 
     def test_open_slot_owner_newer(self):
@@ -1112,9 +1080,6 @@ class SlotshiftFixTest(Checks, unittest.TestCase):
     def uncovered(self, name):
         s = produce(self, name)
         self.check_finds(s)
-        why = fix_support()
-        if why:
-            self.fail(why)
         before = snapshot(s.live)
         first = Tool([harness.SLOTSHIFT_BIN, "fix", "--cluster", s.seed, "--yes"], env=s.env)
         log("  %s: fix --yes without --assign-uncovered exited %s" % (name, first.returncode))
@@ -1139,6 +1104,7 @@ class SlotshiftFixTest(Checks, unittest.TestCase):
         self.assertEqual(sum(conn(s.b).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) for slot in range(10)), 0)
 
     def repair_on(self, s):
+        """slotshift fix --yes on state s under the writers: exit 0, nothing lost, check clean after."""
         writers = Writers(s.cluster, s.model, s.slots + OTHER_SLOTS)
         writers.start()
         time.sleep(WRITES_BEFORE_S)
@@ -1146,8 +1112,8 @@ class SlotshiftFixTest(Checks, unittest.TestCase):
         time.sleep(WRITES_BEFORE_S)
         writers.stop()
         lost, unreadable = read_back(s.cluster, s.model)
-        record(s.name, "slotshift fix --yes " + " ".join(s.fix_flags), fix.returncode, lost, unreadable,
-               writers.summary())
+        record(s.name, "slotshift fix --yes" + "".join(" " + f for f in s.fix_flags), fix.returncode, lost,
+               unreadable, writers.summary())
         log("  %s: slotshift fix exited %s in %.1f s; writers: %s" % (s.name, fix.returncode, fix.seconds,
                                                                       writers.summary()))
         for line in (fix.stdout + fix.stderr).splitlines()[:40]:
@@ -1156,6 +1122,7 @@ class SlotshiftFixTest(Checks, unittest.TestCase):
         self.assertEqual((lost, unreadable), ([], []), "%s: slotshift fix lost writes:\n%s\n%s" % (
             s.name, describe_losses(lost, unreadable), fix.output()))
         self.assert_clean(s, "after slotshift fix")
+        return fix, writers
 
 
 class FixConsentTest(Checks, unittest.TestCase):
@@ -1168,9 +1135,6 @@ class FixConsentTest(Checks, unittest.TestCase):
         conn(s.c).execute_command("CONFIG", "SET", "min-replicas-to-write", "2147483647")
         s.expect("refusing-writes", node=addr(s.c))
         self.check_finds(s)
-        why = fix_support()
-        if why:
-            self.fail(why)
         before = snapshot(s.live)
         asked = Tool([harness.SLOTSHIFT_BIN, "fix", "--cluster", s.seed], stdin=subprocess.DEVNULL)
         self.assertEqual(asked.returncode, 3, asked.output())
