@@ -181,6 +181,8 @@ std::vector<Step> Fixer::plan(const ClusterHealth& h, std::vector<const Finding*
          {},
          {}});
 
+  // Slots open alike (the same nodes, the same way out) make one step.
+  std::vector<std::pair<std::string, std::vector<Slot>>> closes;
   for (const Slot slot : open_slots(s)) {
     const auto d = decide_open_slot(s, slot);
     std::string how;
@@ -199,15 +201,20 @@ std::vector<Step> Fixer::plan(const ClusterHealth& h, std::vector<const Finding*
         how = "nothing, as it stands";
         break;
     }
-    steps.push_back({Step::Kind::kCloseSlot,
-                     "close slot " + std::to_string(slot) + " (" + describe_open(s, slot) + "): " + how,
-                     {},
-                     {},
-                     {},
-                     {},
-                     {},
-                     {slot}});
+    const std::string text = "(" + describe_open(s, slot) + "): " + how;
+    if (closes.empty() || closes.back().first != text) closes.push_back({text, {}});
+    closes.back().second.push_back(slot);
   }
+  for (auto& [text, slots] : closes)
+    steps.push_back({Step::Kind::kCloseSlot,
+                     "close slot" + std::string(slots.size() > 1 ? "s " : " ") +
+                         format_slot_ranges(slot_ranges(slots)) + " " + text,
+                     {},
+                     {},
+                     {},
+                     {},
+                     {},
+                     slots});
   for (const auto kind : {FindingKind::kSlotMigrating, FindingKind::kSlotImporting,
                           FindingKind::kMigratingAndImporting, FindingKind::kImportingFromFailed})
     mark(kind);
@@ -483,8 +490,18 @@ StepResult Fixer::apply(const Step& step, std::ostream& log) {
       return settle_owners();
     case Step::Kind::kCloseSlot: {
       SlotRepairer repair(seed_, o, options_.step_budget);
-      const auto r = repair.close_slot(step.slots.front());
-      return {r.ok, r.summary};
+      std::uint64_t moved = 0, dropped = 0, closed = 0;
+      for (const Slot x : step.slots) {
+        const auto r = repair.close_slot(x);
+        if (!r.ok) return {false, r.summary};
+        if (step.slots.size() == 1) return {true, r.summary};
+        moved += r.moved;
+        dropped += r.dropped;
+        closed += r.nothing_to_do ? 0 : 1;
+      }
+      return {true, std::to_string(closed) + " of the " + std::to_string(step.slots.size()) +
+                        " slots closed here (the others were already): " + std::to_string(moved) +
+                        " keys moved, " + std::to_string(dropped) + " older copies dropped"};
     }
     case Step::Kind::kDeleteOrphans: {
       SlotRepairer repair(seed_, o, options_.step_budget);

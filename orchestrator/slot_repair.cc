@@ -193,8 +193,8 @@ SlotDecision decide_open_slot(const ClusterSurvey& survey, Slot slot) {
   if (d.owner == nullptr) return refuse("no master owns it: give it an owner first (--assign-uncovered)");
   if (d.owner->failed()) return refuse("its owner has failed");
   for (const auto& n : survey.merged.nodes) {
-    // Valkey 8 and later replicate SETSLOT to replicas: a replica's open slot is its master's, cleared with it
-    // (and a replica refuses SETSLOT itself, and writes).
+    // Valkey 8 and later replicate SETSLOT to replicas: a replica's open slot is its master's, cleared with
+    // it (and a replica refuses SETSLOT itself, and writes).
     if (n.id == d.owner->id || n.port == 0 || !n.is_master()) continue;
     const OpenState o = open_state(survey, n.id, slot);
     if (!o.importing_from.empty())
@@ -248,6 +248,7 @@ RepairOutcome SlotRepairer::close_slot(Slot slot) {
   if (d.kind == SlotDecision::kRefuse) return fail(d.why + "; nothing was changed");
   if (d.kind == SlotDecision::kNothing) {
     out.ok = true;
+    out.nothing_to_do = true;
     out.summary = "slot " + s + " is not open any more; nothing to do";
     return out;
   }

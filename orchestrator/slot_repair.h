@@ -38,6 +38,7 @@ struct RepairOutcome {
   bool ok = false;
   std::string summary;  // what was done (ok) or why it could not be (not ok), one line
   std::uint64_t moved = 0, dropped = 0, deleted = 0;
+  bool nothing_to_do = false;  // the slot was closed already (by an earlier step)
 };
 
 class SlotRepairer {
