@@ -165,8 +165,15 @@ class FaultScenarios:
             self.assertEqual(failures, [], "the writers met failures:\n  " + "\n  ".join(failures[:20]))
             self.assertGreater(run.workload.stats()["acknowledged, moving slots"], 200)
 
-            check = subprocess.run([harness.SLOTSHIFT_BIN, "check", "--cluster", cluster.seed()],
-                                   capture_output=True, text=True, timeout=60)
+            # A node failed over by the fault may take a gossip round or two to be seen in its new role by
+            # every node: that is the servers' convergence, not the move's, so check gets a few seconds of it.
+            deadline = time.time() + 10
+            while True:
+                check = subprocess.run([harness.SLOTSHIFT_BIN, "check", "--cluster", cluster.seed()],
+                                       capture_output=True, text=True, timeout=60)
+                if check.returncode == 0 or time.time() > deadline:
+                    break
+                time.sleep(0.5)
             self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
             if after:
                 after(run)
