@@ -189,22 +189,39 @@ void add_node_findings(ClusterHealth& h, const CommonOptions& options) {
       const long long wanted = std::strtoll(conf->elements[1].str.c_str(), nullptr, 10);
       const long long in_sync = good.empty() ? 0 : std::strtoll(good.c_str(), nullptr, 10);
       if (wanted > in_sync) {
-        h.refusing.push_back({self->id, where, conf->elements[1].str, static_cast<int>(in_sync)});
         const bool ours = conf->elements[1].str == kRefuseAllWrites;
-        Finding f{
-            FindingKind::kRefusingWrites,
-            where.str() + " refuses every write (master " + short_id(self->id) + "): min-replicas-to-write " +
-                conf->elements[1].str + " with " + std::to_string(in_sync) + " replica(s) in sync" +
-                (ours ? ", left by a slotshift move killed during a cutover (slotshift fix puts back the "
-                        "value its journal recorded; `CONFIG SET min-replicas-to-write 0` is the "
-                        "server's default)"
-                      : ""),
-            self->id,
-            {},
-            self->slots,
-            0,
-            conf->elements[1].str};
+        RefusingMaster r{self->id, where, conf->elements[1].str, static_cast<int>(in_sync), {}, {}};
+        if (ours) {
+          std::string ignored;
+          for (const auto& path : all_journals(ignored)) {
+            std::string why;
+            const auto state = read_journal(path, why);
+            if (!state) continue;
+            if (auto it = state->restore_min_replicas.find(self->id);
+                it != state->restore_min_replicas.end()) {
+              std::tie(r.restore_to_write, r.restore_max_lag) = it->second;
+              break;
+            }
+          }
+        }
+        Finding f{FindingKind::kRefusingWrites,
+                  where.str() + " refuses every write (master " + short_id(self->id) +
+                      "): min-replicas-to-write " + conf->elements[1].str + " with " +
+                      std::to_string(in_sync) + " replica(s) in sync" +
+                      (ours ? ", left by a slotshift move killed during a cutover (slotshift fix puts back " +
+                                  (r.restore_to_write.empty()
+                                       ? std::string("0, the server's default; no journal here "
+                                                     "recorded the value from before")
+                                       : "the value its journal recorded, " + r.restore_to_write) +
+                                  "; `CONFIG SET min-replicas-to-write 0` is the server's default)"
+                            : ""),
+                  self->id,
+                  {},
+                  self->slots,
+                  0,
+                  conf->elements[1].str};
         h.findings.push_back(std::move(f));
+        h.refusing.push_back(std::move(r));
       }
     }
     // Moves that run: their lease is a named connection on the nodes they change.

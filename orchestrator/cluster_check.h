@@ -34,6 +34,9 @@ struct RefusingMaster {
   HostPort node;
   std::string min_replicas_to_write;
   int replicas_in_sync = 0;
+  // What a slotshift move's journal says it was before the move raised it (newest journal naming the node);
+  // empty when none does.
+  std::string restore_to_write, restore_max_lag;
 };
 
 struct UnfinishedMove {

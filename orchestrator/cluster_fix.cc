@@ -135,23 +135,19 @@ std::vector<Step> Fixer::plan(const ClusterHealth& h, std::vector<const Finding*
 
   for (const auto& r : h.refusing) {
     if (r.min_replicas_to_write != kRefuseAllWrites) continue;
-    std::string value = "0", lag;
-    for (const auto& u : h.unfinished)
-      if (auto it = u.state.restore_min_replicas.find(r.node_id); it != u.state.restore_min_replicas.end())
-        std::tie(value, lag) = it->second;
-    steps.push_back(
-        {Step::Kind::kRestoreWrites,
-         "let master " + short_id(r.node_id) + " " + r.node.str() +
-             " take writes again: min-replicas-to-write " + kRefuseAllWrites + " -> " + value +
-             (value == "0" && h.unfinished.empty() ? " (the server's default; no journal recorded "
-                                                     "the value it had before)"
-                                                   : ""),
-         r.node_id,
-         r.node,
-         value,
-         lag,
-         {},
-         {}});
+    const std::string value = r.restore_to_write.empty() ? "0" : r.restore_to_write, lag = r.restore_max_lag;
+    steps.push_back({Step::Kind::kRestoreWrites,
+                     "let master " + short_id(r.node_id) + " " + r.node.str() +
+                         " take writes again: min-replicas-to-write " + kRefuseAllWrites + " -> " + value +
+                         (r.restore_to_write.empty() ? " (the server's default; no journal recorded "
+                                                       "the value it had before)"
+                                                     : ""),
+                     r.node_id,
+                     r.node,
+                     value,
+                     lag,
+                     {},
+                     {}});
     for (const auto& f : h.findings)
       if (f.kind == FindingKind::kRefusingWrites && f.node_id == r.node_id) handled.insert(&f);
   }

@@ -163,7 +163,7 @@ std::string journal_dir() {
   return std::string(home && *home ? home : "/tmp") + "/.local/state/slotshift";
 }
 
-std::vector<std::string> unfinished_journals(std::string& error) {
+std::vector<std::string> all_journals(std::string& error) {
   namespace fs = std::filesystem;
   const std::string dir = journal_dir();
   std::error_code ec;
@@ -177,10 +177,17 @@ std::vector<std::string> unfinished_journals(std::string& error) {
   std::sort(journals.begin(), journals.end(),
             [](const auto& a, const auto& b) { return a.last_write_time() > b.last_write_time(); });
   std::vector<std::string> out;
-  for (const auto& e : journals) {
+  for (const auto& e : journals)
+    out.push_back(e.path().string());
+  return out;
+}
+
+std::vector<std::string> unfinished_journals(std::string& error) {
+  std::vector<std::string> out;
+  for (auto& path : all_journals(error)) {
     std::string why;
-    const auto state = read_journal(e.path().string(), why);
-    if (state && !state->finished) out.push_back(e.path().string());
+    const auto state = read_journal(path, why);
+    if (state && !state->finished) out.push_back(std::move(path));
   }
   return out;
 }

@@ -16,7 +16,8 @@
 //                   --engine native: a node's cluster-slot-migration-log-max-len is about to be shortened
 //                   ("restore" holds the value to put back); a batch's CLUSTER MIGRATESLOTS and its outcome
 //   source-not-learnt, target-failed-over, rolled-back, replicas-cleaned
-//   done            the move ended well;  aborted  slotshift abort (or resume) undid what was not claimed
+//   done            the move ended well;  aborted  slotshift abort (or resume), or the move itself after a
+//                   failure, undid what was not claimed ("complete": false when something is left to undo)
 //
 // read_journal() rebuilds the last move of a file from them: what it planned, what it claimed, what it
 // changed that must be put back. The nodes have the last word on ownership; the journal says where to look
@@ -101,8 +102,9 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
 // Where journals go when --journal is not given: $SLOTSHIFT_STATE_DIR, else /var/lib/slotshift for root and
 // $HOME/.local/state/slotshift for others.
 std::string journal_dir();
-// Every journal in journal_dir() whose move has not finished, newest first; `error` set when the directory
-// cannot be read.
+// Every journal in journal_dir(), newest first; `error` set when the directory cannot be read.
+std::vector<std::string> all_journals(std::string& error);
+// Those whose move has not finished (killed, or its undo incomplete), newest first.
 std::vector<std::string> unfinished_journals(std::string& error);
 // The newest journal in journal_dir() whose move has not finished, or "" (with `error` saying why).
 std::string latest_unfinished_journal(std::string& error);

@@ -546,7 +546,16 @@ int MoveJob::run() {
     // move that went well.
     clean_source_replicas();
   }
-  if (ok) journal(MoveStep::kDone);
+  if (ok) {
+    journal(MoveStep::kDone);
+  } else {
+    // The move ended by itself, its undo done: the journal says so, so that check does not take it for a
+    // move that was killed. An undo left incomplete, or a source left refusing writes (its fence, until it
+    // learns the claim), keeps the journal open for abort and fix.
+    const bool fenced =
+        std::any_of(sources_.begin(), sources_.end(), [](const Source& s) { return s.refusing; });
+    journal(MoveStep::kAborted, {{"by", "the move itself"}, {"complete", undo_complete_ && !fenced}});
+  }
   report(ok);
   for (auto& src : sources_)
     if (src.copier) src.copier->stop();
