@@ -360,8 +360,17 @@ class ProxyLimits(unittest.TestCase):
             while time.time() < deadline and r.info("clients")["disconnected_slow_readers"] == 0:
                 time.sleep(0.1)
             self.assertEqual(r.info("clients")["disconnected_slow_readers"], 1)
-            with open("/proc/%d/status" % proxy.proc.pid) as f:
-                rss_kb = int(f.read().split("VmRSS:")[1].split()[0])
+            # The replies to what the reader had sent still arrive from the node after it is cut off, and are
+            # dropped as they come; the buffers they pass through shrink back once they are through. Measured
+            # until then (at most 5 s): once as high as 33 MB above the baseline at the instant of the cut, under
+            # load, against 2 MB when settled.
+            settle = time.time() + 5
+            while True:
+                with open("/proc/%d/status" % proxy.proc.pid) as f:
+                    rss_kb = int(f.read().split("VmRSS:")[1].split()[0])
+                if rss_kb - baseline_kb < 32 * 1024 or time.time() > settle:
+                    break
+                time.sleep(0.1)
             print("proxy RSS after the slow reader: %d kB (%d kB before it)" % (rss_kb, baseline_kb), file=sys.stderr)
             # 4 MB of unread replies allowed, 1 MB values: a few MB above the proxy's own size (2 MB measured).
             # Under ASan the test preset bounds the quarantine of freed memory (16 MB), which counts here too
