@@ -58,8 +58,10 @@ int main(int argc, char** argv) {
   auto* status =
       app.add_subcommand("status", "show masters, slots, replicas and epochs as every node reports them");
   add_common(status);
-  auto* check =
-      app.add_subcommand("check", "compare every node's view; exit 0 only if the cluster is consistent");
+  auto* check = app.add_subcommand(
+      "check",
+      "ask every node, masters and replicas, what it holds and sees; exit 0 only if nothing is "
+      "wrong (each finding says what it means, what clients see and what fix does)");
   add_common(check);
 
   slotshift::FixOptions fix_options;
