@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "common/server_info.h"
 #include "orchestrator/finding_guide.h"
 #include "orchestrator/move_job.h"
 #include "orchestrator/move_lease.h"
@@ -12,28 +13,13 @@
 namespace slotshift {
 namespace {
 
-// `field:value` of an INFO reply, or "".
-std::string info_field(const std::string& info, std::string_view field) {
-  const std::string key = std::string(field) + ":";
-  std::size_t at = 0;
-  while ((at = info.find(key, at)) != std::string::npos) {
-    if (at == 0 || info[at - 1] == '\n') {
-      const auto end = info.find_first_of("\r\n", at);
-      return info.substr(at + key.size(),
-                         end == std::string::npos ? std::string::npos : end - at - key.size());
-    }
-    at += key.size();
-  }
-  return "";
-}
-
 // Keys in db0 from INFO keyspace ("db0:keys=12,expires=0,avg_ttl=0"); 0 when none.
 std::uint64_t db0_keys(NodeClient& c) {
   const auto info = c.command({"INFO", "keyspace"});
   if (!info || info->is_error()) return 1;  // unknown: count slot by slot
   const auto db0 = info_field(info->str, "db0");
-  if (db0.rfind("keys=", 0) != 0) return 0;
-  return std::strtoull(db0.c_str() + 5, nullptr, 10);
+  if (!db0.starts_with("keys=")) return 0;
+  return std::strtoull(std::string(db0.substr(5)).c_str(), nullptr, 10);
 }
 
 // The slots that `owner_id` owns or imports in `view`, the view of the node asked (its own open slots are on
@@ -99,8 +85,10 @@ Finding orphan_finding(const Topology& t, const OrphanKeys& o) {
 
 }  // namespace
 
-bool answered(const ClusterSurvey& s, const std::string& id) {
-  return std::any_of(s.views.begin(), s.views.end(), [&](const Topology& v) { return v.myself_id == id; });
+const Topology* own_view(const ClusterSurvey& s, const std::string& id) {
+  for (const auto& v : s.views)
+    if (v.myself_id == id) return &v;
+  return nullptr;
 }
 
 // Nodes that do not answer and that the cluster has agreed are down (flag fail), owning no slot: their
@@ -184,10 +172,11 @@ void add_node_findings(ClusterHealth& h, const CommonOptions& options) {
     const auto conf = c.command({"CONFIG", "GET", "min-replicas-to-write"});
     if (conf && !conf->is_error() && conf->elements.size() == 2 && conf->elements[1].str != "0") {
       const auto info = c.command({"INFO", "replication"});
-      const std::string good =
-          info && !info->is_error() ? info_field(info->str, "min_slaves_good_slaves") : "";
+      // Replicas within min-replicas-max-lag: the field is there only while min-replicas-to-write is set.
+      const std::int64_t good =
+          info && !info->is_error() ? info_integer(info->str, "min_slaves_good_slaves") : -1;
       const long long wanted = std::strtoll(conf->elements[1].str.c_str(), nullptr, 10);
-      const long long in_sync = good.empty() ? 0 : std::strtoll(good.c_str(), nullptr, 10);
+      const long long in_sync = std::max<std::int64_t>(good, 0);
       if (wanted > in_sync) {
         const bool ours = conf->elements[1].str == kRefuseAllWrites;
         RefusingMaster r{self->id, where, conf->elements[1].str, static_cast<int>(in_sync), {}, {}};

@@ -61,8 +61,15 @@ std::vector<const Node*> forgettable(const ClusterSurvey& survey);
 // Why the survey is not complete enough to change the cluster ("" when every node answered, the forgettable
 // ones aside).
 std::string unanswered(const ClusterSurvey& survey);
-// The node's own view is in the survey.
-bool answered(const ClusterSurvey& survey, const std::string& id);
+// The node's own CLUSTER NODES in the survey, or nullptr when it did not answer.
+const Topology* own_view(const ClusterSurvey& survey, const std::string& id);
+inline bool answered(const ClusterSurvey& survey, const std::string& id) {
+  return own_view(survey, id) != nullptr;
+}
+// Where to connect to a node.
+inline HostPort address_of(const Node& n) {
+  return HostPort{n.address(), n.port};
+}
 
 // Surveys the cluster through `seed` and asks every node. The survey's error (not even the seed answers) is
 // left in survey.error with no findings.

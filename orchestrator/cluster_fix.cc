@@ -37,18 +37,8 @@ struct StepResult {
   std::string outcome;
 };
 
-HostPort address_of(const Node& n) {
-  return HostPort{n.address(), n.port};
-}
-
 std::string describe_node(const Node& n) {
   return short_id(n.id) + " " + n.address() + ":" + std::to_string(n.port);
-}
-
-const Topology* own_view(const ClusterSurvey& s, const std::string& id) {
-  for (const auto& v : s.views)
-    if (v.myself_id == id) return &v;
-  return nullptr;
 }
 
 // The slots some node's own view has open.

@@ -11,10 +11,6 @@ namespace {
 
 constexpr std::size_t kKeysPerMigrate = 256;
 
-HostPort address_of(const Node& n) {
-  return HostPort{n.address(), n.port};
-}
-
 // The node's own view of `slot`: what it migrates or imports it to or from ("" when neither).
 struct OpenState {
   std::string migrating_to, importing_from;
@@ -22,13 +18,11 @@ struct OpenState {
 
 OpenState open_state(const ClusterSurvey& s, const std::string& id, Slot slot) {
   OpenState o;
-  for (const auto& v : s.views) {
-    if (v.myself_id != id) continue;
-    const Node* self = v.myself();
-    if (self == nullptr) break;
-    if (auto it = self->migrating.find(slot); it != self->migrating.end()) o.migrating_to = it->second;
-    if (auto it = self->importing.find(slot); it != self->importing.end()) o.importing_from = it->second;
-  }
+  const Topology* v = own_view(s, id);
+  const Node* self = v ? v->myself() : nullptr;
+  if (self == nullptr) return o;
+  if (auto it = self->migrating.find(slot); it != self->migrating.end()) o.migrating_to = it->second;
+  if (auto it = self->importing.find(slot); it != self->importing.end()) o.importing_from = it->second;
   return o;
 }
 
@@ -259,13 +253,12 @@ RepairOutcome SlotRepairer::close_slot(Slot slot) {
   // the cluster down for the slot, and answers even MIGRATE with CLUSTERDOWN: tell it the owner first. It
   // stays IMPORTING.
   for (const Node* n : d.importers)
-    for (const auto& v : survey.views)
-      if (v.myself_id == n->id) {
-        const Node* named = v.owner(slot);
-        if ((named == nullptr || named->id != owner->id) &&
-            !setslot(address_of(*n), {s, "NODE", owner->id}, error))
-          return fail(error);
-      }
+    if (const Topology* v = own_view(survey, n->id)) {
+      const Node* named = v->owner(slot);
+      if ((named == nullptr || named->id != owner->id) &&
+          !setslot(address_of(*n), {s, "NODE", owner->id}, error))
+        return fail(error);
+    }
 
   if (d.kind == SlotDecision::kFinish) {
     const Node* to = d.to;
@@ -359,18 +352,15 @@ RepairOutcome SlotRepairer::delete_orphans(const std::string& node_id, Slot slot
   const auto survey = survey_cluster(seed_, options_.timeout, options_.credentials);
   if (const auto why = unanswered(survey); !why.empty()) return fail(why + "; nothing was changed");
   // Its own view, now: a node that owns or imports the slot holds live keys, whatever the report said.
-  const Topology* own = nullptr;
-  for (const auto& v : survey.views)
-    if (v.myself_id == node_id) own = &v;
+  const Topology* own = own_view(survey, node_id);
   const Node* self = own ? own->myself() : nullptr;
   if (self == nullptr || self->port == 0) return fail("the node is no longer in the cluster");
   // A replica's keys go through its master: what the master deletes, the replica deletes.
   const Node* master = self->is_master() ? self : survey.merged.find(self->master_id);
   if (master == nullptr || master->port == 0 || master->failed() || master->pfailed())
     return fail("its master does not answer; nothing was changed");
-  const Topology* master_view = own;
-  for (const auto& v : survey.views)
-    if (v.myself_id == master->id) master_view = &v;
+  const Topology* master_view = own_view(survey, master->id);
+  if (master_view == nullptr) master_view = own;
   const Node* master_self = master_view->myself();
   const Node* owner = master_view->owner(slot);
   if (master_self == nullptr || (owner != nullptr && owner->id == master->id) ||
