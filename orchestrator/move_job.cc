@@ -485,22 +485,8 @@ int MoveJob::run() {
     report(true);
     return 0;
   }
-  // One move at a time on each node it changes, whoever runs it.
-  lease_ = std::make_unique<MoveLease>(move_id_, options_.lease_ttl, options_.common.timeout,
-                                       options_.common.credentials);
-  std::vector<HostPort> leased{target_address_};
-  for (const auto& src : sources_)
-    leased.push_back(src.address);
-  if (!lease_->acquire(leased)) {
-    if (options_.common.json)
-      out_ << nlohmann::json{{"ok", false}, {"error", lease_->error()}, {"refused_before_start", true}}.dump(
-                  2)
-           << "\n";
-    err_ << "slotshift move: " << lease_->error() << "\n";
-    return 1;
-  }
   if (!open_journal()) return 2;
-  journal(MoveStep::kPlan, {{"lease", leased.size()},
+  journal(MoveStep::kPlan, {{"lease", leased_.size()},
                             {"target", target_.id},
                             {"target_address", target_address_.str()},
                             {"slots", options_.slots},

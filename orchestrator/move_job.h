@@ -188,7 +188,8 @@ class MoveJob {
   std::string connect_error_;  // why control() last returned nullptr
   std::unique_ptr<ProxyControl> proxies_;
   std::unique_ptr<MoveLease> lease_;
-  std::string owner_;  // names this move's holds on the proxies
+  std::vector<HostPort> leased_;  // the nodes the lease is on
+  std::string owner_;             // names this move's holds on the proxies
   std::set<std::string> proxy_warned_;
   std::mutex warnings_mu_;  // the proxies' route and release run beside the cutover's wait for the source
   int journal_fd_ = -1;

@@ -104,13 +104,37 @@ bool MoveJob::plan() {
     owner_ = "slotshift-" + move_id_;
   }
 
-  const auto survey = survey_cluster(*seed, options_.common.timeout, options_.common.credentials);
+  auto survey = survey_cluster(*seed, options_.common.timeout, options_.common.credentials);
   auto planned = plan_slots(survey, *slots, options_.to);
   if (!planned.refusal.empty()) return fail(std::move(planned.refusal));
+  if (!options_.dry_run && !planned.sources.empty()) {
+    // One move at a time on each node it changes, whoever runs it. The lease comes before every other
+    // check: a move that started an instant earlier is copying into the target, and its keys there must be
+    // named as that move's, never as keys to delete.
+    lease_ = std::make_unique<MoveLease>(move_id_, options_.lease_ttl, options_.common.timeout,
+                                         options_.common.credentials);
+    leased_ = {HostPort{planned.target.address(), planned.target.port}};
+    for (const auto& src : planned.sources)
+      leased_.push_back(HostPort{src.node.address(), src.node.port});
+    if (!lease_->acquire(leased_)) return fail(lease_->error());
+    // What the plan rests on is read again under the lease: a move that ended between the first look and
+    // the lease has changed owners and keys since.
+    survey = survey_cluster(*seed, options_.common.timeout, options_.common.credentials);
+    planned = plan_slots(survey, *slots, options_.to);
+    if (!planned.refusal.empty()) return fail(std::move(planned.refusal));
+    auto is_leased = [&](const Node& n) {
+      return std::ranges::find(leased_, HostPort{n.address(), n.port}) != leased_.end();
+    };
+    if (!is_leased(planned.target) ||
+        !std::ranges::all_of(planned.sources, [&](const auto& src) { return is_leased(src.node); }))
+      return fail(
+          "the slots changed owners while slotshift took the move lease; nothing was touched, run the "
+          "move again");
+  }
   {
     // What only the nodes themselves say: keys left in slots a node does not own (a move into it would
-    // revive them), a master refusing writes, a move of this machine killed half way. A running move is
-    // refused by its lease, below, naming its holder.
+    // revive them), a master refusing writes, a move of this machine killed half way. A running move was
+    // refused by its lease, above, naming its holder (and a dry run has no lease of its own to see).
     ClusterHealth health;
     health.survey = survey;
     add_node_findings(health, options_.common);
