@@ -1,5 +1,7 @@
 #include "proxy/admin.h"
 
+#include "proxy/login.h"
+
 #include <httplib.h>
 
 #include <nlohmann/json.hpp>
@@ -27,18 +29,6 @@ void error_reply(const httplib::Request& req, httplib::Response& res, int status
   } else {
     res.set_content(message + "\n", "text/plain");
   }
-}
-
-// Whether `given` equals `expected`, in a time that depends on `expected`'s length alone: neither where the
-// first difference is nor how long `given` is shows in how long it takes. A shorter `given` is compared as if
-// padded with zeros, and a length that differs fails on its own.
-bool same_secret(std::string_view given, std::string_view expected) {
-  unsigned char differ = given.size() == expected.size() ? 0 : 1;
-  for (std::size_t i = 0; i < expected.size(); ++i) {
-    const unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
-    differ |= static_cast<unsigned char>(g ^ static_cast<unsigned char>(expected[i]));
-  }
-  return differ == 0;
 }
 
 }  // namespace

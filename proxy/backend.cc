@@ -1,5 +1,6 @@
 #include "proxy/backend.h"
 
+#include <cstdio>
 #include <cstring>
 
 #include "proxy/errors.h"
@@ -7,8 +8,8 @@
 
 namespace slotshift::proxy {
 
-Backend::Backend(Worker& worker, HostPort address)
-    : worker_(worker), address_(std::move(address)), name_(address_.str()) {}
+Backend::Backend(Worker& worker, HostPort address, LoginPtr login)
+    : worker_(worker), address_(std::move(address)), name_(address_.str()), login_(std::move(login)) {}
 
 Backend::~Backend() {
   if (dirty_) worker_.forget_dirty(this);
@@ -117,6 +118,19 @@ void Backend::connect() {
   uv_tcp_init(worker_.loop(), &conn_->tcp);
   conn_->tcp.data = conn_;
   conn_->out.attach(reinterpret_cast<uv_stream_t*>(&conn_->tcp));
+  if (login_) {
+    // The login is the connection's first command, so every command after it runs as that user. The node
+    // answers the ones pipelined behind a refused login with NOAUTH, without running them.
+    const std::string wire = auth_command(*login_);
+    conn_->out.buffer().append(wire);
+    queued_bytes_ += wire.size();
+    Pending p;
+    p.internal = [this](const std::string* reply) {
+      if (reply && (reply->empty() || (*reply)[0] != '+')) refused_login(*reply);
+    };
+    p.end_offset = queued_bytes_;
+    pending_.push_back(std::move(p));
+  }
 
   sockaddr_storage addr{};
   if (uv_ip4_addr(address_.host.c_str(), address_.port, reinterpret_cast<sockaddr_in*>(&addr)) == 0 ||
@@ -302,6 +316,32 @@ void Backend::close_conn() {
       c->tcp_closed = true;
       if (!c->resolving) delete c;
     });
+  }
+}
+
+void Backend::refused_login(std::string_view reply) {
+  std::string reason(reply.substr(0, reply.find('\r')));
+  if (reason.starts_with('-')) reason.erase(0, 1);
+  const std::string user = login_->user.empty() ? "default" : login_->user;
+  if (last_failure_.find(reason) == std::string::npos)
+    std::fprintf(stderr, "slotshift-proxy: %s refused the login as user '%s': %s\n", name_.c_str(),
+                 user.c_str(), reason.c_str());
+  last_failure_ = "the login as user '" + user + "' was refused: " + reason;
+  std::deque<Pending> pending;
+  pending.swap(pending_);
+  if (conn_) close_conn();
+  worker_.stats().backend_failures.add();
+  const std::string error = errors::login_refused(name_, user, reason);
+  for (auto& p : pending) {
+    returned(p);
+    if (p.internal) {
+      p.internal(nullptr);
+      continue;
+    }
+    RequestPtr& r = p.request;
+    if (r->done || r->attempt != p.attempt) continue;
+    r->sent = false;
+    worker_.complete(r, error);
   }
 }
 

@@ -14,6 +14,7 @@
 #include "common/host_port.h"
 #include "common/resp.h"
 #include "proxy/buffer.h"
+#include "proxy/login.h"
 #include "proxy/request.h"
 #include "proxy/stream_writer.h"
 
@@ -23,7 +24,8 @@ class Worker;
 
 class Backend {
  public:
-  Backend(Worker& worker, HostPort address);
+  // Every connection it opens logs in as `login` first (none: no AUTH).
+  Backend(Worker& worker, HostPort address, LoginPtr login = nullptr);
   ~Backend();
   Backend(const Backend&) = delete;
   Backend& operator=(const Backend&) = delete;
@@ -33,6 +35,9 @@ class Backend {
   bool connected() const { return conn_ && conn_->connected; }
   std::size_t inflight() const { return pending_.size(); }
   std::uint64_t last_activity_ms() const { return last_activity_ms_; }
+  const LoginPtr& login() const { return login_; }
+  // Why the last connection failed, or "".
+  const std::string& last_failure() const { return last_failure_; }
 
   // Queues the request's bytes (after an ASKING when `asking`), connecting first if need be. Bytes are
   // written at the worker's next flush, so every request of one client read goes out in one write.
@@ -91,6 +96,9 @@ class Backend {
   void on_read(ssize_t nread);
   void handle_reply(std::string_view reply);
   void close_conn();
+  // The node refused the login: every command queued behind it was refused too (NOAUTH), and is answered
+  // with the node's reason.
+  void refused_login(std::string_view reply);
   void mark_dirty();
   // `p` leaves pending_: its slot's count of requests at a backend goes down.
   void returned(const Pending& p);
@@ -104,6 +112,7 @@ class Backend {
   Worker& worker_;
   HostPort address_;
   std::string name_;
+  LoginPtr login_;
   Conn* conn_ = nullptr;
   std::deque<Pending> pending_;
   std::uint64_t queued_bytes_ = 0;  // bytes ever queued on the current connection

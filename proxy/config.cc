@@ -20,8 +20,9 @@ std::string load_config_file(const std::string& path, Config& config) {
     return path + ": not valid JSON: " + e.what();
   }
   if (!j.is_object()) return path + ": expected a JSON object";
-  if (j.contains("admin-token") && j.contains("admin-token-file"))
-    return path + ": give admin-token or admin-token-file, not both";
+  for (const char* secret : {"admin-token", "masterauth", "requirepass"})
+    if (j.contains(secret) && j.contains(std::string(secret) + "-file"))
+      return path + ": give " + secret + " or " + secret + "-file, not both";
   try {
     for (auto it = j.begin(); it != j.end(); ++it) {
       const std::string& key = it.key();
@@ -73,8 +74,23 @@ std::string load_config_file(const std::string& path, Config& config) {
       } else if (key == "admin-token") {
         config.admin_token = v.get<std::string>();
       } else if (key == "admin-token-file") {
-        const auto why = read_token_file(v.get<std::string>(), config.admin_token);
+        const auto why = read_secret_file(v.get<std::string>(), config.admin_token);
         if (!why.empty()) return path + ": admin-token-file: " + why;
+      } else if (key == "masteruser") {
+        config.masteruser = v.get<std::string>();
+      } else if (key == "masterauth") {
+        config.masterauth = v.get<std::string>();
+      } else if (key == "masterauth-file") {
+        const auto why = read_secret_file(v.get<std::string>(), config.masterauth);
+        if (!why.empty()) return path + ": masterauth-file: " + why;
+      } else if (key == "requirepass") {
+        config.requirepass = v.get<std::string>();
+      } else if (key == "requirepass-file") {
+        const auto why = read_secret_file(v.get<std::string>(), config.requirepass);
+        if (!why.empty()) return path + ": requirepass-file: " + why;
+      } else if (key == "client-auth") {
+        if (!parse_client_auth(v.get<std::string>(), config.client_auth))
+          return path + ": client-auth: expected none, password or acl";
       } else if (key == "allow-admin-commands") {
         config.allow_admin_commands = v.get<bool>();
       } else {
@@ -87,19 +103,46 @@ std::string load_config_file(const std::string& path, Config& config) {
   return "";
 }
 
-std::string read_token_file(const std::string& path, std::string& token) {
+std::string read_secret_file(const std::string& path, std::string& secret) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return "cannot read " + path;
-  // The token is the first line; a file much longer than a token is the wrong file.
-  constexpr std::size_t kMaxToken = 4096;
-  std::string text(kMaxToken + 1, '\0');
+  // The secret is the first line; a file much longer than a secret is the wrong file.
+  constexpr std::size_t kMaxSecret = 4096;
+  std::string text(kMaxSecret + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
-  if (text.size() > kMaxToken) return path + " is longer than " + std::to_string(kMaxToken) + " bytes";
+  if (text.size() > kMaxSecret) return path + " is longer than " + std::to_string(kMaxSecret) + " bytes";
   text.resize(std::min(text.find('\n'), text.size()));
   if (!text.empty() && text.back() == '\r') text.pop_back();
   if (text.empty()) return path + " is empty";
-  token = std::move(text);
+  secret = std::move(text);
+  return "";
+}
+
+bool parse_client_auth(std::string_view text, Config::ClientAuth& into) {
+  if (text == "none") {
+    into = Config::ClientAuth::kNone;
+  } else if (text == "password") {
+    into = Config::ClientAuth::kPassword;
+  } else if (text == "acl") {
+    into = Config::ClientAuth::kAcl;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+std::string client_auth_error(const Config& config) {
+  using enum Config::ClientAuth;
+  if (config.client_auth == kAcl && !config.requirepass.empty())
+    return "--requirepass is one password for every client, checked by the proxy; --client-auth acl checks "
+           "each client's user and password with the cluster. Give one of them";
+  if (config.client_auth == kPassword && config.requirepass.empty())
+    return "--client-auth password needs the password: --requirepass-file FILE, SLOTSHIFT_REQUIREPASS or "
+           "--requirepass";
+  if (!config.masteruser.empty() && config.masterauth.empty())
+    return "--masteruser " + config.masteruser +
+           " needs its password: --masterauth-file FILE, SLOTSHIFT_MASTERAUTH or --masterauth";
   return "";
 }
 

@@ -5,7 +5,9 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/host_port.h"
@@ -43,6 +45,21 @@ struct Config {
   // read until their commands are released.
   std::size_t max_held_bytes = 64ull << 20;
 
+  // The proxy's own login to every node, topology reloads included (Redis's masteruser and masterauth, as a
+  // replica logs in to its master): AUTH [masteruser] masterauth on every new connection; no AUTH when
+  // masterauth is empty. The password comes from --masterauth-file, SLOTSHIFT_MASTERAUTH or the config file
+  // as well, so that it need not be on the command line.
+  std::string masteruser;
+  std::string masterauth;
+
+  // Who may use the proxy. kNone: whoever reaches its port. kPassword: clients AUTH with requirepass, which
+  // the proxy checks itself. kAcl: a client's AUTH user pass is checked by the cluster's own ACL, and its
+  // commands run on connections logged in as that user, so that each user's key patterns and command
+  // categories apply as on Redis. Until a client has logged in it gets Redis's NOAUTH.
+  enum class ClientAuth : std::uint8_t { kNone, kPassword, kAcl };
+  ClientAuth client_auth = ClientAuth::kNone;
+  std::string requirepass;
+
   // The admin endpoint (HTTP: /healthz, /readyz, /metrics, /stats, /v1/slots); off unless given. Without a
   // token it may listen on a loopback address only (admin_endpoint_error()).
   HostPort admin{"", 0};
@@ -56,9 +73,16 @@ struct Config {
 // message, empty on success.
 std::string load_config_file(const std::string& path, Config& config);
 
-// Reads the admin token from `path`: the file's first line, without its line end. Returns an error message
-// (unreadable, empty, or too long to be a token file), empty on success.
-std::string read_token_file(const std::string& path, std::string& token);
+// Reads a secret (the admin token, a password) from `path`: the file's first line, without its line end.
+// Returns an error message (unreadable, empty, or too long to be a secret's file), empty on success.
+std::string read_secret_file(const std::string& path, std::string& secret);
+
+// "none", "password", "acl" (Config::ClientAuth); false for anything else.
+bool parse_client_auth(std::string_view text, Config::ClientAuth& into);
+
+// Why the client login settings cannot work together, or "": one password for every client and the
+// cluster's own users are two different modes.
+std::string client_auth_error(const Config& config);
 
 // Whether `host` names the loopback interface: an address in 127.0.0.0/8, ::1 (or 127.x.x.x mapped into
 // IPv6), or "localhost".

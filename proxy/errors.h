@@ -45,6 +45,16 @@ inline constexpr std::string_view kClientReplySyntax = "-ERR syntax error\r\n";
 inline constexpr std::string_view kClientNameChars =
     "-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
 inline constexpr std::string_view kClusterDisabled = "-ERR This instance has cluster support disabled\r\n";
+inline constexpr std::string_view kNoAuth = "-NOAUTH Authentication required.\r\n";
+inline constexpr std::string_view kWrongPass =
+    "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+inline constexpr std::string_view kHelloNoAuth =
+    "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH "
+    "<user> <pass> option can be used to authenticate the client and select the RESP protocol version at "
+    "the same time\r\n";
+inline constexpr std::string_view kAuthNotConfigured =
+    "-ERR AUTH <password> called without any password configured for the default user. Are you sure your "
+    "configuration is correct?\r\n";
 inline std::string protocol_error(std::string_view message) {
   return "-ERR " + std::string(message) + "\r\n";
 }
@@ -95,6 +105,17 @@ inline std::string too_many_redirects(std::string_view last) {
 inline std::string merge_unexpected(std::string_view what) {
   return one_line("-ERR slotshift-proxy: unexpected reply from a node while merging: " +
                   std::string(what.substr(0, 60)) + "\r\n");
+}
+// A node refused the login a command was to run as (the proxy's own, or a client's with ACL pass-through):
+// the command was not run.
+inline std::string login_refused(std::string_view node, std::string_view user, std::string_view reason) {
+  return one_line("-ERR slotshift-proxy: " + std::string(node) + " refused the login as user '" +
+                  std::string(user) + "' (" + std::string(reason) + "); the command was not run\r\n");
+}
+// A client's AUTH could not be checked with the cluster (ACL pass-through): no node answered in time.
+inline std::string login_unchecked(std::string_view why) {
+  return one_line("-ERR slotshift-proxy: could not check the login with the cluster: " + std::string(why) +
+                  "\r\n");
 }
 inline constexpr std::string_view kMaxClients = "-ERR max number of clients reached\r\n";
 inline constexpr std::string_view kTransactionTooBig =

@@ -161,12 +161,12 @@ void HeldRequests::drain_step(Slot slot) {
 std::vector<std::string> HeldRequests::at_backend(const SlotSet& slots) const {
   std::vector<std::string> out;
   const std::uint64_t now = mono_ns();
-  for (const auto& [name, backend] : worker_.backends_) {
+  for (const auto& [key, backend] : worker_.backends_) {
     for (const auto& p : backend->pending_) {
       if (!p.counted || !slots.test(p.slot)) continue;
       if (out.size() >= 20) return out;
       std::string line = (p.request ? p.request->name : std::string("?")) + " for hash slot " +
-                         std::to_string(p.slot) + " at " + name;
+                         std::to_string(p.slot) + " at " + backend->name();
       if (p.request && now > p.request->start_ns) {
         line += ", " + std::to_string((now - p.request->start_ns) / 1000000) + " ms old";
       }

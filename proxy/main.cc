@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   int threads = 0;
   bool allow_admin = false;
   std::string admin, admin_token, admin_token_file;
+  std::string masteruser, masterauth, masterauth_file, requirepass, requirepass_file, client_auth;
   auto* o_listen =
       app.add_option("--listen", listen, "HOST:PORT to accept clients on (default 127.0.0.1:6380)");
   auto* o_seed =
@@ -70,6 +71,24 @@ int main(int argc, char** argv) {
   auto* o_token_file = app.add_option("--admin-token-file", admin_token_file,
                                       "file holding the admin token, so that it is not on the command line")
                            ->excludes(o_token);
+  auto* o_masteruser = app.add_option(
+      "--masteruser", masteruser, "ACL user the proxy logs in to every node as (default: the default user)");
+  auto* o_masterauth = app.add_option("--masterauth", masterauth,
+                                      "password the proxy logs in to every node with (or env "
+                                      "SLOTSHIFT_MASTERAUTH; the command line shows it to every user)");
+  auto* o_masterauth_file =
+      app.add_option("--masterauth-file", masterauth_file, "file holding --masterauth's password")
+          ->excludes(o_masterauth);
+  auto* o_requirepass = app.add_option("--requirepass", requirepass,
+                                       "password every client must AUTH with (or env SLOTSHIFT_REQUIREPASS)");
+  auto* o_requirepass_file =
+      app.add_option("--requirepass-file", requirepass_file, "file holding --requirepass's password")
+          ->excludes(o_requirepass);
+  auto* o_client_auth =
+      app.add_option("--client-auth", client_auth,
+                     "none | password (--requirepass) | acl: clients log in as the cluster's own ACL users, "
+                     "and their commands run as those users")
+          ->check(CLI::IsMember({"none", "password", "acl"}));
   CLI11_PARSE(app, argc, argv);
 
   if (!config_file.empty()) {
@@ -119,13 +138,44 @@ int main(int argc, char** argv) {
   if (o_token->count()) {
     config.admin_token = admin_token;
   } else if (o_token_file->count()) {
-    error = proxy::read_token_file(admin_token_file, config.admin_token);
+    error = proxy::read_secret_file(admin_token_file, config.admin_token);
     if (!error.empty()) {
       std::fprintf(stderr, "slotshift-proxy: --admin-token-file: %s\n", error.c_str());
       return 2;
     }
   } else if (const char* env = std::getenv("SLOTSHIFT_ADMIN_TOKEN"); env && *env) {
     config.admin_token = env;
+  }
+  // The passwords the same way: the command line (a flag or a file), else the environment, else the file.
+  auto secret = [&](CLI::Option* flag, const std::string& value, CLI::Option* file_flag,
+                    const std::string& file, const char* env_name, std::string& into) {
+    if (flag->count()) {
+      into = value;
+    } else if (file_flag->count()) {
+      error = proxy::read_secret_file(file, into);
+      if (!error.empty()) {
+        std::fprintf(stderr, "slotshift-proxy: %s: %s\n", file_flag->get_name().c_str(), error.c_str());
+        return false;
+      }
+    } else if (const char* env = std::getenv(env_name); env && *env) {
+      into = env;
+    }
+    return true;
+  };
+  if (!secret(o_masterauth, masterauth, o_masterauth_file, masterauth_file, "SLOTSHIFT_MASTERAUTH",
+              config.masterauth) ||
+      !secret(o_requirepass, requirepass, o_requirepass_file, requirepass_file, "SLOTSHIFT_REQUIREPASS",
+              config.requirepass))
+    return 2;
+  if (o_masteruser->count()) config.masteruser = masteruser;
+  if (o_client_auth->count()) proxy::parse_client_auth(client_auth, config.client_auth);
+  // A password for clients means clients log in with it, unless another mode was asked for (and refused
+  // below).
+  if (!config.requirepass.empty() && config.client_auth == proxy::Config::ClientAuth::kNone)
+    config.client_auth = proxy::Config::ClientAuth::kPassword;
+  if (error = proxy::client_auth_error(config); !error.empty()) {
+    std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
+    return 2;
   }
   if (error = proxy::admin_endpoint_error(config); !error.empty()) {
     std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());

@@ -8,6 +8,7 @@
 
 #include "common/command_table.h"
 #include "common/slot.h"
+#include "proxy/login.h"
 
 namespace slotshift::proxy {
 
@@ -43,6 +44,7 @@ struct Request {
   bool has_slot = false;
   Slot slot = 0;
   Backend* fixed = nullptr;  // fan-out parts go to one given master, not by slot
+  LoginPtr login;            // ACL pass-through: the client's user, which it runs as (null: the proxy's)
   bool idempotent = false;   // safe to send again after a lost connection (read-only commands)
   bool blocking = false;     // runs on the session's dedicated connection
 

@@ -80,8 +80,9 @@ void Router::try_next(std::size_t candidate, bool shards) {
   std::string wire;
   resp::append_command(wire, {"CLUSTER", shards ? "SHARDS" : "SLOTS"});
   Backend* b = worker_.backend(refresh_candidates_[candidate]);
-  b->send_internal(std::move(wire), [this, candidate, shards](const std::string* reply) {
+  b->send_internal(std::move(wire), [this, b, candidate, shards](const std::string* reply) {
     if (!reply) {
+      if (!b->last_failure().empty()) last_error_ = b->name() + ": " + b->last_failure();
       try_next(candidate + 1, true);
       return;
     }
@@ -92,6 +93,13 @@ void Router::try_next(std::size_t candidate, bool shards) {
 void Router::apply(const std::string& reply, bool shards, std::size_t candidate) {
   const resp::Value value = resp::decode(reply);
   if (value.is_error()) {
+    const std::string error = refresh_candidates_[candidate].str() + " answered " + value.str;
+    // Said once, not at every reload: a cluster that asks for a login the proxy was not given (or refuses
+    // the one given) is a configuration to fix, and clients only see their commands time out.
+    if (error != last_error_ && (value.str.starts_with("NOAUTH") || value.str.starts_with("NOPERM")))
+      std::fprintf(stderr, "slotshift-proxy: cannot load the slot map: %s (see --masteruser, --masterauth)\n",
+                   error.c_str());
+    last_error_ = error;
     // Servers before 7.0 know no CLUSTER SHARDS: ask the same node for CLUSTER SLOTS.
     if (shards && value.str.find("nknown") != std::string::npos) {
       try_next(candidate, false);
@@ -125,6 +133,7 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
   masters.erase(std::unique(masters.begin(), masters.end()), masters.end());
   masters_ = std::move(masters);
   loaded_ = true;
+  last_error_.clear();
   refreshing_ = false;
   worker_.proxy().topology_loaded(make_snapshot(std::move(parsed.topology)));
 }

@@ -40,6 +40,8 @@ class Router {
   // Reloads now (unless a reload is already under way).
   void refresh();
   std::uint64_t last_refresh_ms() const { return last_refresh_ms_; }
+  // Why the last reload found no map, or "" (a node that answered with an error, NOAUTH say).
+  const std::string& last_error() const { return last_error_; }
   bool wants_refresh() const { return refresh_wanted_; }
 
  private:
@@ -55,6 +57,7 @@ class Router {
   bool refresh_wanted_ = false;
   std::uint64_t last_refresh_ms_ = 0;
   std::vector<HostPort> refresh_candidates_;
+  std::string last_error_;
 };
 
 }  // namespace slotshift::proxy

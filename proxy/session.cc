@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <type_traits>
 #include <unordered_map>
 
@@ -160,6 +161,7 @@ RequestPtr make_part(const RequestPtr& parent, std::size_t index) {
   part->start_ns = parent->start_ns;
   part->deadline_ms = parent->deadline_ms;
   part->idempotent = parent->idempotent;
+  part->login = parent->login;
   part->part_index = index;
   return part;
 }
@@ -175,7 +177,8 @@ constexpr std::uint64_t kParkedAfterCloseMs = 150;
 Session::Session(Worker& worker)
     : worker_(worker),
       scanner_(resp::Scanner::Mode::kRequest,
-               resp::Limits{worker.config().max_bulk_bytes, worker.config().max_arguments, 64, 64 * 1024}) {}
+               resp::Limits{worker.config().max_bulk_bytes, worker.config().max_arguments, 64, 64 * 1024}),
+      authenticated_(worker.config().client_auth == Config::ClientAuth::kNone) {}
 
 Session::~Session() {
   for (auto& r : queue_)
@@ -251,12 +254,13 @@ void Session::close() {
   for (auto& [name, backend] : dedicated_)
     backend->shutdown();
   worker_.proxy().blocking_connections().fetch_sub(dedicated_.size());
+  if (login_check_) login_check_->shutdown();  // its callback retires it
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_),
            [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
 }
 
-Backend* Session::dedicated(const HostPort& node) {
-  const std::string key = node.str();
+Backend* Session::dedicated(const HostPort& node, const LoginPtr& login) {
+  const std::string key = connection_key(login, node);
   if (auto it = dedicated_.find(key); it != dedicated_.end()) return it->second.get();
   // Each is a connection to a node and a client there: without a cap, clients could open as many as the nodes
   // accept, for everyone.
@@ -272,7 +276,7 @@ Backend* Session::dedicated(const HostPort& node) {
     }
   }
   auto& b = dedicated_[key];
-  b = std::make_unique<Backend>(worker_, node);
+  b = std::make_unique<Backend>(worker_, node, login ? login : worker_.own_login_);
   return b.get();
 }
 
@@ -303,6 +307,7 @@ void Session::check_deadlines(std::uint64_t now_ms) {
   for (auto& [name, backend] : dedicated_)
     backend->check_deadlines(now_ms);
   close_idle_dedicated(kIdleDedicatedMs);
+  if (login_check_) login_check_->check_deadlines(now_ms);
 }
 
 void Session::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
@@ -335,8 +340,12 @@ void Session::on_read(ssize_t nread) {
     return;
   }
   last_activity_ms_ = worker_.now_ms();
+  process_input();
+}
+
+void Session::process_input() {
   std::vector<std::string_view> args;
-  while (!closing_ && !quit_after_flush_) {
+  while (!closing_ && !quit_after_flush_ && !login_check_) {
     const std::string_view data = in_.data();
     const auto status = scanner_.scan(data);
     if (status == resp::Status::kIncomplete) break;
@@ -374,12 +383,12 @@ void Session::pause_or_resume_reading() {
   const auto& c = worker_.config();
   const bool holding = !on_hold_.empty();
   const std::size_t inflight_limit = c.max_inflight_bytes / static_cast<std::size_t>(c.threads);
-  if (reading_ && (quit_after_flush_ || queue_.size() >= c.max_pipeline ||
+  if (reading_ && (quit_after_flush_ || login_check_ || queue_.size() >= c.max_pipeline ||
                    held_bytes_ > c.max_client_output / 2 || worker_.inflight_bytes() > inflight_limit ||
                    (holding && worker_.proxy().held_bytes() > c.max_held_bytes))) {
     reading_ = false;
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
-  } else if (!reading_ && !quit_after_flush_ && queue_.size() < c.max_pipeline / 2 &&
+  } else if (!reading_ && !quit_after_flush_ && !login_check_ && queue_.size() < c.max_pipeline / 2 &&
              held_bytes_ <= c.max_client_output / 4 && worker_.inflight_bytes() <= inflight_limit / 2 &&
              (!holding || worker_.proxy().held_bytes() <= c.max_held_bytes / 2)) {
     reading_ = true;
@@ -407,6 +416,7 @@ RequestPtr Session::new_request(std::string name, const CommandInfo* cmd) {
   r->start_ns = mono_ns();
   r->deadline_ms = worker_.now_ms() + static_cast<std::uint64_t>(worker_.config().request_timeout.count());
   r->idempotent = cmd && cmd->has_flag(CommandFlag::kReadonly) && !cmd->has_flag(CommandFlag::kWrite);
+  r->login = login_;
   return r;
 }
 
@@ -564,6 +574,11 @@ void Session::handle(Args args, std::string_view raw) {
   const CommandInfo* cmd = find_command(args);
   const Plan& plan = plan_of(cmd);
 
+  if (!authenticated_ && name != "auth" && name != "hello" && name != "quit" && name != "reset") {
+    // As Redis: until the client has logged in, only these run (MULTI included, so no transaction is open).
+    answer(name, std::string(errors::kNoAuth));
+    return;
+  }
   if (in_multi_) {
     // What Redis runs at once inside a transaction rather than queueing it.
     if (name == "exec" || name == "discard" || name == "multi" || name == "quit" || name == "reset") {
@@ -659,41 +674,32 @@ bool Session::answer_locally(const std::string& name, Args args) {
       if (proto != 2) return answer(name, std::string(errors::kNoProto)), true;
       i = 2;
     }
+    // Every option is read before any takes effect, as Redis does: a syntax error changes nothing.
+    std::optional<Login> login;
+    std::optional<std::string> setname;
     for (; i < argc; ++i) {
       if (iequals(args[i], "setname") && i + 1 < argc) {
-        client_name_ = std::string(args[++i]);
+        setname = std::string(args[++i]);
       } else if (iequals(args[i], "auth") && i + 2 < argc) {
-        return answer(name,
-                      "-ERR AUTH <password> called without any password configured for the default user. "
-                      "Are you sure your configuration is correct?\r\n"),
-               true;
+        login = Login{std::string(args[i + 1]), std::string(args[i + 2])};
+        i += 2;
       } else {
         return answer(name, "-ERR Syntax error in HELLO option '" + std::string(args[i]) + "'\r\n"), true;
       }
     }
-    std::string reply;
-    resp::append_array_header(reply, 14);
-    resp::append_bulk(reply, "server");
-    resp::append_bulk(reply, "redis");
-    resp::append_bulk(reply, "version");
-    resp::append_bulk(reply, kVersion);
-    resp::append_bulk(reply, "proto");
-    resp::append_integer(reply, 2);
-    resp::append_bulk(reply, "id");
-    resp::append_integer(reply, static_cast<std::int64_t>(id_));
-    resp::append_bulk(reply, "mode");
-    resp::append_bulk(reply, "standalone");
-    resp::append_bulk(reply, "role");
-    resp::append_bulk(reply, "master");
-    resp::append_bulk(reply, "modules");
-    resp::append_array_header(reply, 0);
-    answer(name, std::move(reply));
+    if (!login && !authenticated_) return answer(name, std::string(errors::kHelloNoAuth)), true;
+    if (setname) client_name_ = std::move(*setname);
+    if (login) {
+      log_in(name, std::move(*login), hello_reply());
+    } else {
+      answer(name, hello_reply());
+    }
     return true;
   }
   if (name == "auth") {
-    answer(name,
-           "-ERR AUTH <password> called without any password configured for the default user. Are you sure "
-           "your configuration is correct?\r\n");
+    if (argc != 2 && argc != 3) return answer(name, errors::wrong_arity(name)), true;
+    log_in(name, Login{argc == 3 ? std::string(args[1]) : std::string(), std::string(args[argc - 1])},
+           "+OK\r\n");
     return true;
   }
   if (name == "client" && argc >= 2) return client_command(args);
@@ -782,6 +788,83 @@ void Session::reset_state() {
   if (in_multi_) discard_transaction();
   reply_off_ = skip_next_reply_ = false;
   client_name_.clear();
+  // As Redis: back to the default user, logged in only where no login is asked for.
+  authenticated_ = worker_.config().client_auth == Config::ClientAuth::kNone;
+  login_.reset();
+}
+
+std::string Session::hello_reply() const {
+  std::string reply;
+  resp::append_array_header(reply, 14);
+  resp::append_bulk(reply, "server");
+  resp::append_bulk(reply, "redis");
+  resp::append_bulk(reply, "version");
+  resp::append_bulk(reply, kVersion);
+  resp::append_bulk(reply, "proto");
+  resp::append_integer(reply, 2);
+  resp::append_bulk(reply, "id");
+  resp::append_integer(reply, static_cast<std::int64_t>(id_));
+  resp::append_bulk(reply, "mode");
+  resp::append_bulk(reply, "standalone");
+  resp::append_bulk(reply, "role");
+  resp::append_bulk(reply, "master");
+  resp::append_bulk(reply, "modules");
+  resp::append_array_header(reply, 0);
+  return reply;
+}
+
+void Session::log_in(std::string_view name, Login login, std::string ok_reply) {
+  using enum Config::ClientAuth;
+  const auto& config = worker_.config();
+  // The default user is named or left out (AUTH password); the proxy's own password mode knows no other.
+  const bool default_user = login.user.empty() || login.user == "default";
+  switch (config.client_auth) {
+    case kNone:
+      // As a Redis whose default user has no password: any password is taken in the two-argument form,
+      // and the one-argument form says that none is set.
+      if (login.user.empty()) return answer(name, std::string(errors::kAuthNotConfigured));
+      answer(name, default_user ? std::move(ok_reply) : std::string(errors::kWrongPass));
+      return;
+    case kPassword:
+      // A failed AUTH leaves a client that had logged in logged in, as on Redis.
+      if (default_user && same_secret(login.password, config.requirepass)) {
+        authenticated_ = true;
+        answer(name, std::move(ok_reply));
+      } else {
+        worker_.stats().errors_refused.add();
+        answer(name, std::string(errors::kWrongPass));
+      }
+      return;
+    case kAcl:
+      break;
+  }
+  // ACL pass-through: a node of the cluster checks the login on a connection of its own (the ACL is each
+  // node's; a user must be defined alike on all of them). The reply keeps its place among the client's.
+  auto r = new_request(std::string(name), nullptr);
+  enqueue(r);
+  const auto& masters = worker_.router().masters();
+  const HostPort node = masters.empty() ? config.seeds.front() : masters.front()->address();
+  auto candidate = std::make_shared<const Login>(std::move(login));
+  login_check_ = std::make_unique<Backend>(worker_, node);
+  login_check_->send_internal(auth_command(*candidate), [this, r, candidate, ok_reply = std::move(ok_reply)](
+                                                            const std::string* reply) {
+    const std::string why = reply ? std::string() : login_check_->last_failure();
+    worker_.retire(std::move(login_check_));
+    if (!reply) {
+      worker_.complete(r, errors::login_unchecked(why.empty() ? "the connection closed" : why));
+    } else if (reply->starts_with("+")) {
+      authenticated_ = true;
+      login_ = candidate;
+      worker_.complete(r, ok_reply);
+    } else {
+      // The node's own words: WRONGPASS, or an error of its ACL.
+      worker_.stats().errors_refused.add();
+      worker_.complete(r, errors::one_line(*reply));
+    }
+    if (closing_) return;
+    // What the client sent behind its AUTH runs now, as the user it logged in as.
+    process_input();
+  });
 }
 
 std::string Session::refusal(Args args, const std::string& name, const CommandInfo* cmd,

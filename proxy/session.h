@@ -17,6 +17,7 @@
 #include "common/host_port.h"
 #include "common/resp.h"
 #include "proxy/buffer.h"
+#include "proxy/login.h"
 #include "proxy/request.h"
 #include "proxy/stream_writer.h"
 
@@ -34,9 +35,9 @@ class Session {
   void close();
   void on_request_done(Request& request);
   void check_idle(std::uint64_t now_ms);
-  // The session's own connection to `node`, for blocking commands; null when the process has
-  // max-blocking-connections of them already.
-  Backend* dedicated(const HostPort& node);
+  // The session's own connection to `node`, logged in as `login` (null: the proxy's own login), for blocking
+  // commands; null when the process has max-blocking-connections of them already.
+  Backend* dedicated(const HostPort& node, const LoginPtr& login);
   // Closes the session's own connections that have had no command for `idle_ms`; returns how many.
   std::size_t close_idle_dedicated(std::uint64_t idle_ms);
   // Answers what passed its deadline on the session's own connections, and closes those idle for a while.
@@ -73,6 +74,8 @@ class Session {
   ~Session();
 
   void on_read(ssize_t nread);
+  // Runs every whole command in the input buffer (stopping while a login is being checked).
+  void process_input();
   void handle(Args args, std::string_view raw);
   // A command of the normal path: routed by its keys, split, fanned out, or sent to any master.
   void route(Args args, std::string_view raw, std::string name, const CommandInfo* cmd);
@@ -95,6 +98,10 @@ class Session {
   bool client_command(Args args);
   // RESET: the connection's state back to a new connection's.
   void reset_state();
+  // AUTH, or HELLO's AUTH option: answers `ok_reply` once `login` is accepted (checked by the proxy, or by a
+  // node with ACL pass-through), else the error Redis gives.
+  void log_in(std::string_view name, Login login, std::string ok_reply);
+  std::string hello_reply() const;
   std::string info_reply(std::string_view section);
 
   static void on_alloc(uv_handle_t* handle, std::size_t suggested, uv_buf_t* buf);
@@ -118,13 +125,21 @@ class Session {
   std::size_t held_bytes_ = 0;  // replies answered but waiting behind an earlier, unanswered one
   bool closing_ = false;
   bool quit_after_flush_ = false;  // QUIT or a protocol error: nothing more is read; close once answered
+  // Whether the client may run commands: at once without client logins, else once AUTH succeeded. With ACL
+  // pass-through, who it logged in as (its requests carry it, Request::login).
+  bool authenticated_ = false;
+  LoginPtr login_;
+  // ACL pass-through: the connection on which a node checks the client's AUTH. Nothing more of the client is
+  // read or run until the node has answered (its later commands must run as whoever it turns out to be).
+  std::unique_ptr<Backend> login_check_;
   // CLIENT REPLY OFF / SKIP: replies the client asked not to get are dropped (Request::silent).
   bool reply_off_ = false;
   bool skip_next_reply_ = false;
   // Requests kept back for a slot hold, in the client's order (see held_requests.h); empty but during a hold.
   std::deque<RequestPtr> on_hold_;
   std::uint64_t next_seq_ = 0;  // numbers the client's commands (Request::seq)
-  // Blocking commands get connections of their own, one per node, kept while the client uses them.
+  // Blocking commands get connections of their own, one per node and login (a client that logs in again as
+  // another user must not run as the first one), kept while the client uses them.
   std::map<std::string, std::unique_ptr<Backend>> dedicated_;
   // Per-client order through retries (retry_started): the seqs of requests waiting to be sent again, and the
   // later requests parked behind them.

@@ -53,6 +53,8 @@ std::string unexpected(std::string_view what) {
 Worker::Worker(Proxy& proxy, const Config& config, int index)
     : proxy_(proxy), config_(config), index_(index), router_(*this), held_(*this) {
   uv_loop_init(&loop_);
+  if (!config.masterauth.empty())
+    own_login_ = std::make_shared<const Login>(Login{config.masteruser, config.masterauth});
 }
 
 Worker::~Worker() {
@@ -186,9 +188,9 @@ std::size_t Worker::close_idle_dedicated() {
   return closed;
 }
 
-Backend* Worker::backend(const HostPort& node) {
-  auto& b = backends_[node.str()];
-  if (!b) b = std::make_unique<Backend>(*this, node);
+Backend* Worker::backend(const HostPort& node, const LoginPtr& login) {
+  auto& b = backends_[connection_key(login, node)];
+  if (!b) b = std::make_unique<Backend>(*this, node, login ? login : own_login_);
   return b.get();
 }
 
@@ -241,13 +243,17 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
   if (!b) {
     // The slot map is not loaded yet, or no node serves the slot: wait for a refresh, within the deadline.
     router_.refresh_soon();
-    retry_later(r, 20,
-                r->has_slot ? "no node serves hash slot " + std::to_string(r->slot)
-                            : std::string("topology unknown"));
+    std::string cause =
+        r->has_slot ? "no node serves hash slot " + std::to_string(r->slot) : std::string("topology unknown");
+    if (!router_.last_error().empty()) cause += " (" + router_.last_error() + ")";
+    retry_later(r, 20, cause);
     return;
   }
+  // With ACL pass-through a request runs as its client's user, wherever the slot map or a redirect sends it:
+  // on that user's connection to the same node.
+  if (r->login && (!b->login() || !(*b->login() == *r->login))) b = backend(b->address(), r->login);
   if (r->blocking) {
-    b = r->session->dedicated(b->address());
+    b = r->session->dedicated(b->address(), r->login);
     if (!b) {
       stats_.errors_refused.add();
       complete(r, errors::too_many_blocking(config_.max_blocking_connections));

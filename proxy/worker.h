@@ -60,8 +60,9 @@ class Worker {
   // False if the loop is not running.
   bool post(std::function<void()> op);
 
-  // The shared connection to `node` (created on first use).
-  Backend* backend(const HostPort& node);
+  // The shared connection to `node` (created on first use), logged in as the proxy (masteruser/masterauth),
+  // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
+  Backend* backend(const HostPort& node, const LoginPtr& login = nullptr);
   // Sends a request to where it belongs: its fixed backend, or the owner of its slot. Answers it with an
   // error if no node serves the slot.
   void dispatch(const RequestPtr& request, bool asking = false, Backend* to = nullptr);
@@ -120,7 +121,9 @@ class Worker {
   int listen_fd_ = -1;
   Stats stats_;
   Router router_;
-  std::map<std::string, std::unique_ptr<Backend>> backends_;  // by "host:port"
+  // By "host:port" for the proxy's own login; with a client's login, by its user, password and "host:port".
+  std::map<std::string, std::unique_ptr<Backend>> backends_;
+  LoginPtr own_login_;  // masteruser/masterauth; null: no AUTH
   std::vector<std::unique_ptr<Backend>> retired_;
   std::vector<Backend*> dirty_;
   std::vector<Session*> dirty_sessions_;

@@ -234,12 +234,16 @@ class Cluster:
 
 
 class Proxy:
-    def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None, preexec=None):
+    def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None, preexec=None, login=None,
+                 env=None):
         """admin=True serves the admin endpoint on a free loopback port (self.admin_port), with admin_token if
         given; admin_call() talks to it. preexec runs in the proxy's process before it starts (resource
-        limits)."""
+        limits). login: the AUTH arguments a client needs (("pw",) or ("user", "pw")), for the check that the
+        proxy is up. env: the proxy's environment."""
         self.admin_token = admin_token
         self.preexec = preexec
+        self.login = login
+        self.env = env
         # free_port() only finds a port that was free a moment ago: another test running beside this one may
         # take it first. A proxy that could not listen for that reason is started again on other ports.
         for _ in range(3):
@@ -261,13 +265,22 @@ class Proxy:
         self.log = open(os.path.join(cluster.dir, "proxy-%d.log" % self.port), "w+")
         self.proc = subprocess.Popen([PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--seed", cluster.seed(),
                                       "--threads", str(threads), *flags], stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=self.preexec)
+                                     preexec_fn=self.preexec, env=self.env)
+        auth = b""
+        if self.login:
+            auth = ("AUTH " + " ".join(self.login) + "\r\n").encode()
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"DBSIZE\r\n")
-                    if s.recv(100).startswith(b":"):
+                    s.sendall(auth + b"DBSIZE\r\n")
+                    got = b""
+                    while got.count(b"\r\n") < (2 if auth else 1):
+                        chunk = s.recv(100)
+                        if not chunk:
+                            break
+                        got += chunk
+                    if got.removeprefix(b"+OK\r\n" if auth else b"").startswith(b":"):
                         return True
             except OSError:
                 pass

@@ -1,4 +1,5 @@
 // ioredis in standalone mode against slotshift-proxy: node ioredis_test.js PORT. Exits non-zero on any failure.
+// With IOREDIS_PASSWORD (and IOREDIS_USERNAME) in the environment, it logs in as an application would.
 'use strict';
 const assert = require('node:assert/strict');
 const Redis = require('ioredis');
@@ -57,7 +58,14 @@ check('errors pass through', async (r) => {
 });
 
 (async () => {
-  const r = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0 });
+  const r = new Redis({
+    port,
+    host: '127.0.0.1',
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    username: process.env.IOREDIS_USERNAME,
+    password: process.env.IOREDIS_PASSWORD,
+  });
   await r.connect();
   let passed = 0, failed = 0;
   for (const { name, fn } of checks) {
