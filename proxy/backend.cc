@@ -326,26 +326,10 @@ void Backend::refused_login(std::string_view reply) {
   if (last_failure_.find(reason) == std::string::npos)
     std::fprintf(stderr, "slotshift-proxy: %s refused the login as user '%s': %s\n", name_.c_str(),
                  user.c_str(), reason.c_str());
-  last_failure_ = "the login as user '" + user + "' was refused: " + reason;
-  std::deque<Pending> pending;
-  pending.swap(pending_);
-  if (conn_) close_conn();
-  worker_.stats().backend_failures.add();
-  const std::string error = errors::login_refused(name_, user, reason);
-  for (auto& p : pending) {
-    returned(p);
-    if (p.internal) {
-      p.internal(nullptr);
-      continue;
-    }
-    RequestPtr& r = p.request;
-    if (r->done || r->attempt != p.attempt) continue;
-    r->sent = false;
-    worker_.complete(r, error);
-  }
+  fail("the login as user '" + user + "' was refused: " + reason, errors::login_refused(name_, user, reason));
 }
 
-void Backend::fail(std::string_view why) {
+void Backend::fail(std::string_view why, std::string_view answer) {
   std::deque<Pending> pending;
   pending.swap(pending_);
   last_failure_ = std::string(why);
@@ -367,6 +351,10 @@ void Backend::fail(std::string_view why) {
     RequestPtr& r = p.request;
     if (r->done || r->attempt != p.attempt) continue;
     r->sent = false;
+    if (!answer.empty()) {
+      worker_.complete(r, std::string(answer));
+      continue;
+    }
     // A command whose last byte never reached the kernel was certainly not run (the server got at most part
     // of it, then lost the connection); a read-only one may run twice.
     if (p.end_offset > written || r->idempotent) {

@@ -51,9 +51,9 @@ class Backend {
   // Answers requests whose deadline passed (their late replies are dropped when they come), and gives up on a
   // connection that has not answered anything for a whole request timeout.
   void check_deadlines(std::uint64_t now_ms);
-  // Fails every pending request (retrying what is safe to retry) and closes the connection; the next send
-  // reconnects.
-  void fail(std::string_view why);
+  // Fails every pending request (retrying what is safe to retry, or answering each with `answer` when one is
+  // given: nothing was run) and closes the connection; the next send reconnects.
+  void fail(std::string_view why, std::string_view answer = {});
   // Closes without retrying anything: the worker is stopping or the owning client is gone.
   void shutdown();
   // Opens the connection now if there is none, so that the first request does not wait for the handshake.

@@ -92,7 +92,21 @@ def run_ioredis(port, user, password):
                           capture_output=True, text=True, timeout=120)
 
 
-class ClusterWithPassword(unittest.TestCase):
+class ProxyInFront(unittest.TestCase):
+    """A class of tests that share one cluster and the proxy its setUpClass starts (cls.proxy)."""
+
+    proxy = None
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            if cls.proxy:
+                cls.proxy.stop()
+        finally:
+            cls.cluster.stop()
+
+
+class ClusterWithPassword(ProxyInFront):
     """Every node asks for a password (requirepass): the proxy logs in with --masterauth, from a file or the
     environment, and its clients need none."""
 
@@ -102,10 +116,6 @@ class ClusterWithPassword(unittest.TestCase):
         for node in cls.cluster.nodes:
             cls.cluster.cli(node, "CONFIG", "SET", "requirepass", "clusterpw")
         cls.pwfile = secret_file(cls.cluster.dir, "masterauth", "clusterpw")
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.stop()
 
     def test_masterauth_from_a_file_and_nothing_on_the_command_line(self):
         proxy = harness.Proxy(self.cluster, "--masterauth-file", self.pwfile)
@@ -179,7 +189,7 @@ class ClusterWithPassword(unittest.TestCase):
         self.check_clients_told(["--masterauth", "nope"], "WRONGPASS")
 
 
-class ProxyAsksForAPassword(unittest.TestCase):
+class ProxyAsksForAPassword(ProxyInFront):
     """--requirepass: the proxy asks its clients for one password, as a Redis with requirepass does; the
     cluster knows only the proxy's own ACL user (the README's line for it)."""
 
@@ -191,13 +201,6 @@ class ProxyAsksForAPassword(unittest.TestCase):
         cls.proxy = harness.Proxy(cls.cluster, "--requirepass-file", secret_file(d, "requirepass", "apppw"),
                                   "--masteruser", "slotshift-proxy", "--masterauth-file",
                                   secret_file(d, "masterauth", "proxypw"), login=("apppw",))
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.proxy.stop()
-        finally:
-            cls.cluster.stop()
 
     def cli(self, *args):
         return subprocess.run(["redis-cli", "-p", str(self.proxy.port), *args], capture_output=True, text=True,
@@ -249,7 +252,7 @@ class ProxyAsksForAPassword(unittest.TestCase):
         self.assertIn("0 failed", run.stdout)
 
 
-class AclPassThrough(unittest.TestCase):
+class AclPassThrough(ProxyInFront):
     """--client-auth acl: each client logs in as one of the cluster's own users, and its commands run as that
     user, so that every refusal is the cluster's own, NOPERM included."""
 
@@ -265,13 +268,6 @@ class AclPassThrough(unittest.TestCase):
         cls.proxy = harness.Proxy(cls.cluster, "--client-auth", "acl", "--masteruser", "slotshift-proxy",
                                   "--masterauth-file", secret_file(cls.cluster.dir, "masterauth", "proxypw"),
                                   login=("app", "apppw"))
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.proxy.stop()
-        finally:
-            cls.cluster.stop()
 
     def client(self, user, password):
         return redis.Redis(host="127.0.0.1", port=self.proxy.port, username=user, password=password,
