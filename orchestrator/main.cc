@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "common/secret_file.h"
 #include "orchestrator/cluster_check.h"
 #include "orchestrator/cluster_fix.h"
 #include "orchestrator/commands.h"
@@ -46,14 +47,19 @@ int main(int argc, char** argv) {
 
   slotshift::CommonOptions options;
   int timeout_ms = 2000;
+  std::string password_file;
   auto add_common = [&](CLI::App* sub) {
     sub->add_option("--cluster", options.cluster, "HOST:PORT of any node of the cluster")->required();
     sub->add_flag("--json", options.json, "machine-readable output");
     sub->add_option("--timeout-ms", timeout_ms, "deadline for each connection and each reply")
         ->check(CLI::Range(1, 600000));
     sub->add_option("--user", options.credentials.user, "ACL user for every node");
-    sub->add_option("--password", options.credentials.password,
-                    "password for every node (or the environment variable SLOTSHIFT_PASSWORD)");
+    auto* password =
+        sub->add_option("--password", options.credentials.password,
+                        "password for every node (or the environment variable SLOTSHIFT_PASSWORD; "
+                        "the command line shows it to every user)");
+    sub->add_option("--password-file", password_file, "file holding the password (its first line)")
+        ->excludes(password);
   };
   auto* status =
       app.add_subcommand("status", "show masters, slots, replicas and epochs as every node reports them");
@@ -153,6 +159,13 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   options.timeout = std::chrono::milliseconds(timeout_ms);
+  if (!password_file.empty()) {
+    if (const auto why = slotshift::read_secret_file(password_file, options.credentials.password);
+        !why.empty()) {
+      std::cerr << "slotshift: --password-file: " << why << "\n";
+      return 2;
+    }
+  }
   if (options.credentials.password.empty())
     if (const char* p = std::getenv("SLOTSHIFT_PASSWORD")) options.credentials.password = p;
   if (status->parsed()) return slotshift::run_status(options, std::cout, std::cerr);

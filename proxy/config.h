@@ -73,10 +73,6 @@ struct Config {
 // message, empty on success.
 std::string load_config_file(const std::string& path, Config& config);
 
-// Reads a secret (the admin token, a password) from `path`: the file's first line, without its line end.
-// Returns an error message (unreadable, empty, or too long to be a secret's file), empty on success.
-std::string read_secret_file(const std::string& path, std::string& secret);
-
 // "none", "password", "acl" (Config::ClientAuth); false for anything else.
 bool parse_client_auth(std::string_view text, Config::ClientAuth& into);
 

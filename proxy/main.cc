@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <thread>
 
+#include "common/secret_file.h"
 #include "proxy/admin.h"
 #include "proxy/config.h"
 #include "proxy/worker.h"
@@ -138,7 +139,7 @@ int main(int argc, char** argv) {
   if (o_token->count()) {
     config.admin_token = admin_token;
   } else if (o_token_file->count()) {
-    error = proxy::read_secret_file(admin_token_file, config.admin_token);
+    error = read_secret_file(admin_token_file, config.admin_token);
     if (!error.empty()) {
       std::fprintf(stderr, "slotshift-proxy: --admin-token-file: %s\n", error.c_str());
       return 2;
@@ -152,7 +153,7 @@ int main(int argc, char** argv) {
     if (flag->count()) {
       into = value;
     } else if (file_flag->count()) {
-      error = proxy::read_secret_file(file, into);
+      error = read_secret_file(file, into);
       if (!error.empty()) {
         std::fprintf(stderr, "slotshift-proxy: %s: %s\n", file_flag->get_name().c_str(), error.c_str());
         return false;

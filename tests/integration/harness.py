@@ -104,6 +104,8 @@ class Cluster:
                              check=True, capture_output=True, text=True).stdout
         env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         self.dir = env["SLOTSHIFT_CLUSTER_DIR"]
+        # (user, password) for cli() and what uses it, once a test has turned the default user off.
+        self.login = None
         self.nodes = [(h, int(p)) for h, p in (n.rsplit(":", 1) for n in env["SLOTSHIFT_CLUSTER_NODES"].split(","))]
 
     def seed(self):
@@ -111,8 +113,9 @@ class Cluster:
 
     def cli(self, node, *args, check=True):
         host, port = node
-        return subprocess.run(["redis-cli", "-h", host, "-p", str(port), *args], check=check, capture_output=True,
-                              text=True, timeout=60).stdout
+        login = ["--user", self.login[0], "--pass", self.login[1], "--no-auth-warning"] if self.login else []
+        return subprocess.run(["redis-cli", "-h", host, "-p", str(port), *login, *args], check=check,
+                              capture_output=True, text=True, timeout=60).stdout
 
     def masters(self):
         out = []
