@@ -341,6 +341,7 @@ void Backend::fail(std::string_view why, std::string_view answer) {
   }
   worker_.stats().backend_failures.add();
   worker_.router().refresh_soon();
+  if (on_fail_) on_fail_();
   const std::string cause = name_ + ": " + std::string(why);
   for (auto& p : pending) {
     returned(p);
@@ -353,6 +354,18 @@ void Backend::fail(std::string_view why, std::string_view answer) {
     r->sent = false;
     if (!answer.empty()) {
       worker_.complete(r, std::string(answer));
+      continue;
+    }
+    if (r->watch != Request::Watch::kNone) {
+      // A watch dies with its connection: sent again on a new one, the transaction would run unwatched. One
+      // that never reached the server answers as if a watched key had changed (its client retries); WATCH's
+      // own reply is always OK, as from Redis.
+      if (r->watch == Request::Watch::kWatch) {
+        worker_.complete(r, "+OK\r\n");
+      } else {
+        worker_.complete(
+            r, p.end_offset > written ? std::string(errors::kNilArray) : errors::backend_lost(name_));
+      }
       continue;
     }
     // A command whose last byte never reached the kernel was certainly not run (the server got at most part

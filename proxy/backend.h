@@ -58,6 +58,8 @@ class Backend {
   void shutdown();
   // Opens the connection now if there is none, so that the first request does not wait for the handshake.
   void warm();
+  // Called whenever a connection fails (a client's watch connection: its WATCH is gone with it).
+  void on_fail(std::function<void()> hook) { on_fail_ = std::move(hook); }
 
  private:
   struct Pending {
@@ -113,6 +115,7 @@ class Backend {
   HostPort address_;
   std::string name_;
   LoginPtr login_;
+  std::function<void()> on_fail_;
   Conn* conn_ = nullptr;
   std::deque<Pending> pending_;
   std::uint64_t queued_bytes_ = 0;  // bytes ever queued on the current connection

@@ -39,6 +39,8 @@ inline constexpr std::string_view kDiscardWithoutMulti = "-ERR DISCARD without M
 inline constexpr std::string_view kExecAbort =
     "-EXECABORT Transaction discarded because of previous errors.\r\n";
 inline constexpr std::string_view kWatchInMulti = "-ERR WATCH inside MULTI is not allowed\r\n";
+// Not an error: EXEC's answer when a watched key changed (the transaction did not run).
+inline constexpr std::string_view kNilArray = "*-1\r\n";
 inline constexpr std::string_view kNotAllowedInMulti = "-ERR Command not allowed inside a transaction\r\n";
 inline constexpr std::string_view kInvalidCursor = "-ERR invalid cursor\r\n";
 inline constexpr std::string_view kClientReplySyntax = "-ERR syntax error\r\n";

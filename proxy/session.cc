@@ -95,11 +95,10 @@ constexpr std::string_view kWaitWhy =
     "it counts the replicas that acknowledged the writes of the connection it runs on, and the proxy's "
     "connections to nodes carry the writes of every client";
 constexpr Unsupported kUnsupportedState[] = {
-    {"watch", kStateWhy},       {"subscribe", kPushWhy},   {"psubscribe", kPushWhy},
-    {"ssubscribe", kPushWhy},   {"unsubscribe", kPushWhy}, {"punsubscribe", kPushWhy},
-    {"sunsubscribe", kPushWhy}, {"monitor", kPushWhy},     {"sync", kPushWhy},
-    {"psync", kPushWhy},        {"replconf", kStateWhy},   {"wait", kWaitWhy},
-    {"waitaof", kWaitWhy},
+    {"subscribe", kPushWhy},   {"psubscribe", kPushWhy},   {"ssubscribe", kPushWhy},
+    {"unsubscribe", kPushWhy}, {"punsubscribe", kPushWhy}, {"sunsubscribe", kPushWhy},
+    {"monitor", kPushWhy},     {"sync", kPushWhy},         {"psync", kPushWhy},
+    {"replconf", kStateWhy},   {"wait", kWaitWhy},         {"waitaof", kWaitWhy},
 };
 
 // How the proxy treats a command, decided once per command-table entry so that the hot path makes one hash
@@ -255,26 +254,30 @@ void Session::close() {
     backend->shutdown();
   worker_.proxy().blocking_connections().fetch_sub(dedicated_.size());
   if (login_check_) login_check_->shutdown();  // its callback retires it
+  drop_watch_connection();
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_),
            [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
+}
+
+bool Session::reserve_own_connection() {
+  // Each is a connection to a node and a client there: without a cap, clients could open as many as the nodes
+  // accept, for everyone.
+  auto& count = worker_.proxy().blocking_connections();
+  const std::size_t cap = worker_.config().max_blocking_connections;
+  if (count.fetch_add(1) < cap) return true;
+  count.fetch_sub(1);
+  // At the cap: connections that no blocking command uses any more (their clients' last ones returned less
+  // than 2 s ago) are closed to make room, in this worker; only connections in use are worth a refusal.
+  if (worker_.close_idle_dedicated() == 0) return false;
+  if (count.fetch_add(1) < cap) return true;
+  count.fetch_sub(1);
+  return false;
 }
 
 Backend* Session::dedicated(const HostPort& node, const LoginPtr& login) {
   const std::string key = connection_key(login, node);
   if (auto it = dedicated_.find(key); it != dedicated_.end()) return it->second.get();
-  // Each is a connection to a node and a client there: without a cap, clients could open as many as the nodes
-  // accept, for everyone.
-  auto& count = worker_.proxy().blocking_connections();
-  if (count.fetch_add(1) >= worker_.config().max_blocking_connections) {
-    count.fetch_sub(1);
-    // At the cap: connections that no blocking command uses any more (their clients' last ones returned less
-    // than 2 s ago) are closed to make room, in this worker; only connections in use are worth a refusal.
-    if (worker_.close_idle_dedicated() == 0 ||
-        count.fetch_add(1) >= worker_.config().max_blocking_connections) {
-      count.fetch_sub(1);
-      return nullptr;
-    }
-  }
+  if (!reserve_own_connection()) return nullptr;
   auto& b = dedicated_[key];
   b = std::make_unique<Backend>(worker_, node, login ? login : worker_.own_login_);
   return b.get();
@@ -308,6 +311,7 @@ void Session::check_deadlines(std::uint64_t now_ms) {
     backend->check_deadlines(now_ms);
   close_idle_dedicated(kIdleDedicatedMs);
   if (login_check_) login_check_->check_deadlines(now_ms);
+  if (watch_) watch_->check_deadlines(now_ms);
 }
 
 void Session::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
@@ -592,6 +596,10 @@ void Session::handle(Args args, std::string_view raw) {
     queue_transaction(args, raw, std::move(name), cmd);
     return;
   }
+  if (name == "watch") {
+    watch(args, raw);
+    return;
+  }
   if (plan.handling == Handling::kLocal && answer_locally(name, args)) return;
   route(args, raw, std::move(name), cmd);
 }
@@ -628,10 +636,16 @@ bool Session::answer_locally(const std::string& name, Args args) {
     answer(name, "+RESET\r\n");
     return true;
   }
-  if (name == "readonly" || name == "readwrite" || name == "unwatch") {
+  if (name == "readonly" || name == "readwrite") {
     // READONLY asks for reads from replicas, which a client may be given or not: the proxy reads from
-    // masters. Nothing is ever watched (WATCH is refused), so UNWATCH has nothing to do.
+    // masters.
     if (argc != 1) return answer(name, errors::wrong_arity(name)), true;
+    answer(name, "+OK\r\n");
+    return true;
+  }
+  if (name == "unwatch") {
+    if (argc != 1) return answer(name, errors::wrong_arity(name)), true;
+    unwatch();
     answer(name, "+OK\r\n");
     return true;
   }
@@ -647,6 +661,11 @@ bool Session::answer_locally(const std::string& name, Args args) {
     if (in_multi_) return answer(name, std::string(errors::kMultiNested)), true;
     in_multi_ = true;
     multi_failed_ = multi_has_slot_ = false;
+    // A watched transaction runs where its keys are watched: its commands must be of that slot.
+    if (watching_) {
+      multi_has_slot_ = true;
+      multi_slot_ = watch_slot_;
+    }
     multi_count_ = 0;
     multi_wire_.clear();
     resp::append_command(multi_wire_, {"MULTI"});
@@ -661,6 +680,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
   if (name == "discard") {
     if (!in_multi_) return answer(name, std::string(errors::kDiscardWithoutMulti)), true;
     discard_transaction();
+    unwatch();  // as Redis: DISCARD unwatches too
     answer(name, "+OK\r\n");
     return true;
   }
@@ -786,6 +806,7 @@ bool Session::client_command(Args args) {
 
 void Session::reset_state() {
   if (in_multi_) discard_transaction();
+  unwatch();
   reply_off_ = skip_next_reply_ = false;
   client_name_.clear();
   // As Redis: back to the default user, logged in only where no login is asked for.
@@ -854,6 +875,11 @@ void Session::log_in(std::string_view name, Login login, std::string ok_reply) {
       worker_.complete(r, errors::login_unchecked(why.empty() ? "the connection closed" : why));
     } else if (reply->starts_with("+")) {
       authenticated_ = true;
+      // The watch connection is logged in as the user before: the EXEC must not run as that one.
+      if (watch_ && !(login_ && *login_ == *candidate)) {
+        if (watching_) watch_broken_ = true;
+        drop_watch_connection();
+      }
       login_ = candidate;
       worker_.complete(r, ok_reply);
     } else {
@@ -1104,10 +1130,19 @@ void Session::discard_transaction() {
 }
 
 void Session::exec_transaction() {
-  if (multi_failed_ || multi_count_ == 0) {
+  // EXEC unwatches, whatever it answers.
+  const bool watched = watching_;
+  const bool broken = watched && (watch_broken_ || !watch_);
+  watching_ = false;
+  if (multi_failed_ || (multi_count_ == 0 && !watched) || broken) {
     const bool failed = multi_failed_;
     discard_transaction();
-    answer("exec", failed ? std::string(errors::kExecAbort) : std::string("*0\r\n"));
+    if (watched && !broken) unwatch_on_node();
+    // A transaction refused while queueing is discarded first (EXECABORT), as by Redis; then a watch that is
+    // gone answers as a changed watched key would.
+    answer("exec", failed   ? std::string(errors::kExecAbort)
+                   : broken ? std::string(errors::kNilArray)
+                            : std::string("*0\r\n"));
     return;
   }
   in_multi_ = false;
@@ -1118,12 +1153,81 @@ void Session::exec_transaction() {
   r->replies_per_send = static_cast<int>(multi_count_) + 2;
   r->has_slot = multi_has_slot_;
   r->slot = multi_slot_;
-  if (!r->has_slot) {
+  if (watched) {
+    r->fixed = watch_.get();
+    r->watch = Request::Watch::kExec;
+  } else if (!r->has_slot) {
     const auto& masters = worker_.router().masters();
     if (!masters.empty()) r->fixed = masters.front();
   }
   enqueue(r);
   worker_.dispatch(r);
+}
+
+void Session::watch(Args args, std::string_view raw) {
+  const CommandInfo* cmd = find_command(args);
+  if (std::string error = refusal(args, "watch", cmd, false); !error.empty()) return answer("watch", error);
+  // The keys of one slot, as Redis Cluster asks, and of the slot already watched: a transaction runs on one
+  // node.
+  const Slot slot = key_slot(args[1]);
+  for (std::size_t i = 2; i < args.size(); ++i)
+    if (key_slot(args[i]) != slot) return answer("watch", std::string(errors::kCrossSlot));
+  if (watching_ && slot != watch_slot_) return answer("watch", std::string(errors::kCrossSlot));
+  Backend* owner = worker_.router().owner(slot);
+  if (!owner) return answer("watch", errors::no_owner(slot));
+  const LoginPtr login = login_ ? login_ : worker_.own_login_;
+  if (watch_ && (watch_->address() != owner->address() || watch_->login() != login)) {
+    // What is watched there cannot cover this: the watch so far is broken (EXEC answers nil).
+    if (watching_) watch_broken_ = true;
+    drop_watch_connection();
+  }
+  if (!watch_) {
+    // Counted with the blocking commands' connections: each is a connection and a client at a node.
+    if (!reserve_own_connection())
+      return answer("watch", errors::too_many_blocking(worker_.config().max_blocking_connections));
+    watch_ = std::make_unique<Backend>(worker_, owner->address(), login);
+    watch_->on_fail([this] { watch_broken_ = true; });
+  }
+  if (!watching_) {
+    watching_ = true;
+    watch_broken_ = false;
+    watch_slot_ = slot;
+  }
+  auto r = new_request("watch", cmd);
+  r->wire.assign(raw);
+  r->has_slot = true;
+  r->slot = slot;
+  r->fixed = watch_.get();
+  r->watch = Request::Watch::kWatch;
+  enqueue(r);
+  worker_.dispatch(r);
+}
+
+void Session::unwatch() {
+  if (watching_ && !watch_broken_) unwatch_on_node();
+  watching_ = watch_broken_ = false;
+}
+
+void Session::unwatch_on_node() {
+  if (!watch_) return;
+  std::string wire;
+  resp::append_command(wire, {"UNWATCH"});
+  watch_->send_internal(std::move(wire), [](const std::string*) {});
+}
+
+void Session::watch_redirected() {
+  watch_broken_ = true;
+  // What was sent behind the WATCH (an EXEC) must not run on a connection where nothing is watched: it is
+  // answered as a changed watched key would be, and the connection is closed.
+  if (watch_) watch_->fail("WATCH was redirected", errors::kNilArray);
+}
+
+void Session::drop_watch_connection() {
+  if (!watch_) return;
+  watch_->on_fail(nullptr);
+  watch_->shutdown();
+  worker_.retire(std::move(watch_));
+  worker_.proxy().blocking_connections().fetch_sub(1);
 }
 
 std::string Session::info_reply(std::string_view section) {

@@ -38,6 +38,9 @@ class Session {
   // The session's own connection to `node`, logged in as `login` (null: the proxy's own login), for blocking
   // commands; null when the process has max-blocking-connections of them already.
   Backend* dedicated(const HostPort& node, const LoginPtr& login);
+  // Counts one more connection of a client's own (blocking commands, WATCH) against max-blocking-connections;
+  // false at the cap.
+  bool reserve_own_connection();
   // Closes the session's own connections that have had no command for `idle_ms`; returns how many.
   std::size_t close_idle_dedicated(std::uint64_t idle_ms);
   // Answers what passed its deadline on the session's own connections, and closes those idle for a while.
@@ -82,6 +85,14 @@ class Session {
   // Commands the proxy answers itself (PING, SELECT, CLIENT, INFO, ...). False if `name` is not one of them.
   bool answer_locally(const std::string& name, Args args);
   void queue_transaction(Args args, std::string_view raw, std::string name, const CommandInfo* cmd);
+  // WATCH: on the client's watch connection to the master of the keys' slot.
+  void watch(Args args, std::string_view raw);
+  // UNWATCH, DISCARD, RESET, or a login as someone else: nothing is watched any more.
+  void unwatch();
+  // Sends UNWATCH on the watch connection (DISCARD, UNWATCH, or an EXEC that sent nothing).
+  void unwatch_on_node();
+  // WATCH met a redirect (its slot is elsewhere): nothing is watched, and what follows it there answers nil.
+  void watch_redirected();
   void discard_transaction();
   void exec_transaction();
 
@@ -150,6 +161,16 @@ class Session {
     Backend* to = nullptr;
   };
   std::deque<Parked> parked_;
+
+  // WATCH: the slot of the watched keys, and the client's own connection to its master on which WATCH ran and
+  // the transaction's EXEC will run (counted as a blocking connection). Broken once that connection failed or
+  // WATCH met a redirect: EXEC then answers nil without running anything, as when a watched key changed.
+  bool watching_ = false;
+  bool watch_broken_ = false;
+  Slot watch_slot_ = 0;
+  std::unique_ptr<Backend> watch_;
+  // The session's watch connection is gone for good (closed with the client, or replaced).
+  void drop_watch_connection();
 
   // MULTI ... EXEC: commands are checked and queued here, then sent as one block to the node of their slot.
   bool in_multi_ = false;

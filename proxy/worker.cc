@@ -372,7 +372,31 @@ bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
   return false;
 }
 
+// An error that says the command ran nowhere, and where or when to send it instead.
+static bool is_redirect(std::string_view err) {
+  return err.starts_with("-MOVED ") || err.starts_with("-ASK ") || err.starts_with("-TRYAGAIN") ||
+         err.starts_with("-CLUSTERDOWN") || err.starts_with("-NOREPLICAS");
+}
+
+void Worker::watch_met_redirect(std::string_view err) {
+  Slot slot = 0;
+  HostPort node;
+  if (err.starts_with("-MOVED ") && parse_redirect(err, 7, slot, node)) router_.moved(slot, node);
+}
+
 void Worker::on_backend_reply(const RequestPtr& r, std::string reply) {
+  if (r->watch == Request::Watch::kWatch) {
+    // A WATCH that met a redirect watched nothing: the transaction behind it answers nil (its client tries
+    // again, and finds the slot where the map now says). WATCH itself answers OK, as it always does.
+    if (is_redirect(reply)) {
+      watch_met_redirect(reply);
+      complete(r, "+OK\r\n");
+      if (Session* s = owner_of(*r)) s->watch_redirected();
+      return;
+    }
+    complete(r, std::move(reply));
+    return;
+  }
   if (r->replies_per_send > 1) {
     // A MULTI ... EXEC block: the client already has its +OK and +QUEUED replies and gets only EXEC's. A
     // queued command answered MOVED or ASK aborts the block (EXECABORT): send it all again where the redirect
@@ -387,6 +411,18 @@ void Worker::on_backend_reply(const RequestPtr& r, std::string reply) {
     }
     if (replies.empty()) {
       complete(r, unexpected(reply));
+      return;
+    }
+    if (r->watch == Request::Watch::kExec) {
+      // A watched transaction cannot follow a redirect: the watch is on this node. Nothing ran (EXECABORT),
+      // which a client of one Redis sees as a changed watched key.
+      for (const auto part : replies)
+        if (is_redirect(part)) {
+          watch_met_redirect(part);
+          complete(r, std::string(errors::kNilArray));
+          return;
+        }
+      complete(r, std::string(replies.back()));
       return;
     }
     for (std::size_t i = 1; i + 1 < replies.size(); ++i) {

@@ -98,6 +98,8 @@ class Worker {
   static Session* owner_of(const Request& request);
   // A retry whose time has come: sent again, kept waiting, or answered (see Session::retry_started).
   void retry_due(const RequestPtr& request, std::uint64_t now);
+  // A watched command met a redirect: a MOVED still teaches the slot map where the slot is.
+  void watch_met_redirect(std::string_view error);
   // MOVED/ASK/TRYAGAIN/CLUSTERDOWN: acts on it and returns true; false for any other error.
   bool follow_redirect(const RequestPtr& request, std::string_view error);
   std::string merge_parts(Request& parent);

@@ -468,8 +468,11 @@ class HostileClients(ProxyTestCase):
                     if type(hello) is not Err or not hello.startswith("NOPROTO"):
                         raise AssertionError("HELLO 3: %r, expected a NOPROTO error" % (hello,))
                     expect("GET after HELLO 3", own, ("reset%d" % r).encode())
+                    # WATCH runs on a connection of the client's own: the other client is not watched.
+                    c.send(("WATCH", key), ("GET", key), ("UNWATCH",))
+                    expect("WATCH", c.replies(3), [OK, ("reset%d" % r).encode(), OK])
                     for command in (("SUBSCRIBE", "ch"), ("PSUBSCRIBE", "ch*"), ("SSUBSCRIBE", "ch"), ("MONITOR",),
-                                    ("WATCH", key), ("CLIENT", "TRACKING", "on"), ("SYNC",), ("PSYNC", "?", "-1")):
+                                    ("CLIENT", "TRACKING", "on"), ("SYNC",), ("PSYNC", "?", "-1")):
                         c.send(command, ("GET", key))
                         refusal, own = c.replies(2)
                         if not is_unsupported(refusal, command[0]):
