@@ -113,29 +113,39 @@ def conn(node, timeout=10):
 
 def start_node(cluster, port=None):
     """Starts one more cluster-enabled server of SERVER, like deploy/local/cluster.sh's, in the cluster's directory
-    (so that cluster.sh stop stops it too). Returns (host, port)."""
+    (so that cluster.sh stop stops it too). Returns (host, port).
+
+    A free port is only free until someone binds it: another test started beside this one may take it between
+    the look and the start, and then this server exits (it daemonizes first, so its start says nothing) while the
+    other one answers on the port. So the node that answers must be the one started here (its pid is the one
+    its pidfile names), else it starts again on another port."""
     root, binary = server_root()
-    port = port or harness.free_node_port()
-    d = os.path.join(cluster.dir, str(port))
-    os.makedirs(d, exist_ok=True)
-    inner = d[len(root):] if root else d
-    run = (["chroot", root] if root else []) + [binary]
-    subprocess.run(run + ["--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "no", "--daemonize", "yes",
-                          "--dir", inner, "--pidfile", inner + "/redis.pid", "--logfile", inner + "/redis.log",
-                          "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                          "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no",
-                          "--enable-debug-command", "local"],
-                   check=True, capture_output=True, timeout=30)
-    deadline = time.time() + 20
-    while True:
-        try:
-            if conn(("127.0.0.1", port), 2).ping():
-                return ("127.0.0.1", port)
-        except redis.RedisError:
-            pass
-        if time.time() > deadline:
-            raise AssertionError("the extra node on port %d did not start" % port)
-        time.sleep(0.05)
+    for _ in range(5 if port is None else 1):
+        p = port or harness.free_node_port()
+        d = os.path.join(cluster.dir, str(p))
+        os.makedirs(d, exist_ok=True)
+        inner = d[len(root):] if root else d
+        run = (["chroot", root] if root else []) + [binary]
+        subprocess.run(run + ["--port", str(p), "--bind", "127.0.0.1", "--protected-mode", "no", "--daemonize",
+                              "yes", "--dir", inner, "--pidfile", inner + "/redis.pid", "--logfile",
+                              inner + "/redis.log", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                              "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no",
+                              "--enable-debug-command", "local"],
+                       check=True, capture_output=True, timeout=30)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                with open(os.path.join(d, "redis.pid")) as f:
+                    pid = int(f.read().strip() or 0)
+                if pid and conn(("127.0.0.1", p), 2).info("server")["process_id"] == pid:
+                    return ("127.0.0.1", p)
+            except (OSError, ValueError, redis.RedisError):
+                pass
+            log = os.path.join(d, "redis.log")
+            if os.path.exists(log) and "Address already in use" in open(log).read():
+                break  # it could not bind: another port
+            time.sleep(0.05)
+    raise AssertionError("the extra node did not start (last port %d; see its redis.log)" % p)
 
 
 def kill_node(cluster, node):
