@@ -47,6 +47,13 @@ void Backend::mark_dirty() {
 void Backend::send(const RequestPtr& request, bool asking) {
   if (!conn_) connect();
   if (!conn_) {
+    if (request->watch != Request::Watch::kNone) {
+      // A watch connection that cannot even be opened watches nothing (see fail()).
+      if (on_fail_) on_fail_();
+      worker_.complete(request, request->watch == Request::Watch::kWatch ? std::string("+OK\r\n")
+                                                                         : std::string(errors::kNilArray));
+      return;
+    }
     // The connect failed before it began: nothing was sent, so the request may go again (within its deadline,
     // by when the error reaches its client).
     worker_.retry_later(request, 50, name_ + ": " + last_failure_);
@@ -62,7 +69,7 @@ void Backend::send(const RequestPtr& request, bool asking) {
   request->sent_ms = worker_.now_ms();
   p.attempt = request->attempt;
   p.remaining = request->replies_per_send;
-  auto& out = conn_->out.buffer();
+  auto& out = outbox();
   if (asking) {
     out.append("*1\r\n$6\r\nASKING\r\n");
     queued_bytes_ += 16;
@@ -90,7 +97,7 @@ void Backend::send_internal(std::string wire, InternalCallback done) {
   }
   Pending p;
   p.internal = std::move(done);
-  conn_->out.buffer().append(wire);
+  outbox().append(wire);
   queued_bytes_ += wire.size();
   p.end_offset = queued_bytes_;
   if (pending_.empty()) last_activity_ms_ = worker_.now_ms();
@@ -119,14 +126,25 @@ void Backend::connect() {
   conn_->tcp.data = conn_;
   conn_->out.attach(reinterpret_cast<uv_stream_t*>(&conn_->tcp));
   if (login_) {
-    // The login is the connection's first command, so every command after it runs as that user. The node
-    // answers the ones pipelined behind a refused login with NOAUTH, without running them.
+    // The login is the connection's first command, and nothing else is written until the node accepts it:
+    // a command behind a refused AUTH would run as the default user, where that one needs no password.
     const std::string wire = auth_command(*login_);
     conn_->out.buffer().append(wire);
     queued_bytes_ += wire.size();
+    awaiting_login_ = true;
     Pending p;
     p.internal = [this](const std::string* reply) {
-      if (reply && (reply->empty() || (*reply)[0] != '+')) refused_login(*reply);
+      if (!reply) return;
+      if (reply->empty() || (*reply)[0] != '+') {
+        refused_login(*reply);
+        return;
+      }
+      awaiting_login_ = false;
+      if (conn_ && !after_login_.empty()) {
+        conn_->out.buffer().append(after_login_);
+        std::string().swap(after_login_);
+        mark_dirty();
+      }
     };
     p.end_offset = queued_bytes_;
     pending_.push_back(std::move(p));
@@ -306,6 +324,8 @@ void Backend::check_deadlines(std::uint64_t now_ms) {
 }
 
 void Backend::close_conn() {
+  awaiting_login_ = false;
+  std::string().swap(after_login_);
   Conn* conn = conn_;
   conn_ = nullptr;
   conn->owner = nullptr;

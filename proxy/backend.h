@@ -90,6 +90,9 @@ class Backend {
     StreamWriter out;
   };
 
+  // Where a request's bytes go: the connection's output, or, until the node has accepted the login, a buffer
+  // that is written only then (a command behind a refused AUTH would run as the default user).
+  std::string& outbox() { return awaiting_login_ ? after_login_ : conn_->out.buffer(); }
   // Opens a connection. It may fail at once (no descriptor left, an address the kernel refuses): then conn_
   // is null again and last_failure_ says why.
   void connect();
@@ -115,6 +118,8 @@ class Backend {
   HostPort address_;
   std::string name_;
   LoginPtr login_;
+  bool awaiting_login_ = false;
+  std::string after_login_;
   std::function<void()> on_fail_;
   Conn* conn_ = nullptr;
   std::deque<Pending> pending_;

@@ -31,6 +31,11 @@ inline std::string auth_command(const Login& login) {
   return wire;
 }
 
+// Whether two logins are the same user with the same password (null: the proxy's own).
+inline bool same_login(const LoginPtr& a, const LoginPtr& b) {
+  return a == b || (a && b && *a == *b);
+}
+
 // What tells apart connections to `node` by who they log in as (null: the proxy's own login, keyed by the
 // address alone). A user's name and password hold any byte but NUL; the key never leaves the process.
 inline std::string connection_key(const LoginPtr& login, const HostPort& node) {

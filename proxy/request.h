@@ -51,6 +51,7 @@ struct Request {
   // anywhere else: a watch lives on its connection, so they are never redirected or sent again.
   enum class Watch : std::uint8_t { kNone, kWatch, kExec };
   Watch watch = Watch::kNone;
+  std::uint64_t watch_generation = 0;  // the watch connection's generation it belongs to (Session::watch_)
 
   std::uint64_t seq = 0;  // its place among its client's commands (parts share their command's)
   std::uint64_t start_ns = 0;

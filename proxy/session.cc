@@ -254,7 +254,11 @@ void Session::close() {
     backend->shutdown();
   worker_.proxy().blocking_connections().fetch_sub(dedicated_.size());
   if (login_check_) login_check_->shutdown();  // its callback retires it
-  drop_watch_connection();
+  exec_after_watch_.reset();                   // never sent: the client left before its watch was in force
+  close_watch_connection(watch_);
+  for (auto& w : retiring_watches_)
+    close_watch_connection(w);
+  retiring_watches_.clear();
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_),
            [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
 }
@@ -284,8 +288,8 @@ Backend* Session::dedicated(const HostPort& node, const LoginPtr& login) {
 }
 
 std::size_t Session::close_idle_dedicated(std::uint64_t idle_ms) {
-  std::size_t closed = 0;
   if (closing_) return 0;  // close() has closed them all
+  std::size_t closed = close_idle_watch(idle_ms);
   const std::uint64_t now = worker_.now_ms();
   for (auto it = dedicated_.begin(); it != dedicated_.end();) {
     Backend& b = *it->second;
@@ -311,7 +315,10 @@ void Session::check_deadlines(std::uint64_t now_ms) {
     backend->check_deadlines(now_ms);
   close_idle_dedicated(kIdleDedicatedMs);
   if (login_check_) login_check_->check_deadlines(now_ms);
-  if (watch_) watch_->check_deadlines(now_ms);
+  if (watch_.backend) watch_.backend->check_deadlines(now_ms);
+  for (auto& w : retiring_watches_)
+    w.backend->check_deadlines(now_ms);
+  close_idle_watch(kIdleDedicatedMs);
 }
 
 void Session::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
@@ -348,6 +355,8 @@ void Session::on_read(ssize_t nread) {
 }
 
 void Session::process_input() {
+  if (in_input_) return;
+  in_input_ = true;
   std::vector<std::string_view> args;
   while (!closing_ && !quit_after_flush_ && !login_check_) {
     const std::string_view data = in_.data();
@@ -366,6 +375,7 @@ void Session::process_input() {
     scanner_.reset();
     in_.consume(size);
   }
+  in_input_ = false;
   if (quit_after_flush_) in_.consume(in_.size());
   in_.trim(16 * 1024);
   in_.release();  // an idle client keeps no buffer
@@ -503,6 +513,18 @@ void Session::answer(std::string_view name, std::string reply) {
 
 void Session::on_request_done(Request& request) {
   if (closing_) return;
+  if (request.watch == Request::Watch::kWatch) {
+    std::erase(watches_pending_, request.seq);
+    if (exec_after_watch_ &&
+        (watches_pending_.empty() || watches_pending_.front() > exec_after_watch_->seq)) {
+      // Every WATCH before the EXEC is answered: it goes now (as nil if one met a redirect), and so do the
+      // client's later commands that waited behind it.
+      RequestPtr exec = std::move(exec_after_watch_);
+      worker_.dispatch(exec);
+      retry_ended(*exec);
+      if (closing_) return;
+    }
+  }
   if (request.silent) std::string().swap(request.reply);  // CLIENT REPLY OFF/SKIP: nothing to keep
   if (!queue_.empty() && queue_.front().get() != &request) {
     // Answered, but an earlier request is not: the reply waits here, and counts against the client's bounds.
@@ -708,10 +730,10 @@ bool Session::answer_locally(const std::string& name, Args args) {
       }
     }
     if (!login && !authenticated_) return answer(name, std::string(errors::kHelloNoAuth)), true;
-    if (setname) client_name_ = std::move(*setname);
     if (login) {
-      log_in(name, std::move(*login), hello_reply());
+      log_in(name, std::move(*login), hello_reply(), std::move(setname));
     } else {
+      if (setname) client_name_ = std::move(*setname);
       answer(name, hello_reply());
     }
     return true;
@@ -834,7 +856,8 @@ std::string Session::hello_reply() const {
   return reply;
 }
 
-void Session::log_in(std::string_view name, Login login, std::string ok_reply) {
+void Session::log_in(std::string_view name, Login login, std::string ok_reply,
+                     std::optional<std::string> setname) {
   using enum Config::ClientAuth;
   const auto& config = worker_.config();
   // The default user is named or left out (AUTH password); the proxy's own password mode knows no other.
@@ -844,12 +867,15 @@ void Session::log_in(std::string_view name, Login login, std::string ok_reply) {
       // As a Redis whose default user has no password: any password is taken in the two-argument form,
       // and the one-argument form says that none is set.
       if (login.user.empty()) return answer(name, std::string(errors::kAuthNotConfigured));
-      answer(name, default_user ? std::move(ok_reply) : std::string(errors::kWrongPass));
+      if (!default_user) return answer(name, std::string(errors::kWrongPass));
+      if (setname) client_name_ = std::move(*setname);
+      answer(name, std::move(ok_reply));
       return;
     case kPassword:
       // A failed AUTH leaves a client that had logged in logged in, as on Redis.
       if (default_user && same_secret(login.password, config.requirepass)) {
         authenticated_ = true;
+        if (setname) client_name_ = std::move(*setname);
         answer(name, std::move(ok_reply));
       } else {
         worker_.stats().errors_refused.add();
@@ -867,30 +893,35 @@ void Session::log_in(std::string_view name, Login login, std::string ok_reply) {
   const HostPort node = masters.empty() ? config.seeds.front() : masters.front()->address();
   auto candidate = std::make_shared<const Login>(std::move(login));
   login_check_ = std::make_unique<Backend>(worker_, node);
-  login_check_->send_internal(auth_command(*candidate), [this, r, candidate, ok_reply = std::move(ok_reply)](
-                                                            const std::string* reply) {
-    const std::string why = reply ? std::string() : login_check_->last_failure();
-    worker_.retire(std::move(login_check_));
-    if (!reply) {
-      worker_.complete(r, errors::login_unchecked(why.empty() ? "the connection closed" : why));
-    } else if (reply->starts_with("+")) {
-      authenticated_ = true;
-      // The watch connection is logged in as the user before: the EXEC must not run as that one.
-      if (watch_ && !(login_ && *login_ == *candidate)) {
-        if (watching_) watch_broken_ = true;
-        drop_watch_connection();
-      }
-      login_ = candidate;
-      worker_.complete(r, ok_reply);
-    } else {
-      // The node's own words: WRONGPASS, or an error of its ACL.
-      worker_.stats().errors_refused.add();
-      worker_.complete(r, errors::one_line(*reply));
-    }
-    if (closing_) return;
-    // What the client sent behind its AUTH runs now, as the user it logged in as.
-    process_input();
-  });
+  login_check_->send_internal(
+      auth_command(*candidate), [this, r, candidate, ok_reply = std::move(ok_reply),
+                                 setname = std::move(setname)](const std::string* reply) {
+        const std::string why = reply ? std::string() : login_check_->last_failure();
+        login_check_->shutdown();  // one AUTH was all it was for
+        worker_.retire(std::move(login_check_));
+        if (!reply) {
+          worker_.complete(r, errors::login_unchecked(why.empty() ? "the connection closed" : why));
+        } else if (reply->starts_with("+")) {
+          authenticated_ = true;
+          // The watch connection is logged in as the user before: the EXEC must not run as that one.
+          if (watch_.backend && !same_login(watch_.backend->login(), candidate)) {
+            // A watch in force would have its EXEC run as the user before: it is broken. An EXEC already
+            // sent (or waiting for its WATCHes) still runs as the one who sent it.
+            if (watching_) renew_generation(watch_);
+            retire_watch_connection();
+          }
+          login_ = candidate;
+          if (setname) client_name_ = *setname;
+          worker_.complete(r, ok_reply);
+        } else {
+          // The node's own words: WRONGPASS, or an error of its ACL.
+          worker_.stats().errors_refused.add();
+          worker_.complete(r, errors::one_line(*reply));
+        }
+        if (closing_) return;
+        // What the client sent behind its AUTH runs now, as the user it logged in as.
+        process_input();
+      });
 }
 
 std::string Session::refusal(Args args, const std::string& name, const CommandInfo* cmd,
@@ -916,7 +947,7 @@ std::string Session::refusal(Args args, const std::string& name, const CommandIn
   // A transaction runs on one node. Commands the proxy answers itself, or spreads over every master, would
   // either reach that node's shared connection (HELLO, CLIENT REPLY, SELECT: changing it for every client)
   // or give one master's answer for the whole cluster (KEYS, DBSIZE, FLUSHALL).
-  if (plan.handling == Handling::kLocal && name != "ping" && name != "echo") {
+  if (plan.handling == Handling::kLocal && name != "ping" && name != "echo" && name != "unwatch") {
     worker_.stats().errors_refused.add();
     return errors::unsupported_in_multi(name, "the proxy answers it itself, and only outside a transaction");
   }
@@ -1132,12 +1163,12 @@ void Session::discard_transaction() {
 void Session::exec_transaction() {
   // EXEC unwatches, whatever it answers.
   const bool watched = watching_;
-  const bool broken = watched && (watch_broken_ || !watch_);
   watching_ = false;
+  const bool broken = watched && watch_broken();
   if (multi_failed_ || (multi_count_ == 0 && !watched) || broken) {
     const bool failed = multi_failed_;
     discard_transaction();
-    if (watched && !broken) unwatch_on_node();
+    if (watched) unwatch_on_node();
     // A transaction refused while queueing is discarded first (EXECABORT), as by Redis; then a watch that is
     // gone answers as a changed watched key would.
     answer("exec", failed   ? std::string(errors::kExecAbort)
@@ -1154,13 +1185,18 @@ void Session::exec_transaction() {
   r->has_slot = multi_has_slot_;
   r->slot = multi_slot_;
   if (watched) {
-    r->fixed = watch_.get();
     r->watch = Request::Watch::kExec;
+    r->watch_generation = watched_generation_;
   } else if (!r->has_slot) {
     const auto& masters = worker_.router().masters();
     if (!masters.empty()) r->fixed = masters.front();
   }
   enqueue(r);
+  if (watched && !watches_pending_.empty()) {
+    exec_after_watch_ = r;
+    retry_started(*r);  // the client's later commands wait behind it (Session::must_wait)
+    return;
+  }
   worker_.dispatch(r);
 }
 
@@ -1176,58 +1212,106 @@ void Session::watch(Args args, std::string_view raw) {
   Backend* owner = worker_.router().owner(slot);
   if (!owner) return answer("watch", errors::no_owner(slot));
   const LoginPtr login = login_ ? login_ : worker_.own_login_;
-  if (watch_ && (watch_->address() != owner->address() || watch_->login() != login)) {
-    // What is watched there cannot cover this: the watch so far is broken (EXEC answers nil).
-    if (watching_) watch_broken_ = true;
-    drop_watch_connection();
+  // A connection to another node, or logged in as someone else, cannot carry this watch. (No watch is in
+  // force then: its slot's owner is the connection's node, and a login as someone else broke it.)
+  if (watch_.backend &&
+      (watch_.backend->address() != owner->address() || !same_login(watch_.backend->login(), login))) {
+    if (watching_) renew_generation(watch_);
+    retire_watch_connection();
   }
-  if (!watch_) {
-    // Counted with the blocking commands' connections: each is a connection and a client at a node.
+  if (!watch_.backend) {
     if (!reserve_own_connection())
       return answer("watch", errors::too_many_blocking(worker_.config().max_blocking_connections));
-    watch_ = std::make_unique<Backend>(worker_, owner->address(), login);
-    watch_->on_fail([this] { watch_broken_ = true; });
+    watch_.backend = std::make_unique<Backend>(worker_, owner->address(), login);
+    Backend* b = watch_.backend.get();
+    b->on_fail([this, b] {
+      if (watch_.backend.get() == b) return renew_generation(watch_);
+      for (auto& w : retiring_watches_)
+        if (w.backend.get() == b) renew_generation(w);
+    });
+    renew_generation(watch_);
   }
   if (!watching_) {
     watching_ = true;
-    watch_broken_ = false;
     watch_slot_ = slot;
+    watched_generation_ = watch_.generation;
   }
   auto r = new_request("watch", cmd);
   r->wire.assign(raw);
   r->has_slot = true;
   r->slot = slot;
-  r->fixed = watch_.get();
   r->watch = Request::Watch::kWatch;
+  r->watch_generation = watch_.generation;
+  watches_pending_.push_back(r->seq);
   enqueue(r);
   worker_.dispatch(r);
 }
 
+Session::WatchConnection* Session::watch_connection_of(std::uint64_t generation) {
+  if (watch_.backend && watch_.generation == generation) return &watch_;
+  for (auto& w : retiring_watches_)
+    if (w.generation == generation) return &w;
+  return nullptr;
+}
+
+Backend* Session::watch_connection(const Request& request) {
+  WatchConnection* w = watch_connection_of(request.watch_generation);
+  return w ? w->backend.get() : nullptr;
+}
+
 void Session::unwatch() {
-  if (watching_ && !watch_broken_) unwatch_on_node();
-  watching_ = watch_broken_ = false;
+  watching_ = false;
+  unwatch_on_node();
 }
 
 void Session::unwatch_on_node() {
-  if (!watch_) return;
+  // An EXEC still to go there unwatches by itself; an UNWATCH sent before it would leave it unwatched.
+  if (!watch_.backend || (exec_after_watch_ && exec_after_watch_->watch_generation == watch_.generation))
+    return;
   std::string wire;
   resp::append_command(wire, {"UNWATCH"});
-  watch_->send_internal(std::move(wire), [](const std::string*) {});
+  watch_.backend->send_internal(std::move(wire), [](const std::string*) {});
 }
 
-void Session::watch_redirected() {
-  watch_broken_ = true;
-  // What was sent behind the WATCH (an EXEC) must not run on a connection where nothing is watched: it is
-  // answered as a changed watched key would be, and the connection is closed.
-  if (watch_) watch_->fail("WATCH was redirected", errors::kNilArray);
+void Session::watch_redirected(const Request& watch) {
+  if (WatchConnection* w = watch_connection_of(watch.watch_generation)) renew_generation(*w);
 }
 
-void Session::drop_watch_connection() {
-  if (!watch_) return;
-  watch_->on_fail(nullptr);
-  watch_->shutdown();
-  worker_.retire(std::move(watch_));
+void Session::retire_watch_connection() {
+  if (!watch_.backend) return;
+  retiring_watches_.push_back(std::move(watch_));
+  watch_ = WatchConnection{};
+  close_idle_watch(UINT64_MAX);  // closes it at once if nothing is on its way there
+}
+
+void Session::close_watch_connection(WatchConnection& connection) {
+  if (!connection.backend) return;
+  connection.backend->on_fail(nullptr);
+  connection.backend->shutdown();
+  // Freed at the worker's next tick: this may run inside a callback of that very connection.
+  worker_.retire(std::move(connection.backend));
   worker_.proxy().blocking_connections().fetch_sub(1);
+}
+
+std::size_t Session::close_idle_watch(std::uint64_t idle_ms) {
+  std::size_t closed = 0;
+  const std::uint64_t still_wanted = exec_after_watch_ ? exec_after_watch_->watch_generation : 0;
+  for (auto it = retiring_watches_.begin(); it != retiring_watches_.end();) {
+    if (it->backend->inflight() > 0 || (still_wanted != 0 && it->generation == still_wanted)) {
+      ++it;
+      continue;
+    }
+    close_watch_connection(*it);
+    it = retiring_watches_.erase(it);
+    ++closed;
+  }
+  if (idle_ms != UINT64_MAX && watch_.backend && !watching_ && !exec_after_watch_ &&
+      watch_.backend->inflight() == 0 && worker_.now_ms() - watch_.backend->last_activity_ms() >= idle_ms) {
+    close_watch_connection(watch_);
+    watch_ = WatchConnection{};
+    ++closed;
+  }
+  return closed;
 }
 
 std::string Session::info_reply(std::string_view section) {

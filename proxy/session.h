@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -63,6 +64,10 @@ class Session {
   // Reading pauses and resumes with the process's bounds (called on every tick for a paused client).
   void pause_or_resume_reading();
 
+  // Where a WATCH or a watched EXEC goes: the watch connection of its generation, or null when what it
+  // watched there is gone (WATCH then answers OK, and EXEC nil).
+  Backend* watch_connection(const Request& request);
+
   std::uint64_t id() const { return id_; }
   bool closing() const { return closing_; }
   // Writes every reply that is ready, in order (called by the worker once per loop iteration).
@@ -77,8 +82,11 @@ class Session {
   ~Session();
 
   void on_read(ssize_t nread);
-  // Runs every whole command in the input buffer (stopping while a login is being checked).
+  // Runs every whole command in the input buffer (stopping while a login is being checked). A login check
+  // that ends at once (its connection could not even start) calls it from inside itself: that call does
+  // nothing, and the outer one goes on.
   void process_input();
+  bool in_input_ = false;
   void handle(Args args, std::string_view raw);
   // A command of the normal path: routed by its keys, split, fanned out, or sent to any master.
   void route(Args args, std::string_view raw, std::string name, const CommandInfo* cmd);
@@ -91,8 +99,8 @@ class Session {
   void unwatch();
   // Sends UNWATCH on the watch connection (DISCARD, UNWATCH, or an EXEC that sent nothing).
   void unwatch_on_node();
-  // WATCH met a redirect (its slot is elsewhere): nothing is watched, and what follows it there answers nil.
-  void watch_redirected();
+  // A WATCH met a redirect (its slot is elsewhere): nothing watched on its connection holds.
+  void watch_redirected(const Request& watch);
   void discard_transaction();
   void exec_transaction();
 
@@ -111,7 +119,9 @@ class Session {
   void reset_state();
   // AUTH, or HELLO's AUTH option: answers `ok_reply` once `login` is accepted (checked by the proxy, or by a
   // node with ACL pass-through), else the error Redis gives.
-  void log_in(std::string_view name, Login login, std::string ok_reply);
+  // HELLO's SETNAME takes effect only with the login.
+  void log_in(std::string_view name, Login login, std::string ok_reply,
+              std::optional<std::string> setname = std::nullopt);
   std::string hello_reply() const;
   std::string info_reply(std::string_view section);
 
@@ -162,15 +172,39 @@ class Session {
   };
   std::deque<Parked> parked_;
 
-  // WATCH: the slot of the watched keys, and the client's own connection to its master on which WATCH ran and
-  // the transaction's EXEC will run (counted as a blocking connection). Broken once that connection failed or
-  // WATCH met a redirect: EXEC then answers nil without running anything, as when a watched key changed.
+  // WATCH. The watched keys' slot, and the client's own connection to its master, on which every WATCH of a
+  // transaction and then its EXEC run (counted as a blocking connection; closed when idle and nothing is
+  // watched). Each watch connection has a generation, renewed whenever what is watched there may be gone (the
+  // connection failed, or a WATCH met a redirect). A WATCH or EXEC goes only to the connection of its
+  // generation; when there is none, WATCH answers OK and EXEC nil, as when a watched key changed.
+  struct WatchConnection {
+    std::unique_ptr<Backend> backend;
+    std::uint64_t generation = 0;
+  };
+  WatchConnection watch_;  // where new WATCHes go
+  // Replaced (a WATCH on another node, a login as someone else) while a command was on its way there, or an
+  // EXEC still to go there: closed once that is done.
+  std::vector<WatchConnection> retiring_watches_;
+  std::uint64_t next_watch_generation_ = 0;
   bool watching_ = false;
-  bool watch_broken_ = false;
   Slot watch_slot_ = 0;
-  std::unique_ptr<Backend> watch_;
-  // The session's watch connection is gone for good (closed with the client, or replaced).
-  void drop_watch_connection();
+  std::uint64_t watched_generation_ =
+      0;  // the watch in force: its connection's generation at its first WATCH
+  bool watch_broken() const { return !watch_.backend || watch_.generation != watched_generation_; }
+  // WATCHes not answered yet (their seqs, in order), and an EXEC that waits for those before it: it goes only
+  // once they are in force (after one that met a redirect it would run unwatched). The client's later
+  // commands wait behind it.
+  std::deque<std::uint64_t> watches_pending_;
+  RequestPtr exec_after_watch_;
+  WatchConnection* watch_connection_of(std::uint64_t generation);
+  // The connection `backend` failed, or a WATCH of `generation` met a redirect: nothing watched there holds.
+  void renew_generation(WatchConnection& connection) { connection.generation = ++next_watch_generation_; }
+  // The watch connection is replaced: it is kept until what is on its way there is answered.
+  void retire_watch_connection();
+  void close_watch_connection(WatchConnection& connection);
+  // Closes retiring watch connections that are done, and the watch connection if idle for `idle_ms` with
+  // nothing watched; returns how many were closed.
+  std::size_t close_idle_watch(std::uint64_t idle_ms);
 
   // MULTI ... EXEC: commands are checked and queued here, then sent as one block to the node of their slot.
   bool in_multi_ = false;

@@ -169,6 +169,10 @@ void Worker::on_async(uv_async_t* handle) {
     s->close();
   for (auto& [name, b] : self->backends_)
     b->shutdown();
+  // Connections retired in this very iteration are freed at a tick that will not come: their handles must
+  // close now, or the loop never ends.
+  for (auto& b : self->retired_)
+    b->shutdown();
 }
 
 void Worker::on_connection(uv_stream_t* server, int status) {
@@ -237,6 +241,19 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
   // While this worker has no hold, slot holds cost the request path this test of a bool (and a counter per
   // request at a backend, for the drain).
   if (held_.active() && held_.hold_if_needed(r, asking || to)) return;
+  if (r->watch != Request::Watch::kNone) {
+    // Only on the client's watch connection, and only while it is the one the watch was made on: elsewhere
+    // nothing is watched. When it is gone, WATCH answers OK (as it always does) and EXEC nil.
+    Session* s = owner_of(*r);
+    Backend* w = s ? s->watch_connection(*r) : nullptr;
+    if (!w) {
+      complete(r,
+               r->watch == Request::Watch::kWatch ? std::string("+OK\r\n") : std::string(errors::kNilArray));
+      return;
+    }
+    w->send(r, false);
+    return;
+  }
   Backend* b = to;
   if (!b) b = r->fixed ? r->fixed : (r->has_slot ? router_.owner(r->slot) : nullptr);
   if (!b && !r->has_slot && !router_.masters().empty()) b = router_.masters().front();
@@ -251,7 +268,7 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
   }
   // With ACL pass-through a request runs as its client's user, wherever the slot map or a redirect sends it:
   // on that user's connection to the same node.
-  if (r->login && (!b->login() || !(*b->login() == *r->login))) b = backend(b->address(), r->login);
+  if (r->login && !same_login(b->login(), r->login)) b = backend(b->address(), r->login);
   if (r->blocking) {
     b = r->session->dedicated(b->address(), r->login);
     if (!b) {
@@ -390,8 +407,9 @@ void Worker::on_backend_reply(const RequestPtr& r, std::string reply) {
     // again, and finds the slot where the map now says). WATCH itself answers OK, as it always does.
     if (is_redirect(reply)) {
       watch_met_redirect(reply);
+      // Broken before the reply is in: an EXEC waiting for it must find the watch gone.
+      if (Session* s = owner_of(*r)) s->watch_redirected(*r);
       complete(r, "+OK\r\n");
-      if (Session* s = owner_of(*r)) s->watch_redirected();
       return;
     }
     complete(r, std::move(reply));

@@ -356,6 +356,37 @@ class AclPassThrough(ProxyInFront):
         self.assertTrue(out[4].startswith("-WRONGPASS"), out)
         self.assertEqual(out[5:8], ["$-1", "+RESET", "-NOAUTH Authentication required."])
 
+    def test_commands_behind_a_refused_login_do_not_run_as_the_default_user(self):
+        """A user's password changes after its client logged in: the proxy's next connection for it is refused,
+        and nothing behind that AUTH runs as the default user, even where the default user needs no password."""
+        for node in self.cluster.nodes:
+            c = node_client(node)
+            c.execute_command("ACL", "SETUSER", "default", "on", "nopass", "~*", "+@all")
+            c.execute_command("ACL", "SETUSER", "dave", "on", ">davepw", "~dave:*", "+@all")
+        try:
+            dave = self.client("dave", "davepw")
+            self.assertTrue(dave.set("dave:1", "before"))
+            for node in self.cluster.nodes:
+                c = node_client(node)
+                c.execute_command("ACL", "SETUSER", "dave", "resetpass", ">changed")
+                c.execute_command("CLIENT", "KILL", "USER", "dave")
+            with self.assertRaises(redis.ResponseError) as e:
+                dave.set("dave:1", "after")
+            self.assertIn("refused the login as user 'dave'", str(e.exception))
+            self.assertIn("WRONGPASS", str(e.exception))
+            self.assertEqual(owner_of(self.cluster, "dave:1").get("dave:1"), b"before")
+        finally:
+            for node in self.cluster.nodes:
+                c = node_client(node)
+                c.execute_command("ACL", "SETUSER", "default", "off")
+                c.execute_command("ACL", "DELUSER", "dave")
+
+    def test_hello_setname_takes_effect_only_with_its_login(self):
+        out = raw(self.proxy.port, b"HELLO 2 SETNAME x AUTH alice wrong\r\nAUTH alice alicepw\r\n"
+                  b"CLIENT GETNAME\r\n", 3)
+        self.assertTrue(out[0].startswith("-WRONGPASS"), out)
+        self.assertEqual(out[1:3], ["+OK", "$-1"])
+
     def test_a_blocking_command_runs_as_the_user_logged_in_now(self):
         """Blocking commands run on a connection of the client's own: after AUTH as another user, the next one
         must not reuse the first user's."""

@@ -4,6 +4,7 @@ while `slotshift move` or `redis-cli --cluster reshard` moves the watched slot. 
 transaction is applied in part. Run by ctest; runs alone too: tests/integration/proxy_watch_test.py [-k pattern]."""
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -119,6 +120,28 @@ class Watch(unittest.TestCase):
         with r.pipeline(transaction=True) as p:
             p.incr("w:k")
             self.assertEqual(p.execute(), [21])
+
+    def raw(self, data, lines):
+        with socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10) as s:
+            s.sendall(data)
+            got = b""
+            while got.count(b"\r\n") < lines:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            return got.decode().split("\r\n")[:lines]
+
+    def test_pipelined_without_waiting(self):
+        """A client that sends WATCH, the transaction and a WATCH elsewhere in one write: EXEC waits for the
+        WATCH before it to be in force, and a later WATCH on another node neither breaks it nor hangs."""
+        other = key_in_slot_below(16384, "pw")
+        while key_slot(other.encode()) < 6000:  # another master's slot
+            other = "{%s}" % (other + "x")
+        out = self.raw(("WATCH {pa}k\r\nMULTI\r\nSET {pa}k v\r\nUNWATCH\r\nEXEC\r\nWATCH %sk\r\nGET %sk\r\n"
+                        "UNWATCH\r\nGET {pa}k\r\n" % (other, other)).encode(), 12)
+        self.assertEqual(out, ["+OK", "+OK", "+QUEUED", "+QUEUED", "*2", "+OK", "+OK", "+OK", "$-1", "+OK", "$1",
+                               "v"])
 
     def test_one_slot_or_crossslot(self):
         r = self.client()
