@@ -50,8 +50,8 @@ void Backend::send(const RequestPtr& request, bool asking) {
     if (request->watch != Request::Watch::kNone) {
       // A watch connection that cannot even be opened watches nothing (see fail()).
       if (on_fail_) on_fail_();
-      worker_.complete(request, request->watch == Request::Watch::kWatch ? std::string("+OK\r\n")
-                                                                         : std::string(errors::kNilArray));
+      worker_.complete(request, request->watch != Request::Watch::kExec ? std::string("+OK\r\n")
+                                                                        : std::string(errors::kNilArray));
       return;
     }
     // The connect failed before it began: nothing was sent, so the request may go again (within its deadline,
@@ -380,7 +380,7 @@ void Backend::fail(std::string_view why, std::string_view answer) {
       // A watch dies with its connection: sent again on a new one, the transaction would run unwatched. One
       // that never reached the server answers as if a watched key had changed (its client retries); WATCH's
       // own reply is always OK, as from Redis.
-      if (r->watch == Request::Watch::kWatch) {
+      if (r->watch != Request::Watch::kExec) {
         worker_.complete(r, "+OK\r\n");
       } else {
         worker_.complete(

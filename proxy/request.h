@@ -47,11 +47,13 @@ struct Request {
   LoginPtr login;            // ACL pass-through: the client's user, which it runs as (null: the proxy's)
   bool idempotent = false;   // safe to send again after a lost connection (read-only commands)
   bool blocking = false;     // runs on the session's dedicated connection
-  // WATCH and the EXEC of a watched transaction run on the client's watch connection (Session::watch_), never
-  // anywhere else: a watch lives on its connection, so they are never redirected or sent again.
-  enum class Watch : std::uint8_t { kNone, kWatch, kExec };
+  // WATCH, the EXEC of a watched transaction and UNWATCH run on the client's watch connection
+  // (Session::watch_), never anywhere else: a watch lives on its connection, so they are never redirected or
+  // sent again.
+  enum class Watch : std::uint8_t { kNone, kWatch, kExec, kUnwatch };
   Watch watch = Watch::kNone;
   std::uint64_t watch_generation = 0;  // the watch connection's generation it belongs to (Session::watch_)
+  bool pins_watch = false;             // a watched EXEC not sent yet: its connection stays open for it
 
   std::uint64_t seq = 0;  // its place among its client's commands (parts share their command's)
   std::uint64_t start_ns = 0;

@@ -254,7 +254,7 @@ void Session::close() {
     backend->shutdown();
   worker_.proxy().blocking_connections().fetch_sub(dedicated_.size());
   if (login_check_) login_check_->shutdown();  // its callback retires it
-  exec_after_watch_.reset();                   // never sent: the client left before its watch was in force
+  execs_after_watch_.clear();                  // never sent: the client left before their watch was in force
   close_watch_connection(watch_);
   for (auto& w : retiring_watches_)
     close_watch_connection(w);
@@ -311,13 +311,22 @@ void Session::check_deadlines(std::uint64_t now_ms) {
   // A connection of this client's own that has had nothing to do for a while is closed, so that the cap
   // counts blocking commands rather than clients that once ran one.
   constexpr std::uint64_t kIdleDedicatedMs = 2000;
+  release_execs_after_watch();
+  if (closing_) return;
+  // Answering a request can send others (a parked one, released), which may open or close connections of
+  // this client: the loops go over what there was when they began (a connection closed meanwhile stays
+  // allocated until the worker's next tick).
+  std::vector<Backend*> own;
   for (auto& [name, backend] : dedicated_)
-    backend->check_deadlines(now_ms);
-  close_idle_dedicated(kIdleDedicatedMs);
-  if (login_check_) login_check_->check_deadlines(now_ms);
-  if (watch_.backend) watch_.backend->check_deadlines(now_ms);
+    own.push_back(backend.get());
+  if (login_check_) own.push_back(login_check_.get());
+  if (watch_.backend) own.push_back(watch_.backend.get());
   for (auto& w : retiring_watches_)
-    w.backend->check_deadlines(now_ms);
+    own.push_back(w.backend.get());
+  for (Backend* b : own)
+    b->check_deadlines(now_ms);
+  if (closing_) return;
+  close_idle_dedicated(kIdleDedicatedMs);
   close_idle_watch(kIdleDedicatedMs);
 }
 
@@ -515,16 +524,11 @@ void Session::on_request_done(Request& request) {
   if (closing_) return;
   if (request.watch == Request::Watch::kWatch) {
     std::erase(watches_pending_, request.seq);
-    if (exec_after_watch_ &&
-        (watches_pending_.empty() || watches_pending_.front() > exec_after_watch_->seq)) {
-      // Every WATCH before the EXEC is answered: it goes now (as nil if one met a redirect), and so do the
-      // client's later commands that waited behind it.
-      RequestPtr exec = std::move(exec_after_watch_);
-      worker_.dispatch(exec);
-      retry_ended(*exec);
-      if (closing_) return;
-    }
+    // Anything but the node's OK (a timeout, in a hold or at the node; an error) means nothing may be
+    // watched.
+    if (!request.reply.starts_with("+OK")) watch_redirected(request);
   }
+  if (request.pins_watch) unpin(request);
   if (request.silent) std::string().swap(request.reply);  // CLIENT REPLY OFF/SKIP: nothing to keep
   if (!queue_.empty() && queue_.front().get() != &request) {
     // Answered, but an earlier request is not: the reply waits here, and counts against the client's bounds.
@@ -667,8 +671,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
   }
   if (name == "unwatch") {
     if (argc != 1) return answer(name, errors::wrong_arity(name)), true;
-    unwatch();
-    answer(name, "+OK\r\n");
+    unwatch(true);
     return true;
   }
   if (name == "select") {
@@ -702,7 +705,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
   if (name == "discard") {
     if (!in_multi_) return answer(name, std::string(errors::kDiscardWithoutMulti)), true;
     discard_transaction();
-    unwatch();  // as Redis: DISCARD unwatches too
+    unwatch(false);  // as Redis: DISCARD unwatches too
     answer(name, "+OK\r\n");
     return true;
   }
@@ -828,7 +831,7 @@ bool Session::client_command(Args args) {
 
 void Session::reset_state() {
   if (in_multi_) discard_transaction();
-  unwatch();
+  unwatch(false);
   reply_off_ = skip_next_reply_ = false;
   client_name_.clear();
   // As Redis: back to the default user, logged in only where no login is asked for.
@@ -1163,12 +1166,11 @@ void Session::discard_transaction() {
 void Session::exec_transaction() {
   // EXEC unwatches, whatever it answers.
   const bool watched = watching_;
-  watching_ = false;
   const bool broken = watched && watch_broken();
   if (multi_failed_ || (multi_count_ == 0 && !watched) || broken) {
     const bool failed = multi_failed_;
     discard_transaction();
-    if (watched) unwatch_on_node();
+    if (watched) unwatch(false);
     // A transaction refused while queueing is discarded first (EXECABORT), as by Redis; then a watch that is
     // gone answers as a changed watched key would.
     answer("exec", failed   ? std::string(errors::kExecAbort)
@@ -1177,6 +1179,7 @@ void Session::exec_transaction() {
     return;
   }
   in_multi_ = false;
+  watching_ = false;
   auto r = new_request("exec", find_command("exec"));
   resp::append_command(multi_wire_, {"EXEC"});
   r->wire = std::move(multi_wire_);
@@ -1187,13 +1190,15 @@ void Session::exec_transaction() {
   if (watched) {
     r->watch = Request::Watch::kExec;
     r->watch_generation = watched_generation_;
+    r->pins_watch = true;
+    unsent_execs_.insert(r->watch_generation);
   } else if (!r->has_slot) {
     const auto& masters = worker_.router().masters();
     if (!masters.empty()) r->fixed = masters.front();
   }
   enqueue(r);
   if (watched && !watches_pending_.empty()) {
-    exec_after_watch_ = r;
+    execs_after_watch_.push_back(r);
     retry_started(*r);  // the client's later commands wait behind it (Session::must_wait)
     return;
   }
@@ -1259,18 +1264,38 @@ Backend* Session::watch_connection(const Request& request) {
   return w ? w->backend.get() : nullptr;
 }
 
-void Session::unwatch() {
+void Session::unwatch(bool answer_client) {
+  const bool was_watching = watching_;
   watching_ = false;
-  unwatch_on_node();
+  if (!was_watching || !watch_.backend) {
+    if (answer_client) answer("unwatch", "+OK\r\n");
+    return;
+  }
+  auto r = new_request("unwatch", find_command("unwatch"));
+  resp::append_command(r->wire, {"UNWATCH"});
+  r->watch = Request::Watch::kUnwatch;
+  r->watch_generation = watch_.generation;
+  enqueue(r);
+  if (!answer_client) r->silent = true;
+  worker_.dispatch(r);
 }
 
-void Session::unwatch_on_node() {
-  // An EXEC still to go there unwatches by itself; an UNWATCH sent before it would leave it unwatched.
-  if (!watch_.backend || (exec_after_watch_ && exec_after_watch_->watch_generation == watch_.generation))
-    return;
-  std::string wire;
-  resp::append_command(wire, {"UNWATCH"});
-  watch_.backend->send_internal(std::move(wire), [](const std::string*) {});
+void Session::release_execs_after_watch() {
+  while (!execs_after_watch_.empty() && !closing_) {
+    if (!watches_pending_.empty() && watches_pending_.front() < execs_after_watch_.front()->seq) return;
+    // Every WATCH before it is answered: it goes now (as nil if one did not take), and so do the client's
+    // later commands that waited behind it.
+    RequestPtr exec = std::move(execs_after_watch_.front());
+    execs_after_watch_.pop_front();
+    worker_.dispatch(exec);
+    retry_ended(*exec);
+  }
+}
+
+void Session::unpin(Request& exec) {
+  exec.pins_watch = false;
+  if (const auto it = unsent_execs_.find(exec.watch_generation); it != unsent_execs_.end())
+    unsent_execs_.erase(it);
 }
 
 void Session::watch_redirected(const Request& watch) {
@@ -1295,9 +1320,8 @@ void Session::close_watch_connection(WatchConnection& connection) {
 
 std::size_t Session::close_idle_watch(std::uint64_t idle_ms) {
   std::size_t closed = 0;
-  const std::uint64_t still_wanted = exec_after_watch_ ? exec_after_watch_->watch_generation : 0;
   for (auto it = retiring_watches_.begin(); it != retiring_watches_.end();) {
-    if (it->backend->inflight() > 0 || (still_wanted != 0 && it->generation == still_wanted)) {
+    if (it->backend->inflight() > 0 || unsent_execs_.count(it->generation) != 0) {
       ++it;
       continue;
     }
@@ -1305,7 +1329,7 @@ std::size_t Session::close_idle_watch(std::uint64_t idle_ms) {
     it = retiring_watches_.erase(it);
     ++closed;
   }
-  if (idle_ms != UINT64_MAX && watch_.backend && !watching_ && !exec_after_watch_ &&
+  if (idle_ms != UINT64_MAX && watch_.backend && !watching_ && unsent_execs_.count(watch_.generation) == 0 &&
       watch_.backend->inflight() == 0 && worker_.now_ms() - watch_.backend->last_activity_ms() >= idle_ms) {
     close_watch_connection(watch_);
     watch_ = WatchConnection{};

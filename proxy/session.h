@@ -95,10 +95,10 @@ class Session {
   void queue_transaction(Args args, std::string_view raw, std::string name, const CommandInfo* cmd);
   // WATCH: on the client's watch connection to the master of the keys' slot.
   void watch(Args args, std::string_view raw);
-  // UNWATCH, DISCARD, RESET, or a login as someone else: nothing is watched any more.
-  void unwatch();
-  // Sends UNWATCH on the watch connection (DISCARD, UNWATCH, or an EXEC that sent nothing).
-  void unwatch_on_node();
+  // UNWATCH, DISCARD, RESET, or an EXEC that sent nothing: nothing is watched any more. The UNWATCH goes to
+  // the watch connection in the client's order (after an EXEC still waiting to go there); the client gets its
+  // reply when `answer_client`, else it is silent.
+  void unwatch(bool answer_client);
   // A WATCH met a redirect (its slot is elsewhere): nothing watched on its connection holds.
   void watch_redirected(const Request& watch);
   void discard_transaction();
@@ -191,11 +191,15 @@ class Session {
   std::uint64_t watched_generation_ =
       0;  // the watch in force: its connection's generation at its first WATCH
   bool watch_broken() const { return !watch_.backend || watch_.generation != watched_generation_; }
-  // WATCHes not answered yet (their seqs, in order), and an EXEC that waits for those before it: it goes only
-  // once they are in force (after one that met a redirect it would run unwatched). The client's later
-  // commands wait behind it.
+  // WATCHes not answered yet (their seqs, in order), and EXECs that wait for those before them: each goes
+  // only once they are in force (after one that met a redirect it would run unwatched), at the next tick (not
+  // from inside the callback that answered the WATCH). The client's later commands wait behind them.
   std::deque<std::uint64_t> watches_pending_;
-  RequestPtr exec_after_watch_;
+  std::deque<RequestPtr> execs_after_watch_;
+  void release_execs_after_watch();
+  // The generations of watched EXECs not sent yet (deferred, parked or held): their connections stay open.
+  std::multiset<std::uint64_t> unsent_execs_;
+  void unpin(Request& exec);
   WatchConnection* watch_connection_of(std::uint64_t generation);
   // The connection `backend` failed, or a WATCH of `generation` met a redirect: nothing watched there holds.
   void renew_generation(WatchConnection& connection) { connection.generation = ++next_watch_generation_; }

@@ -248,9 +248,10 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     Backend* w = s ? s->watch_connection(*r) : nullptr;
     if (!w) {
       complete(r,
-               r->watch == Request::Watch::kWatch ? std::string("+OK\r\n") : std::string(errors::kNilArray));
+               r->watch == Request::Watch::kExec ? std::string(errors::kNilArray) : std::string("+OK\r\n"));
       return;
     }
+    if (r->pins_watch) s->unpin(*r);
     w->send(r, false);
     return;
   }

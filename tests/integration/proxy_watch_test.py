@@ -143,6 +143,11 @@ class Watch(unittest.TestCase):
         self.assertEqual(out, ["+OK", "+OK", "+QUEUED", "+QUEUED", "*2", "+OK", "+OK", "+OK", "$-1", "+OK", "$1",
                                "v"])
 
+    def test_two_watched_transactions_in_one_write(self):
+        out = self.raw(b"WATCH {pb}a\r\nMULTI\r\nINCR {pb}a\r\nEXEC\r\nWATCH {pb}a\r\nMULTI\r\nINCR {pb}a\r\n"
+                       b"EXEC\r\nGET {pb}a\r\n", 12)
+        self.assertEqual(out, ["+OK", "+OK", "+QUEUED", "*1", ":1", "+OK", "+OK", "+QUEUED", "*1", ":2", "$1", "2"])
+
     def test_one_slot_or_crossslot(self):
         r = self.client()
         with self.assertRaisesRegex(redis.ResponseError, "CROSSSLOT"):
