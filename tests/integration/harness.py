@@ -236,6 +236,20 @@ class Cluster:
         subprocess.run([CLUSTER_SH, "stop", "--dir", self.dir], capture_output=True)
 
 
+def exchange(port, data, lines, timeout=10):
+    """Sends data to 127.0.0.1:port as it is, and returns the first `lines` lines of what comes back (a reply of
+    RESP is one line or more), without their CRLF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        got = b""
+        while got.count(b"\r\n") < lines:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got.decode(errors="replace").split("\r\n")[:lines]
+
+
 class Proxy:
     def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None, preexec=None, login=None,
                  env=None):

@@ -5,7 +5,6 @@ Real clients: redis-cli, Debian's python3-redis, ioredis. Run by ctest; runs alo
 tests/integration/proxy_auth_test.py [-k pattern]."""
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,19 +67,6 @@ def direct_error(cluster, user, password, *command):
     except redis.ResponseError as e:
         return str(e)
     raise AssertionError("the node ran %s as %s" % (command, user))
-
-
-def raw(port, data, replies):
-    """Sends data as it is and returns the first `replies` lines the proxy answers."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        got = b""
-        while got.count(b"\r\n") < replies:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-        return got.decode(errors="replace").split("\r\n")[:replies]
 
 
 def run_ioredis(port, user, password):
@@ -235,13 +221,13 @@ class ProxyAsksForAPassword(ProxyInFront):
 
     def test_only_the_login_commands_run_before_the_login(self):
         # MULTI is refused like any other: no transaction can be opened, and so none can hide a command.
-        self.assertEqual(raw(self.proxy.port, b"MULTI\r\nGET k\r\nPING\r\n", 3),
+        self.assertEqual(harness.exchange(self.proxy.port, b"MULTI\r\nGET k\r\nPING\r\n", 3),
                          ["-NOAUTH Authentication required."] * 3)
-        self.assertTrue(raw(self.proxy.port, b"HELLO 2\r\n", 1)[0].startswith(
+        self.assertTrue(harness.exchange(self.proxy.port, b"HELLO 2\r\n", 1)[0].startswith(
             "-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH"))
         # HELLO's AUTH logs in and names the client at once; a login pipelined with commands runs them as
         # logged in.
-        out = raw(self.proxy.port, b"HELLO 2 AUTH default apppw SETNAME app\r\nCLIENT GETNAME\r\nSET h 1\r\n"
+        out = harness.exchange(self.proxy.port, b"HELLO 2 AUTH default apppw SETNAME app\r\nCLIENT GETNAME\r\nSET h 1\r\n"
                   b"RESET\r\nGET h\r\n", 31)
         self.assertEqual(out[0], "*14")
         self.assertEqual(out[-5:], ["$3", "app", "+OK", "+RESET", "-NOAUTH Authentication required."])
@@ -348,7 +334,7 @@ class AclPassThrough(ProxyInFront):
             self.assertEqual(owner_of(self.cluster, "alice:side:%d" % j).get("alice:side:%d" % j), b"19")
 
     def test_auth_again_changes_the_user_and_reset_logs_out(self):
-        out = raw(self.proxy.port, b"AUTH alice alicepw\r\nSET alice:x 1\r\nAUTH bob bobpw\r\nGET alice:x\r\n"
+        out = harness.exchange(self.proxy.port, b"AUTH alice alicepw\r\nSET alice:x 1\r\nAUTH bob bobpw\r\nGET alice:x\r\n"
                   b"AUTH bob wrong\r\nGET bob:none\r\nRESET\r\nGET bob:none\r\n", 8)
         self.assertEqual(out[:3], ["+OK", "+OK", "+OK"])
         self.assertTrue(out[3].startswith("-NOPERM"), out)
@@ -382,7 +368,7 @@ class AclPassThrough(ProxyInFront):
                 c.execute_command("ACL", "DELUSER", "dave")
 
     def test_hello_setname_takes_effect_only_with_its_login(self):
-        out = raw(self.proxy.port, b"HELLO 2 SETNAME x AUTH alice wrong\r\nAUTH alice alicepw\r\n"
+        out = harness.exchange(self.proxy.port, b"HELLO 2 SETNAME x AUTH alice wrong\r\nAUTH alice alicepw\r\n"
                   b"CLIENT GETNAME\r\n", 3)
         self.assertTrue(out[0].startswith("-WRONGPASS"), out)
         self.assertEqual(out[1:3], ["+OK", "$-1"])
@@ -390,7 +376,7 @@ class AclPassThrough(ProxyInFront):
     def test_a_blocking_command_runs_as_the_user_logged_in_now(self):
         """Blocking commands run on a connection of the client's own: after AUTH as another user, the next one
         must not reuse the first user's."""
-        out = raw(self.proxy.port, b"AUTH alice alicepw\r\nXREAD BLOCK 50 STREAMS alice:s 0\r\n"
+        out = harness.exchange(self.proxy.port, b"AUTH alice alicepw\r\nXREAD BLOCK 50 STREAMS alice:s 0\r\n"
                   b"AUTH bob bobpw\r\nXREAD BLOCK 50 STREAMS alice:s 0\r\nXREAD BLOCK 50 STREAMS bob:s 0\r\n", 5)
         self.assertEqual(out[:3], ["+OK", "*-1", "+OK"], out)
         self.assertTrue(out[3].startswith("-NOPERM"), out)

@@ -4,7 +4,6 @@ while `slotshift move` or `redis-cli --cluster reshard` moves the watched slot. 
 transaction is applied in part. Run by ctest; runs alone too: tests/integration/proxy_watch_test.py [-k pattern]."""
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -121,30 +120,19 @@ class Watch(unittest.TestCase):
             p.incr("w:k")
             self.assertEqual(p.execute(), [21])
 
-    def raw(self, data, lines):
-        with socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10) as s:
-            s.sendall(data)
-            got = b""
-            while got.count(b"\r\n") < lines:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                got += chunk
-            return got.decode().split("\r\n")[:lines]
-
     def test_pipelined_without_waiting(self):
         """A client that sends WATCH, the transaction and a WATCH elsewhere in one write: EXEC waits for the
         WATCH before it to be in force, and a later WATCH on another node neither breaks it nor hangs."""
         other = key_in_slot_below(16384, "pw")
         while key_slot(other.encode()) < 6000:  # another master's slot
             other = "{%s}" % (other + "x")
-        out = self.raw(("WATCH {pa}k\r\nMULTI\r\nSET {pa}k v\r\nUNWATCH\r\nEXEC\r\nWATCH %sk\r\nGET %sk\r\n"
+        out = harness.exchange(self.proxy.port, ("WATCH {pa}k\r\nMULTI\r\nSET {pa}k v\r\nUNWATCH\r\nEXEC\r\nWATCH %sk\r\nGET %sk\r\n"
                         "UNWATCH\r\nGET {pa}k\r\n" % (other, other)).encode(), 12)
         self.assertEqual(out, ["+OK", "+OK", "+QUEUED", "+QUEUED", "*2", "+OK", "+OK", "+OK", "$-1", "+OK", "$1",
                                "v"])
 
     def test_two_watched_transactions_in_one_write(self):
-        out = self.raw(b"WATCH {pb}a\r\nMULTI\r\nINCR {pb}a\r\nEXEC\r\nWATCH {pb}a\r\nMULTI\r\nINCR {pb}a\r\n"
+        out = harness.exchange(self.proxy.port, b"WATCH {pb}a\r\nMULTI\r\nINCR {pb}a\r\nEXEC\r\nWATCH {pb}a\r\nMULTI\r\nINCR {pb}a\r\n"
                        b"EXEC\r\nGET {pb}a\r\n", 12)
         self.assertEqual(out, ["+OK", "+OK", "+QUEUED", "*1", ":1", "+OK", "+OK", "+QUEUED", "*1", ":2", "$1", "2"])
 
