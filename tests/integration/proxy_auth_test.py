@@ -7,7 +7,6 @@ tests/integration/proxy_auth_test.py [-k pattern]."""
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
