@@ -311,8 +311,10 @@ void Session::check_deadlines(std::uint64_t now_ms) {
   // A connection of this client's own that has had nothing to do for a while is closed, so that the cap
   // counts blocking commands rather than clients that once ran one.
   constexpr std::uint64_t kIdleDedicatedMs = 2000;
-  release_execs_after_watch();
+  if (!execs_after_watch_.empty()) release_execs_after_watch();
   if (closing_) return;
+  // Most clients have no connection of their own: nothing to walk, and nothing allocated every tick.
+  if (dedicated_.empty() && !login_check_ && !watch_.backend && retiring_watches_.empty()) return;
   // Answering a request can send others (a parked one, released), which may open or close connections of
   // this client: the loops go over what there was when they began (a connection closed meanwhile stays
   // allocated until the worker's next tick).
