@@ -194,10 +194,10 @@ int main(int argc, char** argv) {
   }
 
   // Large values pass through the proxy in buffers of their size (a 100 MB reply, a slow reader's backlog).
-  // glibc's default threshold for giving such a buffer its own mapping rises to the largest size freed so far,
-  // after which buffers of up to 32 MB come from the heap, whose freed middle is kept: a burst of 1 MB replies
-  // left the proxy 33 MB larger, for good. With a fixed threshold every buffer from 256 KB up is unmapped when
-  // freed (and a growing one is remapped, not copied; see ReadBuffer).
+  // glibc's default threshold for giving such a buffer its own mapping rises to the largest size freed so
+  // far, after which buffers of up to 32 MB come from the heap, whose freed middle is kept: a burst of 1 MB
+  // replies left the proxy 33 MB larger, for good. With a fixed threshold every buffer from 256 KB up is
+  // unmapped when freed (and a growing one is remapped, not copied; see ReadBuffer).
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
   // Every client and backend connection is a descriptor: raise the soft limit as far as the hard one allows.
