@@ -201,7 +201,7 @@ class Session {
   std::multiset<std::uint64_t> unsent_execs_;
   void unpin(Request& exec);
   WatchConnection* watch_connection_of(std::uint64_t generation);
-  // The connection `backend` failed, or a WATCH of `generation` met a redirect: nothing watched there holds.
+  // Nothing watched on `connection` holds any more (it failed, or a WATCH there was not answered OK).
   void renew_generation(WatchConnection& connection) { connection.generation = ++next_watch_generation_; }
   // The watch connection is replaced: it is kept until what is on its way there is answered.
   void retire_watch_connection();
