@@ -11,7 +11,9 @@ list_only=false
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libuv1-dev libhiredis-dev nlohmann-json3-dev libcli11-dev doctest-dev libcpp-httplib-dev liblzf-dev
+  libuv1-dev libhiredis-dev nlohmann-json3-dev libcli11-dev doctest-dev libcpp-httplib-dev liblzf-dev libssl-dev
+  # openssl: the tests' certificates.
+  openssl
   redis-server redis-tools python3 python3-redis
   # deploy/local/server-root.sh: the Debian roots of the other server versions (tests/run.sh, demo --server).
   debootstrap
