@@ -3,7 +3,7 @@
 # anyone who wants to try slotshift.
 #
 #   cluster.sh start [--masters N] [--replicas R] [--dir DIR] [--owner-pid PID] [--node-timeout MS]
-#                    [--server redis-7.0|redis-8.0|valkey-8.0|valkey-8.1|valkey-9.1]
+#                    [--server redis-7.0|redis-8.0|valkey-8.0|valkey-8.1|valkey-9.1] [--tls]
 #   cluster.sh stop    [--dir DIR]
 #   cluster.sh status  [--dir DIR]
 #   cluster.sh nodes   [--dir DIR]
@@ -17,6 +17,12 @@
 # --server (or SLOTSHIFT_SERVER) picks the server: the host's redis-server 7.0 by default, the others from Debian
 # roots that server-root.sh builds once and caches; their data directories live inside the root.
 # Without --dir, stop/status/nodes use the cluster this user started last.
+# --tls starts every node TLS-only (--port 0 --tls-port P; the bus and replication over TLS too; clients must show
+# a certificate) with a fresh test CA in DIR/tls: ca.crt/key, server.crt/key (node certificate, also used by the
+# nodes as clients of each other; SAN IP:127.0.0.1, DNS:localhost, DNS:node.slotshift.test), client.crt/key (for
+# redis-cli, the proxy's backend side, slotshift) and an unrelated CA, other-ca.crt/key, with
+# other-client.crt/key signed by it (a certificate the cluster must refuse). start then also prints
+# SLOTSHIFT_CLUSTER_TLS_DIR=DIR/tls (empty without --tls), and this script's own redis-cli calls use client.crt.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,13 +31,14 @@ server=${SLOTSHIFT_REDIS_SERVER:-redis-server}
 server_version=${SLOTSHIFT_SERVER:-redis-7.0}
 server_root=""
 cli=${SLOTSHIFT_REDIS_CLI:-redis-cli}
+tls_cli=()  # redis-cli's TLS options when the cluster is TLS-only (set by make_certs or load_state)
 start_deadline_s=${SLOTSHIFT_CLUSTER_START_TIMEOUT:-60}
 
 say() { echo "cluster.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 usage() {
-  sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -73,6 +80,7 @@ load_state() {
   # shellcheck disable=SC1091
   . "$dir/cluster.env"
   cluster_dir=$dir
+  [ -z "${SLOTSHIFT_CLUSTER_TLS_DIR:-}" ] || use_tls_dir "$SLOTSHIFT_CLUSTER_TLS_DIR"
 }
 
 ports_of() { tr ',' '\n' <<<"$SLOTSHIFT_CLUSTER_NODES" | sed 's/.*://'; }
@@ -103,7 +111,44 @@ stop_cluster() {
   if [ -f "$last_file" ] && [ "$(cat "$last_file")" = "$dir" ]; then rm -f "$last_file"; fi
 }
 
-node_info() { timeout 5 "$cli" -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null | tr -d '\r'; }
+use_tls_dir() { tls_cli=(--tls --cacert "$1/ca.crt" --cert "$1/client.crt" --key "$1/client.key"); }
+
+# Keys are EC P-256 and certificates valid for 3 days: all of make_certs takes about 0.2 s.
+new_key=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+
+# make_ca DIR NAME CN: a self-signed CA, DIR/NAME.crt and DIR/NAME.key.
+make_ca() {
+  openssl req -x509 "${new_key[@]}" -keyout "$1/$2.key" -out "$1/$2.crt" -days 3 -subj "/CN=$3" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+}
+
+# make_leaf DIR NAME CA CN EXTENSION...: DIR/NAME.crt and DIR/NAME.key, signed by DIR/CA.crt.
+make_leaf() {
+  openssl req -new "${new_key[@]}" -keyout "$1/$2.key" -out "$1/$2.csr" -subj "/CN=$4" &&
+    openssl x509 -req -in "$1/$2.csr" -CA "$1/$3.crt" -CAkey "$1/$3.key" -CAcreateserial -days 3 \
+      -out "$1/$2.crt" -extfile <(printf '%s\n' basicConstraints=CA:FALSE "${@:5}") && rm -f "$1/$2.csr"
+}
+
+# The test CA and the certificates of the header in $1. The nodes' certificate serves both ends of the cluster bus
+# and of replication links (a node dials its peers with it), so it is good for serverAuth and clientAuth.
+make_certs() {
+  local t=$1
+  mkdir -p "$t"
+  if ! {
+    make_ca "$t" ca "slotshift test CA" &&
+      make_ca "$t" other-ca "slotshift untrusted test CA" &&
+      make_leaf "$t" server ca node.slotshift.test extendedKeyUsage=serverAuth,clientAuth \
+        subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:node.slotshift.test &&
+      make_leaf "$t" client ca slotshift-client extendedKeyUsage=clientAuth &&
+      make_leaf "$t" other-client other-ca slotshift-other-client extendedKeyUsage=clientAuth
+  } >"$t/openssl.log" 2>&1; then
+    say "openssl failed: $(tail -3 "$t/openssl.log")"
+    return 1
+  fi
+  use_tls_dir "$t"
+}
+
+node_info() { timeout 5 "$cli" "${tls_cli[@]}" -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null | tr -d '\r'; }
 
 wait_until_ok() {
   local deadline=$1 ports=("${@:2}") p
@@ -142,9 +187,20 @@ start_once() {
   local inner=${dir#"$server_root"}
   local run=("$server")
   [ -n "$server_root" ] && run=(chroot "$server_root" "$server")
+  local listen tls_dir=""
+  if [ "$tls" = 1 ]; then
+    tls_dir=$dir/tls
+    make_certs "$tls_dir" || return 1
+  fi
   for p in "${ports[@]}"; do
     mkdir -p "$dir/$p"
-    "${run[@]}" --port "$p" --bind 127.0.0.1 --protected-mode no --daemonize yes \
+    listen=(--port "$p")
+    if [ "$tls" = 1 ]; then
+      listen=(--port 0 --tls-port "$p" --tls-cluster yes --tls-replication yes
+        --tls-cert-file "$inner/tls/server.crt" --tls-key-file "$inner/tls/server.key"
+        --tls-ca-cert-file "$inner/tls/ca.crt")
+    fi
+    "${run[@]}" "${listen[@]}" --bind 127.0.0.1 --protected-mode no --daemonize yes \
       --dir "$inner/$p" --pidfile "$inner/$p/redis.pid" --logfile "$inner/$p/redis.log" \
       --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$node_timeout" \
       --save "" --appendonly no --enable-debug-command local >/dev/null 2>&1 || { say "redis-server on port $p did not start"; return 1; }
@@ -158,8 +214,8 @@ start_once() {
   done
   local hosts=()
   for p in "${ports[@]}"; do hosts+=("127.0.0.1:$p"); done
-  if ! timeout "$start_deadline_s" "$cli" --cluster create "${hosts[@]}" --cluster-replicas "$replicas" \
-    --cluster-yes >"$dir/create.log" 2>&1; then
+  if ! timeout "$start_deadline_s" "$cli" "${tls_cli[@]}" --cluster create "${hosts[@]}" \
+    --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1; then
     say "redis-cli --cluster create failed: $(tail -3 "$dir/create.log")"
     return 1
   fi
@@ -167,6 +223,7 @@ start_once() {
     echo "SLOTSHIFT_CLUSTER_DIR=$dir"
     echo "SLOTSHIFT_CLUSTER_NODES=$(IFS=,; echo "${hosts[*]}")"
     echo "SLOTSHIFT_CLUSTER_SERVER=$server_version"
+    echo "SLOTSHIFT_CLUSTER_TLS_DIR=$tls_dir"
   } >"$dir/cluster.env"
   wait_until_ok "$deadline" "${ports[@]}"
 }
@@ -174,7 +231,7 @@ start_once() {
 cmd=${1:-}
 [ -n "$cmd" ] || usage
 shift
-masters=3 replicas=0 dir="" owner_pid="" node_timeout=5000
+masters=3 replicas=0 dir="" owner_pid="" node_timeout=5000 tls=0
 while [ $# -gt 0 ]; do
   case $1 in
     --masters) masters=$2; shift 2 ;;
@@ -183,6 +240,7 @@ while [ $# -gt 0 ]; do
     --owner-pid) owner_pid=$2; shift 2 ;;
     --node-timeout) node_timeout=$2; shift 2 ;;
     --server) server_version=$2; shift 2 ;;
+    --tls) tls=1; shift ;;
     -h|--help) usage ;;
     *) die "unknown option $1" ;;
   esac

@@ -12,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 
+import redis
+
 SOURCE_DIR = os.environ.get("SLOTSHIFT_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
 BINARY_DIR = os.environ.get("SLOTSHIFT_BINARY_DIR", os.path.join(SOURCE_DIR, "build"))
 CLUSTER_SH = os.path.join(SOURCE_DIR, "deploy/local/cluster.sh")
@@ -97,13 +99,19 @@ def free_node_port():
 
 
 class Cluster:
-    def __init__(self, masters=3, replicas=0, server=None):
-        """server: redis-7.0, valkey-9.1, ... (default: SERVER, from SLOTSHIFT_SERVER)."""
+    def __init__(self, masters=3, replicas=0, server=None, tls=False):
+        """server: redis-7.0, valkey-9.1, ... (default: SERVER, from SLOTSHIFT_SERVER). tls=True: every node speaks
+        TLS only and wants a client certificate (cluster.sh start --tls); self.tls_dir holds the test CA and
+        certificates: ca.crt, server.crt/key (the nodes'), client.crt/key (trusted by the nodes), other-ca.crt and
+        other-client.crt/key (an unrelated CA and a client certificate it signed, which the nodes refuse). Without
+        TLS, self.tls_dir is None."""
         out = subprocess.run([CLUSTER_SH, "start", "--masters", str(masters), "--replicas", str(replicas),
-                              "--owner-pid", str(os.getpid()), "--server", server or SERVER],
+                              "--owner-pid", str(os.getpid()), "--server", server or SERVER,
+                              *(["--tls"] if tls else [])],
                              check=True, capture_output=True, text=True).stdout
         env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         self.dir = env["SLOTSHIFT_CLUSTER_DIR"]
+        self.tls_dir = env.get("SLOTSHIFT_CLUSTER_TLS_DIR") or None
         # (user, password) for cli() and what uses it, once a test has turned the default user off.
         self.login = None
         self.nodes = [(h, int(p)) for h, p in (n.rsplit(":", 1) for n in env["SLOTSHIFT_CLUSTER_NODES"].split(","))]
@@ -111,11 +119,31 @@ class Cluster:
     def seed(self):
         return "%s:%d" % self.nodes[0]
 
+    def tls_cli_args(self):
+        """What redis-cli needs to reach the nodes: TLS with the trusted client certificate, or nothing."""
+        if not self.tls_dir:
+            return []
+        return ["--tls", "--cacert", os.path.join(self.tls_dir, "ca.crt"),
+                "--cert", os.path.join(self.tls_dir, "client.crt"), "--key", os.path.join(self.tls_dir, "client.key")]
+
     def cli(self, node, *args, check=True):
         host, port = node
         login = ["--user", self.login[0], "--pass", self.login[1], "--no-auth-warning"] if self.login else []
-        return subprocess.run(["redis-cli", "-h", host, "-p", str(port), *login, *args], check=check,
-                              capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run(["redis-cli", *self.tls_cli_args(), "-h", host, "-p", str(port), *login, *args],
+                              check=check, capture_output=True, text=True, timeout=60).stdout
+
+    def redis(self, node, **kw):
+        """A redis.Redis client of one node, over TLS with the trusted client certificate when the cluster is TLS,
+        logged in as self.login if set; kw goes to redis.Redis as it is and wins over these defaults."""
+        args = {"host": node[0], "port": node[1]}
+        if self.login:
+            args.update(username=self.login[0], password=self.login[1])
+        if self.tls_dir:
+            args.update(ssl=True, ssl_ca_certs=os.path.join(self.tls_dir, "ca.crt"),
+                        ssl_certfile=os.path.join(self.tls_dir, "client.crt"),
+                        ssl_keyfile=os.path.join(self.tls_dir, "client.key"))
+        args.update(kw)
+        return redis.Redis(**args)
 
     def masters(self):
         out = []
@@ -225,7 +253,8 @@ class Cluster:
         """Waits until redis-cli --cluster check finds every node agreeing and no slot open."""
         deadline = time.time() + timeout
         while True:
-            check = subprocess.run(["redis-cli", "--cluster", "check", self.seed()], capture_output=True, text=True)
+            check = subprocess.run(["redis-cli", *self.tls_cli_args(), "--cluster", "check", self.seed()],
+                                   capture_output=True, text=True)
             if check.returncode == 0 and "[ERR]" not in check.stdout and "[WARNING]" not in check.stdout:
                 return
             if time.time() > deadline:
