@@ -1,107 +1,76 @@
 #include "orchestrator/node_client.h"
 
-#include <hiredis/hiredis.h>
-
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <thread>
 #include <utility>
 
 namespace slotshift {
 namespace {
 
-// hiredis 0.14 (Debian 12) speaks RESP2 only; its replies map onto resp::Value one to one.
-resp::Value to_value(const redisReply* r) {
-  resp::Value v;
-  switch (r->type) {
-    case REDIS_REPLY_STRING:
-      v.type = resp::Type::kBulkString;
-      v.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_STATUS:
-      v.type = resp::Type::kSimpleString;
-      v.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_ERROR:
-      v.type = resp::Type::kError;
-      v.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_INTEGER:
-      v.type = resp::Type::kInteger;
-      v.integer = r->integer;
-      break;
-    case REDIS_REPLY_NIL:
-      v.type = resp::Type::kBulkString;
-      v.null = true;
-      break;
-    case REDIS_REPLY_ARRAY:
-      v.type = resp::Type::kArray;
-      v.elements.reserve(r->elements);
-      for (std::size_t i = 0; i < r->elements; ++i)
-        v.elements.push_back(to_value(r->element[i]));
-      break;
-    default:
-      v.type = resp::Type::kError;
-      v.str = "unexpected reply type " + std::to_string(r->type);
-  }
-  return v;
-}
+// The largest slice of queued commands written under one deadline: a long pipeline may take longer than the
+// timeout to send as long as the node keeps taking it.
+constexpr std::size_t kWriteSlice = 1 << 20;
+constexpr std::size_t kReadChunk = 64 * 1024;
 
-timeval to_timeval(std::chrono::milliseconds ms) {
-  return timeval{static_cast<time_t>(ms.count() / 1000),
-                 static_cast<suseconds_t>((ms.count() % 1000) * 1000)};
+// hiredis, which these connections used before, gave a null array (*-1) as a nil reply, as it did a null bulk
+// string; callers test `null`, and some the type too, so they see the same here.
+void as_hiredis_did(resp::Value& v) {
+  if (v.type == resp::Type::kArray && v.null) {
+    v.type = resp::Type::kBulkString;
+    return;
+  }
+  for (auto& e : v.elements)
+    as_hiredis_did(e);
 }
 
 }  // namespace
 
-NodeClient::~NodeClient() {
-  if (ctx_) redisFree(ctx_);
-}
-
-NodeClient::NodeClient(NodeClient&& other) noexcept
-    : node_(std::move(other.node_)),
-      ctx_(std::exchange(other.ctx_, nullptr)),
-      error_(std::move(other.error_)) {}
-
-NodeClient& NodeClient::operator=(NodeClient&& other) noexcept {
-  if (this != &other) {
-    if (ctx_) redisFree(ctx_);
-    node_ = std::move(other.node_);
-    ctx_ = std::exchange(other.ctx_, nullptr);
-    error_ = std::move(other.error_);
-  }
-  return *this;
-}
-
 bool NodeClient::connect(const HostPort& node, std::chrono::milliseconds timeout,
                          const Credentials& credentials) {
   node_ = node;
-  if (ctx_) redisFree(ctx_);
-  ctx_ = redisConnectWithTimeout(node.host.c_str(), node.port, to_timeval(timeout));
-  if (!ctx_ || ctx_->err) {
-    error_ = node.str() + ": " + (ctx_ ? ctx_->errstr : "out of memory");
-    if (ctx_) redisFree(ctx_);
-    ctx_ = nullptr;
+  timeout_ = timeout;
+  out_.clear();
+  in_.clear();
+  in_offset_ = 0;
+  scanner_.reset();
+  replies_ = 0;
+  error_.clear();
+  if (!socket_.connect(node, Clock::now() + timeout, credentials.tls.get())) {
+    error_ = socket_.error();
     return false;
   }
-  redisSetTimeout(ctx_, to_timeval(timeout));
   if (credentials.password.empty()) return true;
   auto r = credentials.user.empty() ? command({"AUTH", credentials.password})
                                     : command({"AUTH", credentials.user, credentials.password});
   if (r && !r->is_error()) return true;
   if (r) error_ = node.str() + ": AUTH refused: " + r->str;
-  redisFree(ctx_);
-  ctx_ = nullptr;
+  socket_.close();
   return false;
+}
+
+void NodeClient::fail(const std::string& what, std::string reason) {
+  // A TLS port drops a plain client that sent a command, without a word: Redis closes the connection when
+  // the handshake fails, with our bytes unread, so the kernel resets it. On the first exchange of a plain
+  // connection that is worth a hint.
+  if (replies_ == 0 && !socket_.is_tls() &&
+      (reason.find("closed by the server") != std::string::npos ||
+       reason.find(std::strerror(ECONNRESET)) != std::string::npos ||
+       reason.find(std::strerror(EPIPE)) != std::string::npos))
+    reason += " (if the node accepts TLS connections only, give --tls)";
+  error_ = node_.str() + ": " + (what.empty() ? "" : what + " failed: ") + std::move(reason);
+  socket_.close();
+  out_.clear();
+  in_.clear();
+  in_offset_ = 0;
+  scanner_.reset();
 }
 
 std::optional<resp::Value> NodeClient::command(const std::vector<std::string>& args) {
   auto replies = pipeline({args});
   if (!replies) return std::nullopt;
   return std::move(replies->front());
-}
-
-bool NodeClient::usable() const {
-  return ctx_ && ctx_->err == 0;
 }
 
 std::optional<resp::Value> NodeClient::command_when_loaded(const std::vector<std::string>& args,
@@ -115,39 +84,76 @@ std::optional<resp::Value> NodeClient::command_when_loaded(const std::vector<std
 }
 
 void NodeClient::append(const std::vector<std::string>& args) {
-  std::vector<const char*> argv;
-  std::vector<std::size_t> lens;
-  for (const auto& a : args) {
-    argv.push_back(a.data());
-    lens.push_back(a.size());
-  }
-  redisAppendCommandArgv(ctx_, static_cast<int>(argv.size()), argv.data(), lens.data());
+  std::vector<std::string_view> views(args.begin(), args.end());
+  resp::append_command(out_, views);
 }
 
 bool NodeClient::flush() {
-  int done = 0;
-  while (!done)
-    if (redisBufferWrite(ctx_, &done) != REDIS_OK) {
-      error_ = node_.str() + ": write failed: " + ctx_->errstr;
-      redisFree(ctx_);
-      ctx_ = nullptr;
+  std::string_view rest(out_);
+  while (!rest.empty()) {
+    const auto slice = rest.substr(0, kWriteSlice);
+    if (!socket_.write_all(slice, Clock::now() + timeout_)) {
+      fail("", socket_.reason());
       return false;
     }
+    rest.remove_prefix(slice.size());
+  }
+  out_.clear();
   return true;
 }
 
 std::optional<resp::Value> NodeClient::read_reply(const std::string& what) {
-  void* raw = nullptr;
-  if (redisGetReply(ctx_, &raw) != REDIS_OK || !raw) {
-    error_ = node_.str() + ": " + what + " failed: " + ctx_->errstr;
-    redisFree(ctx_);
-    ctx_ = nullptr;
+  if (!socket_.is_open()) {
+    if (error_.empty()) error_ = node_.str() + ": not connected";
     return std::nullopt;
   }
-  auto* reply = static_cast<redisReply*>(raw);
-  auto value = to_value(reply);
-  freeReplyObject(reply);
-  return value;
+  // The timeout counts from the last byte received, as it did with hiredis (a socket timeout per read): a
+  // large reply that keeps coming is not cut short.
+  auto deadline = Clock::now() + timeout_;
+  for (;;) {
+    if (in_offset_ < in_.size()) {
+      const std::string_view rest = std::string_view(in_).substr(in_offset_);
+      const auto status = scanner_.scan(rest);
+      if (status == resp::Status::kComplete) {
+        auto value = resp::decode(rest.substr(0, scanner_.size()));
+        as_hiredis_did(value);
+        in_offset_ += scanner_.size();
+        scanner_.reset();
+        if (in_offset_ == in_.size()) {
+          in_.clear();
+          in_offset_ = 0;
+        }
+        ++replies_;
+        return value;
+      }
+      if (status == resp::Status::kError) {
+        // A TLS record (a handshake or an alert) where a reply should be: a plain connection to a port that
+        // speaks TLS only.
+        const unsigned char first = static_cast<unsigned char>(rest[0]);
+        if (replies_ == 0 && (first == 0x15 || first == 0x16))
+          fail(what, "the node answered with TLS, not RESP: it speaks TLS on this port (give --tls)");
+        else
+          fail(what, "malformed reply: " + scanner_.error());
+        return std::nullopt;
+      }
+    }
+    if (in_offset_ > 0) {
+      in_.erase(0, in_offset_);
+      in_offset_ = 0;
+    }
+    const std::size_t old = in_.size();
+    const std::size_t want =
+        std::max(kReadChunk, scanner_.size_hint() > old ? scanner_.size_hint() - old : 0);
+    in_.resize(old + want);
+    const long n = socket_.read_some(in_.data() + old, want, deadline);
+    in_.resize(old + static_cast<std::size_t>(std::max(n, 0L)));
+    if (n > 0) {
+      deadline = Clock::now() + timeout_;
+      continue;
+    }
+    fail(what, socket_.reason());
+    return std::nullopt;
+  }
 }
 
 bool NodeFanout::connect(const HostPort& node, std::chrono::milliseconds timeout,
@@ -205,12 +211,13 @@ std::optional<std::vector<std::vector<resp::Value>>> NodeFanout::run(
 
 std::optional<std::vector<resp::Value>> NodeClient::pipeline(
     const std::vector<std::vector<std::string>>& commands) {
-  if (!ctx_) {
+  if (!socket_.is_open()) {
     error_ = node_.str() + ": not connected";
     return std::nullopt;
   }
   for (const auto& args : commands)
     append(args);
+  if (!flush()) return std::nullopt;
   std::vector<resp::Value> out;
   out.reserve(commands.size());
   for (const auto& args : commands) {

@@ -1,8 +1,13 @@
-// A blocking control connection from the orchestrator to one cluster node. Every call has a deadline;
-// failures are values (a message a user can act on), never exceptions.
+// A blocking control connection from the orchestrator to one cluster node, plain or TLS (a Socket, and
+// common/resp's scanner and decoder for the replies). Every call has a deadline; failures are values (a
+// message a user can act on), never exceptions.
+//
+// Why not hiredis: Debian 12's libhiredis (0.14) has no TLS, and a cluster may accept TLS connections only.
 #pragma once
 
 #include <chrono>
+#include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -10,15 +15,18 @@
 
 #include "common/host_port.h"
 #include "common/resp.h"
-
-struct redisContext;
+#include "common/tls_context.h"
+#include "orchestrator/socket.h"
 
 namespace slotshift {
 
-// AUTH for every connection: a password alone (the default user), or an ACL user and its password.
+// What every connection to a node presents: AUTH with a password alone (the default user) or an ACL user and
+// its password, and TLS when the nodes speak it.
 struct Credentials {
   std::string user;
   std::string password;  // empty: no AUTH
+  // nullptr: plain TCP. Shared by every connection of the run (the context is built once, at start).
+  std::shared_ptr<const TlsContext> tls;
 };
 
 // A node's error reply while it reads its dataset into memory.
@@ -29,14 +37,14 @@ inline bool is_loading(const resp::Value& reply) {
 class NodeClient {
  public:
   NodeClient() = default;
-  ~NodeClient();
-  NodeClient(NodeClient&& other) noexcept;
-  NodeClient& operator=(NodeClient&& other) noexcept;
+  NodeClient(NodeClient&& other) noexcept = default;
+  NodeClient& operator=(NodeClient&& other) noexcept = default;
   NodeClient(const NodeClient&) = delete;
   NodeClient& operator=(const NodeClient&) = delete;
 
-  // Connects within `timeout` and authenticates; later calls use the same timeout per reply. False (see
-  // error()) on failure, a refused AUTH included.
+  // Connects (and, with credentials.tls, completes the TLS handshake) within `timeout` and authenticates;
+  // later calls use the same timeout per reply: a reply may take longer as long as bytes of it keep coming
+  // within it. False (see error()) on failure, a refused AUTH included.
   bool connect(const HostPort& node, std::chrono::milliseconds timeout, const Credentials& credentials = {});
   // Sends one command and waits for its reply. nullopt on a connection failure or timeout; a Redis error
   // reply is a Value whose is_error() is true.
@@ -52,8 +60,9 @@ class NodeClient {
 
   const std::string& error() const { return error_; }
   const HostPort& node() const { return node_; }
-  // False once the connection has failed (a timeout included): hiredis cannot use it again.
-  bool usable() const;
+  // False once the connection has failed (a timeout included): a reply may still be on its way, so nothing
+  // read on it afterwards could be matched to its command.
+  bool usable() const { return socket_.is_open(); }
 
  private:
   friend class NodeFanout;
@@ -61,9 +70,17 @@ class NodeClient {
   void append(const std::vector<std::string>& args);
   bool flush();  // sends what is queued
   std::optional<resp::Value> read_reply(const std::string& what);
+  // Records the failure (error()) and closes the connection.
+  void fail(const std::string& what, std::string reason);
 
   HostPort node_;
-  redisContext* ctx_ = nullptr;
+  Socket socket_;
+  std::chrono::milliseconds timeout_{2000};
+  std::string out_;  // commands queued, not yet sent
+  std::string in_;   // bytes received, from in_offset_ on not yet a whole reply
+  std::size_t in_offset_ = 0;
+  resp::Scanner scanner_{resp::Scanner::Mode::kReply};
+  std::uint64_t replies_ = 0;  // replies read on this connection
   std::string error_;
 };
 

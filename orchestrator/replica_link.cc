@@ -37,7 +37,7 @@ bool ReplicaLink::send_command(std::initializer_list<std::string_view> args) {
   std::string wire;
   resp::append_command(wire, args);
   std::lock_guard lock(write_mu_);
-  if (!socket_.write_all(wire, Clock::now() + options_.step_timeout)) return fail(socket_.error());
+  if (!socket_.write_all(wire, Clock::now() + options_.step_timeout)) return fail(socket_.reason());
   return true;
 }
 
@@ -57,7 +57,7 @@ bool ReplicaLink::read_line(std::string& line, std::chrono::milliseconds timeout
     if (inbuf_.size() > 64 * 1024) return fail("a handshake reply longer than 64 KB");
     char buf[4096];
     const long n = socket_.read_some(buf, sizeof buf, deadline);
-    if (n <= 0) return fail(socket_.error());
+    if (n <= 0) return fail(socket_.reason());
     bytes_received_ += static_cast<std::uint64_t>(n);
     inbuf_.append(buf, static_cast<std::size_t>(n));
   }
@@ -75,8 +75,8 @@ bool ReplicaLink::expect_ok(std::initializer_list<std::string_view> args, const 
 bool ReplicaLink::start(const ReplicaLinkOptions& options) {
   options_ = options;
   error_.clear();
-  if (!socket_.connect(options_.source, Clock::now() + options_.step_timeout))
-    return fail("cannot connect: " + socket_.error());
+  if (!socket_.connect(options_.source, Clock::now() + options_.step_timeout, options_.credentials.tls.get()))
+    return fail("cannot connect: " + socket_.reason());
   if (const auto& c = options_.credentials; !c.password.empty()) {
     if (c.user.empty()) {
       if (!expect_ok({"AUTH", c.password}, "AUTH")) return false;
@@ -238,7 +238,8 @@ void ReplicaLink::stop(const std::string& why) {
   stopping_ = true;
   {
     std::lock_guard lock(write_mu_);
-    // shutdown() wakes the receiver's poll; the descriptor is closed after the join.
+    // shutdown() wakes the receiver's poll (with TLS too: its next SSL_read then meets the end of the
+    // stream); the descriptor, and the SSL over it, are closed after the join.
     if (socket_.is_open()) ::shutdown(socket_.fd(), SHUT_RDWR);
   }
   if (receiver_.joinable()) receiver_.join();

@@ -34,8 +34,9 @@ bool TargetWriter::fail(std::string message) {
 bool TargetWriter::connect(const TargetWriterOptions& options, Done done) {
   options_ = options;
   done_ = std::move(done);
-  if (!socket_.connect(options_.target, Clock::now() + options_.connect_timeout))
-    return fail("cannot connect: " + socket_.error());
+  if (!socket_.connect(options_.target, Clock::now() + options_.connect_timeout,
+                       options_.credentials.tls.get()))
+    return fail("cannot connect: " + socket_.reason());
   if (const auto& c = options_.credentials; !c.password.empty()) {
     std::string wire;
     if (c.user.empty())
@@ -75,7 +76,7 @@ bool TargetWriter::pump(bool wait) {
   bool progress = false;
   if (out_offset_ < out_.size()) {
     const long n = socket_.write_some(std::string_view(out_).substr(out_offset_));
-    if (n < 0) return fail(socket_.error());
+    if (n < 0) return fail(socket_.reason());
     out_offset_ += static_cast<std::size_t>(n);
     bytes_written_ += static_cast<std::uint64_t>(n);
     if (out_offset_ == out_.size()) {
@@ -97,7 +98,7 @@ bool TargetWriter::pump(bool wait) {
     in_.resize(old + kReadChunk);
     const long n = socket_.read_some(in_.data() + old, kReadChunk, Clock::now());
     in_.resize(old + static_cast<std::size_t>(std::max(n, 0L)));
-    if (n < 0) return fail(socket_.error());
+    if (n < 0) return fail(socket_.reason());
     if (n == 0) break;
     progress = true;
     for (;;) {
