@@ -99,6 +99,12 @@ ClusterSurvey survey_cluster(const HostPort& seed, std::chrono::milliseconds tim
       return s;
     }
     s.merged = std::move(parsed.topology);
+    // CLUSTER SHARDS gives a node's plain port as `port` (absent when it has none) and its TLS port as
+    // `tls-port`. Every connection of this run is TLS or none is, so each node is reached on the port of
+    // that kind. (CLUSTER NODES, the fallback below, already shows the TLS port when tls-cluster is on.)
+    if (credentials.tls)
+      for (auto& node : s.merged.nodes)
+        if (node.tls_port != 0) node.port = node.tls_port;
   } else if (shards->str.find("cluster support disabled") != std::string::npos) {
     s.error = seed.str() + " is not in cluster mode (" + shards->str + ")";
     return s;

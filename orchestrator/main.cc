@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "common/secret_file.h"
+#include "common/tls_context.h"
 #include "orchestrator/cluster_check.h"
 #include "orchestrator/cluster_fix.h"
 #include "orchestrator/commands.h"
@@ -48,6 +49,8 @@ int main(int argc, char** argv) {
   slotshift::CommonOptions options;
   int timeout_ms = 2000;
   std::string password_file;
+  // redis-cli's names for the same things.
+  slotshift::TlsSettings tls;
   auto add_common = [&](CLI::App* sub) {
     sub->add_option("--cluster", options.cluster, "HOST:PORT of any node of the cluster")->required();
     sub->add_flag("--json", options.json, "machine-readable output");
@@ -60,6 +63,16 @@ int main(int argc, char** argv) {
                         "the command line shows it to every user)");
     sub->add_option("--password-file", password_file, "file holding the password (its first line)")
         ->excludes(password);
+    sub->add_flag("--tls", tls.enabled, "connect to every node over TLS (the nodes' tls-port)");
+    sub->add_option("--cacert", tls.ca_cert_file,
+                    "CA certificates that sign the nodes' certificates (default: the system's)");
+    sub->add_option("--cacertdir", tls.ca_cert_dir, "the same, as an OpenSSL hashed directory");
+    sub->add_option("--cert", tls.cert_file,
+                    "client certificate to present (nodes ask for one unless tls-auth-clients is no)");
+    sub->add_option("--key", tls.key_file, "the private key of --cert");
+    sub->add_option("--sni", tls.server_name,
+                    "server name to send and to check the nodes' certificates against (default: the chain is "
+                    "checked, not the name, as the nodes check each other)");
   };
   auto* status =
       app.add_subcommand("status", "show masters, slots, replicas and epochs as every node reports them");
@@ -168,6 +181,26 @@ int main(int argc, char** argv) {
   }
   if (options.credentials.password.empty())
     if (const char* p = std::getenv("SLOTSHIFT_PASSWORD")) options.credentials.password = p;
+  // As redis-cli: --tls turns TLS on, and the files only say how. A file given without it is a mistake the
+  // user should hear about, not a plain connection.
+  for (const auto& [flag, value] :
+       {std::pair{"--cacert", &tls.ca_cert_file}, std::pair{"--cacertdir", &tls.ca_cert_dir},
+        std::pair{"--cert", &tls.cert_file}, std::pair{"--key", &tls.key_file},
+        std::pair{"--sni", &tls.server_name}})
+    if (!tls.enabled && !value->empty()) {
+      std::cerr << "slotshift: " << flag << " needs --tls (without it every connection is plain TCP)\n";
+      return 2;
+    }
+  if (tls.enabled) {
+    std::string error;
+    // One context for the whole run: the files are read once, here, and a bad one stops slotshift before
+    // it connects to anything.
+    options.credentials.tls = slotshift::TlsContext::client(tls, error);
+    if (!options.credentials.tls) {
+      std::cerr << "slotshift: --tls: " << error << "\n";
+      return 2;
+    }
+  }
   if (status->parsed()) return slotshift::run_status(options, std::cout, std::cerr);
   if (check->parsed()) return slotshift::run_check(options, std::cout, std::cerr);
   if (fix->parsed()) {
