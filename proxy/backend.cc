@@ -125,6 +125,15 @@ void Backend::connect() {
   uv_tcp_init(worker_.loop(), &conn_->tcp);
   conn_->tcp.data = conn_;
   conn_->out.attach(reinterpret_cast<uv_stream_t*>(&conn_->tcp));
+  if (const auto context = worker_.proxy().backend_tls()) {
+    std::string error;
+    conn_->tls = TlsChannel::make(*context, error);
+    if (!conn_->tls) {
+      fail("TLS: " + error);
+      return;
+    }
+    conn_->out.use_tls(conn_->tls.get());
+  }
   if (login_) {
     // The login is the connection's first command, and nothing else is written until the node accepts it:
     // a command behind a refused AUTH would run as the default user, where that one needs no password.
@@ -210,11 +219,21 @@ void Backend::on_connected(int status) {
   conn_->connected = true;
   last_activity_ms_ = worker_.now_ms();
   uv_read_start(reinterpret_cast<uv_stream_t*>(&conn_->tcp), &Backend::on_alloc, &Backend::on_read_cb);
+  // With TLS the handshake's first flight goes out now; the commands follow once it is done (see
+  // StreamWriter), within the connect timeout (check_deadlines).
+  if (conn_->tls && !conn_->tls->start()) {
+    fail("TLS: " + conn_->tls->error());
+    return;
+  }
   flush();
 }
 
 void Backend::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
   auto* conn = static_cast<Conn*>(handle->data);
+  if (conn->tls) {
+    *buf = conn->tls->read_space();
+    return;
+  }
   std::size_t hint = conn->owner ? conn->owner->scanner_.size_hint() : 0;
   *buf = conn->in.prepare(64 * 1024, hint);
 }
@@ -238,7 +257,25 @@ void Backend::on_read(ssize_t nread) {
     return;
   }
   Conn* conn = conn_;
-  conn->in.commit(static_cast<std::size_t>(nread));
+  if (conn->tls) {
+    const long plain = conn->tls->decrypt(static_cast<std::size_t>(nread), conn->in);
+    if (plain < 0) {
+      worker_.note_tls_failure("node " + name_, conn->tls->error());
+      fail("TLS: " + conn->tls->error());
+      return;
+    }
+    // The handshake's next flight, or the commands that waited for its end.
+    if (conn->tls->has_output() || conn->tls->handshake_done()) {
+      const int rc = conn->out.flush();
+      if (rc < 0) {
+        fail(std::string("write failed: ") + uv_strerror(rc));
+        return;
+      }
+    }
+    if (plain == 0) return;
+  } else {
+    conn->in.commit(static_cast<std::size_t>(nread));
+  }
   last_activity_ms_ = worker_.now_ms();
   while (conn_ == conn) {
     const std::string_view data = conn->in.data();
@@ -301,9 +338,9 @@ void Backend::handle_reply(std::string_view reply) {
 void Backend::check_deadlines(std::uint64_t now_ms) {
   if (pending_.empty()) return;
   const auto timeout = static_cast<std::uint64_t>(worker_.config().request_timeout.count());
-  if (conn_ && !conn_->connected &&
+  if (conn_ && (!conn_->connected || (conn_->tls && !conn_->tls->handshake_done())) &&
       now_ms - connect_started_ms_ > static_cast<std::uint64_t>(worker_.config().connect_timeout.count())) {
-    fail("connect timed out");
+    fail(conn_->connected ? "TLS handshake timed out" : "connect timed out");
     return;
   }
   for (auto& p : pending_) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -86,6 +87,7 @@ class Backend {
     bool closing = false;
     bool resolving = false;  // a uv_getaddrinfo is under way: it must finish before the Conn is freed
     bool tcp_closed = false;
+    std::unique_ptr<TlsChannel> tls;  // null toward a plain TCP cluster
     ReadBuffer in;
     StreamWriter out;
   };

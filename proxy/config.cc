@@ -93,6 +93,29 @@ std::string load_config_file(const std::string& path, Config& config) {
       } else if (key == "client-auth") {
         if (!parse_client_auth(v.get<std::string>(), config.client_auth))
           return path + ": client-auth: expected none, password or acl";
+      } else if (key == "tls-cert-file") {
+        config.tls.cert_file = v.get<std::string>();
+      } else if (key == "tls-key-file") {
+        config.tls.key_file = v.get<std::string>();
+      } else if (key == "tls-ca-cert-file") {
+        config.tls.ca_cert_file = v.get<std::string>();
+      } else if (key == "tls-ca-cert-dir") {
+        config.tls.ca_cert_dir = v.get<std::string>();
+      } else if (key == "tls-auth-clients") {
+        if (!parse_tls_auth_clients(v.get<std::string>(), config.tls.auth_clients))
+          return path + ": tls-auth-clients: expected yes, no or optional";
+      } else if (key == "backend-tls") {
+        config.backend_tls.enabled = v.get<bool>();
+      } else if (key == "backend-tls-cert-file") {
+        config.backend_tls.cert_file = v.get<std::string>();
+      } else if (key == "backend-tls-key-file") {
+        config.backend_tls.key_file = v.get<std::string>();
+      } else if (key == "backend-tls-ca-cert-file") {
+        config.backend_tls.ca_cert_file = v.get<std::string>();
+      } else if (key == "backend-tls-ca-cert-dir") {
+        config.backend_tls.ca_cert_dir = v.get<std::string>();
+      } else if (key == "backend-tls-server-name") {
+        config.backend_tls.server_name = v.get<std::string>();
       } else if (key == "allow-admin-commands") {
         config.allow_admin_commands = v.get<bool>();
       } else {
@@ -102,6 +125,18 @@ std::string load_config_file(const std::string& path, Config& config) {
   } catch (const nlohmann::json::exception& e) {
     return path + ": " + e.what();
   }
+  return "";
+}
+
+std::string tls_settings_error(const Config& config) {
+  const TlsSettings& c = config.tls;
+  if ((!c.key_file.empty() || !c.ca_cert_file.empty() || !c.ca_cert_dir.empty()) && c.cert_file.empty())
+    return "TLS toward clients needs --tls-cert-file and --tls-key-file (the other --tls-* settings apply "
+           "to them)";
+  const TlsSettings& b = config.backend_tls;
+  if (!b.enabled && (!b.cert_file.empty() || !b.key_file.empty() || !b.ca_cert_file.empty() ||
+                     !b.ca_cert_dir.empty() || !b.server_name.empty()))
+    return "--backend-tls-* settings are given but TLS toward the cluster is off: add --backend-tls";
   return "";
 }
 

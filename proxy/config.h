@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/host_port.h"
+#include "common/tls_context.h"
 
 namespace slotshift::proxy {
 
@@ -60,6 +61,13 @@ struct Config {
   ClientAuth client_auth = ClientAuth::kNone;
   std::string requirepass;
 
+  // TLS toward clients: with a certificate and key (--tls-cert-file, --tls-key-file) the listening port
+  // speaks TLS only. Clients' certificates are required by default, as by Redis (--tls-auth-clients).
+  TlsSettings tls;
+  // TLS toward the cluster (--backend-tls, --backend-tls-*): every node connection, topology reloads
+  // included.
+  TlsSettings backend_tls;
+
   // The admin endpoint (HTTP: /healthz, /readyz, /metrics, /stats, /v1/slots); off unless given. Without a
   // token it may listen on a loopback address only (admin_endpoint_error()).
   HostPort admin{"", 0};
@@ -79,6 +87,9 @@ bool parse_client_auth(std::string_view text, Config::ClientAuth& into);
 // Why the client login settings cannot work together, or "": one password for every client and the
 // cluster's own users are two different modes.
 std::string client_auth_error(const Config& config);
+
+// Why the TLS settings cannot work, or "": files named for a side that is off, or no certificate for clients.
+std::string tls_settings_error(const Config& config);
 
 // Whether `host` names the loopback interface: an address in 127.0.0.0/8, ::1 (or 127.x.x.x mapped into
 // IPv6), or "localhost".

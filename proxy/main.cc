@@ -91,6 +91,30 @@ int main(int argc, char** argv) {
                      "none | password (--requirepass) | acl: clients log in as the cluster's own ACL users, "
                      "and their commands run as those users")
           ->check(CLI::IsMember({"none", "password", "acl"}));
+  // TLS, named after Redis's tls-* settings; the backend- ones for the connections to the cluster.
+  std::string tls_cert, tls_key, tls_ca, tls_ca_dir, tls_auth;
+  std::string btls_cert, btls_key, btls_ca, btls_ca_dir, btls_name;
+  bool btls = false;
+  auto* o_tls_cert = app.add_option("--tls-cert-file", tls_cert,
+                                    "certificate for clients: the listening port speaks TLS only");
+  auto* o_tls_key = app.add_option("--tls-key-file", tls_key, "the private key of --tls-cert-file");
+  auto* o_tls_ca =
+      app.add_option("--tls-ca-cert-file", tls_ca, "CAs that sign clients' certificates (PEM file)");
+  auto* o_tls_ca_dir = app.add_option("--tls-ca-cert-dir", tls_ca_dir, "the same, as an OpenSSL directory");
+  auto* o_tls_auth = app.add_option("--tls-auth-clients", tls_auth,
+                                    "yes: clients need a certificate (default), optional, or no")
+                         ->check(CLI::IsMember({"yes", "no", "optional"}));
+  auto* o_btls = app.add_flag("--backend-tls", btls, "connect to the cluster's nodes over TLS");
+  auto* o_btls_cert = app.add_option("--backend-tls-cert-file", btls_cert,
+                                     "the proxy's client certificate, for nodes that require one");
+  auto* o_btls_key =
+      app.add_option("--backend-tls-key-file", btls_key, "the private key of that certificate");
+  auto* o_btls_ca = app.add_option("--backend-tls-ca-cert-file", btls_ca,
+                                   "CAs that sign the nodes' certificates (default: the system's)");
+  auto* o_btls_ca_dir =
+      app.add_option("--backend-tls-ca-cert-dir", btls_ca_dir, "the same, as an OpenSSL directory");
+  auto* o_btls_name = app.add_option("--backend-tls-server-name", btls_name,
+                                     "name sent as SNI and required in the nodes' certificates");
   CLI11_PARSE(app, argc, argv);
 
   if (!config_file.empty()) {
@@ -179,6 +203,25 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
     return 2;
   }
+  auto set = [](CLI::Option* flag, const std::string& value, std::string& into) {
+    if (flag->count()) into = value;
+  };
+  set(o_tls_cert, tls_cert, config.tls.cert_file);
+  set(o_tls_key, tls_key, config.tls.key_file);
+  set(o_tls_ca, tls_ca, config.tls.ca_cert_file);
+  set(o_tls_ca_dir, tls_ca_dir, config.tls.ca_cert_dir);
+  if (o_tls_auth->count()) parse_tls_auth_clients(tls_auth, config.tls.auth_clients);
+  if (o_btls->count()) config.backend_tls.enabled = btls;
+  set(o_btls_cert, btls_cert, config.backend_tls.cert_file);
+  set(o_btls_key, btls_key, config.backend_tls.key_file);
+  set(o_btls_ca, btls_ca, config.backend_tls.ca_cert_file);
+  set(o_btls_ca_dir, btls_ca_dir, config.backend_tls.ca_cert_dir);
+  set(o_btls_name, btls_name, config.backend_tls.server_name);
+  config.tls.enabled = !config.tls.cert_file.empty();
+  if (error = proxy::tls_settings_error(config); !error.empty()) {
+    std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
+    return 2;
+  }
   if (error = proxy::admin_endpoint_error(config); !error.empty()) {
     std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
     return 2;
@@ -220,6 +263,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
@@ -245,7 +289,11 @@ int main(int argc, char** argv) {
                config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str(),
                admin_note.c_str());
   int sig = 0;
-  sigwait(&signals, &sig);
+  // SIGHUP reads the TLS files again: new connections use them, open ones keep theirs.
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    const std::string outcome = proxy.reload_tls();
+    std::fprintf(stderr, "slotshift-proxy: SIGHUP: %s\n", outcome.c_str());
+  }
   std::fprintf(stderr, "slotshift-proxy: signal %d, stopping\n", sig);
   if (admin_server) admin_server->stop();
   proxy.stop();

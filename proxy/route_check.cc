@@ -1,57 +1,41 @@
 #include "proxy/route_check.h"
 
-#include <hiredis/hiredis.h>
-#include <sys/time.h>
-
 #include <algorithm>
 #include <memory>
 #include <optional>
+
+#include "common/resp.h"
 
 namespace slotshift::proxy {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// What is left until `deadline` (at least a millisecond: hiredis takes a zero timeval as "no timeout").
-timeval time_left(Clock::time_point deadline) {
-  const auto left = std::max(std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()),
-                             std::chrono::microseconds(1000));
-  return timeval{static_cast<time_t>(left.count() / 1000000),
-                 static_cast<suseconds_t>(left.count() % 1000000)};
-}
-
 // `node`'s own view of the cluster (CLUSTER NODES, with its `myself` line); nullopt and `error` when it
 // cannot be had by `deadline`.
-std::optional<Topology> cluster_nodes(const HostPort& node, Clock::time_point deadline, std::string& error) {
+std::optional<Topology> cluster_nodes(const HostPort& node, Clock::time_point deadline, const AskNode& ask,
+                                      std::string& error) {
   if (Clock::now() >= deadline) {
     error = "no time left to ask " + node.str();
     return std::nullopt;
   }
-  std::unique_ptr<redisContext, decltype(&redisFree)> ctx(
-      redisConnectWithTimeout(node.host.c_str(), node.port, time_left(deadline)), &redisFree);
-  if (!ctx || ctx->err) {
-    error = ctx ? "cannot connect: " + std::string(ctx->errstr) : std::string("cannot connect");
+  const auto wire = ask(node, "*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n", deadline, error);
+  if (!wire) return std::nullopt;
+  resp::Value reply;
+  std::size_t used = 0;
+  if (resp::parse_reply(*wire, reply, used) != resp::Status::kComplete) {
+    error = "CLUSTER NODES: not a valid reply";
     return std::nullopt;
   }
-  if (redisSetTimeout(ctx.get(), time_left(deadline)) != REDIS_OK) {
-    error = "cannot set a timeout: " + std::string(ctx->errstr);
+  if (reply.is_error()) {
+    error = "CLUSTER NODES: " + reply.str;
     return std::nullopt;
   }
-  std::unique_ptr<redisReply, decltype(&freeReplyObject)> reply(
-      static_cast<redisReply*>(redisCommand(ctx.get(), "CLUSTER NODES")), &freeReplyObject);
-  if (!reply) {
-    error = "no reply to CLUSTER NODES: " + std::string(ctx->errstr);
-    return std::nullopt;
-  }
-  if (reply->type == REDIS_REPLY_ERROR) {
-    error = "CLUSTER NODES: " + std::string(reply->str, reply->len);
-    return std::nullopt;
-  }
-  if (reply->type != REDIS_REPLY_STRING) {
+  if (!reply.is_string()) {
     error = "CLUSTER NODES: not a string reply";
     return std::nullopt;
   }
-  TopologyResult parsed = parse_cluster_nodes(std::string_view(reply->str, reply->len));
+  TopologyResult parsed = parse_cluster_nodes(reply.str);
   if (!parsed.ok()) {
     error = "CLUSTER NODES: " + parsed.error;
     return std::nullopt;
@@ -100,12 +84,13 @@ RouteVerdict refusal(int status, std::string error, const SlotSet& not_owned = {
 }  // namespace
 
 RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const TopologySnapshot& known,
-                         const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout) {
+                         const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout,
+                         const AskNode& ask) {
   const auto deadline = Clock::now() + timeout;
   const bool address_known = known && std::any_of(known->nodes.begin(), known->nodes.end(),
                                                   [&node](const Node& n) { return reached_at(n, node); });
   std::string error;
-  const auto own = cluster_nodes(node, deadline, error);
+  const auto own = cluster_nodes(node, deadline, ask, error);
   if (!own) {
     if (!address_known) {
       const std::string what =
@@ -122,7 +107,7 @@ RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const Topol
     bool asked = false, member = false;
     std::string why = "no node of the cluster known yet";
     for (const auto& trusted : trusted_nodes(known, seeds, node)) {
-      if (const auto view = cluster_nodes(trusted, deadline, why)) {
+      if (const auto view = cluster_nodes(trusted, deadline, ask, why)) {
         asked = true;
         member = lists(*view, me.id, node);
         break;

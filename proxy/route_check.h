@@ -7,12 +7,15 @@
 //   - the node owns every slot of the route by its own word: its CLUSTER NODES `myself` line lists them. The
 //     orchestrator sends ROUTE only after the new owner has claimed the slots, so a real move always passes.
 //
-// Each check is a blocking connection from the admin endpoint's thread: connect and one CLUSTER NODES, within
+// Each check asks from the admin endpoint's thread and waits: a connection and one CLUSTER NODES, within
 // one deadline for the whole check. One round trip for a node the proxy knows, two for a node it has not
-// seen yet.
+// seen yet. The question goes through `ask` (Proxy::ask_node: logged in and over TLS as the proxy's other
+// connections).
 #pragma once
 
 #include <chrono>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,9 +34,15 @@ struct RouteVerdict {
   bool ok() const { return status == 200; }
 };
 
+// Sends a command's wire bytes to a node and waits until the deadline: the reply's bytes, or nullopt and why.
+using AskNode = std::function<std::optional<std::string>(const HostPort& node, std::string command,
+                                                         std::chrono::steady_clock::time_point deadline,
+                                                         std::string& why)>;
+
 // Whether `node` may serve `slots` now. `known` is the proxy's last topology (may be null: none loaded yet);
 // `seeds` are asked when a node of `known` cannot be. Blocks for at most `timeout`.
 RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const TopologySnapshot& known,
-                         const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout);
+                         const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout,
+                         const AskNode& ask);
 
 }  // namespace slotshift::proxy

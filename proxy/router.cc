@@ -115,6 +115,12 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
     try_next(candidate + 1, true);
     return;
   }
+  // CLUSTER SHARDS gives a node's plain port as `port` (absent when it has none, as in a TLS-only cluster)
+  // and its TLS port as `tls-port`: every connection of the proxy's is TLS or none is, so each node is
+  // reached on the port of that kind. (CLUSTER SLOTS, asked over TLS, already answers with the TLS port.)
+  if (worker_.config().backend_tls.enabled)
+    for (Node& n : parsed.topology.nodes)
+      if (n.tls_port != 0) n.port = n.tls_port;
   const Topology& t = parsed.topology;
   std::vector<Backend*> by_node(t.nodes.size(), nullptr);
   std::vector<Backend*> masters;

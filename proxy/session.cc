@@ -197,9 +197,12 @@ void Session::accept(Worker& worker, uv_stream_t* server) {
   if (clients.fetch_add(1) >= worker.config().max_clients) {
     clients.fetch_sub(1);
     worker.stats().clients_rejected.add();
-    uv_buf_t buf = uv_buf_init(const_cast<char*>(errors::kMaxClients.data()),
-                               static_cast<unsigned>(errors::kMaxClients.size()));
-    uv_try_write(reinterpret_cast<uv_stream_t*>(&s->tcp_), &buf, 1);
+    // Redis's own error, in clear text: on a TLS port the client sees its handshake fail instead.
+    if (!worker.config().tls.enabled) {
+      uv_buf_t buf = uv_buf_init(const_cast<char*>(errors::kMaxClients.data()),
+                                 static_cast<unsigned>(errors::kMaxClients.size()));
+      uv_try_write(reinterpret_cast<uv_stream_t*>(&s->tcp_), &buf, 1);
+    }
     uv_close(reinterpret_cast<uv_handle_t*>(&s->tcp_),
              [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
     return;
@@ -224,6 +227,18 @@ void Session::accept(Worker& worker, uv_stream_t* server) {
   }
   uv_tcp_nodelay(&s->tcp_, 1);
   s->out_.attach(reinterpret_cast<uv_stream_t*>(&s->tcp_));
+  if (const auto context = worker.proxy().client_tls()) {
+    std::string error;
+    s->tls_ = TlsChannel::make(*context, error);
+    if (!s->tls_) {
+      std::fprintf(stderr, "slotshift-proxy: closing client %s: %s\n", s->peer_.c_str(), error.c_str());
+      clients.fetch_sub(1);
+      uv_close(reinterpret_cast<uv_handle_t*>(&s->tcp_),
+               [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
+      return;
+    }
+    s->out_.use_tls(s->tls_.get());
+  }
   s->out_.owner = s;
   s->out_.on_error = &Session::on_write_error;
   worker.sessions_.insert(s);
@@ -334,7 +349,7 @@ void Session::check_deadlines(std::uint64_t now_ms) {
 
 void Session::on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
   auto* s = static_cast<Session*>(handle->data);
-  *buf = s->in_.prepare(16 * 1024, s->scanner_.size_hint());
+  *buf = s->tls_ ? s->tls_->read_space() : s->in_.prepare(16 * 1024, s->scanner_.size_hint());
 }
 
 void Session::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t*) {
@@ -354,7 +369,26 @@ void Session::on_read(ssize_t nread) {
     close();
     return;
   }
-  in_.commit(static_cast<std::size_t>(nread));
+  if (tls_) {
+    const long plain = tls_->decrypt(static_cast<std::size_t>(nread), in_);
+    // The handshake's next flight, or the alert that says why it failed, goes out either way.
+    const int flushed = out_.flush();
+    if (plain < 0) {
+      worker_.note_tls_failure("client " + peer_, tls_->error());
+      close();
+      return;
+    }
+    if (flushed < 0) {
+      close();
+      return;
+    }
+    if (plain == 0) {
+      in_.release();
+      return;
+    }
+  } else {
+    in_.commit(static_cast<std::size_t>(nread));
+  }
   if (quit_after_flush_) {
     // After QUIT or a protocol error nothing more is run, and nothing more is kept.
     in_.consume(in_.size());

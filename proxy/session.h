@@ -131,6 +131,7 @@ class Session {
 
   Worker& worker_;
   uv_tcp_t tcp_{};
+  std::unique_ptr<TlsChannel> tls_;  // null on a plain TCP port
   ReadBuffer in_;
   StreamWriter out_;
   resp::Scanner scanner_;

@@ -351,8 +351,11 @@ ControlReply SlotControl::route(std::string_view body) {
   // A ROUTE moves every client's commands for the slots at once, and no MOVED would correct a wrong one: the
   // cluster must agree before any worker follows it (route_check.h). It costs a connection and one command
   // to the node per ROUTE, within the connect timeout; the orchestrator sends one ROUTE per batch.
-  const RouteVerdict verdict = check_route(*slots, *node, proxy_.topology(), proxy_.config().seeds,
-                                           std::min(proxy_.config().connect_timeout, kRouteCheck));
+  const RouteVerdict verdict = check_route(
+      *slots, *node, proxy_.topology(), proxy_.config().seeds,
+      std::min(proxy_.config().connect_timeout, kRouteCheck),
+      [this](const HostPort& n, std::string command, std::chrono::steady_clock::time_point deadline,
+             std::string& failure) { return proxy_.ask_node(n, std::move(command), deadline, failure); });
   if (!verdict.ok()) {
     json refusal{{"error", verdict.error + "; nothing was routed"}, {"node", node->str()}};
     if (verdict.not_owned.any()) refusal["not_owned"] = verdict.not_owned.str();

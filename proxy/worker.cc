@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <condition_variable>
 #include <cstring>
 
 #include "common/resp.h"
@@ -169,6 +170,8 @@ void Worker::on_async(uv_async_t* handle) {
     s->close();
   for (auto& [name, b] : self->backends_)
     b->shutdown();
+  for (auto& b : self->questions_)
+    b->shutdown();
   // Connections retired in this very iteration are freed at a tick that will not come: their handles must
   // close now, or the loop never ends.
   for (auto& b : self->retired_)
@@ -190,6 +193,22 @@ std::size_t Worker::close_idle_dedicated() {
   for (Session* s : sessions_)
     closed += s->close_idle_dedicated(0);
   return closed;
+}
+
+void Worker::ask_node(const HostPort& node, std::string command, NodeAnswer done) {
+  questions_.push_back(std::make_unique<Backend>(*this, node, own_login_));
+  Backend* asked = questions_.back().get();
+  asked->send_internal(std::move(command), [this, asked, done = std::move(done)](const std::string* reply) {
+    done(reply, reply ? std::string() : asked->last_failure());
+    // Closed now, freed at the next tick: this runs inside a callback of that very connection.
+    for (auto it = questions_.begin(); it != questions_.end(); ++it) {
+      if (it->get() != asked) continue;
+      asked->shutdown();
+      retire(std::move(*it));
+      questions_.erase(it);
+      break;
+    }
+  });
 }
 
 Backend* Worker::backend(const HostPort& node, const LoginPtr& login) {
@@ -607,6 +626,13 @@ void Worker::on_tick() {
   if (held_.active()) held_.on_tick(now);
   for (auto& [name, b] : backends_)
     b->check_deadlines(now);
+  for (Backend* b : [this] {
+         std::vector<Backend*> v;
+         for (auto& q : questions_)
+           v.push_back(q.get());
+         return v;
+       }())
+    b->check_deadlines(now);
   for (Session* s : std::vector<Session*>(sessions_.begin(), sessions_.end())) {
     s->check_deadlines(now);
     s->check_idle(now);
@@ -626,7 +652,97 @@ Proxy::Proxy(Config config) : config_(std::move(config)) {
     workers_.push_back(std::make_unique<Worker>(*this, config_, i));
 }
 
+void Worker::note_tls_failure(const std::string& who, const std::string& why) {
+  const std::uint64_t now = now_ms();
+  if (tls_failure_logged_ms_ != 0 && now - tls_failure_logged_ms_ < 1000) {
+    ++tls_failures_unlogged_;
+    return;
+  }
+  std::string others;
+  if (tls_failures_unlogged_ > 0)
+    others = " (and " + std::to_string(tls_failures_unlogged_) + " other failures since the last such line)";
+  std::fprintf(stderr, "slotshift-proxy: TLS with %s failed: %s%s\n", who.c_str(), why.c_str(),
+               others.c_str());
+  tls_failure_logged_ms_ = now;
+  tls_failures_unlogged_ = 0;
+}
+
+std::string Proxy::load_tls(std::shared_ptr<const TlsContext>& client,
+                            std::shared_ptr<const TlsContext>& backend) {
+  std::string error;
+  if (config_.tls.enabled && !(client = TlsContext::server(config_.tls, error)))
+    return "TLS toward clients: " + error;
+  if (config_.backend_tls.enabled && !(backend = TlsContext::client(config_.backend_tls, error)))
+    return "TLS toward the cluster: " + error;
+  return "";
+}
+
+std::shared_ptr<const TlsContext> Proxy::client_tls() const {
+  std::lock_guard lock(tls_mutex_);
+  return client_tls_;
+}
+
+std::shared_ptr<const TlsContext> Proxy::backend_tls() const {
+  std::lock_guard lock(tls_mutex_);
+  return backend_tls_;
+}
+
+std::string Proxy::reload_tls() {
+  if (!config_.tls.enabled && !config_.backend_tls.enabled) return "no TLS configured, nothing to reload";
+  std::shared_ptr<const TlsContext> client, backend;
+  const std::string error = load_tls(client, backend);
+  if (!error.empty())
+    return "TLS files not reloaded, the connections made from now on use the old ones: " + error;
+  {
+    std::lock_guard lock(tls_mutex_);
+    client_tls_ = std::move(client);
+    backend_tls_ = std::move(backend);
+  }
+  std::string what;
+  if (config_.tls.enabled) what = "toward clients " + config_.tls.cert_file;
+  if (config_.backend_tls.enabled) {
+    if (!what.empty()) what += ", ";
+    what += "toward the cluster " + (config_.backend_tls.cert_file.empty() ? std::string("(CAs only)")
+                                                                           : config_.backend_tls.cert_file);
+  }
+  return "TLS files reloaded (" + what + "): new connections use them, open ones keep theirs";
+}
+
+std::optional<std::string> Proxy::ask_node(const HostPort& node, std::string command,
+                                           std::chrono::steady_clock::time_point deadline, std::string& why) {
+  struct Answer {
+    std::mutex mutex;
+    std::condition_variable ready;
+    bool done = false;
+    std::optional<std::string> reply;
+    std::string why;
+  };
+  auto answer = std::make_shared<Answer>();
+  Worker& worker = *workers_.front();
+  const bool posted = worker.post([&worker, node, command = std::move(command), answer]() mutable {
+    worker.ask_node(node, std::move(command), [answer](const std::string* reply, const std::string& failure) {
+      std::lock_guard lock(answer->mutex);
+      if (reply) answer->reply = *reply;
+      answer->why = failure;
+      answer->done = true;
+      answer->ready.notify_all();
+    });
+  });
+  if (!posted) {
+    why = "the proxy is stopping";
+    return std::nullopt;
+  }
+  std::unique_lock lock(answer->mutex);
+  if (!answer->ready.wait_until(lock, deadline, [&answer] { return answer->done; })) {
+    why = "no reply in time";
+    return std::nullopt;
+  }
+  if (!answer->reply) why = answer->why;
+  return answer->reply;
+}
+
 std::string Proxy::start() {
+  if (auto error = load_tls(client_tls_, backend_tls_); !error.empty()) return error;
   start_time_ms_ = uv_now(workers_.front()->loop());
   for (auto& w : workers_) {
     auto error = w->bind();

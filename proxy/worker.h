@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -59,6 +60,17 @@ class Worker {
   // Runs `op` on this worker's loop, soon (callable from any thread: the admin endpoint's control calls).
   // False if the loop is not running.
   bool post(std::function<void()> op);
+
+  // A TLS connection that failed, `who` being "client HOST:PORT" or "node HOST:PORT" (a refused certificate,
+  // a client speaking plain text to the TLS port): logged, at most once a second per worker, with how many
+  // were not.
+  void note_tls_failure(const std::string& who, const std::string& why);
+
+  // Sends `command` (its wire bytes) to `node` on a connection of its own, logged in and over TLS as every
+  // connection of the proxy's, and closes it after the reply. `done` gets the reply's bytes, or null and why
+  // there is none. For the admin endpoint's questions (route_check.h); on this worker's loop only.
+  using NodeAnswer = std::function<void(const std::string* reply, const std::string& why)>;
+  void ask_node(const HostPort& node, std::string command, NodeAnswer done);
 
   // The shared connection to `node` (created on first use), logged in as the proxy (masteruser/masterauth),
   // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
@@ -110,6 +122,8 @@ class Worker {
   Proxy& proxy_;
   const Config& config_;
   int index_;
+  std::uint64_t tls_failure_logged_ms_ = 0;
+  std::uint64_t tls_failures_unlogged_ = 0;
   uv_loop_t loop_{};
   uv_tcp_t listener_{};
   uv_timer_t tick_{};
@@ -127,6 +141,7 @@ class Worker {
   std::map<std::string, std::unique_ptr<Backend>> backends_;
   LoginPtr own_login_;  // masteruser/masterauth; null: no AUTH
   std::vector<std::unique_ptr<Backend>> retired_;
+  std::vector<std::unique_ptr<Backend>> questions_;  // ask_node()'s connections, until their reply
   std::vector<Backend*> dirty_;
   std::vector<Session*> dirty_sessions_;
   std::vector<RequestPtr> retries_;
@@ -168,6 +183,17 @@ class Proxy {
   // load. The admin endpoint checks a ROUTE against it (route_check.h). Callable from any thread.
   void topology_loaded(TopologySnapshot topology);
   TopologySnapshot topology() const;
+  // The TLS contexts that new connections use, toward clients and toward nodes; null where that side is plain
+  // TCP. Callable from any thread.
+  std::shared_ptr<const TlsContext> client_tls() const;
+  std::shared_ptr<const TlsContext> backend_tls() const;
+  // Reads the TLS files again (SIGHUP): connections made from now on use them, open ones keep theirs. A file
+  // that cannot be used keeps the old contexts, both sides. Says what happened.
+  std::string reload_tls();
+  // ask_node() from any thread, waiting for the reply until `deadline`: the reply's bytes, or nullopt and
+  // why.
+  std::optional<std::string> ask_node(const HostPort& node, std::string command,
+                                      std::chrono::steady_clock::time_point deadline, std::string& why);
 
  private:
   Config config_;
@@ -179,6 +205,11 @@ class Proxy {
   HoldRegistry holds_;
   mutable std::mutex topology_mutex_;  // taken once per reload, and by a ROUTE: never on a request's path
   TopologySnapshot topology_;
+  // Builds both sides' contexts from config_; "" or why not.
+  std::string load_tls(std::shared_ptr<const TlsContext>& client, std::shared_ptr<const TlsContext>& backend);
+  mutable std::mutex tls_mutex_;  // taken once per new connection, with TLS only
+  std::shared_ptr<const TlsContext> client_tls_;
+  std::shared_ptr<const TlsContext> backend_tls_;
 };
 
 }  // namespace slotshift::proxy

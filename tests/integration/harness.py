@@ -281,15 +281,17 @@ def exchange(port, data, lines, timeout=10):
 
 class Proxy:
     def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None, preexec=None, login=None,
-                 env=None):
+                 env=None, client_tls=None):
         """admin=True serves the admin endpoint on a free loopback port (self.admin_port), with admin_token if
         given; admin_call() talks to it. preexec runs in the proxy's process before it starts (resource
         limits). login: the AUTH arguments a client needs (("pw",) or ("user", "pw")), for the check that the
-        proxy is up. env: the proxy's environment."""
+        proxy is up. env: the proxy's environment. client_tls: an ssl.SSLContext a client needs when the proxy's
+        port speaks TLS (--tls-cert-file), for that check."""
         self.admin_token = admin_token
         self.preexec = preexec
         self.login = login
         self.env = env
+        self.client_tls = client_tls
         # free_port() only finds a port that was free a moment ago: another test running beside this one may
         # take it first. A proxy that could not listen for that reason is started again on other ports.
         for _ in range(3):
@@ -318,17 +320,18 @@ class Proxy:
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(auth + b"DBSIZE\r\n")
-                    got = b""
-                    while got.count(b"\r\n") < (2 if auth else 1):
-                        chunk = s.recv(100)
-                        if not chunk:
-                            break
-                        got += chunk
-                    if got.removeprefix(b"+OK\r\n" if auth else b"").startswith(b":"):
-                        return True
-            except OSError:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw:
+                    with self.client_tls.wrap_socket(raw) if self.client_tls else raw as s:
+                        s.sendall(auth + b"DBSIZE\r\n")
+                        got = b""
+                        while got.count(b"\r\n") < (2 if auth else 1):
+                            chunk = s.recv(100)
+                            if not chunk:
+                                break
+                            got += chunk
+                        if got.removeprefix(b"+OK\r\n" if auth else b"").startswith(b":"):
+                            return True
+            except OSError:  # ssl.SSLError included
                 pass
             if self.proc.poll() is not None:
                 return False

@@ -2,6 +2,8 @@
 // With IOREDIS_PASSWORD (and IOREDIS_USERNAME) in the environment, it logs in as an application would.
 'use strict';
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
 const Redis = require('ioredis');
 
 const port = Number(process.argv[2]);
@@ -65,6 +67,13 @@ check('errors pass through', async (r) => {
     maxRetriesPerRequest: 0,
     username: process.env.IOREDIS_USERNAME,
     password: process.env.IOREDIS_PASSWORD,
+    // With IOREDIS_TLS_DIR, over TLS as an application would: the CA that signs the proxy's certificate, and a
+    // client certificate of its own.
+    tls: process.env.IOREDIS_TLS_DIR ? {
+      ca: fs.readFileSync(path.join(process.env.IOREDIS_TLS_DIR, 'ca.crt')),
+      cert: fs.readFileSync(path.join(process.env.IOREDIS_TLS_DIR, 'client.crt')),
+      key: fs.readFileSync(path.join(process.env.IOREDIS_TLS_DIR, 'client.key')),
+    } : undefined,
   });
   await r.connect();
   let passed = 0, failed = 0;
