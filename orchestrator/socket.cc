@@ -41,8 +41,10 @@ short poll_fd(int fd, short events, Clock::time_point deadline) {
 }
 
 // OpenSSL writes to the socket with write(2), which raises SIGPIPE once the node has closed its end (the
-// plain path passes MSG_NOSIGNAL to send()). SIGPIPE is blocked in this thread for the call, and one it
-// raised is taken back, so the process neither dies nor needs a process-wide SIG_IGN.
+// plain path passes MSG_NOSIGNAL to send()). Reads write too: SSL_read answers a key update and sends an
+// alert on a fatal error, such as the end of the stream after the replica link's shutdown(). SIGPIPE is
+// blocked in this thread around every SSL call, and one it raised is taken back, so the process neither
+// dies nor needs a process-wide SIG_IGN.
 class SigpipeBlock {
  public:
   SigpipeBlock() {
@@ -227,6 +229,7 @@ bool Socket::handshake(const TlsContext& context, Clock::time_point deadline) {
     return fail("TLS: " + tls_error_text("cannot create a TLS connection"));
   }
   for (;;) {
+    const SigpipeBlock block;
     ERR_clear_error();
     const int rc = SSL_connect(tls_->ssl);
     if (rc == 1) return true;
@@ -336,6 +339,7 @@ long Socket::tls_read(char* dst, std::size_t n, Clock::time_point deadline) {
     int err = SSL_ERROR_NONE;
     {
       std::lock_guard lock(tls_->mu);
+      const SigpipeBlock block;
       if (!tls_->deferred_error.empty()) {
         fail(std::exchange(tls_->deferred_error, {}));
         return -1;
