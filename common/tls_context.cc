@@ -43,8 +43,10 @@ namespace {
 // peer's. False with `error` set when a file cannot be used.
 bool load_common(SSL_CTX* ctx, const TlsSettings& s, bool need_cert, std::string& error) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  // A write of any size is taken whole and may move in memory between tries (the proxy's buffers grow).
-  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // A write may move in memory between tries (the proxy's buffers grow); an idle connection gives its record
+  // buffers back (thousands of idle clients).
+  SSL_CTX_set_mode(
+      ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
   if (need_cert && (s.cert_file.empty() || s.key_file.empty())) {
     error = "a TLS server needs a certificate and its key (tls-cert-file, tls-key-file)";
     return false;

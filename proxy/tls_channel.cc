@@ -8,8 +8,11 @@
 namespace slotshift::proxy {
 
 namespace {
-// One TLS record's worth: a read never brings more plaintext than this into the connection's buffer.
+// One TLS record's worth: a read never brings more plaintext than this into the connection's buffer. One per
+// thread, not per connection: libuv calls a stream's read callback right after its allocation callback, and
+// decrypt() copies the bytes out before anything else runs, so an idle TLS client holds no read buffer.
 constexpr std::size_t kScratch = 16 * 1024 + 512;
+thread_local char scratch[kScratch];
 }  // namespace
 
 std::unique_ptr<TlsChannel> TlsChannel::make(const TlsContext& context, std::string& error) {
@@ -35,8 +38,7 @@ TlsChannel::~TlsChannel() {
 }
 
 uv_buf_t TlsChannel::read_space() {
-  if (!scratch_) scratch_ = std::make_unique<char[]>(kScratch);
-  return uv_buf_init(scratch_.get(), kScratch);
+  return uv_buf_init(scratch, kScratch);
 }
 
 bool TlsChannel::start() {
@@ -83,7 +85,7 @@ bool TlsChannel::usable_after(int rc) {
 }
 
 long TlsChannel::decrypt(std::size_t n, ReadBuffer& in) {
-  if (n > 0 && BIO_write(in_bio_, scratch_.get(), static_cast<int>(n)) != static_cast<int>(n)) {
+  if (n > 0 && BIO_write(in_bio_, scratch, static_cast<int>(n)) != static_cast<int>(n)) {
     error_ = "out of memory for TLS input";
     return -1;
   }

@@ -26,11 +26,13 @@ class TlsChannel {
   TlsChannel(const TlsChannel&) = delete;
   TlsChannel& operator=(const TlsChannel&) = delete;
 
-  // Where libuv reads ciphertext: a fixed buffer, so a connection's memory is bounded by what it decrypts.
-  uv_buf_t read_space();
-  // Takes the `n` bytes just read into read_space() and decrypts whatever is complete into `in`. Returns the
-  // plaintext bytes added (0 when a record or the handshake is not complete yet), or -1 when the connection
-  // failed (error() says why: a certificate refused, a peer that does not speak TLS, an alert).
+  // Where libuv reads ciphertext: a fixed buffer of the thread's, so a connection's memory is bounded by what
+  // it decrypts.
+  static uv_buf_t read_space();
+  // Takes the `n` bytes just read into read_space() (nothing may run in between) and decrypts whatever is
+  // complete into `in`. Returns the plaintext bytes added (0 when a record or the handshake is not complete
+  // yet), or -1 when the connection failed (error() says why: a certificate refused, a peer that does not
+  // speak TLS, an alert).
   long decrypt(std::size_t n, ReadBuffer& in);
   // Encrypts as much of `plain` as the connection takes now: nothing until the handshake is done. Returns the
   // bytes taken, or -1 on failure.
@@ -51,7 +53,6 @@ class TlsChannel {
   SSL* ssl_ = nullptr;
   BIO* in_bio_ = nullptr;   // ciphertext from the peer, owned by ssl_
   BIO* out_bio_ = nullptr;  // ciphertext to the peer, owned by ssl_
-  std::unique_ptr<char[]> scratch_;
   std::string error_;
 };
 

@@ -136,6 +136,20 @@ class ClusterWithPassword(ProxyInFront):
         finally:
             proxy.stop()
 
+    def test_route_is_checked_with_the_proxys_login(self):
+        """A ROUTE (sent by slotshift move at each cutover) is checked by asking the new owner which slots it owns:
+        that question logs in like every other connection of the proxy's."""
+        text = redis.Redis(host=self.cluster.nodes[0][0], port=self.cluster.nodes[0][1], password="clusterpw",
+                           decode_responses=True).execute_command("CLUSTER", "NODES")
+        owner = next(e for e in (harness.NodeEntry(line) for line in text.splitlines() if line.strip())
+                     if e.is_master() and 0 in e.slots)
+        proxy = harness.Proxy(self.cluster, "--masterauth-file", self.pwfile, admin=True, admin_token="t")
+        try:
+            status, out = proxy.admin_call("POST", "/v1/slots/route", {"slots": "0", "node": "%s:%d" % owner.addr})
+            self.assertEqual(status, 200, out)
+        finally:
+            proxy.stop()
+
     def check_clients_told(self, flags, words):
         """A proxy started with `flags` cannot log in: its clients' commands fail within the request timeout
         with an error naming the cause, and its log says what to do."""
