@@ -43,6 +43,8 @@ namespace {
 // peer's. False with `error` set when a file cannot be used.
 bool load_common(SSL_CTX* ctx, const TlsSettings& s, bool need_cert, std::string& error) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  // TLS 1.2 renegotiation lets a peer make the other side redo handshakes at will: nothing here needs it.
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
   // A write may move in memory between tries (the proxy's buffers grow); an idle connection gives its record
   // buffers back (thousands of idle clients).
   SSL_CTX_set_mode(

@@ -105,6 +105,16 @@ void Backend::send_internal(std::string wire, InternalCallback done) {
   mark_dirty();
 }
 
+bool Backend::send_raw(std::string_view wire) {
+  if (!conn_) connect();
+  if (!conn_) return false;
+  outbox().append(wire);
+  queued_bytes_ += wire.size();
+  last_activity_ms_ = worker_.now_ms();
+  mark_dirty();
+  return true;
+}
+
 void Backend::flush() {
   dirty_ = false;
   if (!conn_ || !conn_->connected) return;  // on_connected flushes
@@ -272,7 +282,10 @@ void Backend::on_read(ssize_t nread) {
         return;
       }
     }
-    if (plain == 0) return;
+    if (plain == 0) {
+      if (conn->tls->peer_closed()) fail("connection closed by the server");
+      return;
+    }
   } else {
     conn->in.commit(static_cast<std::size_t>(nread));
   }
@@ -293,10 +306,18 @@ void Backend::on_read(ssize_t nread) {
     if (conn_ != conn) return;
     conn->in.consume(size);
   }
-  if (conn_ == conn) conn->in.trim(64 * 1024);
+  if (conn_ != conn) return;
+  conn->in.trim(64 * 1024);
+  // A close_notify after the replies: they were used, and the connection is over.
+  if (conn->tls && conn->tls->peer_closed()) fail("connection closed by the server");
 }
 
 void Backend::handle_reply(std::string_view reply) {
+  // A subscribed connection: what is not the login's answer is a message or a confirmation for the sink.
+  if (push_sink_ && (pending_.empty() || !pending_.front().internal)) {
+    push_sink_(reply);
+    return;
+  }
   if (pending_.empty()) {
     fail("the server sent a reply nobody asked for");
     return;

@@ -47,6 +47,13 @@ class Backend {
   using InternalCallback = std::function<void(const std::string* reply)>;
   void send_internal(std::string wire, InternalCallback done);
 
+  // Pub/Sub: a connection in subscribed mode sends messages nobody asked for. With a sink, everything the
+  // node sends (after the login) goes to it as it comes, whole messages one at a time; commands are written
+  // with send_raw(), which expects no reply of its own. False when no connection could even be started.
+  using PushSink = std::function<void(std::string_view message)>;
+  void set_push_sink(PushSink sink) { push_sink_ = std::move(sink); }
+  bool send_raw(std::string_view wire);
+
   // Writes what was queued. Called by the worker once per loop iteration for every backend that has output.
   void flush();
   // Answers requests whose deadline passed (their late replies are dropped when they come), and gives up on a
@@ -123,6 +130,7 @@ class Backend {
   bool awaiting_login_ = false;
   std::string after_login_;
   std::function<void()> on_fail_;
+  PushSink push_sink_;
   Conn* conn_ = nullptr;
   std::deque<Pending> pending_;
   std::uint64_t queued_bytes_ = 0;  // bytes ever queued on the current connection

@@ -384,6 +384,7 @@ void Session::on_read(ssize_t nread) {
     }
     if (plain == 0) {
       in_.release();
+      if (tls_->peer_closed()) close();
       return;
     }
   } else {
@@ -397,6 +398,8 @@ void Session::on_read(ssize_t nread) {
   }
   last_activity_ms_ = worker_.now_ms();
   process_input();
+  // A close_notify after the commands: they run, as after a TCP FIN.
+  if (tls_ && tls_->peer_closed()) close();
 }
 
 void Session::process_input() {
@@ -456,6 +459,16 @@ void Session::pause_or_resume_reading() {
 }
 
 void Session::check_idle(std::uint64_t now_ms) {
+  // A TLS client has the connect timeout's worth (at least 10 s) to finish its handshake: one that stalls
+  // in it has run nothing and would hold its place among max-clients for good.
+  const auto handshake_ms =
+      std::max<std::uint64_t>(10000, static_cast<std::uint64_t>(worker_.config().connect_timeout.count()));
+  if (tls_ && !tls_->handshake_done() && now_ms - created_ms_ > handshake_ms) {
+    worker_.note_tls_failure("client " + peer_,
+                             "no handshake within " + std::to_string(handshake_ms) + " ms");
+    close();
+    return;
+  }
   const auto idle = static_cast<std::uint64_t>(worker_.config().idle_timeout.count()) * 1000;
   if (idle > 0 && queue_.empty() && now_ms - last_activity_ms_ > idle) {
     worker_.stats().clients_idle.add();

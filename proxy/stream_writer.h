@@ -113,6 +113,11 @@ class StreamWriter {
       if (encrypted_ > 0 && encrypted_ == out_.size()) {
         release_if_large();
         encrypted_ = 0;
+      } else if (encrypted_ >= kTlsBatch && encrypted_ >= out_.size() / 2) {
+        // A reader slower than the replies keep coming: out_ never empties, so what is encrypted goes now, or
+        // it would stay for the connection's life (and outside pending_bytes(), so outside every bound).
+        out_.erase(0, encrypted_);
+        encrypted_ = 0;
       }
       if (wire.empty()) return 0;
       uv_buf_t buf = uv_buf_init(wire.data(), static_cast<unsigned>(wire.size()));

@@ -33,6 +33,26 @@ std::unique_ptr<TlsChannel> TlsChannel::make(const TlsContext& context, std::str
   return channel;
 }
 
+namespace {
+// Below this a memory BIO's buffer is not worth replacing.
+constexpr std::size_t kShedAbove = 4096;
+}  // namespace
+
+void TlsChannel::shed_input() {
+  BIO* fresh = BIO_new(BIO_s_mem());
+  if (!fresh) return;  // kept as it is: it still works
+  BIO_set_mem_eof_return(fresh, -1);
+  SSL_set0_rbio(ssl_, fresh);  // frees the old one
+  in_bio_ = fresh;
+}
+
+void TlsChannel::shed_output() {
+  BIO* fresh = BIO_new(BIO_s_mem());
+  if (!fresh) return;
+  SSL_set0_wbio(ssl_, fresh);
+  out_bio_ = fresh;
+}
+
 TlsChannel::~TlsChannel() {
   if (ssl_) SSL_free(ssl_);  // frees both BIOs
 }
@@ -42,6 +62,9 @@ uv_buf_t TlsChannel::read_space() {
 }
 
 bool TlsChannel::start() {
+  // OpenSSL's error queue is the thread's, shared by every connection of the worker: a stale entry would make
+  // the next call's outcome look like a failure.
+  ERR_clear_error();
   const int rc = SSL_do_handshake(ssl_);
   return rc == 1 || usable_after(rc);
 }
@@ -61,6 +84,7 @@ void TlsChannel::take_output(std::string& wire) {
   wire.resize(at + pending);
   const int got = BIO_read(out_bio_, wire.data() + at, static_cast<int>(pending));
   wire.resize(at + static_cast<std::size_t>(got > 0 ? got : 0));
+  if (pending > kShedAbove && BIO_ctrl_pending(out_bio_) == 0) shed_output();
 }
 
 bool TlsChannel::usable_after(int rc) {
@@ -69,6 +93,8 @@ bool TlsChannel::usable_after(int rc) {
     case SSL_ERROR_WANT_WRITE:  // a memory BIO takes every write; kept for completeness
       return true;
     case SSL_ERROR_ZERO_RETURN:
+      // close_notify: a clean end, not a failure (decrypt() reports it through peer_closed()).
+      peer_closed_ = true;
       error_ = "the peer closed the TLS connection";
       return false;
     case SSL_ERROR_SSL: {
@@ -86,6 +112,7 @@ bool TlsChannel::usable_after(int rc) {
 
 long TlsChannel::decrypt(std::size_t n, ReadBuffer& in) {
   if (n > 0 && BIO_write(in_bio_, scratch, static_cast<int>(n)) != static_cast<int>(n)) {
+    ERR_clear_error();
     error_ = "out of memory for TLS input";
     return -1;
   }
@@ -94,13 +121,16 @@ long TlsChannel::decrypt(std::size_t n, ReadBuffer& in) {
     // Room for a whole record: SSL_read hands over at most one record's plaintext per call.
     const uv_buf_t room = in.prepare(16 * 1024);
     std::size_t got = 0;
+    ERR_clear_error();
     const int rc = SSL_read_ex(ssl_, room.base, room.len, &got);
     if (rc == 1) {
       in.commit(got);
       total += static_cast<long>(got);
       continue;
     }
-    if (!usable_after(0)) return -1;
+    // What came before a close_notify is the peer's last word: it is used, then the connection ends.
+    if (!usable_after(0) && !peer_closed_) return -1;
+    if (n > kShedAbove && BIO_ctrl_pending(in_bio_) == 0) shed_input();
     return total;
   }
 }
@@ -108,6 +138,7 @@ long TlsChannel::decrypt(std::size_t n, ReadBuffer& in) {
 long TlsChannel::encrypt(std::string_view plain) {
   if (plain.empty()) return 0;
   std::size_t taken = 0;
+  ERR_clear_error();
   const int rc = SSL_write_ex(ssl_, plain.data(), plain.size(), &taken);
   if (rc == 1) return static_cast<long>(taken);
   return usable_after(0) ? 0 : -1;

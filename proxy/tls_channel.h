@@ -43,6 +43,9 @@ class TlsChannel {
   void take_output(std::string& wire);
   bool has_output() const;
   bool handshake_done() const;
+  // The peer ended the connection cleanly (close_notify): what came before it was decrypted and is to be
+  // used, then the connection is over, as after a TCP FIN.
+  bool peer_closed() const { return peer_closed_; }
   const std::string& error() const { return error_; }
 
  private:
@@ -53,7 +56,13 @@ class TlsChannel {
   SSL* ssl_ = nullptr;
   BIO* in_bio_ = nullptr;   // ciphertext from the peer, owned by ssl_
   BIO* out_bio_ = nullptr;  // ciphertext to the peer, owned by ssl_
+  // Fresh memory BIOs once they are empty again after a large record: a memory BIO never gives back what it
+  // grew to, and an idle connection should hold no buffers.
+  void shed_input();
+  void shed_output();
+
   std::string error_;
+  bool peer_closed_ = false;
 };
 
 }  // namespace slotshift::proxy

@@ -170,7 +170,11 @@ void Worker::on_async(uv_async_t* handle) {
     s->close();
   for (auto& [name, b] : self->backends_)
     b->shutdown();
+  // A question's callback takes it out of questions_ (into retired_): the walk goes over a copy.
+  std::vector<Backend*> questions;
   for (auto& b : self->questions_)
+    questions.push_back(b.get());
+  for (Backend* b : questions)
     b->shutdown();
   // Connections retired in this very iteration are freed at a tick that will not come: their handles must
   // close now, or the loop never ends.

@@ -57,6 +57,14 @@ def peer_common_name(port, ctx):
             return subject["commonName"]
 
 
+def rss_mb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) >> 10
+    raise AssertionError("no VmRSS")
+
+
 def start_proxy_raw(cluster, *flags):
     """A proxy that may not serve (a backend it cannot reach): started, and waited for until it listens."""
     port = harness.free_port()
@@ -166,6 +174,77 @@ class TlsCluster(unittest.TestCase):
         self.assertIsNone(self.client().get("refused:None"))
         self.assertIsNone(self.client().get("refused:other-client.crt"))
         self.assertRegex(self.proxy.output(), "TLS with client 127.0.0.1:[0-9]+ failed: .*certificate")
+
+    def test_a_command_before_close_notify_runs(self):
+        """A client that sends its last command and its close_notify in one segment (Go, netty, openssl s_client
+        close this way): the command runs, as before a TCP FIN, and nothing is logged as a failure."""
+        self.client().set("cn:{k}", "before")
+        raw = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_context(self.tls).wrap_bio(incoming, outgoing)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        tls.write(b"*3\r\n$3\r\nSET\r\n$6\r\ncn:{k}\r\n$5\r\nafter\r\n")
+        try:
+            tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        raw.sendall(outgoing.read())  # the command and the close_notify together
+        raw.shutdown(socket.SHUT_WR)
+        raw.recv(65536)
+        raw.close()
+        deadline = time.time() + 5
+        while self.client().get("cn:{k}") != b"after" and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.client().get("cn:{k}"), b"after")
+        self.assertNotIn("peer closed", self.proxy.output())
+
+    def test_slow_reader_memory_stays_bounded(self):
+        """A TLS client that keeps 40 MB of large GETs outstanding and reads at 8 MB/s: the proxy holds its
+        backlog, not everything it has sent (which grew by 8 MB a second before)."""
+        value = 512 * 1024
+        self.client().set("big:{b}", b"x" * value)
+        reply = len(b"$%d\r\n" % value) + value + 2
+        with socket.create_connection(("127.0.0.1", self.proxy.port), timeout=30) as raw:
+            with client_context(self.tls).wrap_socket(raw) as s:
+                request = b"*2\r\n$3\r\nGET\r\n$7\r\nbig:{b}\r\n"
+                sent, got, stop = [0], [0], threading.Event()
+
+                def write():
+                    while not stop.is_set():
+                        if sent[0] - got[0] // reply < 80:
+                            s.sendall(request * 4)
+                            sent[0] += 4
+                        else:
+                            time.sleep(0.005)
+                writer = threading.Thread(target=write)
+                writer.start()
+                rate = 8 << 20
+                start = time.time()
+                samples = {}
+                try:
+                    while time.time() - start < 10:
+                        got[0] += len(s.recv(256 * 1024))
+                        allowed = (time.time() - start) * rate
+                        if got[0] > allowed:
+                            time.sleep((got[0] - allowed) / rate)
+                        second = int(time.time() - start)
+                        if second in (3, 9) and second not in samples:
+                            samples[second] = rss_mb(self.proxy.proc.pid)
+                finally:
+                    stop.set()
+                    writer.join()
+        print("slow TLS reader: proxy RSS %s MB at 3 s and 9 s, %d MB read" % (
+            [samples.get(3), samples.get(9)], got[0] >> 20), file=sys.stderr)
+        self.assertEqual(sorted(samples), [3, 9])
+        self.assertGreater(got[0], 50 << 20, "the client read too little for the check to mean anything")
+        self.assertLess(samples[9] - samples[3], 20, "the proxy keeps what it has already sent")
 
     def test_plain_text_to_the_tls_port_runs_nothing(self):
         with socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10) as s:
