@@ -77,6 +77,11 @@ inline std::string unsupported_in_multi(std::string_view name, std::string_view 
   return "-ERR slotshift-proxy does not support '" + std::string(name) +
          "' inside MULTI: " + std::string(why) + "\r\n";
 }
+// A command other than these in subscribed mode (RESP2), in Redis's words.
+inline std::string subscribed_only(std::string_view command) {
+  return "-ERR Can't execute '" + std::string(command) +
+         "': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n";
+}
 inline std::string too_many_blocking(std::size_t limit) {
   return "-ERR slotshift-proxy: too many blocking commands at once (max-blocking-connections is " +
          std::to_string(limit) + "); try again later\r\n";

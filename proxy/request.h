@@ -24,6 +24,8 @@ enum class Merge : std::uint8_t {
   kSumIntegers,   // DEL, UNLINK, EXISTS, TOUCH, DBSIZE
   kAllOk,         // MSET, FLUSHALL, SCRIPT FLUSH: +OK when every part says so, else the first error
   kConcatArrays,  // KEYS
+  kUnionArrays,   // PUBSUB CHANNELS, SHARDCHANNELS: each name once
+  kSumPairs,      // PUBSUB NUMSUB, SHARDNUMSUB: name, count, ... with the counts summed by name
   kFirstReply,    // SCRIPT LOAD: every master answers the same
   kArrayMin,      // SCRIPT EXISTS: 1 only where every master has it
   kScanCursor,    // SCAN: one master's reply, its cursor rewritten to carry where the walk is (scan_cursor.h)
@@ -77,6 +79,7 @@ struct Request {
   bool held =
       false;  // answered while an earlier request of its client was not: counted in the client's bounds
   bool silent = false;  // CLIENT REPLY OFF or SKIP: the client asked not to get this reply
+  bool push = false;    // a Pub/Sub message, not a reply: no latency to record
   std::string reply;    // the bytes the client gets
 
   // The deadline that bounds its next wait in the proxy.

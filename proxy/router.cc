@@ -13,6 +13,7 @@ namespace slotshift::proxy {
 
 void Router::moved(Slot slot, const HostPort& node) {
   slots_[slot] = worker_.backend(node);
+  worker_.owners_changed();
   refresh_soon();
 }
 
@@ -28,6 +29,7 @@ void Router::route(const SlotSet& slots, const HostPort& node) {
               [](const Backend* x, const Backend* y) { return x->name() < y->name(); });
   }
   b->warm();
+  worker_.owners_changed();
 }
 
 void Router::refresh_soon() {
@@ -142,6 +144,7 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
   last_error_.clear();
   refreshing_ = false;
   worker_.proxy().topology_loaded(make_snapshot(std::move(parsed.topology)));
+  worker_.owners_changed();
 }
 
 }  // namespace slotshift::proxy

@@ -72,11 +72,22 @@ struct FanOut {
   Merge merge;
 };
 constexpr FanOut kFanOut[] = {
-    {"dbsize", Merge::kSumIntegers},     {"keys", Merge::kConcatArrays},
-    {"flushall", Merge::kAllOk},         {"flushdb", Merge::kAllOk},
-    {"script|load", Merge::kFirstReply}, {"script|flush", Merge::kAllOk},
-    {"script|exists", Merge::kArrayMin}, {"function|load", Merge::kFirstReply},
-    {"function|delete", Merge::kAllOk},  {"function|flush", Merge::kAllOk},
+    {"dbsize", Merge::kSumIntegers},
+    {"keys", Merge::kConcatArrays},
+    {"flushall", Merge::kAllOk},
+    {"flushdb", Merge::kAllOk},
+    {"script|load", Merge::kFirstReply},
+    {"script|flush", Merge::kAllOk},
+    {"script|exists", Merge::kArrayMin},
+    {"function|load", Merge::kFirstReply},
+    {"function|delete", Merge::kAllOk},
+    {"function|flush", Merge::kAllOk},
+    // Each node knows its own subscribers only; the proxy's clients are subscribed on masters.
+    {"pubsub|channels", Merge::kUnionArrays},
+    {"pubsub|shardchannels", Merge::kUnionArrays},
+    {"pubsub|numsub", Merge::kSumPairs},
+    {"pubsub|shardnumsub", Merge::kSumPairs},
+    {"pubsub|numpat", Merge::kSumIntegers},
 };
 
 // Commands that would change the state of the connection they run on, or whose replies are not one per
@@ -94,11 +105,24 @@ constexpr std::string_view kPushWhy =
 constexpr std::string_view kWaitWhy =
     "it counts the replicas that acknowledged the writes of the connection it runs on, and the proxy's "
     "connections to nodes carry the writes of every client";
+// Outside a transaction these run on connections of the client's own (Session::pubsub_command); the proxy
+// does not queue them in one.
+constexpr std::string_view kPubSubInMultiWhy =
+    "inside a transaction: the proxy runs subscriptions on connections of the client's own, outside "
+    "transactions only";
 constexpr Unsupported kUnsupportedState[] = {
-    {"subscribe", kPushWhy},   {"psubscribe", kPushWhy},   {"ssubscribe", kPushWhy},
-    {"unsubscribe", kPushWhy}, {"punsubscribe", kPushWhy}, {"sunsubscribe", kPushWhy},
-    {"monitor", kPushWhy},     {"sync", kPushWhy},         {"psync", kPushWhy},
-    {"replconf", kStateWhy},   {"wait", kWaitWhy},         {"waitaof", kWaitWhy},
+    {"subscribe", kPubSubInMultiWhy},
+    {"psubscribe", kPubSubInMultiWhy},
+    {"ssubscribe", kPubSubInMultiWhy},
+    {"unsubscribe", kPubSubInMultiWhy},
+    {"punsubscribe", kPubSubInMultiWhy},
+    {"sunsubscribe", kPubSubInMultiWhy},
+    {"monitor", kPushWhy},
+    {"sync", kPushWhy},
+    {"psync", kPushWhy},
+    {"replconf", kStateWhy},
+    {"wait", kWaitWhy},
+    {"waitaof", kWaitWhy},
 };
 
 // How the proxy treats a command, decided once per command-table entry so that the hot path makes one hash
@@ -269,7 +293,8 @@ void Session::close() {
     backend->shutdown();
   worker_.proxy().blocking_connections().fetch_sub(dedicated_.size());
   if (login_check_) login_check_->shutdown();  // its callback retires it
-  execs_after_watch_.clear();                  // never sent: the client left before their watch was in force
+  end_subscriptions();
+  execs_after_watch_.clear();  // never sent: the client left before their watch was in force
   close_watch_connection(watch_);
   for (auto& w : retiring_watches_)
     close_watch_connection(w);
@@ -329,6 +354,8 @@ void Session::check_deadlines(std::uint64_t now_ms) {
   if (!execs_after_watch_.empty()) release_execs_after_watch();
   if (closing_) return;
   // Most clients have no connection of their own: nothing to walk, and nothing allocated every tick.
+  if (pubsub_) pubsub_->check(now_ms);
+  if (closing_) return;
   if (dedicated_.empty() && !login_check_ && !watch_.backend && retiring_watches_.empty()) return;
   // Answering a request can send others (a parked one, released), which may open or close connections of
   // this client: the loops go over what there was when they began (a connection closed meanwhile stays
@@ -620,7 +647,7 @@ void Session::flush_replies() {
         out.append(r.reply);
       }
     }
-    worker_.stats().record_latency((mono_ns() - r.start_ns) / 1000);
+    if (!r.push) worker_.stats().record_latency((mono_ns() - r.start_ns) / 1000);
     queue_.pop_front();
     any = true;
   }
@@ -658,6 +685,22 @@ void Session::handle(Args args, std::string_view raw) {
     answer(name, std::string(errors::kNoAuth));
     return;
   }
+  if (pubsub_ && pubsub_->active()) {
+    // Subscribed mode (RESP2), as on Redis: only these commands, and PING answers as a message does.
+    if (name == "ping" && args.size() <= 2) {
+      std::string reply;
+      resp::append_array_header(reply, 2);
+      resp::append_bulk(reply, "pong");
+      resp::append_bulk(reply, args.size() == 2 ? args[1] : std::string_view());
+      answer(name, std::move(reply));
+      return;
+    }
+    if (!name.ends_with("subscribe") && name != "quit" && name != "reset" && name != "ping") {
+      answer(name, errors::subscribed_only(name));
+      return;
+    }
+  }
+  if (!in_multi_ && pubsub_command(name, args, cmd)) return;
   if (in_multi_) {
     // What Redis runs at once inside a transaction rather than queueing it.
     if (name == "exec" || name == "discard" || name == "multi" || name == "quit" || name == "reset") {
@@ -878,7 +921,56 @@ bool Session::client_command(Args args) {
   return true;
 }
 
+bool Session::pubsub_command(const std::string& name, Args args, const CommandInfo* cmd) {
+  using Kind = Subscriptions::Kind;
+  static const std::pair<std::string_view, std::pair<Kind, bool>> kNames[] = {
+      {"subscribe", {Kind::kChannel, true}},     {"psubscribe", {Kind::kPattern, true}},
+      {"ssubscribe", {Kind::kShard, true}},      {"unsubscribe", {Kind::kChannel, false}},
+      {"punsubscribe", {Kind::kPattern, false}}, {"sunsubscribe", {Kind::kShard, false}},
+  };
+  const auto* it =
+      std::find_if(std::begin(kNames), std::end(kNames), [&name](const auto& n) { return n.first == name; });
+  if (it == std::end(kNames)) return false;
+  const auto [kind, subscribing] = it->second;
+  if (subscribing && args.size() < 2) {
+    answer(name, errors::wrong_arity(name));
+    return true;
+  }
+  if (!pubsub_) {
+    pubsub_ = std::make_unique<Subscriptions>(*this, worker_);
+    worker_.subscribers().insert(this);
+  }
+  if (subscribing) {
+    auto r = new_request(name, cmd);
+    enqueue(r);
+    pubsub_->subscribe(r, kind, args.subspan(1));
+  } else {
+    answer(name, pubsub_->unsubscribe(kind, args.subspan(1)));
+  }
+  return true;
+}
+
+void Session::end_subscriptions() {
+  if (!pubsub_) return;
+  pubsub_->close();
+  worker_.subscribers().erase(this);
+}
+
+void Session::push(std::string_view message) {
+  if (closing_) return;
+  auto r = std::make_shared<Request>();
+  r->session = this;
+  r->name = "message";
+  r->seq = ++next_seq_;
+  r->push = true;
+  r->done = true;
+  r->reply.assign(message);
+  queue_.push_back(r);
+  on_request_done(*r);
+}
+
 void Session::reset_state() {
+  end_subscriptions();
   if (in_multi_) discard_transaction();
   unwatch(false);
   reply_off_ = skip_next_reply_ = false;
@@ -1051,6 +1143,20 @@ void Session::route(Args args, std::string_view raw, std::string name, const Com
     return;
   }
 
+  if ((name == "publish" || name == "spublish") && args.size() == 3) {
+    // Neither names a key. Any node delivers a PUBLISH to the whole cluster, but one client's messages reach
+    // a subscriber in the order sent only when they all go through one node (the cluster bus keeps each
+    // link's order, not the order across links): the master of the channel's slot, where cluster clients
+    // send it. An SPUBLISH runs only there; sent there first, it meets the MOVED that tells the proxy (and
+    // its clients' shard subscriptions) where the slot went.
+    auto r = new_request(std::move(name), cmd);
+    r->wire.assign(raw);
+    r->has_slot = true;
+    r->slot = key_slot(args[1]);
+    enqueue(r);
+    worker_.dispatch(r);
+    return;
+  }
   // No keys (or keys the server will refuse as malformed: it says so in its own words).
   if (plan.handling == Handling::kScan) {
     scan(args, name, cmd);

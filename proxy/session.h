@@ -19,6 +19,7 @@
 #include "common/resp.h"
 #include "proxy/buffer.h"
 #include "proxy/login.h"
+#include "proxy/pubsub.h"
 #include "proxy/request.h"
 #include "proxy/stream_writer.h"
 
@@ -68,6 +69,16 @@ class Session {
   // watched there is gone (WATCH then answers OK, and EXEC nil).
   Backend* watch_connection(const Request& request);
 
+  // A Pub/Sub message for the client, in its place after every reply already due.
+  void push(std::string_view message);
+  // The slot map changed: shard channels follow their slots (Subscriptions::owners_changed).
+  void owners_changed() {
+    if (pubsub_) pubsub_->owners_changed();
+  }
+  // An SPUBLISH for `slot` goes to `node` now (a MOVED, an ASK): shard channels are subscribed there too.
+  // True while such a subscription is not confirmed yet.
+  bool shards_follow(Slot slot, const HostPort& node) { return pubsub_ && pubsub_->follow(slot, node); }
+
   std::uint64_t id() const { return id_; }
   bool closing() const { return closing_; }
   // Writes every reply that is ready, in order (called by the worker once per loop iteration).
@@ -78,6 +89,7 @@ class Session {
 
   friend class Worker;
   friend class HeldRequests;
+  friend class Subscriptions;
   explicit Session(Worker& worker);
   ~Session();
 
@@ -92,6 +104,11 @@ class Session {
   void route(Args args, std::string_view raw, std::string name, const CommandInfo* cmd);
   // Commands the proxy answers itself (PING, SELECT, CLIENT, INFO, ...). False if `name` is not one of them.
   bool answer_locally(const std::string& name, Args args);
+  // (P|S)SUBSCRIBE and (P|S)UNSUBSCRIBE, on the client's own connections (pubsub.h). False if `name` is not
+  // one of them.
+  bool pubsub_command(const std::string& name, Args args, const CommandInfo* cmd);
+  // Leaves subscribed mode and closes the subscriptions' connections (RESET, or the client left).
+  void end_subscriptions();
   void queue_transaction(Args args, std::string_view raw, std::string name, const CommandInfo* cmd);
   // WATCH: on the client's watch connection to the master of the keys' slot.
   void watch(Args args, std::string_view raw);
@@ -131,7 +148,8 @@ class Session {
 
   Worker& worker_;
   uv_tcp_t tcp_{};
-  std::unique_ptr<TlsChannel> tls_;  // null on a plain TCP port
+  std::unique_ptr<TlsChannel> tls_;        // null on a plain TCP port
+  std::unique_ptr<Subscriptions> pubsub_;  // made by the first (P|S)(UN)SUBSCRIBE
   ReadBuffer in_;
   StreamWriter out_;
   resp::Scanner scanner_;

@@ -22,7 +22,18 @@ constexpr std::uint64_t kTickMs = 10;
 // How long a write refused with NOREPLICAS is retried before the refusal reaches the client.
 constexpr std::uint64_t kNoReplicasPatienceMs = 500;
 
-// "-MOVED 3999 127.0.0.1:6381\r\n" -> slot and node.
+bool parse_integer_reply(std::string_view reply, std::int64_t& out) {
+  if (reply.size() < 4 || reply[0] != ':') return false;
+  const auto [p, ec] = std::from_chars(reply.data() + 1, reply.data() + reply.size() - 2, out);
+  return ec == std::errc() && p == reply.data() + reply.size() - 2;
+}
+
+std::string unexpected(std::string_view what) {
+  return errors::merge_unexpected(what);
+}
+
+}  // namespace
+
 bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, HostPort& node) {
   std::string_view rest = reply.substr(prefix_len);
   const auto space = rest.find(' ');
@@ -38,18 +49,6 @@ bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, 
   node = std::move(*hp);
   return true;
 }
-
-bool parse_integer_reply(std::string_view reply, std::int64_t& out) {
-  if (reply.size() < 4 || reply[0] != ':') return false;
-  const auto [p, ec] = std::from_chars(reply.data() + 1, reply.data() + reply.size() - 2, out);
-  return ec == std::errc() && p == reply.data() + reply.size() - 2;
-}
-
-std::string unexpected(std::string_view what) {
-  return errors::merge_unexpected(what);
-}
-
-}  // namespace
 
 Worker::Worker(Proxy& proxy, const Config& config, int index)
     : proxy_(proxy), config_(config), index_(index), router_(*this), held_(*this) {
@@ -199,6 +198,18 @@ std::size_t Worker::close_idle_dedicated() {
   return closed;
 }
 
+void Worker::owners_changed() {
+  if (subscribers_.empty()) return;
+  // A subscription may open or close connections of its client: the walk goes over a copy.
+  for (Session* s : std::vector<Session*>(subscribers_.begin(), subscribers_.end()))
+    if (subscribers_.contains(s)) s->owners_changed();
+}
+
+void Worker::follow_shards_here(Slot slot, const HostPort& node) {
+  for (Session* s : std::vector<Session*>(subscribers_.begin(), subscribers_.end()))
+    if (subscribers_.contains(s)) s->shards_follow(slot, node);
+}
+
 void Worker::ask_node(const HostPort& node, std::string command, NodeAnswer done) {
   questions_.push_back(std::make_unique<Backend>(*this, node, own_login_));
   Backend* asked = questions_.back().get();
@@ -264,6 +275,12 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
   // While this worker has no hold, slot holds cost the request path this test of a bool (and a counter per
   // request at a backend, for the drain).
   if (held_.active() && held_.hold_if_needed(r, asking || to)) return;
+  if (r->has_slot && r->name == "spublish" && proxy_.shard_pending(r->slot).load() > 0) {
+    // A client's shard channel of this slot is being subscribed where the slot went (Subscriptions::follow):
+    // an SPUBLISH sent before the node confirms it would go unheard. Sent at a later tick, once it has.
+    retry_later(r, 0, "shard channels being subscribed at the slot's new owner");
+    return;
+  }
   if (r->watch != Request::Watch::kNone) {
     // Only on the client's watch connection, and only while it is the one the watch was made on: elsewhere
     // nothing is watched. When it is gone, WATCH answers OK (as it always does) and EXEC nil.
@@ -377,8 +394,17 @@ bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
     }
     ++r->attempt;
     stats_.retries.add();
+    if (moved) router_.moved(slot, node);
+    if (r->name == "spublish" && proxy_.follow_shards(slot, node)) {
+      // An SPUBLISH reaches only who is subscribed where it runs: clients' shard channels of the slot (in
+      // every worker) are subscribed at the node it goes to now (the new owner, or the importing node of an
+      // ASK), and it waits until that node has confirmed them (see dispatch), sent again from a later tick
+      // (the client's later commands wait behind it). Its redirect is not counted again.
+      --r->redirects;
+      retry_later(r, 0, "shard channels being subscribed at " + node.str());
+      return true;
+    }
     if (moved) {
-      router_.moved(slot, node);
       dispatch(r, false, r->has_slot ? nullptr : backend(node));
     } else {
       // ASK: this one command (or transaction) goes to the importing node, preceded by ASKING; the slot map
@@ -549,6 +575,44 @@ std::string Worker::merge_parts(Request& p) {
         out.append(e);
       return out;
     }
+    case Merge::kUnionArrays: {
+      std::vector<std::string_view> all, elements;
+      for (const auto& part : p.part_replies) {
+        if (!resp::aggregate_elements(part, elements)) return unexpected(part);
+        for (auto e : elements)
+          if (std::find(all.begin(), all.end(), e) == all.end()) all.push_back(e);
+      }
+      resp::append_array_header(out, all.size());
+      for (auto e : all)
+        out.append(e);
+      return out;
+    }
+    case Merge::kSumPairs: {
+      // Every master answers for the same names, in the order asked: the counts add up position by position.
+      std::vector<std::string_view> names, elements;
+      std::vector<std::int64_t> counts;
+      for (const auto& part : p.part_replies) {
+        if (!resp::aggregate_elements(part, elements) || elements.size() % 2 != 0) return unexpected(part);
+        if (names.empty() && counts.empty()) {
+          for (std::size_t i = 0; i < elements.size(); i += 2)
+            names.push_back(elements[i]);
+          counts.assign(names.size(), 0);
+        }
+        if (elements.size() != names.size() * 2) return unexpected(part);
+        for (std::size_t i = 0; i < names.size(); ++i) {
+          std::int64_t n = 0;
+          if (elements[2 * i] != names[i] || !parse_integer_reply(elements[2 * i + 1], n))
+            return unexpected(part);
+          counts[i] += n;
+        }
+      }
+      resp::append_array_header(out, names.size() * 2);
+      for (std::size_t i = 0; i < names.size(); ++i) {
+        out.append(names[i]);
+        resp::append_integer(out, counts[i]);
+      }
+      return out;
+    }
     case Merge::kFirstReply:
       return p.part_replies.front();
     case Merge::kArrayMin: {
@@ -710,6 +774,26 @@ std::string Proxy::reload_tls() {
                                                                            : config_.backend_tls.cert_file);
   }
   return "TLS files reloaded (" + what + "): new connections use them, open ones keep theirs";
+}
+
+bool Proxy::follow_shards(Slot slot, const HostPort& node) {
+  if (shard_channels_[slot].load() == 0) return false;
+  // Under way until the last worker has subscribed its clients' channels (each subscription then counts
+  // until its node confirms it).
+  shard_pending_[slot].fetch_add(1);
+  auto left = std::make_shared<std::atomic<std::size_t>>(workers_.size());
+  auto done = [this, slot, left] {
+    if (left->fetch_sub(1) == 1) shard_pending_[slot].fetch_sub(1);
+  };
+  for (auto& w : workers_) {
+    Worker* worker = w.get();
+    if (!worker->post([worker, slot, node, done] {
+          worker->follow_shards_here(slot, node);
+          done();
+        }))
+      done();  // a worker that is stopping has no clients left to follow
+  }
+  return true;
 }
 
 std::optional<std::string> Proxy::ask_node(const HostPort& node, std::string command,

@@ -33,6 +33,9 @@ inline constexpr std::string_view kVersion = "0.1.0";
 class Session;
 class Proxy;
 
+// "-MOVED 3999 127.0.0.1:6381\r\n" (prefix_len 7; "-ASK ...", 5) -> slot and node.
+bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, HostPort& node);
+
 class Worker {
  public:
   Worker(Proxy& proxy, const Config& config, int index);
@@ -71,6 +74,13 @@ class Worker {
   // there is none. For the admin endpoint's questions (route_check.h); on this worker's loop only.
   using NodeAnswer = std::function<void(const std::string* reply, const std::string& why)>;
   void ask_node(const HostPort& node, std::string command, NodeAnswer done);
+
+  // The slot map changed (a reload, a MOVED, a ROUTE): clients' shard channels follow their slots.
+  void owners_changed();
+  // Proxy::follow_shards, in this worker: its clients' shard channels of `slot` are subscribed at `node`.
+  void follow_shards_here(Slot slot, const HostPort& node);
+  // Sessions with subscriptions (Session::pubsub_), told of owners_changed().
+  std::unordered_set<Session*>& subscribers() { return subscribers_; }
 
   // The shared connection to `node` (created on first use), logged in as the proxy (masteruser/masterauth),
   // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
@@ -142,6 +152,7 @@ class Worker {
   LoginPtr own_login_;  // masteruser/masterauth; null: no AUTH
   std::vector<std::unique_ptr<Backend>> retired_;
   std::vector<std::unique_ptr<Backend>> questions_;  // ask_node()'s connections, until their reply
+  std::unordered_set<Session*> subscribers_;
   std::vector<Backend*> dirty_;
   std::vector<Session*> dirty_sessions_;
   std::vector<RequestPtr> retries_;
@@ -154,6 +165,7 @@ class Worker {
   friend class Session;
   friend class HeldRequests;
   friend class Backend;
+  friend class Subscriptions;
 };
 
 // The whole process: its workers, the configuration and what is counted across workers.
@@ -190,6 +202,15 @@ class Proxy {
   // Reads the TLS files again (SIGHUP): connections made from now on use them, open ones keep theirs. A file
   // that cannot be used keeps the old contexts, both sides. Says what happened.
   std::string reload_tls();
+  // Shard channels of the proxy's clients, across workers (pubsub.h): per slot, how many are subscribed, and
+  // how many subscriptions (or follow_shards() rounds) are under way. An SPUBLISH for a slot with something
+  // under way waits (Worker::dispatch): sent now, it could reach a node before a subscription there.
+  std::atomic<std::uint32_t>& shard_channels(Slot slot) { return shard_channels_[slot]; }
+  std::atomic<std::uint32_t>& shard_pending(Slot slot) { return shard_pending_[slot]; }
+  // An SPUBLISH for `slot` met MOVED or ASK toward `node`: every worker's clients subscribe their shard
+  // channels of the slot there too. False when no client has one; otherwise `slot` counts as under way until
+  // every worker has done so.
+  bool follow_shards(Slot slot, const HostPort& node);
   // ask_node() from any thread, waiting for the reply until `deadline`: the reply's bytes, or nullopt and
   // why.
   std::optional<std::string> ask_node(const HostPort& node, std::string command,
@@ -207,6 +228,12 @@ class Proxy {
   TopologySnapshot topology_;
   // Builds both sides' contexts from config_; "" or why not.
   std::string load_tls(std::shared_ptr<const TlsContext>& client, std::shared_ptr<const TlsContext>& backend);
+  std::unique_ptr<std::atomic<std::uint32_t>[]> shard_channels_ {
+    new std::atomic<std::uint32_t>[ kSlotCount ]()
+  };
+  std::unique_ptr<std::atomic<std::uint32_t>[]> shard_pending_ {
+    new std::atomic<std::uint32_t>[ kSlotCount ]()
+  };
   mutable std::mutex tls_mutex_;  // taken once per new connection, with TLS only
   std::shared_ptr<const TlsContext> client_tls_;
   std::shared_ptr<const TlsContext> backend_tls_;

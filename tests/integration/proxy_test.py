@@ -272,7 +272,7 @@ class ProxyBasics(ClusterBehindProxy):
         run = subprocess.run(["node", os.path.join(here, "ioredis", "ioredis_test.js"), str(self.proxy.port)],
                              capture_output=True, text=True, timeout=120)
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
-        self.assertIn("6 passed, 0 failed", run.stdout)
+        self.assertIn("7 passed, 0 failed", run.stdout)
 
 
 class ProxyAdmin(unittest.TestCase):

@@ -59,6 +59,18 @@ check('errors pass through', async (r) => {
   await assert.rejects(r.msetnx('io:a', '1', 'io:b', '2'), /CROSSSLOT/);
 });
 
+check('pub/sub on a connection of its own', async (r) => {
+  const sub = r.duplicate();
+  try {
+    await sub.subscribe('io:chan');
+    const got = new Promise((resolve) => sub.on('message', (channel, message) => resolve([channel, message])));
+    assert.equal(await r.publish('io:chan', 'hi'), 1);
+    assert.deepEqual(await got, ['io:chan', 'hi']);
+  } finally {
+    sub.disconnect();
+  }
+});
+
 (async () => {
   const r = new Redis({
     port,
