@@ -57,26 +57,16 @@ class StreamWriter {
     // The rest is written from where the kernel stopped. When most of the buffer is still to go it is handed
     // on as it is (a large reply is never copied); when most of it is out, the rest is copied, so that a slow
     // reader's write never keeps more than twice its unwritten bytes.
-    auto* w = new Write;
-    w->writer = this;
+    std::string data;
     std::size_t offset = static_cast<std::size_t>(n);
     if (offset > out_.size() - offset) {
-      w->data.assign(out_, offset);
+      data.assign(out_, offset);
       release_if_large();
       offset = 0;
     } else {
-      w->data.swap(out_);
+      data.swap(out_);
     }
-    in_flight_ = w->data.size() - offset;
-    w->req.data = w;
-    uv_buf_t rest = uv_buf_init(w->data.data() + offset, static_cast<unsigned>(in_flight_));
-    const int rc = uv_write(&w->req, stream_, &rest, 1, &StreamWriter::on_write);
-    if (rc < 0) {
-      in_flight_ = 0;
-      delete w;
-      return rc;
-    }
-    return 0;
+    return write_rest(std::move(data), offset);
   }
 
   // Called when a queued write failed (the owner closes the stream); set before flushing.
@@ -124,24 +114,28 @@ class StreamWriter {
       int n = uv_try_write(stream_, &buf, 1);
       if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
       if (n < 0) return n;
-      if (static_cast<std::size_t>(n) < wire.size()) {
-        auto* w = new Write;
-        w->writer = this;
-        w->data.assign(wire, static_cast<std::size_t>(n));
-        in_flight_ = w->data.size();
-        w->req.data = w;
-        uv_buf_t rest = uv_buf_init(w->data.data(), static_cast<unsigned>(in_flight_));
-        const int rc = uv_write(&w->req, stream_, &rest, 1, &StreamWriter::on_write);
-        if (rc < 0) {
-          in_flight_ = 0;
-          delete w;
-          return rc;
-        }
-        return 0;
-      }
+      if (static_cast<std::size_t>(n) < wire.size())
+        return write_rest(std::move(wire), static_cast<std::size_t>(n));
       wire.clear();
       if (encrypted_ == out_.size() || !tls_->handshake_done()) return 0;
     }
+  }
+
+  // Queues `data` from `offset` on as one uv_write, whose buffer lives until libuv is done with it.
+  int write_rest(std::string data, std::size_t offset) {
+    auto* w = new Write;
+    w->writer = this;
+    w->data = std::move(data);
+    in_flight_ = w->data.size() - offset;
+    w->req.data = w;
+    uv_buf_t rest = uv_buf_init(w->data.data() + offset, static_cast<unsigned>(in_flight_));
+    const int rc = uv_write(&w->req, stream_, &rest, 1, &StreamWriter::on_write);
+    if (rc < 0) {
+      in_flight_ = 0;
+      delete w;
+      return rc;
+    }
+    return 0;
   }
 
   static void on_write(uv_write_t* req, int status) {
