@@ -91,7 +91,7 @@ Subscriptions::Link* Subscriptions::link(const HostPort& node) {
   return &l;
 }
 
-void Subscriptions::drop_link(const std::string& key) {
+void Subscriptions::drop_link(std::string key) {
   auto it = links_.find(key);
   if (it == links_.end()) return;
   for (Expect& e : it->second.expected)

@@ -95,7 +95,7 @@ class Subscriptions {
   // The master of `slot` as the proxy knows it now, or null.
   const HostPort* owner(Slot slot) const;
   void subscribe_shard(const std::string& channel, Shard& shard);
-  void drop_link(const std::string& key);
+  void drop_link(std::string key);  // by value: it may name the very entry it erases
   // An expected confirmation came, or never will: no longer under way (Proxy::shard_pending).
   void settle(Expect& e);
   // shards_ changes only through these, which keep Proxy::shard_channels() in step.

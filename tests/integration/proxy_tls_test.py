@@ -244,7 +244,9 @@ class TlsCluster(unittest.TestCase):
             [samples.get(3), samples.get(9)], got[0] >> 20), file=sys.stderr)
         self.assertEqual(sorted(samples), [3, 9])
         self.assertGreater(got[0], 50 << 20, "the client read too little for the check to mean anything")
-        self.assertLess(samples[9] - samples[3], 20, "the proxy keeps what it has already sent")
+        # Keeping what it sent grows 8 MB a second, 48 MB over these 6 s; the sanitizer build's quarantine (16 MB)
+        # and allocator noise stay well below 32.
+        self.assertLess(samples[9] - samples[3], 32, "the proxy keeps what it has already sent")
 
     def test_plain_text_to_the_tls_port_runs_nothing(self):
         with socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10) as s:
