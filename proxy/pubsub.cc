@@ -114,6 +114,7 @@ void Subscriptions::send(Link& l, std::string_view command, std::string_view kin
   const std::uint64_t group = ++next_group_;
   for (std::size_t i = 0; i < names.size(); ++i) {
     Expect e{std::string(kind), names[i], group, nullptr, {}};
+    e.sent_ms = worker_.now_ms();
     if (auto shard = shards_.find(names[i]); kind == "ssubscribe" && shard != shards_.end()) {
       // Until the node confirms it, an SPUBLISH for the slot waits (Worker::dispatch).
       e.counted = true;
@@ -285,6 +286,15 @@ void Subscriptions::refused(Link& l, std::string_view error) {
     if (request) worker_.complete(request, std::move(reply));
     return;
   }
+  if (!request) {
+    // A subscription the proxy made again on its own (after a lost connection, or to follow a slot) met
+    // CLUSTERDOWN, TRYAGAIN or the like: the client asked for it and was told it has it, so it is tried
+    // again (check()), on a new connection for channels and patterns.
+    for (const auto& n : names)
+      if (auto it = shards_.find(n); kind == "ssubscribe" && it != shards_.end()) it->second.link.clear();
+    if (kind == "subscribe" || kind == "psubscribe") l.failed = true;
+    return;
+  }
   // NOPERM (the user may not use these channels), or anything else: not subscribed, as on Redis.
   for (const auto& n : names) {
     if (kind == "subscribe") channels_.erase(n);
@@ -319,9 +329,6 @@ bool Subscriptions::follow(Slot slot, const HostPort& node) {
     if (shard.link != key) {
       Link* l = link(node);
       if (!l) return waiting;
-      // ASKING (for an importing node; harmless at an owner): its +OK is no Pub/Sub message, on_message
-      // passes it by.
-      if (!l->backend->send_raw("*1\r\n$6\r\nASKING\r\n")) l->failed = true;
       shard.link = key;
       send(*l, "SSUBSCRIBE", "ssubscribe", {channel});
     }
@@ -333,28 +340,44 @@ bool Subscriptions::follow(Slot slot, const HostPort& node) {
 }
 
 void Subscriptions::check(std::uint64_t now_ms) {
+  // A node that does not confirm within the request timeout (hung, or cut off with its connection still
+  // open): its connection is given up like a lost one, so that nothing stays under way (SPUBLISHes for its
+  // slots would wait for good).
+  const auto timeout = static_cast<std::uint64_t>(worker_.config().request_timeout.count());
+  for (auto& [key, l] : links_)
+    if (!l.expected.empty() && now_ms - l.expected.front().sent_ms > timeout) l.failed = true;
+  // Answering a request may close the client (its replies over the bound), which closes every link: the
+  // answers are given after the walk, and nothing runs after a close.
+  std::vector<std::pair<RequestPtr, std::string>> answers;
   // Lost connections: what they carried is subscribed again on new ones (messages published meanwhile are
   // lost, as for any Redis client whose connection drops). Their waiting commands are answered as confirmed.
   std::vector<std::string> failed;
   for (auto& [key, l] : links_)
     if (l.failed) failed.push_back(key);
   for (const auto& key : failed) {
-    for (auto& e : links_.at(key).expected) {
-      settle(e);
-      if (e.request) worker_.complete(e.request, std::move(e.reply));
-    }
+    for (auto& e : links_.at(key).expected)
+      if (e.request) answers.emplace_back(std::move(e.request), std::move(e.reply));
     for (auto& [channel, shard] : shards_)
       if (shard.link == key) shard.link.clear();
     drop_link(key);
   }
+  for (auto& [request, reply] : answers) {
+    worker_.complete(request, std::move(reply));
+    if (session_.closing()) return;
+  }
+  answers.clear();
   // Confirmations that do not come: the client is told, the subscription stays asked for.
   for (auto& [key, l] : links_)
     for (auto& e : l.expected)
       if (e.request && e.request->deadline_ms != 0 && now_ms > e.request->deadline_ms) {
         worker_.stats().errors_timeout.add();
-        worker_.complete(e.request, errors::timeout("no confirmation from " + key));
+        answers.emplace_back(std::move(e.request), errors::timeout("no confirmation from " + key));
         e.request.reset();
       }
+  for (auto& [request, reply] : answers) {
+    worker_.complete(request, std::move(reply));
+    if (session_.closing()) return;
+  }
   if (now_ms >= retry_ms_) {
     retry_ms_ = now_ms + kRetryMs;
     if ((!channels_.empty() || !patterns_.empty()) && (classic_.empty() || !links_.contains(classic_))) {

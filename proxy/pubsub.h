@@ -50,10 +50,9 @@ class Subscriptions {
   bool active() const { return !channels_.empty() || !patterns_.empty() || !shards_.empty(); }
   // The slot map changed: shard channels whose slot has a new owner are subscribed there.
   void owners_changed();
-  // An SPUBLISH for `slot` goes to `node` now (it met MOVED, or ASK from a node that `node` imports the slot
-  // from): the slot's shard channels are subscribed there as well (ASKING first), so that what is published
-  // there is heard. True while one of them is not confirmed by the node yet (an SPUBLISH sent there now
-  // could go unheard).
+  // An SPUBLISH for `slot` met MOVED toward `node`: the slot's shard channels are subscribed there as well,
+  // so that what is published there is heard. True while one of them is not confirmed by the node yet (an
+  // SPUBLISH sent there now could go unheard).
   bool follow(Slot slot, const HostPort& node);
   // Connections lost are replaced, subscriptions the nodes dropped are made again, and confirmations that
   // did not come in time answer their request with an error.
@@ -71,6 +70,7 @@ class Subscriptions {
     std::string reply;     // what the client gets then
     bool counted = false;  // an SSUBSCRIBE counted in Proxy::shard_pending(slot) until settled
     Slot slot = 0;
+    std::uint64_t sent_ms = 0;
   };
   struct Link {
     std::unique_ptr<Backend> backend;

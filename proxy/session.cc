@@ -936,10 +936,9 @@ bool Session::pubsub_command(const std::string& name, Args args, const CommandIn
     answer(name, errors::wrong_arity(name));
     return true;
   }
-  if (!pubsub_) {
-    pubsub_ = std::make_unique<Subscriptions>(*this, worker_);
-    worker_.subscribers().insert(this);
-  }
+  if (!pubsub_) pubsub_ = std::make_unique<Subscriptions>(*this, worker_);
+  // Again after a RESET, which took it out: its shard channels must follow their slots.
+  worker_.subscribers().insert(this);
   if (subscribing) {
     auto r = new_request(name, cmd);
     enqueue(r);
@@ -1055,6 +1054,9 @@ void Session::log_in(std::string_view name, Login login, std::string ok_reply,
             retire_watch_connection();
           }
           login_ = candidate;
+          // Subscription connections left from before (closing after their linger) are the user before's:
+          // new subscriptions get connections of the new one.
+          if (pubsub_ && !pubsub_->active()) pubsub_->close();
           if (setname) client_name_ = *setname;
           worker_.complete(r, ok_reply);
         } else {

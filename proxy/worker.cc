@@ -395,11 +395,12 @@ bool Worker::follow_redirect(const RequestPtr& r, std::string_view err) {
     ++r->attempt;
     stats_.retries.add();
     if (moved) router_.moved(slot, node);
-    if (r->name == "spublish" && proxy_.follow_shards(slot, node)) {
+    if (moved && r->name == "spublish" && proxy_.follow_shards(slot, node)) {
       // An SPUBLISH reaches only who is subscribed where it runs: clients' shard channels of the slot (in
-      // every worker) are subscribed at the node it goes to now (the new owner, or the importing node of an
-      // ASK), and it waits until that node has confirmed them (see dispatch), sent again from a later tick
-      // (the client's later commands wait behind it). Its redirect is not counted again.
+      // every worker) are subscribed at the slot's new owner, and it waits until that node has confirmed them
+      // (see dispatch), sent again from a later tick (the client's later commands wait behind it). Its
+      // redirect is not counted again. (Nodes answer an SPUBLISH for a migrating slot themselves, never ASK:
+      // a shard channel is no key.)
       --r->redirects;
       retry_later(r, 0, "shard channels being subscribed at " + node.str());
       return true;

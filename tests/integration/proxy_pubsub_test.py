@@ -94,13 +94,15 @@ class Reader:
     """A subscriber on its own thread, on a connection of its own: every message it gets, in order, as
     (channel, data)."""
 
-    def __init__(self, port, kind, names):
+    def __init__(self, port, kind, names, also=()):
+        """also: more (kind, names) subscriptions of the same client."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.sendall(command_bytes(kind, *names))
         self.buf, self.pos = b"", 0
-        for _ in names:
-            reply = self.next(deadline=time.time() + 10)
-            assert reply and reply[0].decode() == kind.lower(), reply
+        for k, n in [(kind, names), *also]:
+            self.sock.sendall(command_bytes(k, *n))
+            for _ in n:
+                reply = self.next(deadline=time.time() + 10)
+                assert reply and reply[0].decode() == k.lower(), reply
         self.messages = []
         self.errors = []
         self.stop = threading.Event()
@@ -287,15 +289,18 @@ class PubSub(unittest.TestCase):
         self.assertEqual(out[:3], ["subscribe", "cli:chan", "1"])
         self.assertEqual(out[3:6], ["message", "cli:chan", "hello"])
 
-    def moved_under_publishers(self, mover, prefix):
+    def moved_under_publishers(self, mover, prefix, target_index):
         """A shard channel in a slot that `mover` moves, and one of the classic kind: a publisher sends numbered
         messages to each through the proxy all along, and the subscribers (through the proxy) must get every
-        message once, in order."""
-        source = self.cluster.masters_by_slot()[0]
+        message once, in order. The shard channel's subscriber also has a shard channel on the target, so
+        that its connection there is in subscribed mode already when its channel follows the slot."""
+        masters = self.cluster.masters_by_slot()
+        source, target = masters[0], masters[target_index]
         slot = self.cluster.slots_of(source)[0]
         shard = channel_in_slot_of(slot, prefix + "s")
         classic = channel_in_slot_of(slot, prefix + "c")
-        shard_reader = Reader(self.proxy.port, "SSUBSCRIBE", [shard])
+        on_target = channel_in_slot_of(self.cluster.slots_of(target)[-1], prefix + "t")
+        shard_reader = Reader(self.proxy.port, "SSUBSCRIBE", [shard], also=[("SSUBSCRIBE", [on_target])])
         classic_reader = Reader(self.proxy.port, "SUBSCRIBE", [classic])
         sent, errors = [], []
         stop = threading.Event()
@@ -316,7 +321,7 @@ class PubSub(unittest.TestCase):
         publisher.start()
         try:
             time.sleep(0.5)
-            mover(slot, source)
+            mover(slot, source, target)
             time.sleep(0.5)
         finally:
             stop.set()
@@ -335,25 +340,23 @@ class PubSub(unittest.TestCase):
         self.assertEqual([m[1] for m in classic_reader.messages], sent)
 
     def test_shard_channel_follows_a_slotshift_move(self):
-        def move(slot, source):
-            target = self.cluster.masters_by_slot()[1]
+        def move(slot, source, target):
             target_id = self.cluster.node_id(target)
             run = subprocess.run([harness.SLOTSHIFT_BIN, "move", "--cluster", self.cluster.seed(), "--slots",
                                   str(slot), "--to", target_id, "--proxy", "127.0.0.1:%d" % self.proxy.admin_port,
                                   "--proxy-token", "t"], capture_output=True, text=True, timeout=120)
             self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
             self.cluster.wait_owner([slot], target_id)
-        self.moved_under_publishers(move, "mv")
+        self.moved_under_publishers(move, "mv", 1)
 
     def test_shard_channel_follows_a_reshard(self):
-        def reshard(slot, source):
-            target = self.cluster.masters_by_slot()[2]
+        def reshard(slot, source, target):
             run = subprocess.run(["redis-cli", "--cluster", "reshard", self.cluster.seed(), "--cluster-from",
                                   self.cluster.node_id(source), "--cluster-to", self.cluster.node_id(target),
                                   "--cluster-slots", "1", "--cluster-yes"], capture_output=True, text=True,
                                  timeout=300)
             self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
-        self.moved_under_publishers(reshard, "rs")
+        self.moved_under_publishers(reshard, "rs", 2)
 
 
 if __name__ == "__main__":
