@@ -43,6 +43,12 @@ Subscriptions::~Subscriptions() {
 }
 
 void Subscriptions::close() {
+  // Subscriptions the client asked for before its RESET are confirmed first, as a node would have: its
+  // later replies wait behind them.
+  std::vector<std::pair<RequestPtr, std::string>> answers;
+  for (auto& [key, l] : links_)
+    for (auto& e : l.expected)
+      if (e.request) answers.emplace_back(std::move(e.request), std::move(e.reply));
   while (!links_.empty())
     drop_link(links_.begin()->first);
   channels_.clear();
@@ -50,6 +56,8 @@ void Subscriptions::close() {
   while (!shards_.empty())
     remove_shard(shards_.begin());
   classic_.clear();
+  for (auto& [request, reply] : answers)
+    worker_.complete(request, std::move(reply));
 }
 
 void Subscriptions::settle(Expect& e) {

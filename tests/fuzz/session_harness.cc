@@ -14,10 +14,13 @@
 #include <csignal>
 #include <functional>
 #include <iterator>
+#include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "common/resp.h"
+#include "common/slot.h"
 #include "proxy/worker.h"
 
 namespace slotshift::fuzz {
@@ -221,13 +224,46 @@ Expectation expect(std::string_view stream, const resp::Limits& limits) {
   // The state that decides which commands get a reply: CLIENT REPLY OFF and SKIP silence replies (outside
   // MULTI; inside, CLIENT is refused), RESET and CLIENT REPLY ON bring them back.
   bool off = false, skip = false, in_multi = false;
-  auto reply = [&] {
+  // Subscribed mode: a (P|S)(UN)SUBSCRIBE is one reply made of a confirmation per name (silenced or skipped
+  // whole), and every other command but PING, QUIT and RESET is refused.
+  std::set<std::string> channels, patterns, shards;
+  const auto subscribed = [&] { return !channels.empty() || !patterns.empty() || !shards.empty(); };
+  auto reply = [&](std::size_t messages = 1) {
     if (off) return;
     if (skip) {
       skip = false;
       return;
     }
-    ++e.replies;
+    e.replies += messages;
+  };
+  // The messages a subscription command outside MULTI brings, with the sets updated as the proxy does.
+  const auto subscription = [&](const std::vector<std::string_view>& a) -> std::size_t {
+    const bool shard = is(a[0], "ssubscribe") || is(a[0], "sunsubscribe");
+    const bool pattern = is(a[0], "psubscribe") || is(a[0], "punsubscribe");
+    auto& set = shard ? shards : pattern ? patterns : channels;
+    const bool subscribing =
+        !(is(a[0], "unsubscribe") || is(a[0], "punsubscribe") || is(a[0], "sunsubscribe"));
+    if (subscribing) {
+      if (a.size() < 2) return 1;  // wrong arity
+      if (shard)
+        for (std::size_t i = 2; i < a.size(); ++i)
+          if (key_slot(a[i]) != key_slot(a[1])) return 1;  // CROSSSLOT
+      for (std::size_t i = 1; i < a.size(); ++i)
+        set.emplace(a[i]);
+      return a.size() - 1;
+    }
+    if (a.size() < 2) {
+      const std::size_t n = std::max<std::size_t>(1, set.size());
+      set.clear();
+      return n;
+    }
+    for (std::size_t i = 1; i < a.size(); ++i)
+      set.erase(std::string(a[i]));
+    return a.size() - 1;
+  };
+  const auto is_subscription = [](std::string_view n) {
+    return is(n, "subscribe") || is(n, "psubscribe") || is(n, "ssubscribe") || is(n, "unsubscribe") ||
+           is(n, "punsubscribe") || is(n, "sunsubscribe");
   };
   while (!stream.empty()) {
     const resp::Status status = scanner.scan(stream);
@@ -250,8 +286,15 @@ Expectation expect(std::string_view stream, const resp::Limits& limits) {
       if (is(name, "reset")) {
         if (args.size() == 1) {
           off = skip = in_multi = false;
+          channels.clear();
+          patterns.clear();
+          shards.clear();
         }
         reply();
+      } else if (!in_multi && is_subscription(name)) {
+        reply(subscription(args));
+      } else if (!in_multi && subscribed()) {
+        reply();  // PING's array, or the error of a command not allowed in subscribed mode
       } else if (!in_multi && is(name, "client") && args.size() == 3 && is(args[1], "reply")) {
         if (is(args[2], "on")) {
           off = skip = false;

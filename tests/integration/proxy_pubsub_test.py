@@ -221,6 +221,11 @@ class PubSub(unittest.TestCase):
         p.subscribe(**{"py:chan": lambda m: got.append(m["data"])})
         worker = p.run_in_thread(sleep_time=0.01)
         try:
+            # subscribe() does not wait for the confirmation: a message published before the node has the
+            # subscription is not heard (on one Redis too), so the test waits until it does.
+            deadline = time.time() + 10
+            while r.execute_command("PUBSUB", "NUMSUB", "py:chan")[1] == 0 and time.time() < deadline:
+                time.sleep(0.01)
             for i in range(50):
                 r.publish("py:chan", "m%d" % i)
             deadline = time.time() + 10

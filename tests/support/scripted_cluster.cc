@@ -17,6 +17,7 @@
 #include <deque>
 #include <limits>
 #include <map>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -92,6 +93,9 @@ struct ScriptedCluster::Conn {
   bool multi_failed = false;
   bool asking = false;
   std::vector<Argv> queued;
+  // Subscribed mode, as a node keeps it for the connection: what (P|S)(UN)SUBSCRIBE confirm, and their
+  // counts.
+  std::set<std::string> channels, patterns, shards;
 };
 
 struct ScriptedCluster::Node {
@@ -236,7 +240,10 @@ bool ScriptedCluster::take_rule(int node, const std::string& name, Rule& out) {
   std::lock_guard lock(mutex_);
   for (auto& rule : rules_) {
     if (rule.times <= 0 || (rule.node != kAnyNode && rule.node != node)) continue;
-    if (rule.command.empty() ? name == "cluster" : rule.command != name) continue;
+    // A rule without a command is for every command but CLUSTER and the subscription family (whose replies
+    // the session fuzzer counts one per name, as a node answers them).
+    const bool subscription = name.ends_with("subscribe");
+    if (rule.command.empty() ? name == "cluster" || subscription : rule.command != name) continue;
     --rule.times;
     out = rule;
     return true;
@@ -464,7 +471,43 @@ std::string ScriptedCluster::check_slots(const Node& node, const Argv& argv) con
   return error("MOVED " + std::to_string(slot) + " " + address(owner(slot)).str());
 }
 
+// (P|S)(UN)SUBSCRIBE as a node answers them: a confirmation per name (or one with a nil name when nothing
+// is left to unsubscribe), with the connection's count of channels and patterns, or of shard channels.
+std::string subscription_reply(ScriptedCluster::Argv argv, const std::string& name,
+                               std::set<std::string>& set, const std::set<std::string>& other) {
+  const bool subscribing = name.find("unsubscribe") == std::string::npos;
+  std::vector<std::string> names(argv.begin() + 1, argv.end());
+  if (!subscribing && names.empty()) names.assign(set.begin(), set.end());
+  const bool shard = name[0] == 's';
+  const auto count = [&] { return static_cast<std::int64_t>(set.size() + (shard ? 0 : other.size())); };
+  std::string out;
+  if (names.empty()) {
+    resp::append_array_header(out, 3);
+    resp::append_bulk(out, name);
+    resp::append_null_bulk(out);
+    resp::append_integer(out, count());
+  }
+  for (const auto& n : names) {
+    if (subscribing) {
+      set.insert(n);
+    } else {
+      set.erase(n);
+    }
+    resp::append_array_header(out, 3);
+    resp::append_bulk(out, name);
+    resp::append_bulk(out, n);
+    resp::append_integer(out, count());
+  }
+  return out;
+}
+
 std::string ScriptedCluster::answer(Node& node, Conn& conn, const Argv& argv, const std::string& name) {
+  if (name == "subscribe" || name == "unsubscribe")
+    return subscription_reply(argv, name, conn.channels, conn.patterns);
+  if (name == "psubscribe" || name == "punsubscribe")
+    return subscription_reply(argv, name, conn.patterns, conn.channels);
+  if (name == "ssubscribe" || name == "sunsubscribe")
+    return subscription_reply(argv, name, conn.shards, conn.shards);
   if (name == "asking") {
     conn.asking = true;
     return "+OK\r\n";

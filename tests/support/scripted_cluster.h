@@ -39,7 +39,7 @@ class ScriptedCluster {
 
   // What a node does instead of its usual answer, for the next `times` commands that match.
   struct Rule {
-    std::string command;  // lower-case command name; "" matches every command but CLUSTER ...
+    std::string command;  // lower-case name; "" matches all but CLUSTER and (P|S)(UN)SUBSCRIBE
     int node = kAnyNode;
     int times = 1;
     std::string reply;                   // raw RESP sent instead of the usual answer; "" keeps the usual one
