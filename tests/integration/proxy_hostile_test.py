@@ -471,8 +471,19 @@ class HostileClients(ProxyTestCase):
                     # WATCH runs on a connection of the client's own: the other client is not watched.
                     c.send(("WATCH", key), ("GET", key), ("UNWATCH",))
                     expect("WATCH", c.replies(3), [OK, ("reset%d" % r).encode(), OK])
-                    for command in (("SUBSCRIBE", "ch"), ("PSUBSCRIBE", "ch*"), ("SSUBSCRIBE", "ch"), ("MONITOR",),
-                                    ("CLIENT", "TRACKING", "on"), ("SYNC",), ("PSYNC", "?", "-1")):
+                    # Subscriptions run on connections of the client's own: this client is in subscribed mode,
+                    # the other one (running the same sequence) is not, and RESET leaves it.
+                    for command in (("SUBSCRIBE", "ch"), ("PSUBSCRIBE", "ch*"), ("SSUBSCRIBE", "ch")):
+                        c.send(command, ("GET", key))
+                        confirmation, refused = c.replies(2)
+                        expect(command[0], confirmation, [command[0].lower().encode(), command[1].encode(), 1])
+                        if type(refused) is not Err or "allowed in this context" not in refused:
+                            raise AssertionError("GET after %s: %r, expected subscribed mode's error" % (
+                                command[0], refused))
+                        c.send(("RESET",), ("GET", key))
+                        expect("RESET after " + command[0], c.replies(2),
+                               [Simple("RESET"), ("reset%d" % r).encode()])
+                    for command in (("MONITOR",), ("CLIENT", "TRACKING", "on"), ("SYNC",), ("PSYNC", "?", "-1")):
                         c.send(command, ("GET", key))
                         refusal, own = c.replies(2)
                         if not is_unsupported(refusal, command[0]):
