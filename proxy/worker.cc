@@ -9,6 +9,7 @@
 #include <charconv>
 #include <condition_variable>
 #include <cstring>
+#include <unordered_set>
 
 #include "common/resp.h"
 #include "proxy/errors.h"
@@ -565,23 +566,15 @@ std::string Worker::merge_parts(Request& p) {
         if (part != "+OK\r\n") return unexpected(part);
       }
       return "+OK\r\n";
-    case Merge::kConcatArrays: {
-      std::vector<std::string_view> all, elements;
-      for (const auto& part : p.part_replies) {
-        if (!resp::aggregate_elements(part, elements)) return unexpected(part);
-        all.insert(all.end(), elements.begin(), elements.end());
-      }
-      resp::append_array_header(out, all.size());
-      for (auto e : all)
-        out.append(e);
-      return out;
-    }
+    case Merge::kConcatArrays:
     case Merge::kUnionArrays: {
+      // KEYS: every master's keys. PUBSUB CHANNELS: a channel with subscribers on several masters, once.
       std::vector<std::string_view> all, elements;
+      std::unordered_set<std::string_view> seen;
       for (const auto& part : p.part_replies) {
         if (!resp::aggregate_elements(part, elements)) return unexpected(part);
         for (auto e : elements)
-          if (std::find(all.begin(), all.end(), e) == all.end()) all.push_back(e);
+          if (p.merge == Merge::kConcatArrays || seen.insert(e).second) all.push_back(e);
       }
       resp::append_array_header(out, all.size());
       for (auto e : all)
