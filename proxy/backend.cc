@@ -8,8 +8,13 @@
 
 namespace slotshift::proxy {
 
-Backend::Backend(Worker& worker, HostPort address, LoginPtr login)
-    : worker_(worker), address_(std::move(address)), name_(address_.str()), login_(std::move(login)) {}
+Backend::Backend(Worker& worker, HostPort address, LoginPtr login, int protocol, std::string setup)
+    : worker_(worker),
+      address_(std::move(address)),
+      name_(address_.str()),
+      login_(std::move(login)),
+      protocol_(protocol),
+      setup_(std::move(setup)) {}
 
 Backend::~Backend() {
   if (dirty_) worker_.forget_dirty(this);
@@ -144,20 +149,31 @@ void Backend::connect() {
     }
     conn_->out.use_tls(conn_->tls.get());
   }
-  if (login_) {
-    // The login is the connection's first command, and nothing else is written until the node accepts it:
-    // a command behind a refused AUTH would run as the default user, where that one needs no password.
-    const std::string wire = auth_command(*login_);
-    conn_->out.buffer().append(wire);
-    queued_bytes_ += wire.size();
+  // The login is the connection's first command, then the protocol and the setup, and nothing else is
+  // written until the node has accepted them all: a command behind a refused AUTH would run as the default
+  // user, where that one needs no password, and one behind a refused HELLO 3 would answer in RESP2.
+  std::vector<std::string> setup;
+  if (login_) setup.push_back(auth_command(*login_));
+  if (protocol_ == 3) {
+    std::string hello;
+    resp::append_command(hello, {"HELLO", "3"});
+    setup.push_back(std::move(hello));
+  }
+  if (!setup_.empty()) setup.push_back(setup_);
+  for (std::size_t i = 0; i < setup.size(); ++i) {
+    conn_->out.buffer().append(setup[i]);
+    queued_bytes_ += setup[i].size();
     awaiting_login_ = true;
     Pending p;
-    p.internal = [this](const std::string* reply) {
+    const bool last = i + 1 == setup.size();
+    p.internal = [this, last, i](const std::string* reply) {
       if (!reply) return;
-      if (reply->empty() || (*reply)[0] != '+') {
-        refused_login(*reply);
+      // AUTH and CLIENT TRACKING answer +OK, HELLO 3 a map: anything else, an error above all, is a refusal.
+      if (reply->empty() || ((*reply)[0] != '+' && (*reply)[0] != '%')) {
+        refused_login(*reply, login_ && i == 0);
         return;
       }
+      if (!last) return;
       awaiting_login_ = false;
       if (conn_ && !after_login_.empty()) {
         conn_->out.buffer().append(after_login_);
@@ -313,8 +329,13 @@ void Backend::on_read(ssize_t nread) {
 }
 
 void Backend::handle_reply(std::string_view reply) {
+  if (protocol_ == 3 && !reply.empty() && reply[0] == '>') {
+    // Out of band on a RESP3 connection (an invalidation): it answers no request.
+    if (push_sink_) push_sink_(reply);
+    return;
+  }
   // A subscribed connection: what is not the login's answer is a message or a confirmation for the sink.
-  if (push_sink_ && (pending_.empty() || !pending_.front().internal)) {
+  if (push_sink_ && protocol_ == 2 && (pending_.empty() || !pending_.front().internal)) {
     push_sink_(reply);
     return;
   }
@@ -397,9 +418,14 @@ void Backend::close_conn() {
   }
 }
 
-void Backend::refused_login(std::string_view reply) {
+void Backend::refused_login(std::string_view reply, bool login) {
   std::string reason(reply.substr(0, reply.find('\r')));
   if (reason.starts_with('-')) reason.erase(0, 1);
+  if (!login) {
+    // HELLO 3 or CLIENT TRACKING: what the client asked of its connection cannot be had on this node.
+    fail("the connection's setup was refused: " + reason, errors::setup_refused(name_, reason));
+    return;
+  }
   const std::string user = login_->user.empty() ? "default" : login_->user;
   if (last_failure_.find(reason) == std::string::npos)
     std::fprintf(stderr, "slotshift-proxy: %s refused the login as user '%s': %s\n", name_.c_str(),

@@ -25,8 +25,11 @@ class Worker;
 
 class Backend {
  public:
-  // Every connection it opens logs in as `login` first (none: no AUTH).
-  Backend(Worker& worker, HostPort address, LoginPtr login = nullptr);
+  // Every connection it opens logs in as `login` first (none: no AUTH), then switches to `protocol` (3: HELLO
+  // 3, so that the node answers in RESP3, as the clients that use it asked), then runs `setup` (CLIENT
+  // TRACKING for a tracking client's connections): nothing else is written until all of these succeeded.
+  Backend(Worker& worker, HostPort address, LoginPtr login = nullptr, int protocol = 2,
+          std::string setup = {});
   ~Backend();
   Backend(const Backend&) = delete;
   Backend& operator=(const Backend&) = delete;
@@ -37,6 +40,7 @@ class Backend {
   std::size_t inflight() const { return pending_.size(); }
   std::uint64_t last_activity_ms() const { return last_activity_ms_; }
   const LoginPtr& login() const { return login_; }
+  int protocol() const { return protocol_; }
   // Why the last connection failed, or "".
   const std::string& last_failure() const { return last_failure_; }
 
@@ -50,6 +54,8 @@ class Backend {
   // Pub/Sub: a connection in subscribed mode sends messages nobody asked for. With a sink, everything the
   // node sends (after the login) goes to it as it comes, whole messages one at a time; commands are written
   // with send_raw(), which expects no reply of its own. False when no connection could even be started.
+  // On a RESP3 connection, push messages (invalidations of CLIENT TRACKING) go to the sink, or are dropped
+  // without one, and every other reply answers its request.
   using PushSink = std::function<void(std::string_view message)>;
   void set_push_sink(PushSink sink) { push_sink_ = std::move(sink); }
   bool send_raw(std::string_view wire);
@@ -112,7 +118,8 @@ class Backend {
   void close_conn();
   // The node refused the login: every command queued behind it was refused too (NOAUTH), and is answered
   // with the node's reason.
-  void refused_login(std::string_view reply);
+  // `login`: the AUTH was refused, else HELLO 3 or the setup.
+  void refused_login(std::string_view reply, bool login);
   void mark_dirty();
   // `p` leaves pending_: its slot's count of requests at a backend goes down.
   void returned(const Pending& p);
@@ -127,6 +134,8 @@ class Backend {
   HostPort address_;
   std::string name_;
   LoginPtr login_;
+  int protocol_ = 2;
+  std::string setup_;
   bool awaiting_login_ = false;
   std::string after_login_;
   std::function<void()> on_fail_;

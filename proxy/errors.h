@@ -119,6 +119,12 @@ inline std::string login_refused(std::string_view node, std::string_view user, s
   return one_line("-ERR slotshift-proxy: " + std::string(node) + " refused the login as user '" +
                   std::string(user) + "' (" + std::string(reason) + "); the command was not run\r\n");
 }
+// A node refused HELLO 3 or CLIENT TRACKING on the connection a command was to run on: the command was not
+// run.
+inline std::string setup_refused(std::string_view node, std::string_view reason) {
+  return one_line("-ERR slotshift-proxy: " + std::string(node) + " refused to set up the connection (" +
+                  std::string(reason) + "); the command was not run\r\n");
+}
 // A client's AUTH could not be checked with the cluster (ACL pass-through): no node answered in time.
 inline std::string login_unchecked(std::string_view why) {
   return one_line("-ERR slotshift-proxy: could not check the login with the cluster: " + std::string(why) +

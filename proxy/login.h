@@ -37,9 +37,11 @@ inline bool same_login(const LoginPtr& a, const LoginPtr& b) {
 }
 
 // What tells apart connections to `node` by who they log in as (null: the proxy's own login, keyed by the
-// address alone). A user's name and password hold any byte but NUL; the key never leaves the process.
-inline std::string connection_key(const LoginPtr& login, const HostPort& node) {
+// address alone) and the protocol they speak. A user's name and password hold any byte but NUL; the key never
+// leaves the process.
+inline std::string connection_key(const LoginPtr& login, const HostPort& node, int protocol = 2) {
   std::string key;
+  if (protocol != 2) key.append("resp").append(std::to_string(protocol)).append(1, '\0');
   if (login) key.append(login->user).append(1, '\0').append(login->password).append(1, '\0');
   return key.append(node.str());
 }

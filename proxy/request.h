@@ -47,6 +47,7 @@ struct Request {
   Slot slot = 0;
   Backend* fixed = nullptr;  // fan-out parts go to one given master, not by slot
   LoginPtr login;            // ACL pass-through: the client's user, which it runs as (null: the proxy's)
+  std::uint8_t proto = 2;    // the protocol its client spoke when it sent it (HELLO): its reply's
   bool idempotent = false;   // safe to send again after a lost connection (read-only commands)
   bool blocking = false;     // runs on the session's dedicated connection
   // WATCH, the EXEC of a watched transaction and UNWATCH run on the client's watch connection

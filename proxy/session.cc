@@ -185,8 +185,33 @@ RequestPtr make_part(const RequestPtr& parent, std::size_t index) {
   part->deadline_ms = parent->deadline_ms;
   part->idempotent = parent->idempotent;
   part->login = parent->login;
+  part->proto = parent->proto;
   part->part_index = index;
   return part;
+}
+
+// A reply for a RESP3 client that the proxy made in RESP2's shapes: a nil of its own (CLIENT GETNAME, an EXEC
+// whose watch broke), or a Pub/Sub message or confirmation, which comes from a subscription connection that
+// speaks RESP2 and is a push in RESP3. Replies from a node come in RESP3 already and are left alone: no node
+// sends "$-1" or "*-1" in RESP3, and no reply but Pub/Sub's is a push.
+bool is_subscription_command(std::string_view name) {
+  return name.ends_with("subscribe");
+}
+void to_resp3(Request& r) {
+  if (r.reply == "$-1\r\n" || r.reply == "*-1\r\n") {
+    r.reply = "_\r\n";
+    return;
+  }
+  if (!r.push && !is_subscription_command(r.name)) return;
+  // One value or several (a confirmation per channel): each array at the top becomes a push.
+  resp::Scanner scanner(resp::Scanner::Mode::kReply);
+  std::string_view rest(r.reply);
+  std::size_t at = 0;
+  while (at < r.reply.size() && scanner.scan(rest.substr(at)) == resp::Status::kComplete) {
+    if (r.reply[at] == '*') r.reply[at] = '>';
+    at += scanner.size();
+    scanner.reset();
+  }
 }
 
 // Longer than any retry's backoff (Worker::follow_redirect, Backend::fail).
@@ -318,12 +343,12 @@ bool Session::reserve_own_connection() {
   return false;
 }
 
-Backend* Session::dedicated(const HostPort& node, const LoginPtr& login) {
-  const std::string key = connection_key(login, node);
+Backend* Session::dedicated(const HostPort& node, const LoginPtr& login, int protocol) {
+  const std::string key = connection_key(login, node, protocol);
   if (auto it = dedicated_.find(key); it != dedicated_.end()) return it->second.get();
   if (!reserve_own_connection()) return nullptr;
   auto& b = dedicated_[key];
-  b = std::make_unique<Backend>(worker_, node, login ? login : worker_.own_login_);
+  b = std::make_unique<Backend>(worker_, node, login ? login : worker_.own_login_, protocol);
   return b.get();
 }
 
@@ -516,6 +541,7 @@ RequestPtr Session::new_request(std::string name, const CommandInfo* cmd) {
   r->deadline_ms = worker_.now_ms() + static_cast<std::uint64_t>(worker_.config().request_timeout.count());
   r->idempotent = cmd && cmd->has_flag(CommandFlag::kReadonly) && !cmd->has_flag(CommandFlag::kWrite);
   r->login = login_;
+  r->proto = proto_;
   return r;
 }
 
@@ -640,6 +666,7 @@ void Session::flush_replies() {
   while (!queue_.empty() && queue_.front()->done) {
     Request& r = *queue_.front();
     if (r.held) held_bytes_ -= r.reply.size();
+    if (r.proto == 3) to_resp3(r);
     if (!r.silent) {
       if (out.empty()) {
         out.swap(r.reply);  // a large reply is handed on, not copied
@@ -685,8 +712,9 @@ void Session::handle(Args args, std::string_view raw) {
     answer(name, std::string(errors::kNoAuth));
     return;
   }
-  if (pubsub_ && pubsub_->active()) {
-    // Subscribed mode (RESP2), as on Redis: only these commands, and PING answers as a message does.
+  if (pubsub_ && pubsub_->active() && proto_ == 2) {
+    // Subscribed mode (RESP2), as on Redis: only these commands, and PING answers as a message does. A RESP3
+    // client runs any command while subscribed: its messages are pushes, which no reply can be taken for.
     if (name == "ping" && args.size() <= 2) {
       std::string reply;
       resp::append_array_header(reply, 2);
@@ -803,12 +831,14 @@ bool Session::answer_locally(const std::string& name, Args args) {
   }
   if (name == "hello") {
     std::size_t i = 1;
+    std::uint8_t protocol = proto_;
     if (argc >= 2) {
       std::uint64_t proto = 0;
       if (!parse_u64(args[1], proto)) {
         return answer(name, "-ERR Protocol version is not an integer or out of range\r\n"), true;
       }
-      if (proto != 2) return answer(name, std::string(errors::kNoProto)), true;
+      if (proto != 2 && proto != 3) return answer(name, std::string(errors::kNoProto)), true;
+      protocol = static_cast<std::uint8_t>(proto);
       i = 2;
     }
     // Every option is read before any takes effect, as Redis does: a syntax error changes nothing.
@@ -825,18 +855,23 @@ bool Session::answer_locally(const std::string& name, Args args) {
       }
     }
     if (!login && !authenticated_) return answer(name, std::string(errors::kHelloNoAuth)), true;
+    // The name and the protocol change only with a login that succeeds; the reply is in the new protocol.
+    auto take_effect = [this, protocol, setname = std::move(setname)] {
+      if (setname) client_name_ = *setname;
+      set_protocol(protocol);
+    };
     if (login) {
-      log_in(name, std::move(*login), hello_reply(), std::move(setname));
+      log_in(name, std::move(*login), hello_reply(protocol), std::move(take_effect));
     } else {
-      if (setname) client_name_ = std::move(*setname);
-      answer(name, hello_reply());
+      take_effect();
+      answer(name, hello_reply(protocol));
     }
     return true;
   }
   if (name == "auth") {
     if (argc != 2 && argc != 3) return answer(name, errors::wrong_arity(name)), true;
     log_in(name, Login{argc == 3 ? std::string(args[1]) : std::string(), std::string(args[argc - 1])},
-           "+OK\r\n");
+           "+OK\r\n", [] {});
     return true;
   }
   if (name == "client" && argc >= 2) return client_command(args);
@@ -962,6 +997,7 @@ void Session::push(std::string_view message) {
   r->name = "message";
   r->seq = ++next_seq_;
   r->push = true;
+  r->proto = proto_;
   r->done = true;
   r->reply.assign(message);
   queue_.push_back(r);
@@ -977,17 +1013,34 @@ void Session::reset_state() {
   // As Redis: back to the default user, logged in only where no login is asked for.
   authenticated_ = worker_.config().client_auth == Config::ClientAuth::kNone;
   login_.reset();
+  set_protocol(2);
 }
 
-std::string Session::hello_reply() const {
+void Session::set_protocol(std::uint8_t protocol) {
+  if (protocol == proto_) return;
+  proto_ = protocol;
+  // The watch connection speaks the protocol before: a watched EXEC there would answer in it. The watch is
+  // broken, and EXEC answers nil, as when a watched key changed.
+  if (watch_.backend) {
+    if (watching_) renew_generation(watch_);
+    retire_watch_connection();
+  }
+}
+
+std::string Session::hello_reply(std::uint8_t protocol) const {
   std::string reply;
-  resp::append_array_header(reply, 14);
+  // RESP3 has maps: HELLO's reply is one there, and the same pairs in an array in RESP2.
+  if (protocol == 3) {
+    reply.append("%7\r\n");
+  } else {
+    resp::append_array_header(reply, 14);
+  }
   resp::append_bulk(reply, "server");
   resp::append_bulk(reply, "redis");
   resp::append_bulk(reply, "version");
   resp::append_bulk(reply, kVersion);
   resp::append_bulk(reply, "proto");
-  resp::append_integer(reply, 2);
+  resp::append_integer(reply, protocol);
   resp::append_bulk(reply, "id");
   resp::append_integer(reply, static_cast<std::int64_t>(id_));
   resp::append_bulk(reply, "mode");
@@ -1000,7 +1053,7 @@ std::string Session::hello_reply() const {
 }
 
 void Session::log_in(std::string_view name, Login login, std::string ok_reply,
-                     std::optional<std::string> setname) {
+                     std::function<void()> take_effect) {
   using enum Config::ClientAuth;
   const auto& config = worker_.config();
   // The default user is named or left out (AUTH password); the proxy's own password mode knows no other.
@@ -1011,14 +1064,14 @@ void Session::log_in(std::string_view name, Login login, std::string ok_reply,
       // and the one-argument form says that none is set.
       if (login.user.empty()) return answer(name, std::string(errors::kAuthNotConfigured));
       if (!default_user) return answer(name, std::string(errors::kWrongPass));
-      if (setname) client_name_ = std::move(*setname);
+      take_effect();
       answer(name, std::move(ok_reply));
       return;
     case kPassword:
       // A failed AUTH leaves a client that had logged in logged in, as on Redis.
       if (default_user && same_secret(login.password, config.requirepass)) {
         authenticated_ = true;
-        if (setname) client_name_ = std::move(*setname);
+        take_effect();
         answer(name, std::move(ok_reply));
       } else {
         worker_.stats().errors_refused.add();
@@ -1038,7 +1091,7 @@ void Session::log_in(std::string_view name, Login login, std::string ok_reply,
   login_check_ = std::make_unique<Backend>(worker_, node);
   login_check_->send_internal(
       auth_command(*candidate), [this, r, candidate, ok_reply = std::move(ok_reply),
-                                 setname = std::move(setname)](const std::string* reply) {
+                                 take_effect = std::move(take_effect)](const std::string* reply) {
         const std::string why = reply ? std::string() : login_check_->last_failure();
         login_check_->shutdown();  // one AUTH was all it was for
         worker_.retire(std::move(login_check_));
@@ -1057,7 +1110,7 @@ void Session::log_in(std::string_view name, Login login, std::string ok_reply,
           // Subscription connections left from before (closing after their linger) are the user before's:
           // new subscriptions get connections of the new one.
           if (pubsub_ && !pubsub_->active()) pubsub_->close();
-          if (setname) client_name_ = *setname;
+          take_effect();
           worker_.complete(r, ok_reply);
         } else {
           // The node's own words: WRONGPASS, or an error of its ACL.
@@ -1377,14 +1430,15 @@ void Session::watch(Args args, std::string_view raw) {
   // A connection to another node, or logged in as someone else, cannot carry this watch. (No watch is in
   // force then: its slot's owner is the connection's node, and a login as someone else broke it.)
   if (watch_.backend &&
-      (watch_.backend->address() != owner->address() || !same_login(watch_.backend->login(), login))) {
+      (watch_.backend->address() != owner->address() || !same_login(watch_.backend->login(), login) ||
+       watch_.backend->protocol() != proto_)) {
     if (watching_) renew_generation(watch_);
     retire_watch_connection();
   }
   if (!watch_.backend) {
     if (!reserve_own_connection())
       return answer("watch", errors::too_many_blocking(worker_.config().max_blocking_connections));
-    watch_.backend = std::make_unique<Backend>(worker_, owner->address(), login);
+    watch_.backend = std::make_unique<Backend>(worker_, owner->address(), login, proto_);
     Backend* b = watch_.backend.get();
     b->on_fail([this, b] {
       if (watch_.backend.get() == b) return renew_generation(watch_);

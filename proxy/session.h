@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -39,7 +40,7 @@ class Session {
   void check_idle(std::uint64_t now_ms);
   // The session's own connection to `node`, logged in as `login` (null: the proxy's own login), for blocking
   // commands; null when the process has max-blocking-connections of them already.
-  Backend* dedicated(const HostPort& node, const LoginPtr& login);
+  Backend* dedicated(const HostPort& node, const LoginPtr& login, int protocol);
   // Counts one more connection of a client's own (blocking commands, WATCH) against max-blocking-connections;
   // false at the cap.
   bool reserve_own_connection();
@@ -137,9 +138,11 @@ class Session {
   // AUTH, or HELLO's AUTH option: answers `ok_reply` once `login` is accepted (checked by the proxy, or by a
   // node with ACL pass-through), else the error Redis gives.
   // HELLO's SETNAME takes effect only with the login.
-  void log_in(std::string_view name, Login login, std::string ok_reply,
-              std::optional<std::string> setname = std::nullopt);
-  std::string hello_reply() const;
+  // `take_effect` runs once the login is accepted (HELLO's SETNAME and protocol).
+  void log_in(std::string_view name, Login login, std::string ok_reply, std::function<void()> take_effect);
+  std::string hello_reply(std::uint8_t protocol) const;
+  // HELLO 2 or 3 (RESET: 2).
+  void set_protocol(std::uint8_t protocol);
   std::string info_reply(std::string_view section);
 
   static void on_alloc(uv_handle_t* handle, std::size_t suggested, uv_buf_t* buf);
@@ -169,6 +172,9 @@ class Session {
   // pass-through, who it logged in as (its requests carry it, Request::login).
   bool authenticated_ = false;
   LoginPtr login_;
+  // The protocol the client chose with HELLO (2 or 3): its requests run on connections that speak it, and the
+  // replies the proxy makes itself take its shapes.
+  std::uint8_t proto_ = 2;
   // ACL pass-through: the connection on which a node checks the client's AUTH. Nothing more of the client is
   // read or run until the node has answered (its later commands must run as whoever it turns out to be).
   std::unique_ptr<Backend> login_check_;

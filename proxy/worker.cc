@@ -227,9 +227,9 @@ void Worker::ask_node(const HostPort& node, std::string command, NodeAnswer done
   });
 }
 
-Backend* Worker::backend(const HostPort& node, const LoginPtr& login) {
-  auto& b = backends_[connection_key(login, node)];
-  if (!b) b = std::make_unique<Backend>(*this, node, login ? login : own_login_);
+Backend* Worker::backend(const HostPort& node, const LoginPtr& login, int protocol) {
+  auto& b = backends_[connection_key(login, node, protocol)];
+  if (!b) b = std::make_unique<Backend>(*this, node, login ? login : own_login_, protocol);
   return b.get();
 }
 
@@ -309,10 +309,12 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     return;
   }
   // With ACL pass-through a request runs as its client's user, wherever the slot map or a redirect sends it:
-  // on that user's connection to the same node.
-  if (r->login && !same_login(b->login(), r->login)) b = backend(b->address(), r->login);
+  // on that user's connection to the same node. A RESP3 client's on a connection that speaks RESP3: the node
+  // gives every reply its RESP3 type.
+  if ((r->login && !same_login(b->login(), r->login)) || b->protocol() != r->proto)
+    b = backend(b->address(), r->login, r->proto);
   if (r->blocking) {
-    b = r->session->dedicated(b->address(), r->login);
+    b = r->session->dedicated(b->address(), r->login, r->proto);
     if (!b) {
       stats_.errors_refused.add();
       complete(r, errors::too_many_blocking(config_.max_blocking_connections));

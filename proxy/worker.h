@@ -84,7 +84,8 @@ class Worker {
 
   // The shared connection to `node` (created on first use), logged in as the proxy (masteruser/masterauth),
   // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
-  Backend* backend(const HostPort& node, const LoginPtr& login = nullptr);
+  // `protocol` 3: a connection on which the node answers in RESP3, for the clients that speak it.
+  Backend* backend(const HostPort& node, const LoginPtr& login = nullptr, int protocol = 2);
   // Sends a request to where it belongs: its fixed backend, or the owner of its slot. Answers it with an
   // error if no node serves the slot.
   void dispatch(const RequestPtr& request, bool asking = false, Backend* to = nullptr);
