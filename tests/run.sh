@@ -32,7 +32,7 @@ roots=()
 for s in $servers; do deploy/local/server-root.sh "$s" --check || roots+=("$s"); done
 echo "tests/run.sh: the plan" >&2
 [ -n "$missing" ] && echo "  install Debian packages: $missing(about 2 min)" >&2
-[ -d tests/integration/ioredis/node_modules/ioredis ] ||
+[ -d tests/integration/js-clients/node_modules/ioredis ] ||
   echo "  install the JavaScript test clients from npm (about 10 s)" >&2
 [ ${#roots[@]} -gt 0 ] &&
   echo "  build the Debian roots of ${roots[*]}, side by side (about 2 min, 300 MB each)" >&2
@@ -46,8 +46,8 @@ echo "  run the tests: every test on Redis 7.0${servers:+, the version tests on 
 # Every package first, once: nothing after this line calls apt, so the roots can be built side by side.
 deploy/local/install-deps.sh
 # ioredis for the client tests, at the version package-lock.json pins.
-if [ ! -d tests/integration/ioredis/node_modules/ioredis ]; then
-  (cd tests/integration/ioredis && npm ci --no-audit --no-fund --loglevel=error)
+if [ ! -d tests/integration/js-clients/node_modules/ioredis ]; then
+  (cd tests/integration/js-clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 # The roots, side by side (each mostly waits for the mirror), before any test needs one. Each says on stderr
 # why it failed, its log's last lines included.
