@@ -32,7 +32,8 @@ roots=()
 for s in $servers; do deploy/local/server-root.sh "$s" --check || roots+=("$s"); done
 echo "tests/run.sh: the plan" >&2
 [ -n "$missing" ] && echo "  install Debian packages: $missing(about 2 min)" >&2
-[ -d tests/integration/ioredis/node_modules/ioredis ] ||
+js_clients=tests/integration/js-clients
+[ -d $js_clients/node_modules/ioredis ] && [ -d $js_clients/node_modules/redis ] ||
   echo "  install the JavaScript test clients from npm (about 10 s)" >&2
 [ ${#roots[@]} -gt 0 ] &&
   echo "  build the Debian roots of ${roots[*]}, side by side (about 2 min, 300 MB each)" >&2
@@ -45,9 +46,10 @@ echo "  run the tests: every test on Redis 7.0${servers:+, the version tests on 
 
 # Every package first, once: nothing after this line calls apt, so the roots can be built side by side.
 deploy/local/install-deps.sh
-# ioredis for the client tests, at the version package-lock.json pins.
-if [ ! -d tests/integration/ioredis/node_modules/ioredis ]; then
-  (cd tests/integration/ioredis && npm ci --no-audit --no-fund --loglevel=error)
+# ioredis and node-redis for the client tests, at the versions package-lock.json pins (again when one is missing:
+# a checkout from before node-redis joined has ioredis alone).
+if [ ! -d $js_clients/node_modules/ioredis ] || [ ! -d $js_clients/node_modules/redis ]; then
+  (cd $js_clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 # The roots, side by side (each mostly waits for the mirror), before any test needs one. Each says on stderr
 # why it failed, its log's last lines included.

@@ -19,7 +19,8 @@ packages=(
   debootstrap
 )
 
-# Node.js runs the ioredis client tests; a machine that already has node and npm (from any source) keeps them.
+# Node.js runs the JavaScript client tests (ioredis, node-redis); a machine that already has node and npm (from any
+# source) keeps them.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()

@@ -73,7 +73,7 @@ def run_ioredis(port, user, password):
     env = dict(os.environ, IOREDIS_PASSWORD=password)
     if user:
         env["IOREDIS_USERNAME"] = user
-    return subprocess.run(["node", os.path.join(here, "ioredis", "ioredis_test.js"), str(port)], env=env,
+    return subprocess.run(["node", os.path.join(here, "js-clients", "ioredis_test.js"), str(port)], env=env,
                           capture_output=True, text=True, timeout=120)
 
 

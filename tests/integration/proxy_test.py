@@ -269,7 +269,7 @@ class ProxyBasics(ClusterBehindProxy):
 
     def test_ioredis_through_the_proxy(self):
         here = os.path.dirname(os.path.abspath(__file__))
-        run = subprocess.run(["node", os.path.join(here, "ioredis", "ioredis_test.js"), str(self.proxy.port)],
+        run = subprocess.run(["node", os.path.join(here, "js-clients", "ioredis_test.js"), str(self.proxy.port)],
                              capture_output=True, text=True, timeout=120)
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
         self.assertIn("7 passed, 0 failed", run.stdout)

@@ -154,7 +154,7 @@ class TlsCluster(unittest.TestCase):
 
     def test_ioredis_over_tls(self):
         here = os.path.dirname(os.path.abspath(__file__))
-        run = subprocess.run(["node", os.path.join(here, "ioredis", "ioredis_test.js"), str(self.proxy.port)],
+        run = subprocess.run(["node", os.path.join(here, "js-clients", "ioredis_test.js"), str(self.proxy.port)],
                              env=dict(os.environ, IOREDIS_TLS_DIR=self.tls), capture_output=True, text=True,
                              timeout=120)
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
