@@ -711,9 +711,14 @@ void Session::handle(Args args, std::string_view raw) {
     // Monitor mode, as on Redis 7.0: a second MONITOR is ignored (no reply), commands that read or write
     // the keyspace are refused, and the others (PING, INFO, CLIENT, RESET, QUIT, ...) run.
     if (name == "monitor" && !in_multi_) return;
+    // Redis's "may replicate" flag, which COMMAND does not show (so the command table lacks it), is on
+    // PUBLISH, SPUBLISH and the script and function calls.
+    static constexpr std::string_view kMayReplicate[] = {"publish", "spublish",   "eval",  "evalsha",
+                                                         "eval_ro", "evalsha_ro", "fcall", "fcall_ro"};
     if (cmd && arity_ok(*cmd, args.size()) &&
         (cmd->has_flag(CommandFlag::kReadonly) || cmd->has_flag(CommandFlag::kWrite) ||
-         cmd->has_flag(CommandFlag::kMayReplicate))) {
+         cmd->has_flag(CommandFlag::kMayReplicate) ||
+         std::find(std::begin(kMayReplicate), std::end(kMayReplicate), name) != std::end(kMayReplicate))) {
       answer(name, std::string(errors::kMonitorKeyspace));
       return;
     }
