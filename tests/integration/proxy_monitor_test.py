@@ -3,7 +3,9 @@
 connection, each line marked with the node it ran on (node=HOST:PORT inside the brackets, where redis-py's and
 redis-cli's monitor parsers still read the line). Commands sent through the proxy and straight to the nodes, what
 a monitoring client may send afterwards (as on Redis 7.0), RESET, the node connections closed when the client
-leaves or reads too slowly, the max-blocking-connections cap, and a node restarted under a monitor. Run by ctest;
+leaves or reads too slowly, the max-blocking-connections cap, ACL pass-through (the node connections log in as the
+client; a user the nodes refuse MONITOR gets their NOPERM), a master that joins and leaves, and a node restarted
+under a monitor. Run by ctest;
 runs alone too: tests/integration/proxy_monitor_test.py [-k pattern]."""
 
 import os
@@ -135,7 +137,8 @@ class Monitor(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.cluster = harness.Cluster(3, 0)
-        cls.proxy = harness.Proxy(cls.cluster, "--allow-admin-commands")
+        # The slot map is reloaded every 200 ms: a master that joins is seen soon.
+        cls.proxy = harness.Proxy(cls.cluster, "--allow-admin-commands", "--refresh-interval-ms", "200")
         cls.masters = cls.cluster.masters_by_slot()
         # One key on each master, by the master's address.
         cls.keys = {addr(m): key_in(cls.cluster.slots_of(m), "k%d:" % i) for i, m in enumerate(cls.masters)}
@@ -207,6 +210,8 @@ class Monitor(unittest.TestCase):
         finally:
             cli.terminate()
             cli.wait(10)
+            reader.join(10)
+            cli.stdout.close()
         self.assertTrue(any(pattern.match(line.rstrip("\n")) for line in lines), lines[-10:])
 
     def test_commands_while_monitoring_as_on_redis_and_reset_ends_it(self):
@@ -275,6 +280,39 @@ class Monitor(unittest.TestCase):
         finally:
             proxy.stop()
 
+    def test_acl_pass_through_monitors_as_the_client(self):
+        for node in self.cluster.nodes:
+            self.cluster.cli(node, "acl", "setuser", "mon", "on", ">monpw", "~*", "&*", "+@all")
+            self.cluster.cli(node, "acl", "setuser", "nomon", "on", ">nomonpw", "~*", "&*", "+@all", "-monitor")
+        proxy = harness.Proxy(self.cluster, "--allow-admin-commands", "--client-auth", "acl", login=("mon", "monpw"))
+        try:
+            # A user the nodes do not allow MONITOR gets the node's own refusal, and nothing is monitored.
+            with self.assertRaisesRegex(redis.exceptions.NoPermissionError,
+                                        "no permissions to run the 'monitor' command"):
+                with redis.Redis(host="127.0.0.1", port=proxy.port, username="nomon", password="nomonpw",
+                                 socket_timeout=10).monitor():
+                    pass
+            # One who may: the node connections are logged in as that user.
+            mon = RawMonitor(proxy.port, start=False)
+            try:
+                mon.send("AUTH", "mon", "monpw")
+                mon.assertReply(b"+OK")
+                mon.send("MONITOR")
+                mon.assertReply(b"+OK")
+                for node in self.masters:
+                    monitors = [line for line in self.cluster.cli(node, "client", "list").splitlines()
+                                if re.search(r" flags=\S*O", line)]
+                    self.assertEqual(len(monitors), 1, monitors)
+                    self.assertIn(" user=mon ", monitors[0])
+            finally:
+                mon.close()
+        finally:
+            proxy.stop()
+            for node in self.cluster.nodes:
+                self.cluster.cli(node, "acl", "deluser", "mon", "nomon")
+        self.assertEqual(self.wait_monitor_connections({addr(m): 0 for m in self.masters}),
+                         {addr(m): 0 for m in self.masters})
+
     def test_monitor_at_the_blocking_connection_cap_is_refused(self):
         proxy = harness.Proxy(self.cluster, "--allow-admin-commands", "--max-blocking-connections", "3")
         try:
@@ -325,6 +363,56 @@ class Monitor(unittest.TestCase):
             s.close()
         finally:
             proxy.stop()
+
+    def move_empty_slot(self, slot, source, target):
+        """Gives `slot` (no key in it) from `source` to `target`, as redis-cli --cluster reshard does."""
+        source_id, target_id = self.cluster.node_id(source), self.cluster.node_id(target)
+        self.cluster.cli(target, "cluster", "setslot", str(slot), "importing", source_id)
+        self.cluster.cli(source, "cluster", "setslot", str(slot), "migrating", target_id)
+        for node in [target, source] + [n for n in self.cluster.nodes if n not in (source, target)]:
+            self.cluster.cli(node, "cluster", "setslot", str(slot), "node", target_id)
+
+    def test_master_that_joins_gets_a_monitor_connection(self):
+        mon = RawMonitor(self.proxy.port)
+        try:
+            new = start_node(self.cluster)
+            new_id = self.cluster.node_id(new)
+            self.cluster.cli(new, "cluster", "meet", self.cluster.nodes[0][0], str(self.cluster.nodes[0][1]))
+            deadline = time.time() + 20
+            while not all(any(e.id == new_id for e in self.cluster.view(n)) for n in self.cluster.nodes):
+                self.assertLess(time.time(), deadline, "the new node did not join")
+                time.sleep(0.2)
+            # A slot with no key of this test: it becomes the new master's, which makes it a master of the
+            # cluster for the proxy.
+            source = self.masters[0]
+            used = {key_slot(k.encode()) for k in self.keys.values()}
+            slot = next(s for s in self.cluster.slots_of(source) if s not in used)
+            self.move_empty_slot(slot, source, new)
+            name = addr(new)
+            mon.wait_line(lambda line: ("node=%s " % name) in line and '"monitor-started"' in line, timeout=20)
+            key = key_in([slot], "joined:")
+            deadline = time.time() + 20
+            while True:
+                try:
+                    redis.Redis(host=new[0], port=new[1]).set(key, "on-the-new-master")
+                    break
+                except redis.ResponseError as e:  # until it knows it owns the slot
+                    if time.time() > deadline:
+                        raise AssertionError(str(e))
+                    time.sleep(0.1)
+            mon.wait_line(lambda line: ("node=%s " % name) in line and '"on-the-new-master"' in line)
+            self.assertEqual(self.monitor_connections(new), 1)
+            # The slot goes back: the node owns none, is no longer a master of the cluster, and its stream ends.
+            redis.Redis(host=new[0], port=new[1]).delete(key)
+            self.move_empty_slot(slot, new, source)
+            mon.wait_line(lambda line: ("node=%s " % name) in line and '"monitor-stopped"' in line, timeout=20)
+            deadline = time.time() + 10
+            while self.monitor_connections(new) != 0 and time.time() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(self.monitor_connections(new), 0)
+            self.assertFalse(mon.closed)
+        finally:
+            mon.close()
 
     def test_node_restart_does_not_end_the_stream_of_the_others(self):
         mon = RawMonitor(self.proxy.port)
