@@ -127,6 +127,8 @@ void Monitor::close() {
   while (!links_.empty())
     drop_link(links_.begin());
   active_ = false;
+  early_.clear();
+  early_bytes_ = 0;
   if (request) worker_.complete(request, "+OK\r\n");
 }
 
@@ -136,7 +138,25 @@ void Monitor::note(const HostPort& node, std::string_view event, std::string_vie
   line.append(event).append("\"");
   if (!detail.empty()) line.append(" \"").append(plain(detail)).append("\"");
   line.append("\r\n");
-  session_.push(line);
+  emit(std::move(line));
+}
+
+void Monitor::emit(std::string line) {
+  if (!confirm_) return session_.push(line);
+  // Until every node has answered MONITOR, lines wait here rather than behind the client's MONITOR: should a
+  // node refuse it, the client gets that error alone, not followed by lines it would read as the replies of
+  // its next commands. They count against the client's output bound as replies waiting would.
+  early_bytes_ += line.size();
+  if (early_bytes_ > worker_.config().max_client_output) {
+    worker_.stats().clients_slow_reader.add();
+    std::fprintf(stderr,
+                 "slotshift-proxy: closing client %s: %zu bytes of monitor lines wait for MONITOR's answer "
+                 "(limit %zu)\n",
+                 session_.peer_.c_str(), early_bytes_, worker_.config().max_client_output);
+    session_.close();
+    return;
+  }
+  early_.push_back(std::move(line));
 }
 
 void Monitor::on_message(const std::string& key, std::string_view message) {
@@ -168,6 +188,8 @@ void Monitor::on_message(const std::string& key, std::string_view message) {
       while (!links_.empty())
         drop_link(links_.begin());
       active_ = false;
+      early_.clear();
+      early_bytes_ = 0;
       worker_.complete(request, errors::one_line(std::string(message)));
       return;
     }
@@ -185,13 +207,13 @@ void Monitor::on_message(const std::string& key, std::string_view message) {
   const std::size_t open_at = message.find(" [");
   const std::size_t space = open_at == std::string_view::npos ? open_at : message.find(' ', open_at + 2);
   if (space == std::string_view::npos) {
-    session_.push(message);
+    emit(std::string(message));
     return;
   }
   line.reserve(message.size() + key.size() + 6);
   line.append(message.substr(0, space + 1)).append("node=").append(key).append(" ");
   line.append(message.substr(space + 1));
-  session_.push(line);
+  emit(std::move(line));
 }
 
 std::string Monitor::node_said(const std::string& error) {
@@ -219,6 +241,13 @@ void Monitor::maybe_confirm() {
   RequestPtr request = std::move(confirm_);
   confirm_.reset();
   worker_.complete(request, "+OK\r\n");
+  std::vector<std::string> early;
+  early.swap(early_);
+  early_bytes_ = 0;
+  for (auto& line : early) {
+    if (session_.closing()) return;
+    session_.push(line);
+  }
 }
 
 void Monitor::owners_changed() {

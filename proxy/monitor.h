@@ -25,6 +25,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/host_port.h"
 #include "proxy/request.h"
@@ -83,6 +84,8 @@ class Monitor {
   void interrupted(Link& l, std::string why, std::uint64_t now_ms);
   // A line of the proxy's own about `node`: `event` and, if any, `detail`.
   void note(const HostPort& node, std::string_view event, std::string_view detail = {});
+  // A line for the client: now, or once MONITOR is answered.
+  void emit(std::string line);
   // Answers MONITOR once no link is still on its way to MONITOR mode.
   void maybe_confirm();
 
@@ -90,6 +93,8 @@ class Monitor {
   Worker& worker_;
   std::map<std::string, Link> links_;  // by node "HOST:PORT"
   RequestPtr confirm_;                 // MONITOR's request, until answered
+  std::vector<std::string> early_;     // lines that came before it was answered (emit())
+  std::size_t early_bytes_ = 0;
   bool active_ = false;
   bool masters_changed_ = false;  // owners_changed() came: check() compares the links with the masters
 };
