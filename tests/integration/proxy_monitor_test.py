@@ -4,8 +4,8 @@ connection, each line marked with the node it ran on (node=HOST:PORT inside the 
 redis-cli's monitor parsers still read the line). Commands sent through the proxy and straight to the nodes, what
 a monitoring client may send afterwards (as on Redis 7.0), RESET, the node connections closed when the client
 leaves or reads too slowly, the max-blocking-connections cap, ACL pass-through (the node connections log in as the
-client; a user the nodes refuse MONITOR gets their NOPERM), a master that joins and leaves, and a node restarted
-under a monitor. Run by ctest;
+client; a user the nodes refuse MONITOR gets their NOPERM), a master that joins and leaves, a node restarted
+under a monitor, and a TLS-only cluster. Run by ctest;
 runs alone too: tests/integration/proxy_monitor_test.py [-k pattern]."""
 
 import os
@@ -454,6 +454,35 @@ class Monitor(unittest.TestCase):
         finally:
             mon.close()
 
+
+class MonitorTls(unittest.TestCase):
+    """The monitor connections speak TLS toward a TLS-only cluster, as every connection of the proxy does."""
+
+    def test_monitor_over_tls_to_the_nodes(self):
+        cluster = harness.Cluster(3, 0, tls=True)
+        try:
+            tls = cluster.tls_dir
+            proxy = harness.Proxy(cluster, "--allow-admin-commands", "--backend-tls", "--backend-tls-ca-cert-file",
+                                  os.path.join(tls, "ca.crt"), "--backend-tls-cert-file",
+                                  os.path.join(tls, "client.crt"), "--backend-tls-key-file",
+                                  os.path.join(tls, "client.key"))
+            try:
+                masters = cluster.masters_by_slot()
+                keys = {addr(m): key_in(cluster.slots_of(m), "tls%d:" % i) for i, m in enumerate(masters)}
+                mon = RawMonitor(proxy.port)
+                try:
+                    r = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=10)
+                    for node, key in keys.items():
+                        r.set(key, "over-tls")
+                    for node, key in keys.items():
+                        mon.wait_line(lambda line, n=node, k=key: ('node=%s ' % n) in line and
+                                      '"%s" "over-tls"' % k in line)
+                finally:
+                    mon.close()
+            finally:
+                proxy.stop()
+        finally:
+            cluster.stop()
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
