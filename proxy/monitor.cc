@@ -183,6 +183,8 @@ void Monitor::on_message(const std::string& key, std::string_view message) {
     if (confirm_) {
       // The client's MONITOR is refused by a node (NOPERM: the user may not run MONITOR there): as on
       // Redis, the client gets the node's error and is not monitoring.
+      // (Copied first: `message` is in the buffer of a connection about to close.)
+      std::string reply = errors::one_line(std::string(message));
       RequestPtr request = std::move(confirm_);
       confirm_.reset();
       while (!links_.empty())
@@ -190,7 +192,7 @@ void Monitor::on_message(const std::string& key, std::string_view message) {
       active_ = false;
       early_.clear();
       early_bytes_ = 0;
-      worker_.complete(request, errors::one_line(std::string(message)));
+      worker_.complete(request, std::move(reply));
       return;
     }
     // A connection opened again was refused (the user's permissions changed meanwhile): tried again later.
