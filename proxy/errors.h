@@ -57,6 +57,9 @@ inline constexpr std::string_view kHelloNoAuth =
 inline constexpr std::string_view kAuthNotConfigured =
     "-ERR AUTH <password> called without any password configured for the default user. Are you sure your "
     "configuration is correct?\r\n";
+// A command that reads or writes the keyspace, sent by a client in monitor mode (Redis 7.0 counts a monitor
+// among its replicas).
+inline constexpr std::string_view kMonitorKeyspace = "-ERR Replica can't interact with the keyspace\r\n";
 inline std::string protocol_error(std::string_view message) {
   return "-ERR " + std::string(message) + "\r\n";
 }

@@ -110,6 +110,10 @@ constexpr std::string_view kWaitWhy =
 constexpr std::string_view kPubSubInMultiWhy =
     "inside a transaction: the proxy runs subscriptions on connections of the client's own, outside "
     "transactions only";
+// Outside a transaction MONITOR runs on connections of the client's own (monitor.h).
+constexpr std::string_view kMonitorInMultiWhy =
+    "inside a transaction: the proxy runs MONITOR on connections of the client's own, outside transactions "
+    "only";
 constexpr Unsupported kUnsupportedState[] = {
     {"subscribe", kPubSubInMultiWhy},
     {"psubscribe", kPubSubInMultiWhy},
@@ -117,7 +121,7 @@ constexpr Unsupported kUnsupportedState[] = {
     {"unsubscribe", kPubSubInMultiWhy},
     {"punsubscribe", kPubSubInMultiWhy},
     {"sunsubscribe", kPubSubInMultiWhy},
-    {"monitor", kPushWhy},
+    {"monitor", kMonitorInMultiWhy},
     {"sync", kPushWhy},
     {"psync", kPushWhy},
     {"replconf", kStateWhy},
@@ -319,6 +323,7 @@ void Session::close() {
   worker_.proxy().blocking_connections().fetch_sub(dedicated_.size());
   if (login_check_) login_check_->shutdown();  // its callback retires it
   end_subscriptions();
+  end_monitor();
   execs_after_watch_.clear();  // never sent: the client left before their watch was in force
   close_watch_connection(watch_);
   for (auto& w : retiring_watches_)
@@ -380,6 +385,8 @@ void Session::check_deadlines(std::uint64_t now_ms) {
   if (closing_) return;
   // Most clients have no connection of their own: nothing to walk, and nothing allocated every tick.
   if (pubsub_) pubsub_->check(now_ms);
+  if (closing_) return;
+  if (monitor_) monitor_->check(now_ms);
   if (closing_) return;
   if (dedicated_.empty() && !login_check_ && !watch_.backend && retiring_watches_.empty()) return;
   // Answering a request can send others (a parked one, released), which may open or close connections of
@@ -728,7 +735,27 @@ void Session::handle(Args args, std::string_view raw) {
       return;
     }
   }
+  if (monitor_ && monitor_->active()) {
+    // Monitor mode, as on Redis 7.0: a second MONITOR is ignored (no reply), commands that read or write
+    // the keyspace are refused, and the others (PING, INFO, CLIENT, RESET, QUIT, ...) run.
+    if (name == "monitor" && !in_multi_) return;
+    // Redis's "may replicate" flag, which COMMAND does not show (so the command table lacks it), is on
+    // PUBLISH, SPUBLISH and the script and function calls.
+    static constexpr std::string_view kMayReplicate[] = {"publish", "spublish",   "eval",  "evalsha",
+                                                         "eval_ro", "evalsha_ro", "fcall", "fcall_ro"};
+    if (cmd && arity_ok(*cmd, args.size()) &&
+        (cmd->has_flag(CommandFlag::kReadonly) || cmd->has_flag(CommandFlag::kWrite) ||
+         cmd->has_flag(CommandFlag::kMayReplicate) ||
+         std::find(std::begin(kMayReplicate), std::end(kMayReplicate), name) != std::end(kMayReplicate))) {
+      answer(name, std::string(errors::kMonitorKeyspace));
+      return;
+    }
+  }
   if (!in_multi_ && pubsub_command(name, args, cmd)) return;
+  if (!in_multi_ && name == "monitor") {
+    monitor(args, cmd);
+    return;
+  }
   if (in_multi_) {
     // What Redis runs at once inside a transaction rather than queueing it.
     if (name == "exec" || name == "discard" || name == "multi" || name == "quit" || name == "reset") {
@@ -1006,6 +1033,7 @@ void Session::push(std::string_view message) {
 
 void Session::reset_state() {
   end_subscriptions();
+  end_monitor();
   if (in_multi_) discard_transaction();
   unwatch(false);
   reply_off_ = skip_next_reply_ = false;

@@ -20,6 +20,7 @@
 #include "common/resp.h"
 #include "proxy/buffer.h"
 #include "proxy/login.h"
+#include "proxy/monitor.h"
 #include "proxy/pubsub.h"
 #include "proxy/request.h"
 #include "proxy/stream_writer.h"
@@ -75,6 +76,7 @@ class Session {
   // The slot map changed: shard channels follow their slots (Subscriptions::owners_changed).
   void owners_changed() {
     if (pubsub_) pubsub_->owners_changed();
+    if (monitor_) monitor_->owners_changed();
   }
   // An SPUBLISH for `slot` goes to `node` now (a MOVED, an ASK): shard channels are subscribed there too.
   // True while such a subscription is not confirmed yet.
@@ -91,6 +93,7 @@ class Session {
   friend class Worker;
   friend class HeldRequests;
   friend class Subscriptions;
+  friend class Monitor;
   explicit Session(Worker& worker);
   ~Session();
 
@@ -110,6 +113,10 @@ class Session {
   bool pubsub_command(const std::string& name, Args args, const CommandInfo* cmd);
   // Leaves subscribed mode and closes the subscriptions' connections (RESET, or the client left).
   void end_subscriptions();
+  // MONITOR, on connections of the client's own to every master (monitor.h).
+  void monitor(Args args, const CommandInfo* cmd);
+  // Leaves monitor mode and closes the monitor's connections (RESET, or the client left).
+  void end_monitor();
   void queue_transaction(Args args, std::string_view raw, std::string name, const CommandInfo* cmd);
   // WATCH: on the client's watch connection to the master of the keys' slot.
   void watch(Args args, std::string_view raw);
@@ -153,6 +160,7 @@ class Session {
   uv_tcp_t tcp_{};
   std::unique_ptr<TlsChannel> tls_;        // null on a plain TCP port
   std::unique_ptr<Subscriptions> pubsub_;  // made by the first (P|S)(UN)SUBSCRIBE
+  std::unique_ptr<Monitor> monitor_;       // made by the first MONITOR; freed with the session
   ReadBuffer in_;
   StreamWriter out_;
   resp::Scanner scanner_;

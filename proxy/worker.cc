@@ -200,6 +200,9 @@ std::size_t Worker::close_idle_dedicated() {
 }
 
 void Worker::owners_changed() {
+  // A monitor only takes note (it acts at its next tick).
+  for (Session* s : monitors_)
+    if (s->monitor_) s->monitor_->owners_changed();
   if (subscribers_.empty()) return;
   // A subscription may open or close connections of its client: the walk goes over a copy.
   for (Session* s : std::vector<Session*>(subscribers_.begin(), subscribers_.end()))

@@ -81,6 +81,8 @@ class Worker {
   void follow_shards_here(Slot slot, const HostPort& node);
   // Sessions with subscriptions (Session::pubsub_), told of owners_changed().
   std::unordered_set<Session*>& subscribers() { return subscribers_; }
+  // Sessions in monitor mode (Session::monitor_), told of owners_changed() too.
+  std::unordered_set<Session*>& monitors() { return monitors_; }
 
   // The shared connection to `node` (created on first use), logged in as the proxy (masteruser/masterauth),
   // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
@@ -154,6 +156,7 @@ class Worker {
   std::vector<std::unique_ptr<Backend>> retired_;
   std::vector<std::unique_ptr<Backend>> questions_;  // ask_node()'s connections, until their reply
   std::unordered_set<Session*> subscribers_;
+  std::unordered_set<Session*> monitors_;
   std::vector<Backend*> dirty_;
   std::vector<Session*> dirty_sessions_;
   std::vector<RequestPtr> retries_;
@@ -167,6 +170,7 @@ class Worker {
   friend class HeldRequests;
   friend class Backend;
   friend class Subscriptions;
+  friend class Monitor;
 };
 
 // The whole process: its workers, the configuration and what is counted across workers.

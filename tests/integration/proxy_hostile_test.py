@@ -483,7 +483,14 @@ class HostileClients(ProxyTestCase):
                         c.send(("RESET",), ("GET", key))
                         expect("RESET after " + command[0], c.replies(2),
                                [Simple("RESET"), ("reset%d" % r).encode()])
-                    for command in (("MONITOR",), ("CLIENT", "TRACKING", "on"), ("SYNC",), ("PSYNC", "?", "-1")):
+                    # MONITOR runs on connections of the client's own, and only with --allow-admin-commands:
+                    # without it, refused as an administrative command, and nothing changes.
+                    c.send(("MONITOR",), ("GET", key))
+                    refusal, own = c.replies(2)
+                    if type(refusal) is not Err or "refuses 'monitor'" not in refusal:
+                        raise AssertionError("MONITOR: %r, expected the proxy's admin refusal" % (refusal,))
+                    expect("GET after MONITOR", own, ("reset%d" % r).encode())
+                    for command in (("CLIENT", "TRACKING", "on"), ("SYNC",), ("PSYNC", "?", "-1")):
                         c.send(command, ("GET", key))
                         refusal, own = c.replies(2)
                         if not is_unsupported(refusal, command[0]):
