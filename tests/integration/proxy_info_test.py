@@ -226,6 +226,11 @@ class ProxyInfoTest(unittest.TestCase):
             self.assertIsNotNone(plain)
             self.assertTrue(through.startswith(plain), (through, plain))
             self.assertIn("0 of 6 nodes answered OK", through)
+        # CONFIG REWRITE: every node rewrites its own file, or the first that cannot is named.
+        try:
+            self.assertTrue(self.r.config_rewrite())
+        except redis.ResponseError as e:
+            self.assertIn("nodes answered OK", str(e))
         self.assertEqual(self.r.config_resetstat(), True)
         for n in self.cluster.nodes:
             self.assertLess(int(fields(info_text(n, "stats"))["total_commands_processed"]), 50, n)
@@ -313,6 +318,13 @@ class ProxyInfoTest(unittest.TestCase):
         # The new form, by ADDR.
         s, cid = victims[4]
         self.assertEqual(self.r.client_kill_filter(addr="%s:%d" % s.getsockname()), 1)
+        self.assertTrue(closed_by_peer(s))
+        s.close()
+        # LADDR: the proxy's address the client connected to (with another filter, as Redis combines them).
+        s, cid = self.raw_client()
+        laddr = "127.0.0.1:%d" % self.proxy.port
+        self.assertEqual(self.r.client_kill_filter(laddr="127.0.0.1:1", _id=cid), 0)
+        self.assertEqual(self.r.client_kill_filter(laddr=laddr, _id=cid), 1)
         self.assertTrue(closed_by_peer(s))
         s.close()
         # USER default, the caller skipped (SKIPME yes by default): every other client goes.
