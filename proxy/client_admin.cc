@@ -229,6 +229,7 @@ void ClientAdmin::command(Session& session, std::span<const std::string_view> ar
     // As Redis: a client that kills itself gets its reply, then is closed; nothing it sent after is run.
     ++g->killed;
     session.quit_after_flush_ = true;
+    session.pause_or_resume_reading();
   }
   const auto& workers = origin.proxy().workers();
   g->workers = workers.size();
