@@ -133,6 +133,39 @@ inline std::string login_unchecked(std::string_view why) {
   return one_line("-ERR slotshift-proxy: could not check the login with the cluster: " + std::string(why) +
                   "\r\n");
 }
+// INFO needs every master's answer: one that failed (its own error, or the proxy's timeout) fails the whole.
+inline std::string info_node_failed(std::string_view error, std::string_view node) {
+  return one_line("-" + std::string(error) + " (from " + std::string(node) +
+                  ", one of the masters INFO adds up)\r\n");
+}
+// CONFIG SET, RESETSTAT or REWRITE sent to every node: the first node that did not answer OK, in its own
+// words, and how many did (those keep what they applied: the nodes may now differ).
+inline std::string every_node_failed(std::string_view error, std::string_view node, std::size_t ok,
+                                     std::size_t total) {
+  return one_line("-" + std::string(error) + " (from " + std::string(node) + "; " + std::to_string(ok) +
+                  " of " + std::to_string(total) + " nodes answered OK)\r\n");
+}
+// Administrative commands the proxy answers about its own clients.
+inline std::string refused_admin_local(std::string_view name) {
+  return "-ERR slotshift-proxy refuses '" + std::string(name) +
+         "': administrative commands are refused unless allow-admin-commands is set\r\n";
+}
+// CONFIG SET and the like inside MULTI: a transaction runs on one node.
+inline constexpr std::string_view kEveryNodeWhy = "it concerns every node, and a transaction runs on one";
+// CLIENT subcommands the proxy does not answer.
+inline constexpr std::string_view kClientOthersWhy =
+    "only SETNAME, GETNAME, ID, INFO, SETINFO, REPLY, LIST and KILL are answered (about the proxy's own "
+    "clients); the others concern a node's own connections";
+// Redis's own CLIENT LIST and CLIENT KILL errors.
+inline constexpr std::string_view kNoSuchClient = "-ERR No such client\r\n";
+inline constexpr std::string_view kClientIdPositive = "-ERR client-id should be greater than 0\r\n";
+inline constexpr std::string_view kInvalidClientId = "-ERR Invalid client ID\r\n";
+inline std::string unknown_client_type(std::string_view type) {
+  return one_line("-ERR Unknown client type '" + std::string(type) + "'\r\n");
+}
+inline std::string no_such_user(std::string_view user) {
+  return one_line("-ERR No such user '" + std::string(user) + "'\r\n");
+}
 inline constexpr std::string_view kMaxClients = "-ERR max number of clients reached\r\n";
 inline constexpr std::string_view kTransactionTooBig =
     "-ERR slotshift-proxy: transaction too large (queued commands exceed the request size limit)\r\n";

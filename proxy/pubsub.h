@@ -35,6 +35,7 @@ class Worker;
 
 class Subscriptions {
  public:
+  friend class ClientAdmin;  // counts what is subscribed, for CLIENT LIST
   enum class Kind : std::uint8_t { kChannel, kPattern, kShard };
 
   Subscriptions(Session& session, Worker& worker);

@@ -29,7 +29,13 @@ enum class Merge : std::uint8_t {
   kFirstReply,    // SCRIPT LOAD: every master answers the same
   kArrayMin,      // SCRIPT EXISTS: 1 only where every master has it
   kScanCursor,    // SCAN: one master's reply, its cursor rewritten to carry where the walk is (scan_cursor.h)
+  kInfo,          // INFO: every master's sections merged, with the proxy's own (info_merge.h)
+  kEveryNodeOk,   // CONFIG SET, RESETSTAT, REWRITE on every node: +OK when all say so, else which one did not
 };
+
+namespace info_merge {
+struct Plan;
+}
 
 // Shared between the client's session (which answers in request order) and the backends it is pending on
 // (which answer in the order they were sent), so that either may go away first. A backend reply is applied
@@ -95,8 +101,10 @@ struct Request {
   std::size_t key_count = 0;                        // kArrayByIndex parent: elements in the merged reply
   std::vector<std::weak_ptr<Request>> parts;        // split parent: its parts, by part_index (gone: answered)
   std::vector<Slot> part_slots;                     // and the slot of each
-  Slot scan_slot = 0;          // kScanCursor parent: the slot where the master's walk began
-  std::uint16_t scan_tag = 0;  // and the tag of its address (scan_cursor.h)
+  Slot scan_slot = 0;                   // kScanCursor parent: the slot where the master's walk began
+  std::uint16_t scan_tag = 0;           // and the tag of its address (scan_cursor.h)
+  std::vector<std::string> part_nodes;  // fan-out parent: the node of each part, to name one that failed
+  std::shared_ptr<const info_merge::Plan> info;  // kInfo parent: what the proxy adds to the masters' INFO
 };
 
 }  // namespace slotshift::proxy

@@ -14,7 +14,9 @@
 
 #include "common/slot.h"
 #include "proxy/backend.h"
+#include "proxy/client_admin.h"
 #include "proxy/errors.h"
+#include "proxy/info_merge.h"
 #include "proxy/scan_cursor.h"
 #include "proxy/worker.h"
 
@@ -131,7 +133,20 @@ constexpr Unsupported kUnsupportedState[] = {
 
 // How the proxy treats a command, decided once per command-table entry so that the hot path makes one hash
 // lookup on a pointer instead of comparing names.
-enum class Handling : std::uint8_t { kForward, kLocal, kUnsupported, kSplit, kEveryMaster, kScan };
+enum class Handling : std::uint8_t {
+  kForward,
+  kLocal,
+  kUnsupported,
+  kSplit,
+  kEveryMaster,
+  kScan,
+  kEveryNode
+};
+
+// Settings of the server, which a single Redis changes for itself: sent to every node of the cluster, masters
+// and replicas (with allow-admin-commands; administrative commands otherwise). CONFIG GET is answered by one
+// master, as any keyless command.
+constexpr std::string_view kEveryNode[] = {"config|set", "config|resetstat", "config|rewrite"};
 struct Plan {
   Handling handling = Handling::kForward;
   Merge merge = Merge::kNone;
@@ -170,6 +185,8 @@ const Plan& plan_of(const CommandInfo* cmd) {
     for (const auto& f : kFanOut)
       set(f.name, {Handling::kEveryMaster, f.merge, 1, {}});
     set("scan", {Handling::kScan, Merge::kNone, 1, {}});
+    for (auto name : kEveryNode)
+      set(name, {Handling::kEveryNode, Merge::kEveryNodeOk, 1, {}});
     return m;
   }();
   static const Plan forward;
@@ -262,22 +279,27 @@ void Session::accept(Worker& worker, uv_stream_t* server) {
   }
   s->id_ = worker.proxy().next_client_id().fetch_add(1);
   s->created_ms_ = s->last_activity_ms_ = worker.now_ms();
-  sockaddr_storage peer{};
-  int len = sizeof peer;
-  if (uv_tcp_getpeername(&s->tcp_, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+  auto address = [](const sockaddr_storage& addr) {
     char ip[64] = "?";
     int port = 0;
-    if (peer.ss_family == AF_INET) {
-      const auto* a = reinterpret_cast<const sockaddr_in*>(&peer);
+    if (addr.ss_family == AF_INET) {
+      const auto* a = reinterpret_cast<const sockaddr_in*>(&addr);
       uv_ip4_name(a, ip, sizeof ip);
       port = ntohs(a->sin_port);
-    } else if (peer.ss_family == AF_INET6) {
-      const auto* a = reinterpret_cast<const sockaddr_in6*>(&peer);
+    } else if (addr.ss_family == AF_INET6) {
+      const auto* a = reinterpret_cast<const sockaddr_in6*>(&addr);
       uv_ip6_name(a, ip, sizeof ip);
       port = ntohs(a->sin6_port);
     }
-    s->peer_ = std::string(ip) + ":" + std::to_string(port);
-  }
+    return std::string(ip) + ":" + std::to_string(port);
+  };
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(&s->tcp_, reinterpret_cast<sockaddr*>(&peer), &len) == 0) s->peer_ = address(peer);
+  sockaddr_storage local{};
+  len = sizeof local;
+  if (uv_tcp_getsockname(&s->tcp_, reinterpret_cast<sockaddr*>(&local), &len) == 0)
+    s->laddr_ = address(local);
   uv_tcp_nodelay(&s->tcp_, 1);
   s->out_.attach(reinterpret_cast<uv_stream_t*>(&s->tcp_));
   if (const auto context = worker.proxy().client_tls()) {
@@ -713,6 +735,7 @@ void Session::handle(Args args, std::string_view raw) {
   std::string name = lower(args[0]);
   const CommandInfo* cmd = find_command(args);
   const Plan& plan = plan_of(cmd);
+  if (cmd) last_cmd_ = cmd;
 
   if (!authenticated_ && name != "auth" && name != "hello" && name != "quit" && name != "reset") {
     // As Redis: until the client has logged in, only these run (MULTI included, so no transaction is open).
@@ -915,9 +938,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
     return true;
   }
   if (name == "info") {
-    std::string reply;
-    resp::append_bulk(reply, info_reply(argc >= 2 ? lower(args[1]) : std::string("default")));
-    answer(name, std::move(reply));
+    info(args);
     return true;
   }
   return false;
@@ -961,13 +982,11 @@ bool Session::client_command(Args args) {
   } else if (sub == "id" && argc == 2) {
     resp::append_integer(reply, static_cast<std::int64_t>(id_));
   } else if ((sub == "info" && argc == 2)) {
-    const auto now = worker_.now_ms();
-    resp::append_bulk(reply,
-                      "id=" + std::to_string(id_) + " addr=" + peer_ + " name=" + client_name_ +
-                          " age=" + std::to_string((now - created_ms_) / 1000) +
-                          " idle=" + std::to_string((now - last_activity_ms_) / 1000) +
-                          " db=0 multi=" + (in_multi_ ? std::to_string(multi_count_) : std::string("-1")) +
-                          " worker=" + std::to_string(worker_.index()) + "\n");
+    resp::append_bulk(reply, ClientAdmin::line(*this, worker_.now_ms()) + "\n");
+  } else if (sub == "list" || sub == "kill") {
+    // About the proxy's own clients, on every worker: answered once every worker has said.
+    ClientAdmin::command(*this, args, sub == "kill");
+    return true;
   } else if (sub == "setinfo" && argc == 4) {
     reply = "+OK\r\n";
   } else if (sub == "setname" || sub == "getname" || sub == "id" || sub == "info" || sub == "setinfo" ||
@@ -975,9 +994,7 @@ bool Session::client_command(Args args) {
     reply = errors::wrong_arity("client|" + sub);
   } else {
     worker_.stats().errors_refused.add();
-    reply = errors::unsupported("client " + sub,
-                                "only SETNAME, GETNAME, ID, INFO, SETINFO and REPLY are answered; the "
-                                "others concern a node's own connections");
+    reply = errors::unsupported("client " + sub, errors::kClientOthersWhy);
   }
   answer("client", std::move(reply));
   return true;
@@ -1182,6 +1199,10 @@ std::string Session::refusal(Args args, const std::string& name, const CommandIn
     worker_.stats().errors_refused.add();
     return errors::unsupported_in_multi(name, "it concerns every master, and a transaction runs on one");
   }
+  if (plan.handling == Handling::kEveryNode) {
+    worker_.stats().errors_refused.add();
+    return errors::unsupported_in_multi(name, errors::kEveryNodeWhy);
+  }
   return "";
 }
 
@@ -1191,6 +1212,10 @@ void Session::route(Args args, std::string_view raw, std::string name, const Com
     return;
   }
   const Plan& plan = plan_of(cmd);
+  if (plan.handling == Handling::kEveryNode) {
+    config_every_node(args, std::move(name), cmd);
+    return;
+  }
 
   const KeysError ke = keys_of(*cmd, args, keys_);
   if (ke == KeysError::kNone && !keys_.empty()) {
@@ -1320,10 +1345,112 @@ void Session::fan_out(const RequestPtr& parent, Args args, Merge merge) {
     auto part = make_part(parent, p);
     part->fixed = masters[p];
     part->wire = wire;
+    parent->part_nodes.push_back(masters[p]->name());
     parts.push_back(std::move(part));
   }
   for (auto& part : parts)
     worker_.dispatch(part);
+}
+
+void Session::config_every_node(Args args, std::string name, const CommandInfo* cmd) {
+  auto parent = new_request(std::move(name), cmd);
+  enqueue(parent);
+  worker_.stats().split_requests.add();
+  // Every node the slot map lists, masters first: a replica's settings matter when it is promoted, and a
+  // single Redis has no part left out. A node that does not answer (failed, unreachable) fails the command.
+  const TopologySnapshot topology = worker_.proxy().topology();
+  std::vector<HostPort> nodes;
+  if (topology) {
+    for (const bool masters : {true, false}) {
+      for (const Node& n : topology->nodes) {
+        if (n.is_master() != masters || n.port == 0 || n.address().empty()) continue;
+        HostPort node{n.address(), n.port};
+        if (std::find(nodes.begin(), nodes.end(), node) == nodes.end()) nodes.push_back(std::move(node));
+      }
+    }
+  }
+  if (nodes.empty()) {
+    worker_.complete(parent, errors::no_owner(0));
+    return;
+  }
+  parent->merge = Merge::kEveryNodeOk;
+  parent->parts_pending = nodes.size();
+  parent->part_replies.assign(nodes.size(), std::string());
+  std::string wire;
+  resp::append_command(wire, std::vector<std::string_view>(args.begin(), args.end()));
+  std::vector<RequestPtr> parts;
+  for (std::size_t p = 0; p < nodes.size(); ++p) {
+    auto part = make_part(parent, p);
+    part->fixed = worker_.backend(nodes[p]);
+    part->wire = wire;
+    parent->part_nodes.push_back(nodes[p].str());
+    parts.push_back(std::move(part));
+  }
+  for (auto& part : parts)
+    worker_.dispatch(part);
+}
+
+void Session::info(Args args) {
+  auto plan = std::make_shared<info_merge::Plan>();
+  plan->sections = info_merge::sections_of(args.subspan(1));
+  const Totals totals = worker_.proxy().totals();
+  auto line = [](std::string& out, std::string_view k, std::string_view v) {
+    out.append(k);
+    out.push_back(':');
+    out.append(v);
+    out.append("\r\n");
+  };
+  auto counters = [&](std::string& out, std::string_view of) {
+    for (std::size_t i = 0; i < kCounterCount; ++i) {
+      if (kCounters[i].section == of) line(out, kCounters[i].name, std::to_string(totals.counters[i]));
+    }
+  };
+  std::string& server = plan->server;
+  line(server, "redis_mode", "standalone");
+  line(server, "slotshift_version", kVersion);
+  line(server, "process_id", std::to_string(::getpid()));
+  line(server, "tcp_port", std::to_string(worker_.config().listen.port));
+  line(server, "uptime_in_seconds",
+       std::to_string((uv_now(worker_.loop()) - worker_.proxy().start_time_ms()) / 1000));
+  line(server, "threads", std::to_string(worker_.config().threads));
+  counters(plan->clients, "clients");
+  line(plan->clients, "maxclients", std::to_string(worker_.config().max_clients));
+  std::string& proxy = plan->proxy;
+  counters(proxy, "proxy");
+  line(proxy, "latency_p50_us_at_most", std::to_string(totals.latency_quantile_us(0.50)));
+  line(proxy, "latency_p99_us_at_most", std::to_string(totals.latency_quantile_us(0.99)));
+  line(proxy, "latency_p999_us_at_most", std::to_string(totals.latency_quantile_us(0.999)));
+  std::string buckets;
+  for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
+    if (totals.latency[b] == 0) continue;
+    if (!buckets.empty()) buckets += ",";
+    buckets += "le" + std::to_string(Totals::bucket_bound_us(b)) + "us=" + std::to_string(totals.latency[b]);
+  }
+  line(proxy, "latency_histogram", buckets);
+  // What a single Redis counts of its clients is what the proxy counts of its own.
+  for (std::size_t i = 0; i < kCounterCount; ++i) {
+    const auto n = kCounters[i].name;
+    if (n == "total_connections_received" || n == "rejected_connections" || n == "total_commands_processed")
+      plan->own_stats.emplace_back(std::string(n), std::to_string(totals.counters[i]));
+  }
+  const std::vector<std::string> asked = info_merge::node_sections(plan->sections);
+  if (asked.empty()) {
+    std::string text, error;
+    info_merge::compose(*plan, {}, text, error);
+    std::string reply;
+    resp::append_bulk(reply, text);
+    answer("info", std::move(reply));
+    return;
+  }
+  // The masters' sections: INFO with several sections at once (Redis 7), merged once every master answered.
+  auto parent = new_request("info", find_command(args));
+  parent->idempotent = true;  // it only reads: sent again after a lost connection
+  parent->info = std::move(plan);
+  enqueue(parent);
+  std::vector<std::string_view> command{"INFO"};
+  for (const auto& a : asked)
+    command.push_back(a);
+  fan_out(parent, command, Merge::kInfo);
 }
 
 // SCAN over the whole cluster, one master after the other, with a cursor that names the master by a
@@ -1575,59 +1702,6 @@ std::size_t Session::close_idle_watch(std::uint64_t idle_ms) {
     ++closed;
   }
   return closed;
-}
-
-std::string Session::info_reply(std::string_view section) {
-  const bool all = section == "default" || section == "all" || section == "everything";
-  const Totals totals = worker_.proxy().totals();
-  std::string out;
-  auto line = [&out](std::string_view k, std::string_view v) {
-    out.append(k);
-    out.push_back(':');
-    out.append(v);
-    out.append("\r\n");
-  };
-  auto counters = [&](std::string_view of) {
-    for (std::size_t i = 0; i < kCounterCount; ++i) {
-      if (kCounters[i].section == of) line(kCounters[i].name, std::to_string(totals.counters[i]));
-    }
-  };
-  if (all || section == "server") {
-    out.append("# Server\r\n");
-    line("redis_mode", "standalone");
-    line("slotshift_version", kVersion);
-    line("process_id", std::to_string(::getpid()));
-    line("tcp_port", std::to_string(worker_.config().listen.port));
-    line("uptime_in_seconds",
-         std::to_string((uv_now(worker_.loop()) - worker_.proxy().start_time_ms()) / 1000));
-    line("threads", std::to_string(worker_.config().threads));
-    out.append("\r\n");
-  }
-  if (all || section == "clients") {
-    out.append("# Clients\r\n");
-    counters("clients");
-    line("maxclients", std::to_string(worker_.config().max_clients));
-    out.append("\r\n");
-  }
-  if (all || section == "proxy" || section == "stats") {
-    out.append("# Proxy\r\n");
-    counters("proxy");
-    line("latency_p50_us_at_most", std::to_string(totals.latency_quantile_us(0.50)));
-    line("latency_p99_us_at_most", std::to_string(totals.latency_quantile_us(0.99)));
-    line("latency_p999_us_at_most", std::to_string(totals.latency_quantile_us(0.999)));
-    std::string buckets;
-    for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
-      if (totals.latency[b] == 0) continue;
-      if (!buckets.empty()) buckets += ",";
-      buckets +=
-          "le" + std::to_string(Totals::bucket_bound_us(b)) + "us=" + std::to_string(totals.latency[b]);
-    }
-    line("latency_histogram", buckets);
-    out.append("\r\n");
-  }
-  if (out.empty()) return "";
-  out.resize(out.size() - 2);
-  return out;
 }
 
 }  // namespace slotshift::proxy

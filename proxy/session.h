@@ -94,6 +94,7 @@ class Session {
   friend class HeldRequests;
   friend class Subscriptions;
   friend class Monitor;
+  friend class ClientAdmin;
   explicit Session(Worker& worker);
   ~Session();
 
@@ -150,7 +151,10 @@ class Session {
   std::string hello_reply(std::uint8_t protocol) const;
   // HELLO 2 or 3 (RESET: 2).
   void set_protocol(std::uint8_t protocol);
-  std::string info_reply(std::string_view section);
+  // INFO [section ...]: the proxy's own sections at once, the masters' fanned out and merged (info_merge.h).
+  void info(Args args);
+  // CONFIG SET, RESETSTAT, REWRITE with allow-admin-commands: on every node, masters and replicas.
+  void config_every_node(Args args, std::string name, const CommandInfo* cmd);
 
   static void on_alloc(uv_handle_t* handle, std::size_t suggested, uv_buf_t* buf);
   static void on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
@@ -169,6 +173,8 @@ class Session {
   std::uint64_t id_ = 0;
   std::string client_name_;
   std::string peer_;
+  std::string laddr_;  // the proxy's address this client connected to, as CLIENT LIST's laddr
+  const CommandInfo* last_cmd_ = nullptr;  // the last known command run (CLIENT LIST's cmd)
   std::uint64_t created_ms_ = 0;
   std::uint64_t last_activity_ms_ = 0;
   bool reading_ = true;

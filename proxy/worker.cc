@@ -13,6 +13,7 @@
 
 #include "common/resp.h"
 #include "proxy/errors.h"
+#include "proxy/info_merge.h"
 #include "proxy/scan_cursor.h"
 #include "proxy/session.h"
 
@@ -180,6 +181,45 @@ void Worker::on_async(uv_async_t* handle) {
   // close now, or the loop never ends.
   for (auto& b : self->retired_)
     b->shutdown();
+}
+
+std::string Worker::merge_every_node(Request& p) {
+  // Each node's answer is part of the whole: the first that is not what was wanted answers for the command,
+  // naming its node, so that a sum over some masters or a setting applied on some nodes is never passed off
+  // as the whole.
+  std::size_t ok = 0;
+  const std::string* failed = nullptr;
+  std::size_t failed_at = 0;
+  for (std::size_t i = 0; i < p.part_replies.size(); ++i) {
+    const std::string& part = p.part_replies[i];
+    const bool error = part.empty() || part[0] == '-' || part[0] == '!';
+    const bool good = p.merge == Merge::kInfo ? !error && part[0] == '$' : part == "+OK\r\n";
+    if (good) {
+      ++ok;
+    } else if (!failed) {
+      failed = &part;
+      failed_at = i;
+    }
+  }
+  if (failed) {
+    const std::string node = failed_at < p.part_nodes.size() ? p.part_nodes[failed_at] : std::string("?");
+    const bool error = !failed->empty() && ((*failed)[0] == '-' || (*failed)[0] == '!');
+    std::string what = error ? resp::decode(*failed).str : errors::merge_unexpected(*failed).substr(1);
+    while (!what.empty() && (what.back() == '\n' || what.back() == '\r'))
+      what.pop_back();
+    return p.merge == Merge::kInfo ? errors::info_node_failed(what, node)
+                                   : errors::every_node_failed(what, node, ok, p.part_replies.size());
+  }
+  if (p.merge == Merge::kEveryNodeOk) return "+OK\r\n";
+  std::vector<std::string> texts;
+  for (const auto& part : p.part_replies)
+    texts.push_back(resp::decode(part).str);
+  const std::vector<std::string_view> views(texts.begin(), texts.end());
+  std::string text, why;
+  if (!p.info || !info_merge::compose(*p.info, views, text, why)) return errors::merge_unexpected(why);
+  std::string out;
+  resp::append_bulk(out, text);
+  return out;
 }
 
 void Worker::on_connection(uv_stream_t* server, int status) {
@@ -536,6 +576,7 @@ void Worker::complete(const RequestPtr& r, std::string reply) {
 }
 
 std::string Worker::merge_parts(Request& p) {
+  if (p.merge == Merge::kInfo || p.merge == Merge::kEveryNodeOk) return merge_every_node(p);
   // The first error among the parts answers for the whole command, as a single Redis would fail it.
   for (const auto& part : p.part_replies) {
     if (!part.empty() && (part[0] == '-' || part[0] == '!')) return part;
@@ -665,6 +706,8 @@ std::string Worker::merge_parts(Request& p) {
       return out;
     }
     case Merge::kNone:
+    case Merge::kInfo:  // merge_every_node
+    case Merge::kEveryNodeOk:
       break;
   }
   return p.part_replies.empty() ? unexpected("") : p.part_replies.front();
@@ -691,6 +734,7 @@ void Worker::on_tick() {
     }
   }
   if (held_.active()) held_.on_tick(now);
+  if (!awaiting_.empty()) std::erase_if(awaiting_, [now](auto& check) { return !check(now); });
   for (auto& [name, b] : backends_)
     b->check_deadlines(now);
   for (Backend* b : [this] {

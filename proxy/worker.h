@@ -116,6 +116,12 @@ class Worker {
   std::size_t close_idle_dedicated();
   // Bytes of requests at this worker's backends, not answered yet (Config::max_inflight_bytes).
   std::size_t inflight_bytes() const { return inflight_bytes_ + waiting_bytes_; }
+  // Something a client of this worker waits for from every worker (CLIENT LIST, CLIENT KILL: client_admin.h):
+  // `check` runs at every tick, answers the client once its deadline passed, and returns whether it still
+  // waits.
+  void await_workers(std::function<bool(std::uint64_t now_ms)> check) {
+    awaiting_.push_back(std::move(check));
+  }
 
  private:
   void on_tick();
@@ -128,6 +134,8 @@ class Worker {
   // MOVED/ASK/TRYAGAIN/CLUSTERDOWN: acts on it and returns true; false for any other error.
   bool follow_redirect(const RequestPtr& request, std::string_view error);
   std::string merge_parts(Request& parent);
+  // INFO and CONFIG SET|RESETSTAT|REWRITE: every node's answer is needed (Merge::kInfo, kEveryNodeOk).
+  std::string merge_every_node(Request& parent);
   static void on_connection(uv_stream_t* server, int status);
   static void on_async(uv_async_t* handle);
   static void on_control(uv_async_t* handle);
@@ -165,8 +173,10 @@ class Worker {
   std::size_t inflight_bytes_ = 0;
   std::size_t waiting_bytes_ = 0;  // requests waiting in the proxy to be sent (again): retrying or parked
   bool stopping_ = false;
+  std::vector<std::function<bool(std::uint64_t)>> awaiting_;
 
   friend class Session;
+  friend class ClientAdmin;
   friend class HeldRequests;
   friend class Backend;
   friend class Subscriptions;

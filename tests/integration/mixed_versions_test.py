@@ -8,6 +8,8 @@ root, deploy/local/server-root.sh) in one cluster.
                     (no slot open, every key where it was, redis-cli --cluster check clean) are checked.
   OlderSourceTest   the upgrade's own direction: slots of a Redis 7.0 master moved onto the Redis 8.0 master with
                     every key, value and TTL.
+  ProxyInfoTest     INFO through slotshift-proxy says the oldest master's redis_version (7.0, not 8.0) and sums
+                    the keyspace of every master, the Redis 8.0 one included.
 
 Run by ctest as mixed_versions_it when redis-8.0 is among SLOTSHIFT_TEST_SERVERS (tests/run.sh).
 """
@@ -174,6 +176,38 @@ class OlderSourceTest(MixedCluster):
         self.assertEqual(self.newer.r.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot), 400)
         self.rc.nodes_manager.initialize()
         self.check_keys(tag, keys)
+
+
+class ProxyInfoTest(MixedCluster):
+    def test_info_through_the_proxy_gives_the_oldest_masters_version(self):
+        # The Redis 8.0 node becomes a master with a slot (and keys), so that it is one of the masters INFO asks.
+        a = self.cluster.masters_by_slot()[0]
+        tag, slot = tag_on(self.cluster, a, "info")
+        for node in self.cluster.nodes + [self.newer.addr]:
+            self.cluster.cli(node, "cluster", "setslot", str(slot), "node", self.newer.id)
+        self.cluster.cli(self.newer.addr, "cluster", "bumpepoch")
+        self.cluster.wait_owner([slot], self.newer.id)
+        self.cluster.wait_consistent()
+        self.rc.nodes_manager.initialize()
+        self.fill(tag, 20)
+        proxy = harness.Proxy(self.cluster, threads=1)
+        try:
+            r = redis.Redis(port=proxy.port)
+            older = self.cluster.redis(a).info("server")["redis_version"]
+            newer = self.newer.r.info("server")["redis_version"]
+            self.assertTrue(older.startswith("7.0."), older)
+            self.assertTrue(newer.startswith("8."), newer)
+            deadline = time.time() + 20
+            # The proxy's slot map lists the new master once it has reloaded it.
+            while r.dbsize() != 40:
+                self.assertLess(time.time(), deadline, "the proxy does not see the Redis 8.0 master's keys")
+                time.sleep(0.2)
+            self.assertEqual(r.info("server")["redis_version"], older)
+            keys = sum(self.cluster.redis(n).info("keyspace").get("db0", {}).get("keys", 0)
+                       for n in self.cluster.nodes) + self.newer.r.info("keyspace")["db0"]["keys"]
+            self.assertEqual(r.info("keyspace")["db0"]["keys"], keys)
+        finally:
+            proxy.stop()
 
 
 class NewerSourceTest(MixedCluster):
