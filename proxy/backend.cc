@@ -8,8 +8,12 @@
 
 namespace slotshift::proxy {
 
-Backend::Backend(Worker& worker, HostPort address, LoginPtr login)
-    : worker_(worker), address_(std::move(address)), name_(address_.str()), login_(std::move(login)) {}
+Backend::Backend(Worker& worker, HostPort address, LoginPtr login, bool readonly)
+    : worker_(worker),
+      address_(std::move(address)),
+      name_(address_.str()),
+      login_(std::move(login)),
+      readonly_(readonly) {}
 
 Backend::~Backend() {
   if (dirty_) worker_.forget_dirty(this);
@@ -164,6 +168,22 @@ void Backend::connect() {
         std::string().swap(after_login_);
         mark_dirty();
       }
+    };
+    p.end_offset = queued_bytes_;
+    pending_.push_back(std::move(p));
+  }
+  if (readonly_) {
+    // A replica answers MOVED to every command of a connection that has not said READONLY. It goes right
+    // behind the login (held with what follows it until the node accepts the login), so that no command
+    // goes before it; a node that refuses it (an ACL without it) fails the connection, and the reads waiting
+    // on it go elsewhere.
+    static constexpr std::string_view kReadonly = "*1\r\n$8\r\nREADONLY\r\n";
+    outbox().append(kReadonly);
+    queued_bytes_ += kReadonly.size();
+    Pending p;
+    p.internal = [this](const std::string* reply) {
+      if (!reply || reply->starts_with("+")) return;
+      fail("READONLY refused: " + reply->substr(0, reply->find('\r')));
     };
     p.end_offset = queued_bytes_;
     pending_.push_back(std::move(p));

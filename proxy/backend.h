@@ -25,8 +25,9 @@ class Worker;
 
 class Backend {
  public:
-  // Every connection it opens logs in as `login` first (none: no AUTH).
-  Backend(Worker& worker, HostPort address, LoginPtr login = nullptr);
+  // Every connection it opens logs in as `login` first (none: no AUTH). A `readonly` one, to a replica that
+  // serves reads (replica_reads.h), sends READONLY next, before any command.
+  Backend(Worker& worker, HostPort address, LoginPtr login = nullptr, bool readonly = false);
   ~Backend();
   Backend(const Backend&) = delete;
   Backend& operator=(const Backend&) = delete;
@@ -127,6 +128,7 @@ class Backend {
   HostPort address_;
   std::string name_;
   LoginPtr login_;
+  bool readonly_ = false;
   bool awaiting_login_ = false;
   std::string after_login_;
   std::function<void()> on_fail_;

@@ -21,6 +21,7 @@
 #include "proxy/backend.h"
 #include "proxy/config.h"
 #include "proxy/held_requests.h"
+#include "proxy/replica_reads.h"
 #include "proxy/request.h"
 #include "proxy/router.h"
 #include "proxy/slot_control.h"
@@ -59,6 +60,7 @@ class Worker {
   Proxy& proxy() { return proxy_; }
   int index() const { return index_; }
   HeldRequests& held() { return held_; }
+  ReplicaReads& replica_reads() { return replica_reads_; }
 
   // Runs `op` on this worker's loop, soon (callable from any thread: the admin endpoint's control calls).
   // False if the loop is not running.
@@ -85,6 +87,9 @@ class Worker {
   // The shared connection to `node` (created on first use), logged in as the proxy (masteruser/masterauth),
   // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
   Backend* backend(const HostPort& node, const LoginPtr& login = nullptr);
+  // The same for a replica that serves reads (--read-from): a connection of its own that says READONLY, and
+  // is left alone for a while when it fails (ReplicaReads::failed).
+  Backend* replica_backend(const HostPort& node, const LoginPtr& login);
   // Sends a request to where it belongs: its fixed backend, or the owner of its slot. Answers it with an
   // error if no node serves the slot.
   void dispatch(const RequestPtr& request, bool asking = false, Backend* to = nullptr);
@@ -158,6 +163,7 @@ class Worker {
   std::vector<RequestPtr> retries_;
   std::unordered_set<Session*> sessions_;
   HeldRequests held_;
+  ReplicaReads replica_reads_;
   std::size_t inflight_bytes_ = 0;
   std::size_t waiting_bytes_ = 0;  // requests waiting in the proxy to be sent (again): retrying or parked
   bool stopping_ = false;

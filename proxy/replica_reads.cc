@@ -1,0 +1,114 @@
+#include "proxy/replica_reads.h"
+
+#include "proxy/backend.h"
+#include "proxy/errors.h"
+#include "proxy/worker.h"
+
+namespace slotshift::proxy {
+
+bool ReplicaReads::eligible(const Request& r) const {
+  if (mode_ == Config::ReadFrom::kMaster) return false;
+  // Request::idempotent is the command table's readonly-and-not-write: GET, MGET's parts, EVAL_RO, FCALL_RO,
+  // SORT_RO; not EVAL or FCALL (a script may write), not WAIT or anything with side effects.
+  if (!r.idempotent || !r.has_slot || r.fixed || r.blocking || r.master_only) return false;
+  // A transaction's block, WATCH and a watched EXEC run on the client's own node connection, by its master.
+  if (r.replies_per_send != 1 || r.watch != Request::Watch::kNone) return false;
+  // XREAD and XREADGROUP are readonly-flagged and may block; Pub/Sub commands are no reads of keys.
+  if (!r.cmd || r.cmd->has_flag(CommandFlag::kBlocking) || r.cmd->has_flag(CommandFlag::kPubsub))
+    return false;
+  return true;
+}
+
+Backend* ReplicaReads::pick(const Request& r, Backend* master, std::string& wait) {
+  const std::uint64_t now = worker_.now_ms();
+  // Just after the slot changed owner, the new owner's replicas may not have its keys yet (they replicate
+  // what the move wrote on their master a little later), and the old owner's replicas answer MOVED: for a
+  // moment the slot's reads go to the master, in every mode, as they would without --read-from.
+  if (changed_ms_[r.slot] != 0 && now - changed_ms_[r.slot] < kSlotSettleMs) return nullptr;
+  Backend* best = nullptr;
+  if (auto it = shards_.find(master); it != shards_.end() && !it->second.replicas.empty()) {
+    Shard& shard = it->second;
+    const std::size_t n = shard.replicas.size();
+    // The replica with the fewest requests waiting at it (of this worker's), the first of equals in a round
+    // that moves on at every read: equal replicas share the reads, a slow one gets fewer.
+    for (std::size_t i = 0; i < n; ++i) {
+      Backend* candidate = shard.replicas[(shard.next + i) % n];
+      if (!down_ms_.empty()) {
+        const auto down = down_ms_.find(candidate->name());
+        if (down != down_ms_.end()) {
+          if (now - down->second < kReplicaCooldownMs) continue;
+          down_ms_.erase(down);
+        }
+      }
+      // With ACL pass-through a read runs as its client's user, on that user's connection to the replica.
+      if (r.login) candidate = worker_.replica_backend(candidate->address(), r.login);
+      if (!best || candidate->inflight() < best->inflight()) best = candidate;
+    }
+    ++shard.next;
+  }
+  if (!best && mode_ == Config::ReadFrom::kPreferReplica) worker_.stats().replica_fallbacks.add();
+  if (!best && mode_ == Config::ReadFrom::kReplica)
+    wait = "no replica of " + master->name() + " is usable for hash slot " + std::to_string(r.slot) +
+           " (--read-from replica reads on replicas only)";
+  return best;
+}
+
+bool ReplicaReads::refused(const RequestPtr& r, std::string_view err) {
+  if (err.starts_with("-MOVED ") || err.starts_with("-ASK ")) {
+    // The replica's master does not serve the slot any more, in the replica's view of the cluster, which may
+    // be ahead of the proxy's slot map or behind it (a replica of the slot's new owner that has not heard of
+    // the move points back at the old one). Neither is trusted: the read goes on at the slot map's master,
+    // which serves it or redirects it as any command, and the map is reloaded. The slot's reads stay on
+    // masters until it settles.
+    (err[1] == 'M' ? worker_.stats().moved : worker_.stats().ask).add();
+    if (++r->redirects > worker_.config().max_redirects) {
+      worker_.complete(r, errors::too_many_redirects(err.substr(1, err.size() - 3)));
+      return true;
+    }
+    r->master_only = true;
+    if (r->has_slot) owner_changed(r->slot);
+    worker_.router().refresh_soon();
+    ++r->attempt;
+    worker_.stats().retries.add();
+    worker_.dispatch(r);
+    return true;
+  }
+  if (err.starts_with("-LOADING") || err.starts_with("-MASTERDOWN")) {
+    // The replica is loading its master's data, or lost its master and is set not to serve stale data: it
+    // ran nothing. The read is sent again (elsewhere), and this replica is left alone for a while.
+    if (r->replica) failed(r->replica->address());
+    ++r->attempt;
+    worker_.stats().retries.add();
+    worker_.dispatch(r);
+    return true;
+  }
+  return false;
+}
+
+void ReplicaReads::topology_loaded(const Topology& t, const std::vector<Backend*>& masters) {
+  if (!enabled()) return;
+  shards_.clear();
+  for (std::size_t i = 0; i < t.nodes.size() && i < masters.size(); ++i) {
+    if (!masters[i]) continue;
+    Shard& shard = shards_[masters[i]];
+    for (const Node* replica : t.replicas_of(t.nodes[i].id)) {
+      // CLUSTER SHARDS lists replicas that cannot serve the slot's data yet, or at all: flagged failing, or
+      // "loading" (replication offset 0: attached but nothing replicated, or still loading the first sync).
+      // CLUSTER SLOTS leaves those out itself.
+      if (replica->failed() || replica->pfailed() || replica->health == Health::kLoading ||
+          replica->replication_offset.value_or(1) == 0 || replica->port == 0 || replica->address().empty())
+        continue;
+      shard.replicas.push_back(worker_.replica_backend(HostPort{replica->address(), replica->port}, nullptr));
+    }
+  }
+}
+
+void ReplicaReads::owner_changed(Slot slot) {
+  if (enabled()) changed_ms_[slot] = worker_.now_ms();
+}
+
+void ReplicaReads::failed(const HostPort& replica) {
+  down_ms_[replica.str()] = worker_.now_ms();
+}
+
+}  // namespace slotshift::proxy
