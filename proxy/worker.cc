@@ -326,9 +326,10 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     return;
   }
   // A client's reads between WATCH and EXEC stay on the master: what they read decides what the transaction
-  // writes, and a replica's older value, changed before the WATCH, is a change the watch never sees.
-  if (Session* owner = nullptr;
-      !to && replica_reads_.eligible(*r) && !((owner = owner_of(*r)) && owner->watching_)) {
+  // writes, and a replica's older value, changed before the WATCH, is a change the watch never sees. So do
+  // the reads of a client that asked for READWRITE.
+  if (Session* owner = nullptr; !to && replica_reads_.eligible(*r) &&
+                                !((owner = owner_of(*r)) && (owner->watching_ || owner->reads_on_masters_))) {
     std::string wait;
     if (Backend* replica = replica_reads_.pick(*r, b, wait)) {
       stats_.replica_reads.add();

@@ -142,6 +142,30 @@ class ReadFromTest(unittest.TestCase):
         self.assertEqual(self.total(self.replicas, "watch"), 0)
         self.assertTrue(self.poll(client, "{tx}a", "3"))
 
+    def test_2b_readwrite_keeps_a_clients_reads_on_masters(self):
+        proxy = self.start_proxy("--read-from", "replica")
+        client = redis.Redis(port=proxy.port, decode_responses=True, single_connection_client=True)
+        other = redis.Redis(port=proxy.port, decode_responses=True)
+        self.assertTrue(client.execute_command("READWRITE"))
+        self.reset_stats()
+        # Read-your-writes: each value is read right after it was written, on the master.
+        for i in range(50):
+            self.assertTrue(client.set("rw:%d" % i, i))
+            self.assertEqual(client.get("rw:%d" % i), str(i))
+        self.assertEqual(self.total(self.masters, "get"), 50)
+        self.assertEqual(self.total(self.replicas, "get"), 0)
+        self.assertTrue(self.poll(other, "rw:49", "49"))
+        # Other clients still read on replicas; READONLY (or RESET) brings the client back to --read-from.
+        self.reset_stats()
+        self.assertEqual(other.get("rw:1"), "1")
+        self.assertTrue(client.execute_command("READONLY"))
+        self.assertEqual(client.get("rw:1"), "1")
+        self.assertTrue(client.execute_command("READWRITE"))
+        self.assertTrue(client.execute_command("RESET"))
+        self.assertEqual(client.get("rw:1"), "1")
+        self.assertEqual(self.total(self.replicas, "get"), 3)
+        self.assertEqual(self.total(self.masters, "get"), 0)
+
     def poll(self, client, key, value, timeout=5):
         deadline = time.time() + timeout
         while client.get(key) != value:
