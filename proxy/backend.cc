@@ -424,7 +424,14 @@ void Backend::refused_login(std::string_view reply) {
   if (last_failure_.find(reason) == std::string::npos)
     std::fprintf(stderr, "slotshift-proxy: %s refused the login as user '%s': %s\n", name_.c_str(),
                  user.c_str(), reason.c_str());
-  fail("the login as user '" + user + "' was refused: " + reason, errors::login_refused(name_, user, reason));
+  const std::string why = "the login as user '" + user + "' was refused: " + reason;
+  // A replica that reads are sent to may not know a user its master knows (ACL users are each node's own):
+  // the reads it had go elsewhere (ReplicaReads), and it is left alone for a while.
+  if (readonly_) {
+    fail(why);
+  } else {
+    fail(why, errors::login_refused(name_, user, reason));
+  }
 }
 
 void Backend::fail(std::string_view why, std::string_view answer) {

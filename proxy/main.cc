@@ -97,8 +97,8 @@ int main(int argc, char** argv) {
                      "where read-only commands with keys run: master (default); replica: on a replica of "
                      "the slot's master only (waiting up to the request timeout when none is usable); "
                      "prefer-replica: on a replica when one is usable, else the master. Replica reads may "
-                     "lag the master and need not see the client's own writes (WAIT 1 after a write makes "
-                     "it visible)")
+                     "lag the master by the replication delay and need not see the client's own writes; a "
+                     "client that sends READWRITE reads on masters")
           ->check(CLI::IsMember({"master", "replica", "prefer-replica"}));
   // TLS, named after Redis's tls-* settings; the backend- ones for the connections to the cluster.
   std::string tls_cert, tls_key, tls_ca, tls_ca_dir, tls_auth;

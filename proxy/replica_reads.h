@@ -5,13 +5,14 @@
 // Only read-only commands with keys qualify: the command table flags them readonly and not write (what
 // Request::idempotent says), they are not blocking, not Pub/Sub, not part of MULTI/EXEC or WATCH, not sent
 // to a fixed node (fan-out, SCAN), and no replica has redirected them yet. EVAL and FCALL are not read-only;
-// EVAL_RO and FCALL_RO are.
+// EVAL_RO and FCALL_RO are. Worker::dispatch also keeps on masters the reads of a client between WATCH and
+// EXEC, and of a client that sent READWRITE.
 //
 // Consistency: a replica applies its master's writes a little after the master has answered them. So a
 // read on a replica may miss the client's own write that came back OK just before (no read-your-writes), may
 // be behind the master by the replication delay, and two reads on two replicas may see the newer value
-// first and the older one after. A WAIT 1 (numreplicas) after a write, through the proxy, returns once one
-// replica has it: with one replica per shard, every later read sees it.
+// first and the older one after. The proxy refuses WAIT (its node connections carry every client's writes),
+// so a client that must read its own writes sends READWRITE: its reads stay on masters (Session).
 #pragma once
 
 #include <array>
