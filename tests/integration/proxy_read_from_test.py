@@ -347,5 +347,43 @@ class ReadFromTest(unittest.TestCase):
         self.assertEqual(self.total(self.masters, "get"), 0)
 
 
+class ReadFromTlsTest(unittest.TestCase):
+    """A TLS-only cluster that requires client certificates, and a login: replica connections use both, then say
+    READONLY, before any read."""
+
+    def test_replica_reads_over_tls_with_a_login(self):
+        cluster = harness.Cluster(masters=3, replicas=1, tls=True)
+        self.addCleanup(cluster.stop)
+        masters = cluster.masters()
+        replicas = [n for n in cluster.nodes if n not in masters]
+        # The default user needs a password on every node (ACLs are each node's own); replicas log in to their
+        # masters with it.
+        for n in cluster.nodes:
+            cluster.cli(n, "config", "set", "masterauth", "s3cret")
+            cluster.cli(n, "config", "set", "requirepass", "s3cret")
+        cluster.login = ("default", "s3cret")
+        tls = cluster.tls_dir
+        proxy = harness.Proxy(cluster, "--read-from", "replica", "--masterauth", "s3cret", "--backend-tls",
+                              "--backend-tls-ca-cert-file", os.path.join(tls, "ca.crt"),
+                              "--backend-tls-cert-file", os.path.join(tls, "client.crt"),
+                              "--backend-tls-key-file", os.path.join(tls, "client.key"))
+        self.addCleanup(proxy.stop)
+        client = redis.Redis(port=proxy.port, decode_responses=True)
+        for i in range(30):
+            client.set("tls:%d" % i, i)
+        node = lambda n: cluster.redis(n, decode_responses=True)  # noqa: E731
+        deadline = time.time() + 5
+        while [i for i in range(30) if client.get("tls:%d" % i) != str(i)]:
+            self.assertLess(time.time(), deadline, "keys do not read back over TLS")
+            time.sleep(0.05)
+        for n in cluster.nodes:
+            node(n).config_resetstat()
+        for i in range(30):
+            self.assertEqual(client.get("tls:%d" % i), str(i))
+        self.assertEqual(sum(calls(node(n), "get") for n in replicas), 30)
+        self.assertEqual(sum(calls(node(n), "get") for n in masters), 0)
+        self.assertEqual(errors_of(proxy_info(proxy.port)), {})
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
