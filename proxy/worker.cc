@@ -325,11 +325,7 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     retry_later(r, 20, cause);
     return;
   }
-  // A client's reads between WATCH and EXEC stay on the master: what they read decides what the transaction
-  // writes, and a replica's older value, changed before the WATCH, is a change the watch never sees. So do
-  // the reads of a client that asked for READWRITE.
-  if (Session* owner = nullptr; !to && replica_reads_.eligible(*r) &&
-                                !((owner = owner_of(*r)) && (owner->watching_ || owner->reads_on_masters_))) {
+  if (!to && replica_reads_.eligible(*r) && !client_reads_on_masters(*r)) {
     std::string wait;
     if (Backend* replica = replica_reads_.pick(*r, b, wait)) {
       stats_.replica_reads.add();
@@ -357,6 +353,14 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     }
   }
   b->send(r, asking);
+}
+
+bool Worker::client_reads_on_masters(const Request& r) {
+  const Session* owner = owner_of(r);
+  // A client's reads between WATCH and EXEC stay on the master: what they read decides what the transaction
+  // writes, and a replica's older value, changed before the WATCH, is a change the watch never sees. So do
+  // the reads of a client that asked for READWRITE.
+  return owner && (owner->watching_ || owner->reads_on_masters_);
 }
 
 void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::string_view cause,

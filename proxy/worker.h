@@ -123,6 +123,8 @@ class Worker {
   void on_tick();
   // The client a request (or the command it is a part of) comes from; null once the client is gone.
   static Session* owner_of(const Request& request);
+  // Whether the request's client keeps its reads on masters whatever --read-from says.
+  static bool client_reads_on_masters(const Request& request);
   // A retry whose time has come: sent again, kept waiting, or answered (see Session::retry_started).
   void retry_due(const RequestPtr& request, std::uint64_t now);
   // A watched command met a redirect: a MOVED still teaches the slot map where the slot is.
