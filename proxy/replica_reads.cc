@@ -1,5 +1,6 @@
 #include "proxy/replica_reads.h"
 
+#include "common/resp.h"
 #include "proxy/backend.h"
 #include "proxy/errors.h"
 #include "proxy/worker.h"
@@ -33,6 +34,7 @@ Backend* ReplicaReads::pick(const Request& r, Backend* master, std::string& wait
     // that moves on at every read: equal replicas share the reads, a slow one gets fewer.
     for (std::size_t i = 0; i < n; ++i) {
       Backend* candidate = shard.replicas[(shard.next + i) % n];
+      if (const auto synced = synced_.find(candidate); synced == synced_.end() || !synced->second) continue;
       if (!down_ms_.empty()) {
         const auto down = down_ms_.find(candidate->name());
         if (down != down_ms_.end()) {
@@ -91,14 +93,37 @@ void ReplicaReads::topology_loaded(const Topology& t, const std::vector<Backend*
   for (std::size_t i = 0; i < t.nodes.size() && i < masters.size(); ++i) {
     if (!masters[i]) continue;
     Shard& shard = shards_[masters[i]];
+    // A master that has replicated nothing yet (a fresh cluster, no write so far) has offset 0 too.
+    const bool master_at_zero = t.nodes[i].replication_offset.value_or(1) == 0;
     for (const Node* replica : t.replicas_of(t.nodes[i].id)) {
-      // CLUSTER SHARDS lists replicas that cannot serve the slot's data yet, or at all: flagged failing, or
-      // "loading" (replication offset 0: attached but nothing replicated, or still loading the first sync).
-      // CLUSTER SLOTS leaves those out itself.
-      if (replica->failed() || replica->pfailed() || replica->health == Health::kLoading ||
-          replica->replication_offset.value_or(1) == 0 || replica->port == 0 || replica->address().empty())
+      // CLUSTER SHARDS (and CLUSTER SLOTS, by leaving them out) says which replicas are flagged failing.
+      if (replica->failed() || replica->pfailed() || replica->port == 0 || replica->address().empty())
         continue;
-      shard.replicas.push_back(worker_.replica_backend(HostPort{replica->address(), replica->port}, nullptr));
+      Backend* b = worker_.replica_backend(HostPort{replica->address(), replica->port}, nullptr);
+      shard.replicas.push_back(b);
+      // Whether it is in sync the replica says itself (ROLE: "connected" to its master). CLUSTER SHARDS's
+      // "loading" (replication offset 0) cannot tell: a node knows the others' offsets from the cluster
+      // bus, and shows a replica in sync as loading until a message brings its offset. It is the fallback
+      // for a proxy user that may not ask ROLE. A replica that does not say connected (it is still syncing,
+      // or has lost its master) would serve an empty or old data set: it is not read from until it does.
+      const bool loading =
+          replica->health == Health::kLoading || replica->replication_offset.value_or(1) == 0;
+      const bool fallback = !loading || master_at_zero;
+      std::string wire;
+      resp::append_command(wire, {"ROLE"});
+      b->send_internal(std::move(wire), [this, b, fallback](const std::string* reply) {
+        if (!reply) {
+          synced_[b] = false;
+          return;
+        }
+        const resp::Value role = resp::decode(*reply);
+        if (role.is_error()) {
+          synced_[b] = fallback;
+          return;
+        }
+        synced_[b] = role.elements.size() >= 4 && role.elements[0].str == "slave" &&
+                     role.elements[3].str == "connected";
+      });
     }
   }
 }

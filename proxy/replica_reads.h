@@ -58,8 +58,8 @@ class ReplicaReads {
   bool refused(const RequestPtr& request, std::string_view error);
 
   // The slot map was loaded: `topology` (ports as the proxy connects), `masters[i]` the connection of
-  // topology.nodes[i] when that is a master with slots. Replicas that are failing, loading (replication
-  // offset 0) or have no address are left out.
+  // topology.nodes[i] when that is a master with slots. Replicas that are failing or have no address are
+  // left out, and each other one is asked ROLE: it is read from once it says it is connected to its master.
   void topology_loaded(const Topology& topology, const std::vector<Backend*>& masters);
   // `slot` now has another owner than before (a MOVED, a ROUTE, a reload): its reads stay on the master for
   // kSlotSettleMs.
@@ -75,7 +75,10 @@ class ReplicaReads {
 
   Worker& worker_;
   Config::ReadFrom mode_;
-  std::unordered_map<const Backend*, Shard> shards_;        // by the master's connection
+  std::unordered_map<const Backend*, Shard> shards_;  // by the master's connection
+  // Replicas (their own-login connections) that said at the last reload that they are connected to their
+  // master (ROLE); absent until they answer.
+  std::unordered_map<const Backend*, bool> synced_;
   std::unordered_map<std::string, std::uint64_t> down_ms_;  // replica's "host:port" -> when it failed
   std::array<std::uint64_t, kSlotCount> changed_ms_;  // loop time of the slot's last owner change; 0: none
 };

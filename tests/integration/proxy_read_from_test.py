@@ -26,9 +26,9 @@ def calls(client, command):
     return client.info("commandstats").get("cmdstat_" + command, {}).get("calls", 0)
 
 
-def proxy_info(port):
+def proxy_info(port, **login):
     """INFO proxy of the proxy, as a dict of integers."""
-    return {k: v for k, v in redis.Redis(port=port).info("proxy").items() if isinstance(v, int)}
+    return {k: v for k, v in redis.Redis(port=port, **login).info("proxy").items() if isinstance(v, int)}
 
 
 def errors_of(info):
@@ -165,6 +165,31 @@ class ReadFromTest(unittest.TestCase):
         self.assertEqual(client.get("rw:1"), "1")
         self.assertEqual(self.total(self.replicas, "get"), 3)
         self.assertEqual(self.total(self.masters, "get"), 0)
+
+    def test_2c_acl_users_read_on_replicas_that_know_them(self):
+        # ACL users are each node's own: "everywhere" exists on every node, "mastersonly" on the masters only.
+        for n in self.cluster.nodes:
+            self.node(n).execute_command("ACL", "SETUSER", "everywhere", "on", ">pw1", "~*", "+@all")
+        for n in self.masters:
+            self.node(n).execute_command("ACL", "SETUSER", "mastersonly", "on", ">pw2", "~*", "+@all")
+        proxy = self.start_proxy("--read-from", "prefer-replica", "--client-auth", "acl", login=("everywhere", "pw1"))
+        writer = redis.Redis(port=proxy.port, username="everywhere", password="pw1", decode_responses=True)
+        writer.set("acl:1", "a")
+        self.assertTrue(self.poll(writer, "acl:1", "a"))
+        self.reset_stats()
+        for _ in range(10):
+            self.assertEqual(writer.get("acl:1"), "a")
+        self.assertEqual(self.total(self.replicas, "get"), 10, "%s\n%s" % (
+            proxy_info(proxy.port, username="everywhere", password="pw1"),
+            self.cluster.cli(self.cluster.nodes[0], "cluster", "shards").replace("\n", " ")))
+        self.assertEqual(self.total(self.masters, "get"), 0)
+        # The replica refuses the other user's login: its reads go to the master (prefer-replica), no error.
+        reader = redis.Redis(port=proxy.port, username="mastersonly", password="pw2", decode_responses=True)
+        self.reset_stats()
+        for _ in range(10):
+            self.assertEqual(reader.get("acl:1"), "a")
+        self.assertEqual(self.total(self.masters, "get"), 10)
+        self.assertEqual(errors_of(proxy_info(proxy.port, username="everywhere", password="pw1")), {})
 
     def poll(self, client, key, value, timeout=5):
         deadline = time.time() + timeout
