@@ -35,15 +35,17 @@ Backend* ReplicaReads::pick(const Request& r, Backend* master, std::string& wait
     for (std::size_t i = 0; i < n; ++i) {
       Backend* candidate = shard.replicas[(shard.next + i) % n];
       if (const auto synced = synced_.find(candidate); synced == synced_.end() || !synced->second) continue;
+      // With ACL pass-through a read runs as its client's user, on that user's connection to the replica.
+      if (r.login) candidate = worker_.replica_backend(candidate->address(), r.login);
+      // A connection that failed is left alone for a while; each user's on its own (a replica may refuse one
+      // user's login or READONLY and not another's).
       if (!down_ms_.empty()) {
-        const auto down = down_ms_.find(candidate->name());
+        const auto down = down_ms_.find(candidate);
         if (down != down_ms_.end()) {
           if (now - down->second < kReplicaCooldownMs) continue;
           down_ms_.erase(down);
         }
       }
-      // With ACL pass-through a read runs as its client's user, on that user's connection to the replica.
-      if (r.login) candidate = worker_.replica_backend(candidate->address(), r.login);
       if (!best || candidate->inflight() < best->inflight()) best = candidate;
     }
     ++shard.next;
@@ -78,7 +80,7 @@ bool ReplicaReads::refused(const RequestPtr& r, std::string_view err) {
   if (err.starts_with("-LOADING") || err.starts_with("-MASTERDOWN")) {
     // The replica is loading its master's data, or lost its master and is set not to serve stale data: it
     // ran nothing. The read is sent again (elsewhere), and this replica is left alone for a while.
-    if (r->replica) failed(r->replica->address());
+    if (r->replica) failed(r->replica);
     ++r->attempt;
     worker_.stats().retries.add();
     worker_.dispatch(r);
@@ -132,8 +134,8 @@ void ReplicaReads::owner_changed(Slot slot) {
   if (enabled()) changed_ms_[slot] = worker_.now_ms();
 }
 
-void ReplicaReads::failed(const HostPort& replica) {
-  down_ms_[replica.str()] = worker_.now_ms();
+void ReplicaReads::failed(const Backend* replica) {
+  down_ms_[replica] = worker_.now_ms();
 }
 
 }  // namespace slotshift::proxy

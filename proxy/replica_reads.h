@@ -64,8 +64,9 @@ class ReplicaReads {
   // `slot` now has another owner than before (a MOVED, a ROUTE, a reload): its reads stay on the master for
   // kSlotSettleMs.
   void owner_changed(Slot slot);
-  // `replica` failed: not chosen for kReplicaCooldownMs.
-  void failed(const HostPort& replica);
+  // The connection to a replica failed (or the replica answered LOADING or MASTERDOWN on it): not chosen for
+  // kReplicaCooldownMs.
+  void failed(const Backend* replica);
 
  private:
   struct Shard {
@@ -79,7 +80,7 @@ class ReplicaReads {
   // Replicas (their own-login connections) that said at the last reload that they are connected to their
   // master (ROLE); absent until they answer.
   std::unordered_map<const Backend*, bool> synced_;
-  std::unordered_map<std::string, std::uint64_t> down_ms_;  // replica's "host:port" -> when it failed
+  std::unordered_map<const Backend*, std::uint64_t> down_ms_;  // replica connection -> when it failed
   std::array<std::uint64_t, kSlotCount> changed_ms_;  // loop time of the slot's last owner change; 0: none
 };
 

@@ -244,7 +244,7 @@ Backend* Worker::replica_backend(const HostPort& node, const LoginPtr& login) {
   auto& b = backends_["readonly\n" + connection_key(login, node)];
   if (!b) {
     b = std::make_unique<Backend>(*this, node, login ? login : own_login_, true);
-    b->on_fail([this, node] { replica_reads_.failed(node); });
+    b->on_fail([this, replica = b.get()] { replica_reads_.failed(replica); });
   }
   return b.get();
 }
