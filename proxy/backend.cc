@@ -8,13 +8,13 @@
 
 namespace slotshift::proxy {
 
-Backend::Backend(Worker& worker, HostPort address, LoginPtr login, int protocol, std::string setup)
+Backend::Backend(Worker& worker, HostPort address, LoginPtr login, int protocol, bool readonly)
     : worker_(worker),
       address_(std::move(address)),
       name_(address_.str()),
       login_(std::move(login)),
       protocol_(protocol),
-      setup_(std::move(setup)) {}
+      readonly_(readonly) {}
 
 Backend::~Backend() {
   if (dirty_) worker_.forget_dirty(this);
@@ -159,7 +159,6 @@ void Backend::connect() {
     resp::append_command(hello, {"HELLO", "3"});
     setup.push_back(std::move(hello));
   }
-  if (!setup_.empty()) setup.push_back(setup_);
   for (std::size_t i = 0; i < setup.size(); ++i) {
     conn_->out.buffer().append(setup[i]);
     queued_bytes_ += setup[i].size();
@@ -168,7 +167,7 @@ void Backend::connect() {
     const bool last = i + 1 == setup.size();
     p.internal = [this, last, i](const std::string* reply) {
       if (!reply) return;
-      // AUTH and CLIENT TRACKING answer +OK, HELLO 3 a map: anything else, an error above all, is a refusal.
+      // AUTH answers +OK, HELLO 3 a map: anything else, an error above all, is a refusal.
       if (reply->empty() || ((*reply)[0] != '+' && (*reply)[0] != '%')) {
         refused_login(*reply, login_ && i == 0);
         return;
@@ -180,6 +179,22 @@ void Backend::connect() {
         std::string().swap(after_login_);
         mark_dirty();
       }
+    };
+    p.end_offset = queued_bytes_;
+    pending_.push_back(std::move(p));
+  }
+  if (readonly_) {
+    // A replica answers MOVED to every command of a connection that has not said READONLY. It goes right
+    // behind the login (held with what follows it until the node accepts the login), so that no command
+    // goes before it; a node that refuses it (an ACL without it) fails the connection, and the reads waiting
+    // on it go elsewhere.
+    static constexpr std::string_view kReadonly = "*1\r\n$8\r\nREADONLY\r\n";
+    outbox().append(kReadonly);
+    queued_bytes_ += kReadonly.size();
+    Pending p;
+    p.internal = [this](const std::string* reply) {
+      if (!reply || reply->starts_with("+")) return;
+      fail("READONLY refused: " + reply->substr(0, reply->find('\r')));
     };
     p.end_offset = queued_bytes_;
     pending_.push_back(std::move(p));
@@ -422,7 +437,7 @@ void Backend::refused_login(std::string_view reply, bool login) {
   std::string reason(reply.substr(0, reply.find('\r')));
   if (reason.starts_with('-')) reason.erase(0, 1);
   if (!login) {
-    // HELLO 3 or CLIENT TRACKING: what the client asked of its connection cannot be had on this node.
+    // HELLO 3: what the client asked of its connection cannot be had on this node.
     fail("the connection's setup was refused: " + reason, errors::setup_refused(name_, reason));
     return;
   }
@@ -430,7 +445,14 @@ void Backend::refused_login(std::string_view reply, bool login) {
   if (last_failure_.find(reason) == std::string::npos)
     std::fprintf(stderr, "slotshift-proxy: %s refused the login as user '%s': %s\n", name_.c_str(),
                  user.c_str(), reason.c_str());
-  fail("the login as user '" + user + "' was refused: " + reason, errors::login_refused(name_, user, reason));
+  const std::string why = "the login as user '" + user + "' was refused: " + reason;
+  // A replica that reads are sent to may not know a user its master knows (ACL users are each node's own):
+  // the reads it had go elsewhere (ReplicaReads), and it is left alone for a while.
+  if (readonly_) {
+    fail(why);
+  } else {
+    fail(why, errors::login_refused(name_, user, reason));
+  }
 }
 
 void Backend::fail(std::string_view why, std::string_view answer) {

@@ -26,10 +26,11 @@ class Worker;
 class Backend {
  public:
   // Every connection it opens logs in as `login` first (none: no AUTH), then switches to `protocol` (3: HELLO
-  // 3, so that the node answers in RESP3, as the clients that use it asked), then runs `setup` (CLIENT
-  // TRACKING for a tracking client's connections): nothing else is written until all of these succeeded.
+  // 3, so that the node answers in RESP3, as the clients that use it asked). A `readonly` one, to a replica
+  // that serves reads (replica_reads.h), sends READONLY next. Nothing else is written until all of these
+  // succeeded.
   Backend(Worker& worker, HostPort address, LoginPtr login = nullptr, int protocol = 2,
-          std::string setup = {});
+          bool readonly = false);
   ~Backend();
   Backend(const Backend&) = delete;
   Backend& operator=(const Backend&) = delete;
@@ -135,7 +136,7 @@ class Backend {
   std::string name_;
   LoginPtr login_;
   int protocol_ = 2;
-  std::string setup_;
+  bool readonly_ = false;
   bool awaiting_login_ = false;
   std::string after_login_;
   std::function<void()> on_fail_;

@@ -93,6 +93,9 @@ std::string load_config_file(const std::string& path, Config& config) {
       } else if (key == "client-auth") {
         if (!parse_client_auth(v.get<std::string>(), config.client_auth))
           return path + ": client-auth: expected none, password or acl";
+      } else if (key == "read-from") {
+        if (!parse_read_from(v.get<std::string>(), config.read_from))
+          return path + ": read-from: expected master, replica or prefer-replica";
       } else if (key == "tls-cert-file") {
         config.tls.cert_file = v.get<std::string>();
       } else if (key == "tls-key-file") {
@@ -151,6 +154,31 @@ bool parse_client_auth(std::string_view text, Config::ClientAuth& into) {
     return false;
   }
   return true;
+}
+
+bool parse_read_from(std::string_view text, Config::ReadFrom& into) {
+  if (text == "master") {
+    into = Config::ReadFrom::kMaster;
+  } else if (text == "replica") {
+    into = Config::ReadFrom::kReplica;
+  } else if (text == "prefer-replica") {
+    into = Config::ReadFrom::kPreferReplica;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+std::string_view read_from_name(Config::ReadFrom read_from) {
+  switch (read_from) {
+    case Config::ReadFrom::kReplica:
+      return "replica";
+    case Config::ReadFrom::kPreferReplica:
+      return "prefer-replica";
+    case Config::ReadFrom::kMaster:
+      break;
+  }
+  return "master";
 }
 
 std::string client_auth_error(const Config& config) {

@@ -75,6 +75,12 @@ struct Config {
   // --admin-token-file (kept out of the command line, which `ps` shows to every user), in the environment
   // (SLOTSHIFT_ADMIN_TOKEN), or in the config file ("admin-token", "admin-token-file").
   std::string admin_token;
+
+  // Where read-only commands with keys go (replica_reads.h). kMaster: to the slot's master, as everything
+  // else. kReplica: to a replica of that master, and nowhere else (waiting, within the request timeout, for
+  // one to be usable). kPreferReplica: to a replica when one is usable, else to the master.
+  enum class ReadFrom : std::uint8_t { kMaster, kReplica, kPreferReplica };
+  ReadFrom read_from = ReadFrom::kMaster;
 };
 
 // Reads a JSON config file into `config`, leaving fields the file does not name as they are. Returns an error
@@ -83,6 +89,10 @@ std::string load_config_file(const std::string& path, Config& config);
 
 // "none", "password", "acl" (Config::ClientAuth); false for anything else.
 bool parse_client_auth(std::string_view text, Config::ClientAuth& into);
+
+// "master", "replica", "prefer-replica" (Config::ReadFrom); false for anything else.
+bool parse_read_from(std::string_view text, Config::ReadFrom& into);
+std::string_view read_from_name(Config::ReadFrom read_from);
 
 // Why the client login settings cannot work together, or "": one password for every client and the
 // cluster's own users are two different modes.

@@ -91,6 +91,15 @@ int main(int argc, char** argv) {
                      "none | password (--requirepass) | acl: clients log in as the cluster's own ACL users, "
                      "and their commands run as those users")
           ->check(CLI::IsMember({"none", "password", "acl"}));
+  std::string read_from;
+  auto* o_read_from =
+      app.add_option("--read-from", read_from,
+                     "where read-only commands with keys run: master (default); replica: on a replica of "
+                     "the slot's master only (waiting up to the request timeout when none is usable); "
+                     "prefer-replica: on a replica when one is usable, else the master. Replica reads may "
+                     "lag the master by the replication delay and need not see the client's own writes; a "
+                     "client that sends READWRITE reads on masters")
+          ->check(CLI::IsMember({"master", "replica", "prefer-replica"}));
   // TLS, named after Redis's tls-* settings; the backend- ones for the connections to the cluster.
   std::string tls_cert, tls_key, tls_ca, tls_ca_dir, tls_auth;
   std::string btls_cert, btls_key, btls_ca, btls_ca_dir, btls_name;
@@ -195,6 +204,7 @@ int main(int argc, char** argv) {
     return 2;
   if (o_masteruser->count()) config.masteruser = masteruser;
   if (o_client_auth->count()) proxy::parse_client_auth(client_auth, config.client_auth);
+  if (o_read_from->count()) proxy::parse_read_from(read_from, config.read_from);
   // A password for clients means clients log in with it, unless another mode was asked for (and refused
   // below).
   if (!config.requirepass.empty() && config.client_auth == proxy::Config::ClientAuth::kNone)
@@ -285,9 +295,12 @@ int main(int argc, char** argv) {
     }
   }
   const std::string admin_note = admin_server ? ", admin on " + config.admin.str() : "";
-  std::fprintf(stderr, "slotshift-proxy: listening on %s with %d thread(s), seeds %s%s\n",
+  const std::string read_note = config.read_from == proxy::Config::ReadFrom::kMaster
+                                    ? ""
+                                    : ", reads from " + std::string(proxy::read_from_name(config.read_from));
+  std::fprintf(stderr, "slotshift-proxy: listening on %s with %d thread(s), seeds %s%s%s\n",
                config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str(),
-               admin_note.c_str());
+               admin_note.c_str(), read_note.c_str());
   int sig = 0;
   // SIGHUP reads the TLS files again: new connections use them, open ones keep theirs.
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {

@@ -56,6 +56,10 @@ struct Request {
   std::uint8_t proto = 2;    // the protocol its client spoke when it sent it (HELLO): its reply's
   bool idempotent = false;   // safe to send again after a lost connection (read-only commands)
   bool blocking = false;     // runs on the session's dedicated connection
+  // Reads from replicas (replica_reads.h): the replica it was last sent to (null: a master), and whether a
+  // replica redirected it, so that the rest of its way is at masters.
+  Backend* replica = nullptr;
+  bool master_only = false;
   // WATCH, the EXEC of a watched transaction and UNWATCH run on the client's watch connection
   // (Session::watch_), never anywhere else: a watch lives on its connection, so they are never redirected or
   // sent again.

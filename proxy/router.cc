@@ -12,7 +12,9 @@
 namespace slotshift::proxy {
 
 void Router::moved(Slot slot, const HostPort& node) {
-  slots_[slot] = worker_.backend(node);
+  Backend* b = worker_.backend(node);
+  if (slots_[slot] != b) worker_.replica_reads().owner_changed(slot);
+  slots_[slot] = b;
   worker_.owners_changed();
   refresh_soon();
 }
@@ -20,7 +22,9 @@ void Router::moved(Slot slot, const HostPort& node) {
 void Router::route(const SlotSet& slots, const HostPort& node) {
   Backend* b = worker_.backend(node);
   for (unsigned s = 0; s < kSlotCount; ++s) {
-    if (slots.test(static_cast<Slot>(s))) slots_[s] = b;
+    if (!slots.test(static_cast<Slot>(s))) continue;
+    if (slots_[s] != b) worker_.replica_reads().owner_changed(static_cast<Slot>(s));
+    slots_[s] = b;
   }
   // A master that had no slot until now serves keyless and fanned-out commands too.
   if (std::find(masters_.begin(), masters_.end(), b) == masters_.end()) {
@@ -134,12 +138,16 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
   }
   for (std::size_t s = 0; s < kSlotCount; ++s) {
     const std::uint16_t owner = t.owners[s];
-    slots_[s] = owner == kNoOwner ? nullptr : by_node[owner];
+    Backend* b = owner == kNoOwner ? nullptr : by_node[owner];
+    // (The first load changes no owner: there was none.)
+    if (slots_[s] && slots_[s] != b) worker_.replica_reads().owner_changed(static_cast<Slot>(s));
+    slots_[s] = b;
   }
   std::sort(masters.begin(), masters.end(),
             [](const Backend* a, const Backend* b) { return a->name() < b->name(); });
   masters.erase(std::unique(masters.begin(), masters.end()), masters.end());
   masters_ = std::move(masters);
+  worker_.replica_reads().topology_loaded(t, by_node);
   loaded_ = true;
   last_error_.clear();
   refreshing_ = false;

@@ -833,9 +833,11 @@ bool Session::answer_locally(const std::string& name, Args args) {
     return true;
   }
   if (name == "readonly" || name == "readwrite") {
-    // READONLY asks for reads from replicas, which a client may be given or not: the proxy reads from
-    // masters.
+    // Where reads go is the proxy's --read-from: READONLY cannot send them to replicas the proxy does not
+    // read from. READWRITE keeps this client's reads on masters, where they see its own writes, until
+    // READONLY or RESET.
     if (argc != 1) return answer(name, errors::wrong_arity(name)), true;
+    reads_on_masters_ = name == "readwrite";
     answer(name, "+OK\r\n");
     return true;
   }
@@ -1054,6 +1056,7 @@ void Session::reset_state() {
   if (in_multi_) discard_transaction();
   unwatch(false);
   reply_off_ = skip_next_reply_ = false;
+  reads_on_masters_ = false;
   client_name_.clear();
   // As Redis: back to the default user, logged in only where no login is asked for.
   authenticated_ = worker_.config().client_auth == Config::ClientAuth::kNone;

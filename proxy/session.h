@@ -226,6 +226,7 @@ class Session {
   std::vector<WatchConnection> retiring_watches_;
   std::uint64_t next_watch_generation_ = 0;
   bool watching_ = false;
+  bool reads_on_masters_ = false;  // READWRITE: reads stay on masters whatever --read-from says
   Slot watch_slot_ = 0;
   std::uint64_t watched_generation_ =
       0;  // the watch in force: its connection's generation at its first WATCH

@@ -46,6 +46,8 @@ struct Stats {
   Counter noreplicas;          // NOREPLICAS replies met
   Counter retries;             // requests sent again (after a redirect, a backoff or a lost connection)
   Counter topology_refreshes;  // slot map reloads
+  Counter replica_reads;       // read-only commands sent to a replica (--read-from)
+  Counter replica_fallbacks;   // ... sent to the master: no replica usable (--read-from prefer-replica)
   Counter clients_connected;
   Counter clients_accepted;
   Counter clients_rejected;     // over max-clients
@@ -110,6 +112,10 @@ inline constexpr CounterInfo kCounters[] = {
      "NOREPLICAS replies met (writes refused by a master)"},
     {"proxy", "retries", &Stats::retries, "requests sent again"},
     {"proxy", "topology_refreshes", &Stats::topology_refreshes, "slot map reloads"},
+    {"proxy", "replica_reads", &Stats::replica_reads, "read-only commands sent to a replica (--read-from)"},
+    {"proxy", "replica_reads_on_master", &Stats::replica_fallbacks,
+     "read-only commands sent to the master since no replica of its shard was usable (--read-from "
+     "prefer-replica)"},
     {"proxy", "backend_connections_opened", &Stats::backend_connects, "connections opened to cluster nodes"},
     {"proxy", "backend_failures", &Stats::backend_failures, "backend connections lost or refused"},
     {"proxy", "holds_placed", &Stats::holds_placed, "slot holds placed or extended on the admin endpoint"},

@@ -53,7 +53,12 @@ bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, 
 }
 
 Worker::Worker(Proxy& proxy, const Config& config, int index)
-    : proxy_(proxy), config_(config), index_(index), router_(*this), held_(*this) {
+    : proxy_(proxy),
+      config_(config),
+      index_(index),
+      router_(*this),
+      held_(*this),
+      replica_reads_(*this, config.read_from) {
   uv_loop_init(&loop_);
   if (!config.masterauth.empty())
     own_login_ = std::make_shared<const Login>(Login{config.masteruser, config.masterauth});
@@ -276,6 +281,17 @@ Backend* Worker::backend(const HostPort& node, const LoginPtr& login, int protoc
   return b.get();
 }
 
+Backend* Worker::replica_backend(const HostPort& node, const LoginPtr& login, int protocol) {
+  // Apart from the node's other connections (it may be a master too, after a failover, whose clients'
+  // connections should not carry READONLY).
+  auto& b = backends_["readonly\n" + connection_key(login, node, protocol)];
+  if (!b) {
+    b = std::make_unique<Backend>(*this, node, login ? login : own_login_, protocol, true);
+    b->on_fail([this, replica = b.get()] { replica_reads_.failed(replica); });
+  }
+  return b.get();
+}
+
 void Worker::forget_dirty(Backend* backend) {
   std::erase(dirty_, backend);
 }
@@ -339,6 +355,7 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     w->send(r, false);
     return;
   }
+  r->replica = nullptr;
   Backend* b = to;
   if (!b) b = r->fixed ? r->fixed : (r->has_slot ? router_.owner(r->slot) : nullptr);
   if (!b && !r->has_slot && !router_.masters().empty()) b = router_.masters().front();
@@ -350,6 +367,22 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     if (!router_.last_error().empty()) cause += " (" + router_.last_error() + ")";
     retry_later(r, 20, cause);
     return;
+  }
+  if (!to && replica_reads_.eligible(*r) && !client_reads_on_masters(*r)) {
+    std::string wait;
+    if (Backend* replica = replica_reads_.pick(*r, b, wait)) {
+      stats_.replica_reads.add();
+      r->replica = replica;
+      replica->send(r, false);
+      return;
+    }
+    if (!wait.empty()) {
+      // --read-from replica, and no replica of the shard is usable: one may be again soon (the map's next
+      // reload, the end of a failed one's time out), within the request's deadline.
+      router_.refresh_soon();
+      retry_later(r, 50, wait);
+      return;
+    }
   }
   // With ACL pass-through a request runs as its client's user, wherever the slot map or a redirect sends it:
   // on that user's connection to the same node. A RESP3 client's on a connection that speaks RESP3: the node
@@ -365,6 +398,14 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
     }
   }
   b->send(r, asking);
+}
+
+bool Worker::client_reads_on_masters(const Request& r) {
+  const Session* owner = owner_of(r);
+  // A client's reads between WATCH and EXEC stay on the master: what they read decides what the transaction
+  // writes, and a replica's older value, changed before the WATCH, is a change the watch never sees. So do
+  // the reads of a client that asked for READWRITE.
+  return owner && (owner->watching_ || owner->reads_on_masters_);
 }
 
 void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::string_view cause,
@@ -551,6 +592,7 @@ void Worker::on_backend_reply(const RequestPtr& r, std::string reply) {
     complete(r, std::string(exec));
     return;
   }
+  if (!reply.empty() && reply[0] == '-' && r->replica && replica_reads_.refused(r, reply)) return;
   if (!reply.empty() && reply[0] == '-' && follow_redirect(r, reply)) return;
   complete(r, std::move(reply));
 }

@@ -21,6 +21,7 @@
 #include "proxy/backend.h"
 #include "proxy/config.h"
 #include "proxy/held_requests.h"
+#include "proxy/replica_reads.h"
 #include "proxy/request.h"
 #include "proxy/router.h"
 #include "proxy/slot_control.h"
@@ -59,6 +60,7 @@ class Worker {
   Proxy& proxy() { return proxy_; }
   int index() const { return index_; }
   HeldRequests& held() { return held_; }
+  ReplicaReads& replica_reads() { return replica_reads_; }
 
   // Runs `op` on this worker's loop, soon (callable from any thread: the admin endpoint's control calls).
   // False if the loop is not running.
@@ -88,6 +90,9 @@ class Worker {
   // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
   // `protocol` 3: a connection on which the node answers in RESP3, for the clients that speak it.
   Backend* backend(const HostPort& node, const LoginPtr& login = nullptr, int protocol = 2);
+  // The same for a replica that serves reads (--read-from): a connection of its own that says READONLY, and
+  // is left alone for a while when it fails (ReplicaReads::failed).
+  Backend* replica_backend(const HostPort& node, const LoginPtr& login, int protocol);
   // Sends a request to where it belongs: its fixed backend, or the owner of its slot. Answers it with an
   // error if no node serves the slot.
   void dispatch(const RequestPtr& request, bool asking = false, Backend* to = nullptr);
@@ -127,6 +132,8 @@ class Worker {
   void on_tick();
   // The client a request (or the command it is a part of) comes from; null once the client is gone.
   static Session* owner_of(const Request& request);
+  // Whether the request's client keeps its reads on masters whatever --read-from says.
+  static bool client_reads_on_masters(const Request& request);
   // A retry whose time has come: sent again, kept waiting, or answered (see Session::retry_started).
   void retry_due(const RequestPtr& request, std::uint64_t now);
   // A watched command met a redirect: a MOVED still teaches the slot map where the slot is.
@@ -170,6 +177,7 @@ class Worker {
   std::vector<RequestPtr> retries_;
   std::unordered_set<Session*> sessions_;
   HeldRequests held_;
+  ReplicaReads replica_reads_;
   std::size_t inflight_bytes_ = 0;
   std::size_t waiting_bytes_ = 0;  // requests waiting in the proxy to be sent (again): retrying or parked
   bool stopping_ = false;
