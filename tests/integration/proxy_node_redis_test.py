@@ -55,6 +55,15 @@ class PlainProxy(unittest.TestCase):
         finally:
             cls.cluster.stop()
 
+    def test_node_redis_resp3(self):
+        # The same checks with createClient({ RESP: 3 }) (HELLO 3), and RESP3's own: typed replies (a map, a
+        # double, a set, a null), Pub/Sub messages as pushes on a connection that goes on running commands.
+        passed, out = run_node_redis(self.proxy.port, "--resp3", *self.client_args())
+        self.assertEqual(passed, CHECKS + 3 + (1 if "--password" in self.client_args() else 0), out)
+
+    def client_args(self):
+        return []
+
     def test_node_redis(self):
         passed, out = run_node_redis(self.proxy.port)
         self.assertEqual(passed, CHECKS, out)
@@ -85,6 +94,9 @@ class ProxyAsksForAPassword(PlainProxy):
             cls.cluster.stop()
             raise
 
+    def client_args(self):
+        return ["--password", "apppw"]
+
     def test_node_redis(self):
         passed, out = run_node_redis(self.proxy.port, "--password", "apppw")
         self.assertEqual(passed, CHECKS + 1, out)
@@ -113,6 +125,9 @@ class ProxyOverTls(PlainProxy):
         except BaseException:
             cls.cluster.stop()
             raise
+
+    def client_args(self):
+        return ["--tls", self.tls]
 
     def test_node_redis(self):
         passed, out = run_node_redis(self.proxy.port, "--tls", self.tls)
