@@ -463,10 +463,13 @@ class HostileClients(ProxyTestCase):
                     for command in (("READONLY",), ("READWRITE",), ("UNWATCH",)):
                         c.send(command, ("GET", key))
                         expect(command[0], c.replies(2), [OK, ("reset%d" % r).encode()])
-                    c.send(("HELLO", "3"), ("GET", key))
-                    hello, own = c.replies(2)
-                    if type(hello) is not Err or not hello.startswith("NOPROTO"):
-                        raise AssertionError("HELLO 3: %r, expected a NOPROTO error" % (hello,))
+                    # HELLO 3 is this client's alone: its GET runs on a RESP3 connection, the other client's on
+                    # RESP2 ones, and HELLO 2 brings it back.
+                    c.send(("HELLO", "3"), ("GET", key), ("HELLO", "2"))
+                    hello, own, back = c.replies(3)
+                    for what, reply, proto in (("HELLO 3", hello, 3), ("HELLO 2", back, 2)):
+                        if type(reply) is not list or dict(zip(reply[::2], reply[1::2])).get(b"proto") != proto:
+                            raise AssertionError("%s: %r, expected proto %d" % (what, reply, proto))
                     expect("GET after HELLO 3", own, ("reset%d" % r).encode())
                     # WATCH runs on a connection of the client's own: the other client is not watched.
                     c.send(("WATCH", key), ("GET", key), ("UNWATCH",))
