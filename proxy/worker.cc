@@ -198,7 +198,9 @@ std::string Worker::merge_every_node(Request& p) {
   for (std::size_t i = 0; i < p.part_replies.size(); ++i) {
     const std::string& part = p.part_replies[i];
     const bool error = part.empty() || part[0] == '-' || part[0] == '!';
-    const bool good = p.merge == Merge::kInfo ? !error && part[0] == '$' : part == "+OK\r\n";
+    // INFO is a bulk string in RESP2 and a verbatim one ("=...txt:") on a RESP3 client's connections.
+    const bool good =
+        p.merge == Merge::kInfo ? !error && (part[0] == '$' || part[0] == '=') : part == "+OK\r\n";
     if (good) {
       ++ok;
     } else if (!failed) {
@@ -217,13 +219,22 @@ std::string Worker::merge_every_node(Request& p) {
   }
   if (p.merge == Merge::kEveryNodeOk) return "+OK\r\n";
   std::vector<std::string> texts;
-  for (const auto& part : p.part_replies)
-    texts.push_back(resp::decode(part).str);
+  for (const auto& part : p.part_replies) {
+    resp::Value v = resp::decode(part);
+    // A verbatim string starts with its format ("txt:"), which is not part of the text.
+    if (v.type == resp::Type::kVerbatimString && v.str.size() >= 4) v.str.erase(0, 4);
+    texts.push_back(std::move(v.str));
+  }
   const std::vector<std::string_view> views(texts.begin(), texts.end());
   std::string text, why;
   if (!p.info || !info_merge::compose(*p.info, views, text, why)) return errors::merge_unexpected(why);
   std::string out;
-  resp::append_bulk(out, text);
+  if (p.proto == 3) {
+    // As Redis answers INFO in RESP3.
+    out.append("=").append(std::to_string(text.size() + 4)).append("\r\ntxt:").append(text).append("\r\n");
+  } else {
+    resp::append_bulk(out, text);
+  }
   return out;
 }
 

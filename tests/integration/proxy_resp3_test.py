@@ -121,6 +121,10 @@ class Resp3(unittest.TestCase):
                   ("CONFIG", "GET", "maxmemory-policy"), ("EXISTS", "{r3}h")):
             self.assertEqual(p.call(*c), n.call(*c), c)
         self.assertEqual(p.call("HGETALL", "{r3}h")[0], b"%")
+        # INFO, summed over the masters: a verbatim string, as Redis gives it in RESP3.
+        t, text = p.call("INFO", "keyspace")
+        self.assertEqual((t, text[:4]), (b"=", b"txt:"))
+        self.assertIn(b"# Keyspace", text)
         self.assertEqual(p.call("ZSCORE", "{r3}z", "m"), (b",", b"2.5"))
         self.assertEqual(p.call("GET", "{r3}none"), (b"_", b""))
 
