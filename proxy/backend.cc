@@ -345,7 +345,7 @@ void Backend::on_read(ssize_t nread) {
 
 void Backend::handle_reply(std::string_view reply) {
   if (protocol_ == 3 && !reply.empty() && reply[0] == '>') {
-    // Out of band on a RESP3 connection (an invalidation): it answers no request.
+    // Out of band on a RESP3 connection: it answers no request.
     if (push_sink_) push_sink_(reply);
     return;
   }
@@ -437,8 +437,14 @@ void Backend::refused_login(std::string_view reply, bool login) {
   std::string reason(reply.substr(0, reply.find('\r')));
   if (reason.starts_with('-')) reason.erase(0, 1);
   if (!login) {
-    // HELLO 3: what the client asked of its connection cannot be had on this node.
-    fail("the connection's setup was refused: " + reason, errors::setup_refused(name_, reason));
+    // HELLO 3: what the client asked of its connection cannot be had on this node. Reads for a replica go
+    // elsewhere (ReplicaReads), as after a refused login.
+    const std::string why = "the connection's setup was refused: " + reason;
+    if (readonly_) {
+      fail(why);
+    } else {
+      fail(why, errors::setup_refused(name_, reason));
+    }
     return;
   }
   const std::string user = login_->user.empty() ? "default" : login_->user;

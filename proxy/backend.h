@@ -55,7 +55,7 @@ class Backend {
   // Pub/Sub: a connection in subscribed mode sends messages nobody asked for. With a sink, everything the
   // node sends (after the login) goes to it as it comes, whole messages one at a time; commands are written
   // with send_raw(), which expects no reply of its own. False when no connection could even be started.
-  // On a RESP3 connection, push messages (invalidations of CLIENT TRACKING) go to the sink, or are dropped
+  // On a RESP3 connection, push messages (none is asked for yet) go to the sink, or are dropped
   // without one, and every other reply answers its request.
   using PushSink = std::function<void(std::string_view message)>;
   void set_push_sink(PushSink sink) { push_sink_ = std::move(sink); }

@@ -147,6 +147,10 @@ class Resp3(unittest.TestCase):
 
     def test_pubsub_messages_are_pushes_and_commands_still_run(self):
         p = self.both()
+        # Nothing subscribed: the confirmation names no channel, with RESP3's null, as a node's does.
+        n = self.node_for("r3a")
+        self.assertEqual(p.call("UNSUBSCRIBE"), n.call("UNSUBSCRIBE"))
+        self.assertEqual(p.call("UNSUBSCRIBE"), (b">", [(b"$", b"unsubscribe"), (b"_", b""), (b":", b"0")]))
         self.assertEqual(p.call("SUBSCRIBE", "r3ch"), (b">", [(b"$", b"subscribe"), (b"$", b"r3ch"), (b":", b"1")]))
         # RESP3 has no subscribed mode: any command runs, its reply among the pushes.
         self.assertEqual(p.call("SET", "r3k", "v"), (b"+", b"OK"))
