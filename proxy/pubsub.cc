@@ -17,12 +17,16 @@ constexpr std::uint64_t kLingerMs = 2000;
 // How often subscriptions that could not be made (no owner known, no connection left) are tried again.
 constexpr std::uint64_t kRetryMs = 100;
 
-void append_confirmation(std::string& out, std::string_view kind, const std::string* name,
-                         std::size_t count) {
+// `name` null: an unsubscribe with nothing subscribed, which names no channel (a null in the client's
+// `protocol`; the array itself becomes a push for a RESP3 client as every confirmation does, in Session).
+void append_confirmation(std::string& out, std::string_view kind, const std::string* name, std::size_t count,
+                         std::uint8_t protocol = 2) {
   resp::append_array_header(out, 3);
   resp::append_bulk(out, kind);
   if (name) {
     resp::append_bulk(out, *name);
+  } else if (protocol == 3) {
+    out.append("_\r\n");
   } else {
     resp::append_null_bulk(out);
   }
@@ -184,7 +188,7 @@ std::string Subscriptions::unsubscribe(Kind kind, std::span<const std::string_vi
     if (list.empty())
       for (const auto& [name, shard] : shards_)
         list.push_back(name);
-    if (list.empty()) append_confirmation(reply, "sunsubscribe", nullptr, 0);
+    if (list.empty()) append_confirmation(reply, "sunsubscribe", nullptr, 0, session_.proto_);
     std::map<std::string, std::vector<std::string>> by_link;
     for (const auto& n : list) {
       if (auto it = shards_.find(n); it != shards_.end()) {
@@ -202,7 +206,7 @@ std::string Subscriptions::unsubscribe(Kind kind, std::span<const std::string_vi
   const std::string_view what = kind == Kind::kChannel ? "unsubscribe" : "punsubscribe";
   std::vector<std::string> list(names.begin(), names.end());
   if (list.empty()) list.assign(names_set.begin(), names_set.end());
-  if (list.empty()) append_confirmation(reply, what, nullptr, count());
+  if (list.empty()) append_confirmation(reply, what, nullptr, count(), session_.proto_);
   std::vector<std::string> subscribed;
   for (const auto& n : list) {
     if (names_set.erase(n)) subscribed.push_back(n);

@@ -228,20 +228,10 @@ void to_resp3(Request& r) {
   resp::Scanner scanner(resp::Scanner::Mode::kReply);
   std::string_view rest(r.reply);
   std::size_t at = 0;
-  std::size_t values = 0;
   while (at < r.reply.size() && scanner.scan(rest.substr(at)) == resp::Status::kComplete) {
     if (r.reply[at] == '*') r.reply[at] = '>';
     at += scanner.size();
     scanner.reset();
-    ++values;
-  }
-  // An unsubscribe with nothing subscribed names no channel: RESP2's null there is RESP3's.
-  std::vector<std::string_view> elements;
-  if (values == 1 && resp::aggregate_elements(r.reply, elements) && elements.size() == 3 &&
-      elements[1] == "$-1\r\n") {
-    std::string push(">3\r\n");
-    push.append(elements[0]).append("_\r\n").append(elements[2]);
-    r.reply = std::move(push);
   }
 }
 
