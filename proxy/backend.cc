@@ -80,6 +80,23 @@ void Backend::send(const RequestPtr& request, bool asking) {
     queued_bytes_ += 16;
     p.skip = 1;
   }
+  if (request->caching != Request::Caching::kNone && !setup_.empty()) {
+    if (asking) {
+      // A node keeps ASKING and CLIENT CACHING each for the one command that follows, and either resets the
+      // other: this read goes untracked (the client's cache is dropped after its reply), OPTOUT's NO is moot.
+      if (request->caching == Request::Caching::kYes) {
+        Request& top = request->parent ? *request->parent : *request;
+        top.untracked_read = true;
+      }
+    } else {
+      static constexpr std::string_view kYes = "*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nYES\r\n";
+      static constexpr std::string_view kNo = "*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$2\r\nNO\r\n";
+      const std::string_view caching = request->caching == Request::Caching::kYes ? kYes : kNo;
+      out.append(caching);
+      queued_bytes_ += caching.size();
+      ++p.skip;
+    }
+  }
   out.append(request->wire);
   queued_bytes_ += request->wire.size();
   p.end_offset = queued_bytes_;
@@ -159,6 +176,7 @@ void Backend::connect() {
     resp::append_command(hello, {"HELLO", "3"});
     setup.push_back(std::move(hello));
   }
+  if (!setup_.empty()) setup.push_back(setup_);
   for (std::size_t i = 0; i < setup.size(); ++i) {
     conn_->out.buffer().append(setup[i]);
     queued_bytes_ += setup[i].size();
@@ -388,6 +406,11 @@ void Backend::handle_reply(std::string_view reply) {
   pending_.pop_front();
   if (current) {
     request->sent = false;
+    ++replies_;
+    // Where its reply came from: the node's later pushes on this connection follow it to the client.
+    Request& top = request->parent ? *request->parent : *request;
+    if (top.source && top.source != this) top.many_sources = true;
+    top.source = this;
     worker_.on_backend_reply(request, std::move(bytes));
   }
 }

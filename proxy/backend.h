@@ -42,8 +42,14 @@ class Backend {
   std::uint64_t last_activity_ms() const { return last_activity_ms_; }
   const LoginPtr& login() const { return login_; }
   int protocol() const { return protocol_; }
+  // A command run right after the login and HELLO (CLIENT TRACKING ON ...), gated as they are: nothing else
+  // is written until the node has accepted it. Set before the first send.
+  void set_setup(std::string command) { setup_ = std::move(command); }
   // Why the last connection failed, or "".
   const std::string& last_failure() const { return last_failure_; }
+  // Replies that answered a client's request, ever (CLIENT TRACKING: whether a connection has read anything
+  // a client may cache since the client last dropped its cache).
+  std::uint64_t replies() const { return replies_; }
 
   // Queues the request's bytes (after an ASKING when `asking`), connecting first if need be. Bytes are
   // written at the worker's next flush, so every request of one client read goes out in one write.
@@ -137,6 +143,7 @@ class Backend {
   LoginPtr login_;
   int protocol_ = 2;
   bool readonly_ = false;
+  std::string setup_;
   bool awaiting_login_ = false;
   std::string after_login_;
   std::function<void()> on_fail_;
@@ -146,6 +153,7 @@ class Backend {
   std::uint64_t queued_bytes_ = 0;  // bytes ever queued on the current connection
   std::uint64_t connect_started_ms_ = 0;
   std::uint64_t last_activity_ms_ = 0;
+  std::uint64_t replies_ = 0;
   std::string last_failure_;
   // A reply is whatever the server sends: LRANGE, HGETALL or KEYS on a big node answer with more elements,
   // and more bytes, than any request may carry. Only the nesting depth is bounded (the scanner keeps a frame

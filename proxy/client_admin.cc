@@ -100,6 +100,7 @@ std::string ClientAdmin::line(const Session& s, std::uint64_t now_ms) {
   std::string flags;
   if (subscribed) flags += 'P';
   if (s.in_multi_) flags += 'x';
+  if (s.tracking_) flags += s.tracking_->flags();
   if (s.quit_after_flush_) flags += 'c';
   if (flags.empty()) flags = "N";
   auto n = [](std::uint64_t v) { return std::to_string(v); };

@@ -156,6 +156,35 @@ inline constexpr std::string_view kEveryNodeWhy = "it concerns every node, and a
 inline constexpr std::string_view kClientOthersWhy =
     "only SETNAME, GETNAME, ID, INFO, SETINFO, REPLY, LIST and KILL are answered (about the proxy's own "
     "clients); the others concern a node's own connections";
+// CLIENT TRACKING and CLIENT CACHING: Redis's own errors (the overlap errors are made in tracking.cc).
+inline constexpr std::string_view kTrackingPrefixNeedsBcast =
+    "-ERR PREFIX option requires BCAST mode to be enabled\r\n";
+inline constexpr std::string_view kTrackingBcastSwitch =
+    "-ERR You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling "
+    "it with a different mode.\r\n";
+inline constexpr std::string_view kTrackingOptBcast =
+    "-ERR OPTIN and OPTOUT are not compatible with BCAST\r\n";
+inline constexpr std::string_view kTrackingOptBoth =
+    "-ERR You can't specify both OPTIN mode and OPTOUT mode\r\n";
+inline constexpr std::string_view kTrackingOptSwitch =
+    "-ERR You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling "
+    "it with a different mode.\r\n";
+inline constexpr std::string_view kCachingNotTracking =
+    "-ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode "
+    "enabled\r\n";
+inline constexpr std::string_view kCachingYesNotOptin =
+    "-ERR CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.\r\n";
+inline constexpr std::string_view kCachingNoNotOptout =
+    "-ERR CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.\r\n";
+inline std::string tracking_prefix_overlap(std::string_view prefix, std::string_view other, bool existing) {
+  return "-ERR Prefix '" + std::string(prefix) + "' overlaps with " +
+         (existing ? "an existing prefix '" : "another provided prefix '") + std::string(other) +
+         "'. Prefixes for a single client must not overlap.\r\n";
+}
+// REDIRECT sends invalidations to another connection, in RESP2 as Pub/Sub messages of that one.
+inline constexpr std::string_view kTrackingRedirectWhy =
+    "invalidations come on the tracking client's own connection as RESP3 pushes (HELLO 3); REDIRECT to "
+    "another connection is not carried";
 // Redis's own CLIENT LIST and CLIENT KILL errors.
 inline constexpr std::string_view kNoSuchClient = "-ERR No such client\r\n";
 inline constexpr std::string_view kClientIdPositive = "-ERR client-id should be greater than 0\r\n";

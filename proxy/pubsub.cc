@@ -218,6 +218,16 @@ std::string Subscriptions::unsubscribe(Kind kind, std::span<const std::string_vi
   return reply;
 }
 
+void Subscriptions::deliver(const Link& link, std::string_view message) {
+  // In RESP3 a message is a push, which need not wait behind the replies of the client's other commands (a
+  // BLPOP that blocks); in RESP2 the client has no other command in subscribed mode.
+  if (session_.proto_ == 3) {
+    session_.push_out_of_band(message, link.backend.get());
+  } else {
+    session_.push(message);
+  }
+}
+
 void Subscriptions::on_message(const std::string& key, std::string_view message) {
   auto it = links_.find(key);
   if (it == links_.end()) return;
@@ -234,12 +244,12 @@ void Subscriptions::on_message(const std::string& key, std::string_view message)
   // send what it published before it had the UNSUBSCRIBE.
   if (kind == "message" || kind == "pmessage") {
     const bool wanted = key == classic_ && (kind == "message" ? channels_ : patterns_).contains(name);
-    if (wanted) session_.push(message);
+    if (wanted) deliver(l, message);
     return;
   }
   if (kind == "smessage") {
     // While a slot moves the channel may be subscribed on both owners: each SPUBLISH is sent to one of them.
-    if (shards_.contains(name)) session_.push(message);
+    if (shards_.contains(name)) deliver(l, message);
     return;
   }
   if (!l.expected.empty() && l.expected.front().kind == kind && l.expected.front().name == name) {

@@ -90,6 +90,8 @@ class Subscriptions {
   void send(Link& l, std::string_view command, std::string_view kind, const std::vector<std::string>& names,
             RequestPtr request = nullptr, std::string reply = {});
   void on_message(const std::string& key, std::string_view message);
+  // A message for the client, from `link`.
+  void deliver(const Link& link, std::string_view message);
   // A command of `link` was refused (NOPERM, MOVED, ...): its request gets the error; what it would have
   // subscribed is not subscribed.
   void refused(Link& l, std::string_view error);

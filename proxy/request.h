@@ -91,7 +91,19 @@ struct Request {
       false;  // answered while an earlier request of its client was not: counted in the client's bounds
   bool silent = false;  // CLIENT REPLY OFF or SKIP: the client asked not to get this reply
   bool push = false;    // a Pub/Sub message, not a reply: no latency to record
-  std::string reply;    // the bytes the client gets
+  // CLIENT TRACKING (tracking.h). The CLIENT CACHING its client asked for it (OPTIN's yes, OPTOUT's no), sent
+  // right before it on the tracking connection it runs on.
+  enum class Caching : std::uint8_t { kNone, kYes, kNo };
+  Caching caching = Caching::kNone;
+  // Its CACHING YES could not go with it (it met an ASK, and a node takes either ASKING or CLIENT CACHING as
+  // the flag of the one command that follows, never both): what it read is not tracked, and the client is
+  // told to drop its cache right after the reply.
+  bool untracked_read = false;
+  // The connection whose reply answered it (or one of its parts; `many_sources` when more than one did): an
+  // out-of-band push from that connection follows its reply (Session::push_out_of_band).
+  const Backend* source = nullptr;
+  bool many_sources = false;
+  std::string reply;  // the bytes the client gets
 
   // The deadline that bounds its next wait in the proxy.
   std::uint64_t wait_deadline() const { return deadline_ms != 0 ? deadline_ms : wait_deadline_ms; }

@@ -13,7 +13,10 @@ namespace slotshift::proxy {
 
 void Router::moved(Slot slot, const HostPort& node) {
   Backend* b = worker_.backend(node);
-  if (slots_[slot] != b) worker_.replica_reads().owner_changed(slot);
+  if (slots_[slot] != b) {
+    worker_.replica_reads().owner_changed(slot);
+    ++owner_changes_;
+  }
   slots_[slot] = b;
   worker_.owners_changed();
   refresh_soon();
@@ -23,7 +26,10 @@ void Router::route(const SlotSet& slots, const HostPort& node) {
   Backend* b = worker_.backend(node);
   for (unsigned s = 0; s < kSlotCount; ++s) {
     if (!slots.test(static_cast<Slot>(s))) continue;
-    if (slots_[s] != b) worker_.replica_reads().owner_changed(static_cast<Slot>(s));
+    if (slots_[s] != b) {
+      worker_.replica_reads().owner_changed(static_cast<Slot>(s));
+      ++owner_changes_;
+    }
     slots_[s] = b;
   }
   // A master that had no slot until now serves keyless and fanned-out commands too.
@@ -140,7 +146,10 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
     const std::uint16_t owner = t.owners[s];
     Backend* b = owner == kNoOwner ? nullptr : by_node[owner];
     // (The first load changes no owner: there was none.)
-    if (slots_[s] && slots_[s] != b) worker_.replica_reads().owner_changed(static_cast<Slot>(s));
+    if (slots_[s] && slots_[s] != b) {
+      worker_.replica_reads().owner_changed(static_cast<Slot>(s));
+      ++owner_changes_;
+    }
     slots_[s] = b;
   }
   std::sort(masters.begin(), masters.end(),

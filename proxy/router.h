@@ -25,6 +25,8 @@ class Router {
   Backend* owner(Slot slot) const { return slots_[slot]; }
   // Every master that owns at least one slot, in a stable order (by address).
   const std::vector<Backend*>& masters() const { return masters_; }
+  // How many times a slot has changed owner in this worker's map (the first load aside).
+  std::uint64_t owner_changes() const { return owner_changes_; }
   // Read by the admin endpoint's thread too.
   bool ready() const { return loaded_.load(std::memory_order_relaxed); }
 
@@ -52,6 +54,7 @@ class Router {
   Worker& worker_;
   std::array<Backend*, kSlotCount> slots_;
   std::vector<Backend*> masters_;
+  std::uint64_t owner_changes_ = 0;
   std::atomic<bool> loaded_{false};
   bool refreshing_ = false;
   bool refresh_wanted_ = false;

@@ -207,6 +207,7 @@ RequestPtr make_part(const RequestPtr& parent, std::size_t index) {
   part->idempotent = parent->idempotent;
   part->login = parent->login;
   part->proto = parent->proto;
+  part->caching = parent->caching;
   part->part_index = index;
   return part;
 }
@@ -346,6 +347,7 @@ void Session::close() {
   if (login_check_) login_check_->shutdown();  // its callback retires it
   end_subscriptions();
   end_monitor();
+  if (tracking_) tracking_->close();
   execs_after_watch_.clear();  // never sent: the client left before their watch was in force
   close_watch_connection(watch_);
   for (auto& w : retiring_watches_)
@@ -409,6 +411,8 @@ void Session::check_deadlines(std::uint64_t now_ms) {
   if (pubsub_) pubsub_->check(now_ms);
   if (closing_) return;
   if (monitor_) monitor_->check(now_ms);
+  if (closing_) return;
+  if (tracking_) tracking_->check(now_ms);
   if (closing_) return;
   if (dedicated_.empty() && !login_check_ && !watch_.backend && retiring_watches_.empty()) return;
   // Answering a request can send others (a parked one, released), which may open or close connections of
@@ -487,7 +491,7 @@ void Session::process_input() {
   if (in_input_) return;
   in_input_ = true;
   std::vector<std::string_view> args;
-  while (!closing_ && !quit_after_flush_ && !login_check_) {
+  while (!closing_ && !quit_after_flush_ && !login_check_ && !waiting_for_earlier_) {
     const std::string_view data = in_.data();
     const auto status = scanner_.scan(data);
     if (status == resp::Status::kIncomplete) break;
@@ -500,7 +504,16 @@ void Session::process_input() {
     }
     const std::size_t size = scanner_.size();
     scanner_.args(data, args);
+    if (args.size() >= 2 && iequals(args[0], "client") && iequals(args[1], "tracking") && !all_answered()) {
+      // It moves the client's commands to other connections: one sent before it, still on its way on the
+      // connection it went to, could run after a later one sent on the new. It is read again once every
+      // earlier command is answered (flush_replies).
+      scanner_.reset();
+      waiting_for_earlier_ = true;
+      break;
+    }
     if (!args.empty()) handle(args, data.substr(0, size));
+    current_caching_ = Request::Caching::kNone;
     scanner_.reset();
     in_.consume(size);
   }
@@ -526,13 +539,15 @@ void Session::pause_or_resume_reading() {
   const auto& c = worker_.config();
   const bool holding = !on_hold_.empty();
   const std::size_t inflight_limit = c.max_inflight_bytes / static_cast<std::size_t>(c.threads);
-  if (reading_ && (quit_after_flush_ || login_check_ || queue_.size() >= c.max_pipeline ||
-                   held_bytes_ > c.max_client_output / 2 || worker_.inflight_bytes() > inflight_limit ||
-                   (holding && worker_.proxy().held_bytes() > c.max_held_bytes))) {
+  if (reading_ &&
+      (quit_after_flush_ || login_check_ || waiting_for_earlier_ || queue_.size() >= c.max_pipeline ||
+       held_bytes_ > c.max_client_output / 2 || worker_.inflight_bytes() > inflight_limit ||
+       (holding && worker_.proxy().held_bytes() > c.max_held_bytes))) {
     reading_ = false;
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
-  } else if (!reading_ && !quit_after_flush_ && !login_check_ && queue_.size() < c.max_pipeline / 2 &&
-             held_bytes_ <= c.max_client_output / 4 && worker_.inflight_bytes() <= inflight_limit / 2 &&
+  } else if (!reading_ && !quit_after_flush_ && !login_check_ && !waiting_for_earlier_ &&
+             queue_.size() < c.max_pipeline / 2 && held_bytes_ <= c.max_client_output / 4 &&
+             worker_.inflight_bytes() <= inflight_limit / 2 &&
              (!holding || worker_.proxy().held_bytes() <= c.max_held_bytes / 2)) {
     reading_ = true;
     uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), &Session::on_alloc, &Session::on_read_cb);
@@ -571,6 +586,7 @@ RequestPtr Session::new_request(std::string name, const CommandInfo* cmd) {
   r->idempotent = cmd && cmd->has_flag(CommandFlag::kReadonly) && !cmd->has_flag(CommandFlag::kWrite);
   r->login = login_;
   r->proto = proto_;
+  r->caching = current_caching_;
   return r;
 }
 
@@ -660,6 +676,11 @@ void Session::on_request_done(Request& request) {
     if (!request.reply.starts_with("+OK")) watch_redirected(request);
   }
   if (request.pins_watch) unpin(request);
+  if (tracking_) {
+    tracking_->answered(request);
+    // Its reply goes into the client's cache untracked: the cache is dropped right after it.
+    if (request.untracked_read) tracking_->after_untracked_read();
+  }
   if (request.silent) std::string().swap(request.reply);  // CLIENT REPLY OFF/SKIP: nothing to keep
   if (!queue_.empty() && queue_.front().get() != &request) {
     // Answered, but an earlier request is not: the reply waits here, and counts against the client's bounds.
@@ -684,6 +705,10 @@ void Session::on_request_done(Request& request) {
   worker_.mark_dirty(this);
 }
 
+bool Session::all_answered() const {
+  return std::all_of(queue_.begin(), queue_.end(), [](const RequestPtr& r) { return r->done; });
+}
+
 void Session::flush_replies() {
   dirty_ = false;
   if (closing_) return;
@@ -706,6 +731,12 @@ void Session::flush_replies() {
     if (!r.push) worker_.stats().record_latency((mono_ns() - r.start_ns) / 1000);
     queue_.pop_front();
     any = true;
+  }
+  if (waiting_for_earlier_ && all_answered()) {
+    // The command that waited for the earlier ones runs now (their replies are in `out`, before its own).
+    waiting_for_earlier_ = false;
+    process_input();
+    if (closing_) return;
   }
   if (!any) return;
   if (unread_before > worker_.config().max_client_output) {
@@ -742,6 +773,10 @@ void Session::handle(Args args, std::string_view raw) {
     answer(name, std::string(errors::kNoAuth));
     return;
   }
+  // What CLIENT CACHING chose holds for the next command, or the next transaction: CLIENT commands, MULTI and
+  // the commands a transaction queues leave it in place, as on Redis.
+  if (tracking_ && name != "client" && name != "multi" && (!in_multi_ || name == "exec" || name == "discard"))
+    current_caching_ = tracking_->take_caching();
   if (pubsub_ && pubsub_->active() && proto_ == 2) {
     // Subscribed mode (RESP2), as on Redis: only these commands, and PING answers as a message does. A RESP3
     // client runs any command while subscribed: its messages are pushes, which no reply can be taken for.
@@ -991,8 +1026,22 @@ bool Session::client_command(Args args) {
     return true;
   } else if (sub == "setinfo" && argc == 4) {
     reply = "+OK\r\n";
+  } else if (sub == "tracking" && argc >= 3) {
+    if (!tracking_) tracking_ = std::make_unique<Tracking>(*this, worker_);
+    // Answered at once, or once every master has accepted the options (Tracking::command).
+    auto r = new_request("client", nullptr);
+    enqueue(r);
+    if (std::string now = tracking_->command(r, args); !now.empty()) worker_.complete(r, std::move(now));
+    return true;
+  } else if (sub == "caching" && argc == 3) {
+    reply = tracking_ ? tracking_->caching(args[2]) : std::string(errors::kCachingNotTracking);
+  } else if (sub == "trackinginfo" && argc == 2) {
+    reply = tracking_ ? tracking_->info(proto_) : Tracking(*this, worker_).info(proto_);
+  } else if (sub == "getredir" && argc == 2) {
+    resp::append_integer(reply, tracking_ && tracking_->on() ? 0 : -1);
   } else if (sub == "setname" || sub == "getname" || sub == "id" || sub == "info" || sub == "setinfo" ||
-             sub == "reply") {
+             sub == "reply" || sub == "tracking" || sub == "caching" || sub == "trackinginfo" ||
+             sub == "getredir") {
     reply = errors::wrong_arity("client|" + sub);
   } else {
     worker_.stats().errors_refused.add();
@@ -1050,9 +1099,33 @@ void Session::push(std::string_view message) {
   on_request_done(*r);
 }
 
+void Session::push_out_of_band(std::string_view message, const Backend* source) {
+  if (closing_) return;
+  auto r = std::make_shared<Request>();
+  r->session = this;
+  r->name = "message";
+  r->push = true;
+  r->proto = proto_;
+  r->done = true;
+  r->reply.assign(message);
+  // Its place: right after the last queued entry it must follow (see the declaration); anything after that
+  // entry is still unanswered or unrelated, and does not hold it back.
+  auto at = queue_.end();
+  for (; at != queue_.begin(); --at) {
+    const Request& e = **std::prev(at);
+    const bool follows = e.push || is_subscription_command(e.name) ||
+                         (source ? e.source == source || e.many_sources : e.done || !e.blocking);
+    if (follows) break;
+  }
+  r->seq = at == queue_.end() ? ++next_seq_ : (*at)->seq;
+  queue_.insert(at, r);
+  on_request_done(*r);
+}
+
 void Session::reset_state() {
   end_subscriptions();
   end_monitor();
+  if (tracking_) tracking_->off();
   if (in_multi_) discard_transaction();
   unwatch(false);
   reply_off_ = skip_next_reply_ = false;

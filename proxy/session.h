@@ -24,6 +24,7 @@
 #include "proxy/pubsub.h"
 #include "proxy/request.h"
 #include "proxy/stream_writer.h"
+#include "proxy/tracking.h"
 
 namespace slotshift::proxy {
 
@@ -71,8 +72,14 @@ class Session {
   // watched there is gone (WATCH then answers OK, and EXEC nil).
   Backend* watch_connection(const Request& request);
 
-  // A Pub/Sub message for the client, in its place after every reply already due.
+  // A message for the client that answers no command (RESP2 Pub/Sub, MONITOR), in its place after every reply
+  // already due.
   void push(std::string_view message);
+  // A RESP3 push (Pub/Sub, an invalidation): it waits only for what must reach the client before it, so
+  // that a command that blocks does not hold it back. That is the replies `source` already sent (its
+  // node's order), and any subscription command still queued; with no source, every reply already
+  // answered or on its way but those of blocking commands still waiting.
+  void push_out_of_band(std::string_view message, const Backend* source);
   // The slot map changed: shard channels follow their slots (Subscriptions::owners_changed).
   void owners_changed() {
     if (pubsub_) pubsub_->owners_changed();
@@ -95,6 +102,7 @@ class Session {
   friend class Subscriptions;
   friend class Monitor;
   friend class ClientAdmin;
+  friend class Tracking;
   explicit Session(Worker& worker);
   ~Session();
 
@@ -192,6 +200,14 @@ class Session {
   // ACL pass-through: the connection on which a node checks the client's AUTH. Nothing more of the client is
   // read or run until the node has answered (its later commands must run as whoever it turns out to be).
   std::unique_ptr<Backend> login_check_;
+  // CLIENT TRACKING (tracking.h), made by the first one; and what CLIENT CACHING chose for the command
+  // being handled, which its requests carry.
+  std::unique_ptr<Tracking> tracking_;
+  Request::Caching current_caching_ = Request::Caching::kNone;
+  // A command that must not overtake the client's earlier ones (CLIENT TRACKING, which moves the client's
+  // commands to other connections) waits, unread, until they are all answered.
+  bool waiting_for_earlier_ = false;
+  bool all_answered() const;
   // CLIENT REPLY OFF / SKIP: replies the client asked not to get are dropped (Request::silent).
   bool reply_off_ = false;
   bool skip_next_reply_ = false;

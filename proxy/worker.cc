@@ -119,11 +119,15 @@ void Worker::start() {
   flush_.data = this;
   uv_check_start(&flush_, [](uv_check_t* c) {
     auto* self = static_cast<Worker*>(c->data);
-    self->flush_backends();
-    std::vector<Session*> sessions;
-    sessions.swap(self->dirty_sessions_);
-    for (Session* s : sessions)
-      s->flush_replies();
+    // A flush of replies may let a client's next commands run (one that waited for its earlier ones,
+    // Session::process_input): what they send goes out in this iteration too, not at the next tick.
+    for (int round = 0; round < 3 && (!self->dirty_.empty() || !self->dirty_sessions_.empty()); ++round) {
+      self->flush_backends();
+      std::vector<Session*> sessions;
+      sessions.swap(self->dirty_sessions_);
+      for (Session* s : sessions)
+        s->flush_replies();
+    }
   });
   router_.refresh();
   thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
@@ -259,6 +263,9 @@ void Worker::owners_changed() {
   // A monitor only takes note (it acts at its next tick).
   for (Session* s : monitors_)
     if (s->monitor_) s->monitor_->owners_changed();
+  // A tracking client only gets a push queued.
+  for (Session* s : trackers_)
+    s->tracking_->owners_changed();
   if (subscribers_.empty()) return;
   // A subscription may open or close connections of its client: the walk goes over a copy.
   for (Session* s : std::vector<Session*>(subscribers_.begin(), subscribers_.end()))
@@ -407,6 +414,15 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
       complete(r, errors::too_many_blocking(config_.max_blocking_connections));
       return;
     }
+  } else if (Session* owner = owner_of(*r); owner && owner->tracking_ && owner->tracking_->on()) {
+    // A tracking client's commands run on its own connections, where the node tracks what it reads (and
+    // NOLOOP knows its writes). A blocking one keeps a connection of its own, which nothing else waits on.
+    b = owner->tracking_->connection(b->address(), r->login, r->proto);
+    if (!b) {
+      stats_.errors_refused.add();
+      complete(r, errors::too_many_blocking(config_.max_blocking_connections));
+      return;
+    }
   }
   b->send(r, asking);
 }
@@ -416,7 +432,9 @@ bool Worker::client_reads_on_masters(const Request& r) {
   // A client's reads between WATCH and EXEC stay on the master: what they read decides what the transaction
   // writes, and a replica's older value, changed before the WATCH, is a change the watch never sees. So do
   // the reads of a client that asked for READWRITE.
-  return owner && (owner->watching_ || owner->reads_on_masters_);
+  // A tracking client's too: its invalidations come from the masters it reads.
+  return owner &&
+         (owner->watching_ || owner->reads_on_masters_ || (owner->tracking_ && owner->tracking_->on()));
 }
 
 void Worker::retry_later(const RequestPtr& r, std::uint64_t delay_ms, std::string_view cause,

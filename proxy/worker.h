@@ -85,6 +85,8 @@ class Worker {
   std::unordered_set<Session*>& subscribers() { return subscribers_; }
   // Sessions in monitor mode (Session::monitor_), told of owners_changed() too.
   std::unordered_set<Session*>& monitors() { return monitors_; }
+  // Clients with CLIENT TRACKING on (tracking.h): told when the slot map changes.
+  std::unordered_set<Session*>& trackers() { return trackers_; }
 
   // The shared connection to `node` (created on first use), logged in as the proxy (masteruser/masterauth),
   // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
@@ -172,6 +174,7 @@ class Worker {
   std::vector<std::unique_ptr<Backend>> questions_;  // ask_node()'s connections, until their reply
   std::unordered_set<Session*> subscribers_;
   std::unordered_set<Session*> monitors_;
+  std::unordered_set<Session*> trackers_;
   std::vector<Backend*> dirty_;
   std::vector<Session*> dirty_sessions_;
   std::vector<RequestPtr> retries_;
@@ -184,6 +187,7 @@ class Worker {
   std::vector<std::function<bool(std::uint64_t)>> awaiting_;
 
   friend class Session;
+  friend class Tracking;
   friend class ClientAdmin;
   friend class HeldRequests;
   friend class Backend;

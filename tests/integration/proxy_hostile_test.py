@@ -493,7 +493,15 @@ class HostileClients(ProxyTestCase):
                     if type(refusal) is not Err or "refuses 'monitor'" not in refusal:
                         raise AssertionError("MONITOR: %r, expected the proxy's admin refusal" % (refusal,))
                     expect("GET after MONITOR", own, ("reset%d" % r).encode())
-                    for command in (("CLIENT", "TRACKING", "on"), ("SYNC",), ("PSYNC", "?", "-1")):
+                    # CLIENT TRACKING is this client's alone: its commands move to connections of its own, and
+                    # back when it ends.
+                    c.send(("CLIENT", "TRACKING", "on"), ("GET", key), ("CLIENT", "TRACKINGINFO"),
+                           ("CLIENT", "TRACKING", "off"), ("GET", key), ("CLIENT", "TRACKINGINFO"))
+                    on, own, info_on, off, own_after, info_off = c.replies(6)
+                    expect("CLIENT TRACKING on, off", [on, off], [OK, OK])
+                    expect("GET while tracking, and after", [own, own_after], [("reset%d" % r).encode()] * 2)
+                    expect("CLIENT TRACKINGINFO's flags", [info_on[1], info_off[1]], [[b"on"], [b"off"]])
+                    for command in (("SYNC",), ("PSYNC", "?", "-1")):
                         c.send(command, ("GET", key))
                         refusal, own = c.replies(2)
                         if not is_unsupported(refusal, command[0]):

@@ -2,9 +2,8 @@
 """node-redis (npm package `redis`), the other major Node.js client, in its usual configuration (createClient({ url })
 standalone) against slotshift-proxy as if it were one Redis: tests/integration/js-clients/node_redis_test.js through a
 plain proxy, one that asks for a password (--requirepass), and one with TLS on both sides. Run by ctest; runs alone
-too: tests/integration/proxy_node_redis_test.py [-k pattern].
-
-The script's --resp3 mode is not run here: the proxy does not speak RESP3 yet. It passes against one plain Redis:
+too: tests/integration/proxy_node_redis_test.py [-k pattern]. Every check of the script passes against one plain Redis
+as well:
   redis-server --port PORT --save '' &   node tests/integration/js-clients/node_redis_test.js PORT --resp3"""
 
 import os
@@ -57,9 +56,11 @@ class PlainProxy(unittest.TestCase):
 
     def test_node_redis_resp3(self):
         # The same checks with createClient({ RESP: 3 }) (HELLO 3), and RESP3's own: typed replies (a map, a
-        # double, a set, a null), Pub/Sub messages as pushes on a connection that goes on running commands.
+        # double, a set, a null), Pub/Sub messages as pushes on a connection that goes on running commands, and the
+        # client-side cache that CLIENT TRACKING drives.
         passed, out = run_node_redis(self.proxy.port, "--resp3", *self.client_args())
-        self.assertEqual(passed, CHECKS + 3 + (1 if "--password" in self.client_args() else 0), out)
+        self.assertEqual(passed, CHECKS + 4 + (1 if "--password" in self.client_args() else 0), out)
+        self.assertIn("ok - RESP3: client-side cache (CLIENT TRACKING)", out)
 
     def client_args(self):
         return []

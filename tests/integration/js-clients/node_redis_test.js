@@ -2,14 +2,13 @@
 // slotshift-proxy as if it were one Redis. Exits non-zero on any failure; every check and the whole run have a
 // deadline.
 //
-//   node node_redis_test.js PORT [--user NAME] [--password PW] [--tls DIR] [--resp3 [--tracking]]
+//   node node_redis_test.js PORT [--user NAME] [--password PW] [--tls DIR] [--resp3]
 //
 // --password (and --user): log in as an application would, and check that a client without them, or with a wrong
 // password, is refused. --tls DIR: over TLS with DIR/ca.crt as the CA that signs the server's certificate and
 // DIR/client.crt/.key as the client's own. --resp3: the same checks over RESP3 (createClient({ RESP: 3 }), which
 // sends HELLO 3), plus what only RESP3 has: typed replies (a map, a double), Pub/Sub messages as pushes on a
-// connection that still runs commands, and (with --tracking) node-redis's client-side cache driven by CLIENT TRACKING, which the proxy does not carry
-// yet. Every check
+// connection that still runs commands, and node-redis's client-side cache driven by CLIENT TRACKING. Every check
 // passes against one plain redis-server (7.0 and later), which is what the proxy is held to.
 'use strict';
 const assert = require('node:assert/strict');
@@ -28,12 +27,11 @@ const { values: opts, positionals } = parseArgs({
     password: { type: 'string' },
     tls: { type: 'string' },
     resp3: { type: 'boolean', default: false },
-    tracking: { type: 'boolean', default: false },
   },
 });
 const port = Number(positionals[0]);
 if (!Number.isInteger(port) || port <= 0) {
-  console.error('usage: node node_redis_test.js PORT [--user NAME] [--password PW] [--tls DIR] [--resp3 [--tracking]]');
+  console.error('usage: node node_redis_test.js PORT [--user NAME] [--password PW] [--tls DIR] [--resp3]');
   process.exit(2);
 }
 
@@ -408,7 +406,7 @@ check('RESP3: client-side cache (CLIENT TRACKING) serves repeats and drops a key
   } finally {
     closeQuietly(cached);
   }
-}, opts.resp3 && opts.tracking);
+}, opts.resp3);
 
 (async () => {
   const c = await connect(createClient(options()));
