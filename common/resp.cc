@@ -676,6 +676,10 @@ void append_integer(std::string& out, std::int64_t n) {
 void append_bulk(std::string& out, std::string_view s) {
   append_blob(out, '$', s);
 }
+void append_text(std::string& out, std::string_view text, int protocol) {
+  if (protocol != 3) return append_bulk(out, text);
+  out.append("=").append(std::to_string(text.size() + 4)).append("\r\ntxt:").append(text).append("\r\n");
+}
 void append_null_bulk(std::string& out) {
   out.append("$-1\r\n");
 }

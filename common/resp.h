@@ -182,6 +182,9 @@ void append_simple(std::string& out, std::string_view s);
 void append_error(std::string& out, std::string_view message);  // message without '-' and CRLF
 void append_integer(std::string& out, std::int64_t n);
 void append_bulk(std::string& out, std::string_view s);
+// Text for people to read (INFO, CLIENT LIST, CLIENT INFO), as Redis answers it: a bulk string in RESP2, a
+// verbatim string of format "txt" in RESP3.
+void append_text(std::string& out, std::string_view text, int protocol);
 void append_null_bulk(std::string& out);                                     // $-1 (RESP2)
 void append_null(std::string& out);                                          // _ (RESP3)
 void append_aggregate_header(std::string& out, char marker, std::size_t n);  // '*', '%', '~', '>', '|'

@@ -80,7 +80,7 @@ struct Gather {
         for (const auto& l : lines)
           text += l.second + "\n";
       }
-      resp::append_bulk(reply, text);
+      resp::append_text(reply, text, request->proto);
     }
     origin->complete(request, std::move(reply));
   }

@@ -1019,7 +1019,7 @@ bool Session::client_command(Args args) {
   } else if (sub == "id" && argc == 2) {
     resp::append_integer(reply, static_cast<std::int64_t>(id_));
   } else if ((sub == "info" && argc == 2)) {
-    resp::append_bulk(reply, ClientAdmin::line(*this, worker_.now_ms()) + "\n");
+    resp::append_text(reply, ClientAdmin::line(*this, worker_.now_ms()) + "\n", proto_);
   } else if (sub == "list" || sub == "kill") {
     // About the proxy's own clients, on every worker: answered once every worker has said.
     ClientAdmin::command(*this, args, sub == "kill");
@@ -1514,7 +1514,7 @@ void Session::info(Args args) {
     std::string text, error;
     info_merge::compose(*plan, {}, text, error);
     std::string reply;
-    resp::append_bulk(reply, text);
+    resp::append_text(reply, text, proto_);
     answer("info", std::move(reply));
     return;
   }

@@ -144,18 +144,11 @@ std::string Tracking::info(std::uint8_t protocol) const {
   if (optout_) flags.push_back("optout");
   if (optout_ && caching_ == Request::Caching::kNo) flags.push_back("caching-no");
   if (noloop_) flags.push_back("noloop");
+  // A map with a set in it in RESP3; arrays in RESP2.
   std::string out;
-  if (protocol == 3) {
-    out.append("%3\r\n");
-  } else {
-    resp::append_array_header(out, 6);
-  }
+  resp::append_aggregate_header(out, protocol == 3 ? '%' : '*', protocol == 3 ? 3 : 6);
   resp::append_bulk(out, "flags");
-  if (protocol == 3) {
-    out.append("~" + std::to_string(flags.size()) + "\r\n");
-  } else {
-    resp::append_array_header(out, flags.size());
-  }
+  resp::append_aggregate_header(out, protocol == 3 ? '~' : '*', flags.size());
   for (auto f : flags)
     resp::append_bulk(out, f);
   resp::append_bulk(out, "redirect");

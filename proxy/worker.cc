@@ -233,12 +233,7 @@ std::string Worker::merge_every_node(Request& p) {
   std::string text, why;
   if (!p.info || !info_merge::compose(*p.info, views, text, why)) return errors::merge_unexpected(why);
   std::string out;
-  if (p.proto == 3) {
-    // As Redis answers INFO in RESP3.
-    out.append("=").append(std::to_string(text.size() + 4)).append("\r\ntxt:").append(text).append("\r\n");
-  } else {
-    resp::append_bulk(out, text);
-  }
+  resp::append_text(out, text, p.proto);
   return out;
 }
 

@@ -106,6 +106,10 @@ class Resp3(unittest.TestCase):
         fields = {pairs[i][1]: pairs[i + 1][1] for i in range(0, len(pairs), 2)}
         self.assertEqual(fields[b"proto"], b"3")
         self.assertIn(b"resp=3", p.call("CLIENT", "INFO")[1])
+        # Text for people, as Redis gives it in RESP3: a verbatim string of format txt, whoever makes it.
+        for c in (("CLIENT", "INFO"), ("CLIENT", "LIST"), ("INFO", "proxy"), ("INFO", "clients"), ("INFO",)):
+            t, text = p.call(*c)
+            self.assertEqual((t, text[:4]), (b"=", b"txt:"), c)
         # HELLO 2 goes back, HELLO 4 is refused as Redis refuses it.
         self.assertEqual(p.call("HELLO", "2")[0], b"*")
         self.assertTrue(p.call("HELLO", "4")[1].startswith(b"NOPROTO"))
