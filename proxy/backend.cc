@@ -379,6 +379,11 @@ void Backend::handle_reply(std::string_view reply) {
   Pending& p = pending_.front();
   if (p.skip > 0) {
     --p.skip;
+    // CLIENT CACHING YES refused (an ACL without it): the read that follows is not tracked.
+    if (!reply.empty() && reply[0] == '-' && p.request && p.request->caching == Request::Caching::kYes) {
+      Request& top = p.request->parent ? *p.request->parent : *p.request;
+      top.untracked_read = true;
+    }
     return;
   }
   if (p.internal) {

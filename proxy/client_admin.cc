@@ -115,8 +115,8 @@ std::string ClientAdmin::line(const Session& s, std::uint64_t now_ms) {
          " multi=" + (s.in_multi_ ? std::to_string(s.multi_count_) : std::string("-1")) +
          " omem=" + n(s.out_.pending_bytes()) +
          " cmd=" + (s.last_cmd_ ? std::string(s.last_cmd_->name) : std::string("NULL")) +
-         " user=" + user_of(s) + " redir=-1 resp=" + std::to_string(s.proto_) +
-         " worker=" + std::to_string(s.worker_.index());
+         " user=" + user_of(s) + " redir=" + (s.tracking_ && s.tracking_->on() ? "0" : "-1") +
+         " resp=" + std::to_string(s.proto_) + " worker=" + std::to_string(s.worker_.index());
 }
 
 bool ClientAdmin::matches(const Session& s, const Filter& f, std::uint64_t now_ms) {

@@ -504,10 +504,13 @@ void Session::process_input() {
     }
     const std::size_t size = scanner_.size();
     scanner_.args(data, args);
-    if (args.size() >= 2 && iequals(args[0], "client") && iequals(args[1], "tracking") && !all_answered()) {
-      // It moves the client's commands to other connections: one sent before it, still on its way on the
-      // connection it went to, could run after a later one sent on the new. It is read again once every
-      // earlier command is answered (flush_replies).
+    const bool moves_connections =
+        (args.size() >= 2 && iequals(args[0], "client") && iequals(args[1], "tracking")) ||
+        (tracking_ && tracking_->on() && iequals(args[0], "reset"));
+    if (moves_connections && !all_answered()) {
+      // It moves the client's commands to other connections (CLIENT TRACKING, and RESET when it ends it): one
+      // sent before it, still on its way on the connection it went to, could run after a later one sent on
+      // the new. It is read again once every earlier command is answered (flush_replies).
       scanner_.reset();
       waiting_for_earlier_ = true;
       break;
@@ -516,6 +519,11 @@ void Session::process_input() {
     current_caching_ = Request::Caching::kNone;
     scanner_.reset();
     in_.consume(size);
+    if (tracking_ && tracking_->confirming()) {
+      // CLIENT TRACKING ON waits for every master: until then, where the next commands go is not known.
+      waiting_for_earlier_ = true;
+      break;
+    }
   }
   in_input_ = false;
   if (quit_after_flush_) in_.consume(in_.size());

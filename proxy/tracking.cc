@@ -236,6 +236,22 @@ void Tracking::owners_changed() {
 }
 
 void Tracking::check(std::uint64_t now_ms) {
+  // Deadlines, as on every connection: a node that stops answering fails the connection (and the client drops
+  // its cache). An idle one is asked a PING now and then, so that a node gone silent is noticed even while
+  // the client reads nothing (BCAST's connections mostly wait for pushes), and so are the pushes it would
+  // miss.
+  constexpr std::uint64_t kKeepaliveMs = 1000;
+  std::vector<Backend*> all;
+  for (auto& [key, l] : links_)
+    all.push_back(l.backend.get());
+  for (auto& [key, l] : retiring_)
+    all.push_back(l.backend.get());
+  for (Backend* b : all) {
+    b->check_deadlines(now_ms);
+    if (session_.closing()) return;
+    if (b->connected() && b->inflight() == 0 && now_ms - b->last_activity_ms() >= kKeepaliveMs)
+      b->send_internal("*1\r\n$4\r\nPING\r\n", [](const std::string*) {});
+  }
   // Retired connections close once what was on its way there is answered.
   for (auto it = retiring_.begin(); it != retiring_.end();) {
     if (it->second.backend->inflight() == 0) {
@@ -285,8 +301,18 @@ void Tracking::off() {
 
 void Tracking::close() {
   off();
-  for (auto& [key, l] : retiring_)
-    close_link(l);
+  // What the client sent before it left still runs, as on one Redis: a connection with commands on their way
+  // is left to the worker until they are answered.
+  for (auto& [key, l] : retiring_) {
+    l.backend->set_push_sink(nullptr);
+    l.backend->on_fail(nullptr);
+    if (l.backend->inflight() == 0) {
+      close_link(l);
+    } else {
+      worker_.drain(std::move(l.backend));
+      worker_.proxy().blocking_connections().fetch_sub(1);
+    }
+  }
   retiring_.clear();
 }
 

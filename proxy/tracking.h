@@ -60,6 +60,9 @@ class Tracking {
   std::string flags() const;
 
   bool on() const { return on_; }
+  // An ON is waiting for the masters' acceptance: the client's next commands wait for it (a refusal turns
+  // tracking off again, and they must not have gone to the tracking connections meanwhile).
+  bool confirming() const { return confirming_ != nullptr; }
   // The client's tracking connection to `node`, as `login` speaking `protocol`; null when the process has
   // max-blocking-connections of the clients' own connections already.
   Backend* connection(const HostPort& node, const LoginPtr& login, int protocol);

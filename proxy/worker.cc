@@ -66,6 +66,7 @@ Worker::Worker(Proxy& proxy, const Config& config, int index)
 
 Worker::~Worker() {
   retired_.clear();
+  draining_.clear();
   backends_.clear();
   uv_loop_close(&loop_);
 }
@@ -190,6 +191,8 @@ void Worker::on_async(uv_async_t* handle) {
   // close now, or the loop never ends.
   for (auto& b : self->retired_)
     b->shutdown();
+  for (auto& b : self->draining_)
+    b->shutdown();
 }
 
 std::string Worker::merge_every_node(Request& p) {
@@ -258,9 +261,10 @@ void Worker::owners_changed() {
   // A monitor only takes note (it acts at its next tick).
   for (Session* s : monitors_)
     if (s->monitor_) s->monitor_->owners_changed();
-  // A tracking client only gets a push queued.
-  for (Session* s : trackers_)
-    s->tracking_->owners_changed();
+  // A tracking client gets a push queued, which may close it (replies past its bound behind an unanswered
+  // command), and a closed one leaves trackers_: the walk goes over a copy.
+  for (Session* s : std::vector<Session*>(trackers_.begin(), trackers_.end()))
+    if (trackers_.contains(s)) s->tracking_->owners_changed();
   if (subscribers_.empty()) return;
   // A subscription may open or close connections of its client: the walk goes over a copy.
   for (Session* s : std::vector<Session*>(subscribers_.begin(), subscribers_.end()))
@@ -365,6 +369,9 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
       return;
     }
     if (r->pins_watch) s->unpin(*r);
+    // A tracking client's watched transaction runs on its watch connection, which tracks nothing: its reads
+    // are followed by a drop of the whole cache.
+    if (r->watch == Request::Watch::kExec && s->tracking_ && s->tracking_->on()) r->untracked_read = true;
     w->send(r, false);
     return;
   }
@@ -403,6 +410,11 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
   if ((r->login && !same_login(b->login(), r->login)) || b->protocol() != r->proto)
     b = backend(b->address(), r->login, r->proto);
   if (r->blocking) {
+    // On a connection of its own, which tracks nothing: a blocking read (XREAD BLOCK) of a tracking client is
+    // followed by a drop of its whole cache.
+    if (r->session->tracking_ && r->session->tracking_->on() && r->cmd &&
+        r->cmd->has_flag(CommandFlag::kReadonly))
+      r->untracked_read = true;
     b = r->session->dedicated(b->address(), r->login, r->proto);
     if (!b) {
       stats_.errors_refused.add();
@@ -803,6 +815,21 @@ void Worker::on_tick() {
   if (!awaiting_.empty()) std::erase_if(awaiting_, [now](auto& check) { return !check(now); });
   for (auto& [name, b] : backends_)
     b->check_deadlines(now);
+  if (!draining_.empty()) {
+    // Checked first, then closed (freed at the next tick) once nothing is on its way there.
+    std::vector<std::unique_ptr<Backend>> draining;
+    draining.swap(draining_);
+    for (auto& b : draining)
+      b->check_deadlines(now);
+    for (auto& b : draining) {
+      if (b->inflight() == 0) {
+        b->shutdown();
+        retire(std::move(b));
+      } else {
+        draining_.push_back(std::move(b));
+      }
+    }
+  }
   for (Backend* b : [this] {
          std::vector<Backend*> v;
          for (auto& q : questions_)

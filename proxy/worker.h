@@ -119,6 +119,9 @@ class Worker {
   void session_closed(Session* session);
   // Frees a backend at the next tick, out of any callback of its own.
   void retire(std::unique_ptr<Backend> backend) { retired_.push_back(std::move(backend)); }
+  // A connection whose client has gone while commands of its are on their way there (a tracking
+  // connection): they still run, as on one Redis; it closes once they are answered or their deadline passed.
+  void drain(std::unique_ptr<Backend> backend) { draining_.push_back(std::move(backend)); }
   // Closes every client's own connection that no blocking command uses now; returns how many.
   std::size_t close_idle_dedicated();
   // Bytes of requests at this worker's backends, not answered yet (Config::max_inflight_bytes).
@@ -171,6 +174,7 @@ class Worker {
   std::map<std::string, std::unique_ptr<Backend>> backends_;
   LoginPtr own_login_;  // masteruser/masterauth; null: no AUTH
   std::vector<std::unique_ptr<Backend>> retired_;
+  std::vector<std::unique_ptr<Backend>> draining_;
   std::vector<std::unique_ptr<Backend>> questions_;  // ask_node()'s connections, until their reply
   std::unordered_set<Session*> subscribers_;
   std::unordered_set<Session*> monitors_;

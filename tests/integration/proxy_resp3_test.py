@@ -61,6 +61,7 @@ class Conn:
         return read_value(self.f)
 
     def close(self):
+        self.f.close()  # the socket's file holds the connection open otherwise
         self.sock.close()
 
 

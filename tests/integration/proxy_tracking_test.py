@@ -6,6 +6,7 @@ command that blocks. node-redis's client-side cache runs in proxy_node_redis_tes
   SLOTSHIFT_SOURCE_DIR=... SLOTSHIFT_BINARY_DIR=... tests/integration/proxy_tracking_test.py"""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,6 +96,107 @@ class Tracking(unittest.TestCase):
 
     def assert_no_push(self, c, wait=0.3):
         self.assertEqual(self.pushes_within(c, wait), [])
+
+    def own_proxy(self, *flags):
+        proxy = harness.Proxy(self.cluster, *flags, threads=1)
+        self.addCleanup(proxy.stop)
+        return proxy
+
+    def test_a_silent_master_fails_its_tracking_connection(self):
+        # With a deadline of 1 s, a master that stops answering (SIGSTOP, for less than the cluster's node timeout)
+        # fails the client's tracking connection to it even while the client reads nothing (BCAST waits for
+        # pushes; the proxy asks the node a PING now and then), and the client drops its cache; its read there
+        # gets the proxy's timeout.
+        proxy = self.own_proxy("--request-timeout-ms", "1000")
+        t = self.resp3(proxy.port)
+        k = self.keys("silent")[2]
+        self.assertEqual(t.call("CLIENT", "TRACKING", "ON"), (b"+", b"OK"))
+        t.call("GET", k)
+        pid = int(self.cluster.cli(self.masters[2], "INFO", "server").split("process_id:")[1].split()[0])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.time()
+            self.assertEqual(self.next_push(t), FLUSH)
+            self.assertLess(time.time() - started, 4)
+            t.send(("GET", k))
+            self.assertEqual(t.read()[0], b"-")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        w = self.writer()
+        w.call("SET", k, "back")
+        deadline = time.time() + 10
+        while t.call("GET", k) != (b"$", b"back") and time.time() < deadline:
+            time.sleep(0.1)
+        w.call("SET", k, "again")
+        got = [self.next_push(t)]
+        while got[-1] == FLUSH:  # (the failed connection may have answered a read before it failed)
+            got.append(self.next_push(t))
+        self.assertEqual(invalidated(got[-1]), [k.encode()])
+
+    def test_commands_of_a_client_that_hung_up_still_run(self):
+        # A SET on a tracking connection that is being opened again (the node closed the last one) and whose
+        # node has not answered its setup yet (stopped for half a second) when the client left: it runs.
+        k = self.keys("gone")[0]
+        node = self.masters[0]
+        pid = int(self.cluster.cli(node, "INFO", "server").split("process_id:")[1].split()[0])
+        for n in range(3):
+            c = Conn(self.proxy.port)
+            c.call("HELLO", "3")
+            self.assertEqual(c.call("CLIENT", "TRACKING", "ON"), (b"+", b"OK"))
+            c.call("GET", k)
+            for line in self.cluster.cli(node, "CLIENT", "LIST").splitlines():
+                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                if "t" in fields.get("flags", ""):
+                    self.cluster.cli(node, "CLIENT", "KILL", "ID", fields["id"])
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                c.send(("SET", k, "last%d" % n))
+                time.sleep(0.2)
+                c.close()
+                time.sleep(0.3)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            w = self.writer()
+            deadline = time.time() + 10
+            while w.call("GET", k) != (b"$", b"last%d" % n) and time.time() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(w.call("GET", k), (b"$", b"last%d" % n))
+
+    def test_an_owner_change_that_closes_a_slow_client(self):
+        # The drop of the whole cache, queued behind a BLPOP that blocks, takes a client's waiting replies past
+        # --max-client-output-bytes: it is closed, and the proxy goes on.
+        proxy = self.own_proxy("--max-client-output-bytes", "4096")
+        t = self.resp3(proxy.port)
+        w = Conn(proxy.port)
+        self.addCleanup(w.close)
+        big = self.keys("big")[0]
+        w.call("SET", big, "v" * 4075)
+        self.assertEqual(t.call("CLIENT", "TRACKING", "ON"), (b"+", b"OK"))
+        t.call("GET", self.keys("small")[1])
+        t.send(("BLPOP", self.keys("never")[1], "0"), ("GET", big))
+        time.sleep(0.3)
+        # An empty slot of the first master, given to the second: the proxy learns of it from a MOVED.
+        for n in range(100000):
+            key = "{empty%d}" % n
+            slot = int(self.cluster.cli(self.masters[0], "CLUSTER", "KEYSLOT", key).strip())
+            if slot in self.cluster.slots_of(self.masters[0]) and \
+                    self.cluster.cli(self.masters[0], "CLUSTER", "COUNTKEYSINSLOT", str(slot)).strip() == "0":
+                break
+
+        def give(to):
+            for m in self.masters:
+                self.cluster.cli(m, "CLUSTER", "SETSLOT", str(slot), "NODE", to)
+            self.cluster.wait_owner([slot], to)
+        give(self.ids[1])
+        self.addCleanup(give, self.ids[0])
+        w.call("SET", key, "moved")
+        self.assertEqual(w.call("GET", key), (b"$", b"moved"))
+        w.call("DEL", key)
+        fresh = Conn(proxy.port)
+        self.addCleanup(fresh.close)
+        self.assertEqual(fresh.call("PING"), (b"+", b"PONG"))
+
 
     def test_keys_read_on_every_master_are_invalidated(self):
         t = self.resp3()
