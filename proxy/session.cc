@@ -505,12 +505,15 @@ void Session::process_input() {
     const std::size_t size = scanner_.size();
     scanner_.args(data, args);
     const bool moves_connections =
-        (args.size() >= 2 && iequals(args[0], "client") && iequals(args[1], "tracking")) ||
-        (tracking_ && tracking_->on() && iequals(args[0], "reset"));
+        !args.empty() &&
+        ((args.size() >= 2 && iequals(args[0], "client") && iequals(args[1], "tracking")) ||
+         (tracking_ && tracking_->on() && iequals(args[0], "reset")) || iequals(args[0], "hello") ||
+         (iequals(args[0], "auth") && worker_.config().client_auth == Config::ClientAuth::kAcl));
     if (moves_connections && !all_answered()) {
-      // It moves the client's commands to other connections (CLIENT TRACKING, and RESET when it ends it): one
-      // sent before it, still on its way on the connection it went to, could run after a later one sent on
-      // the new. It is read again once every earlier command is answered (flush_replies).
+      // It moves the client's commands to other connections (CLIENT TRACKING, RESET when it ends tracking,
+      // HELLO's protocol, AUTH's user with ACL pass-through): one sent before it, still on its way on the
+      // connection it went to, could run after a later one sent on the new. It is read again once every
+      // earlier command is answered (flush_replies), as one Redis runs a connection's commands one by one.
       scanner_.reset();
       waiting_for_earlier_ = true;
       break;
