@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "common/ascii.h"
+
 namespace slotshift {
 namespace generated {
 #include "common/command_table_generated.inc"
@@ -21,18 +23,6 @@ constexpr bool sorted_by_name(std::span<const CommandInfo> commands) {
 }
 static_assert(sorted_by_name(generated::kCommands),
               "the generated table must be sorted: binary search relies on it");
-
-constexpr char ascii_lower(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
-  }
-  return true;
-}
 
 // Longer than any command or subcommand name; a longer argument cannot name one.
 constexpr std::size_t kMaxNameLength = 48;

@@ -5,6 +5,7 @@
 #include <charconv>
 #include <map>
 
+#include "common/ascii.h"
 #include "common/command_table.h"
 #include "common/rdb.h"
 #include "common/resp.h"
@@ -28,12 +29,6 @@ constexpr std::string_view kExec = "*1\r\n$4\r\nEXEC\r\n";
 // How many keys the copier may read again from the source over a whole move before it gives up: a stream
 // that keeps failing on the target means something other than missing keys is wrong.
 constexpr std::uint64_t kMaxRepairs = 1'000'000;
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 std::int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <memory>
 
+#include "common/ascii.h"
 #include "common/resp.h"
 #include "proxy/errors.h"
 #include "proxy/session.h"
@@ -14,12 +15,6 @@
 
 namespace slotshift::proxy {
 namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 bool parse_i64(std::string_view s, std::int64_t& out) {
   const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);

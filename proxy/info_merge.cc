@@ -7,15 +7,10 @@
 #include <map>
 #include <optional>
 
+#include "common/ascii.h"
+
 namespace slotshift::proxy::info_merge {
 namespace {
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
 
 using Fields = std::vector<std::pair<std::string_view, std::string_view>>;
 
@@ -33,7 +28,7 @@ std::map<std::string, Fields> parse(std::string_view text) {
       line.remove_prefix(1);
       while (!line.empty() && line.front() == ' ')
         line.remove_prefix(1);
-      current = &sections[lower(line)];
+      current = &sections[ascii_lowered(line)];
       continue;
     }
     const auto colon = line.find(':');
@@ -235,7 +230,7 @@ unsigned sections_of(std::span<const std::string_view> args) {
   if (args.empty()) return kAll;
   unsigned s = 0;
   for (auto a : args) {
-    const std::string name = lower(a);
+    const std::string name = ascii_lowered(a);
     if (name == "default" || name == "all" || name == "everything") s |= kAll;
     if (name == "server") s |= kServer;
     if (name == "clients") s |= kClients;

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <unordered_map>
 
+#include "common/ascii.h"
 #include "common/slot.h"
 #include "proxy/backend.h"
 #include "proxy/client_admin.h"
@@ -22,19 +23,6 @@
 
 namespace slotshift::proxy {
 namespace {
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 std::uint64_t mono_ns() {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -774,7 +762,7 @@ void Session::flush_replies() {
 
 void Session::handle(Args args, std::string_view raw) {
   worker_.stats().requests.add();
-  std::string name = lower(args[0]);
+  std::string name = ascii_lowered(args[0]);
   const CommandInfo* cmd = find_command(args);
   const Plan& plan = plan_of(cmd);
   if (cmd) last_cmd_ = cmd;
@@ -994,7 +982,7 @@ bool Session::answer_locally(const std::string& name, Args args) {
 
 bool Session::client_command(Args args) {
   const std::size_t argc = args.size();
-  const std::string sub = lower(args[1]);
+  const std::string sub = ascii_lowered(args[1]);
   std::string reply;
   if (sub == "reply" && argc == 3) {
     // As Redis: OFF and SKIP are not answered themselves; SKIP drops the next command's reply too.

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <utility>
 
+#include "common/ascii.h"
 #include "common/resp.h"
 #include "proxy/backend.h"
 #include "proxy/errors.h"
@@ -12,12 +13,6 @@
 
 namespace slotshift::proxy {
 namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 // Redis's test of two prefixes that would both match some key: one begins the other.
 bool overlap(std::string_view a, std::string_view b) {
