@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -104,9 +105,8 @@ class Tracking(unittest.TestCase):
 
     def test_a_silent_master_fails_its_tracking_connection(self):
         # With a deadline of 1 s, a master that stops answering (SIGSTOP, for less than the cluster's node timeout)
-        # fails the client's tracking connection to it even while the client reads nothing (BCAST waits for
-        # pushes; the proxy asks the node a PING now and then), and the client drops its cache; its read there
-        # gets the proxy's timeout.
+        # fails the client's tracking connection to it, and the client drops its cache; its read there gets the
+        # proxy's timeout (it used to wait for good).
         proxy = self.own_proxy("--request-timeout-ms", "1000")
         t = self.resp3(proxy.port)
         k = self.keys("silent")[2]
@@ -114,13 +114,19 @@ class Tracking(unittest.TestCase):
         t.call("GET", k)
         pid = int(self.cluster.cli(self.masters[2], "INFO", "server").split("process_id:")[1].split()[0])
         os.kill(pid, signal.SIGSTOP)
+        # Resumed after 4 s whatever happens, well within the cluster's node timeout (5 s).
+        resume = threading.Timer(4, os.kill, (pid, signal.SIGCONT))
+        resume.start()
         try:
             started = time.time()
-            self.assertEqual(self.next_push(t), FLUSH)
-            self.assertLess(time.time() - started, 4)
             t.send(("GET", k))
-            self.assertEqual(t.read()[0], b"-")
+            got = [t.read(), t.read()]
+            self.assertLess(time.time() - started, 4, got)
+            # The read's timeout, and the drop of the cache: the node answered reads on that connection.
+            self.assertIn(FLUSH, got)
+            self.assertEqual([v[0] for v in got if v != FLUSH], [b"-"], got)
         finally:
+            resume.cancel()
             os.kill(pid, signal.SIGCONT)
         w = self.writer()
         w.call("SET", k, "back")
@@ -132,6 +138,26 @@ class Tracking(unittest.TestCase):
         while got[-1] == FLUSH:  # (the failed connection may have answered a read before it failed)
             got.append(self.next_push(t))
         self.assertEqual(invalidated(got[-1]), [k.encode()])
+
+    def test_an_idle_tracking_connection_to_a_silent_master_is_noticed(self):
+        # The client sends nothing: the proxy's PING on the idle connection finds the node silent, and the client
+        # drops its cache (it read there), where it would otherwise miss that node's invalidations unawares.
+        proxy = self.own_proxy("--request-timeout-ms", "1000")
+        t = self.resp3(proxy.port)
+        k = self.keys("idle")[1]
+        self.assertEqual(t.call("CLIENT", "TRACKING", "ON"), (b"+", b"OK"))
+        t.call("GET", k)
+        pid = int(self.cluster.cli(self.masters[1], "INFO", "server").split("process_id:")[1].split()[0])
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(4, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        try:
+            started = time.time()
+            self.assertEqual(self.next_push(t), FLUSH)
+            self.assertLess(time.time() - started, 4)
+        finally:
+            resume.cancel()
+            os.kill(pid, signal.SIGCONT)
 
     def test_commands_of_a_client_that_hung_up_still_run(self):
         # A SET on a tracking connection that is being opened again (the node closed the last one) and whose
@@ -184,12 +210,17 @@ class Tracking(unittest.TestCase):
                     self.cluster.cli(self.masters[0], "CLUSTER", "COUNTKEYSINSLOT", str(slot)).strip() == "0":
                 break
 
-        def give(to):
-            for m in self.masters:
-                self.cluster.cli(m, "CLUSTER", "SETSLOT", str(slot), "NODE", to)
-            self.cluster.wait_owner([slot], to)
-        give(self.ids[1])
-        self.addCleanup(give, self.ids[0])
+        def give(source, target):
+            # As redis-cli does it: the target's claim bumps its epoch (it was importing), which every node
+            # then takes over its old owner's.
+            src, dst = self.masters[source], self.masters[target]
+            self.cluster.cli(dst, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", self.ids[source])
+            self.cluster.cli(src, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", self.ids[target])
+            for m in [dst, src] + [m for m in self.masters if m not in (src, dst)]:
+                self.cluster.cli(m, "CLUSTER", "SETSLOT", str(slot), "NODE", self.ids[target])
+            self.cluster.wait_owner([slot], self.ids[target])
+        give(0, 1)
+        self.addCleanup(give, 1, 0)
         w.call("SET", key, "moved")
         self.assertEqual(w.call("GET", key), (b"$", b"moved"))
         w.call("DEL", key)
