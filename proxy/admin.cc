@@ -142,9 +142,10 @@ std::string AdminServer::start() {
     res.set_content("ok\n", "text/plain");
   });
   server_->Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
-    const bool ready = proxy_.ready();
+    std::string why;
+    const bool ready = proxy_.ready(&why);
     res.status = ready ? 200 : 503;
-    res.set_content(ready ? "ready\n" : "no slot map yet\n", "text/plain");
+    res.set_content(ready ? "ready\n" : why + "\n", "text/plain");
   });
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics(), "text/plain; version=0.0.4");

@@ -69,6 +69,8 @@ std::string load_config_file(const std::string& path, Config& config) {
         config.max_inflight_bytes = v.get<std::size_t>();
       } else if (key == "idle-timeout-s") {
         config.idle_timeout = std::chrono::seconds(v.get<long>());
+      } else if (key == "drain-timeout-ms") {
+        config.drain_timeout = std::chrono::milliseconds(v.get<long>());
       } else if (key == "admin") {
         auto hp = parse_host_port(v.get<std::string>(), error);
         if (!hp) return path + ": admin: " + error;

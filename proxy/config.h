@@ -33,7 +33,10 @@ struct Config {
   std::size_t max_client_output = 64ull << 20;  // replies waiting for a slow reader; past it, disconnect
   std::size_t max_pipeline = 100000;            // requests in flight per client; past it, stop reading
   std::chrono::seconds idle_timeout{0};         // 0: never close idle clients
-  bool allow_admin_commands = false;            // SHUTDOWN, CONFIG SET, DEBUG, CLUSTER writes, ...
+  // SIGTERM drains (Proxy::drain): at most this long for clients' commands in flight, then the process
+  // exits. 0: it exits at once, closing every client.
+  std::chrono::milliseconds drain_timeout{5000};
+  bool allow_admin_commands = false;  // SHUTDOWN, CONFIG SET, DEBUG, CLUSTER writes, ...
 
   // Blocking commands (BLPOP, XREAD BLOCK, ...) each get a connection of their own to a node: at most this
   // many at once, per process; more are refused with an error saying so.

@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
   proxy::Config config;
   config.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::string listen, seeds, config_file;
-  long request_timeout_ms = 0, connect_timeout_ms = 0, refresh_ms = 0, idle_s = 0;
+  long request_timeout_ms = 0, connect_timeout_ms = 0, refresh_ms = 0, idle_s = 0, drain_ms = 0;
   std::size_t max_clients = 0, max_bulk = 0, max_output = 0, max_pipeline = 0, max_held = 0, max_blocking = 0,
               max_inflight = 0;
   int threads = 0;
@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
                                     "bytes of requests at the cluster, unanswered, per process, before no "
                                     "client is read (268435456)");
   auto* o_idle = app.add_option("--idle-timeout-s", idle_s, "close clients idle this long; 0 never (0)");
+  auto* o_drain = app.add_option("--drain-timeout-ms", drain_ms,
+                                 "on SIGTERM, how long clients' commands in flight may take before the "
+                                 "proxy exits; each client is closed once answered (5000; 0: exit at once)")
+                      ->check(CLI::Range(0L, 3600000L));
   auto* o_admin =
       app.add_flag("--allow-admin-commands", allow_admin,
                    "pass SHUTDOWN, CONFIG SET, DEBUG, CLUSTER ... through instead of refusing them");
@@ -164,6 +168,11 @@ int main(int argc, char** argv) {
   if (o_blocking->count()) config.max_blocking_connections = max_blocking;
   if (o_inflight->count()) config.max_inflight_bytes = max_inflight;
   if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
+  if (o_drain->count()) config.drain_timeout = std::chrono::milliseconds(drain_ms);
+  if (config.drain_timeout.count() < 0 || config.drain_timeout.count() > 3600000) {
+    std::fprintf(stderr, "slotshift-proxy: drain-timeout-ms must be between 0 and 3600000\n");
+    return 2;
+  }
   if (o_admin->count()) config.allow_admin_commands = allow_admin;
   if (o_admin_ep->count()) {
     if (!endpoints("--admin", admin, one, true)) return 2;
@@ -303,13 +312,41 @@ int main(int argc, char** argv) {
                admin_note.c_str(), read_note.c_str());
   int sig = 0;
   // SIGHUP reads the TLS files again: new connections use them, open ones keep theirs.
-  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+  auto reload = [&proxy] {
     const std::string outcome = proxy.reload_tls();
     std::fprintf(stderr, "slotshift-proxy: SIGHUP: %s\n", outcome.c_str());
+  };
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP)
+    reload();
+  if (config.drain_timeout.count() > 0) {
+    std::fprintf(stderr,
+                 "slotshift-proxy: signal %d: draining for up to %lld ms (no new clients; each client is "
+                 "closed once its commands are answered); a second SIGTERM or SIGINT stops at once\n",
+                 sig, static_cast<long long>(config.drain_timeout.count()));
+    proxy.drain(config.drain_timeout);
+    // The workers end by themselves, by the deadline at the latest; the admin endpoint answers meanwhile
+    // (/readyz says "draining", and a move's hold and release still reach the clients that are left).
+    const timespec poll{0, 20 * 1000 * 1000};
+    while (!proxy.finished()) {
+      const int got = sigtimedwait(&signals, nullptr, &poll);
+      if (got == SIGHUP) reload();
+      if (got == SIGTERM || got == SIGINT) {
+        std::fprintf(stderr, "slotshift-proxy: signal %d while draining, stopping now\n", got);
+        break;
+      }
+    }
+  } else {
+    std::fprintf(stderr, "slotshift-proxy: signal %d, stopping\n", sig);
   }
-  std::fprintf(stderr, "slotshift-proxy: signal %d, stopping\n", sig);
   if (admin_server) admin_server->stop();
   proxy.stop();
   proxy.wait();
+  if (proxy.draining()) {
+    const proxy::DrainReport d = proxy.drain_report();
+    std::fprintf(stderr,
+                 "slotshift-proxy: drained in %llu ms: %zu client(s) closed once answered, %zu closed with "
+                 "commands unanswered\n",
+                 static_cast<unsigned long long>(d.elapsed_ms), d.closed_answered, d.closed_unanswered);
+  }
   return 0;
 }

@@ -85,6 +85,7 @@ void Router::try_next(std::size_t candidate, bool shards) {
   }
   if (candidate >= refresh_candidates_.size()) {
     // Nobody answered: keep the map we have, try again at the next tick.
+    reachable_ = false;
     refreshing_ = false;
     refresh_wanted_ = true;
     return;
@@ -158,6 +159,7 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
   masters_ = std::move(masters);
   worker_.replica_reads().topology_loaded(t, by_node);
   loaded_ = true;
+  reachable_ = true;
   last_error_.clear();
   refreshing_ = false;
   worker_.proxy().topology_loaded(make_snapshot(std::move(parsed.topology)));

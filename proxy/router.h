@@ -29,6 +29,9 @@ class Router {
   std::uint64_t owner_changes() const { return owner_changes_; }
   // Read by the admin endpoint's thread too.
   bool ready() const { return loaded_.load(std::memory_order_relaxed); }
+  // Whether the last reload found a node that answered (the map may still be older than that); false until
+  // one has.
+  bool reachable() const { return reachable_.load(std::memory_order_relaxed); }
 
   // A MOVED said `slot` is now served by `node`: follow it at once, and reload the whole map soon.
   void moved(Slot slot, const HostPort& node);
@@ -56,6 +59,7 @@ class Router {
   std::vector<Backend*> masters_;
   std::uint64_t owner_changes_ = 0;
   std::atomic<bool> loaded_{false};
+  std::atomic<bool> reachable_{false};
   bool refreshing_ = false;
   bool refresh_wanted_ = false;
   std::uint64_t last_refresh_ms_ = 0;

@@ -1,5 +1,8 @@
 #include "proxy/session.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <algorithm>
 #include <array>
@@ -226,6 +229,8 @@ void to_resp3(Request& r) {
 
 // Longer than any retry's backoff (Worker::follow_redirect, Backend::fail).
 constexpr std::uint64_t kParkedAfterCloseMs = 150;
+// A drain waits this long for more of a command that has started to arrive (Session::done_for_drain).
+constexpr std::uint64_t kDrainPartialCommandMs = 1000;
 
 }  // namespace
 
@@ -704,6 +709,33 @@ void Session::on_request_done(Request& request) {
   worker_.mark_dirty(this);
 }
 
+bool Session::quiet_for_drain(std::uint64_t now_ms) const {
+  if (closing_ || !queue_.empty() || in_multi_ || watching_ || login_check_ || waiting_for_earlier_ ||
+      !parked_.empty())
+    return false;
+  // Part of a command: a large value on its way is waited for, one the client stopped sending is not (it
+  // would hold the drain to its deadline).
+  return in_.size() == 0 || now_ms - last_activity_ms_ >= kDrainPartialCommandMs;
+}
+
+bool Session::done_for_drain(std::uint64_t now_ms) const {
+  return quiet_for_drain(now_ms) && out_.idle() && !unread_input();
+}
+
+bool Session::unread_input() const {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) != 0) return false;
+  char byte = 0;
+  return ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+void Session::set_cork(bool on) {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) != 0) return;
+  const int value = on ? 1 : 0;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_CORK, &value, sizeof value);
+}
+
 bool Session::all_answered() const {
   return std::all_of(queue_.begin(), queue_.end(), [](const RequestPtr& r) { return r->done; });
 }
@@ -746,6 +778,12 @@ void Session::flush_replies() {
     close();
     return;
   }
+  // Draining, and these are the client's last replies: it is closed right behind them, and its FIN must
+  // travel with them. Sent apart, a client that reads the last reply before the FIN arrives may send another
+  // command, which would meet a closed socket unanswered. Corked, the kernel holds the replies' last segment
+  // until the close, and puts the FIN on it.
+  const bool last_replies = worker_.in_drain() && quiet_for_drain(worker_.now_ms()) && !unread_input();
+  if (last_replies) set_cork(true);
   if (out_.flush() < 0) {
     close();
     return;
@@ -753,6 +791,14 @@ void Session::flush_replies() {
   if (quit_after_flush_ && queue_.empty()) {
     close();
     return;
+  }
+  if (last_replies) {
+    // A reply still being written waits for the worker's next tick (Worker::drain_step).
+    if (done_for_drain(worker_.now_ms())) {
+      worker_.close_for_drain(this);
+      return;
+    }
+    set_cork(false);
   }
   pause_or_resume_reading();
 }

@@ -91,6 +91,11 @@ class Session {
 
   std::uint64_t id() const { return id_; }
   bool closing() const { return closing_; }
+  // Whether a drain may close the client now without taking anything from it: every command it sent is
+  // read, answered and written to the socket, and it is not between commands that belong together (a
+  // transaction being queued, keys watched for one, a login being checked). A command still arriving counts
+  // as in flight while its bytes keep coming.
+  bool done_for_drain(std::uint64_t now_ms) const;
   // Writes every reply that is ready, in order (called by the worker once per loop iteration).
   void flush_replies();
 
@@ -105,6 +110,14 @@ class Session {
   friend class Tracking;
   explicit Session(Worker& worker);
   ~Session();
+
+  // done_for_drain() but for the replies being written and the input not read yet.
+  bool quiet_for_drain(std::uint64_t now_ms) const;
+  // Bytes the client sent that this loop has not read (closed on them, the socket would answer with a reset,
+  // and the client's kernel would drop the replies it had not read yet).
+  bool unread_input() const;
+  // TCP_CORK on the client's socket: partial segments wait until it is off or the socket closes.
+  void set_cork(bool on);
 
   void on_read(ssize_t nread);
   // Runs every whole command in the input buffer (stopping while a login is being checked). A login check

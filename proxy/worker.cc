@@ -131,11 +131,45 @@ void Worker::start() {
     }
   });
   router_.refresh();
-  thread_ = std::thread([this] { uv_run(&loop_, UV_RUN_DEFAULT); });
+  proxy_.running_workers_.fetch_add(1);
+  thread_ = std::thread([this] {
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    proxy_.running_workers_.fetch_sub(1);
+  });
 }
 
 void Worker::stop() {
-  uv_async_send(&stop_async_);
+  // Once the loop has closed its handles (on_async) there is nothing to wake.
+  std::lock_guard lock(control_mutex_);
+  if (control_open_) uv_async_send(&stop_async_);
+}
+
+void Worker::drain(std::uint64_t deadline_ms) {
+  if (stopping_ || in_drain_) return;
+  in_drain_ = true;
+  drain_deadline_ms_ = deadline_ms;
+  // No new client: a connection the kernel has accepted but this loop has not is refused when the socket
+  // closes, and its client connects again elsewhere (a Service's other proxies, or this one's successor).
+  uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+  drain_step(now_ms());
+}
+
+void Worker::close_for_drain(Session* session) {
+  auto& counter = session->done_for_drain(now_ms()) ? proxy_.drained_answered() : proxy_.drained_unanswered();
+  counter.fetch_add(1);
+  session->close();
+}
+
+void Worker::drain_step(std::uint64_t now) {
+  const bool late = now >= drain_deadline_ms_;
+  for (Session* s : std::vector<Session*>(sessions_.begin(), sessions_.end()))
+    if (sessions_.contains(s) && (late || s->done_for_drain(now))) close_for_drain(s);
+  // Commands of clients that already left still run (Session::close), as on one Redis: the loop ends once
+  // they are answered too, or at the deadline.
+  bool busy = !sessions_.empty() || !retries_.empty() || !draining_.empty();
+  for (auto& [name, b] : backends_)
+    busy = busy || b->inflight() > 0;
+  if (!busy || late) on_async(&stop_async_);
 }
 
 void Worker::join() {
@@ -164,6 +198,7 @@ void Worker::on_control(uv_async_t* handle) {
 
 void Worker::on_async(uv_async_t* handle) {
   auto* self = static_cast<Worker*>(handle->data);
+  if (self->stopping_) return;
   self->stopping_ = true;
   {
     // No post() may touch the async handle once it is closing.
@@ -172,13 +207,20 @@ void Worker::on_async(uv_async_t* handle) {
     self->control_ops_.clear();
   }
   uv_close(reinterpret_cast<uv_handle_t*>(&self->control_async_), nullptr);
-  uv_close(reinterpret_cast<uv_handle_t*>(&self->listener_), nullptr);
+  // A drain closed the listener already.
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&self->listener_)))
+    uv_close(reinterpret_cast<uv_handle_t*>(&self->listener_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->tick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->stop_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->flush_), nullptr);
   std::vector<Session*> sessions(self->sessions_.begin(), self->sessions_.end());
-  for (Session* s : sessions)
-    s->close();
+  for (Session* s : sessions) {
+    if (self->in_drain_) {
+      self->close_for_drain(s);  // a second signal during the drain: counted in what it did
+    } else {
+      s->close();
+    }
+  }
   for (auto& [name, b] : self->backends_)
     b->shutdown();
   // A question's callback takes it out of questions_ (into retired_): the walk goes over a copy.
@@ -793,6 +835,10 @@ std::string Worker::merge_parts(Request& p) {
 
 void Worker::on_tick() {
   if (stopping_) return;
+  if (in_drain_) {
+    drain_step(now_ms());
+    if (stopping_) return;
+  }
   retired_.clear();
   const std::uint64_t now = now_ms();
   if (!retries_.empty()) {
@@ -1002,9 +1048,15 @@ TopologySnapshot Proxy::topology() const {
   return topology_;
 }
 
-bool Proxy::ready() const {
+bool Proxy::ready(std::string* why) const {
+  auto no = [why](const char* reason) {
+    if (why) *why = reason;
+    return false;
+  };
+  if (draining()) return no("draining");
   for (const auto& w : workers_) {
-    if (!w->router().ready()) return false;
+    if (!w->router().ready()) return no("no slot map yet");
+    if (!w->router().reachable()) return no("no cluster node answered the last slot map reload");
   }
   return true;
 }
@@ -1012,6 +1064,26 @@ bool Proxy::ready() const {
 void Proxy::stop() {
   for (auto& w : workers_)
     w->stop();
+}
+
+void Proxy::drain(std::chrono::milliseconds timeout) {
+  if (draining_.exchange(true)) return;
+  drain_started_ = std::chrono::steady_clock::now();
+  for (auto& w : workers_) {
+    Worker* worker = w.get();
+    worker->post(
+        [worker, timeout] { worker->drain(worker->now_ms() + static_cast<std::uint64_t>(timeout.count())); });
+  }
+}
+
+DrainReport Proxy::drain_report() const {
+  DrainReport r;
+  r.elapsed_ms = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - drain_started_)
+          .count());
+  r.closed_answered = drained_answered_.load();
+  r.closed_unanswered = drained_unanswered_.load();
+  return r;
 }
 
 void Proxy::wait() {

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -48,9 +49,16 @@ class Worker {
   // "".
   std::string bind();
   void start();
-  // Asks the loop to close everything and return; join() waits for it.
+  // Asks the loop to close everything and return; join() waits for it. Nothing once the loop has ended.
   void stop();
   void join();
+  // Stops accepting clients, closes each one once nothing of its is left to answer, and ends the loop once no
+  // client is left, or at `deadline_ms` (on this loop's clock) closing those left (Proxy::drain). On this
+  // worker's loop only.
+  void drain(std::uint64_t deadline_ms);
+  bool in_drain() const { return in_drain_; }
+  // Closes `session` for the drain, counting it as answered or not (Proxy::drain_report).
+  void close_for_drain(Session* session);
 
   uv_loop_t* loop() { return &loop_; }
   std::uint64_t now_ms() const { return uv_now(const_cast<uv_loop_t*>(&loop_)); }
@@ -135,6 +143,9 @@ class Worker {
 
  private:
   void on_tick();
+  // The drain's check at every tick: closes the clients that are done, and ends the loop once nothing is
+  // left or the deadline passed.
+  void drain_step(std::uint64_t now);
   // The client a request (or the command it is a part of) comes from; null once the client is gone.
   static Session* owner_of(const Request& request);
   // Whether the request's client keeps its reads on masters whatever --read-from says.
@@ -188,6 +199,8 @@ class Worker {
   std::size_t inflight_bytes_ = 0;
   std::size_t waiting_bytes_ = 0;  // requests waiting in the proxy to be sent (again): retrying or parked
   bool stopping_ = false;
+  bool in_drain_ = false;
+  std::uint64_t drain_deadline_ms_ = 0;
   std::vector<std::function<bool(std::uint64_t)>> awaiting_;
 
   friend class Session;
@@ -199,6 +212,14 @@ class Worker {
   friend class Monitor;
 };
 
+// What a drain did, for the line the process logs before it exits.
+struct DrainReport {
+  std::uint64_t elapsed_ms = 0;
+  std::size_t closed_answered = 0;  // clients closed with nothing left to answer
+  std::size_t closed_unanswered =
+      0;  // closed at the deadline (or by a second signal) with commands in flight
+};
+
 // The whole process: its workers, the configuration and what is counted across workers.
 class Proxy {
  public:
@@ -207,6 +228,17 @@ class Proxy {
   std::string start();
   void stop();
   void wait();
+  // SIGTERM: every worker stops accepting clients and closes each one once it has nothing in flight (no
+  // command unanswered or reply unwritten, no transaction being queued, no key watched), and ends once none
+  // is left, or after `timeout`, closing those left. Returns at once; finished() says when every worker has
+  // ended. /readyz says "draining" from now on.
+  void drain(std::chrono::milliseconds timeout);
+  bool draining() const { return draining_.load(std::memory_order_relaxed); }
+  // Every worker's loop has ended (by a drain's end or stop()).
+  bool finished() const { return running_workers_.load() == 0; }
+  DrainReport drain_report() const;
+  std::atomic<std::size_t>& drained_answered() { return drained_answered_; }
+  std::atomic<std::size_t>& drained_unanswered() { return drained_unanswered_; }
 
   const Config& config() const { return config_; }
   const std::vector<std::unique_ptr<Worker>>& workers() const { return workers_; }
@@ -217,8 +249,9 @@ class Proxy {
   std::uint64_t start_time_ms() const { return start_time_ms_; }
   // Every worker's counters added up (callable from any thread).
   Totals totals() const;
-  // Whether every worker has loaded a slot map.
-  bool ready() const;
+  // Whether clients should be sent here: every worker has loaded a slot map, a cluster node answered the
+  // last reload of each, and the proxy is not draining. `why` says what is missing when not.
+  bool ready(std::string* why = nullptr) const;
   HoldRegistry& holds() { return holds_; }
   // Bytes of requests held for slot holds, in every worker (callable from any thread).
   std::size_t held_bytes() const;
@@ -248,11 +281,18 @@ class Proxy {
                                       std::chrono::steady_clock::time_point deadline, std::string& why);
 
  private:
+  friend class Worker;  // counts itself out of running_workers_ when its loop ends
+
   Config config_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<std::size_t> clients_{0};
   std::atomic<std::uint64_t> next_client_id_{1};
   std::atomic<std::size_t> blocking_connections_{0};
+  std::atomic<int> running_workers_{0};
+  std::atomic<bool> draining_{false};
+  std::chrono::steady_clock::time_point drain_started_;
+  std::atomic<std::size_t> drained_answered_{0};
+  std::atomic<std::size_t> drained_unanswered_{0};
   std::uint64_t start_time_ms_ = 0;
   HoldRegistry holds_;
   mutable std::mutex topology_mutex_;  // taken once per reload, and by a ROUTE: never on a request's path

@@ -1,0 +1,293 @@
+"""SIGTERM drains slotshift-proxy: it stops accepting, answers what its clients have in flight (a blocked BLPOP, a
+transaction being queued, a load of writes), closes each client once answered, says "draining" on /readyz, and
+exits 0 once no client is left or at --drain-timeout-ms. Also /readyz while no cluster node answers.
+
+  SLOTSHIFT_SOURCE_DIR=... SLOTSHIFT_BINARY_DIR=... tests/integration/proxy_drain_test.py"""
+
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+
+def command(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+class Client:
+    """A raw RESP2 connection that reads replies whole, and tells a clean close from a reply."""
+
+    opened = []  # closed after each test
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        Client.opened.append(self)
+
+    def send(self, *args):
+        self.sock.sendall(command(*args))
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("closed by the proxy")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind in (b"+", b"-", b":"):
+            return line
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise EOFError("closed by the proxy")
+                self.buf += chunk
+            data, self.buf = self.buf[:n], self.buf[n + 2:]
+            return data
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self.reply() for _ in range(n)]
+        raise AssertionError("unexpected reply %r" % line)
+
+    def call(self, *args):
+        self.send(*args)
+        return self.reply()
+
+    def closed_cleanly(self, timeout):
+        """True once the proxy closed the connection with nothing left unread, within timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1) == b"" and not self.buf
+        except socket.timeout:
+            return False
+        finally:
+            self.sock.settimeout(10)
+
+    def peer_closed(self):
+        """Whether the proxy's FIN has already arrived (as a client library checks before reusing a
+        connection)."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable) and not self.buf and self.sock.recv(1, socket.MSG_PEEK) == b""
+
+    def close(self):
+        self.sock.close()
+
+
+class Writer(threading.Thread):
+    """INCR on a key of its own, one command at a time, until the proxy closes the connection. Each INCR
+    acknowledged is counted; one sent that got no reply ("lost") or an error reply is what a drain must never
+    cause."""
+
+    def __init__(self, port, key):
+        super().__init__(daemon=True)
+        self.client = Client(port)
+        self.key = key
+        self.acked = 0
+        self.lost = 0
+        self.errors = []
+        self.closed = False
+
+    def run(self):
+        try:
+            while True:
+                # A connection the proxy closed is not written to again, as a pooled client checks.
+                if self.client.peer_closed():
+                    self.closed = True
+                    return
+                try:
+                    r = self.client.call("INCR", self.key)
+                except (EOFError, ConnectionError):
+                    self.lost += 1
+                    return
+                if r.startswith(b":"):
+                    self.acked += 1
+                    if int(r[1:]) != self.acked:
+                        self.errors.append("INCR %s gave %r after %d" % (self.key, r, self.acked))
+                else:
+                    self.errors.append(r.decode(errors="replace"))
+        finally:
+            self.client.close()
+
+
+class Drain(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = harness.Cluster(3, 0)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def start_proxy(self, *flags):
+        proxy = harness.Proxy(self.cluster, *flags, admin=True, admin_token="t")
+        self.addCleanup(proxy.stop)
+        self.addCleanup(lambda: [c.close() for c in Client.opened])
+        return proxy
+
+    def exited(self, proxy, timeout):
+        try:
+            proxy.proc.wait(timeout)
+        except Exception:
+            return None
+        return proxy.proc.returncode
+
+    def test_drain_answers_what_is_in_flight_then_exits(self):
+        proxy = self.start_proxy("--drain-timeout-ms", "8000")
+        master = self.cluster.masters_by_slot()[0]
+        direct = self.cluster.redis(master)
+        # A list on the first master's slots, so that it can be pushed to directly.
+        slot = self.cluster.slots_of(master)[0]
+        tag = next("d%d" % n for n in range(100000)
+                   if int(direct.execute_command("CLUSTER", "KEYSLOT", "d%d" % n)) == slot)
+        queue = "{%s}queue" % tag
+        for key in ["{%s}w%d" % (tag, i) for i in range(4)] + [queue, "{%s}tx" % tag]:
+            self.cluster.redis(master).delete(key)
+
+        idle = Client(proxy.port)
+        self.assertEqual(idle.call("PING"), b"+PONG")
+        blocked = Client(proxy.port)
+        blocked.send("BLPOP", queue, 5)
+        tx = Client(proxy.port)
+        self.assertEqual(tx.call("MULTI"), b"+OK")
+        self.assertEqual(tx.call("SET", "{%s}tx" % tag, "done"), b"+QUEUED")
+        writers = [Writer(proxy.port, "{%s}w%d" % (tag, i)) for i in range(4)]
+        for w in writers:
+            w.start()
+        time.sleep(0.5)
+        self.assertEqual(proxy.admin_call("GET", "/readyz"), (200, "ready\n"))
+
+        proxy.proc.send_signal(signal.SIGTERM)
+        # Idle clients and the writers are closed between two commands; no new client is taken.
+        self.assertTrue(idle.closed_cleanly(2), "an idle client stays open during the drain")
+        for w in writers:
+            w.join(5)
+            self.assertFalse(w.is_alive(), "a writer was never closed")
+        deadline = time.time() + 2
+        refused = False
+        while time.time() < deadline and not refused:
+            try:
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+                time.sleep(0.05)
+            except OSError:
+                refused = True
+        self.assertTrue(refused, "the proxy still accepts clients while draining")
+        self.assertEqual(proxy.admin_call("GET", "/readyz"), (503, "draining\n"))
+        self.assertIsNone(proxy.proc.poll(), "the proxy exited with a BLPOP and a transaction in flight")
+
+        # What is in flight is answered: the blocked BLPOP gets a value pushed at its node, the transaction runs.
+        direct.rpush(queue, "job")
+        self.assertEqual(blocked.reply(), [queue.encode(), b"job"])
+        self.assertTrue(blocked.closed_cleanly(2), "the BLPOP client was not closed once answered")
+        self.assertIsNone(proxy.proc.poll())
+        self.assertEqual(tx.call("EXEC"), [b"+OK"])
+        self.assertTrue(tx.closed_cleanly(2), "the transaction's client was not closed once answered")
+        self.assertEqual(self.exited(proxy, 3), 0, "the proxy did not exit 0 once its last client left")
+
+        for w in writers:
+            self.assertEqual(w.lost, 0, "an INCR got no reply: the connection closed under it")
+            self.assertEqual(w.errors, [])
+            self.assertTrue(w.closed)
+            self.assertGreater(w.acked, 0)
+            # Every acknowledged write is there, and nothing more ran.
+            self.assertEqual(int(direct.get(w.key)), w.acked)
+        self.assertEqual(direct.get("{%s}tx" % tag), b"done")
+        out = proxy.output()
+        m = re.search(r"drained in (\d+) ms: (\d+) client\(s\) closed once answered, (\d+) closed with commands "
+                      r"unanswered", out)
+        self.assertIsNotNone(m, out)
+        self.assertEqual(int(m.group(3)), 0, out)
+        # The harness's own check that the proxy was up, the idle client, the BLPOP, the transaction and the
+        # writers (the first check's connection may have closed before the drain).
+        self.assertGreaterEqual(int(m.group(2)), 7, out)
+
+    def test_deadline_closes_what_is_left(self):
+        proxy = self.start_proxy("--drain-timeout-ms", "1000")
+        blocked = Client(proxy.port)
+        blocked.send("BLPOP", "drain-forever", 0)
+        time.sleep(0.2)
+        started = time.time()
+        proxy.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.exited(proxy, 5), 0)
+        took = time.time() - started
+        self.assertGreaterEqual(took, 0.9, "the proxy did not wait for the BLPOP in flight")
+        self.assertLess(took, 3, "the proxy waited past its drain deadline")
+        with self.assertRaises((EOFError, ConnectionError)):
+            blocked.reply()
+        self.assertIn("0 client(s) closed once answered, 1 closed with commands unanswered", proxy.output())
+
+    def test_second_signal_stops_at_once(self):
+        proxy = self.start_proxy("--drain-timeout-ms", "60000")
+        blocked = Client(proxy.port)
+        blocked.send("BLPOP", "drain-forever", 0)
+        time.sleep(0.2)
+        proxy.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        self.assertIsNone(proxy.proc.poll())
+        started = time.time()
+        proxy.proc.send_signal(signal.SIGINT)
+        self.assertEqual(self.exited(proxy, 5), 0)
+        self.assertLess(time.time() - started, 2)
+        self.assertIn("while draining, stopping now", proxy.output())
+        self.assertIn("1 closed with commands unanswered", proxy.output())
+
+    def test_no_drain_with_zero_timeout(self):
+        proxy = self.start_proxy("--drain-timeout-ms", "0")
+        blocked = Client(proxy.port)
+        blocked.send("BLPOP", "drain-forever", 0)
+        time.sleep(0.2)
+        started = time.time()
+        proxy.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.exited(proxy, 5), 0)
+        self.assertLess(time.time() - started, 1)
+        self.assertIn("stopping", proxy.output())
+
+    def test_readyz_false_while_no_node_answers(self):
+        proxy = self.start_proxy("--request-timeout-ms", "300", "--connect-timeout-ms", "300",
+                                 "--refresh-interval-ms", "200")
+        self.assertEqual(proxy.admin_call("GET", "/readyz"), (200, "ready\n"))
+        pids = [int(self.cluster.redis(m).info("server")["process_id"]) for m in self.cluster.masters()]
+        # Stopped for less than the cluster's node timeout (5 s), so that no node is failed over meanwhile;
+        # resumed by a timer, whatever happens to the test.
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(3.5, lambda: [os.kill(pid, signal.SIGCONT) for pid in pids])
+        resume.start()
+        try:
+            deadline = time.time() + 3.2
+            got = None
+            while time.time() < deadline:
+                got = proxy.admin_call("GET", "/readyz", timeout=2)
+                if got[0] == 503:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(got, (503, "no cluster node answered the last slot map reload\n"))
+        finally:
+            resume.join()
+        deadline = time.time() + 5
+        while time.time() < deadline and proxy.admin_call("GET", "/readyz")[0] != 200:
+            time.sleep(0.1)
+        self.assertEqual(proxy.admin_call("GET", "/readyz"), (200, "ready\n"))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
