@@ -103,8 +103,8 @@ std::string AdminServer::start() {
   // or for "Expect: 100-continue") before it reads a byte of the body, so a caller without the token, or with
   // a body too large, costs a header's worth of memory. The connection is then closed (admin_http.h).
   auto check = [this](const httplib::Request& req) -> std::optional<Refusal> {
-    if (req.path != "/healthz" && !token_.empty() &&
-        !same_secret(req.get_header_value("Authorization"), "Bearer " + token_)) {
+    if (req.path != "/healthz" && !token().empty() &&
+        !same_secret(req.get_header_value("Authorization"), "Bearer " + token())) {
       return Refusal{401, "unauthorized: send Authorization: Bearer <admin token>"};
     }
     const auto length = content_length(req);
@@ -189,6 +189,16 @@ std::string AdminServer::start() {
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   return "";
+}
+
+void AdminServer::set_token(std::string token) {
+  std::lock_guard lock(token_mutex_);
+  token_ = std::move(token);
+}
+
+std::string AdminServer::token() const {
+  std::lock_guard lock(token_mutex_);
+  return token_;
 }
 
 void AdminServer::stop() {

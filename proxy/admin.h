@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -35,6 +36,8 @@ class AdminServer {
   // Binds and starts serving; returns an error message or "".
   std::string start();
   void stop();
+  // A reload's token (SIGHUP): requests from now on are checked against it.
+  void set_token(std::string token);
 
   std::string metrics() const;
   std::string stats_json() const;
@@ -55,8 +58,11 @@ class AdminServer {
   static constexpr std::size_t kRequestsPerConnection = 32;
 
  private:
+  std::string token() const;
+
   Proxy& proxy_;
   HostPort listen_;
+  mutable std::mutex token_mutex_;  // a reload replaces the token while requests are checked
   std::string token_;
   SlotControl control_;
   std::unique_ptr<AdminHttpServer> server_;

@@ -41,6 +41,8 @@ class Backend {
   std::size_t inflight() const { return pending_.size(); }
   std::uint64_t last_activity_ms() const { return last_activity_ms_; }
   const LoginPtr& login() const { return login_; }
+  // The login for the connections made from now on (a SIGHUP's new masterauth): the open one stays as it is.
+  void set_login(LoginPtr login) { login_ = std::move(login); }
   int protocol() const { return protocol_; }
   // A command run right after the login and HELLO (CLIENT TRACKING ON ...), gated as they are: nothing else
   // is written until the node has accepted it. Set before the first send.

@@ -18,8 +18,6 @@ using namespace slotshift;
 
 int main(int argc, char** argv) {
   CLI::App app{"slotshift-proxy: plain Redis clients use a whole Redis Cluster as one Redis"};
-  proxy::Config config;
-  config.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::string listen, seeds, config_file;
   long request_timeout_ms = 0, connect_timeout_ms = 0, refresh_ms = 0, idle_s = 0, drain_ms = 0;
   std::size_t max_clients = 0, max_bulk = 0, max_output = 0, max_pipeline = 0, max_held = 0, max_blocking = 0,
@@ -129,131 +127,136 @@ int main(int argc, char** argv) {
   auto* o_btls_name = app.add_option("--backend-tls-server-name", btls_name,
                                      "name sent as SNI and required in the nodes' certificates");
   CLI11_PARSE(app, argc, argv);
+  // The settings: the config file's, then the command line's over them, then the environment's for what
+  // neither gave. Built again from the same sources on SIGHUP (the file and the secret files re-read).
+  auto build = [&](proxy::Config& config, std::string& error) -> bool {
+    config.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
-  if (!config_file.empty()) {
-    const auto error = proxy::load_config_file(config_file, config);
-    if (!error.empty()) {
-      std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
-      return 2;
+    if (!config_file.empty()) {
+      error = proxy::load_config_file(config_file, config);
+      if (!error.empty()) return false;
     }
-  }
-  std::string error;
-  // HOST:PORT (or a list of them) from the command line; false, after saying why, for anything else.
-  auto endpoints = [&error](const char* flag, const std::string& text, std::vector<HostPort>& into,
-                            bool one) {
-    auto list = parse_host_port_list(text, error);
-    if (list && one && list->size() != 1) error = "takes one HOST:PORT, got '" + text + "'";
-    if (!list || (one && list->size() != 1)) {
-      std::fprintf(stderr, "slotshift-proxy: %s: %s\n", flag, error.c_str());
-      return false;
-    }
-    into = std::move(*list);
-    return true;
-  };
-  std::vector<HostPort> one;
-  if (o_listen->count()) {
-    if (!endpoints("--listen", listen, one, true)) return 2;
-    config.listen = one.front();
-  }
-  if (o_seed->count() && !endpoints("--seed", seeds, config.seeds, false)) return 2;
-  if (o_threads->count()) config.threads = threads;
-  if (o_rt->count()) config.request_timeout = std::chrono::milliseconds(request_timeout_ms);
-  if (o_ct->count()) config.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
-  if (o_refresh->count()) config.refresh_interval = std::chrono::milliseconds(refresh_ms);
-  if (o_clients->count()) config.max_clients = max_clients;
-  if (o_bulk->count()) config.max_bulk_bytes = max_bulk;
-  if (o_output->count()) config.max_client_output = max_output;
-  if (o_pipeline->count()) config.max_pipeline = max_pipeline;
-  if (o_held->count()) config.max_held_bytes = max_held;
-  if (o_blocking->count()) config.max_blocking_connections = max_blocking;
-  if (o_inflight->count()) config.max_inflight_bytes = max_inflight;
-  if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
-  if (o_drain->count()) config.drain_timeout = std::chrono::milliseconds(drain_ms);
-  if (config.drain_timeout.count() < 0 || config.drain_timeout.count() > 3600000) {
-    std::fprintf(stderr, "slotshift-proxy: drain-timeout-ms must be between 0 and 3600000\n");
-    return 2;
-  }
-  if (o_admin->count()) config.allow_admin_commands = allow_admin;
-  if (o_admin_ep->count()) {
-    if (!endpoints("--admin", admin, one, true)) return 2;
-    config.admin = one.front();
-  }
-  // The token: from the command line, else the environment, else the config file.
-  if (o_token->count()) {
-    config.admin_token = admin_token;
-  } else if (o_token_file->count()) {
-    error = read_secret_file(admin_token_file, config.admin_token);
-    if (!error.empty()) {
-      std::fprintf(stderr, "slotshift-proxy: --admin-token-file: %s\n", error.c_str());
-      return 2;
-    }
-  } else if (const char* env = std::getenv("SLOTSHIFT_ADMIN_TOKEN"); env && *env) {
-    config.admin_token = env;
-  }
-  // The passwords the same way: the command line (a flag or a file), else the environment, else the file.
-  auto secret = [&](CLI::Option* flag, const std::string& value, CLI::Option* file_flag,
-                    const std::string& file, const char* env_name, std::string& into) {
-    if (flag->count()) {
-      into = value;
-    } else if (file_flag->count()) {
-      error = read_secret_file(file, into);
-      if (!error.empty()) {
-        std::fprintf(stderr, "slotshift-proxy: %s: %s\n", file_flag->get_name().c_str(), error.c_str());
+    // HOST:PORT (or a list of them) from the command line; false, after saying why, for anything else.
+    auto endpoints = [&error](const char* flag, const std::string& text, std::vector<HostPort>& into,
+                              bool one) {
+      auto list = parse_host_port_list(text, error);
+      if (list && one && list->size() != 1) error = "takes one HOST:PORT, got '" + text + "'";
+      if (!list || (one && list->size() != 1)) {
+        error = std::string(flag) + ": " + error;
         return false;
       }
-    } else if (const char* env = std::getenv(env_name); env && *env) {
-      into = env;
+      into = std::move(*list);
+      return true;
+    };
+    std::vector<HostPort> one;
+    if (o_listen->count()) {
+      if (!endpoints("--listen", listen, one, true)) return false;
+      config.listen = one.front();
+    }
+    if (o_seed->count() && !endpoints("--seed", seeds, config.seeds, false)) return false;
+    if (o_threads->count()) config.threads = threads;
+    if (o_rt->count()) config.request_timeout = std::chrono::milliseconds(request_timeout_ms);
+    if (o_ct->count()) config.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
+    if (o_refresh->count()) config.refresh_interval = std::chrono::milliseconds(refresh_ms);
+    if (o_clients->count()) config.max_clients = max_clients;
+    if (o_bulk->count()) config.max_bulk_bytes = max_bulk;
+    if (o_output->count()) config.max_client_output = max_output;
+    if (o_pipeline->count()) config.max_pipeline = max_pipeline;
+    if (o_held->count()) config.max_held_bytes = max_held;
+    if (o_blocking->count()) config.max_blocking_connections = max_blocking;
+    if (o_inflight->count()) config.max_inflight_bytes = max_inflight;
+    if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
+    if (o_drain->count()) config.drain_timeout = std::chrono::milliseconds(drain_ms);
+    if (config.drain_timeout.count() < 0 || config.drain_timeout.count() > 3600000) {
+      error = "drain-timeout-ms must be between 0 and 3600000";
+      return false;
+    }
+    if (o_admin->count()) config.allow_admin_commands = allow_admin;
+    if (o_admin_ep->count()) {
+      if (!endpoints("--admin", admin, one, true)) return false;
+      config.admin = one.front();
+    }
+    // The token: from the command line, else the environment, else the config file.
+    if (o_token->count()) {
+      config.admin_token = admin_token;
+    } else if (o_token_file->count()) {
+      error = read_secret_file(admin_token_file, config.admin_token);
+      if (!error.empty()) {
+        error = "--admin-token-file: " + error;
+        return false;
+      }
+    } else if (const char* env = std::getenv("SLOTSHIFT_ADMIN_TOKEN"); env && *env) {
+      config.admin_token = env;
+    }
+    // The passwords the same way: the command line (a flag or a file), else the environment, else the file.
+    auto secret = [&](CLI::Option* flag, const std::string& value, CLI::Option* file_flag,
+                      const std::string& file, const char* env_name, std::string& into) {
+      if (flag->count()) {
+        into = value;
+      } else if (file_flag->count()) {
+        error = read_secret_file(file, into);
+        if (!error.empty()) {
+          error = file_flag->get_name() + ": " + error;
+          return false;
+        }
+      } else if (const char* env = std::getenv(env_name); env && *env) {
+        into = env;
+      }
+      return true;
+    };
+    if (!secret(o_masterauth, masterauth, o_masterauth_file, masterauth_file, "SLOTSHIFT_MASTERAUTH",
+                config.masterauth) ||
+        !secret(o_requirepass, requirepass, o_requirepass_file, requirepass_file, "SLOTSHIFT_REQUIREPASS",
+                config.requirepass))
+      return false;
+    if (o_masteruser->count()) config.masteruser = masteruser;
+    if (o_client_auth->count()) proxy::parse_client_auth(client_auth, config.client_auth);
+    if (o_read_from->count()) proxy::parse_read_from(read_from, config.read_from);
+    // A password for clients means clients log in with it, unless another mode was asked for (and refused
+    // below).
+    if (!config.requirepass.empty() && config.client_auth == proxy::Config::ClientAuth::kNone)
+      config.client_auth = proxy::Config::ClientAuth::kPassword;
+    if (error = proxy::client_auth_error(config); !error.empty()) {
+      return false;
+    }
+    auto set = [](CLI::Option* flag, const std::string& value, std::string& into) {
+      if (flag->count()) into = value;
+    };
+    set(o_tls_cert, tls_cert, config.tls.cert_file);
+    set(o_tls_key, tls_key, config.tls.key_file);
+    set(o_tls_ca, tls_ca, config.tls.ca_cert_file);
+    set(o_tls_ca_dir, tls_ca_dir, config.tls.ca_cert_dir);
+    if (o_tls_auth->count()) parse_tls_auth_clients(tls_auth, config.tls.auth_clients);
+    if (o_btls->count()) config.backend_tls.enabled = btls;
+    set(o_btls_cert, btls_cert, config.backend_tls.cert_file);
+    set(o_btls_key, btls_key, config.backend_tls.key_file);
+    set(o_btls_ca, btls_ca, config.backend_tls.ca_cert_file);
+    set(o_btls_ca_dir, btls_ca_dir, config.backend_tls.ca_cert_dir);
+    set(o_btls_name, btls_name, config.backend_tls.server_name);
+    config.tls.enabled = !config.tls.cert_file.empty();
+    if (error = proxy::tls_settings_error(config); !error.empty()) {
+      return false;
+    }
+    if (error = proxy::admin_endpoint_error(config); !error.empty()) {
+      return false;
+    }
+    if (config.max_pipeline < 2) {
+      // Reading resumes once a client is under half of it: below 2 it never would.
+      error = "--max-pipeline must be at least 2";
+      return false;
+    }
+    if (config.seeds.empty()) {
+      error = "--seed is required (HOST:PORT of at least one cluster node)";
+      return false;
     }
     return true;
   };
-  if (!secret(o_masterauth, masterauth, o_masterauth_file, masterauth_file, "SLOTSHIFT_MASTERAUTH",
-              config.masterauth) ||
-      !secret(o_requirepass, requirepass, o_requirepass_file, requirepass_file, "SLOTSHIFT_REQUIREPASS",
-              config.requirepass))
-    return 2;
-  if (o_masteruser->count()) config.masteruser = masteruser;
-  if (o_client_auth->count()) proxy::parse_client_auth(client_auth, config.client_auth);
-  if (o_read_from->count()) proxy::parse_read_from(read_from, config.read_from);
-  // A password for clients means clients log in with it, unless another mode was asked for (and refused
-  // below).
-  if (!config.requirepass.empty() && config.client_auth == proxy::Config::ClientAuth::kNone)
-    config.client_auth = proxy::Config::ClientAuth::kPassword;
-  if (error = proxy::client_auth_error(config); !error.empty()) {
+  proxy::Config config;
+  if (std::string error; !build(config, error)) {
     std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
     return 2;
   }
-  auto set = [](CLI::Option* flag, const std::string& value, std::string& into) {
-    if (flag->count()) into = value;
-  };
-  set(o_tls_cert, tls_cert, config.tls.cert_file);
-  set(o_tls_key, tls_key, config.tls.key_file);
-  set(o_tls_ca, tls_ca, config.tls.ca_cert_file);
-  set(o_tls_ca_dir, tls_ca_dir, config.tls.ca_cert_dir);
-  if (o_tls_auth->count()) parse_tls_auth_clients(tls_auth, config.tls.auth_clients);
-  if (o_btls->count()) config.backend_tls.enabled = btls;
-  set(o_btls_cert, btls_cert, config.backend_tls.cert_file);
-  set(o_btls_key, btls_key, config.backend_tls.key_file);
-  set(o_btls_ca, btls_ca, config.backend_tls.ca_cert_file);
-  set(o_btls_ca_dir, btls_ca_dir, config.backend_tls.ca_cert_dir);
-  set(o_btls_name, btls_name, config.backend_tls.server_name);
-  config.tls.enabled = !config.tls.cert_file.empty();
-  if (error = proxy::tls_settings_error(config); !error.empty()) {
-    std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
-    return 2;
-  }
-  if (error = proxy::admin_endpoint_error(config); !error.empty()) {
-    std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
-    return 2;
-  }
-  if (config.max_pipeline < 2) {
-    // Reading resumes once a client is under half of it: below 2 it never would.
-    std::fprintf(stderr, "slotshift-proxy: --max-pipeline must be at least 2\n");
-    return 2;
-  }
-  if (config.seeds.empty()) {
-    std::fprintf(stderr, "slotshift-proxy: --seed is required (HOST:PORT of at least one cluster node)\n");
-    return 2;
-  }
+  std::string error;
 
   // Large values pass through the proxy in buffers of their size (a 100 MB reply, a slow reader's backlog).
   // glibc's default threshold for giving such a buffer its own mapping rises to the largest size freed so
@@ -311,13 +314,24 @@ int main(int argc, char** argv) {
                config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str(),
                admin_note.c_str(), read_note.c_str());
   int sig = 0;
-  // SIGHUP reads the TLS files again: new connections use them, open ones keep theirs.
-  auto reload = [&proxy] {
-    const std::string outcome = proxy.reload_tls();
+  // SIGHUP builds the settings again from their sources (the config file, the secret files, the command line
+  // and the environment) and applies what may change while clients are connected; the TLS files are read
+  // again (new connections use them, open ones keep theirs). Settings that do not build keep the old ones.
+  auto reload = [&] {
+    proxy::Config wanted;
+    if (std::string why; !build(wanted, why)) {
+      std::fprintf(stderr, "slotshift-proxy: SIGHUP: settings not reloaded, the old ones stay: %s\n",
+                   why.c_str());
+      return;
+    }
+    const std::string outcome = proxy.reload(wanted);
+    if (admin_server) admin_server->set_token(proxy.config().admin_token);
     std::fprintf(stderr, "slotshift-proxy: SIGHUP: %s\n", outcome.c_str());
   };
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP)
     reload();
+  // The drain's deadline as a reload may have set it.
+  config = proxy.config();
   if (config.drain_timeout.count() > 0) {
     std::fprintf(stderr,
                  "slotshift-proxy: signal %d: draining for up to %lld ms (no new clients; each client is "

@@ -1,5 +1,7 @@
 #include "proxy/worker.h"
 
+#include "proxy/config_reload.h"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -52,16 +54,16 @@ bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, 
   return true;
 }
 
-Worker::Worker(Proxy& proxy, const Config& config, int index)
+Worker::Worker(Proxy& proxy, Config config, int index)
     : proxy_(proxy),
-      config_(config),
+      config_(std::move(config)),
       index_(index),
       router_(*this),
       held_(*this),
-      replica_reads_(*this, config.read_from) {
+      replica_reads_(*this, config_.read_from) {
   uv_loop_init(&loop_);
-  if (!config.masterauth.empty())
-    own_login_ = std::make_shared<const Login>(Login{config.masteruser, config.masterauth});
+  if (!config_.masterauth.empty())
+    own_login_ = std::make_shared<const Login>(Login{config_.masteruser, config_.masterauth});
 }
 
 Worker::~Worker() {
@@ -158,6 +160,20 @@ void Worker::close_for_drain(Session* session) {
   auto& counter = session->done_for_drain(now_ms()) ? proxy_.drained_answered() : proxy_.drained_unanswered();
   counter.fetch_add(1);
   session->close();
+}
+
+void Worker::apply_config(const Config& next, bool login_changed) {
+  config_ = next;
+  if (!login_changed) return;
+  const LoginPtr old = own_login_;
+  own_login_ = next.masterauth.empty()
+                   ? nullptr
+                   : std::make_shared<const Login>(Login{next.masteruser, next.masterauth});
+  // Connections in use keep their login (the node accepted it); a connection made again after a failure logs
+  // in with the new one, as a password rotated at the nodes requires. Clients' own logins (ACL pass-through)
+  // are theirs, not the proxy's.
+  for (auto& [key, b] : backends_)
+    if (b->login() == old) b->set_login(own_login_);
 }
 
 void Worker::drain_step(std::uint64_t now) {
@@ -1046,6 +1062,25 @@ void Proxy::topology_loaded(TopologySnapshot topology) {
 TopologySnapshot Proxy::topology() const {
   std::lock_guard lock(topology_mutex_);
   return topology_;
+}
+
+Config Proxy::config() const {
+  std::lock_guard lock(config_mutex_);
+  return config_;
+}
+
+std::string Proxy::reload(const Config& wanted) {
+  ReloadPlan plan = plan_reload(config_, wanted);
+  {
+    std::lock_guard lock(config_mutex_);
+    config_ = plan.next;
+  }
+  for (auto& w : workers_) {
+    Worker* worker = w.get();
+    worker->post(
+        [worker, next = plan.next, login = plan.login_changed] { worker->apply_config(next, login); });
+  }
+  return describe(plan) + "; TLS: " + reload_tls();
 }
 
 bool Proxy::ready(std::string* why) const {

@@ -40,7 +40,7 @@ bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, 
 
 class Worker {
  public:
-  Worker(Proxy& proxy, const Config& config, int index);
+  Worker(Proxy& proxy, Config config, int index);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -59,6 +59,9 @@ class Worker {
   bool in_drain() const { return in_drain_; }
   // Closes `session` for the drain, counting it as answered or not (Proxy::drain_report).
   void close_for_drain(Session* session);
+  // A reload's settings (Proxy::reload), on this worker's loop. With a new login, the shared connections
+  // that used the old one make their next connection with the new one.
+  void apply_config(const Config& next, bool login_changed);
 
   uv_loop_t* loop() { return &loop_; }
   std::uint64_t now_ms() const { return uv_now(const_cast<uv_loop_t*>(&loop_)); }
@@ -164,7 +167,7 @@ class Worker {
   static void on_control(uv_async_t* handle);
 
   Proxy& proxy_;
-  const Config& config_;
+  Config config_;  // this worker's copy: a reload replaces it on the worker's own loop (apply_config)
   int index_;
   std::uint64_t tls_failure_logged_ms_ = 0;
   std::uint64_t tls_failures_unlogged_ = 0;
@@ -240,7 +243,11 @@ class Proxy {
   std::atomic<std::size_t>& drained_answered() { return drained_answered_; }
   std::atomic<std::size_t>& drained_unanswered() { return drained_unanswered_; }
 
-  const Config& config() const { return config_; }
+  // The settings in force (a copy: a reload may replace them). Callable from any thread.
+  Config config() const;
+  // SIGHUP: `wanted`, the settings built again from their sources, take effect in every worker, but those
+  // that need a restart (config_reload.h); the TLS files are read again. Returns the line to log.
+  std::string reload(const Config& wanted);
   const std::vector<std::unique_ptr<Worker>>& workers() const { return workers_; }
   std::atomic<std::size_t>& clients() { return clients_; }
   std::atomic<std::uint64_t>& next_client_id() { return next_client_id_; }
@@ -283,7 +290,8 @@ class Proxy {
  private:
   friend class Worker;  // counts itself out of running_workers_ when its loop ends
 
-  Config config_;
+  Config config_;  // written by reload() on the main thread only; read elsewhere through config()
+  mutable std::mutex config_mutex_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<std::size_t> clients_{0};
   std::atomic<std::uint64_t> next_client_id_{1};

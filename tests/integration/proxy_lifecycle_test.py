@@ -1,9 +1,12 @@
-"""SIGTERM drains slotshift-proxy: it stops accepting, answers what its clients have in flight (a blocked BLPOP, a
-transaction being queued, a load of writes), closes each client once answered, says "draining" on /readyz, and
-exits 0 once no client is left or at --drain-timeout-ms. Also /readyz while no cluster node answers.
+"""slotshift-proxy in operation. SIGTERM drains it: it stops accepting, answers what its clients have in flight (a
+blocked BLPOP, a transaction being queued, a load of writes), closes each client once answered, says "draining" on
+/readyz, and exits 0 once no client is left or at --drain-timeout-ms. SIGHUP reloads its settings under a load
+of clients, none dropped: limits and passwords take effect, what needs a restart is named and kept, a broken file
+changes nothing, a rotated node password is used for new connections. And /readyz while no cluster node answers.
 
-  SLOTSHIFT_SOURCE_DIR=... SLOTSHIFT_BINARY_DIR=... tests/integration/proxy_drain_test.py"""
+  SLOTSHIFT_SOURCE_DIR=... SLOTSHIFT_BINARY_DIR=... tests/integration/proxy_lifecycle_test.py"""
 
+import json
 import os
 import re
 import select
@@ -98,10 +101,13 @@ class Writer(threading.Thread):
     acknowledged is counted; one sent that got no reply ("lost") or an error reply is what a drain must never
     cause."""
 
-    def __init__(self, port, key):
+    def __init__(self, port, key, password=None, stop=None):
         super().__init__(daemon=True)
         self.client = Client(port)
+        if password:
+            assert self.client.call("AUTH", password) == b"+OK"
         self.key = key
+        self.stop = stop  # a threading.Event that ends the writer, with its connection still open
         self.acked = 0
         self.lost = 0
         self.errors = []
@@ -109,7 +115,7 @@ class Writer(threading.Thread):
 
     def run(self):
         try:
-            while True:
+            while not (self.stop and self.stop.is_set()):
                 # A connection the proxy closed is not written to again, as a pooled client checks.
                 if self.client.peer_closed():
                     self.closed = True
@@ -129,14 +135,29 @@ class Writer(threading.Thread):
             self.client.close()
 
 
-class Drain(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.cluster = harness.Cluster(3, 0)
+CLUSTER = None
 
-    @classmethod
-    def tearDownClass(cls):
-        cls.cluster.stop()
+
+def setUpModule():
+    global CLUSTER
+    CLUSTER = harness.Cluster(3, 0)
+
+
+def tearDownModule():
+    CLUSTER.stop()
+
+
+def tag_on(cluster, master):
+    """A hash tag whose slot the master owns."""
+    direct = cluster.redis(master)
+    slot = cluster.slots_of(master)[0]
+    return next("d%d" % n for n in range(100000)
+                if int(direct.execute_command("CLUSTER", "KEYSLOT", "d%d" % n)) == slot)
+
+
+class Drain(unittest.TestCase):
+    def setUp(self):
+        self.cluster = CLUSTER
 
     def start_proxy(self, *flags):
         proxy = harness.Proxy(self.cluster, *flags, admin=True, admin_token="t")
@@ -156,9 +177,7 @@ class Drain(unittest.TestCase):
         master = self.cluster.masters_by_slot()[0]
         direct = self.cluster.redis(master)
         # A list on the first master's slots, so that it can be pushed to directly.
-        slot = self.cluster.slots_of(master)[0]
-        tag = next("d%d" % n for n in range(100000)
-                   if int(direct.execute_command("CLUSTER", "KEYSLOT", "d%d" % n)) == slot)
+        tag = tag_on(self.cluster, master)
         queue = "{%s}queue" % tag
         for key in ["{%s}w%d" % (tag, i) for i in range(4)] + [queue, "{%s}tx" % tag]:
             self.cluster.redis(master).delete(key)
@@ -287,6 +306,123 @@ class Drain(unittest.TestCase):
         while time.time() < deadline and proxy.admin_call("GET", "/readyz")[0] != 200:
             time.sleep(0.1)
         self.assertEqual(proxy.admin_call("GET", "/readyz"), (200, "ready\n"))
+
+
+class Reload(unittest.TestCase):
+    def setUp(self):
+        self.cluster = CLUSTER
+        self.file = os.path.join(self.cluster.dir, "proxy-%s.json" % self.id().rsplit(".", 1)[1])
+
+    def write(self, settings):
+        with open(self.file + ".new", "w") as f:
+            f.write(settings if isinstance(settings, str) else json.dumps(settings))
+        os.replace(self.file + ".new", self.file)  # as a ConfigMap's update is swapped in whole
+
+    def sighup(self, proxy, before):
+        """Sends SIGHUP and returns the proxy's line about it (the first after `before` lines of output)."""
+        proxy.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            lines = [l for l in proxy.output().splitlines() if "SIGHUP" in l]
+            if len(lines) > before:
+                return lines[before]
+            time.sleep(0.05)
+        self.fail("no line about the SIGHUP:\n" + proxy.output())
+
+    def test_settings_change_under_load_and_no_client_is_dropped(self):
+        self.write({"seed": [self.cluster.seed()], "requirepass": "first", "max-clients": 100,
+                    "request-timeout-ms": 5000})
+        proxy = harness.Proxy(self.cluster, "--config", self.file, login=("first",))
+        self.addCleanup(proxy.stop)
+        tag = tag_on(self.cluster, self.cluster.masters_by_slot()[0])
+        direct = self.cluster.redis(self.cluster.masters_by_slot()[0])
+        stop = threading.Event()
+        writers = [Writer(proxy.port, "{%s}r%d" % (tag, i), password="first", stop=stop) for i in range(3)]
+        for w in writers:
+            direct.delete(w.key)
+        for w in writers:
+            w.start()
+        time.sleep(0.3)
+
+        # A new password for clients, a tighter limit, a timeout, and an admin endpoint, which needs a restart. (The
+        # port the harness gives on the command line wins over any in the file.)
+        self.write({"seed": [self.cluster.seed()], "requirepass": "second", "max-clients": 6,
+                    "request-timeout-ms": 2000, "admin": "127.0.0.1:%d" % harness.free_port()})
+        line = self.sighup(proxy, 0)
+        self.assertIn("SIGHUP: changed: request-timeout-ms, max-clients, requirepass; needs a restart (kept as it "
+                      "was): admin; TLS: no TLS configured", line)
+        self.assertNotIn("second", line)
+        time.sleep(0.3)
+        # New clients log in with the new password; connected ones stay logged in and keep writing.
+        fresh = Client(proxy.port)
+        self.assertTrue(fresh.call("AUTH", "first").startswith(b"-WRONGPASS"))
+        self.assertEqual(fresh.call("AUTH", "second"), b"+OK")
+        self.assertEqual(fresh.call("PING"), b"+PONG")
+        # max-clients 6: the 3 writers, `fresh`, and 2 more; the next is refused as Redis refuses it.
+        more = [Client(proxy.port) for _ in range(2)]
+        self.assertEqual(more[-1].call("PING"), b"-NOAUTH Authentication required.")
+        refused = Client(proxy.port)
+        self.assertEqual(refused.reply(), b"-ERR max number of clients reached")
+
+        # A file that does not parse changes nothing.
+        self.write("{ not json")
+        line = self.sighup(proxy, 1)
+        self.assertIn("settings not reloaded, the old ones stay", line)
+        self.assertEqual(fresh.call("PING"), b"+PONG")
+
+        stop.set()
+        for w in writers:
+            w.join(10)
+            self.assertEqual(w.lost, 0)
+            self.assertEqual(w.errors, [])
+            self.assertGreater(w.acked, 0)
+            self.assertEqual(int(direct.get(w.key)), w.acked)
+        for c in [fresh, refused] + more:
+            c.close()
+
+    def test_rotated_node_password_is_used_for_new_connections(self):
+        nodes = self.cluster.masters()
+        pwfile = os.path.join(self.cluster.dir, "masterauth-rotation")
+        with open(pwfile, "w") as f:
+            f.write("old-pass\n")
+        for n in nodes:
+            self.cluster.redis(n).config_set("requirepass", "old-pass")
+
+        def restore():
+            for n in nodes:
+                r = self.cluster.redis(n, password="new-pass")
+                try:
+                    r.config_set("requirepass", "")
+                except Exception:
+                    self.cluster.redis(n, password="old-pass").config_set("requirepass", "")
+        self.addCleanup(restore)
+        proxy = harness.Proxy(self.cluster, "--masterauth-file", pwfile, "--refresh-interval-ms", "500")
+        self.addCleanup(proxy.stop)
+        client = Client(proxy.port)
+        self.addCleanup(client.close)
+        self.assertEqual(client.call("SET", "rotation", "1"), b"+OK")
+
+        # The nodes' password is rotated: connections already logged in stay; the file gets the new one.
+        for n in nodes:
+            self.cluster.redis(n, password="old-pass").config_set("requirepass", "new-pass")
+        with open(pwfile, "w") as f:
+            f.write("new-pass\n")
+        line = self.sighup(proxy, 0)
+        self.assertIn("SIGHUP: changed: masterauth", line)
+        self.assertNotIn("new-pass", line)
+        # Every connection of the proxy's is cut: each must log in again, with the new password.
+        for n in nodes:
+            self.cluster.redis(n, password="new-pass").execute_command("CLIENT", "KILL", "USER", "default",
+                                                                       "SKIPME", "yes")
+        deadline = time.time() + 10
+        got = None
+        while time.time() < deadline:
+            got = client.call("GET", "rotation")
+            if got == b"1":
+                break
+            time.sleep(0.2)
+        self.assertEqual(got, b"1", proxy.output())
+        self.assertEqual(client.call("SET", "rotation", "2"), b"+OK")
 
 
 if __name__ == "__main__":
