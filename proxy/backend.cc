@@ -1,4 +1,5 @@
 #include "proxy/backend.h"
+#include "proxy/log.h"
 
 #include <cstdio>
 #include <cstring>
@@ -477,8 +478,8 @@ void Backend::refused_login(std::string_view reply, bool login) {
   }
   const std::string user = login_->user.empty() ? "default" : login_->user;
   if (last_failure_.find(reason) == std::string::npos)
-    std::fprintf(stderr, "slotshift-proxy: %s refused the login as user '%s': %s\n", name_.c_str(),
-                 user.c_str(), reason.c_str());
+    log_line(LogLevel::kWarning, "%s refused the login as user '%s': %s", name_.c_str(), user.c_str(),
+             reason.c_str());
   const std::string why = "the login as user '" + user + "' was refused: " + reason;
   // A replica that reads are sent to may not know a user its master knows (ACL users are each node's own):
   // the reads it had go elsewhere (ReplicaReads), and it is left alone for a while.

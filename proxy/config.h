@@ -12,6 +12,7 @@
 
 #include "common/host_port.h"
 #include "common/tls_context.h"
+#include "proxy/log.h"
 
 namespace slotshift::proxy {
 
@@ -84,6 +85,9 @@ struct Config {
   // one to be usable). kPreferReplica: to a replica when one is usable, else to the master.
   enum class ReadFrom : std::uint8_t { kMaster, kReplica, kPreferReplica };
   ReadFrom read_from = ReadFrom::kMaster;
+
+  // How log lines are written (log.h): text, or one JSON object per line.
+  LogFormat log_format = LogFormat::kText;
 };
 
 // Reads a JSON config file into `config`, leaving fields the file does not name as they are. Returns an error

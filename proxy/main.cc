@@ -12,6 +12,7 @@
 #include "common/secret_file.h"
 #include "proxy/admin.h"
 #include "proxy/config.h"
+#include "proxy/log.h"
 #include "proxy/worker.h"
 
 using namespace slotshift;
@@ -126,7 +127,17 @@ int main(int argc, char** argv) {
       app.add_option("--backend-tls-ca-cert-dir", btls_ca_dir, "the same, as an OpenSSL directory");
   auto* o_btls_name = app.add_option("--backend-tls-server-name", btls_name,
                                      "name sent as SNI and required in the nodes' certificates");
+  std::string log_format;
+  auto* o_log_format =
+      app.add_option("--log-format", log_format, "text (default) or json: one object per line")
+          ->check(CLI::IsMember({"text", "json"}));
   CLI11_PARSE(app, argc, argv);
+  // The command line's log format at once, for the errors of what follows (the file's is known once read).
+  proxy::LogFormat format_flag = proxy::LogFormat::kText;
+  if (o_log_format->count()) {
+    proxy::parse_log_format(log_format.c_str(), format_flag);
+    proxy::set_log_format(format_flag);
+  }
   // The settings: the config file's, then the command line's over them, then the environment's for what
   // neither gave. Built again from the same sources on SIGHUP (the file and the secret files re-read).
   auto build = [&](proxy::Config& config, std::string& error) -> bool {
@@ -166,6 +177,7 @@ int main(int argc, char** argv) {
     if (o_blocking->count()) config.max_blocking_connections = max_blocking;
     if (o_inflight->count()) config.max_inflight_bytes = max_inflight;
     if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
+    if (o_log_format->count()) config.log_format = format_flag;
     if (o_drain->count()) config.drain_timeout = std::chrono::milliseconds(drain_ms);
     if (config.drain_timeout.count() < 0 || config.drain_timeout.count() > 3600000) {
       error = "drain-timeout-ms must be between 0 and 3600000";
@@ -252,10 +264,16 @@ int main(int argc, char** argv) {
     return true;
   };
   proxy::Config config;
-  if (std::string error; !build(config, error)) {
-    std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
-    return 2;
-  }
+  const bool built = [&] {
+    std::string error;
+    if (build(config, error)) return true;
+    // The command line's format, else the file's if it was read before the error.
+    proxy::set_log_format(o_log_format->count() ? format_flag : config.log_format);
+    proxy::log_line(proxy::LogLevel::kError, "%s", error.c_str());
+    return false;
+  }();
+  if (!built) return 2;
+  proxy::set_log_format(config.log_format);
   std::string error;
 
   // Large values pass through the proxy in buffers of their size (a 100 MB reply, a slow reader's backlog).
@@ -273,9 +291,9 @@ int main(int argc, char** argv) {
       nofile.rlim_cur = std::min(want, nofile.rlim_max);
       setrlimit(RLIMIT_NOFILE, &nofile);
       if (nofile.rlim_cur < want) {
-        std::fprintf(stderr,
-                     "slotshift-proxy: warning: open files limited to %lu, below max-clients + 1024\n",
-                     static_cast<unsigned long>(nofile.rlim_cur));
+        proxy::log_line(proxy::LogLevel::kWarning,
+                        "warning: open files limited to %lu, below max-clients + 1024",
+                        static_cast<unsigned long>(nofile.rlim_cur));
       }
     }
   }
@@ -292,7 +310,7 @@ int main(int argc, char** argv) {
   proxy::Proxy proxy(config);
   error = proxy.start();
   if (!error.empty()) {
-    std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
+    proxy::log_line(proxy::LogLevel::kError, "%s", error.c_str());
     return 1;
   }
   std::unique_ptr<proxy::AdminServer> admin_server;
@@ -300,7 +318,7 @@ int main(int argc, char** argv) {
     admin_server = std::make_unique<proxy::AdminServer>(proxy, config.admin, config.admin_token);
     error = admin_server->start();
     if (!error.empty()) {
-      std::fprintf(stderr, "slotshift-proxy: %s\n", error.c_str());
+      proxy::log_line(proxy::LogLevel::kError, "%s", error.c_str());
       proxy.stop();
       proxy.wait();
       return 1;
@@ -310,9 +328,9 @@ int main(int argc, char** argv) {
   const std::string read_note = config.read_from == proxy::Config::ReadFrom::kMaster
                                     ? ""
                                     : ", reads from " + std::string(proxy::read_from_name(config.read_from));
-  std::fprintf(stderr, "slotshift-proxy: listening on %s with %d thread(s), seeds %s%s%s\n",
-               config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str(),
-               admin_note.c_str(), read_note.c_str());
+  proxy::log_line(proxy::LogLevel::kInfo, "listening on %s with %d thread(s), seeds %s%s%s",
+                  config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str(),
+                  admin_note.c_str(), read_note.c_str());
   int sig = 0;
   // SIGHUP builds the settings again from their sources (the config file, the secret files, the command line
   // and the environment) and applies what may change while clients are connected; the TLS files are read
@@ -320,23 +338,23 @@ int main(int argc, char** argv) {
   auto reload = [&] {
     proxy::Config wanted;
     if (std::string why; !build(wanted, why)) {
-      std::fprintf(stderr, "slotshift-proxy: SIGHUP: settings not reloaded, the old ones stay: %s\n",
-                   why.c_str());
+      proxy::log_line(proxy::LogLevel::kInfo, "SIGHUP: settings not reloaded, the old ones stay: %s",
+                      why.c_str());
       return;
     }
     const std::string outcome = proxy.reload(wanted);
     if (admin_server) admin_server->set_token(proxy.config().admin_token);
-    std::fprintf(stderr, "slotshift-proxy: SIGHUP: %s\n", outcome.c_str());
+    proxy::log_line(proxy::LogLevel::kInfo, "SIGHUP: %s", outcome.c_str());
   };
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP)
     reload();
   // The drain's deadline as a reload may have set it.
   config = proxy.config();
   if (config.drain_timeout.count() > 0) {
-    std::fprintf(stderr,
-                 "slotshift-proxy: signal %d: draining for up to %lld ms (no new clients; each client is "
-                 "closed once its commands are answered); a second SIGTERM or SIGINT stops at once\n",
-                 sig, static_cast<long long>(config.drain_timeout.count()));
+    proxy::log_line(proxy::LogLevel::kInfo,
+                    "signal %d: draining for up to %lld ms (no new clients; each client is "
+                    "closed once its commands are answered); a second SIGTERM or SIGINT stops at once",
+                    sig, static_cast<long long>(config.drain_timeout.count()));
     proxy.drain(config.drain_timeout);
     // The workers end by themselves, by the deadline at the latest; the admin endpoint answers meanwhile
     // (/readyz says "draining", and a move's hold and release still reach the clients that are left).
@@ -345,22 +363,22 @@ int main(int argc, char** argv) {
       const int got = sigtimedwait(&signals, nullptr, &poll);
       if (got == SIGHUP) reload();
       if (got == SIGTERM || got == SIGINT) {
-        std::fprintf(stderr, "slotshift-proxy: signal %d while draining, stopping now\n", got);
+        proxy::log_line(proxy::LogLevel::kInfo, "signal %d while draining, stopping now", got);
         break;
       }
     }
   } else {
-    std::fprintf(stderr, "slotshift-proxy: signal %d, stopping\n", sig);
+    proxy::log_line(proxy::LogLevel::kInfo, "signal %d, stopping", sig);
   }
   if (admin_server) admin_server->stop();
   proxy.stop();
   proxy.wait();
   if (proxy.draining()) {
     const proxy::DrainReport d = proxy.drain_report();
-    std::fprintf(stderr,
-                 "slotshift-proxy: drained in %llu ms: %zu client(s) closed once answered, %zu closed with "
-                 "commands unanswered\n",
-                 static_cast<unsigned long long>(d.elapsed_ms), d.closed_answered, d.closed_unanswered);
+    proxy::log_line(proxy::LogLevel::kInfo,
+                    "drained in %llu ms: %zu client(s) closed once answered, %zu closed with "
+                    "commands unanswered",
+                    static_cast<unsigned long long>(d.elapsed_ms), d.closed_answered, d.closed_unanswered);
   }
   return 0;
 }

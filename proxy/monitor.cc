@@ -1,4 +1,5 @@
 #include "proxy/monitor.h"
+#include "proxy/log.h"
 
 #include <sys/time.h>
 
@@ -149,10 +150,10 @@ void Monitor::emit(std::string line) {
   early_bytes_ += line.size();
   if (early_bytes_ > worker_.config().max_client_output) {
     worker_.stats().clients_slow_reader.add();
-    std::fprintf(stderr,
-                 "slotshift-proxy: closing client %s: %zu bytes of monitor lines wait for MONITOR's answer "
-                 "(limit %zu)\n",
-                 session_.peer_.c_str(), early_bytes_, worker_.config().max_client_output);
+    log_line(LogLevel::kWarning,
+             "closing client %s: %zu bytes of monitor lines wait for MONITOR's answer "
+             "(limit %zu)",
+             session_.peer_.c_str(), early_bytes_, worker_.config().max_client_output);
     session_.close();
     return;
   }

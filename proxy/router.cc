@@ -1,4 +1,5 @@
 #include "proxy/router.h"
+#include "proxy/log.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -110,8 +111,8 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
     // Said once, not at every reload: a cluster that asks for a login the proxy was not given (or refuses
     // the one given) is a configuration to fix, and clients only see their commands time out.
     if (error != last_error_ && (value.str.starts_with("NOAUTH") || value.str.starts_with("NOPERM")))
-      std::fprintf(stderr, "slotshift-proxy: cannot load the slot map: %s (see --masteruser, --masterauth)\n",
-                   error.c_str());
+      log_line(LogLevel::kError, "cannot load the slot map: %s (see --masteruser, --masterauth)",
+               error.c_str());
     last_error_ = error;
     // Servers before 7.0 know no CLUSTER SHARDS: ask the same node for CLUSTER SLOTS.
     if (shards && value.str.find("nknown") != std::string::npos) {
@@ -123,8 +124,8 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
   }
   TopologyResult parsed = shards ? parse_cluster_shards(value) : parse_cluster_slots(value);
   if (!parsed.ok()) {
-    std::fprintf(stderr, "slotshift-proxy: ignoring the topology from %s: %s\n",
-                 refresh_candidates_[candidate].str().c_str(), parsed.error.c_str());
+    log_line(LogLevel::kWarning, "ignoring the topology from %s: %s",
+             refresh_candidates_[candidate].str().c_str(), parsed.error.c_str());
     try_next(candidate + 1, true);
     return;
   }

@@ -1,4 +1,5 @@
 #include "proxy/session.h"
+#include "proxy/log.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -300,7 +301,7 @@ void Session::accept(Worker& worker, uv_stream_t* server) {
     std::string error;
     s->tls_ = TlsChannel::make(*context, error);
     if (!s->tls_) {
-      std::fprintf(stderr, "slotshift-proxy: closing client %s: %s\n", s->peer_.c_str(), error.c_str());
+      log_line(LogLevel::kWarning, "closing client %s: %s", s->peer_.c_str(), error.c_str());
       clients.fetch_sub(1);
       uv_close(reinterpret_cast<uv_handle_t*>(&s->tcp_),
                [](uv_handle_t* h) { delete static_cast<Session*>(h->data); });
@@ -696,10 +697,10 @@ void Session::on_request_done(Request& request) {
       // Replies of later commands pile up behind one that is not answered (a BLPOP with no timeout ahead of
       // large GETs): as for a slow reader, memory stays bounded and the client is told by the closed socket.
       worker_.stats().clients_slow_reader.add();
-      std::fprintf(stderr,
-                   "slotshift-proxy: closing client %s: %zu bytes of replies wait behind an unanswered "
-                   "command (limit %zu)\n",
-                   peer_.c_str(), held_bytes_, worker_.config().max_client_output);
+      log_line(LogLevel::kWarning,
+               "closing client %s: %zu bytes of replies wait behind an unanswered "
+               "command (limit %zu)",
+               peer_.c_str(), held_bytes_, worker_.config().max_client_output);
       close();
       return;
     }
@@ -773,8 +774,8 @@ void Session::flush_replies() {
   if (unread_before > worker_.config().max_client_output) {
     // A reader slower than its own pipeline: memory stays bounded, the client is told by the closed socket.
     worker_.stats().clients_slow_reader.add();
-    std::fprintf(stderr, "slotshift-proxy: closing client %s: %zu bytes of replies unread (limit %zu)\n",
-                 peer_.c_str(), out_.pending_bytes(), worker_.config().max_client_output);
+    log_line(LogLevel::kWarning, "closing client %s: %zu bytes of replies unread (limit %zu)", peer_.c_str(),
+             out_.pending_bytes(), worker_.config().max_client_output);
     close();
     return;
   }

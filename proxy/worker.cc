@@ -1,4 +1,5 @@
 #include "proxy/worker.h"
+#include "proxy/log.h"
 
 #include "proxy/config_reload.h"
 
@@ -927,8 +928,7 @@ void Worker::note_tls_failure(const std::string& who, const std::string& why) {
   std::string others;
   if (tls_failures_unlogged_ > 0)
     others = " (and " + std::to_string(tls_failures_unlogged_) + " other failures since the last such line)";
-  std::fprintf(stderr, "slotshift-proxy: TLS with %s failed: %s%s\n", who.c_str(), why.c_str(),
-               others.c_str());
+  log_line(LogLevel::kWarning, "TLS with %s failed: %s%s", who.c_str(), why.c_str(), others.c_str());
   tls_failure_logged_ms_ = now;
   tls_failures_unlogged_ = 0;
 }

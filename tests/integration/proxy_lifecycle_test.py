@@ -280,6 +280,20 @@ class Drain(unittest.TestCase):
         self.assertLess(time.time() - started, 1)
         self.assertIn("stopping", proxy.output())
 
+    def test_json_log_lines(self):
+        proxy = self.start_proxy("--log-format", "json", "--drain-timeout-ms", "1000")
+        proxy.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(self.exited(proxy, 5), 0)
+        lines = [json.loads(l) for l in proxy.output().splitlines()]
+        for line in lines:
+            self.assertEqual(list(line), ["time", "level", "program", "message"])
+            self.assertRegex(line["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+            self.assertEqual(line["program"], "slotshift-proxy")
+        messages = [l["message"] for l in lines]
+        self.assertTrue(messages[0].startswith("listening on 127.0.0.1:%d" % proxy.port), messages)
+        self.assertTrue(any(m.startswith("signal 15: draining") for m in messages), messages)
+        self.assertTrue(any(m.startswith("drained in") for m in messages), messages)
+
     def test_readyz_false_while_no_node_answers(self):
         proxy = self.start_proxy("--request-timeout-ms", "300", "--connect-timeout-ms", "300",
                                  "--refresh-interval-ms", "200")
