@@ -17,6 +17,9 @@ packages=(
   redis-server redis-tools python3 python3-redis
   # deploy/local/server-root.sh: the Debian roots of the other server versions (tests/run.sh, demo --server).
   debootstrap
+  # deploy/image/build.sh: the OCI image, made and run (tests/integration/image_test.sh) without a registry or a
+  # container daemon.
+  buildah
 )
 
 # Node.js runs the JavaScript client tests (ioredis, node-redis); a machine that already has node and npm (from any
