@@ -70,7 +70,7 @@ libs=$(run "$ctr" -- ldd /usr/local/bin/slotshift-proxy /usr/local/bin/slotshift
 ! grep -q 'not found' <<<"$libs" || fail "libraries missing in the image: $(grep 'not found' <<<"$libs")"
 ok "every shared library resolves ($(grep -c '=>' <<<"$libs") lines of ldd)"
 for p in $(grep -v '^\s*#' "$image_dir/runtime-packages"); do
-  run "$ctr" -- dpkg-query -W -f '${Status}' "$p" | grep -q 'install ok installed' || fail "$p is not installed"
+  [ "$(run "$ctr" -- dpkg-query -W -f '${Status}' "$p")" = 'install ok installed' ] || fail "$p is not installed"
 done
 ok "every package of runtime-packages is installed"
 
@@ -100,7 +100,7 @@ runner=$!
 for _ in $(seq 100); do [ -s "$work/run/pid" ] && break; sleep 0.1; done
 proxy_pid=$(cat "$work/run/pid" 2>/dev/null) || fail "slotshift-proxy in the image did not start: $(cat "$work/proxy.log")"
 for _ in $(seq 100); do
-  redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+  [ "$(redis-cli -p "$port" ping 2>/dev/null)" = PONG ] && break
   kill -0 "$runner" 2>/dev/null || fail "slotshift-proxy in the image exited: $(cat "$work/proxy.log")"
   sleep 0.1
 done
@@ -113,11 +113,11 @@ done
 # The keys are where a cluster client finds them: on their slots' masters.
 [ "$(redis-cli -c -h "${seed%:*}" -p "${seed#*:}" get image-test:7)" = value-7 ] || fail "image-test:7 is not in the cluster"
 ok "SET and GET of 20 keys through slotshift-proxy in the image, on a 3-master cluster"
-curl -fsS "http://127.0.0.1:$admin/healthz" | grep -q ok || fail "/healthz"
-curl -fsS -H "Authorization: Bearer $(cat "$work/admin-token")" "http://127.0.0.1:$admin/readyz" | grep -q ready ||
-  fail "/readyz"
-curl -fsS -H "Authorization: Bearer $(cat "$work/admin-token")" "http://127.0.0.1:$admin/metrics" | grep -q '^# TYPE' ||
-  fail "/metrics"
+token=$(cat "$work/admin-token")
+[ "$(curl -fsS "http://127.0.0.1:$admin/healthz")" = ok ] || fail "/healthz"
+[ "$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/readyz")" = ready ] || fail "/readyz"
+metrics=$(curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/metrics") || fail "/metrics"
+grep -q '^# TYPE ' <<<"$metrics" || fail "/metrics is not in Prometheus's text format"
 ok "admin endpoint: /healthz, /readyz and /metrics (with the token from the mounted file)"
 # The readiness check deploy/k8s runs in the container: ready with the token, not without it.
 run -v "$work/admin-token:/etc/slotshift/admin-token:ro" "$ctr" -- \
