@@ -85,7 +85,7 @@ buildah "${storage[@]}" config \
   --entrypoint '["slotshift-proxy"]' \
   --cmd '["--help"]' \
   --port 6379/tcp \
-  --port 9121/tcp \
+  --port 9180/tcp \
   --label org.opencontainers.image.title=slotshift \
   --label org.opencontainers.image.description="slotshift-proxy (Redis Cluster as one Redis) and slotshift (slot moves)" \
   --label org.opencontainers.image.version="$version" \

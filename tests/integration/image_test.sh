@@ -55,8 +55,8 @@ config=$(buildah "${storage[@]}" inspect --type image --format \
   '{{.OCIv1.Config.User}}|{{.OCIv1.Config.Entrypoint}}|{{.OCIv1.Config.ExposedPorts}}' "$tag")
 [ "${config%%|*}" = "$uid:$uid" ] || fail "image user is '${config%%|*}', not $uid:$uid"
 case $config in *'|[slotshift-proxy]|'*) ;; *) fail "entrypoint is not slotshift-proxy: $config" ;; esac
-case $config in *'6379/tcp:'*'9121/tcp:'*) ;; *) fail "ports 6379 and 9121 not exposed: $config" ;; esac
-ok "user $uid:$uid, entrypoint slotshift-proxy, ports 6379 and 9121"
+case $config in *'6379/tcp:'*'9180/tcp:'*) ;; *) fail "ports 6379 and 9180 not exposed: $config" ;; esac
+ok "user $uid:$uid, entrypoint slotshift-proxy, ports 6379 and 9180"
 
 # --- Inside the image.
 ctr=$(buildah "${storage[@]}" from --quiet "$tag")

@@ -133,7 +133,7 @@ class K8sManifestsTest(unittest.TestCase):
         validation."""
         with open(self.overlays["tier"].path) as f:
             text = f.read()
-        for what, broken in (("a string port", text.replace("containerPort: 9121", 'containerPort: "9121"')),
+        for what, broken in (("a string port", text.replace("containerPort: 9180", 'containerPort: "9180"')),
                              ("a misspelt field", text.replace("readOnlyRootFilesystem:", "readOnlyRootFileSystem:")),
                              ("an unknown kind", text.replace("kind: PodDisruptionBudget", "kind: PodBudget"))):
             self.assertTrue(broken != text, "the test no longer breaks anything: " + what)
@@ -218,7 +218,7 @@ class K8sManifestsTest(unittest.TestCase):
             self.assertEqual(len(headless), 1, name)
             self.assertTrue(selects(headless[0]["spec"]["selector"], labels), name)
             self.assertIs(headless[0]["spec"].get("publishNotReadyAddresses"), True, name)
-            self.assertEqual([(p["name"], p["port"]) for p in headless[0]["spec"]["ports"]], [("admin", 9121)])
+            self.assertEqual([(p["name"], p["port"]) for p in headless[0]["spec"]["ports"]], [("admin", 9180)])
             for pdb in r.of_kind("PodDisruptionBudget"):
                 self.assertTrue(selects(pdb["spec"]["selector"]["matchLabels"], labels), name)
             self.assertEqual(len(r.of_kind("PodDisruptionBudget")), 1, name)
