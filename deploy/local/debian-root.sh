@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced, not run: builds a Debian root with debootstrap from the host's own mirror into a cache outside the
 # repository, once, and reuses it afterwards. deploy/local/server-root.sh (the other server versions) and
 # deploy/image/build.sh (the image's base) both build their roots this way.
@@ -56,7 +57,8 @@ debian_root() {
   local cache root tmp log mirror
   cache=$(debian_root_cache)
   root=$cache/$name
-  DEBIAN_ROOT=$root
+  DEBIAN_ROOT=$root  # for the caller
+  export DEBIAN_ROOT
   debian_root_ready "$name" && return 0
   [ "$(id -u)" -eq 0 ] || { echo "debian-root: building the $name root needs root (debootstrap, chroot)" >&2; return 1; }
   # Installed by deploy/local/install-deps.sh, never from here: roots are built side by side, and apt takes one
