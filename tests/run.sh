@@ -40,6 +40,8 @@ k8s_validate=tests/integration/k8s-validate
   echo "  install the Kubernetes manifest validator from npm (about 5 s)" >&2
 [ ${#roots[@]} -gt 0 ] &&
   echo "  build the Debian roots of ${roots[*]}, side by side (about 2 min, 300 MB each)" >&2
+[ "$preset" != default ] || deploy/image/build.sh --check ||
+  echo "  build the image's Debian root, in the image test (about a minute, 120 MB)" >&2
 build_dir=build
 [ "$preset" = default ] || build_dir=build-$preset
 [ -f "$build_dir/CMakeCache.txt" ] ||

@@ -7,6 +7,7 @@
 # check of deploy/k8s.
 #
 #   deploy/image/build.sh [--build-dir DIR] [--tag NAME] [--archive FILE]
+#   deploy/image/build.sh --check     exits 0 when the base root is built already (builds nothing)
 #
 #   --build-dir DIR   where the binaries are: DIR/proxy/slotshift-proxy, DIR/orchestrator/slotshift (build)
 #   --tag NAME        the image's name in buildah's local storage (localhost/slotshift:dev)
@@ -26,30 +27,34 @@ die() { say "$*"; exit 1; }
 build_dir=$repo/build
 tag=localhost/slotshift:dev
 archive=
+check=false
 while [ $# -gt 0 ]; do
   case $1 in
     --build-dir) build_dir=$(cd "$2" && pwd); shift 2 ;;
     --tag) tag=$2; shift 2 ;;
     --archive) archive=$2; shift 2 ;;
-    *) die "usage: deploy/image/build.sh [--build-dir DIR] [--tag NAME] [--archive FILE]" ;;
+    --check) check=true; shift ;;
+    *) die "usage: deploy/image/build.sh [--build-dir DIR] [--tag NAME] [--archive FILE] | --check" ;;
   esac
 done
 
 # The image's user. deploy/image/Dockerfile and deploy/k8s say the same number; tests/integration/image_test.sh
 # checks that they agree.
 uid=10001
+packages=$(grep -v '^\s*#' "$here/runtime-packages" | grep -v '^\s*$' | tr '\n' ',' | sed 's/,$//')
+[ -n "$packages" ] || die "$here/runtime-packages names no package"
+
+# The base root is cached by what it holds: another package list or user makes another root.
+key=$(printf '%s\n%s\n' "$packages" "$uid" | sha256sum | cut -c1-12)
+. "$repo/deploy/local/debian-root.sh"
+if $check; then debian_root_ready "image-bookworm-$key"; exit; fi
+
 proxy_bin=$build_dir/proxy/slotshift-proxy
 slotshift_bin=$build_dir/orchestrator/slotshift
 [ -x "$proxy_bin" ] && [ -x "$slotshift_bin" ] ||
   die "no binaries in $build_dir: build them first (cmake --build --preset default --target slotshift slotshift-proxy)"
 command -v buildah >/dev/null || die "buildah is missing: run deploy/local/install-deps.sh first"
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot, buildah's storage)"
-
-packages=$(grep -v '^\s*#' "$here/runtime-packages" | grep -v '^\s*$' | tr '\n' ',' | sed 's/,$//')
-[ -n "$packages" ] || die "$here/runtime-packages names no package"
-
-# The base root is cached by what it holds: another package list or user makes another root.
-key=$(printf '%s\n%s\n' "$packages" "$uid" | sha256sum | cut -c1-12)
 
 # What debootstrap leaves that the image does not need at run time, and the user it runs as. (The root keeps
 # minbase's shell and coreutils: the readiness probe of deploy/k8s is a shell command.)
@@ -63,7 +68,6 @@ finish_root() {
     "$root"/var/log/*.log "$root"/var/cache/debconf/*-old
 }
 
-. "$repo/deploy/local/debian-root.sh"
 debian_root "image-bookworm-$key" bookworm "$packages" finish_root
 base=$DEBIAN_ROOT
 
