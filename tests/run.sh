@@ -35,8 +35,13 @@ echo "tests/run.sh: the plan" >&2
 js_clients=tests/integration/js-clients
 [ -d $js_clients/node_modules/ioredis ] && [ -d $js_clients/node_modules/redis ] ||
   echo "  install the JavaScript test clients from npm (about 10 s)" >&2
+k8s_validate=tests/integration/k8s-validate
+[ -d $k8s_validate/node_modules/kubernetes-models ] ||
+  echo "  install the Kubernetes manifest validator from npm (about 5 s)" >&2
 [ ${#roots[@]} -gt 0 ] &&
   echo "  build the Debian roots of ${roots[*]}, side by side (about 2 min, 300 MB each)" >&2
+[ "$preset" != default ] || deploy/image/build.sh --check ||
+  echo "  build the image's Debian root, in the image test (about a minute, 120 MB)" >&2
 build_dir=build
 [ "$preset" = default ] || build_dir=build-$preset
 [ -f "$build_dir/CMakeCache.txt" ] ||
@@ -51,6 +56,9 @@ deploy/local/install-deps.sh
 if [ ! -d $js_clients/node_modules/ioredis ] || [ ! -d $js_clients/node_modules/redis ]; then
   (cd $js_clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The offline validator of deploy/k8s (kubernetes-models and the ServiceMonitor's model), as its lock file pins.
+[ -d $k8s_validate/node_modules/kubernetes-models ] ||
+  (cd $k8s_validate && npm ci --no-audit --no-fund --loglevel=error)
 # The roots, side by side (each mostly waits for the mirror), before any test needs one. Each says on stderr
 # why it failed, its log's last lines included.
 pids=()

@@ -17,11 +17,26 @@ packages=(
   redis-server redis-tools python3 python3-redis
   # deploy/local/server-root.sh: the Debian roots of the other server versions (tests/run.sh, demo --server).
   debootstrap
+  # deploy/image/build.sh: the OCI image, made and run (tests/integration/image_test.sh) without a registry or a
+  # container daemon.
+  buildah
 )
 
 # Node.js runs the JavaScript client tests (ioredis, node-redis); a machine that already has node and npm (from any
 # source) keeps them.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+
+# Debian's kubectl (kubernetes-client, 1.20) renders deploy/k8s for tests/integration/k8s_manifests_test.py. A
+# machine whose /usr/bin/kubectl comes from another package (a cloud SDK's) cannot install it beside that one:
+# there the Debian package is unpacked into a directory of its own instead, where the test looks for it.
+kubectl_dir=/var/cache/slotshift/kubernetes-client
+kubectl_owner=$(dpkg-query -S /usr/bin/kubectl 2>/dev/null | cut -d: -f1 || true)
+unpack_kubectl=false
+if [ -z "$kubectl_owner" ] || [ "$kubectl_owner" = kubernetes-client ]; then
+  packages+=(kubernetes-client)
+elif [ ! -x $kubectl_dir/usr/bin/kubectl ]; then
+  unpack_kubectl=true
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -31,16 +46,26 @@ for p in "${packages[@]}"; do
 done
 if $list_only; then
   [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"
+  ! $unpack_kubectl || echo "kubernetes-client (unpacked into $kubectl_dir)"
   exit 0
 fi
-[ ${#missing[@]} -eq 0 ] && exit 0
+[ ${#missing[@]} -eq 0 ] && ! $unpack_kubectl && exit 0
 
-echo "install-deps: installing ${missing[*]}" >&2
+[ ${#missing[@]} -eq 0 ] || echo "install-deps: installing ${missing[*]}" >&2
 sudo=()
 [ "$(id -u)" -eq 0 ] || sudo=(sudo)
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+[ ${#missing[@]} -eq 0 ] || "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if $unpack_kubectl; then
+  echo "install-deps: unpacking kubernetes-client into $kubectl_dir (/usr/bin/kubectl is $kubectl_owner's)" >&2
+  download=$(mktemp -d)
+  # Into a directory apt's own download user cannot write: download as root, which apt would only warn about.
+  (cd "$download" && "${sudo[@]}" apt-get download -qq -o APT::Sandbox::User=root kubernetes-client)
+  "${sudo[@]}" mkdir -p $kubectl_dir
+  "${sudo[@]}" dpkg-deb -x "$download"/kubernetes-client_*.deb $kubectl_dir
+  rm -rf "$download"
+fi
 # Debian starts a standalone redis-server on 6379 after installing it; slotshift never uses it, and a fresh
 # machine should not keep a stray server listening.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
