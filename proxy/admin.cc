@@ -103,7 +103,9 @@ std::string AdminServer::start() {
   // or for "Expect: 100-continue") before it reads a byte of the body, so a caller without the token, or with
   // a body too large, costs a header's worth of memory. The connection is then closed (admin_http.h).
   auto check = [this](const httplib::Request& req) -> std::optional<Refusal> {
-    if (req.path != "/healthz" && !token().empty() &&
+    // The probes need no token: a Kubernetes httpGet probe cannot send one, and they tell only whether the
+    // process is up and whether clients should be sent to it.
+    if (req.path != "/healthz" && req.path != "/readyz" && !token().empty() &&
         !same_secret(req.get_header_value("Authorization"), "Bearer " + token())) {
       return Refusal{401, "unauthorized: send Authorization: Bearer <admin token>"};
     }

@@ -3,8 +3,7 @@
 # Debian 12 minbase root made with debootstrap from the host's mirror (deploy/local/debian-root.sh, cached
 # outside the repository) holding the packages deploy/image/runtime-packages names, and the two programs are
 # taken from a build tree. The image runs as the user slotshift (uid 10001, as in deploy/image/Dockerfile and
-# the manifests of deploy/k8s), with slotshift-proxy as its entrypoint, and slotshift-proxy-ready, the readiness
-# check of deploy/k8s.
+# the manifests of deploy/k8s), with slotshift-proxy as its entrypoint.
 #
 #   deploy/image/build.sh [--build-dir DIR] [--tag NAME] [--archive FILE]
 #   deploy/image/build.sh --check     exits 0 when the base root is built already (builds nothing)
@@ -78,7 +77,7 @@ mnt=$(buildah "${storage[@]}" mount "$ctr")
 # The root as it is, owners and modes kept (buildah copy would make every file root's), less the cache's
 # completion marker.
 tar -C "$base" --exclude=./.slotshift-root-complete -cf - . | tar -C "$mnt" -xpf -
-install -m 0755 "$proxy_bin" "$slotshift_bin" "$here/slotshift-proxy-ready" "$mnt/usr/local/bin/"
+install -m 0755 "$proxy_bin" "$slotshift_bin" "$mnt/usr/local/bin/"
 buildah "${storage[@]}" umount "$ctr" >/dev/null
 
 version=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)

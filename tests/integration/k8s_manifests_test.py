@@ -191,10 +191,8 @@ class K8sManifestsTest(unittest.TestCase):
             self.assertEqual(ports["admin"], admin_port, where)
             live = c["livenessProbe"]["httpGet"]
             self.assertEqual((live["path"], live["port"]), ("/healthz", "admin"), where)
-            ready = c["readinessProbe"]["exec"]["command"]
-            self.assertEqual(ready[0], "slotshift-proxy-ready", where)
-            self.assertEqual(ready[1], "127.0.0.1:%d" % admin_port, where)
-            self.assertEqual(ready[2], config["admin-token-file"], where)
+            ready = c["readinessProbe"]["httpGet"]
+            self.assertEqual((ready["path"], ready["port"]), ("/readyz", "admin"), where)
             stop = c["lifecycle"]["preStop"]["exec"]["command"]
             self.assertEqual(stop[0], "sleep", where)
             drain_s = config.get("drain-timeout-ms", DEFAULT_DRAIN_MS) / 1000

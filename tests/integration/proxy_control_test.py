@@ -445,6 +445,7 @@ class HoldAndRelease(ControlCase):
                 self.assertIn("unauthorized", out["error"])
         self.assertEqual(self.holds(), [])
         self.assertEqual(self.proxy.admin_call("GET", "/healthz", token=""), (200, "ok\n"))
+        self.assertEqual(self.proxy.admin_call("GET", "/readyz", token=""), (200, "ready\n"))
 
     def test_bad_input_is_refused(self):
         cases = [
@@ -711,10 +712,11 @@ class RequestsJudgedOnTheirHeaders(ControlCase):
         self.assertTrue(closed)
         self.assertEqual(self.holds(), [])
 
-    def test_every_path_but_healthz_wants_the_token(self):
+    def test_every_path_but_the_probes_wants_the_token(self):
         """One check in front of every path, unknown ones included (a caller without the token learns nothing of
-        what the endpoint serves), and only the exact token passes it."""
-        paths = [("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/stats"), ("GET", "/v1/slots"), ("GET", "/nope"),
+        what the endpoint serves), and only the exact token passes it. The probes, /healthz and /readyz, need none:
+        a Kubernetes httpGet probe cannot send one."""
+        paths = [("GET", "/metrics"), ("GET", "/stats"), ("GET", "/v1/slots"), ("GET", "/nope"),
                  ("POST", "/v1/slots/nope"), ("POST", "/v1/slots/release")]
         for method, path in paths:
             for token in ("", TOKEN[:-1], TOKEN + "x", TOKEN.upper(), "x" * len(TOKEN), " " + TOKEN):
