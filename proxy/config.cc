@@ -69,6 +69,8 @@ std::string load_config_file(const std::string& path, Config& config) {
         config.max_inflight_bytes = v.get<std::size_t>();
       } else if (key == "idle-timeout-s") {
         config.idle_timeout = std::chrono::seconds(v.get<long>());
+      } else if (key == "upgrade-socket") {
+        config.upgrade_socket = v.get<std::string>();
       } else if (key == "log-format") {
         if (!parse_log_format(v.get<std::string>().c_str(), config.log_format))
           return path + ": log-format: expected text or json";

@@ -86,6 +86,10 @@ struct Config {
   enum class ReadFrom : std::uint8_t { kMaster, kReplica, kPreferReplica };
   ReadFrom read_from = ReadFrom::kMaster;
 
+  // A unix socket path where this process hands its listening sockets to a successor, and where it first
+  // asks a running predecessor for them (upgrade.h). Empty: no binary upgrade.
+  std::string upgrade_socket;
+
   // How log lines are written (log.h): text, or one JSON object per line.
   LogFormat log_format = LogFormat::kText;
 };

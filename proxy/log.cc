@@ -71,9 +71,9 @@ void log_line(LogLevel level, const char* format, ...) {
     // Messages quote what clients and nodes sent (a node's error text): dump() escapes it, and replaces bytes
     // that are not UTF-8 rather than refusing the line.
     line = nlohmann::ordered_json{{"time", now_rfc3339()},
-                          {"level", level_name(level)},
-                          {"program", "slotshift-proxy"},
-                          {"message", message}}
+                                  {"level", level_name(level)},
+                                  {"program", "slotshift-proxy"},
+                                  {"message", message}}
                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } else {
     line = "slotshift-proxy: " + message;

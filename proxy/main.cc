@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include "proxy/admin.h"
 #include "proxy/config.h"
 #include "proxy/log.h"
+#include "proxy/upgrade.h"
 #include "proxy/worker.h"
 
 using namespace slotshift;
@@ -127,6 +129,10 @@ int main(int argc, char** argv) {
       app.add_option("--backend-tls-ca-cert-dir", btls_ca_dir, "the same, as an OpenSSL directory");
   auto* o_btls_name = app.add_option("--backend-tls-server-name", btls_name,
                                      "name sent as SNI and required in the nodes' certificates");
+  std::string upgrade_socket;
+  auto* o_upgrade = app.add_option("--upgrade-socket", upgrade_socket,
+                                   "unix socket PATH for binary upgrades: a new slotshift-proxy started with "
+                                   "the same PATH takes over the listening sockets, and this one drains");
   std::string log_format;
   auto* o_log_format =
       app.add_option("--log-format", log_format, "text (default) or json: one object per line")
@@ -178,6 +184,7 @@ int main(int argc, char** argv) {
     if (o_inflight->count()) config.max_inflight_bytes = max_inflight;
     if (o_idle->count()) config.idle_timeout = std::chrono::seconds(idle_s);
     if (o_log_format->count()) config.log_format = format_flag;
+    if (o_upgrade->count()) config.upgrade_socket = upgrade_socket;
     if (o_drain->count()) config.drain_timeout = std::chrono::milliseconds(drain_ms);
     if (config.drain_timeout.count() < 0 || config.drain_timeout.count() > 3600000) {
       error = "drain-timeout-ms must be between 0 and 3600000";
@@ -307,8 +314,18 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
+  // A predecessor at the upgrade socket hands over its listening sockets: not one connection waiting in their
+  // backlog is refused. It serves until this process says it does (confirm_take_over, below).
+  proxy::TakeOver taken;
+  if (!config.upgrade_socket.empty()) {
+    taken = proxy::take_over(config.upgrade_socket, config.listen.str(), error);
+    if (!error.empty()) {
+      proxy::log_line(proxy::LogLevel::kError, "%s", error.c_str());
+      return 1;
+    }
+  }
   proxy::Proxy proxy(config);
-  error = proxy.start();
+  error = proxy.start(taken.sockets);
   if (!error.empty()) {
     proxy::log_line(proxy::LogLevel::kError, "%s", error.c_str());
     return 1;
@@ -331,6 +348,26 @@ int main(int argc, char** argv) {
   proxy::log_line(proxy::LogLevel::kInfo, "listening on %s with %d thread(s), seeds %s%s%s",
                   config.listen.str().c_str(), config.threads, config.seeds.front().str().c_str(),
                   admin_note.c_str(), read_note.c_str());
+  if (taken.found) {
+    const std::string outcome = proxy::confirm_take_over(taken);
+    proxy::log_line(proxy::LogLevel::kInfo, "upgrade: %s", outcome.c_str());
+  }
+  std::unique_ptr<proxy::UpgradeListener> upgrade;
+  if (!config.upgrade_socket.empty()) {
+    upgrade = proxy::UpgradeListener::start(
+        config.upgrade_socket, proxy.listen_fds(), config.listen.str(),
+        [](pid_t successor) {
+          proxy::log_line(proxy::LogLevel::kInfo,
+                          "upgrade: pid %d accepts on the listening sockets now; this process drains",
+                          static_cast<int>(successor));
+          // The drain is SIGTERM's: the main thread takes it from sigwait.
+          ::kill(::getpid(), SIGTERM);
+        },
+        error);
+    // Serving matters more than a later upgrade: this one goes on, and says why none can come.
+    if (!upgrade)
+      proxy::log_line(proxy::LogLevel::kWarning, "%s; no binary upgrade can take over", error.c_str());
+  }
   int sig = 0;
   // SIGHUP builds the settings again from their sources (the config file, the secret files, the command line
   // and the environment) and applies what may change while clients are connected; the TLS files are read
@@ -348,8 +385,10 @@ int main(int argc, char** argv) {
   };
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP)
     reload();
-  // The drain's deadline as a reload may have set it.
+  // The drain's deadline as a reload may have set it. No successor may take the listening sockets from now
+  // on: they close.
   config = proxy.config();
+  if (upgrade) upgrade->close_sockets();
   if (config.drain_timeout.count() > 0) {
     proxy::log_line(proxy::LogLevel::kInfo,
                     "signal %d: draining for up to %lld ms (no new clients; each client is "

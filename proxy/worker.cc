@@ -74,7 +74,13 @@ Worker::~Worker() {
   uv_loop_close(&loop_);
 }
 
-std::string Worker::bind() {
+std::string Worker::bind(const std::vector<int>& inherited) {
+  // Sockets a predecessor handed over (upgrade.h): accepted on as they are, backlog included.
+  for (int fd : inherited) {
+    const std::string error = listen_on(fd);
+    if (!error.empty()) return error;
+  }
+  if (!inherited.empty()) return "";
   sockaddr_storage addr{};
   int family = AF_INET;
   if (uv_ip4_addr(config_.listen.host.c_str(), config_.listen.port, reinterpret_cast<sockaddr_in*>(&addr)) !=
@@ -85,25 +91,37 @@ std::string Worker::bind() {
     }
     family = AF_INET6;
   }
-  listen_fd_ = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (listen_fd_ < 0) return std::string("socket: ") + std::strerror(errno);
+  const int fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return std::string("socket: ") + std::strerror(errno);
   const int one = 1;
-  ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   // Every worker binds the same address; the kernel spreads incoming connections over them.
-  ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   const socklen_t len = family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     const std::string why = std::strerror(errno);
-    ::close(listen_fd_);
-    listen_fd_ = -1;
+    ::close(fd);
     return "cannot listen on " + config_.listen.str() + ": " + why;
   }
-  uv_tcp_init(&loop_, &listener_);
-  listener_.data = this;
-  uv_tcp_open(&listener_, listen_fd_);
-  const int rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 1024, &Worker::on_connection);
+  return listen_on(fd);
+}
+
+std::string Worker::listen_on(int fd) {
+  listeners_.push_back(std::make_unique<uv_tcp_t>());
+  uv_tcp_t* listener = listeners_.back().get();
+  uv_tcp_init(&loop_, listener);
+  listener->data = this;
+  listen_fds_.push_back(fd);
+  int rc = uv_tcp_open(listener, fd);
+  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener), 1024, &Worker::on_connection);
   if (rc < 0) return "cannot listen on " + config_.listen.str() + ": " + uv_strerror(rc);
   return "";
+}
+
+void Worker::close_listeners() {
+  for (auto& l : listeners_)
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(l.get())))
+      uv_close(reinterpret_cast<uv_handle_t*>(l.get()), nullptr);
 }
 
 void Worker::start() {
@@ -152,8 +170,9 @@ void Worker::drain(std::uint64_t deadline_ms) {
   in_drain_ = true;
   drain_deadline_ms_ = deadline_ms;
   // No new client: a connection the kernel has accepted but this loop has not is refused when the socket
-  // closes, and its client connects again elsewhere (a Service's other proxies, or this one's successor).
-  uv_close(reinterpret_cast<uv_handle_t*>(&listener_), nullptr);
+  // closes, and its client connects again elsewhere (a Service's other proxies). After a handover the socket
+  // stays open in the successor, which accepts what waits in its backlog.
+  close_listeners();
   drain_step(now_ms());
 }
 
@@ -224,9 +243,7 @@ void Worker::on_async(uv_async_t* handle) {
     self->control_ops_.clear();
   }
   uv_close(reinterpret_cast<uv_handle_t*>(&self->control_async_), nullptr);
-  // A drain closed the listener already.
-  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&self->listener_)))
-    uv_close(reinterpret_cast<uv_handle_t*>(&self->listener_), nullptr);
+  self->close_listeners();  // (a drain may have closed them already)
   uv_close(reinterpret_cast<uv_handle_t*>(&self->tick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->stop_async_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&self->flush_), nullptr);
@@ -1027,16 +1044,28 @@ std::optional<std::string> Proxy::ask_node(const HostPort& node, std::string com
   return answer->reply;
 }
 
-std::string Proxy::start() {
+std::string Proxy::start(const std::vector<int>& inherited) {
   if (auto error = load_tls(client_tls_, backend_tls_); !error.empty()) return error;
   start_time_ms_ = uv_now(workers_.front()->loop());
-  for (auto& w : workers_) {
-    auto error = w->bind();
+  // Every inherited socket is accepted on by some worker: one left out would keep the connections waiting
+  // in its backlog until they time out.
+  std::vector<std::vector<int>> shares(workers_.size());
+  for (std::size_t i = 0; i < inherited.size(); ++i)
+    shares[i % workers_.size()].push_back(inherited[i]);
+  for (std::size_t i = 0; i < workers_.size(); ++i) {
+    auto error = workers_[i]->bind(shares[i]);
     if (!error.empty()) return error;
   }
   for (auto& w : workers_)
     w->start();
   return "";
+}
+
+std::vector<int> Proxy::listen_fds() const {
+  std::vector<int> fds;
+  for (const auto& w : workers_)
+    fds.insert(fds.end(), w->listen_fds().begin(), w->listen_fds().end());
+  return fds;
 }
 
 Totals Proxy::totals() const {

@@ -45,9 +45,11 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Binds the listening socket (so that errors show before any thread starts); returns an error message or
-  // "".
-  std::string bind();
+  // Binds the listening socket (so that errors show before any thread starts), or listens on the sockets a
+  // predecessor handed over (upgrade.h); returns an error message or "".
+  std::string bind(const std::vector<int>& inherited = {});
+  // The listening sockets, for a successor (valid until the loop closes them: a drain, or the end).
+  const std::vector<int>& listen_fds() const { return listen_fds_; }
   void start();
   // Asks the loop to close everything and return; join() waits for it. Nothing once the loop has ended.
   void stop();
@@ -172,7 +174,11 @@ class Worker {
   std::uint64_t tls_failure_logged_ms_ = 0;
   std::uint64_t tls_failures_unlogged_ = 0;
   uv_loop_t loop_{};
-  uv_tcp_t listener_{};
+  // One listening socket, or those a predecessor handed over (one per worker of its, spread over these).
+  std::vector<std::unique_ptr<uv_tcp_t>> listeners_;
+  std::vector<int> listen_fds_;
+  std::string listen_on(int fd);
+  void close_listeners();
   uv_timer_t tick_{};
   uv_async_t stop_async_{};
   uv_check_t flush_{};  // runs after each poll phase: one write per dirty connection
@@ -181,7 +187,6 @@ class Worker {
   std::vector<std::function<void()>> control_ops_;
   bool control_open_ = false;
   std::thread thread_;
-  int listen_fd_ = -1;
   Stats stats_;
   Router router_;
   // By "host:port" for the proxy's own login; with a client's login, by its user, password and "host:port".
@@ -227,8 +232,12 @@ struct DrainReport {
 class Proxy {
  public:
   explicit Proxy(Config config);
-  // Binds every worker's socket and starts their threads. Returns an error message or "".
-  std::string start();
+  // Binds every worker's socket and starts their threads. Returns an error message or "". `inherited`: the
+  // listening sockets a predecessor handed over (upgrade.h), spread over the workers; a worker left without
+  // one binds its own beside them (SO_REUSEPORT).
+  std::string start(const std::vector<int>& inherited = {});
+  // Every worker's listening sockets, for a successor.
+  std::vector<int> listen_fds() const;
   void stop();
   void wait();
   // SIGTERM: every worker stops accepting clients and closes each one once it has nothing in flight (no

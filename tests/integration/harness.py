@@ -281,8 +281,8 @@ def exchange(port, data, lines, timeout=10):
 
 class Proxy:
     def __init__(self, cluster, *flags, threads=2, admin=False, admin_token=None, preexec=None, login=None,
-                 env=None, client_tls=None):
-        """admin=True serves the admin endpoint on a free loopback port (self.admin_port), with admin_token if
+                 env=None, client_tls=None, port=None):
+        """port: the port to listen on (default: a free one; a given one is not retried). admin=True serves the admin endpoint on a free loopback port (self.admin_port), with admin_token if
         given; admin_call() talks to it. preexec runs in the proxy's process before it starts (resource
         limits). login: the AUTH arguments a client needs (("pw",) or ("user", "pw")), for the check that the
         proxy is up. env: the proxy's environment. client_tls: an ssl.SSLContext a client needs when the proxy's
@@ -292,10 +292,12 @@ class Proxy:
         self.login = login
         self.env = env
         self.client_tls = client_tls
+        self.fixed_port = port
         # free_port() only finds a port that was free a moment ago: another test running beside this one may
         # take it first. A proxy that could not listen for that reason is started again on other ports.
         for _ in range(3):
-            if self.start(cluster, flags, threads, admin) or "Address already in use" not in self.output():
+            if (self.start(cluster, flags, threads, admin) or "Address already in use" not in self.output()
+                    or port):
                 break
             self.log.close()
         if self.proc.poll() is not None:
@@ -304,13 +306,15 @@ class Proxy:
 
     def start(self, cluster, flags, threads, admin):
         """True once the proxy answers; False when it exited."""
-        self.port = free_port()
+        self.port = self.fixed_port or free_port()
         self.admin_port = free_port() if admin else None
         if admin:
             flags = (*flags, "--admin", "127.0.0.1:%d" % self.admin_port)
             if self.admin_token:
                 flags = (*flags, "--admin-token", self.admin_token)
-        self.log = open(os.path.join(cluster.dir, "proxy-%d.log" % self.port), "w+")
+        # Proxies given the same port (a binary upgrade's successor) each have a log of their own.
+        name = "proxy-%d.log" % self.port if not self.fixed_port else "proxy-%d-%d.log" % (self.port, time.time_ns())
+        self.log = open(os.path.join(cluster.dir, name), "w+")
         self.proc = subprocess.Popen([PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--seed", cluster.seed(),
                                       "--threads", str(threads), *flags], stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=self.preexec, env=self.env)

@@ -12,6 +12,7 @@ import re
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -101,8 +102,11 @@ class Writer(threading.Thread):
     acknowledged is counted; one sent that got no reply ("lost") or an error reply is what a drain must never
     cause."""
 
-    def __init__(self, port, key, password=None, stop=None):
+    def __init__(self, port, key, password=None, stop=None, reconnect=False):
         super().__init__(daemon=True)
+        self.port = port
+        self.reconnect = reconnect  # connects again when the proxy closed the connection (counted)
+        self.reconnects = 0
         self.client = Client(port)
         if password:
             assert self.client.call("AUTH", password) == b"+OK"
@@ -119,7 +123,16 @@ class Writer(threading.Thread):
                 # A connection the proxy closed is not written to again, as a pooled client checks.
                 if self.client.peer_closed():
                     self.closed = True
-                    return
+                    if not self.reconnect:
+                        return
+                    self.client.close()
+                    try:
+                        self.client = Client(self.port)
+                    except OSError as e:
+                        self.errors.append("could not connect again: %s" % e)
+                        return
+                    self.reconnects += 1
+                    continue
                 try:
                     r = self.client.call("INCR", self.key)
                 except (EOFError, ConnectionError):
@@ -437,6 +450,96 @@ class Reload(unittest.TestCase):
             time.sleep(0.2)
         self.assertEqual(got, b"1", proxy.output())
         self.assertEqual(client.call("SET", "rotation", "2"), b"+OK")
+
+
+class Connector(threading.Thread):
+    """A new connection and a PING on it, again and again: every one must be accepted and answered."""
+
+    def __init__(self, port, stop):
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = stop
+        self.count = 0
+        self.failures = []
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                c = Client(self.port)
+                try:
+                    got = c.call("PING")
+                finally:
+                    c.close()
+                if got != b"+PONG":
+                    self.failures.append(got)
+                self.count += 1
+            except (OSError, EOFError) as e:
+                self.failures.append(repr(e))
+
+
+class Upgrade(unittest.TestCase):
+    def setUp(self):
+        self.cluster = CLUSTER
+
+    def test_a_new_binary_takes_over_without_dropping_a_client(self):
+        path = os.path.join(self.cluster.dir, "upgrade.sock")
+        flags = ("--upgrade-socket", path, "--drain-timeout-ms", "5000")
+        old = harness.Proxy(self.cluster, *flags)
+        self.addCleanup(old.stop)
+        tag = tag_on(self.cluster, self.cluster.masters_by_slot()[0])
+        direct = self.cluster.redis(self.cluster.masters_by_slot()[0])
+        stop = threading.Event()
+        writers = [Writer(old.port, "{%s}u%d" % (tag, i), stop=stop, reconnect=True) for i in range(3)]
+        for w in writers:
+            direct.delete(w.key)
+        connectors = [Connector(old.port, stop) for _ in range(2)]
+        for t in writers + connectors:
+            t.start()
+        time.sleep(0.5)
+
+        # The new process, on the same port: it takes the listening sockets, and the old one drains and exits.
+        new = harness.Proxy(self.cluster, *flags, port=old.port)
+        self.addCleanup(new.stop)
+        self.assertEqual(self.exited(old, 10), 0, old.output())
+        self.assertIn("upgrade: pid %d accepts on the listening sockets now; this process drains" % new.proc.pid,
+                      old.output())
+        self.assertRegex(old.output(), r"drained in \d+ ms: \d+ client\(s\) closed once answered, 0 closed")
+        self.assertIn("upgrade: took over 2 listening socket(s) from pid %d, which now drains" % old.proc.pid,
+                      new.output())
+        time.sleep(0.5)
+
+        # And again, from the new one: the upgrade socket is the new process's now.
+        newer = harness.Proxy(self.cluster, *flags, port=old.port)
+        self.addCleanup(newer.stop)
+        self.assertEqual(self.exited(new, 10), 0, new.output())
+        self.assertIn("from pid %d, which now drains" % new.proc.pid, newer.output())
+        time.sleep(0.5)
+
+        stop.set()
+        for t in writers + connectors:
+            t.join(10)
+        for c in connectors:
+            self.assertEqual(c.failures, [], "a new connection was refused or not answered during the upgrade")
+            self.assertGreater(c.count, 0)
+        for w in writers:
+            self.assertEqual(w.lost, 0)
+            self.assertEqual(w.errors, [])
+            self.assertGreaterEqual(w.reconnects, 2, "the writer's connection was not moved to the new process")
+            self.assertEqual(int(direct.get(w.key)), w.acked)
+
+    def test_a_process_that_listens_elsewhere_is_refused(self):
+        path = os.path.join(self.cluster.dir, "upgrade-elsewhere.sock")
+        old = harness.Proxy(self.cluster, "--upgrade-socket", path)
+        self.addCleanup(old.stop)
+        other = subprocess.run([harness.PROXY_BIN, "--listen", "127.0.0.1:%d" % harness.free_port(), "--seed",
+                                self.cluster.seed(), "--upgrade-socket", path], capture_output=True, text=True,
+                               timeout=20)
+        self.assertEqual(other.returncode, 1)
+        self.assertIn("refused: this proxy listens on 127.0.0.1:%d, not" % old.port, other.stderr)
+        self.assertIsNone(old.proc.poll(), "the running proxy stopped")
+        self.assertEqual(Client(old.port).call("PING"), b"+PONG")
+
+    exited = Drain.exited
 
 
 if __name__ == "__main__":
