@@ -26,6 +26,7 @@ struct TlsSettings {
   // kOptional checks one if sent, kNo asks for none.
   enum class AuthClients : unsigned char { kNo, kYes, kOptional };
   AuthClients auth_clients = AuthClients::kYes;
+  friend bool operator==(const TlsSettings&, const TlsSettings&) = default;
 };
 
 // "yes", "no", "optional"; false for anything else.

@@ -25,18 +25,15 @@ ReloadPlan plan_reload(const Config& current, const Config& wanted) {
   keep("read-from", [](auto& c) { return &c.read_from; });
   keep("log-format", [](auto& c) { return &c.log_format; });
   keep("upgrade-socket", [](auto& c) { return &c.upgrade_socket; });
-  // TLS on or off changes what the listening port and every node connection speak; the files of a side
-  // that stays on are read again.
-  keep("tls (on or off)", [](auto& c) { return &c.tls.enabled; });
-  keep("backend-tls", [](auto& c) { return &c.backend_tls.enabled; });
   take("seed", [](auto& c) { return &c.seeds; });
   take("request-timeout-ms", [](auto& c) { return &c.request_timeout; });
   take("connect-timeout-ms", [](auto& c) { return &c.connect_timeout; });
   take("refresh-interval-ms", [](auto& c) { return &c.refresh_interval; });
   take("max-redirects", [](auto& c) { return &c.max_redirects; });
   take("max-clients", [](auto& c) { return &c.max_clients; });
-  take("max-bulk-bytes", [](auto& c) { return &c.max_bulk_bytes; });
-  take("max-arguments", [](auto& c) { return &c.max_arguments; });
+  // A client's parser takes these when it connects.
+  take("max-bulk-bytes (new clients)", [](auto& c) { return &c.max_bulk_bytes; });
+  take("max-arguments (new clients)", [](auto& c) { return &c.max_arguments; });
   take("max-client-output-bytes", [](auto& c) { return &c.max_client_output; });
   take("max-pipeline", [](auto& c) { return &c.max_pipeline; });
   take("max-held-bytes", [](auto& c) { return &c.max_held_bytes; });
@@ -46,22 +43,51 @@ ReloadPlan plan_reload(const Config& current, const Config& wanted) {
   take("drain-timeout-ms", [](auto& c) { return &c.drain_timeout; });
   take("allow-admin-commands", [](auto& c) { return &c.allow_admin_commands; });
   // Secrets are named, never shown.
-  take("admin-token", [](auto& c) { return &c.admin_token; });
+  // The admin token goes with the endpoint's address, the client password with the login mode: with the one
+  // kept for a restart, the other applied alone could open what the pair closed (an address no longer on
+  // loopback without its token, a password mode with no password).
+  if (current.admin == wanted.admin) {
+    take("admin-token", [](auto& c) { return &c.admin_token; });
+  } else {
+    keep("admin-token", [](auto& c) { return &c.admin_token; });
+  }
   take("masteruser", [](auto& c) { return &c.masteruser; });
   take("masterauth", [](auto& c) { return &c.masterauth; });
-  take("requirepass", [](auto& c) { return &c.requirepass; });
-  take("tls-cert-file", [](auto& c) { return &c.tls.cert_file; });
-  take("tls-key-file", [](auto& c) { return &c.tls.key_file; });
-  take("tls-ca-cert-file", [](auto& c) { return &c.tls.ca_cert_file; });
-  take("tls-ca-cert-dir", [](auto& c) { return &c.tls.ca_cert_dir; });
-  take("tls-auth-clients", [](auto& c) { return &c.tls.auth_clients; });
-  take("backend-tls-cert-file", [](auto& c) { return &c.backend_tls.cert_file; });
-  take("backend-tls-key-file", [](auto& c) { return &c.backend_tls.key_file; });
-  take("backend-tls-ca-cert-file", [](auto& c) { return &c.backend_tls.ca_cert_file; });
-  take("backend-tls-ca-cert-dir", [](auto& c) { return &c.backend_tls.ca_cert_dir; });
-  take("backend-tls-server-name", [](auto& c) { return &c.backend_tls.server_name; });
+  if (current.client_auth == wanted.client_auth) {
+    take("requirepass", [](auto& c) { return &c.requirepass; });
+  } else {
+    keep("requirepass", [](auto& c) { return &c.requirepass; });
+  }
+  // TLS on or off changes what the listening port, or every node connection, speaks: a restart, and that
+  // side's files stay with it. The files of a side that stays on take effect (read again below, in
+  // Proxy::reload).
+  if (current.tls.enabled != wanted.tls.enabled) {
+    keep("tls (on or off, with its files)", [](auto& c) { return &c.tls; });
+  } else {
+    take("tls-cert-file", [](auto& c) { return &c.tls.cert_file; });
+    take("tls-key-file", [](auto& c) { return &c.tls.key_file; });
+    take("tls-ca-cert-file", [](auto& c) { return &c.tls.ca_cert_file; });
+    take("tls-ca-cert-dir", [](auto& c) { return &c.tls.ca_cert_dir; });
+    take("tls-auth-clients", [](auto& c) { return &c.tls.auth_clients; });
+  }
+  if (current.backend_tls.enabled != wanted.backend_tls.enabled) {
+    keep("backend-tls (on or off, with its files)", [](auto& c) { return &c.backend_tls; });
+  } else {
+    take("backend-tls-cert-file", [](auto& c) { return &c.backend_tls.cert_file; });
+    take("backend-tls-key-file", [](auto& c) { return &c.backend_tls.key_file; });
+    take("backend-tls-ca-cert-file", [](auto& c) { return &c.backend_tls.ca_cert_file; });
+    take("backend-tls-ca-cert-dir", [](auto& c) { return &c.backend_tls.ca_cert_dir; });
+    take("backend-tls-server-name", [](auto& c) { return &c.backend_tls.server_name; });
+  }
   plan.login_changed =
       current.masteruser != plan.next.masteruser || current.masterauth != plan.next.masterauth;
+  // The checks of start-up, on what would take effect.
+  for (const auto& check : {client_auth_error, tls_settings_error, admin_endpoint_error}) {
+    plan.error = check(plan.next);
+    if (!plan.error.empty()) return plan;
+  }
+  if (plan.next.max_pipeline < 2) plan.error = "--max-pipeline must be at least 2";
+  if (plan.next.seeds.empty()) plan.error = "--seed is required";
   return plan;
 }
 

@@ -16,11 +16,14 @@ struct ReloadPlan {
   std::vector<std::string> changed;  // names of the settings that changed and take effect
   std::vector<std::string> restart;  // names of those that changed but need a restart
   bool login_changed = false;  // masteruser or masterauth: new node connections log in with the new ones
+  // Why the settings that would take effect do not go together (the checks of start-up, on `next`), or "":
+  // then nothing changes.
+  std::string error;
 };
 
 ReloadPlan plan_reload(const Config& current, const Config& wanted);
 
-// One line for the log: "changed: a, b; needs a restart (kept as they were): c" or "nothing changed".
+// One line for the log: "changed: a, b; needs a restart (kept as it was): c" or "no setting changed".
 std::string describe(const ReloadPlan& plan);
 
 }  // namespace slotshift::proxy

@@ -43,6 +43,8 @@ class HeldRequests {
 
   // False unless this worker has a held slot, a held request or a HOLD waiting for its drain.
   bool active() const { return active_; }
+  // Held commands of clients that have gone: they still run at the release (or end at their deadline).
+  bool has_orphans() const { return !orphans_.empty(); }
 
   // A request for `slot` went to a shared backend / its reply came back (or its connection failed).
   void sent(Slot slot) { ++at_backend_[slot]; }

@@ -375,13 +375,14 @@ int main(int argc, char** argv) {
   auto reload = [&] {
     proxy::Config wanted;
     if (std::string why; !build(wanted, why)) {
-      proxy::log_line(proxy::LogLevel::kInfo, "SIGHUP: settings not reloaded, the old ones stay: %s",
+      proxy::log_line(proxy::LogLevel::kWarning, "SIGHUP: settings not reloaded, the old ones stay: %s",
                       why.c_str());
       return;
     }
-    const std::string outcome = proxy.reload(wanted);
+    const proxy::ReloadOutcome outcome = proxy.reload(wanted);
     if (admin_server) admin_server->set_token(proxy.config().admin_token);
-    proxy::log_line(proxy::LogLevel::kInfo, "SIGHUP: %s", outcome.c_str());
+    proxy::log_line(outcome.applied ? proxy::LogLevel::kInfo : proxy::LogLevel::kWarning, "SIGHUP: %s",
+                    outcome.line.c_str());
   };
   while (sigwait(&signals, &sig) == 0 && sig == SIGHUP)
     reload();
@@ -397,8 +398,14 @@ int main(int argc, char** argv) {
     proxy.drain(config.drain_timeout);
     // The workers end by themselves, by the deadline at the latest; the admin endpoint answers meanwhile
     // (/readyz says "draining", and a move's hold and release still reach the clients that are left).
+    // The workers stop at the deadline themselves; this one is the process's, should a worker not.
+    const auto hard_stop = std::chrono::steady_clock::now() + config.drain_timeout + std::chrono::seconds(2);
     const timespec poll{0, 20 * 1000 * 1000};
     while (!proxy.finished()) {
+      if (std::chrono::steady_clock::now() >= hard_stop) {
+        proxy::log_line(proxy::LogLevel::kWarning, "the drain did not end by its deadline, stopping now");
+        break;
+      }
       const int got = sigtimedwait(&signals, nullptr, &poll);
       if (got == SIGHUP) reload();
       if (got == SIGTERM || got == SIGINT) {
@@ -415,8 +422,8 @@ int main(int argc, char** argv) {
   if (proxy.draining()) {
     const proxy::DrainReport d = proxy.drain_report();
     proxy::log_line(proxy::LogLevel::kInfo,
-                    "drained in %llu ms: %zu client(s) closed once answered, %zu closed with "
-                    "commands unanswered",
+                    "drained in %llu ms: %zu client(s) closed once answered, %zu closed unfinished (a "
+                    "command unanswered, or a transaction or WATCH open)",
                     static_cast<unsigned long long>(d.elapsed_ms), d.closed_answered, d.closed_unanswered);
   }
   return 0;

@@ -232,6 +232,10 @@ void to_resp3(Request& r) {
 constexpr std::uint64_t kParkedAfterCloseMs = 150;
 // A drain waits this long for more of a command that has started to arrive (Session::done_for_drain).
 constexpr std::uint64_t kDrainPartialCommandMs = 1000;
+// A drain closes a client that has nothing in flight at once only after this long without a command from it
+// (Session::idle_for_drain): a client that is between two commands would send its next one into a closed
+// socket, unanswered.
+constexpr std::uint64_t kDrainIdleMs = 200;
 
 }  // namespace
 
@@ -714,13 +718,18 @@ bool Session::quiet_for_drain(std::uint64_t now_ms) const {
   if (closing_ || !queue_.empty() || in_multi_ || watching_ || login_check_ || waiting_for_earlier_ ||
       !parked_.empty())
     return false;
-  // Part of a command: a large value on its way is waited for, one the client stopped sending is not (it
-  // would hold the drain to its deadline).
-  return in_.size() == 0 || now_ms - last_activity_ms_ >= kDrainPartialCommandMs;
+  // Part of a command (or of a TLS record): a large value on its way is waited for, one the client stopped
+  // sending is not (it would hold the drain to its deadline).
+  const bool partial = in_.size() > 0 || (tls_ && tls_->has_input());
+  return !partial || now_ms - last_activity_ms_ >= kDrainPartialCommandMs;
 }
 
 bool Session::done_for_drain(std::uint64_t now_ms) const {
   return quiet_for_drain(now_ms) && out_.idle() && !unread_input();
+}
+
+bool Session::idle_for_drain(std::uint64_t now_ms) const {
+  return done_for_drain(now_ms) && now_ms - last_activity_ms_ >= kDrainIdleMs;
 }
 
 bool Session::unread_input() const {

@@ -96,6 +96,10 @@ class Session {
   // transaction being queued, keys watched for one, a login being checked). A command still arriving counts
   // as in flight while its bytes keep coming.
   bool done_for_drain(std::uint64_t now_ms) const;
+  // done_for_drain(), and the client sent nothing for a while: closed now, it is unlikely to have a command
+  // on its way. A client that keeps sending is closed behind a reply instead (flush_replies), with which its
+  // FIN travels.
+  bool idle_for_drain(std::uint64_t now_ms) const;
   // Writes every reply that is ready, in order (called by the worker once per loop iteration).
   void flush_replies();
 

@@ -73,6 +73,10 @@ bool TlsChannel::handshake_done() const {
   return SSL_is_init_finished(ssl_) == 1;
 }
 
+bool TlsChannel::has_input() const {
+  return BIO_ctrl_pending(in_bio_) > 0 || SSL_has_pending(ssl_) == 1;
+}
+
 bool TlsChannel::has_output() const {
   return BIO_ctrl_pending(out_bio_) > 0;
 }

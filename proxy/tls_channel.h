@@ -42,6 +42,8 @@ class TlsChannel {
   // Appends the ciphertext waiting to be sent to `wire`.
   void take_output(std::string& wire);
   bool has_output() const;
+  // Ciphertext received and not decrypted yet: part of a record.
+  bool has_input() const;
   bool handshake_done() const;
   // The peer ended the connection cleanly (close_notify): what came before it was decrypted and is to be
   // used, then the connection is over, as after a TCP FIN.

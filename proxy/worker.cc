@@ -199,13 +199,15 @@ void Worker::apply_config(const Config& next, bool login_changed) {
 void Worker::drain_step(std::uint64_t now) {
   const bool late = now >= drain_deadline_ms_;
   for (Session* s : std::vector<Session*>(sessions_.begin(), sessions_.end()))
-    if (sessions_.contains(s) && (late || s->done_for_drain(now))) close_for_drain(s);
+    if (sessions_.contains(s) && (late || s->idle_for_drain(now))) close_for_drain(s);
   // Commands of clients that already left still run (Session::close), as on one Redis: the loop ends once
   // they are answered too, or at the deadline.
-  bool busy = !sessions_.empty() || !retries_.empty() || !draining_.empty();
+  bool busy = !sessions_.empty() || !retries_.empty() || !draining_.empty() || held_.has_orphans();
   for (auto& [name, b] : backends_)
     busy = busy || b->inflight() > 0;
-  if (!busy || late) on_async(&stop_async_);
+  // Through the loop, as stop() from any thread: the rest of this iteration (a control batch, say) runs on a
+  // worker that is still whole.
+  if (!busy || late) stop();
 }
 
 void Worker::join() {
@@ -950,12 +952,12 @@ void Worker::note_tls_failure(const std::string& who, const std::string& why) {
   tls_failures_unlogged_ = 0;
 }
 
-std::string Proxy::load_tls(std::shared_ptr<const TlsContext>& client,
+std::string Proxy::load_tls(const Config& config, std::shared_ptr<const TlsContext>& client,
                             std::shared_ptr<const TlsContext>& backend) {
   std::string error;
-  if (config_.tls.enabled && !(client = TlsContext::server(config_.tls, error)))
+  if (config.tls.enabled && !(client = TlsContext::server(config.tls, error)))
     return "TLS toward clients: " + error;
-  if (config_.backend_tls.enabled && !(backend = TlsContext::client(config_.backend_tls, error)))
+  if (config.backend_tls.enabled && !(backend = TlsContext::client(config.backend_tls, error)))
     return "TLS toward the cluster: " + error;
   return "";
 }
@@ -968,27 +970,6 @@ std::shared_ptr<const TlsContext> Proxy::client_tls() const {
 std::shared_ptr<const TlsContext> Proxy::backend_tls() const {
   std::lock_guard lock(tls_mutex_);
   return backend_tls_;
-}
-
-std::string Proxy::reload_tls() {
-  if (!config_.tls.enabled && !config_.backend_tls.enabled) return "no TLS configured, nothing to reload";
-  std::shared_ptr<const TlsContext> client, backend;
-  const std::string error = load_tls(client, backend);
-  if (!error.empty())
-    return "TLS files not reloaded, the connections made from now on use the old ones: " + error;
-  {
-    std::lock_guard lock(tls_mutex_);
-    client_tls_ = std::move(client);
-    backend_tls_ = std::move(backend);
-  }
-  std::string what;
-  if (config_.tls.enabled) what = "toward clients " + config_.tls.cert_file;
-  if (config_.backend_tls.enabled) {
-    if (!what.empty()) what += ", ";
-    what += "toward the cluster " + (config_.backend_tls.cert_file.empty() ? std::string("(CAs only)")
-                                                                           : config_.backend_tls.cert_file);
-  }
-  return "TLS files reloaded (" + what + "): new connections use them, open ones keep theirs";
 }
 
 bool Proxy::follow_shards(Slot slot, const HostPort& node) {
@@ -1045,7 +1026,7 @@ std::optional<std::string> Proxy::ask_node(const HostPort& node, std::string com
 }
 
 std::string Proxy::start(const std::vector<int>& inherited) {
-  if (auto error = load_tls(client_tls_, backend_tls_); !error.empty()) return error;
+  if (auto error = load_tls(config_, client_tls_, backend_tls_); !error.empty()) return error;
   start_time_ms_ = uv_now(workers_.front()->loop());
   // Every inherited socket is accepted on by some worker: one left out would keep the connections waiting
   // in its backlog until they time out.
@@ -1098,8 +1079,40 @@ Config Proxy::config() const {
   return config_;
 }
 
-std::string Proxy::reload(const Config& wanted) {
+ReloadOutcome Proxy::reload(const Config& wanted) {
   ReloadPlan plan = plan_reload(config_, wanted);
+  if (!plan.error.empty()) return {false, "settings not reloaded, the old ones stay: " + plan.error};
+  // The TLS files are read again at every reload (a certificate renewed under the same name): connections
+  // made from now on use them, open ones keep theirs. Files that cannot be used leave both sides as they
+  // were, names included.
+  std::string tls = "no TLS configured, nothing to reload";
+  if (plan.next.tls.enabled || plan.next.backend_tls.enabled) {
+    std::shared_ptr<const TlsContext> client, backend;
+    const std::string error = load_tls(plan.next, client, backend);
+    if (!error.empty()) {
+      plan.next.tls = config_.tls;
+      plan.next.backend_tls = config_.backend_tls;
+      std::erase_if(plan.changed, [](const std::string& name) {
+        return name.starts_with("tls-") || name.starts_with("backend-tls-");
+      });
+      tls = "TLS files not reloaded, the connections made from now on use the old ones: " + error;
+    } else {
+      {
+        std::lock_guard lock(tls_mutex_);
+        client_tls_ = std::move(client);
+        backend_tls_ = std::move(backend);
+      }
+      std::string what;
+      if (plan.next.tls.enabled) what = "toward clients " + plan.next.tls.cert_file;
+      if (plan.next.backend_tls.enabled) {
+        if (!what.empty()) what += ", ";
+        what += "toward the cluster " + (plan.next.backend_tls.cert_file.empty()
+                                             ? std::string("(CAs only)")
+                                             : plan.next.backend_tls.cert_file);
+      }
+      tls = "TLS files reloaded (" + what + "): new connections use them, open ones keep theirs";
+    }
+  }
   {
     std::lock_guard lock(config_mutex_);
     config_ = plan.next;
@@ -1109,7 +1122,7 @@ std::string Proxy::reload(const Config& wanted) {
     worker->post(
         [worker, next = plan.next, login = plan.login_changed] { worker->apply_config(next, login); });
   }
-  return describe(plan) + "; TLS: " + reload_tls();
+  return {true, describe(plan) + "; TLS: " + tls};
 }
 
 bool Proxy::ready(std::string* why) const {

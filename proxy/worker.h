@@ -220,12 +220,17 @@ class Worker {
   friend class Monitor;
 };
 
+struct ReloadOutcome {
+  bool applied = false;
+  std::string line;  // for the log
+};
+
 // What a drain did, for the line the process logs before it exits.
 struct DrainReport {
   std::uint64_t elapsed_ms = 0;
   std::size_t closed_answered = 0;  // clients closed with nothing left to answer
-  std::size_t closed_unanswered =
-      0;  // closed at the deadline (or by a second signal) with commands in flight
+  // Closed at the deadline (or by a second signal) with a command in flight, or a transaction or WATCH open.
+  std::size_t closed_unanswered = 0;
 };
 
 // The whole process: its workers, the configuration and what is counted across workers.
@@ -255,8 +260,10 @@ class Proxy {
   // The settings in force (a copy: a reload may replace them). Callable from any thread.
   Config config() const;
   // SIGHUP: `wanted`, the settings built again from their sources, take effect in every worker, but those
-  // that need a restart (config_reload.h); the TLS files are read again. Returns the line to log.
-  std::string reload(const Config& wanted);
+  // that need a restart (config_reload.h); the TLS files are read again (and, if they cannot be used, the
+  // old ones and their names stay). Nothing changes when the settings that would take effect do not go
+  // together. Says what happened.
+  ReloadOutcome reload(const Config& wanted);
   const std::vector<std::unique_ptr<Worker>>& workers() const { return workers_; }
   std::atomic<std::size_t>& clients() { return clients_; }
   std::atomic<std::uint64_t>& next_client_id() { return next_client_id_; }
@@ -279,9 +286,7 @@ class Proxy {
   // TCP. Callable from any thread.
   std::shared_ptr<const TlsContext> client_tls() const;
   std::shared_ptr<const TlsContext> backend_tls() const;
-  // Reads the TLS files again (SIGHUP): connections made from now on use them, open ones keep theirs. A file
-  // that cannot be used keeps the old contexts, both sides. Says what happened.
-  std::string reload_tls();
+
   // Shard channels of the proxy's clients, across workers (pubsub.h): per slot, how many are subscribed, and
   // how many subscriptions (or follow_shards() rounds) are under way. An SPUBLISH for a slot with something
   // under way waits (Worker::dispatch): sent now, it could reach a node before a subscription there.
@@ -315,7 +320,8 @@ class Proxy {
   mutable std::mutex topology_mutex_;  // taken once per reload, and by a ROUTE: never on a request's path
   TopologySnapshot topology_;
   // Builds both sides' contexts from config_; "" or why not.
-  std::string load_tls(std::shared_ptr<const TlsContext>& client, std::shared_ptr<const TlsContext>& backend);
+  std::string load_tls(const Config& config, std::shared_ptr<const TlsContext>& client,
+                       std::shared_ptr<const TlsContext>& backend);
   std::unique_ptr<std::atomic<std::uint32_t>[]> shard_channels_ {
     new std::atomic<std::uint32_t>[ kSlotCount ]()
   };

@@ -38,6 +38,7 @@ TEST_CASE("limits, timeouts, seeds and secrets take effect; secrets are named, n
 
 TEST_CASE("what shapes the process keeps its value until a restart") {
   Config current;
+  current.seeds = {HostPort{"127.0.0.1", 7000}};
   Config wanted = current;
   wanted.listen = HostPort{"0.0.0.0", 6379};
   wanted.threads = current.threads + 3;
@@ -51,7 +52,40 @@ TEST_CASE("what shapes the process keeps its value until a restart") {
   CHECK(plan.next.client_auth == Config::ClientAuth::kNone);
   CHECK_FALSE(plan.next.tls.enabled);
   CHECK(plan.next.idle_timeout.count() == 30);
+  CHECK(plan.next.tls.cert_file.empty());
+  CHECK(plan.error.empty());
   CHECK(describe(plan) ==
-        "changed: idle-timeout-s, tls-cert-file; needs a restart (kept as it was): listen, threads, client-auth, "
-        "tls (on or off)");
+        "changed: idle-timeout-s; needs a restart (kept as it was): listen, threads, client-auth, tls (on or "
+        "off, "
+        "with its files)");
+}
+
+TEST_CASE("a secret goes with what it guards: kept with it for a restart, never applied alone") {
+  Config current;
+  current.admin = HostPort{"0.0.0.0", 9180};
+  current.admin_token = "t0ken";
+  current.requirepass = "pw";
+  current.client_auth = Config::ClientAuth::kPassword;
+  current.seeds = {HostPort{"127.0.0.1", 7000}};
+  // The endpoint moved to loopback and lost its token; the clients' password removed, which makes the mode
+  // none: applied alone, either would open what the pair closed.
+  Config wanted = current;
+  wanted.admin = HostPort{"127.0.0.1", 9180};
+  wanted.admin_token.clear();
+  wanted.requirepass.clear();
+  wanted.client_auth = Config::ClientAuth::kNone;
+  const ReloadPlan plan = plan_reload(current, wanted);
+  CHECK(plan.next.admin_token == "t0ken");
+  CHECK(plan.next.requirepass == "pw");
+  CHECK(plan.error.empty());
+  CHECK(describe(plan) == "needs a restart (kept as it was): admin, client-auth, admin-token, requirepass");
+}
+
+TEST_CASE("settings that do not go together change nothing") {
+  Config current;
+  current.seeds = {HostPort{"127.0.0.1", 7000}};
+  Config wanted = current;
+  wanted.masteruser = "proxy";  // without its password
+  const ReloadPlan plan = plan_reload(current, wanted);
+  CHECK(plan.error.find("--masteruser proxy needs its password") != std::string::npos);
 }
