@@ -20,14 +20,9 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from proxy_resp3_test import command  # noqa: E402
 
 
-def command(*args):
-    out = b"*%d\r\n" % len(args)
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out += b"$%d\r\n%s\r\n" % (len(a), a)
-    return out
 
 
 class Client:
@@ -178,6 +173,13 @@ class Drain(unittest.TestCase):
         self.addCleanup(lambda: [c.close() for c in Client.opened])
         return proxy
 
+    def blocked_forever(self, proxy):
+        """A client whose BLPOP waits for good (until the proxy closes it)."""
+        blocked = Client(proxy.port)
+        blocked.send("BLPOP", "drain-forever", 0)
+        time.sleep(0.2)
+        return blocked
+
     def exited(self, proxy, timeout):
         try:
             proxy.proc.wait(timeout)
@@ -275,9 +277,7 @@ class Drain(unittest.TestCase):
 
     def test_deadline_closes_what_is_left(self):
         proxy = self.start_proxy("--drain-timeout-ms", "1000")
-        blocked = Client(proxy.port)
-        blocked.send("BLPOP", "drain-forever", 0)
-        time.sleep(0.2)
+        blocked = self.blocked_forever(proxy)
         started = time.time()
         proxy.proc.send_signal(signal.SIGTERM)
         self.assertEqual(self.exited(proxy, 5), 0)
@@ -290,9 +290,7 @@ class Drain(unittest.TestCase):
 
     def test_second_signal_stops_at_once(self):
         proxy = self.start_proxy("--drain-timeout-ms", "60000")
-        blocked = Client(proxy.port)
-        blocked.send("BLPOP", "drain-forever", 0)
-        time.sleep(0.2)
+        blocked = self.blocked_forever(proxy)
         proxy.proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         self.assertIsNone(proxy.proc.poll())
@@ -305,9 +303,7 @@ class Drain(unittest.TestCase):
 
     def test_no_drain_with_zero_timeout(self):
         proxy = self.start_proxy("--drain-timeout-ms", "0")
-        blocked = Client(proxy.port)
-        blocked.send("BLPOP", "drain-forever", 0)
-        time.sleep(0.2)
+        blocked = self.blocked_forever(proxy)
         started = time.time()
         proxy.proc.send_signal(signal.SIGTERM)
         self.assertEqual(self.exited(proxy, 5), 0)
