@@ -18,8 +18,8 @@ packages=(
   # deploy/local/server-root.sh: the Debian roots of the other server versions (tests/run.sh, demo --server).
   debootstrap
   # deploy/image/build.sh: the OCI image, made and run (tests/integration/image_test.sh) without a registry or a
-  # container daemon.
-  buildah
+  # container daemon; curl asks the proxy inside it for its probes and metrics.
+  buildah curl
 )
 
 # Node.js runs the JavaScript client tests (ioredis, node-redis); a machine that already has node and npm (from any
