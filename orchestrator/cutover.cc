@@ -115,6 +115,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
 
   const bool fence_proxy = options_.fence == "proxy";
   const bool pause_through_claim = src.info.survives_paused_claim();
+  // The proxies' connections are opened (or found kept) before the fence's clock starts: the hold's deadline
+  // is a few pause budgets, and with 200 proxies the first batch's hold spent most of it on the handshakes
+  // and accepts of 200 connections at once, so that 120 of them were left out as not answering.
+  if (proxies_) proxies_->connect_ahead();
   const auto t0 = Clock::now();
   auto t_pause = t0;
   // 1. The proxies hold the batch's slots: their clients' commands for them wait in the proxies from here to

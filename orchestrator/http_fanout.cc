@@ -233,6 +233,72 @@ void HttpFanout::finish(Exchange& x, HttpAnswer& answer, Clock::time_point now) 
   if (!inserted) ::close(kept.fd);
 }
 
+std::size_t HttpFanout::connect_ahead(const std::vector<HostPort>& endpoints, Clock::time_point deadline) {
+  std::vector<Exchange> pending;
+  std::size_t failed = 0;
+  for (const auto& endpoint : endpoints) {
+    const std::string key = endpoint.str();
+    if (Kept kept; take_kept(key, kept) >= 0) {
+      kept_.try_emplace(key, kept);
+      continue;
+    }
+    if (kept_.count(key)) continue;  // named twice
+    Exchange x;
+    x.key = key;
+    x.endpoint = &endpoint;
+    if (std::string error; !start_connect(x, error)) {
+      ++failed;
+      continue;
+    }
+    pending.push_back(std::move(x));
+  }
+  auto keep = [&](Exchange& x) {
+    Kept kept;
+    kept.fd = x.fd;
+    kept.idle_since = Clock::now();
+    x.fd = -1;
+    if (!kept_.try_emplace(x.key, kept).second) ::close(kept.fd);
+    x.phase = Exchange::Phase::kDone;
+  };
+  std::vector<pollfd> fds;
+  for (bool last = false; !last;) {
+    const auto now = Clock::now();
+    last = now >= deadline;
+    fds.clear();
+    for (auto& x : pending) {
+      if (x.phase == Exchange::Phase::kSending) keep(x);  // connected at once
+      if (x.phase == Exchange::Phase::kConnecting) fds.push_back(pollfd{x.fd, POLLOUT, 0});
+    }
+    if (fds.empty()) break;
+    const auto wait_ms =
+        last ? 0 : std::max<long>(0, duration_cast<milliseconds>(deadline - now).count() + 1);
+    if (::poll(fds.data(), fds.size(), static_cast<int>(std::min<long>(wait_ms, 1000))) <= 0) continue;
+    std::size_t k = 0;
+    for (auto& x : pending) {
+      if (x.phase != Exchange::Phase::kConnecting) continue;
+      const auto revents = fds[k++].revents;
+      if (revents == 0) continue;
+      int error = 0;
+      socklen_t length = sizeof error;
+      ::getsockopt(x.fd, SOL_SOCKET, SO_ERROR, &error, &length);
+      if (error != 0) {
+        ::close(x.fd);
+        x.fd = -1;
+        x.phase = Exchange::Phase::kDone;
+        ++failed;
+        continue;
+      }
+      keep(x);
+    }
+  }
+  for (auto& x : pending) {
+    if (x.phase == Exchange::Phase::kDone) continue;
+    ::close(x.fd);
+    ++failed;
+  }
+  return failed;
+}
+
 std::vector<HttpAnswer> HttpFanout::post(const std::vector<HostPort>& endpoints, const std::string& path,
                                          const std::string& body, Clock::time_point deadline) {
   std::vector<HttpAnswer> answers(endpoints.size());

@@ -49,6 +49,12 @@ class HttpFanout {
   std::vector<HttpAnswer> post(const std::vector<HostPort>& endpoints, const std::string& path,
                                const std::string& body, Clock::time_point deadline);
 
+  // Opens a connection, at once, to every endpoint that has no usable kept one, and keeps those made by
+  // `deadline` for the next post(): a call whose deadline is about the endpoints' answer then does not also
+  // pay for a thousand TCP handshakes (and accepts) at the same moment. Returns how many were not made
+  // (post() tries them again).
+  std::size_t connect_ahead(const std::vector<HostPort>& endpoints, Clock::time_point deadline);
+
   // Connections made so far (kept ones reused do not count): for tests and the benchmark.
   std::size_t connects() const { return connects_; }
 

@@ -29,7 +29,16 @@ ProxyControl::ProxyControl(std::vector<HostPort> proxies, std::vector<HostPort> 
       dns_names_(std::move(dns_names)),
       timeout_(timeout),
       // Proxies are near: a connection that takes longer than this is a proxy that is gone.
-      fanout_(std::move(token), std::min(timeout, std::chrono::milliseconds(500))) {}
+      connect_timeout_(std::min(timeout, std::chrono::milliseconds(500))),
+      fanout_(std::move(token), connect_timeout_) {}
+
+void ProxyControl::connect_ahead() {
+  std::vector<ProxyCall> unresolved;  // reported by the call that follows
+  std::vector<HostPort> to;
+  for (auto& p : resolve(unresolved))
+    if (!forgotten_.count(p.str())) to.push_back(std::move(p));
+  fanout_.connect_ahead(to, HttpFanout::Clock::now() + connect_timeout_);
+}
 
 std::vector<HostPort> ProxyControl::resolve(std::vector<ProxyCall>& failed) const {
   std::vector<HostPort> out = proxies_;

@@ -54,6 +54,10 @@ class ProxyControl {
   // nothing is added to `failed` (as a call that did not succeed).
   std::vector<HostPort> resolve(std::vector<ProxyCall>& failed) const;
 
+  // Opens the connections the next call needs (to every proxy not left out) within the connect timeout, so
+  // that a hold's deadline is about the proxies' answer, not about opening hundreds of connections at once.
+  void connect_ahead();
+
   // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").
   // `wait` is how long the proxies may take to drain what is in flight before they give up (and release).
   // `only`, when given, limits the call to these proxies (HOST:PORT).
@@ -78,6 +82,7 @@ class ProxyControl {
   std::vector<HostPort> proxies_;
   std::vector<HostPort> dns_names_;
   std::chrono::milliseconds timeout_;
+  std::chrono::milliseconds connect_timeout_;
   HttpFanout fanout_;
   std::set<std::string> forgotten_;
 };

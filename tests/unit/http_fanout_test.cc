@@ -184,3 +184,24 @@ TEST_CASE("a kept connection the server closed is replaced, and the request stil
   CHECK(closing.requests() == 3);
   CHECK(fanout.connects() == 3);
 }
+
+TEST_CASE("connections opened ahead are the ones the next call uses") {
+  ScriptedHttp a(ScriptedHttp::Mode::kAnswer), b(ScriptedHttp::Mode::kAnswer);
+  int gone_port = 0;
+  {
+    ScriptedHttp gone(ScriptedHttp::Mode::kAnswer);
+    gone_port = gone.address().port;
+  }
+  HttpFanout fanout("", 500ms);
+  CHECK(fanout.connect_ahead({a.address(), b.address(), {"127.0.0.1", gone_port}},
+                             HttpFanout::Clock::now() + 500ms) == 1);
+  CHECK(fanout.connects() == 3);
+  const auto answers = fanout.post({a.address(), b.address()}, "/x", "{}", HttpFanout::Clock::now() + 1s);
+  CHECK(answers[0].status == 200);
+  CHECK(answers[1].status == 200);
+  CHECK(fanout.connects() == 3);
+  // Kept ones are not opened again.
+  CHECK(fanout.connect_ahead({a.address(), b.address()}, HttpFanout::Clock::now() + 500ms) == 0);
+  CHECK(fanout.connects() == 3);
+  CHECK(a.accepted() == 1);
+}
