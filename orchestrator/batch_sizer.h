@@ -33,6 +33,8 @@ struct Batch {
   double claim_ms = 0;       // first SETSLOT NODE until the source named the target as owner
   double claim_send_ms = 0;  // the claim's commands on the target
   double hold_ms = 0;        // the proxies' hold, from HOLD to RELEASE: what their clients waited at most
+  double hold_call_ms = 0;   // the HOLD call to every proxy, until the last answered (or its deadline)
+  double handoff_ms = 0;     // the handoff (ROUTE + RELEASE) call to every proxy, likewise
   int proxies_held = 0;
   std::vector<std::string>
       proxies_asked_again;  // answered that they could not drain in time; asked once more

@@ -115,6 +115,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
 
   const bool fence_proxy = options_.fence == "proxy";
   const bool pause_through_claim = src.info.survives_paused_claim();
+  // The proxies' connections are opened (or found kept) before the fence's clock starts: the hold's deadline
+  // is a few pause budgets, and with 200 proxies the first batch's hold spent most of it on the handshakes
+  // and accepts of 200 connections at once, so that 120 of them were left out as not answering.
+  if (proxies_) proxies_->connect_ahead();
   const auto t0 = Clock::now();
   auto t_pause = t0;
   // 1. The proxies hold the batch's slots: their clients' commands for them wait in the proxies from here to
@@ -130,6 +134,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
                           : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
     auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_);
     held = true;
+    batch.hold_call_ms = ms_since(t0);
     // A proxy that answered that a command of these slots was still at a backend when the wait ran out is
     // alive and busy (a slow moment of its backend, or of this machine): the command is about to return, so
     // it is asked once more at once, with a longer wait, rather than given up.
@@ -153,11 +158,11 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
         return abandon("--fence proxy: not every proxy held batch " + slots_text + ": " + failed,
                        std::all_of(calls.calls.begin(), calls.calls.end(),
                                    [](const ProxyCall& call) { return call.ok || call.slow_to_drain(); }));
-      note_proxy_failures(calls);
       // Waiting for a proxy that does not answer would cost every later batch as long: it is left out. One
       // that answered is asked again at the next batch.
       for (const auto& call : calls.calls)
         if (!call.ok && !call.slow_to_drain()) proxies_->forget(call.proxy);
+      note_proxy_failures(calls);
     }
   }
   // 2. The source's writes pause (unless the proxies are the fence), and its offset at that moment is where
@@ -356,21 +361,30 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   }
   // 5. The target owns the slots: the proxies send what they held there, and never meet a MOVED for them.
   //    Meanwhile (not after: a slow proxy must not keep the source paused) the source learns the claim.
-  std::future<void> proxies_done;
+  //    What they answered is noted here, on this thread, once they all have (warnings_ is this thread's).
+  std::future<ProxyCalls> proxies_done;
   if (proxies_)
     proxies_done = std::async(std::launch::async, [&] {
-      route_and_release(slots_text);
+      const auto t_handoff = Clock::now();
+      auto calls = proxies_->handoff(slots_text, target_address_);
+      batch.handoff_ms = ms_since(t_handoff);
       batch.hold_ms = ms_since(t0);
+      return calls;
     });
   // 6. The source deletes its keys of these slots as soon as it hears the target's broadcast (synchronously:
   //    that delete is most of the pause) and answers MOVED from then on. Wait for it, fenced, then unpause.
   if (!wait_source_learns(src, batch.slots)) {
-    if (proxies_done.valid()) proxies_done.get();
+    if (proxies_done.valid()) note_proxy_failures(proxies_done.get());
     return fail("the source " + src.address.str() + " did not learn the claim of batch " + slots_text +
                 " within " + std::to_string(learn_timeout().count()) + " ms; " + fence_left(src));
   }
   batch.claim_ms = ms_since(t_claim);
-  if (proxies_done.valid()) proxies_done.get();
+  // The source knows the new owner: it answers MOVED for the batch's slots, paused or not, so its fence can
+  // end now, whether or not every proxy has had its handoff yet. A proxy still holding sends its held
+  // commands to the target once told; one that is never told sends them to the source and follows its MOVED.
+  // (Waiting for the proxies first made every pause as long as the slowest proxy's answer: with 50 proxies
+  // that was most of the pause, and the batch sizer, which takes the pause for the source's own cost, cut
+  // the batches to a fraction.)
   if (src.paused) {
     unpause(src);
     batch.pause_ms = ms_since(t_pause);
@@ -381,6 +395,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   } else if (!fence_proxy) {
     batch.pause_ms = std::chrono::duration<double, std::milli>(t_claim - t_pause).count();
   }
+  if (proxies_done.valid()) note_proxy_failures(proxies_done.get());
   journal(MoveStep::kClaimed, {{"slots", slots_text}, {"pause_ms", batch.pause_ms}});
   if (auto warning = sizer_.learn(batch, src.address.str())) warnings_.push_back(std::move(*warning));
   return true;
@@ -542,11 +557,7 @@ std::optional<std::string> MoveJob::setslots(
 }
 
 void MoveJob::route_and_release(const std::string& slots) {
-  const auto routed = proxies_->route(slots, target_address_);
-  const auto released = proxies_->release(slots);
-  std::lock_guard lock(warnings_mu_);
-  note_proxy_failures(routed);
-  note_proxy_failures(released);
+  note_proxy_failures(proxies_->handoff(slots, target_address_));
 }
 
 void MoveJob::release_proxies(const std::string& slots) {
@@ -564,8 +575,12 @@ void MoveJob::note_proxy_failures(const ProxyCalls& calls) {
                                      : "; the batch went on without its hold: its clients were fenced by the "
                                        "source's pause and met MOVED after it, which it follows"));
     else
-      warnings_.push_back("proxy " + call.proxy + " did not answer (" + call.error + ")" +
-                          (options_.fence == "proxy"
+      // Truthful about both: an error reply is an answer, and only a proxy that failed a hold is left out
+      // (one that failed a handoff is asked again at the next batch).
+      warnings_.push_back("proxy " + call.proxy +
+                          (call.status ? " answered with an error (" : " did not answer (") + call.error +
+                          ")" +
+                          (options_.fence == "proxy" || !proxies_->forgotten(call.proxy)
                                ? ""
                                : "; it was left out from then on: its clients are fenced by the source's "
                                  "pause and meet MOVED after the move"));

@@ -191,7 +191,6 @@ class MoveJob {
   std::vector<HostPort> leased_;  // the nodes the lease is on
   std::string owner_;             // names this move's holds on the proxies
   std::set<std::string> proxy_warned_;
-  std::mutex warnings_mu_;  // the proxies' route and release run beside the cutover's wait for the source
   int journal_fd_ = -1;
   std::string journal_path_;
   bool undo_complete_ = true;  // rollback() undid every slot it had to

@@ -23,6 +23,8 @@ nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
           {"claim_ms", b.claim_ms},
           {"claim_send_ms", b.claim_send_ms},
           {"hold_ms", b.hold_ms},
+          {"hold_call_ms", b.hold_call_ms},
+          {"handoff_ms", b.handoff_ms},
           {"proxies_held", b.proxies_held},
           {"proxies_asked_again", b.proxies_asked_again},
           {"attempts", b.attempts},

@@ -4,9 +4,7 @@
 #include <sys/socket.h>
 
 #include <arpa/inet.h>
-#include <httplib.h>
 #include <algorithm>
-#include <future>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -29,8 +27,18 @@ ProxyControl::ProxyControl(std::vector<HostPort> proxies, std::vector<HostPort> 
                            std::chrono::milliseconds timeout)
     : proxies_(std::move(proxies)),
       dns_names_(std::move(dns_names)),
-      token_(std::move(token)),
-      timeout_(timeout) {}
+      timeout_(timeout),
+      // Proxies are near: a connection that takes longer than this is a proxy that is gone.
+      connect_timeout_(std::min(timeout, std::chrono::milliseconds(500))),
+      fanout_(std::move(token), connect_timeout_) {}
+
+void ProxyControl::connect_ahead() {
+  std::vector<ProxyCall> unresolved;  // reported by the call that follows
+  std::vector<HostPort> to;
+  for (auto& p : resolve(unresolved))
+    if (!forgotten_.count(p.str())) to.push_back(std::move(p));
+  fanout_.connect_ahead(to, HttpFanout::Clock::now() + connect_timeout_);
+}
 
 std::vector<HostPort> ProxyControl::resolve(std::vector<ProxyCall>& failed) const {
   std::vector<HostPort> out = proxies_;
@@ -67,35 +75,26 @@ std::vector<HostPort> ProxyControl::resolve(std::vector<ProxyCall>& failed) cons
 ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& body,
                                   std::chrono::milliseconds timeout, const std::set<std::string>* only) {
   ProxyCalls result;
-  const auto proxies = resolve(result.calls);
-  // Proxies are near: a connection that takes longer than this is a proxy that is gone.
-  const auto connect_timeout = std::min(timeout_, std::chrono::milliseconds(500));
-  std::vector<std::future<ProxyCall>> pending;
-  for (const auto& p : proxies) {
-    if (forgotten_.count(p.str()) || (only && !only->count(p.str()))) continue;
-    pending.push_back(std::async(std::launch::async, [this, p, &path, &body, timeout, connect_timeout] {
-      ProxyCall call{p.str(), false, {}, {}};
-      httplib::Client client(p.host, p.port);
-      client.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(connect_timeout));
-      client.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
-      client.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(connect_timeout));
-      if (!token_.empty()) client.set_bearer_token_auth(token_);
-      const auto res = client.Post(path, body, "application/json");
-      if (!res) {
-        call.error = "no answer (" + httplib::to_string(res.error()) + ")";
-      } else if (call.status = res->status; res->status != 200) {
-        call.error = "HTTP " + std::to_string(res->status) + ": " + res->body;
-        while (!call.error.empty() && (call.error.back() == '\n' || call.error.back() == '\r'))
-          call.error.pop_back();
-      } else {
-        call.ok = true;
-        call.body = res->body;
-      }
-      return call;
-    }));
+  std::vector<HostPort> to;
+  for (auto& p : resolve(result.calls))
+    if (!forgotten_.count(p.str()) && (!only || only->count(p.str()))) to.push_back(std::move(p));
+  const auto answers = fanout_.post(to, path, body, HttpFanout::Clock::now() + timeout);
+  for (std::size_t i = 0; i < to.size(); ++i) {
+    const auto& answer = answers[i];
+    ProxyCall call{to[i].str(), false, {}, {}};
+    call.status = answer.status;
+    if (answer.status == 0) {
+      call.error = "no answer (" + answer.error + ", within " + std::to_string(timeout.count()) + " ms)";
+    } else if (answer.status != 200) {
+      call.error = "HTTP " + std::to_string(answer.status) + ": " + answer.body;
+      while (!call.error.empty() && (call.error.back() == '\n' || call.error.back() == '\r'))
+        call.error.pop_back();
+    } else {
+      call.ok = true;
+      call.body = answer.body;
+    }
+    result.calls.push_back(std::move(call));
   }
-  for (auto& f : pending)
-    result.calls.push_back(f.get());
   return result;
 }
 
@@ -112,6 +111,28 @@ ProxyCalls ProxyControl::hold(const std::string& slots, std::chrono::millisecond
 
 ProxyCalls ProxyControl::route(const std::string& slots, const HostPort& node) {
   return post_all("/v1/slots/route", nlohmann::json{{"slots", slots}, {"node", node.str()}}.dump(), timeout_);
+}
+
+ProxyCalls ProxyControl::handoff(const std::string& slots, const HostPort& node) {
+  const std::string body = nlohmann::json{{"slots", slots}, {"node", node.str()}}.dump();
+  auto calls = post_all("/v1/slots/handoff", body, timeout_);
+  // A proxy of a release before the handoff call answers 404 (a fleet in the middle of an upgrade): it gets
+  // the two calls it knows, in order.
+  std::set<std::string> older;
+  for (const auto& call : calls.calls)
+    if (call.status == 404) older.insert(call.proxy);
+  if (older.empty()) return calls;
+  const auto routed = post_all("/v1/slots/route", body, timeout_, &older);
+  const auto released =
+      post_all("/v1/slots/release", nlohmann::json{{"slots", slots}}.dump(), timeout_, &older);
+  for (auto& call : calls.calls) {
+    if (!older.count(call.proxy)) continue;
+    // The route's failure is the one to tell (the release goes on regardless, as in the handoff).
+    for (const auto* part : {&released, &routed})
+      for (const auto& c : part->calls)
+        if (c.proxy == call.proxy && (!c.ok || part == &released)) call = c;
+  }
+  return calls;
 }
 
 ProxyCalls ProxyControl::release(const std::string& slots) {

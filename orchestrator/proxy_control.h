@@ -6,10 +6,11 @@
 //                           -> 200 once drained, or an error after wait_ms (and the hold is dropped)
 //   POST /v1/slots/route    {"slots": "0-100", "node": "HOST:PORT"}
 //   POST /v1/slots/release  {"slots": "0-100"} or {"owner": "..."}
+//   POST /v1/slots/handoff  {"slots": "0-100", "node": "HOST:PORT"}: route, then release, in one round trip
 //
 // A hold ends by itself after its ttl, so a dead orchestrator cannot freeze clients. Every call goes to all
-// proxies at once (one thread each) and waits for all of them up to a deadline; the result says which proxies
-// answered and why the others did not.
+// proxies at once (HttpFanout: one thread, one kept connection per proxy) and waits for all of them up to one
+// deadline; the result says which proxies answered and why the others did not.
 //
 // Proxies are named directly (--proxy HOST:PORT, the address given to slotshift-proxy --admin) or by a DNS
 // name whose every address is a proxy (--proxy-dns NAME:PORT, as a Kubernetes headless Service gives): those
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "common/host_port.h"
+#include "orchestrator/http_fanout.h"
 
 namespace slotshift {
 
@@ -52,17 +54,26 @@ class ProxyControl {
   // nothing is added to `failed` (as a call that did not succeed).
   std::vector<HostPort> resolve(std::vector<ProxyCall>& failed) const;
 
+  // Opens the connections the next call needs (to every proxy not left out) within the connect timeout, so
+  // that a hold's deadline is about the proxies' answer, not about opening hundreds of connections at once.
+  void connect_ahead();
+
   // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").
   // `wait` is how long the proxies may take to drain what is in flight before they give up (and release).
   // `only`, when given, limits the call to these proxies (HOST:PORT).
   ProxyCalls hold(const std::string& slots, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
                   const std::string& owner, const std::set<std::string>* only = nullptr);
   ProxyCalls route(const std::string& slots, const HostPort& node);
+  // route() then release() in one call to each proxy (a proxy too old for it gets the two calls). The
+  // release happens whatever the route's answer: the held commands then meet MOVED at the old owner, which
+  // the proxy follows.
+  ProxyCalls handoff(const std::string& slots, const HostPort& node);
   ProxyCalls release(const std::string& slots);
   ProxyCalls release_owner(const std::string& owner);
   // Leaves a proxy out of every later call (one that did not answer a hold, when the proxies are not the
   // fence: waiting for it at every batch would hold every other proxy's clients as long).
   void forget(const std::string& proxy) { forgotten_.insert(proxy); }
+  bool forgotten(const std::string& proxy) const { return forgotten_.count(proxy) > 0; }
 
  private:
   ProxyCalls post_all(const std::string& path, const std::string& body, std::chrono::milliseconds timeout,
@@ -70,8 +81,9 @@ class ProxyControl {
 
   std::vector<HostPort> proxies_;
   std::vector<HostPort> dns_names_;
-  std::string token_;
   std::chrono::milliseconds timeout_;
+  std::chrono::milliseconds connect_timeout_;
+  HttpFanout fanout_;
   std::set<std::string> forgotten_;
 };
 

@@ -419,6 +419,29 @@ ControlReply SlotControl::release(std::string_view body) {
                          {"were_held", removed.str()}});
 }
 
+ControlReply SlotControl::handoff(std::string_view body) {
+  ControlReply error;
+  const auto j = parse_body(body, error);
+  if (!j) return error;
+  if (j->contains("owner")) return error_reply(400, "'owner' is not taken here: a handoff releases 'slots'");
+  const ControlReply routed = route(body);
+  // A body the route refused as malformed releases nothing: the caller made a mistake, not the cluster.
+  if (routed.status == 400) return routed;
+  const ControlReply released = release(body);
+  if (routed.status != 200) {
+    json refusal = json::parse(routed.body, nullptr, false);
+    if (refusal.is_object() && refusal.contains("error"))
+      refusal["error"] = refusal["error"].get<std::string>() + "; the held commands were released (" +
+                         (released.status == 200 ? "to the old owner" : "failed: " + released.body) + ")";
+    return reply(routed.status, refusal);
+  }
+  if (released.status != 200) return released;
+  json out = json::parse(released.body, nullptr, false);
+  const json route_fields = json::parse(routed.body, nullptr, false);
+  if (out.is_object() && route_fields.is_object()) out.update(route_fields);
+  return reply(200, out);
+}
+
 ControlReply SlotControl::list() {
   const std::uint64_t now = steady_ms();
   const std::vector<Hold> holds = proxy_.holds().list(now);

@@ -4,6 +4,7 @@
 //   POST /v1/slots/hold     {"slots": "0-100,200", "ttl_ms": 2000, "owner": "move-42", "wait_ms": 1000}
 //   POST /v1/slots/route    {"slots": "0-100,200", "node": "10.0.0.7:6379"}
 //   POST /v1/slots/release  {"slots": "0-100,200"}  or  {"owner": "move-42"}
+//   POST /v1/slots/handoff  {"slots": "0-100,200", "node": "10.0.0.7:6379"}: ROUTE, then RELEASE
 //   GET  /v1/slots
 //
 // HOLD stops every worker from sending new commands for the slots (they wait in the proxy, see
@@ -162,6 +163,11 @@ class SlotControl {
   ControlReply hold(std::string_view body);
   ControlReply route(std::string_view body);
   ControlReply release(std::string_view body);
+  // ROUTE, then RELEASE of the same slots, in one call: what a cutover sends once the target owns them (one
+  // round trip to each proxy instead of two). The release happens whatever the route's answer, as it does
+  // after two separate calls: the held commands then go where the map points, and a MOVED corrects them.
+  // The reply is the route's refusal when it refused, else the release's reply with the route's fields.
+  ControlReply handoff(std::string_view body);
   ControlReply list();
 
   // Longest hold a request may ask for: a dead orchestrator freezes clients for at most this long.

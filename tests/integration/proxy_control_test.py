@@ -570,6 +570,37 @@ class RouteAfterMove(ControlCase):
         self.assertTrue(self.r.set("{route-b}k", 1))
         self.assertGreater(self.r.info("proxy")["redirects_moved"], moved)
 
+    def test_handoff_routes_then_releases_in_one_call(self):
+        """POST /v1/slots/handoff: a held write goes straight to the new owner on the one call; a handoff to a
+        node that does not own the slot is refused, and still releases (the write then meets MOVED, hidden)."""
+        a, b = self.slot("{handoff-a}"), self.slot("{handoff-b}")
+        dst_a, dst_b = self.other_master(a), self.other_master(b)
+        self.move_empty_slot(a, dst_a)
+        moved = self.r.info("proxy")["redirects_moved"]
+        self.hold(a)
+        held = Background(client(self.proxy).set, "{handoff-a}k", "v")
+        time.sleep(0.2)
+        self.assertTrue(held.running(), "the write was not held")
+        status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {"slots": str(a), "node": "%s:%d" % dst_a})
+        self.assertEqual(status, 200, out)
+        self.assertEqual((out["routed"], out["node"], out["released"]), (str(a), "%s:%d" % dst_a, str(a)))
+        self.assertTrue(held.join())
+        self.assertEqual(redis.Redis(host=dst_a[0], port=dst_a[1]).get("{handoff-a}k"), b"v")
+        self.assertEqual(self.r.info("proxy")["redirects_moved"], moved)
+        self.assertEqual(self.holds(), [])
+        # Slot b has not moved: the route is refused, the hold released all the same.
+        self.hold(b)
+        held = Background(client(self.proxy).set, "{handoff-b}k", "w")
+        time.sleep(0.2)
+        status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {"slots": str(b), "node": "%s:%d" % dst_b})
+        self.assertNotEqual(status, 200, out)
+        self.assertIn("nothing was routed", out["error"])
+        self.assertIn("the held commands were released", out["error"])
+        self.assertTrue(held.join())
+        self.assertEqual(self.holds(), [])
+        status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {"slots": str(b), "owner": "x"})
+        self.assertEqual(status, 400, out)
+
     def test_a_cutover_under_load_loses_nothing_and_meets_no_redirect(self):
         """The orchestrator's cutover, with the keys moved by hand: HOLD, MIGRATE every key of the slot, claim it
         on every master, ROUTE, RELEASE. Writers see no error, only a short wait, and every acknowledged write is

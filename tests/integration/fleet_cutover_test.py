@@ -1,0 +1,96 @@
+#!/usr/bin/python3
+"""A move that drives a fleet of proxies, one of which stalls (SIGSTOP, then SIGCONT 3 s later) in the middle
+of the cutovers, under --fence source-pause: the move goes on without it and says so, no source pause waits for
+it, the clients of the other proxies see no error and no redirect, and every acknowledged write is in place
+afterwards (cutover_test's scenario and checks).
+
+  FleetStallTest   two proxies with writers and a dozen without, one of those stopped for 3 s
+
+SLOTSHIFT_BINARY_DIR picks the build whose slotshift and slotshift-proxy are tested (default: build/).
+"""
+
+import faulthandler
+import os
+import signal
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cutover_test as ct  # noqa: E402
+import harness  # noqa: E402
+
+
+class FleetStallTest(ct.CutoverTest):
+    IDLE_PROXIES = 12
+    # Longer than the handoff's deadline (--timeout-ms, 2 s), so that a stall met at a handoff is given up there
+    # too; a pause that waited for it would last over half of it, where a loaded test machine stretches a
+    # pause to a few hundred ms at most.
+    STALL_S = 3.0
+
+    def test_a_stalled_proxy_is_left_out_and_costs_no_pause(self):
+        run = ct.Scenario(self, ct.range_of(1000))
+        idle = []
+        victim = None
+        try:
+            run.start(proxies=2)
+            for _ in range(self.IDLE_PROXIES):
+                idle.append(harness.Proxy(run.cluster, "--request-timeout-ms", str(ct.PROXY_REQUEST_TIMEOUT_MS),
+                                          threads=1, admin=True))
+            victim = idle[len(idle) // 2]
+            fleet = [run.admin(0), run.admin(1)] + ["127.0.0.1:%d" % p.admin_port for p in idle]
+            time.sleep(0.5)
+            move = run.move("source-pause", proxies=fleet)
+            # Stopped once a cutover has begun (the first proxy holds), so that batches follow the stall.
+            stopped_at = None
+            deadline = time.time() + 60
+            while stopped_at is None and time.time() < deadline and move.running():
+                try:
+                    if ct.holds_of(run.proxies[0], timeout=2):
+                        victim.proc.send_signal(signal.SIGSTOP)
+                        stopped_at = time.time()
+                except (OSError, AssertionError):
+                    pass
+            self.assertIsNotNone(stopped_at, "the move ended before a cutover was seen")
+            time.sleep(max(0.0, stopped_at + self.STALL_S - time.time()))
+            victim.proc.send_signal(signal.SIGCONT)
+            rc, report, err = move.result()
+            time.sleep(0.5)
+            run.stop_writers()
+            self.assertEqual(rc, 0, "slotshift move failed with a stalled proxy: %s" % (report or err))
+            self.assertTrue(report["ok"])
+            victim_address = "127.0.0.1:%d" % victim.admin_port
+            # Never waited for past the pause budget: no pause lasted anywhere near the stall, whether it met the
+            # stalled proxy at a hold (it is then left out) or at a handoff (the source is unpaused first).
+            pauses = [b["pause_ms"] for b in report["batches"]]
+            self.assertLess(max(pauses), self.STALL_S * 1000 / 2, "a pause waited for the stalled proxy: %s" % pauses)
+            held = [b["proxies_held"] for b in report["batches"]]
+            self.assertGreater(len(held), 2, "too few batches to follow the stall")
+            self.assertGreaterEqual(min(held), len(fleet) - 1, "batches held by %s proxies" % held)
+            if min(held) < len(fleet):
+                self.assertTrue(any(victim_address in w for w in report["warnings"]),
+                                "no warning names the stalled proxy: %s" % report["warnings"])
+                self.assertEqual(held[-1], len(fleet) - 1, "a proxy left out was asked again: %s" % held)
+            others = [w for w in report["warnings"] if "proxy" in w and victim_address not in w]
+            self.assertEqual(others, [], "warnings about proxies that did not stall")
+            self.assertNoClientErrors(run)
+            self.assertNoRedirects(run, [0, 1])
+            # Once awake, the stalled proxy is left with no hold (released, or ended by its ttl).
+            deadline = time.time() + 5
+            while ct.holds_of(victim) and time.time() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(ct.holds_of(victim), [], "the stalled proxy still holds")
+            v = run.verify()
+            run.summary("; pauses up to %.1f ms, batches held by %s proxies" % (max(pauses), sorted(set(held))))
+            self.assertClean(v)
+        finally:
+            if victim is not None:
+                victim.proc.send_signal(signal.SIGCONT)
+            for p in idle:
+                p.stop()
+            run.stop()
+
+
+if __name__ == "__main__":
+    faulthandler.register(signal.SIGUSR1)
+    unittest.main(verbosity=2)
