@@ -19,6 +19,7 @@ void Router::moved(Slot slot, const HostPort& node) {
     ++owner_changes_;
   }
   slots_[slot] = b;
+  pinned_[slot] = worker_.now_ms() + kPinMs;
   worker_.owners_changed();
   refresh_soon();
 }
@@ -32,6 +33,7 @@ void Router::route(const SlotSet& slots, const HostPort& node) {
       ++owner_changes_;
     }
     slots_[s] = b;
+    pinned_[static_cast<Slot>(s)] = worker_.now_ms() + kPinMs;
   }
   // A master that had no slot until now serves keyless and fanned-out commands too.
   if (std::find(masters_.begin(), masters_.end(), b) == masters_.end()) {
@@ -144,9 +146,25 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
     by_node[i] = worker_.backend(HostPort{n.address(), n.port});
     masters.push_back(by_node[i]);
   }
+  const std::uint64_t now = worker_.now_ms();
   for (std::size_t s = 0; s < kSlotCount; ++s) {
     const std::uint16_t owner = t.owners[s];
     Backend* b = owner == kNoOwner ? nullptr : by_node[owner];
+    if (!pinned_.empty()) {
+      // A slot a ROUTE or a MOVED has just pointed elsewhere keeps that owner against a map that disagrees:
+      // the node that answered may not have learnt of the move yet (the cluster bus spreads a new owner in a
+      // moment), and going back to the old owner would send a client's next commands there, after ones
+      // already sent to the new owner. (A PUBLISH goes to its channel's slot owner: the old one would deliver
+      // it ahead of the earlier ones still crossing the cluster bus.) A map that agrees ends the pin, as does
+      // its time.
+      if (auto it = pinned_.find(static_cast<Slot>(s)); it != pinned_.end()) {
+        if (b == slots_[s] || now >= it->second) {
+          pinned_.erase(it);
+        } else {
+          continue;
+        }
+      }
+    }
     // (The first load changes no owner: there was none.)
     if (slots_[s] && slots_[s] != b) {
       worker_.replica_reads().owner_changed(static_cast<Slot>(s));
@@ -154,6 +172,9 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
     }
     slots_[s] = b;
   }
+  // A pinned slot's owner serves it whatever the map said: it is a master.
+  for (const auto& [slot, until] : pinned_)
+    if (slots_[slot]) masters.push_back(slots_[slot]);
   std::sort(masters.begin(), masters.end(),
             [](const Backend* a, const Backend* b) { return a->name() < b->name(); });
   masters.erase(std::unique(masters.begin(), masters.end()), masters.end());
