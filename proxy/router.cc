@@ -19,7 +19,6 @@ void Router::moved(Slot slot, const HostPort& node) {
     ++owner_changes_;
   }
   slots_[slot] = b;
-  pinned_[slot] = worker_.now_ms() + kPinMs;
   worker_.owners_changed();
   refresh_soon();
 }
@@ -151,12 +150,13 @@ void Router::apply(const std::string& reply, bool shards, std::size_t candidate)
     const std::uint16_t owner = t.owners[s];
     Backend* b = owner == kNoOwner ? nullptr : by_node[owner];
     if (!pinned_.empty()) {
-      // A slot a ROUTE or a MOVED has just pointed elsewhere keeps that owner against a map that disagrees:
-      // the node that answered may not have learnt of the move yet (the cluster bus spreads a new owner in a
-      // moment), and going back to the old owner would send a client's next commands there, after ones
-      // already sent to the new owner. (A PUBLISH goes to its channel's slot owner: the old one would deliver
-      // it ahead of the earlier ones still crossing the cluster bus.) A map that agrees ends the pin, as does
-      // its time.
+      // A slot a ROUTE has just pointed elsewhere keeps that owner against a map that disagrees: the node
+      // that answered may not have learnt of the move yet (the cluster bus spreads a new owner in a moment),
+      // and going back to the old owner would send a client's next commands there, after ones already sent to
+      // the new owner. (A PUBLISH goes to its channel's slot owner: the old one would deliver it ahead of the
+      // earlier ones still crossing the cluster bus.) A map that agrees ends the pin, as does its time. A
+      // MOVED pins nothing: it may point at a node that cannot be reached, which a reload must be free to
+      // correct at once; a ROUTE's node has said itself that it owns the slots (route_check.h).
       if (auto it = pinned_.find(static_cast<Slot>(s)); it != pinned_.end()) {
         if (b == slots_[s] || now >= it->second) {
           pinned_.erase(it);

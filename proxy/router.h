@@ -38,8 +38,8 @@ class Router {
   void moved(Slot slot, const HostPort& node);
   // The orchestrator says `slots` are served by `node` now (a ROUTE at a move's cutover): follow it at once,
   // connecting to `node` if need be. No reload is asked for, since some nodes may not know of the move yet;
-  // for 2 s a reload that disagrees is not taken for these slots (nor after a MOVED), one that agrees ends
-  // that, and after it the reload's word is final again.
+  // for 2 s a reload that disagrees is not taken for these slots, one that agrees ends that, and after it the
+  // reload's word is final again.
   void route(const SlotSet& slots, const HostPort& node);
   // Something suggests the map is stale (a backend failed, CLUSTERDOWN): reload soon, at most once per 100
   // ms.
@@ -66,8 +66,8 @@ class Router {
   bool refresh_wanted_ = false;
   std::uint64_t last_refresh_ms_ = 0;
   std::vector<HostPort> refresh_candidates_;
-  // Slots a ROUTE or a MOVED pointed at their new owner, until when a reloaded map that disagrees is not
-  // taken for them (apply()).
+  // Slots a ROUTE pointed at their new owner, until when a reloaded map that disagrees is not taken for them
+  // (apply()).
   static constexpr std::uint64_t kPinMs = 2000;
   std::unordered_map<Slot, std::uint64_t> pinned_;
   std::string last_error_;
