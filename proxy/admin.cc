@@ -105,9 +105,11 @@ std::string AdminServer::start() {
   auto check = [this](const httplib::Request& req) -> std::optional<Refusal> {
     // The probes need no token: a Kubernetes httpGet probe cannot send one, and they tell only whether the
     // process is up and whether clients should be sent to it.
-    if (req.path != "/healthz" && req.path != "/readyz" && !token().empty() &&
-        !same_secret(req.get_header_value("Authorization"), "Bearer " + token())) {
-      return Refusal{401, "unauthorized: send Authorization: Bearer <admin token>"};
+    if (req.path != "/healthz" && req.path != "/readyz") {
+      // Read once: a reload may replace it between two reads.
+      const std::string wanted = token();
+      if (!wanted.empty() && !same_secret(req.get_header_value("Authorization"), "Bearer " + wanted))
+        return Refusal{401, "unauthorized: send Authorization: Bearer <admin token>"};
     }
     const auto length = content_length(req);
     if (!length) return Refusal{400, "malformed Content-Length"};

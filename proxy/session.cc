@@ -732,16 +732,21 @@ bool Session::idle_for_drain(std::uint64_t now_ms) const {
   return done_for_drain(now_ms) && now_ms - last_activity_ms_ >= kDrainIdleMs;
 }
 
-bool Session::unread_input() const {
+int Session::socket_fd() const {
   uv_os_fd_t fd = -1;
-  if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) != 0) return false;
+  return uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) == 0 ? fd : -1;
+}
+
+bool Session::unread_input() const {
+  const int fd = socket_fd();
+  if (fd < 0) return false;
   char byte = 0;
   return ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
 }
 
 void Session::set_cork(bool on) {
-  uv_os_fd_t fd = -1;
-  if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&tcp_), &fd) != 0) return;
+  const int fd = socket_fd();
+  if (fd < 0) return;
   const int value = on ? 1 : 0;
   ::setsockopt(fd, IPPROTO_TCP, TCP_CORK, &value, sizeof value);
 }

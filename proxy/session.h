@@ -122,6 +122,8 @@ class Session {
   bool unread_input() const;
   // TCP_CORK on the client's socket: partial segments wait until it is off or the socket closes.
   void set_cork(bool on);
+  // The client's socket descriptor, or -1 once it has none.
+  int socket_fd() const;
 
   void on_read(ssize_t nread);
   // Runs every whole command in the input buffer (stopping while a login is being checked). A login check
