@@ -1,4 +1,5 @@
 #include "orchestrator/cluster_check.h"
+#include "orchestrator/exit_status.h"
 
 #include <algorithm>
 #include <map>
@@ -303,15 +304,15 @@ int run_check(const CommonOptions& options, std::ostream& out, std::ostream& err
   const auto seed = parse_host_port(options.cluster, error);
   if (!seed) {
     err << "slotshift check: --cluster: " << error << "\n";
-    return 2;
+    return kExitUsage;
   }
   const auto h = inspect_cluster(*seed, options);
   if (!h.survey.error.empty()) {
     err << "slotshift check: " << h.survey.error << "\n";
-    return 1;
+    return kExitFailed;
   }
   print_health(h, options.json, out);
-  return h.clean() ? 0 : 1;
+  return h.clean() ? kExitDone : kExitFailed;
 }
 
 }  // namespace slotshift

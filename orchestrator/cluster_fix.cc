@@ -1,4 +1,5 @@
 #include "orchestrator/cluster_fix.h"
+#include "orchestrator/exit_status.h"
 
 #include <unistd.h>
 
@@ -512,17 +513,17 @@ int run_fix(const FixOptions& options, std::istream& in, std::ostream& out, std:
   const auto seed = parse_host_port(options.common.cluster, error);
   if (!seed) {
     err << "slotshift fix: --cluster: " << error << "\n";
-    return 2;
+    return kExitUsage;
   }
   const bool json = options.common.json;
   if (json && !options.yes && !options.dry_run) {
     err << "slotshift fix: --json needs --yes or --dry-run (there is no way to ask)\n";
-    return 2;
+    return kExitUsage;
   }
   const auto h = inspect_cluster(*seed, options.common);
   if (!h.survey.error.empty()) {
     err << "slotshift fix: " << h.survey.error << "\n";
-    return 1;
+    return kExitRefused;
   }
   nlohmann::json report;
   // Nothing is changed on a cluster that cannot be seen whole: a node that does not answer may hold the
@@ -557,11 +558,11 @@ int run_fix(const FixOptions& options, std::istream& in, std::ostream& out, std:
     if (!refusal.empty()) {
       print_health(h, false, out);
       err << "slotshift fix: " << refusal << "\n";
-      return 1;
+      return kExitRefused;
     }
     if (steps.empty() && h.clean()) {
       out << "nothing to fix: all nodes agree, every slot is covered, nothing is open or left behind\n";
-      return 0;
+      return kExitDone;
     }
     out << (steps.empty() ? "nothing fix can do:\n" : "plan:\n");
     for (std::size_t i = 0; i < steps.size(); ++i)
@@ -574,26 +575,26 @@ int run_fix(const FixOptions& options, std::istream& in, std::ostream& out, std:
   if (!refusal.empty()) {
     report["ok"] = false;
     out << report.dump(2) << "\n";
-    return 1;
+    return kExitRefused;
   }
   if (options.dry_run || steps.empty()) {
     if (json) {
       report["ok"] = h.clean();
       out << report.dump(2) << "\n";
     }
-    return options.dry_run ? 0 : 1;
+    return options.dry_run ? kExitDone : kExitFailed;
   }
   if (!options.yes) {
     if (!options.interactive) {
       out << "not applied: nothing was changed; run again with --yes to apply this plan\n";
-      return 3;
+      return kExitNotApplied;
     }
     out << "apply this plan? [y/N] " << std::flush;
     std::string answer;
     std::getline(in, answer);
     if (answer != "y" && answer != "Y" && answer != "yes") {
       out << "not applied: nothing was changed\n";
-      return 3;
+      return kExitNotApplied;
     }
   }
 
@@ -651,7 +652,7 @@ int run_fix(const FixOptions& options, std::istream& in, std::ostream& out, std:
     out << "check after fix:\n";
     print_health(after, false, out);
   }
-  return all_ok && after.clean() ? 0 : 1;
+  return all_ok && after.clean() ? kExitDone : kExitFailed;
 }
 
 }  // namespace slotshift

@@ -1,4 +1,5 @@
 #include "orchestrator/commands.h"
+#include "orchestrator/exit_status.h"
 
 #include <algorithm>
 #include <map>
@@ -168,12 +169,12 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
   const auto seed = parse_host_port(options.cluster, error);
   if (!seed) {
     err << "slotshift status: --cluster: " << error << "\n";
-    return 2;
+    return kExitUsage;
   }
   const auto s = survey_cluster(*seed, options.timeout, options.credentials);
   if (!s.error.empty()) {
     err << "slotshift status: " << s.error << "\n";
-    return 1;
+    return kExitFailed;
   }
   const auto masters = s.merged.masters();
   // Moves in progress: the leases their slotshift holds on the nodes it changes (move_lease.h).
@@ -214,7 +215,7 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
     j["unreachable"] = s.unreachable;
     j["loading"] = s.loading;
     out << j.dump(2) << "\n";
-    return s.complete() ? 0 : 1;
+    return s.complete() ? kExitDone : kExitFailed;
   }
   out << "cluster seen from " << seed->str() << ": " << masters.size() << " masters, "
       << s.merged.nodes.size() - masters.size() << " other nodes, " << covered_slots(s.merged) << " of "
@@ -245,7 +246,7 @@ int run_status(const CommonOptions& options, std::ostream& out, std::ostream& er
     out << "  unreachable: " << u << "\n";
   for (const auto& l : s.loading)
     out << "  loading: " << l << "\n";
-  return s.complete() ? 0 : 1;
+  return s.complete() ? kExitDone : kExitFailed;
 }
 
 }  // namespace slotshift

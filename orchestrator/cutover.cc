@@ -80,6 +80,9 @@ bool MoveJob::refuse_writes(Source& src) {
 
 bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   retry = false;
+  // A SIGTERM (a Job's pod deleted) or a lost lease stops the move between batches, where nothing of the next
+  // one has begun: the wait for the lag below checks again only while it waits.
+  if (interrupted()) return false;
   ++batch.attempts;
   auto& copier = *src.copier;
   auto* c = control(src.node);

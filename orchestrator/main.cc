@@ -11,6 +11,7 @@
 #include "orchestrator/cluster_check.h"
 #include "orchestrator/cluster_fix.h"
 #include "orchestrator/commands.h"
+#include "orchestrator/exit_status.h"
 #include "orchestrator/move.h"
 
 namespace {
@@ -18,7 +19,12 @@ namespace {
 // "50ms", "2s", "1500" (milliseconds).
 std::chrono::milliseconds parse_duration(const std::string& text) {
   std::size_t used = 0;
-  const long long n = std::stoll(text, &used);
+  long long n = 0;
+  try {
+    n = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    throw CLI::ValidationError("a duration is NUMBER[ms|s]: " + text);
+  }
   const std::string unit = text.substr(used);
   if (n < 0) throw CLI::ValidationError("a duration cannot be negative: " + text);
   if (unit.empty() || unit == "ms") return std::chrono::milliseconds(n);
@@ -29,7 +35,12 @@ std::chrono::milliseconds parse_duration(const std::string& text) {
 // "8MB", "512KB", "1GB", "4096" (bytes).
 std::size_t parse_size(const std::string& text) {
   std::size_t used = 0;
-  const unsigned long long n = std::stoull(text, &used);
+  unsigned long long n = 0;
+  try {
+    n = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    throw CLI::ValidationError("a size is NUMBER[KB|MB|GB]: " + text);
+  }
   std::string unit = text.substr(used);
   for (auto& c : unit)
     c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
@@ -148,7 +159,16 @@ int main(int argc, char** argv) {
   mv->add_option("--pause-timeout", pause_timeout,
                  "the CLIENT PAUSE a cutover asks for; it ends by itself after this if slotshift dies "
                  "(default 2s)");
-  mv->add_flag("!--no-progress", move.progress, "no progress line on the terminal");
+  mv->add_flag("!--no-progress", move.progress,
+               "no progress on stderr (a line that replaces itself on a terminal; elsewhere, as in a Job's "
+               "log, a line with the time at each phase and every --progress-interval)");
+  std::string progress_interval = "10s", metrics;
+  mv->add_option("--progress-interval", progress_interval,
+                 "when stderr is not a terminal: the most often a progress line is written within a phase "
+                 "(default 10s)");
+  mv->add_option("--metrics", metrics,
+                 "HOST:PORT: serve the running move's figures (keys and bytes copied, lag, batch, pauses) at "
+                 "/metrics, in Prometheus's text format, until it ends");
 
   // abort and resume: the move of a journal. resume takes move's options for the rest of the move.
   slotshift::MoveOptions recover;
@@ -170,13 +190,19 @@ int main(int argc, char** argv) {
   resume->add_option("--max-pause", max_pause, "as for move");
   resume->add_option("--pause-timeout", pause_timeout, "as for move");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help prints and exits 0; every other parse error is the command line's: exit status 2, whatever
+    // CLI11's own code for it.
+    return app.exit(e) == 0 ? slotshift::kExitDone : slotshift::kExitUsage;
+  }
   options.timeout = std::chrono::milliseconds(timeout_ms);
   if (!password_file.empty()) {
     if (const auto why = slotshift::read_secret_file(password_file, options.credentials.password);
         !why.empty()) {
       std::cerr << "slotshift: --password-file: " << why << "\n";
-      return 2;
+      return slotshift::kExitUsage;
     }
   }
   if (options.credentials.password.empty())
@@ -189,7 +215,7 @@ int main(int argc, char** argv) {
         std::pair{"--sni", &tls.server_name}})
     if (!tls.enabled && !value->empty()) {
       std::cerr << "slotshift: " << flag << " needs --tls (without it every connection is plain TCP)\n";
-      return 2;
+      return slotshift::kExitUsage;
     }
   if (tls.enabled) {
     std::string error;
@@ -198,7 +224,7 @@ int main(int argc, char** argv) {
     options.credentials.tls = slotshift::TlsContext::client(tls, error);
     if (!options.credentials.tls) {
       std::cerr << "slotshift: --tls: " << error << "\n";
-      return 2;
+      return slotshift::kExitUsage;
     }
   }
   if (status->parsed()) return slotshift::run_status(options, std::cout, std::cerr);
@@ -216,7 +242,7 @@ int main(int argc, char** argv) {
       recover.pause_timeout = parse_duration(pause_timeout);
     } catch (const std::exception& e) {
       std::cerr << "slotshift resume: " << e.what() << "\n";
-      return 2;
+      return slotshift::kExitUsage;
     }
     if (recover.proxy_token.empty())
       if (const char* t = std::getenv("SLOTSHIFT_ADMIN_TOKEN")) recover.proxy_token = t;
@@ -232,6 +258,12 @@ int main(int argc, char** argv) {
       move.big_key = parse_size(big_key);
       move.spool_memory = parse_size(spool_memory);
       move.diskless = snapshot == "diskless";
+      move.progress_interval = parse_duration(progress_interval);
+      if (!metrics.empty()) {
+        std::string error;
+        move.metrics = slotshift::parse_host_port(metrics, error);
+        if (!move.metrics) throw std::invalid_argument("--metrics: " + error);
+      }
       for (auto* list : {&proxies, &proxy_dns})
         for (const auto& text : *list) {
           std::string error;
@@ -243,10 +275,10 @@ int main(int argc, char** argv) {
         if (const char* t = std::getenv("SLOTSHIFT_ADMIN_TOKEN")) move.proxy_token = t;
     } catch (const std::exception& e) {
       std::cerr << "slotshift move: " << e.what() << "\n";
-      return 2;
+      return slotshift::kExitUsage;
     }
     move.common = options;
     return slotshift::run_move(move, std::cout, std::cerr);
   }
-  return 2;
+  return slotshift::kExitUsage;
 }

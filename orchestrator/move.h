@@ -25,6 +25,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -56,7 +57,12 @@ struct MoveOptions {
   // The longest CLIENT PAUSE a cutover asks for: if the orchestrator dies mid-cutover, the source's writes
   // resume by themselves after this.
   std::chrono::milliseconds pause_timeout{2000};
-  bool progress = true;  // a progress line on stderr when it is a terminal
+  // Progress on stderr: a line that replaces itself on a terminal; elsewhere (a file, a Job's log) a line
+  // with the time at each phase and at most one every progress_interval in between.
+  bool progress = true;
+  std::chrono::milliseconds progress_interval{10000};
+  // --metrics: where the running move's figures are served (move_metrics.h); none when unset.
+  std::optional<HostPort> metrics;
   // The move lease on every node the move changes (move_lease.h): renewed every third of this while the move
   // runs; another slotshift may take it over once it has not been renewed for this long.
   std::chrono::milliseconds lease_ttl{30000};

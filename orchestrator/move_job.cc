@@ -128,9 +128,31 @@ void MoveJob::journal(MoveStep step, const nlohmann::json& fields) {
   fault::at_step(step_name(step));
 }
 
-void MoveJob::progress(const std::string& line) {
+void MoveJob::progress(const char* phase, const std::string& line, std::size_t batch, std::size_t planned) {
+  MoveProgress now;
+  now.phase = phase;
+  // The last batch begun stays the figure after the cutovers, through cleaning and settling.
+  if (batch > 0) progress_batch_ = {batch, planned};
+  now.batch = progress_batch_.first;
+  now.batches_planned = progress_batch_.second;
+  for (const auto& src : sources_) {
+    now.slots += src.slots.size();
+    now.slots_moved += std::count_if(src.slots.begin(), src.slots.end(), [&](Slot s) { return claimed_[s]; });
+    now.keys_estimated += src.estimated_keys;
+    // The servers carry the values of a native move: what is known is what each batch counted before it
+    // moved.
+    for (const auto& b : src.batches)
+      if (native_ && !b.slots.empty() && claimed_[b.slots.front()]) now.keys_copied += b.source_keys;
+    if (!src.copier) continue;
+    const auto& st = src.copier->stats();
+    now.keys_copied += st.keys_copied.load();
+    now.bytes_copied += st.bytes_copied.load();
+    now.snapshot_bytes += st.rdb_bytes.load();
+    now.stream_operations += st.stream_applied.load();
+    now.lag_bytes += src.copier->lag_bytes();
+  }
   for (auto& o : observers_)
-    o->on_progress(line);
+    o->on_progress(now, line);
 }
 
 NodeClient* MoveJob::control(const Node& node) {
@@ -211,13 +233,13 @@ bool MoveJob::copy() {
       estimated += src.estimated_keys;
     }
     if (interrupted()) return false;
-    if (done) break;
     char line[200];
     std::snprintf(line, sizeof line, "copy  %s/%s keys  %s of values  %s of snapshots read  %.1f s",
                   with_commas(keys).c_str(), with_commas(estimated).c_str(),
                   human_bytes(static_cast<double>(bytes)).c_str(),
                   human_bytes(static_cast<double>(rdb)).c_str(), ms_since(t0) / 1000);
-    progress(line);
+    progress("copy", line);  // the last one with the copy's final figures
+    if (done) break;
     std::this_thread::sleep_for(milliseconds(100));
   }
   copy_s_ = ms_since(t0) / 1000;
@@ -244,7 +266,7 @@ bool MoveJob::cut_over_all() {
       std::snprintf(line, sizeof line, "cutover  batch %zu/%zu  %zu slots  %s keys  lag %s", done + 1, total,
                     batch.slots.size(), with_commas(batch.keys).c_str(),
                     human_bytes(static_cast<double>(src.copier->lag_bytes())).c_str());
-      progress(line);
+      progress("cutover", line, done + 1, total);
       bool retry = false;
       bool claimed = cut_over(src, batch, retry);
       while (!claimed && retry && batch.attempts < 3)
@@ -464,28 +486,44 @@ int MoveJob::run() {
   move_id_ = "move-" + std::to_string(::getpid()) + "-" +
              std::to_string(
                  duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  if (metrics_) {
+    if (const auto error = metrics_->start(*options_.metrics); !error.empty()) {
+      err_ << "slotshift move: " << error << "\n";
+      return kExitUsage;
+    }
+  }
   if (!plan()) {
     // Refused before anything was touched; machines get that as JSON too.
+    // A flag the plan found wrong is the user's to mend; anything else is the cluster as it is now.
+    const int status = error_.starts_with("--") ? kExitUsage : kExitRefused;
     if (options_.common.json)
-      out_ << nlohmann::json{{"ok", false}, {"error", error_}, {"refused_before_start", true}}.dump(2)
+      out_ << nlohmann::json{{"ok", false},
+                             {"error", error_},
+                             {"refused_before_start", true},
+                             {"exit_status", status},
+                             {"outcome", exit_status_name(status)}}
+                  .dump(2)
            << "\n";
     err_ << "slotshift move: " << error_ << "\n";
-    return error_.starts_with("--") ? 2 : 1;
+    return status;
   }
   if (options_.dry_run) {
     if (!estimate()) {
       err_ << "slotshift move: " << error_ << "\n";
-      return 1;
+      return kExitRefused;
     }
     print_plan();
-    return 0;
+    return kExitDone;
   }
   if (sources_.empty()) {
     notes_.push_back("nothing to move: every slot named is already on " + target_address_.str());
     report(true);
-    return 0;
+    return kExitDone;
   }
-  if (!open_journal()) return 2;
+  // What the copy is expected to carry, for its progress line and --metrics: counted, not needed, so a move
+  // whose count fails goes on without it (and fails on its own if a node is gone).
+  if (!estimate()) error_.clear();
+  if (!open_journal()) return kExitUsage;
   journal(MoveStep::kPlan, {{"lease", leased_.size()},
                             {"target", target_.id},
                             {"target_address", target_address_.str()},
@@ -507,6 +545,14 @@ int MoveJob::run() {
                                               {"slots", format_slot_ranges(slot_ranges(s.slots))}});
                                return a;
                              }()}});
+  for (auto& o : observers_)
+    o->on_started({{"move", move_id_},
+                   {"slots", options_.slots},
+                   {"target", target_address_.str()},
+                   {"target_id", target_.id},
+                   {"engine", native_ ? "native" : "replica"},
+                   {"fence", options_.fence},
+                   {"journal", journal_path_}});
   struct sigaction action {};
   action.sa_handler = on_move_interrupt;
   struct sigaction old_int {
@@ -515,17 +561,22 @@ int MoveJob::run() {
   sigaction(SIGTERM, &action, &old_term);
   g_move_interrupted = 0;
 
-  auto timed = [](double& seconds, auto&& step) {
+  // A phase, timed. Those with no progress lines of their own are announced as they start.
+  auto timed = [this](double& seconds, const char* phase, const char* announce, auto&& step) {
+    if (announce) progress(phase, announce);
     const auto t0 = Clock::now();
     const bool r = step();
     seconds = ms_since(t0) / 1000;
     return r;
   };
-  const bool ok = native_ ? timed(cutover_s_, [&] { return migrate_native_all(); }) &&
-                                timed(settle_s_, [&] { return settle(); })
-                          : prepare() && copy() && timed(cutover_s_, [&] { return cut_over_all(); }) &&
-                                timed(cleanup_s_, [&] { return clean_source_replicas(); }) &&
-                                timed(settle_s_, [&] { return settle(); });
+  const char* settling = "settle  until every node names the new owners";
+  const bool ok = native_ ? timed(cutover_s_, "migrate", nullptr, [&] { return migrate_native_all(); }) &&
+                                timed(settle_s_, "settle", settling, [&] { return settle(); })
+                          : (progress("prepare", "prepare  IMPORTING on the target"), prepare()) && copy() &&
+                                timed(cutover_s_, "cutover", nullptr, [&] { return cut_over_all(); }) &&
+                                timed(cleanup_s_, "clean", "clean  the moved keys from the sources' replicas",
+                                      [&] { return clean_source_replicas(); }) &&
+                                timed(settle_s_, "settle", settling, [&] { return settle(); });
   if (!ok) {
     rollback();
     // The batches claimed before the failure are moved: their keys go from the source's replicas as after a
@@ -533,6 +584,7 @@ int MoveJob::run() {
     clean_source_replicas();
   }
   if (ok) {
+    exit_status_ = kExitDone;
     journal(MoveStep::kDone);
   } else {
     // The move ended by itself, its undo done: the journal says so, so that check does not take it for a
@@ -541,13 +593,14 @@ int MoveJob::run() {
     const bool fenced =
         std::any_of(sources_.begin(), sources_.end(), [](const Source& s) { return s.refusing; });
     journal(MoveStep::kAborted, {{"by", "the move itself"}, {"complete", undo_complete_ && !fenced}});
+    exit_status_ = undo_complete_ && !fenced ? kExitFailed : kExitUnfinished;
   }
   report(ok);
   for (auto& src : sources_)
     if (src.copier) src.copier->stop();
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
-  return ok ? 0 : 1;
+  return exit_status_;
 }
 
 int run_abort(const MoveOptions& options, std::ostream& out, std::ostream& err) {

@@ -31,9 +31,11 @@
 #include "common/topology.h"
 #include "orchestrator/batch_sizer.h"
 #include "orchestrator/copier.h"
+#include "orchestrator/exit_status.h"
 #include "orchestrator/journal.h"
 #include "orchestrator/move.h"
 #include "orchestrator/move_lease.h"
+#include "orchestrator/move_metrics.h"
 #include "orchestrator/move_report.h"
 #include "orchestrator/node_client.h"
 #include "orchestrator/proxy_control.h"
@@ -88,7 +90,15 @@ class MoveJob {
  public:
   MoveJob(const MoveOptions& options, std::ostream& out, std::ostream& err)
       : options_(options), out_(out), err_(err) {
-    if (options.progress && isatty(STDERR_FILENO)) observers_.push_back(std::make_unique<ProgressView>(err));
+    if (options.progress && isatty(STDERR_FILENO))
+      observers_.push_back(std::make_unique<ProgressView>(err));
+    else if (options.progress)
+      observers_.push_back(std::make_unique<ProgressLog>(err, options.progress_interval));
+    if (options.metrics) {
+      auto metrics = std::make_unique<MoveMetrics>();
+      metrics_ = metrics.get();
+      observers_.push_back(std::move(metrics));
+    }
     if (options.common.json)
       observers_.push_back(std::make_unique<JsonReport>(out));
     else
@@ -150,7 +160,9 @@ class MoveJob {
   // Writes and syncs the record of `step` (with `fields`) before the step is taken.
   void journal(MoveStep step, const nlohmann::json& fields = nlohmann::json::object());
   bool open_journal();
-  void progress(const std::string& line);
+  // Where the move is now, told to every observer: `phase` and `line` from the caller, the figures from the
+  // copiers and the claims; `batch` of `planned` when a batch begins (0: the last one begun).
+  void progress(const char* phase, const std::string& line, std::size_t batch = 0, std::size_t planned = 0);
   // A batch ended (claimed or given up): told to every observer.
   void batch_ended(const Source& source, const Batch& batch);
   nlohmann::json batch_record(const Source& source, const Batch& batch) const;
@@ -166,7 +178,10 @@ class MoveJob {
   std::ostream& out_;
   std::ostream& err_;
   std::vector<std::unique_ptr<MoveObserver>> observers_;  // what the move says goes to each (move_report.h)
+  MoveMetrics* metrics_ = nullptr;                        // of observers_, the --metrics endpoint
+  std::pair<std::size_t, std::size_t> progress_batch_{};  // the batch begun last, of how many planned then
   std::string error_;
+  int exit_status_ = kExitDone;  // what run() returns (exit_status.h), also in the report
   std::vector<std::string> warnings_;
   std::vector<std::string> notes_;
   Clock::time_point started_ = Clock::now();

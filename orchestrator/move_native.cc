@@ -65,10 +65,11 @@ bool MoveJob::migrate_native_all() {
       // The next batch: consecutive slots not yet moved, as many as the learnt delete speed allows.
       Batch batch = sizer_.next_native(src.slots, slot_keys, claimed_);
       if (batch.slots.empty()) break;
+      if (interrupted()) return false;  // between batches, as the replica engine stops
       char line[200];
       std::snprintf(line, sizeof line, "migrate  batch %zu  %zu slots  %s keys", done + 1, batch.slots.size(),
                     with_commas(batch.keys).c_str());
-      progress(line);
+      progress("migrate", line, done + 1, 0);
       const bool moved = migrate_native(src, batch);
       src.batches.push_back(std::move(batch));
       batch_ended(src, src.batches.back());

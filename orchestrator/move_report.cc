@@ -3,7 +3,9 @@
 #include "orchestrator/move_job.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <nlohmann/json.hpp>
 
 #include "common/topology.h"
@@ -127,12 +129,14 @@ void MoveJob::report(bool ok) {
                    {"max_stall_ms", max_stall},
                    {"warnings", warnings_},
                    {"notes", notes_}};
+  j["exit_status"] = exit_status_;
+  j["outcome"] = exit_status_name(exit_status_);
   if (!ok) j["error"] = error_;
   for (auto& o : observers_)
     o->on_finished(j);
 }
 
-void ProgressView::on_progress(const std::string& line) {
+void ProgressView::on_progress(const MoveProgress&, const std::string& line) {
   err_ << "\r\033[K" << line << std::flush;
   shown_ = true;
 }
@@ -140,6 +144,41 @@ void ProgressView::on_progress(const std::string& line) {
 void ProgressView::clear() {
   if (shown_) err_ << "\r\033[K" << std::flush;
   shown_ = false;
+}
+
+void ProgressLog::print(const std::string& line) {
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t seconds = std::chrono::system_clock::to_time_t(now);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char stamp[64];
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900,
+                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms));
+  err_ << stamp << " slotshift move: " << line << "\n" << std::flush;
+}
+
+void ProgressLog::on_started(const nlohmann::json& plan) {
+  print("started " + plan.value("move", "") + ": slots " + plan.value("slots", "") + " to " +
+        plan.value("target", "") + " (journal " + plan.value("journal", "") + ")");
+}
+
+void ProgressLog::on_progress(const MoveProgress& now, const std::string& line) {
+  // A phase's first line always: a log reader sees every phase begin. Within one, a line every interval.
+  const auto t = std::chrono::steady_clock::now();
+  if (now.phase == phase_ && t - last_ < interval_) return;
+  phase_ = now.phase;
+  last_ = t;
+  print(line);
+}
+
+void ProgressLog::on_finished(const nlohmann::json& r) {
+  char line[160];
+  std::snprintf(line, sizeof line, "finished: %s (exit status %d) after %.2f s, %zu batches",
+                r.value("outcome", "").c_str(), r.value("exit_status", -1), r.value("elapsed_s", 0.0),
+                r.contains("batches") ? r["batches"].size() : 0);
+  print(line);
 }
 
 void TextReport::on_batch(const nlohmann::json& b) {

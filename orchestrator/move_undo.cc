@@ -1,3 +1,4 @@
+#include "orchestrator/exit_status.h"
 #include "orchestrator/move_job.h"
 
 #include <fcntl.h>
@@ -215,36 +216,36 @@ int MoveJob::recover(bool resume) {
   const std::string path = options_.journal.empty() ? latest_unfinished_journal(error) : options_.journal;
   if (path.empty()) {
     err_ << "slotshift " << verb << ": " << error << "\n";
-    return 2;
+    return kExitUsage;
   }
   const auto state = read_journal(path, error);
   if (!state) {
     err_ << "slotshift " << verb << ": " << error << "\n";
-    return 2;
+    return kExitUsage;
   }
   if (state->finished) {
     err_ << "slotshift " << verb << ": the move " << state->move_id << " of " << path << " has already "
          << (state->last_step == "done" ? "ended" : "been aborted") << "; nothing to do\n";
-    return 0;
+    return kExitDone;
   }
   move_id_ = state->move_id;
   journal_path_ = path;
   journal_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (journal_fd_ < 0) {
     err_ << "slotshift " << verb << ": cannot append to " << path << ": " << std::strerror(errno) << "\n";
-    return 2;
+    return kExitUsage;
   }
 
   // The nodes, as the cluster knows them now (ids from the journal, addresses from the cluster).
   const auto seed = parse_host_port(options_.common.cluster, error);
   if (!seed) {
     err_ << "slotshift " << verb << ": --cluster: " << error << "\n";
-    return 2;
+    return kExitUsage;
   }
   const auto survey = survey_cluster(*seed, options_.common.timeout, options_.common.credentials);
   if (!survey.error.empty()) {
     err_ << "slotshift " << verb << ": " << survey.error << "\n";
-    return 1;
+    return kExitRefused;
   }
   topology_ = survey.merged;
   auto node_of = [&](const std::string& id, const std::string& address) {
@@ -292,7 +293,7 @@ int MoveJob::recover(bool resume) {
     leased.push_back(src.address);
   if (!lease_->acquire(leased)) {
     err_ << "slotshift " << verb << ": " << lease_->error() << "\n";
-    return 1;
+    return kExitRefused;
   }
   if (!state->proxies.empty()) {
     std::vector<HostPort> proxies;
@@ -329,15 +330,15 @@ int MoveJob::recover(bool resume) {
     out_ << "warning: " << w << "\n";
   if (!undo_complete_) {
     err_ << "slotshift " << verb << ": not everything could be undone (see above); run it again\n";
-    return 1;
+    return kExitUnfinished;
   }
   if (!resume) {
     out_ << "  " << left.size() << " slots are with their sources again, as before the move\n";
-    return 0;
+    return kExitDone;
   }
   if (left.empty()) {
     out_ << "  nothing is left to move\n";
-    return 0;
+    return kExitDone;
   }
   MoveOptions rest = options_;
   std::vector<SlotRange> ranges = slot_ranges(left);

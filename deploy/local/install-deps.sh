@@ -15,6 +15,8 @@ packages=(
   # openssl: the tests' certificates.
   openssl
   redis-server redis-tools python3 python3-redis
+  # The tests read /metrics (the proxy's and a running move's) with Prometheus's own text-format parser.
+  python3-prometheus-client
   # deploy/local/server-root.sh: the Debian roots of the other server versions (tests/run.sh, demo --server).
   debootstrap
   # deploy/image/build.sh: the OCI image, made and run (tests/integration/image_test.sh) without a registry or a

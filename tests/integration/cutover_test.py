@@ -678,6 +678,9 @@ class ProxyFailureTest(CutoverTest):
 
             rc, report, err = run.move("proxy", proxies=proxies).result()
             self.assertNotEqual(rc, 0, "slotshift move --fence proxy succeeded with a proxy that never answers")
+            # Stopped and undone, its journal closed: exit status 1 (a Job may run the same move again).
+            self.assertEqual(rc, 1, "slotshift move --fence proxy: %s" % (report or err))
+            self.assertEqual(report["outcome"], "failed", report)
             error = report["error"] if report else err
             self.assertIn("--fence proxy", error)
             self.assertIn(silent.address(), error, "the error does not name the proxy that did not answer")

@@ -11,6 +11,7 @@ Run by ctest as move_fault_it (and move_fault_it@SERVER for the claim case on ot
     tests/integration/move_fault_test.py
 """
 
+import json
 import os
 import re
 import subprocess
@@ -60,6 +61,18 @@ class FaultedMover:
             if not line.startswith("  batch"):
                 log("    slotshift: " + line)
         return self.result
+
+
+def journal_exit_status(path):
+    """The exit status a move must end with, from its journal's last record: 0 done, 1 stopped with its undo
+    complete, 5 stopped with work left on the nodes (the README's "Exit status")."""
+    with open(path) as f:
+        last = json.loads(f.read().splitlines()[-1])
+    if last["step"] == "done":
+        return 0
+    if last["step"] == "aborted":
+        return 1 if last.get("complete") else 5
+    raise AssertionError("the move ended on the journal record %r, not done or aborted" % last)
 
 
 def pid_of(cluster, node):
@@ -125,6 +138,10 @@ class FaultScenarios:
             if expect_failure is not None:
                 self.assertEqual(result.returncode != 0, expect_failure, out)
             self.assertIn(result.returncode, (0, 1), out)
+            # The exit status (what a Job acts on) is what the journal's last record says the move left.
+            journal = os.path.join(cluster.dir, "move.journal")
+            if isinstance(mover, FaultedMover) and os.path.exists(journal):
+                self.assertEqual(result.returncode, journal_exit_status(journal), out)
 
             # What slotshift says about the slots...
             said_target, said_source = set(), set()
@@ -385,6 +402,7 @@ class LeaseTest(FaultScenarios, unittest.TestCase):
                 if code != 0:
                     self.assertTrue("another slotshift move holds" in out or "not clean" in out,
                                     "a move that did not go on must say it was refused before it started:\n" + out)
+                    self.assertEqual(code, 4, "refused before it started, nothing touched: exit status 4\n" + out)
             return subprocess.CompletedProcess(cmd, min(codes), "\n".join(outs), "")
         self.faulted_move("none", name="two-moves", mover=both)
 
@@ -399,7 +417,7 @@ class LeaseTest(FaultScenarios, unittest.TestCase):
             holder_id = holder.client_id()
             mover = FaultedMover("none")
             r = mover(cluster, slots, target)
-            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertEqual(r.returncode, 4, r.stdout + r.stderr)
             self.assertIn("another slotshift move holds %s:%d: move-1-2 from elsewhere" % target, r.stderr)
             self.assertEqual(cluster.cli(target, "cluster", "nodes").count("<-"), 0, "the refused move opened slots")
             status = subprocess.run([harness.SLOTSHIFT_BIN, "status", "--cluster", cluster.seed()],

@@ -251,9 +251,11 @@ class RefusedTest(unittest.TestCase):
     def refused(self, cluster, *args):
         run = subprocess.run([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--engine", "native",
                               "--json", *args], capture_output=True, text=True, timeout=120)
-        self.assertNotEqual(run.returncode, 0, run.stdout)
         report = json.loads(run.stdout)
         self.assertTrue(report.get("refused_before_start"), report)
+        # A refusal the cluster causes (exit status 4) from one the command line causes (2).
+        self.assertEqual(run.returncode, 2 if report["error"].startswith("--") else 4, run.stdout)
+        self.assertEqual(report.get("exit_status"), run.returncode, report)
         return report["error"]
 
     def test_on_redis_7_0_and_from_a_source_left_refusing_writes(self):
@@ -268,9 +270,10 @@ class RefusedTest(unittest.TestCase):
             cluster.cli(a, "config", "set", "min-replicas-to-write", "2147483647")
             run = subprocess.run([harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots", "0-99",
                                   "--to", cluster.node_id(b), "--json"], capture_output=True, text=True, timeout=120)
-            self.assertEqual(run.returncode, 1, run.stdout)
+            self.assertEqual(run.returncode, 4, run.stdout)
             report = json.loads(run.stdout)
             self.assertTrue(report.get("refused_before_start"), report)
+            self.assertEqual(report.get("outcome"), "refused", report)
             self.assertIn("refuses every write", report["error"])
             self.assertIn("CONFIG SET min-replicas-to-write 0", report["error"])
         finally:

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -429,10 +430,17 @@ class HoldAndRelease(ControlCase):
         self.assertGreaterEqual(info["requests_held"], 1)
         status, metrics = self.proxy.admin_call("GET", "/metrics")
         self.assertEqual(status, 200)
-        for name in ("slotshift_proxy_holds_placed_total", "slotshift_proxy_holds_expired_total",
-                     "slotshift_proxy_requests_held_total", "# TYPE slotshift_proxy_hold_longest_ms gauge",
-                     "# TYPE slotshift_proxy_holds_current gauge"):
-            self.assertIn(name, metrics)
+        # As Prometheus reads the page: its own text-format parser, every family typed, the same figures as INFO.
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        values = {s.name: s.value for f in families.values() for s in f.samples}
+        self.assertTrue(all(f.type != "unknown" for f in families.values()),
+                        [f.name for f in families.values() if f.type == "unknown"])
+        self.assertEqual(families["slotshift_proxy_holds_current"].type, "gauge")
+        self.assertEqual(families["slotshift_proxy_hold_longest_ms"].type, "gauge")
+        for name in ("holds_placed", "holds_expired", "requests_held"):
+            self.assertEqual(families["slotshift_proxy_" + name].type, "counter")
+            self.assertEqual(values["slotshift_proxy_%s_total" % name], info[name], name)
+        self.assertEqual(values["slotshift_proxy_holds_current"], 0)
         self.assertIn("holds_placed", self.stats())
 
     def test_the_token_is_required(self):
