@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -280,13 +281,25 @@ class K8sManifestsTest(unittest.TestCase):
         args = [a.replace(SECRETS_DIR, secrets).replace("/var/lib/slotshift", work) for a in container["args"]]
         # A node that refuses connections: slotshift gets past its flags and stops at its first connection.
         args[args.index("--cluster") + 1] = "127.0.0.1:1"
+        # The metrics port the manifest names, on a port of this test's own.
+        port = args[args.index("--metrics") + 1].rsplit(":", 1)[1]
+        self.assertIn(int(port), [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"])
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        args[args.index("--metrics") + 1] = "127.0.0.1:%d" % free
         env = dict(os.environ)
         for e in container.get("env", []):
             ref = e["valueFrom"]["secretKeyRef"]
             env[e["name"]] = r.one("Secret", ref["name"])["stringData"][ref["key"]]
         out = subprocess.run([SLOTSHIFT_BIN, *args], capture_output=True, text=True, timeout=60, env=env)
-        self.assertEqual(out.returncode, 1, out.stderr)
+        # Refused before anything was touched (exit status 4: the Job's podFailurePolicy lets it try again).
+        self.assertEqual(out.returncode, 4, out.stderr)
         self.assertIn("cannot reach the seed node 127.0.0.1:1", out.stderr)
+        # The Job's podFailurePolicy fails the Job at once on the statuses a retry cannot mend, and on no other.
+        policy = r.one("Job", "slotshift-move")["spec"]["podFailurePolicy"]["rules"]
+        fail_job = [rule["onExitCodes"] for rule in policy if rule["action"] == "FailJob"]
+        self.assertEqual(fail_job, [{"containerName": "slotshift", "operator": "In", "values": [2, 3, 5]}])
 
 
 if __name__ == "__main__":
