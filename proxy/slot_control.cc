@@ -349,8 +349,9 @@ ControlReply SlotControl::route(std::string_view body) {
   if (!node) return error_reply(400, "'node': " + why);
 
   // A ROUTE moves every client's commands for the slots at once, and no MOVED would correct a wrong one: the
-  // cluster must agree before any worker follows it (route_check.h). It costs a connection and one command
-  // to the node per ROUTE, within the connect timeout; the orchestrator sends one ROUTE per batch.
+  // cluster must agree before any worker follows it (route_check.h). It costs one command to the node per
+  // ROUTE (on a kept connection: a new one only the first time), within the connect timeout; the orchestrator
+  // sends one ROUTE per batch.
   const RouteVerdict verdict = check_route(
       *slots, *node, proxy_.topology(), proxy_.config().seeds,
       std::min(proxy_.config().connect_timeout, kRouteCheck),
