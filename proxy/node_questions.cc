@@ -11,7 +11,7 @@ void NodeQuestions::ask(const HostPort& node, std::string command, Answer done) 
   const std::string key = connection_key(login_, node);
   Kept& kept = kept_[key];
   if (!kept.backend) kept.backend = std::make_unique<Backend>(worker_, node, login_);
-  kept.used_ms = worker_.now_ms();
+  kept.asked = ++questions_;
   // `kept` may be gone after this: a connection that cannot even start answers (and is dropped) at once.
   ask_on(key, kept.backend.get(), std::move(command), std::move(done), true);
   settle(key, nullptr);
@@ -48,7 +48,7 @@ void NodeQuestions::settle(const std::string& key, const Backend* answered) {
     auto oldest = kept_.end();
     for (auto it = kept_.begin(); it != kept_.end(); ++it) {
       if (it->second.backend->inflight() == 0 &&
-          (oldest == kept_.end() || it->second.used_ms < oldest->second.used_ms))
+          (oldest == kept_.end() || it->second.asked < oldest->second.asked))
         oldest = it;
     }
     if (oldest == kept_.end()) break;  // every one waits for a reply: trimmed after the replies

@@ -61,7 +61,7 @@ class NodeQuestions {
  private:
   struct Kept {
     std::unique_ptr<Backend> backend;
-    std::uint64_t used_ms = 0;
+    std::uint64_t asked = 0;  // when it was last asked, in questions: the least recently asked goes first
   };
   void ask_on(const std::string& key, Backend* backend, std::string command, Answer done, bool may_retry);
   // After a question: drops `answered` (kept under `key`) if it has no use left, then trims to kMaxKept.
@@ -72,6 +72,7 @@ class NodeQuestions {
   LoginPtr login_;
   // By connection_key(login, node): a rotated login makes a new key, so old and new never share a connection.
   std::map<std::string, Kept> kept_;
+  std::uint64_t questions_ = 0;  // asked so far
 };
 
 }  // namespace slotshift::proxy
