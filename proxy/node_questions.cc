@@ -26,7 +26,11 @@ void NodeQuestions::ask_on(const std::string& key, Backend* backend, std::string
   std::string again = reused ? command : std::string();
   backend->send_internal(std::move(command), [this, key, backend, reused, again = std::move(again),
                                               done = std::move(done)](const std::string* reply) mutable {
-    if (!reply && reused && !worker_.stopping()) {
+    // Not on a connection dropped meanwhile (an earlier question's new connection failed at once, in this
+    // same failure): it is retired, and nothing would answer there.
+    const auto it = kept_.find(key);
+    const bool still_kept = it != kept_.end() && it->second.backend.get() == backend;
+    if (!reply && reused && still_kept && !worker_.stopping()) {
       ask_on(key, backend, std::move(again), std::move(done), false);
       return;
     }
