@@ -7,10 +7,11 @@
 //   - the node owns every slot of the route by its own word: its CLUSTER NODES `myself` line lists them. The
 //     orchestrator sends ROUTE only after the new owner has claimed the slots, so a real move always passes.
 //
-// Each check asks from the admin endpoint's thread and waits: a connection and one CLUSTER NODES, within
-// one deadline for the whole check. One round trip for a node the proxy knows, two for a node it has not
-// seen yet. The question goes through `ask` (Proxy::ask_node: logged in and over TLS as the proxy's other
-// connections).
+// Each check asks from the admin endpoint's thread and waits: one CLUSTER NODES, sent at the moment of the
+// check and never answered from an earlier one, within one deadline for the whole check. One round trip for a
+// node the proxy knows, two for a node it has not seen yet. The question goes through `ask` (Proxy::ask_node:
+// logged in and over TLS as the proxy's other connections, on a connection kept for such questions, see
+// node_questions.h).
 #pragma once
 
 #include <chrono>

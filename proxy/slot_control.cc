@@ -73,6 +73,28 @@ std::optional<std::string> owner_field(const json& j, ControlReply& error) {
   return j["owner"].get<std::string>();
 }
 
+struct RouteRequest {
+  SlotSet slots;
+  HostPort node;
+};
+
+// "slots" and "node" of a ROUTE or a handoff; nullopt and a 400 reply when either is missing or malformed.
+std::optional<RouteRequest> route_fields(const json& j, ControlReply& error) {
+  auto slots = slots_field(j, error);
+  if (!slots) return std::nullopt;
+  if (!j.contains("node") || !j["node"].is_string()) {
+    error = error_reply(400, "'node' is required: the new owner as \"HOST:PORT\"");
+    return std::nullopt;
+  }
+  std::string why;
+  auto node = parse_host_port(j["node"].get<std::string>(), why);
+  if (!node) {
+    error = error_reply(400, "'node': " + why);
+    return std::nullopt;
+  }
+  return RouteRequest{std::move(*slots), std::move(*node)};
+}
+
 std::string worker_list(const std::vector<int>& workers) {
   std::string out;
   for (int w : workers)
@@ -335,38 +357,36 @@ ControlReply SlotControl::hold(std::string_view body) {
                          {"expires_in_ms", expires_in}});
 }
 
+std::optional<ControlReply> SlotControl::refuse_route(const SlotSet& slots, const HostPort& node) {
+  // A ROUTE moves every client's commands for the slots at once, and no MOVED would correct a wrong one: the
+  // cluster must agree before any worker follows it (route_check.h). It costs one command to the node per
+  // ROUTE (on a kept connection: a new one only the first time), within the connect timeout; the orchestrator
+  // sends one ROUTE per batch.
+  const RouteVerdict verdict = check_route(
+      slots, node, proxy_.topology(), proxy_.config().seeds,
+      std::min(proxy_.config().connect_timeout, kRouteCheck),
+      [this](const HostPort& n, std::string command, std::chrono::steady_clock::time_point deadline,
+             std::string& failure) { return proxy_.ask_node(n, std::move(command), deadline, failure); });
+  if (verdict.ok()) return std::nullopt;
+  json refusal{{"error", verdict.error + "; nothing was routed"}, {"node", node.str()}};
+  if (verdict.not_owned.any()) refusal["not_owned"] = verdict.not_owned.str();
+  return reply(verdict.status, refusal);
+}
+
 ControlReply SlotControl::route(std::string_view body) {
   ControlReply error;
   const auto j = parse_body(body, error);
   if (!j) return error;
-  const auto slots = slots_field(*j, error);
-  if (!slots) return error;
-  if (!j->contains("node") || !(*j)["node"].is_string()) {
-    return error_reply(400, "'node' is required: the new owner as \"HOST:PORT\"");
-  }
-  std::string why;
-  const auto node = parse_host_port((*j)["node"].get<std::string>(), why);
-  if (!node) return error_reply(400, "'node': " + why);
-
-  // A ROUTE moves every client's commands for the slots at once, and no MOVED would correct a wrong one: the
-  // cluster must agree before any worker follows it (route_check.h). It costs a connection and one command
-  // to the node per ROUTE, within the connect timeout; the orchestrator sends one ROUTE per batch.
-  const RouteVerdict verdict = check_route(
-      *slots, *node, proxy_.topology(), proxy_.config().seeds,
-      std::min(proxy_.config().connect_timeout, kRouteCheck),
-      [this](const HostPort& n, std::string command, std::chrono::steady_clock::time_point deadline,
-             std::string& failure) { return proxy_.ask_node(n, std::move(command), deadline, failure); });
-  if (!verdict.ok()) {
-    json refusal{{"error", verdict.error + "; nothing was routed"}, {"node", node->str()}};
-    if (verdict.not_owned.any()) refusal["not_owned"] = verdict.not_owned.str();
-    return reply(verdict.status, refusal);
-  }
+  const auto request = route_fields(*j, error);
+  if (!request) return error;
+  const auto& [slots, node] = *request;
+  if (auto refusal = refuse_route(slots, node)) return std::move(*refusal);
 
   const auto& workers = proxy_.workers();
   auto call = std::make_shared<ControlCall>(workers.size());
   for (const auto& w : workers) {
     Worker* worker = w.get();
-    worker->post([worker, call, s = *slots, n = *node] {
+    worker->post([worker, call, s = slots, n = node] {
       worker->router().route(s, n);
       call->answer(worker->index(), {});
     });
@@ -375,7 +395,7 @@ ControlReply SlotControl::route(std::string_view body) {
     return error_reply(503, "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
                                 std::to_string(kWorkerAnswer.count()) + " ms");
   }
-  return reply(200, json{{"routed", slots->str()}, {"node", node->str()}});
+  return reply(200, json{{"routed", slots.str()}, {"node", node.str()}});
 }
 
 ControlReply SlotControl::release(std::string_view body) {
@@ -424,22 +444,76 @@ ControlReply SlotControl::handoff(std::string_view body) {
   const auto j = parse_body(body, error);
   if (!j) return error;
   if (j->contains("owner")) return error_reply(400, "'owner' is not taken here: a handoff releases 'slots'");
-  const ControlReply routed = route(body);
-  // A body the route refused as malformed releases nothing: the caller made a mistake, not the cluster.
-  if (routed.status == 400) return routed;
-  const ControlReply released = release(body);
-  if (routed.status != 200) {
-    json refusal = json::parse(routed.body, nullptr, false);
-    if (refusal.is_object() && refusal.contains("error"))
-      refusal["error"] = refusal["error"].get<std::string>() + "; the held commands were released (" +
-                         (released.status == 200 ? "to the old owner" : "failed: " + released.body) + ")";
-    return reply(routed.status, refusal);
+  // A body the route refuses as malformed releases nothing: the caller made a mistake, not the cluster.
+  const auto request = route_fields(*j, error);
+  if (!request) return error;
+  const auto& [slots, node] = *request;
+  if (auto refusal = refuse_route(slots, node)) {
+    // A node outside the cluster (400) is the caller's mistake too, and releases nothing either.
+    if (refusal->status == 400) return std::move(*refusal);
+    const ControlReply released = release(body);
+    json out = json::parse(refusal->body, nullptr, false);
+    if (out.is_object() && out.contains("error"))
+      out["error"] = out["error"].get<std::string>() + "; the held commands were released (" +
+                     (released.status == 200 ? "to the old owner" : "failed: " + released.body) + ")";
+    return reply(refusal->status, out);
   }
-  if (released.status != 200) return released;
-  json out = json::parse(released.body, nullptr, false);
-  const json route_fields = json::parse(routed.body, nullptr, false);
-  if (out.is_object() && route_fields.is_object()) out.update(route_fields);
-  return reply(200, out);
+
+  // Route and release in one visit to each worker, where a ROUTE then a RELEASE take two (a wake-up of every
+  // worker and of this thread each; in a fleet of proxies sharing cores, most of a handoff's cost). The order
+  // still holds: the slots leave the registry only once every worker has routed them, so that no worker can
+  // send a held command to the old owner, whoever syncs first (its tick at a hold's expiry, another caller's
+  // RELEASE). The worker that routes last takes them out and has every worker send its held commands on.
+  const auto& workers = proxy_.workers();
+  auto state = std::make_shared<HandoffState>(workers.size());
+  auto call = std::make_shared<ControlCall>(workers.size());
+  auto routed = [proxy = &proxy_, state, call, s = slots](Worker* here) {
+    if (state->to_route.fetch_sub(1) != 1 || state->released.exchange(true)) return;
+    state->removed = proxy->holds().release(&s, nullptr, steady_ms());
+    for (const auto& w : proxy->workers()) {
+      Worker* worker = w.get();
+      auto sync = [worker, call] {
+        WorkerReport report;
+        report.dispatched = worker->held().sync();
+        call->answer(worker->index(), std::move(report));
+      };
+      if (worker == here) {
+        sync();
+      } else if (!worker->post(sync)) {
+        call->answer(worker->index(), {});  // a stopped worker holds nothing
+      }
+    }
+  };
+  for (const auto& w : workers) {
+    Worker* worker = w.get();
+    if (!worker->post([worker, routed, s = slots, n = node] {
+          worker->router().route(s, n);
+          routed(worker);
+        }))
+      routed(nullptr);
+  }
+  if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) {
+    const std::string late = "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
+                             std::to_string(kWorkerAnswer.count()) + " ms";
+    // Some worker has not routed: the held commands go where each worker's map points, as after a ROUTE that
+    // failed, unless the last worker's release has begun meanwhile (then its syncs answer soon).
+    if (!state->released.exchange(true)) {
+      const ControlReply released = release(body);
+      return error_reply(
+          503, late + "; the held commands were released (" +
+                   (released.status == 200 ? "where each worker's map points" : "failed: " + released.body) +
+                   ")");
+    }
+    if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) return error_reply(503, late);
+  }
+  std::size_t dispatched = 0;
+  for (const auto& r : call->reports())
+    dispatched += r.dispatched;
+  return reply(200, json{{"routed", slots.str()},
+                         {"node", node.str()},
+                         {"released", slots.str()},
+                         {"dispatched", dispatched},
+                         {"were_held", state->removed.str()}});
 }
 
 ControlReply SlotControl::list() {

@@ -21,6 +21,7 @@
 // a ControlCall that the admin thread waits on with a deadline.
 #pragma once
 
+#include <atomic>
 #include <bitset>
 #include <chrono>
 #include <condition_variable>
@@ -33,6 +34,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/host_port.h"
 #include "common/slot.h"
 #include "proxy/stats.h"
 
@@ -180,6 +182,16 @@ class SlotControl {
   static constexpr std::chrono::milliseconds kRouteCheck{2000};
 
  private:
+  // A handoff's progress, shared by the workers that route (route, then release: SlotControl::handoff).
+  struct HandoffState {
+    explicit HandoffState(std::size_t workers) : to_route(workers) {}
+    std::atomic<std::size_t> to_route;  // workers that have not routed yet
+    std::atomic<bool> released{false};  // the release has begun: by the last worker to route, or on a timeout
+    SlotSet removed;                    // written before the first worker's answer, read after the last's
+  };
+  // Whether `node` may serve `slots` (route_check.h): nullopt, or the reply that refuses the route.
+  std::optional<ControlReply> refuse_route(const SlotSet& slots, const HostPort& node);
+
   Proxy& proxy_;
 };
 

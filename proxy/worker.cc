@@ -65,9 +65,11 @@ Worker::Worker(Proxy& proxy, Config config, int index)
   uv_loop_init(&loop_);
   if (!config_.masterauth.empty())
     own_login_ = std::make_shared<const Login>(Login{config_.masteruser, config_.masterauth});
+  questions_.use_login(own_login_);
 }
 
 Worker::~Worker() {
+  questions_.shutdown();
   retired_.clear();
   draining_.clear();
   backends_.clear();
@@ -194,6 +196,7 @@ void Worker::apply_config(const Config& next, bool login_changed) {
   // are theirs, not the proxy's.
   for (auto& [key, b] : backends_)
     if (b->login() == old) b->set_login(own_login_);
+  questions_.use_login(own_login_);
 }
 
 void Worker::drain_step(std::uint64_t now) {
@@ -259,12 +262,7 @@ void Worker::on_async(uv_async_t* handle) {
   }
   for (auto& [name, b] : self->backends_)
     b->shutdown();
-  // A question's callback takes it out of questions_ (into retired_): the walk goes over a copy.
-  std::vector<Backend*> questions;
-  for (auto& b : self->questions_)
-    questions.push_back(b.get());
-  for (Backend* b : questions)
-    b->shutdown();
+  self->questions_.shutdown();
   // Connections retired in this very iteration are freed at a tick that will not come: their handles must
   // close now, or the loop never ends.
   for (auto& b : self->retired_)
@@ -355,19 +353,7 @@ void Worker::follow_shards_here(Slot slot, const HostPort& node) {
 }
 
 void Worker::ask_node(const HostPort& node, std::string command, NodeAnswer done) {
-  questions_.push_back(std::make_unique<Backend>(*this, node, own_login_));
-  Backend* asked = questions_.back().get();
-  asked->send_internal(std::move(command), [this, asked, done = std::move(done)](const std::string* reply) {
-    done(reply, reply ? std::string() : asked->last_failure());
-    // Closed now, freed at the next tick: this runs inside a callback of that very connection.
-    for (auto it = questions_.begin(); it != questions_.end(); ++it) {
-      if (it->get() != asked) continue;
-      asked->shutdown();
-      retire(std::move(*it));
-      questions_.erase(it);
-      break;
-    }
-  });
+  questions_.ask(node, std::move(command), std::move(done));
 }
 
 Backend* Worker::backend(const HostPort& node, const LoginPtr& login, int protocol) {
@@ -912,13 +898,7 @@ void Worker::on_tick() {
       }
     }
   }
-  for (Backend* b : [this] {
-         std::vector<Backend*> v;
-         for (auto& q : questions_)
-           v.push_back(q.get());
-         return v;
-       }())
-    b->check_deadlines(now);
+  questions_.check_deadlines(now);
   for (Session* s : std::vector<Session*>(sessions_.begin(), sessions_.end())) {
     s->check_deadlines(now);
     s->check_idle(now);

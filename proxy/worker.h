@@ -22,6 +22,7 @@
 #include "proxy/backend.h"
 #include "proxy/config.h"
 #include "proxy/held_requests.h"
+#include "proxy/node_questions.h"
 #include "proxy/replica_reads.h"
 #include "proxy/request.h"
 #include "proxy/router.h"
@@ -84,11 +85,13 @@ class Worker {
   // were not.
   void note_tls_failure(const std::string& who, const std::string& why);
 
-  // Sends `command` (its wire bytes) to `node` on a connection of its own, logged in and over TLS as every
-  // connection of the proxy's, and closes it after the reply. `done` gets the reply's bytes, or null and why
+  // Sends `command` (its wire bytes) to `node` on a connection kept for such questions (node_questions.h),
+  // logged in and over TLS as every connection of the proxy's. `done` gets the reply's bytes, or null and why
   // there is none. For the admin endpoint's questions (route_check.h); on this worker's loop only.
-  using NodeAnswer = std::function<void(const std::string* reply, const std::string& why)>;
+  using NodeAnswer = NodeQuestions::Answer;
   void ask_node(const HostPort& node, std::string command, NodeAnswer done);
+  // Connections kept for ask_node() now (for tests).
+  std::size_t question_connections() const { return questions_.size(); }
 
   // The slot map changed (a reload, a MOVED, a ROUTE): clients' shard channels follow their slots.
   void owners_changed();
@@ -194,7 +197,7 @@ class Worker {
   LoginPtr own_login_;  // masteruser/masterauth; null: no AUTH
   std::vector<std::unique_ptr<Backend>> retired_;
   std::vector<std::unique_ptr<Backend>> draining_;
-  std::vector<std::unique_ptr<Backend>> questions_;  // ask_node()'s connections, until their reply
+  NodeQuestions questions_{*this, nullptr};  // ask_node()'s connections (the login is set in the constructor)
   std::unordered_set<Session*> subscribers_;
   std::unordered_set<Session*> monitors_;
   std::unordered_set<Session*> trackers_;

@@ -923,6 +923,47 @@ class FakeClusterNode:
         self.sock.close()
 
 
+class NodeThatForgetsItsConnections:
+    """A server that answers, on each connection, the first command with a CLUSTER NODES in which it is a master
+    owning every slot, and closes the connection on the second without answering: a node that closed a
+    connection the proxy kept, the proxy not having read the close yet when it asks again."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.answer_once, args=(conn,), daemon=True).start()
+
+    def answer_once(self, conn):
+        text = ("%s 127.0.0.1:%d@%d myself,master - 0 0 1 connected 0-16383\n"
+                % ("e" * 40, self.port, (self.port + 10000) % 65536 or 1)).encode()
+        with conn:
+            try:
+                conn.settimeout(30)
+                conn.recv(65536)
+                conn.sendall(b"$%d\r\n%s\r\n" % (len(text), text))
+                conn.recv(65536)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
 class RouteCheckedAgainstTheCluster(ControlCase):
     """A ROUTE is followed only when its node is a node of the cluster that owns every slot of it."""
 
@@ -970,6 +1011,65 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         # Its own slots alone are taken.
         self.assertEqual(self.route(harness.format_slots(owned), "%s:%d" % dst)["routed"], harness.format_slots(owned))
 
+
+    def connections_received(self, node):
+        """The node's count of connections ever accepted, asked on a connection of the caller's (counted once)."""
+        return node.info("stats")["total_connections_received"]
+
+    def question_connections(self, node):
+        """The node's clients whose last command was CLUSTER NODES: the proxy's connections for its questions."""
+        return [c for c in node.client_list() if c["cmd"] in ("cluster|nodes", "cluster")]
+
+    def test_routes_to_one_node_ask_on_one_kept_connection(self):
+        """Every ROUTE asks the node for its CLUSTER NODES again, on the connection the first one opened."""
+        a = self.slot("{kept-a}")
+        src, _ = self.owner(a)
+        dst = next(m for m in self.cluster.masters() if m != src)
+        owned = harness.format_slots(self.cluster.slots_of(dst)[:3])
+        node = redis.Redis(host=dst[0], port=dst[1], socket_timeout=10)
+        self.route(owned, "%s:%d" % dst)
+        time.sleep(0.2)  # the workers' own connections to it, warmed by the route, are up
+        before = self.connections_received(node)
+        commands = int(node.info("commandstats")["cmdstat_cluster|nodes"]["calls"])
+        for _ in range(10):
+            self.assertEqual(self.route(owned, "%s:%d" % dst)["routed"], owned)
+        self.assertEqual(self.connections_received(node), before)
+        # Asked every time: nothing is answered from what an earlier ROUTE was told.
+        self.assertGreaterEqual(int(node.info("commandstats")["cmdstat_cluster|nodes"]["calls"]), commands + 10)
+        self.assertEqual(len(self.question_connections(node)), 1, node.client_list())
+
+    def test_a_kept_connection_the_node_closed_is_replaced(self):
+        a = self.slot("{killed-a}")
+        src, _ = self.owner(a)
+        dst = next(m for m in self.cluster.masters() if m != src)
+        owned = harness.format_slots(self.cluster.slots_of(dst)[:3])
+        node = redis.Redis(host=dst[0], port=dst[1], socket_timeout=10)
+        self.route(owned, "%s:%d" % dst)
+        asked = self.question_connections(node)
+        self.assertEqual(len(asked), 1, node.client_list())
+        self.assertEqual(node.client_kill_filter(_id=asked[0]["id"]), 1)
+        self.assertEqual(self.route(owned, "%s:%d" % dst)["routed"], owned)
+        replaced = self.question_connections(node)
+        self.assertEqual(len(replaced), 1, node.client_list())
+        self.assertNotEqual(replaced[0]["id"], asked[0]["id"])
+        # And the new one is kept in turn.
+        before = self.connections_received(node)
+        self.assertEqual(self.route(owned, "%s:%d" % dst)["routed"], owned)
+        self.assertEqual(self.connections_received(node), before)
+        self.still_served(["{killed-a}k%d" % i for i in range(10)])
+
+    def test_a_question_on_a_connection_closed_unseen_is_asked_again(self):
+        """The node closes the kept connection on the second question without answering it: the proxy asks
+        again on a new connection, and judges the node by that answer (here: not a node of the cluster)."""
+        node = NodeThatForgetsItsConnections()
+        self.addCleanup(node.close)
+        refusal = "%s (node id %s) is not a node of the cluster" % (node.address(), "e" * 40)
+        for _ in range(2):
+            status, out = self.route_status("0-16383", node.address())
+            self.assertEqual(status, 400, out)
+            self.assertIn(refusal, out["error"])
+        self.assertEqual(node.connections, 2)
+        self.still_served(["{forget-%d}k" % i for i in range(10)])
 
 @unittest.skipUnless(harness.SERVER == "redis-7.0", "starts the host's redis-server as a node that joins")
 class RouteToANodeThatJustJoined(unittest.TestCase):

@@ -481,6 +481,42 @@ class Reload(unittest.TestCase):
         self.assertEqual(client.call("SET", "rotation", "2"), b"+OK")
 
 
+    def test_a_route_after_a_rotation_asks_on_a_connection_logged_in_anew(self):
+        """The ROUTE check's kept connection logged in with the old password is not asked again after the
+        reload: the next ROUTE logs in with the new one (and a rotation that broke the login would show)."""
+        nodes = self.cluster.masters()
+        node = nodes[0]
+        route = {"slots": harness.format_slots(self.cluster.slots_of(node)[:3]), "node": "%s:%d" % node}
+        pwfile = os.path.join(self.cluster.dir, "masterauth-route-rotation")
+        with open(pwfile, "w") as f:
+            f.write("old-route\n")
+        for n in nodes:
+            self.cluster.redis(n).config_set("requirepass", "old-route")
+
+        def restore():
+            for n in nodes:
+                try:
+                    self.cluster.redis(n, password="new-route").config_set("requirepass", "")
+                except Exception:
+                    self.cluster.redis(n, password="old-route").config_set("requirepass", "")
+        self.addCleanup(restore)
+        proxy = harness.Proxy(self.cluster, "--masterauth-file", pwfile, admin=True)
+        self.addCleanup(proxy.stop)
+        self.assertEqual(proxy.admin_call("POST", "/v1/slots/route", route)[0], 200)
+
+        for n in nodes:
+            self.cluster.redis(n, password="old-route").config_set("requirepass", "new-route")
+        with open(pwfile, "w") as f:
+            f.write("new-route\n")
+        self.assertIn("SIGHUP: changed: masterauth", self.sighup(proxy, 0))
+        direct = self.cluster.redis(node, password="new-route")
+        before = direct.info("stats")["total_connections_received"]
+        status, out = proxy.admin_call("POST", "/v1/slots/route", route)
+        self.assertEqual(status, 200, out)
+        self.assertEqual(direct.info("stats")["total_connections_received"], before + 1)
+        asking = [c for c in direct.client_list() if c["cmd"] in ("cluster|nodes", "cluster")]
+        self.assertEqual(len(asking), 1, direct.client_list())
+
 class Connector(threading.Thread):
     """A new connection and a PING on it, again and again: every one must be accepted and answered."""
 

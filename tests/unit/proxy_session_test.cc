@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <future>
 #include <memory>
 #include <string>
 #include <thread>
@@ -310,4 +311,64 @@ TEST_CASE("a connect that fails at once is answered, and the proxy goes on") {
   CHECK_MESSAGE(answered, reply);
   CHECK(f.client().command({"PING"}) == "+PONG\r\n");
   CHECK(c.command({"SET", key, "v"}) == "+OK\r\n");
+}
+
+TEST_CASE("the proxy's questions to a node go on one kept connection, and each is asked anew") {
+  ProxyFixture f;
+  proxy::Worker& worker = *f.proxy->workers().front();
+  const std::string command = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
+  auto ask = [&f, &command](const HostPort& node) {
+    std::string why;
+    const auto reply = f.proxy->ask_node(node, command, std::chrono::steady_clock::now() + 1s, why);
+    CHECK_MESSAGE(reply.has_value(), why);
+    return reply && reply->find("myself") != std::string::npos;
+  };
+  auto asked = [&f] {
+    std::size_t n = 0;
+    for (const auto& argv : f.cluster.received(0, "cluster"))
+      n += argv.size() == 2 && argv[1] == "NODES";
+    return n;
+  };
+  // Read on the worker's loop, where the connections live.
+  auto kept = [&worker] {
+    auto count = std::make_shared<std::promise<std::size_t>>();
+    REQUIRE(worker.post([&worker, count] { count->set_value(worker.question_connections()); }));
+    return count->get_future().get();
+  };
+  const HostPort node = f.cluster.address(0);
+
+  CHECK(ask(node));
+  const std::size_t open = f.cluster.connections();
+  for (int i = 0; i < 5; ++i)
+    CHECK(ask(node));
+  CHECK(f.cluster.connections() == open);
+  CHECK(asked() == 6);
+  CHECK(kept() == 1);
+
+  // The node closes the kept connection as the next question comes, unanswered: it is asked again on a new
+  // one.
+  f.cluster.close_connection("cluster", 1, 0);
+  CHECK(ask(node));
+  CHECK(asked() == 8);
+  CHECK(ask(node));
+  CHECK(asked() == 9);
+  CHECK(kept() == 1);
+
+  // An address where nothing answers is not kept.
+  std::string why;
+  CHECK_FALSE(
+      f.proxy->ask_node(HostPort{"127.0.0.1", 1}, command, std::chrono::steady_clock::now() + 1s, why));
+  CHECK(why.find("cannot connect") != std::string::npos);
+  CHECK(kept() == 1);
+
+  // Nor more than kMaxKept: the least recently asked are closed.
+  test::ScriptedCluster many(static_cast<int>(proxy::NodeQuestions::kMaxKept) + 2);
+  for (const HostPort& other : many.addresses())
+    CHECK(ask(other));
+  CHECK(kept() == proxy::NodeQuestions::kMaxKept);
+  const auto deadline = std::chrono::steady_clock::now() + 2s;
+  while (f.cluster.connections() + many.connections() > open - 1 + proxy::NodeQuestions::kMaxKept &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  CHECK(f.cluster.connections() + many.connections() == open - 1 + proxy::NodeQuestions::kMaxKept);
 }
