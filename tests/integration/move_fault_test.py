@@ -64,14 +64,17 @@ class FaultedMover:
 
 
 def journal_exit_status(path):
-    """The exit status a move must end with, from its journal's last record: 0 done, 1 stopped with its undo
-    complete, 5 stopped with work left on the nodes (the README's "Exit status")."""
+    """The exit status the last slotshift of a journal must end with, from its last record (the README's "Exit
+    status"): 0 done; a move that stopped by itself, 1 with its undo complete; an abort, 0 once complete;
+    either, 5 with work left on the nodes."""
     with open(path) as f:
         last = json.loads(f.read().splitlines()[-1])
     if last["step"] == "done":
         return 0
     if last["step"] == "aborted":
-        return 1 if last.get("complete") else 5
+        if not last.get("complete"):
+            return 5
+        return 1 if last.get("by") == "the move itself" else 0
     raise AssertionError("the move ended on the journal record %r, not done or aborted" % last)
 
 
