@@ -277,7 +277,8 @@ class MetricsTest(JobCase):
                              target=report["target"], engine="replica", fence="source-pause"), 1)
         # All along: counters only grow, and the phases come in their order.
         self.assertGreater(len(scraped), 5, "the scraper got nothing")
-        order = ["plan", "prepare", "copy", "cutover", "clean", "settle"]
+        # A scrape between the report and the process's exit sees the outcome.
+        order = ["plan", "prepare", "copy", "cutover", "clean", "settle", "done"]
         seen = []
         for earlier, later in zip(scraped, scraped[1:]):
             for (name, labels), value in later.items():
