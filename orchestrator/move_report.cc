@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <ctime>
 #include <nlohmann/json.hpp>
 
+#include "common/time_text.h"
 #include "common/topology.h"
 #include "orchestrator/native_migration.h"
 
@@ -147,16 +147,7 @@ void ProgressView::clear() {
 }
 
 void ProgressLog::print(const std::string& line) {
-  const auto now = std::chrono::system_clock::now();
-  const std::time_t seconds = std::chrono::system_clock::to_time_t(now);
-  std::tm utc{};
-  gmtime_r(&seconds, &utc);
-  char stamp[64];
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900,
-                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms));
-  err_ << stamp << " slotshift move: " << line << "\n" << std::flush;
+  err_ << now_rfc3339() << " slotshift move: " << line << "\n" << std::flush;
 }
 
 void ProgressLog::on_started(const nlohmann::json& plan) {

@@ -1,10 +1,10 @@
 #include "proxy/log.h"
 
-#include <chrono>
+#include "common/time_text.h"
+
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -23,20 +23,6 @@ const char* level_name(LogLevel level) {
       return "error";
   }
   return "info";
-}
-
-// UTC with milliseconds, as RFC 3339 writes it: 2026-12-03T12:11:11.123Z.
-std::string now_rfc3339() {
-  const auto now = std::chrono::system_clock::now();
-  const std::time_t seconds = std::chrono::system_clock::to_time_t(now);
-  const auto ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  std::tm tm{};
-  gmtime_r(&seconds, &tm);
-  char out[40];
-  const std::size_t n = std::strftime(out, sizeof out, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::snprintf(out + n, sizeof out - n, ".%03dZ", static_cast<int>(ms));
-  return out;
 }
 
 }  // namespace
