@@ -8,15 +8,12 @@
 //     proxy's other connections, apart from the clients' shared ones so that a question never waits behind
 //     their commands;
 //   - never an answer: each question is sent again, as its own command, and its reply is the one the node
-//   sends
-//     to it (replies match in order, as on every backend connection). A reply that comes after its asker gave
-//     up goes to that asker's callback, never to a later question;
+//     sends to it (replies match in order, as on every backend connection). A reply that comes after its
+//     asker gave up goes to that asker's callback, never to a later question;
 //   - at most kMaxKept connections, the least recently asked closed first, and none that failed: a caller
-//   that
-//     names many addresses (a mistaken or hostile ROUTE) leaves no more than that open;
+//     that names many addresses (a mistaken or hostile ROUTE) leaves no more than that open;
 //   - none logged in with credentials a reload replaced: the next question logs in anew, so a rotated
-//   password
-//     shows at once.
+//     password shows at once.
 #pragma once
 
 #include <cstddef>
