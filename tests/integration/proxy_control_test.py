@@ -1020,14 +1020,20 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         """The node's clients whose last command was CLUSTER NODES: the proxy's connections for its questions."""
         return [c for c in node.client_list() if c["cmd"] in ("cluster|nodes", "cluster")]
 
-    def test_routes_to_one_node_ask_on_one_kept_connection(self):
-        """Every ROUTE asks the node for its CLUSTER NODES again, on the connection the first one opened."""
-        a = self.slot("{kept-a}")
-        src, _ = self.owner(a)
+    def first_route(self, tag):
+        """A ROUTE of three slots to a master that does not own the tag's slot (and owns those three): the first
+        question to it, which opens the proxy's kept connection. Returns the master, the slots and a client of
+        it."""
+        src, _ = self.owner(self.slot(tag))
         dst = next(m for m in self.cluster.masters() if m != src)
         owned = harness.format_slots(self.cluster.slots_of(dst)[:3])
         node = redis.Redis(host=dst[0], port=dst[1], socket_timeout=10)
         self.route(owned, "%s:%d" % dst)
+        return dst, owned, node
+
+    def test_routes_to_one_node_ask_on_one_kept_connection(self):
+        """Every ROUTE asks the node for its CLUSTER NODES again, on the connection the first one opened."""
+        dst, owned, node = self.first_route("{kept-a}")
         time.sleep(0.2)  # the workers' own connections to it, warmed by the route, are up
         before = self.connections_received(node)
         commands = int(node.info("commandstats")["cmdstat_cluster|nodes"]["calls"])
@@ -1039,12 +1045,7 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         self.assertEqual(len(self.question_connections(node)), 1, node.client_list())
 
     def test_a_kept_connection_the_node_closed_is_replaced(self):
-        a = self.slot("{killed-a}")
-        src, _ = self.owner(a)
-        dst = next(m for m in self.cluster.masters() if m != src)
-        owned = harness.format_slots(self.cluster.slots_of(dst)[:3])
-        node = redis.Redis(host=dst[0], port=dst[1], socket_timeout=10)
-        self.route(owned, "%s:%d" % dst)
+        dst, owned, node = self.first_route("{killed-a}")
         asked = self.question_connections(node)
         self.assertEqual(len(asked), 1, node.client_list())
         self.assertEqual(node.client_kill_filter(_id=asked[0]["id"]), 1)
