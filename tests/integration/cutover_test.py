@@ -269,8 +269,8 @@ class Move:
             self.cmd += ["--proxy-dns", name]
         if journal:
             self.cmd += ["--journal", journal]
-        self.out = open(os.path.join(cluster.dir, "move-%d.out" % time.monotonic_ns()), "w+")
-        self.err = open(self.out.name + ".err", "w+")
+        self.out = open(os.path.join(cluster.dir, "move-%d.out" % time.monotonic_ns()), "a+")
+        self.err = open(self.out.name + ".err", "a+")
         self.started = time.time()
         self.proc = subprocess.Popen(self.cmd, stdout=self.out, stderr=self.err)
 

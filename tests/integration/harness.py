@@ -314,7 +314,7 @@ class Proxy:
                 flags = (*flags, "--admin-token", self.admin_token)
         # Proxies given the same port (a binary upgrade's successor) each have a log of their own.
         name = "proxy-%d.log" % self.port if not self.fixed_port else "proxy-%d-%d.log" % (self.port, time.time_ns())
-        self.log = open(os.path.join(cluster.dir, name), "w+")
+        self.log = open(os.path.join(cluster.dir, name), "a+")
         self.proc = subprocess.Popen([PROXY_BIN, "--listen", "127.0.0.1:%d" % self.port, "--seed", cluster.seed(),
                                       "--threads", str(threads), *flags], stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=self.preexec, env=self.env)

@@ -154,7 +154,7 @@ class ClusterWithPassword(ProxyInFront):
         """A proxy started with `flags` cannot log in: its clients' commands fail within the request timeout
         with an error naming the cause, and its log says what to do."""
         port = harness.free_port()
-        log = open(os.path.join(self.cluster.dir, "proxy-%d.log" % port), "w+")
+        log = open(os.path.join(self.cluster.dir, "proxy-%d.log" % port), "a+")
         proc = subprocess.Popen([harness.PROXY_BIN, "--listen", "127.0.0.1:%d" % port, "--seed",
                                  self.cluster.seed(), "--request-timeout-ms", "1000", *flags], stdout=log,
                                 stderr=subprocess.STDOUT)

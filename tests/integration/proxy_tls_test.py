@@ -68,7 +68,7 @@ def rss_mb(pid):
 def start_proxy_raw(cluster, *flags):
     """A proxy that may not serve (a backend it cannot reach): started, and waited for until it listens."""
     port = harness.free_port()
-    log = open(os.path.join(cluster.dir, "proxy-raw-%d.log" % port), "w+")
+    log = open(os.path.join(cluster.dir, "proxy-raw-%d.log" % port), "a+")
     proc = subprocess.Popen([harness.PROXY_BIN, "--listen", "127.0.0.1:%d" % port, "--seed", cluster.seed(),
                              "--threads", "1", "--connect-timeout-ms", "500", "--request-timeout-ms", "2000",
                              *flags], stdout=log, stderr=subprocess.STDOUT)
