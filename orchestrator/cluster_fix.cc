@@ -67,6 +67,18 @@ std::string describe_open(const ClusterSurvey& s, Slot slot) {
   return join(parts, ", ");
 }
 
+// Whether masters a and b, each asked for its own epoch, still hold the same one (or one of them did not
+// answer).
+bool collides(const ClusterSurvey& s, const std::string& a, const std::string& b) {
+  std::optional<std::uint64_t> ea, eb;
+  for (const auto& v : s.views)
+    if (const Node* self = v.myself()) {
+      if (self->id == a) ea = self->config_epoch;
+      if (self->id == b) eb = self->config_epoch;
+    }
+  return !ea || !eb || *ea == *eb;
+}
+
 // Waits until the views agree on every owner and epoch and no two masters share an epoch; false at the
 // deadline.
 bool wait_agreement(const HostPort& seed, const CommonOptions& o, Clock::time_point deadline) {
@@ -356,15 +368,23 @@ StepResult Fixer::settle_owners() {
           const Node* third = nullptr;
           for (const Node* m : s.merged.masters())
             if (m->id != f.node_id && m->id != f.peer_id && !m->failed() && answered(s, m->id)) third = m;
-          if (third == nullptr) return {false, "the epoch collision outlasted 10 s and " + r.outcome};
-          done.push_back(bump(third->id).outcome);
+          if (third != nullptr) done.push_back(bump(third->id).outcome);
+          // Meanwhile the servers may end it themselves: a MEET above lets the node with the smaller id see
+          // the other's epoch, and it takes a new one at once. So what ends this wait is the nodes' view,
+          // never the last bump's answer; what they still show after it, the next round's wait reports.
           for (const auto again_until = Clock::now() + std::chrono::seconds(5); Clock::now() < again_until;) {
             std::this_thread::sleep_for(std::chrono::milliseconds(200));
-            r = bump(smaller);
-            if (r.ok) break;
+            if (!collides(survey_cluster(seed_, o.timeout, o.credentials), f.node_id, f.peer_id)) {
+              done.push_back(short_id(f.node_id) + " and " + short_id(f.peer_id) +
+                             " now hold distinct epochs");
+              break;
+            }
+            if (third == nullptr) continue;
+            if (r = bump(smaller); r.ok) {
+              done.push_back(r.outcome);
+              break;
+            }
           }
-          done.push_back(r.outcome);
-          if (!r.ok) return {false, "the epoch collision outlasted 10 s and " + r.outcome};
         }
       } else if (f.kind == FindingKind::kNodeSetDisagreement) {
         // A node some others do not know (forgotten on one of them, say): those others meet it again.
