@@ -86,6 +86,12 @@ void NodeQuestions::check_deadlines(std::uint64_t now_ms) {
     b->check_deadlines(now_ms);
 }
 
+bool NodeQuestions::waiting() const {
+  for (const auto& [key, kept] : kept_)
+    if (kept.backend->inflight() > 0) return true;
+  return false;
+}
+
 void NodeQuestions::shutdown() {
   std::map<std::string, Kept> kept;
   kept.swap(kept_);

@@ -50,6 +50,8 @@ class NodeQuestions {
   // else after their replies.
   void use_login(LoginPtr login);
   void check_deadlines(std::uint64_t now_ms);
+  // Whether a question waits for its reply (check_deadlines has something to look at).
+  bool waiting() const;
   // The worker stops: every connection closes and every question waiting gets null.
   void shutdown();
   // Connections kept now, open or not (for tests).

@@ -50,6 +50,7 @@ class Router {
   // Why the last reload found no map, or "" (a node that answered with an error, NOAUTH say).
   const std::string& last_error() const { return last_error_; }
   bool wants_refresh() const { return refresh_wanted_; }
+  bool refreshing() const { return refreshing_; }
 
  private:
   void try_next(std::size_t candidate, bool shards);

@@ -24,6 +24,9 @@ namespace slotshift::proxy {
 namespace {
 
 constexpr std::uint64_t kTickMs = 10;
+// An idle worker's tick (Worker::tick_fast_): what it still has to look at, the slot map's age against
+// --refresh-interval-ms, can wait that long.
+constexpr std::uint64_t kIdleTickMs = 250;
 // How long a write refused with NOREPLICAS is retried before the refusal reaches the client.
 constexpr std::uint64_t kNoReplicasPatienceMs = 500;
 
@@ -129,8 +132,7 @@ void Worker::close_listeners() {
 void Worker::start() {
   uv_timer_init(&loop_, &tick_);
   tick_.data = this;
-  uv_timer_start(
-      &tick_, [](uv_timer_t* t) { static_cast<Worker*>(t->data)->on_tick(); }, kTickMs, kTickMs);
+  uv_timer_start(&tick_, on_tick_timer, kTickMs, kTickMs);
   uv_async_init(&loop_, &stop_async_, &Worker::on_async);
   stop_async_.data = this;
   uv_async_init(&loop_, &control_async_, &Worker::on_control);
@@ -143,6 +145,9 @@ void Worker::start() {
   flush_.data = this;
   uv_check_start(&flush_, [](uv_check_t* c) {
     auto* self = static_cast<Worker*>(c->data);
+    // After any event of this loop iteration: one that gave an idle worker something to watch brings the
+    // fast tick back (constant-time checks; what they miss, a client's backends, needs a client first).
+    if (!self->tick_fast_ && self->work_without_tick()) self->wake_tick();
     // A flush of replies may let a client's next commands run (one that waited for its earlier ones,
     // Session::process_input): what they send goes out in this iteration too, not at the next tick.
     for (int round = 0; round < 3 && (!self->dirty_.empty() || !self->dirty_sessions_.empty()); ++round) {
@@ -235,6 +240,8 @@ void Worker::on_control(uv_async_t* handle) {
   // What they queue for backends and clients is written by the check handle right after this poll phase.
   for (auto& op : ops)
     op();
+  // A hold, a route's question, a reload: what a control call starts may have deadlines of its own.
+  if (!ops.empty()) self->wake_tick();
 }
 
 void Worker::on_async(uv_async_t* handle) {
@@ -319,6 +326,7 @@ std::string Worker::merge_every_node(Request& p) {
 void Worker::on_connection(uv_stream_t* server, int status) {
   auto* self = static_cast<Worker*>(server->data);
   if (status < 0 || self->stopping_) return;
+  self->wake_tick();
   Session::accept(*self, server);
 }
 
@@ -909,6 +917,29 @@ void Worker::on_tick() {
       now - router_.last_refresh_ms() >= static_cast<std::uint64_t>(config_.refresh_interval.count());
   if (router_.wants_refresh() || stale || !router_.ready()) router_.refresh_soon();
   flush_backends();
+  if (tick_fast_ && nothing_to_tick()) {
+    tick_fast_ = false;
+    uv_timer_start(&tick_, on_tick_timer, kIdleTickMs, kIdleTickMs);
+  }
+}
+
+bool Worker::work_without_tick() const {
+  return !sessions_.empty() || !retries_.empty() || !awaiting_.empty() || !draining_.empty() ||
+         !retired_.empty() || held_.active() || in_drain_ || !router_.ready() || router_.refreshing() ||
+         router_.wants_refresh();
+}
+
+bool Worker::nothing_to_tick() const {
+  if (work_without_tick() || questions_.waiting()) return false;
+  for (const auto& [name, b] : backends_)
+    if (b->inflight() > 0) return false;
+  return true;
+}
+
+void Worker::wake_tick() {
+  if (tick_fast_ || stopping_) return;
+  tick_fast_ = true;
+  uv_timer_start(&tick_, on_tick_timer, kTickMs, kTickMs);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

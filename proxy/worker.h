@@ -151,6 +151,14 @@ class Worker {
 
  private:
   void on_tick();
+  // The tick comes every kTickMs while anything of the worker has a deadline, a retry or a client, and every
+  // kIdleTickMs once nothing has (tick_fast_ false): an idle proxy, a sidecar whose application is quiet or
+  // the many proxies of a fleet a move talks to, then wakes a few times a second instead of a hundred.
+  // Whatever gives the worker work again (a client, a control call, a reload or retry to come) brings the
+  // fast tick back before its first deadline can be missed (wake_tick).
+  bool nothing_to_tick() const;
+  bool work_without_tick() const;
+  void wake_tick();
   // The drain's check at every tick: closes the clients that are done, and ends the loop once nothing is
   // left or the deadline passed.
   void drain_step(std::uint64_t now);
@@ -168,6 +176,7 @@ class Worker {
   // INFO and CONFIG SET|RESETSTAT|REWRITE: every node's answer is needed (Merge::kInfo, kEveryNodeOk).
   std::string merge_every_node(Request& parent);
   static void on_connection(uv_stream_t* server, int status);
+  static void on_tick_timer(uv_timer_t* timer) { static_cast<Worker*>(timer->data)->on_tick(); }
   static void on_async(uv_async_t* handle);
   static void on_control(uv_async_t* handle);
 
@@ -211,6 +220,7 @@ class Worker {
   std::size_t waiting_bytes_ = 0;  // requests waiting in the proxy to be sent (again): retrying or parked
   bool stopping_ = false;
   bool in_drain_ = false;
+  bool tick_fast_ = true;
   std::uint64_t drain_deadline_ms_ = 0;
   std::vector<std::function<bool(std::uint64_t)>> awaiting_;
 

@@ -398,6 +398,30 @@ class ProxyLimits(unittest.TestCase):
         finally:
             proxy.stop()
 
+    def test_an_idle_proxy_hardly_wakes(self):
+        """A proxy with no client and nothing in flight (a sidecar of a quiet application, most of a fleet during a
+        move) wakes a few times a second, not a hundred times per worker; a client brings the full pace back."""
+        proxy = harness.Proxy(self.cluster, threads=2)
+        try:
+            def wakeups():
+                total = 0
+                for task in os.listdir("/proc/%d/task" % proxy.proc.pid):
+                    with open("/proc/%d/task/%s/status" % (proxy.proc.pid, task)) as f:
+                        total += int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
+                return total
+            time.sleep(1)  # past the first map load and the first ticks
+            before, start = wakeups(), time.time()
+            time.sleep(3)
+            rate = (wakeups() - before) / (time.time() - start)
+            print("idle proxy with 2 workers: %.1f wake-ups a second" % rate, file=sys.stderr)
+            self.assertLess(rate, 25)
+            r = client(proxy)
+            self.assertTrue(r.set("idle:k", 1))
+            self.assertEqual(r.get("idle:k"), b"1")
+            r.close()
+        finally:
+            proxy.stop()
+
     def test_request_timeout_names_the_cause(self):
         proxy = harness.Proxy(self.cluster, "--request-timeout-ms", "500", threads=1)
         try:
