@@ -209,7 +209,10 @@ std::string AdminServer::token() const {
 }
 
 void AdminServer::stop() {
-  if (server_) server_->stop();
+  if (server_) {
+    server_->stop();
+    server_->end_idle_waits();
+  }
   if (thread_.joinable()) thread_.join();
 }
 

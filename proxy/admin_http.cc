@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -108,13 +109,33 @@ std::optional<std::uint64_t> content_length(const httplib::Request& req) {
   return n;
 }
 
+AdminHttpServer::AdminHttpServer(const AdminHttpLimits& limits)
+    : limits_(limits), stop_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+
+AdminHttpServer::~AdminHttpServer() {
+  if (stop_fd_ >= 0) ::close(stop_fd_);
+}
+
+void AdminHttpServer::end_idle_waits() {
+  // Never read back: the count stays above zero, so every wait, now or later, sees it.
+  const std::uint64_t one = 1;
+  if (stop_fd_ >= 0) (void)!::write(stop_fd_, &one, sizeof one);
+}
+
 bool AdminHttpServer::wait_for_request(socket_t sock) const {
   const auto deadline = Clock::now() + limits_.idle;
-  // In short steps, so that stop() does not wait for idle connections to time out.
+  pollfd fds[2] = {{sock, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+  // Without an eventfd (none could be made) a stopping server's idle connections end at their idle limit.
+  const nfds_t count = stop_fd_ >= 0 ? 2 : 1;
   while (svr_sock_ != INVALID_SOCKET) {
-    const auto step = std::min(deadline, Clock::now() + std::chrono::milliseconds(100));
-    if (ready_by(sock, POLLIN, step)) return true;
-    if (Clock::now() >= deadline) return false;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    fds[0].revents = fds[1].revents = 0;
+    const int n = ::poll(fds, count, static_cast<int>(left));
+    if (n < 0 && errno != EINTR) return false;
+    if (fds[1].revents != 0) return false;
+    if (fds[0].revents != 0)
+      return true;  // a request, a hang-up or an error: the read that follows says which
   }
   return false;
 }

@@ -35,15 +35,23 @@ struct AdminHttpLimits {
 
 class AdminHttpServer : public httplib::Server {
  public:
-  explicit AdminHttpServer(const AdminHttpLimits& limits) : limits_(limits) {}
+  explicit AdminHttpServer(const AdminHttpLimits& limits);
+  ~AdminHttpServer() override;
+  AdminHttpServer(const AdminHttpServer&) = delete;
+  AdminHttpServer& operator=(const AdminHttpServer&) = delete;
+
+  // After stop(): connections waiting for their next request end now rather than at their idle limit.
+  void end_idle_waits();
 
  private:
   bool process_and_close_socket(socket_t sock) override;
-  // Waits up to the idle limit for `sock` to have a request; false on timeout, on a hang-up, or once stop()
-  // was called.
+  // Waits up to the idle limit for `sock` to have a request; false on timeout, on a hang-up, or once
+  // end_idle_waits() was called. It sleeps until one of those: a kept connection (the orchestrator keeps one
+  // to every proxy during a move) costs no wake-up while it is idle.
   bool wait_for_request(socket_t sock) const;
 
   AdminHttpLimits limits_;
+  int stop_fd_ = -1;  // an eventfd, readable once end_idle_waits() was called; -1 if none could be made
 };
 
 // The request's Content-Length: 0 without one, nullopt when it is not a decimal number.
