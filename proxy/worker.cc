@@ -145,9 +145,6 @@ void Worker::start() {
   flush_.data = this;
   uv_check_start(&flush_, [](uv_check_t* c) {
     auto* self = static_cast<Worker*>(c->data);
-    // After any event of this loop iteration: one that gave an idle worker something to watch brings the
-    // fast tick back (constant-time checks; what they miss, a client's backends, needs a client first).
-    if (!self->tick_fast_ && self->work_without_tick()) self->wake_tick();
     // A flush of replies may let a client's next commands run (one that waited for its earlier ones,
     // Session::process_input): what they send goes out in this iteration too, not at the next tick.
     for (int round = 0; round < 3 && (!self->dirty_.empty() || !self->dirty_sessions_.empty()); ++round) {
@@ -157,6 +154,10 @@ void Worker::start() {
       for (Session* s : sessions)
         s->flush_replies();
     }
+    // After any event of this loop iteration (and the flush above, whose failures may start a reload): one
+    // that gave an idle worker something to watch brings the fast tick back. Constant-time checks; what they
+    // miss (a client's backends need a client first; a reload's own probes) the next slow tick finds.
+    if (!self->tick_fast_ && self->work_without_tick()) self->wake_tick();
   });
   router_.refresh();
   proxy_.running_workers_.fetch_add(1);
@@ -917,9 +918,14 @@ void Worker::on_tick() {
       now - router_.last_refresh_ms() >= static_cast<std::uint64_t>(config_.refresh_interval.count());
   if (router_.wants_refresh() || stale || !router_.ready()) router_.refresh_soon();
   flush_backends();
-  if (tick_fast_ && nothing_to_tick()) {
+  // Both ways at every tick: a slow tick may itself start work with deadlines (the periodic reload).
+  if (!nothing_to_tick()) {
+    wake_tick();
+  } else if (tick_fast_) {
     tick_fast_ = false;
-    uv_timer_start(&tick_, on_tick_timer, kIdleTickMs, kIdleTickMs);
+    // Never slower than --refresh-interval-ms, which may be set below it.
+    const auto idle_ms = std::min<std::uint64_t>(kIdleTickMs, config_.refresh_interval.count());
+    uv_timer_start(&tick_, on_tick_timer, idle_ms, idle_ms);
   }
 }
 
