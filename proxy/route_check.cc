@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <memory>
 #include <optional>
+#include <string_view>
 
 #include "common/resp.h"
 
@@ -11,19 +12,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// `node`'s own view of the cluster (CLUSTER NODES, with its `myself` line); nullopt and `error` when it
-// cannot be had by `deadline`.
-std::optional<Topology> cluster_nodes(const HostPort& node, Clock::time_point deadline, const AskNode& ask,
-                                      std::string& error) {
-  if (Clock::now() >= deadline) {
-    error = "no time left to ask " + node.str();
-    return std::nullopt;
-  }
-  const auto wire = ask(node, "*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n", deadline, error);
-  if (!wire) return std::nullopt;
+constexpr std::string_view kClusterNodes = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
+
+// A CLUSTER NODES reply's view of the cluster, with its `myself` line; nullopt and `error` when it is not
+// one.
+std::optional<Topology> parse_nodes_reply(const std::string& wire, std::string& error) {
   resp::Value reply;
   std::size_t used = 0;
-  if (resp::parse_reply(*wire, reply, used) != resp::Status::kComplete) {
+  if (resp::parse_reply(wire, reply, used) != resp::Status::kComplete) {
     error = "CLUSTER NODES: not a valid reply";
     return std::nullopt;
   }
@@ -45,6 +41,18 @@ std::optional<Topology> cluster_nodes(const HostPort& node, Clock::time_point de
     return std::nullopt;
   }
   return std::move(parsed.topology);
+}
+
+// `node`'s own view of the cluster; nullopt and `error` when it cannot be had by `deadline`.
+std::optional<Topology> cluster_nodes(const HostPort& node, Clock::time_point deadline, const AskNode& ask,
+                                      std::string& error) {
+  if (Clock::now() >= deadline) {
+    error = "no time left to ask " + node.str();
+    return std::nullopt;
+  }
+  const auto wire = ask(node, std::string(kClusterNodes), deadline, error);
+  if (!wire) return std::nullopt;
+  return parse_nodes_reply(*wire, error);
 }
 
 // Whether `n` is reached at `node`, by any of the names the cluster gives it.
@@ -81,49 +89,19 @@ RouteVerdict refusal(int status, std::string error, const SlotSet& not_owned = {
   return {status, std::move(error), not_owned};
 }
 
-}  // namespace
-
-RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const TopologySnapshot& known,
-                         const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout,
-                         const AskNode& ask) {
-  const auto deadline = Clock::now() + timeout;
+// The node's own view could not be had (`error` says why).
+RouteVerdict unanswered(const HostPort& node, const TopologySnapshot& known, const std::string& error) {
   const bool address_known = known && std::any_of(known->nodes.begin(), known->nodes.end(),
                                                   [&node](const Node& n) { return reached_at(n, node); });
-  std::string error;
-  const auto own = cluster_nodes(node, deadline, ask, error);
-  if (!own) {
-    if (!address_known) {
-      const std::string what =
-          " is not a node of the cluster: the proxy's topology does not list it, and it ";
-      return refusal(400, node.str() + what + "does not answer as one (" + error + ")");
-    }
-    return refusal(503, "cannot ask " + node.str() + " which slots it owns (" + error + ")");
+  if (!address_known) {
+    const std::string what = " is not a node of the cluster: the proxy's topology does not list it, and it ";
+    return refusal(400, node.str() + what + "does not answer as one (" + error + ")");
   }
-  const Node& me = *own->myself();
+  return refusal(503, "cannot ask " + node.str() + " which slots it owns (" + error + ")");
+}
 
-  // Its own word says nothing about membership (any server can print any CLUSTER NODES): the proxy's topology
-  // must list it, or a node of that topology must, for a node that joined since the last reload.
-  if (!known || !lists(*known, me.id, node)) {
-    bool asked = false, member = false;
-    std::string why = "no node of the cluster known yet";
-    for (const auto& trusted : trusted_nodes(known, seeds, node)) {
-      if (const auto view = cluster_nodes(trusted, deadline, ask, why)) {
-        asked = true;
-        member = lists(*view, me.id, node);
-        break;
-      }
-      why = trusted.str() + ": " + why;
-    }
-    if (!asked) {
-      const std::string what = " is a node of the cluster: none of its nodes answered in time (";
-      return refusal(503, "cannot confirm that " + node.str() + what + why + ")");
-    }
-    if (!member) {
-      return refusal(400,
-                     node.str() + " (node id " + me.id + ") is not a node of the cluster this proxy serves");
-    }
-  }
-
+// A member of the cluster: whether it owns every slot of `slots` by its own CLUSTER NODES (`me`).
+RouteVerdict ownership(const SlotSet& slots, const HostPort& node, const Node& me) {
   SlotSet owned;
   if (me.is_master()) {
     for (const SlotRange& r : me.slots)
@@ -138,6 +116,64 @@ RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const Topol
                    not_owned);
   }
   return {};
+}
+
+}  // namespace
+
+std::string route_question() {
+  return std::string(kClusterNodes);
+}
+
+std::optional<RouteVerdict> verdict_from_own_reply(const SlotSet& slots, const HostPort& node,
+                                                   const TopologySnapshot& known,
+                                                   const std::optional<std::string>& reply,
+                                                   const std::string& why) {
+  std::string error = why;
+  const auto own = reply ? parse_nodes_reply(*reply, error) : std::nullopt;
+  if (!own) return unanswered(node, known, error);
+  const Node& me = *own->myself();
+  // Its own word says nothing about membership (any server can print any CLUSTER NODES): the proxy's topology
+  // must list it; a node that joined since the last reload needs other nodes asked (check_route).
+  if (!known || !lists(*known, me.id, node)) return std::nullopt;
+  return ownership(slots, node, me);
+}
+
+RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const TopologySnapshot& known,
+                         const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout,
+                         const AskNode& ask) {
+  const auto deadline = Clock::now() + timeout;
+  std::string error;
+  std::optional<std::string> wire;
+  if (Clock::now() >= deadline) {
+    error = "no time left to ask " + node.str();
+  } else {
+    wire = ask(node, route_question(), deadline, error);
+  }
+  if (auto verdict = verdict_from_own_reply(slots, node, known, wire, error)) return std::move(*verdict);
+
+  // The node answered, and the proxy's topology does not list it: a node of that topology must (one that
+  // joined since the last reload). (verdict_from_own_reply has parsed the same reply already.)
+  const auto own = parse_nodes_reply(*wire, error);
+  const Node& me = *own->myself();
+  bool asked = false, member = false;
+  std::string why = "no node of the cluster known yet";
+  for (const auto& trusted : trusted_nodes(known, seeds, node)) {
+    if (const auto view = cluster_nodes(trusted, deadline, ask, why)) {
+      asked = true;
+      member = lists(*view, me.id, node);
+      break;
+    }
+    why = trusted.str() + ": " + why;
+  }
+  if (!asked) {
+    const std::string what = " is a node of the cluster: none of its nodes answered in time (";
+    return refusal(503, "cannot confirm that " + node.str() + what + why + ")");
+  }
+  if (!member) {
+    return refusal(400,
+                   node.str() + " (node id " + me.id + ") is not a node of the cluster this proxy serves");
+  }
+  return ownership(slots, node, me);
 }
 
 }  // namespace slotshift::proxy

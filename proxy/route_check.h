@@ -40,6 +40,18 @@ using AskNode = std::function<std::optional<std::string>(const HostPort& node, s
                                                          std::chrono::steady_clock::time_point deadline,
                                                          std::string& why)>;
 
+// The question check_route asks `node` first, as wire bytes (CLUSTER NODES).
+std::string route_question();
+
+// The verdict from `node`'s answer to route_question() alone (`reply`, or nullopt and `why` there is none):
+// what check_route decides, for a node the proxy's topology `known` lists. Nullopt when `known` does not
+// list the node that answered: then other nodes must confirm it is a member, which check_route asks.
+// (How a handoff decides on the worker that asked, without the admin thread's round trip.)
+std::optional<RouteVerdict> verdict_from_own_reply(const SlotSet& slots, const HostPort& node,
+                                                   const TopologySnapshot& known,
+                                                   const std::optional<std::string>& reply,
+                                                   const std::string& why);
+
 // Whether `node` may serve `slots` now. `known` is the proxy's last topology (may be null: none loaded yet);
 // `seeds` are asked when a node of `known` cannot be. Blocks for at most `timeout`.
 RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const TopologySnapshot& known,

@@ -363,14 +363,21 @@ std::optional<ControlReply> SlotControl::refuse_route(const SlotSet& slots, cons
   // ROUTE (on a kept connection: a new one only the first time), within the connect timeout; the orchestrator
   // sends one ROUTE per batch.
   const RouteVerdict verdict = check_route(
-      slots, node, proxy_.topology(), proxy_.config().seeds,
-      std::min(proxy_.config().connect_timeout, kRouteCheck),
+      slots, node, proxy_.topology(), proxy_.config().seeds, route_check_time(),
       [this](const HostPort& n, std::string command, std::chrono::steady_clock::time_point deadline,
              std::string& failure) { return proxy_.ask_node(n, std::move(command), deadline, failure); });
   if (verdict.ok()) return std::nullopt;
+  return refusal_reply(verdict, node);
+}
+
+ControlReply SlotControl::refusal_reply(const RouteVerdict& verdict, const HostPort& node) {
   json refusal{{"error", verdict.error + "; nothing was routed"}, {"node", node.str()}};
   if (verdict.not_owned.any()) refusal["not_owned"] = verdict.not_owned.str();
   return reply(verdict.status, refusal);
+}
+
+std::chrono::milliseconds SlotControl::route_check_time() const {
+  return std::min(proxy_.config().connect_timeout, kRouteCheck);
 }
 
 ControlReply SlotControl::route(std::string_view body) {
@@ -448,26 +455,74 @@ ControlReply SlotControl::handoff(std::string_view body) {
   const auto request = route_fields(*j, error);
   if (!request) return error;
   const auto& [slots, node] = *request;
-  if (auto refusal = refuse_route(slots, node)) {
-    // A node outside the cluster (400) is the caller's mistake too, and releases nothing either.
-    if (refusal->status == 400) return std::move(*refusal);
-    const ControlReply released = release(body);
-    json out = json::parse(refusal->body, nullptr, false);
-    if (out.is_object() && out.contains("error"))
-      out["error"] = out["error"].get<std::string>() + "; the held commands were released (" +
-                     (released.status == 200 ? "to the old owner" : "failed: " + released.body) + ")";
-    return reply(refusal->status, out);
-  }
 
-  // Route and release in one visit to each worker, where a ROUTE then a RELEASE take two (a wake-up of every
-  // worker and of this thread each; in a fleet of proxies sharing cores, most of a handoff's cost). The order
-  // still holds: the slots leave the registry only once every worker has routed them, so that no worker can
-  // send a held command to the old owner, whoever syncs first (its tick at a hold's expiry, another caller's
-  // RELEASE). The worker that routes last takes them out and has every worker send its held commands on.
+  // The check asked and decided on the first worker, which routes at once when it passes, where asking from
+  // this thread takes two more wake-ups of it and of the worker (in a fleet of proxies sharing cores, what a
+  // handoff costs is mostly its wake-ups). A verdict that needs other nodes asked (a node the proxy's map
+  // does not list yet), and the case where the worker cannot be asked, go the way of a ROUTE from here.
   const auto& workers = proxy_.workers();
   auto state = std::make_shared<HandoffState>(workers.size());
   auto call = std::make_shared<ControlCall>(workers.size());
-  auto routed = [proxy = &proxy_, state, call, s = slots](Worker* here) {
+  const auto routed = release_when_routed(state, call, slots);
+  const auto start = std::chrono::steady_clock::now();
+  Worker* first = workers.front().get();
+  const bool posted = first->post([proxy = &proxy_, first, state, call, routed, s = slots, n = node] {
+    first->ask_node(n, route_question(), [=](const std::string* reply, const std::string& why) {
+      auto verdict = verdict_from_own_reply(s, n, proxy->topology(),
+                                            reply ? std::optional<std::string>(*reply) : std::nullopt, why);
+      const int outcome = !verdict        ? HandoffState::kCheckHere
+                          : verdict->ok() ? HandoffState::kRouting
+                                          : HandoffState::kRefused;
+      if (verdict && !verdict->ok()) state->refusal = refusal_reply(*verdict, n);
+      // The admin thread may have given up on the check meanwhile (and answered): then nothing is routed.
+      int deciding = HandoffState::kDeciding;
+      if (!state->decision.compare_exchange_strong(deciding, outcome)) return;
+      if (outcome != HandoffState::kRouting) {
+        for (std::size_t w = 0; w < proxy->workers().size(); ++w)
+          call->answer(static_cast<int>(w), {});
+        return;
+      }
+      for (const auto& w : proxy->workers()) {
+        Worker* worker = w.get();
+        if (worker == first) continue;
+        if (!worker->post([worker, routed, s, n] {
+              worker->router().route(s, n);
+              routed(worker);
+            }))
+          routed(nullptr);
+      }
+      first->router().route(s, n);
+      routed(first);
+    });
+  });
+  if (!posted) state->decision = HandoffState::kCheckHere;
+  if (posted && !call->wait_until(start + route_check_time())) {
+    // No verdict within the check's time: the node did not answer, as a ROUTE's check would say.
+    int deciding = HandoffState::kDeciding;
+    if (state->decision.compare_exchange_strong(deciding, HandoffState::kGivenUp)) {
+      const auto verdict =
+          verdict_from_own_reply(slots, node, proxy_.topology(), std::nullopt, "no reply in time");
+      return refused_handoff(refusal_reply(*verdict, node), body);
+    }
+  }
+  switch (state->decision.load()) {
+    case HandoffState::kCheckHere:
+      return handoff_checked_here(body, slots, node);
+    case HandoffState::kRefused:
+      return refused_handoff(state->refusal, body);
+    default:
+      return handoff_answer(state, call, body, slots, node);
+  }
+}
+
+std::function<void(Worker*)> SlotControl::release_when_routed(std::shared_ptr<HandoffState> state,
+                                                              std::shared_ptr<ControlCall> call,
+                                                              const SlotSet& slots) {
+  // The order holds: the slots leave the registry only once every worker has routed them, so that no worker
+  // can send a held command to the old owner, whoever syncs first (its tick at a hold's expiry, another
+  // caller's RELEASE). The worker that routes last takes them out and has every worker send its held
+  // commands on (each answers `call` once it has).
+  return [proxy = &proxy_, state, call, s = slots](Worker* here) {
     if (state->to_route.fetch_sub(1) != 1 || state->released.exchange(true)) return;
     state->removed = proxy->holds().release(&s, nullptr, steady_ms());
     for (const auto& w : proxy->workers()) {
@@ -484,6 +539,28 @@ ControlReply SlotControl::handoff(std::string_view body) {
       }
     }
   };
+}
+
+ControlReply SlotControl::refused_handoff(ControlReply refusal, std::string_view body) {
+  // A node outside the cluster (400) is the caller's mistake too, and releases nothing either.
+  if (refusal.status == 400) return refusal;
+  const ControlReply released = release(body);
+  json out = json::parse(refusal.body, nullptr, false);
+  if (out.is_object() && out.contains("error"))
+    out["error"] = out["error"].get<std::string>() + "; the held commands were released (" +
+                   (released.status == 200 ? "to the old owner" : "failed: " + released.body) + ")";
+  return reply(refusal.status, out);
+}
+
+ControlReply SlotControl::handoff_checked_here(std::string_view body, const SlotSet& slots,
+                                               const HostPort& node) {
+  if (auto refusal = refuse_route(slots, node)) return refused_handoff(std::move(*refusal), body);
+  // Route and release in one visit to each worker, where a ROUTE then a RELEASE take two.
+  const auto& workers = proxy_.workers();
+  auto state = std::make_shared<HandoffState>(workers.size());
+  auto call = std::make_shared<ControlCall>(workers.size());
+  const auto routed = release_when_routed(state, call, slots);
+  state->decision = HandoffState::kRouting;
   for (const auto& w : workers) {
     Worker* worker = w.get();
     if (!worker->post([worker, routed, s = slots, n = node] {
@@ -492,6 +569,12 @@ ControlReply SlotControl::handoff(std::string_view body) {
         }))
       routed(nullptr);
   }
+  return handoff_answer(state, call, body, slots, node);
+}
+
+ControlReply SlotControl::handoff_answer(const std::shared_ptr<HandoffState>& state,
+                                         const std::shared_ptr<ControlCall>& call, std::string_view body,
+                                         const SlotSet& slots, const HostPort& node) {
   if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) {
     const std::string late = "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
                              std::to_string(kWorkerAnswer.count()) + " ms";

@@ -26,6 +26,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -41,6 +42,8 @@
 namespace slotshift::proxy {
 
 class Proxy;
+class Worker;
+struct RouteVerdict;
 
 // Milliseconds of the monotonic clock: the time base of hold ages and expiries, the same in every thread.
 std::uint64_t steady_ms();
@@ -182,15 +185,34 @@ class SlotControl {
   static constexpr std::chrono::milliseconds kRouteCheck{2000};
 
  private:
-  // A handoff's progress, shared by the workers that route (route, then release: SlotControl::handoff).
+  // A handoff's progress, shared by the admin thread and the workers (SlotControl::handoff).
   struct HandoffState {
+    // What the check decided (kDeciding until then): set once, by the first worker when its question is
+    // answered, or by the admin thread when the check's time ran out first (kGivenUp).
+    enum Decision : int { kDeciding, kRouting, kRefused, kCheckHere, kGivenUp };
     explicit HandoffState(std::size_t workers) : to_route(workers) {}
+    std::atomic<int> decision{kDeciding};
+    ControlReply refusal;  // kRefused: the reply; written before the decision, read after the call ends
     std::atomic<std::size_t> to_route;  // workers that have not routed yet
     std::atomic<bool> released{false};  // the release has begun: by the last worker to route, or on a timeout
     SlotSet removed;                    // written before the first worker's answer, read after the last's
   };
   // Whether `node` may serve `slots` (route_check.h): nullopt, or the reply that refuses the route.
   std::optional<ControlReply> refuse_route(const SlotSet& slots, const HostPort& node);
+  static ControlReply refusal_reply(const RouteVerdict& verdict, const HostPort& node);
+  // The route check's time: the connect timeout, at most kRouteCheck.
+  std::chrono::milliseconds route_check_time() const;
+  // What each worker runs once it has routed: the last one releases and has every worker sync (into `call`).
+  std::function<void(Worker*)> release_when_routed(std::shared_ptr<HandoffState> state,
+                                                   std::shared_ptr<ControlCall> call, const SlotSet& slots);
+  // A handoff whose route was refused: the held commands are released to the old owner (but for a 400).
+  ControlReply refused_handoff(ControlReply refusal, std::string_view body);
+  // A handoff checked from the admin thread (check_route), then routed and released by every worker.
+  ControlReply handoff_checked_here(std::string_view body, const SlotSet& slots, const HostPort& node);
+  // Waits for every worker's sync after a handoff's route and says what happened.
+  ControlReply handoff_answer(const std::shared_ptr<HandoffState>& state,
+                              const std::shared_ptr<ControlCall>& call, std::string_view body,
+                              const SlotSet& slots, const HostPort& node);
 
   Proxy& proxy_;
 };

@@ -989,6 +989,50 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         self.assertIn("nothing was routed", out["error"])
         self.still_served(["{out-%d}k" % i for i in range(20)])
 
+    def test_a_handoff_is_checked_as_a_route_is(self):
+        """A handoff asks the same check (on the proxy's worker): a node outside the cluster is refused and the
+        held commands stay held (the caller's mistake); a node that does not own the slot is refused and the held
+        commands are released to the old owner; a node that does not answer in time, the same."""
+        key = "{hcheck}k"
+        slot = self.slot(key)
+        self.hold(slot, owner="hcheck")
+        waiting = Background(client(self.proxy).set, key, "v")
+        time.sleep(0.2)
+        status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {"slots": str(slot), "node": "127.0.0.1:1"})
+        self.assertEqual(status, 400, out)
+        self.assertIn("127.0.0.1:1 is not a node of the cluster", out["error"])
+        self.assertNotIn("released", out["error"])
+        self.assertTrue(waiting.running(), "a handoff refused as the caller's mistake released the hold")
+        self.assertEqual([h["slots"] for h in self.holds()], [str(slot)])
+        src, _ = self.owner(slot)
+        other = next(m for m in self.cluster.masters() if m != src)
+        status, out = self.proxy.admin_call("POST", "/v1/slots/handoff",
+                                            {"slots": str(slot), "node": "%s:%d" % other})
+        self.assertEqual(status, 409, out)
+        self.assertIn("does not own slot(s) %d" % slot, out["error"])
+        self.assertIn("the held commands were released (to the old owner)", out["error"])
+        self.assertTrue(waiting.join())
+        self.assertEqual(self.holds(), [])
+        # A node of the cluster that does not answer: stopped, the check's time runs out.
+        self.hold(slot, owner="hcheck")
+        waiting = Background(client(self.proxy).set, key, "w")
+        time.sleep(0.2)
+        pid = int(self.cluster.cli(other, "info", "server").split("process_id:")[1].split()[0])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.time()
+            status, out = self.proxy.admin_call("POST", "/v1/slots/handoff",
+                                                {"slots": str(slot), "node": "%s:%d" % other}, timeout=30)
+            took = time.time() - start
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.assertEqual(status, 503, out)
+        self.assertIn("cannot ask %s:%d which slots it owns" % other, out["error"])
+        self.assertIn("the held commands were released (to the old owner)", out["error"])
+        self.assertLess(took, 5)
+        self.assertTrue(waiting.join())
+        self.still_served([key])
+
     def test_a_server_that_claims_every_slot_is_not_believed(self):
         fake = FakeClusterNode()
         self.addCleanup(fake.close)
@@ -1128,6 +1172,27 @@ class RouteToANodeThatJustJoined(unittest.TestCase):
         self.assertTrue(r.set("{joined}k", "here"))
         self.assertEqual(r.info("proxy")["redirects_moved"], moved)
         self.assertEqual(redis.Redis(host=node[0], port=node[1]).get("{joined}k"), b"here")
+
+
+    def test_a_handoff_to_it_goes_through(self):
+        """The same through a handoff: its check, decided on the worker for known nodes, asks a known node for
+        this one, and the held write goes straight to it."""
+        r = redis.Redis(host="127.0.0.1", port=self.proxy.port, socket_timeout=30)
+        slot = r.execute_command("CLUSTER", "KEYSLOT", "{joinedh}k")
+        node = self.join_new_node()
+        move_empty_slot(self, self.cluster, slot, node)
+        status, out = self.proxy.admin_call("POST", "/v1/slots/hold", {"slots": str(slot), "ttl_ms": 10000})
+        self.assertEqual(status, 200, out)
+        held = Background(client(self.proxy).set, "{joinedh}k", "here")
+        time.sleep(0.2)
+        self.assertTrue(held.running(), "the write was not held")
+        moved = r.info("proxy")["redirects_moved"]
+        status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {"slots": str(slot), "node": "%s:%d" % node})
+        self.assertEqual(status, 200, out)
+        self.assertEqual((out["routed"], out["released"], out["dispatched"]), (str(slot), str(slot), 1))
+        self.assertTrue(held.join())
+        self.assertEqual(r.info("proxy")["redirects_moved"], moved)
+        self.assertEqual(redis.Redis(host=node[0], port=node[1]).get("{joinedh}k"), b"here")
 
 
 class EndpointNotStarved(ControlCase):
