@@ -7,10 +7,11 @@
 # fleet (the first N), while one client (cutover_client.py, one request at a time every --interval-us) reads
 # and writes keys of the moving slots through the first proxy and counts errors. After each timed move the
 # slots go back (untimed, the first proxy told). redis-servers run on core 0; proxies, client and mover on
-# core 1, the proxies other than the first at --fleet-nice (default 0; in a fleet they run on other hosts).
+# core 1, the proxies other than the first at --fleet-nice (default 0; in a fleet they run on other hosts), the
+# mover at --mover-nice (default 0; below 0, as root, it goes before the fleet, as on a host of its own).
 #
 #   tests/bench/fleet_bench.sh [--runs 3] [--keys 300000] [--size 100] [--fleets 2,50,200]
-#                              [--interval-us 500] [--fence source-pause] [--fleet-nice 0]
+#                              [--interval-us 500] [--fence source-pause] [--fleet-nice 0] [--mover-nice 0]
 #
 # Prints, per fleet size, the medians over the runs of the move's wall time, its batches, the longest source
 # pause and the longest proxy hold (from HOLD to the end of the handoff: what a held client waited at most),
@@ -19,7 +20,7 @@
 # to compare two versions. Not part of the test suite.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-runs=3 keys=300000 size=100 fleets=2,50,200 interval_us=500 fence=source-pause fleet_nice=0
+runs=3 keys=300000 size=100 fleets=2,50,200 interval_us=500 fence=source-pause fleet_nice=0 mover_nice=0
 while [ $# -gt 0 ]; do
   case $1 in
     --runs) runs=$2; shift 2 ;;
@@ -29,7 +30,8 @@ while [ $# -gt 0 ]; do
     --interval-us) interval_us=$2; shift 2 ;;
     --fence) fence=$2; shift 2 ;;
     --fleet-nice) fleet_nice=$2; shift 2 ;;
-    *) sed -n '2,19p' "$0" >&2; exit 2 ;;
+    --mover-nice) mover_nice=$2; shift 2 ;;
+    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
   esac
 done
 bin=${SLOTSHIFT_BINARY_DIR:-$root/build}
@@ -102,8 +104,8 @@ for run in $(seq "$runs"); do
     sleep 1
     kill -USR1 $client_pid
     t0=$(date +%s.%N)
-    taskset -c 1 "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$b" "${told[@]}" --fence "$fence" \
-      --no-progress --json >"$work/move.json" || { echo "the move with $n proxies failed:" >&2; cat "$work/move.json" >&2; exit 1; }
+    taskset -c 1 nice -n "$mover_nice" "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$b" "${told[@]}" \
+      --fence "$fence" --no-progress --json >"$work/move.json" || { echo "the move with $n proxies failed:" >&2; cat "$work/move.json" >&2; exit 1; }
     t1=$(date +%s.%N)
     kill -USR2 $client_pid
     sleep 0.5
