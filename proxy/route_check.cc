@@ -124,12 +124,13 @@ std::string route_question() {
   return std::string(kClusterNodes);
 }
 
-std::optional<RouteVerdict> verdict_from_own_reply(const SlotSet& slots, const HostPort& node,
-                                                   const TopologySnapshot& known,
-                                                   const std::optional<std::string>& reply,
-                                                   const std::string& why) {
-  std::string error = why;
-  const auto own = reply ? parse_nodes_reply(*reply, error) : std::nullopt;
+namespace {
+
+// The verdict from the node's own view (`own`, or nullopt and `error`): final for a node `known` lists;
+// nullopt when other nodes must vouch for it.
+std::optional<RouteVerdict> own_verdict(const SlotSet& slots, const HostPort& node,
+                                        const TopologySnapshot& known, const std::optional<Topology>& own,
+                                        const std::string& error) {
   if (!own) return unanswered(node, known, error);
   const Node& me = *own->myself();
   // Its own word says nothing about membership (any server can print any CLUSTER NODES): the proxy's topology
@@ -138,22 +139,27 @@ std::optional<RouteVerdict> verdict_from_own_reply(const SlotSet& slots, const H
   return ownership(slots, node, me);
 }
 
+}  // namespace
+
+std::optional<RouteVerdict> verdict_from_own_reply(const SlotSet& slots, const HostPort& node,
+                                                   const TopologySnapshot& known,
+                                                   const std::optional<std::string>& reply,
+                                                   const std::string& why) {
+  std::string error = why;
+  const auto own = reply ? parse_nodes_reply(*reply, error) : std::nullopt;
+  return own_verdict(slots, node, known, own, error);
+}
+
 RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const TopologySnapshot& known,
                          const std::vector<HostPort>& seeds, std::chrono::milliseconds timeout,
                          const AskNode& ask) {
   const auto deadline = Clock::now() + timeout;
   std::string error;
-  std::optional<std::string> wire;
-  if (Clock::now() >= deadline) {
-    error = "no time left to ask " + node.str();
-  } else {
-    wire = ask(node, route_question(), deadline, error);
-  }
-  if (auto verdict = verdict_from_own_reply(slots, node, known, wire, error)) return std::move(*verdict);
+  const auto own = cluster_nodes(node, deadline, ask, error);
+  if (auto verdict = own_verdict(slots, node, known, own, error)) return std::move(*verdict);
 
   // The node answered, and the proxy's topology does not list it: a node of that topology must (one that
-  // joined since the last reload). (verdict_from_own_reply has parsed the same reply already.)
-  const auto own = parse_nodes_reply(*wire, error);
+  // joined since the last reload).
   const Node& me = *own->myself();
   bool asked = false, member = false;
   std::string why = "no node of the cluster known yet";
