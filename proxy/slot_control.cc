@@ -482,17 +482,7 @@ ControlReply SlotControl::handoff(std::string_view body) {
           call->answer(static_cast<int>(w), {});
         return;
       }
-      for (const auto& w : proxy->workers()) {
-        Worker* worker = w.get();
-        if (worker == first) continue;
-        if (!worker->post([worker, routed, s, n] {
-              worker->router().route(s, n);
-              routed(worker);
-            }))
-          routed(nullptr);
-      }
-      first->router().route(s, n);
-      routed(first);
+      route_everywhere(*proxy, routed, s, n, first);
     });
   });
   if (!posted) state->decision = HandoffState::kCheckHere;
@@ -541,6 +531,22 @@ std::function<void(Worker*)> SlotControl::release_when_routed(std::shared_ptr<Ha
   };
 }
 
+void SlotControl::route_everywhere(Proxy& proxy, const std::function<void(Worker*)>& routed,
+                                   const SlotSet& slots, const HostPort& node, Worker* here) {
+  for (const auto& w : proxy.workers()) {
+    Worker* worker = w.get();
+    if (worker == here) continue;
+    if (!worker->post([worker, routed, slots, node] {
+          worker->router().route(slots, node);
+          routed(worker);
+        }))
+      routed(nullptr);
+  }
+  if (here == nullptr) return;
+  here->router().route(slots, node);
+  routed(here);
+}
+
 ControlReply SlotControl::refused_handoff(ControlReply refusal, std::string_view body) {
   // A node outside the cluster (400) is the caller's mistake too, and releases nothing either.
   if (refusal.status == 400) return refusal;
@@ -559,16 +565,7 @@ ControlReply SlotControl::handoff_checked_here(std::string_view body, const Slot
   const auto& workers = proxy_.workers();
   auto state = std::make_shared<HandoffState>(workers.size());
   auto call = std::make_shared<ControlCall>(workers.size());
-  const auto routed = release_when_routed(state, call, slots);
-  state->decision = HandoffState::kRouting;
-  for (const auto& w : workers) {
-    Worker* worker = w.get();
-    if (!worker->post([worker, routed, s = slots, n = node] {
-          worker->router().route(s, n);
-          routed(worker);
-        }))
-      routed(nullptr);
-  }
+  route_everywhere(proxy_, release_when_routed(state, call, slots), slots, node, nullptr);
   return handoff_answer(state, call, body, slots, node);
 }
 

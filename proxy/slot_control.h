@@ -205,6 +205,10 @@ class SlotControl {
   // What each worker runs once it has routed: the last one releases and has every worker sync (into `call`).
   std::function<void(Worker*)> release_when_routed(std::shared_ptr<HandoffState> state,
                                                    std::shared_ptr<ControlCall> call, const SlotSet& slots);
+  // Every worker routes `slots` to `node` on its loop, then runs `routed`: `here` (the worker calling, or
+  // null from another thread) at once, the others by a post.
+  static void route_everywhere(Proxy& proxy, const std::function<void(Worker*)>& routed, const SlotSet& slots,
+                               const HostPort& node, Worker* here);
   // A handoff whose route was refused: the held commands are released to the old owner (but for a 400).
   ControlReply refused_handoff(ControlReply refusal, std::string_view body);
   // A handoff checked from the admin thread (check_route), then routed and released by every worker.
