@@ -36,6 +36,16 @@ std::string bulk(std::string_view s) {
 }
 
 // A proxy with one worker in front of a fresh three-node scripted cluster, ready to take clients.
+// One of the proxy's counters (stats.h), summed over its workers. A worker counts a refusal in the same loop
+// event that acts on it, so a client's bytes read after the count changes find it acted on.
+std::uint64_t counter(const proxy::Proxy& p, std::string_view name) {
+  const proxy::Totals totals = p.totals();
+  for (std::size_t i = 0; i < proxy::kCounterCount; ++i)
+    if (proxy::kCounters[i].name == name) return totals.counters[i];
+  FAIL("no counter " << name);
+  return 0;
+}
+
 struct ProxyFixture {
   ScriptedCluster cluster;
   test::PortReservation port;
@@ -274,14 +284,16 @@ TEST_CASE(
   TestClient c = f.client();
   const std::string key = key_on(f.cluster, 2, "order");
   const std::string other = key_on(f.cluster, 0, "elsewhere");
-  // Three refusals, then the first SET waits 40 ms for its fourth try. The later SETs are sent once the node
-  // has refused all three (not after a fixed sleep: on a loaded machine the proxy's timers run late, and a
-  // later SET released behind a try that is still refused would take no refusal, run, and rightly cost the
-  // first its place), so they arrive while it waits, and go behind it.
+  // Three refusals, then the first SET waits 40 ms for its fourth try. The later SETs are sent once the proxy
+  // has taken all three refusals in (not after a fixed sleep, nor once the node has sent the third: until the
+  // proxy has read it the first SET is at the node, not waiting, and a later SET would be sent behind that
+  // try, take no refusal, run, and rightly cost the first its place), so they arrive while it waits, and go
+  // behind it.
   f.cluster.fail("set", "CLUSTERDOWN The cluster is down", 3, 2);
   REQUIRE(c.send({"SET", key, "10"}));
-  for (int i = 0; i < 500 && f.cluster.received(2, "set").size() < 3; ++i)
+  for (int i = 0; i < 1000 && counter(*f.proxy, "redirects_clusterdown") < 3; ++i)
     std::this_thread::sleep_for(2ms);
+  REQUIRE(counter(*f.proxy, "redirects_clusterdown") == 3);
   REQUIRE(f.cluster.received(2, "set").size() == 3);
   std::string wire;
   resp::append_command(wire, {"SET", key, "20"});
