@@ -5,6 +5,7 @@ exit, and cluster.sh's watchdog stops the servers even if this process is killed
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -260,6 +261,24 @@ class Cluster:
             if time.time() > deadline:
                 raise AssertionError("the cluster did not settle:\n" + check.stdout)
             time.sleep(0.2)
+
+    def state_report(self):
+        """For a failure's message: each node's role and cluster_state now, and what its log says of the cluster's
+        state and of failovers (the last 15 such lines). Says whether the cluster itself was down."""
+        out = []
+        for node in self.nodes:
+            role = self.cli(node, "role", check=False).split("\n", 1)[0]
+            state = [line for line in self.cli(node, "cluster", "info", check=False).splitlines()
+                     if line.startswith("cluster_state:")]
+            out.append("%s:%d %s %s" % (node[0], node[1], role, state[0] if state else "(no cluster info)"))
+            try:
+                with open(os.path.join(self.dir, str(node[1]), "redis.log"), errors="replace") as f:
+                    lines = [line.rstrip() for line in f
+                             if re.search(r"state changed|FAIL|[Ff]ailover|minority", line)]
+                out += ["    " + line for line in lines[-15:]]
+            except OSError as e:
+                out.append("    (log: %s)" % e)
+        return "\n".join(out)
 
     def stop(self):
         subprocess.run([CLUSTER_SH, "stop", "--dir", self.dir], capture_output=True)
