@@ -38,6 +38,9 @@ struct Batch {
   int proxies_held = 0;
   std::vector<std::string>
       proxies_asked_again;  // answered that they could not drain in time; asked once more
+  // Left out at an earlier batch and asked again before this one's fence (ProxyControl::begin_batch): those
+  // that answered, and are in this batch's calls, and those that did not.
+  std::vector<std::string> proxies_back, proxies_still_out;
   double refuse_ms =
       0;  // writes refused on the source (servers that cannot keep the pause through the claim)
   double verify_ms = 0;                            // until every node agreed

@@ -121,7 +121,17 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   // The proxies' connections are opened (or found kept) before the fence's clock starts: the hold's deadline
   // is a few pause budgets, and with 200 proxies the first batch's hold spent most of it on the handshakes
   // and accepts of 200 connections at once, so that 120 of them were left out as not answering.
-  if (proxies_) proxies_->connect_ahead();
+  // The hold's wait: what is in flight normally returns within a millisecond or two; a proxy that needs
+  // longer than a few pause budgets to drain is treated as one that does not answer. When the source's pause
+  // is the fence, waiting for a proxy only holds the other proxies' clients, so the wait is shorter.
+  const auto wait = fence_proxy
+                        ? std::clamp(options_.max_pause * 4, milliseconds(100), options_.pause_timeout / 2)
+                        : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
+  // Proxies left out at an earlier batch are asked again once their time out is over (LeftOutProxies), before
+  // the fence's clock starts: one that answers within the hold's own deadline is in this batch's calls.
+  if (proxies_)
+    for (const auto& call : proxies_->begin_batch(owner_, wait + milliseconds(100)).calls)
+      (call.ok ? batch.proxies_back : batch.proxies_still_out).push_back(call.proxy);
   const auto t0 = Clock::now();
   auto t_pause = t0;
   // 1. The proxies hold the batch's slots: their clients' commands for them wait in the proxies from here to
@@ -129,12 +139,6 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   //    proxy must hold; otherwise the source's pause fences writes anyway and a proxy that does not answer
   //    only costs its clients a MOVED after the move.
   if (proxies_) {
-    // What is in flight normally returns within a millisecond or two; a proxy that needs longer than a few
-    // pause budgets to drain is treated as one that does not answer. When the source's pause is the fence,
-    // waiting for a proxy only holds the other proxies' clients, so the wait is shorter.
-    const auto wait = fence_proxy
-                          ? std::clamp(options_.max_pause * 4, milliseconds(100), options_.pause_timeout / 2)
-                          : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
     auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_);
     held = true;
     batch.hold_call_ms = ms_since(t0);
@@ -161,11 +165,12 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
         return abandon("--fence proxy: not every proxy held batch " + slots_text + ": " + failed,
                        std::all_of(calls.calls.begin(), calls.calls.end(),
                                    [](const ProxyCall& call) { return call.ok || call.slow_to_drain(); }));
-      // Waiting for a proxy that does not answer would cost every later batch as long: it is left out. One
-      // that answered is asked again at the next batch.
-      for (const auto& call : calls.calls)
-        if (!call.ok && !call.slow_to_drain()) proxies_->forget(call.proxy);
+      // Waiting for a proxy that does not answer would cost every later batch as long: it is left out until
+      // its time out is over. One that answered is asked again at the next batch.
+      proxies_->hold_answered(calls);
       note_proxy_failures(calls);
+    } else {
+      proxies_->hold_answered(calls);
     }
   }
   // 2. The source's writes pause (unless the proxies are the fence), and its offset at that moment is where
@@ -580,13 +585,14 @@ void MoveJob::note_proxy_failures(const ProxyCalls& calls) {
     else
       // Truthful about both: an error reply is an answer, and only a proxy that failed a hold is left out
       // (one that failed a handoff is asked again at the next batch).
-      warnings_.push_back("proxy " + call.proxy +
-                          (call.status ? " answered with an error (" : " did not answer (") + call.error +
-                          ")" +
-                          (options_.fence == "proxy" || !proxies_->forgotten(call.proxy)
-                               ? ""
-                               : "; it was left out from then on: its clients are fenced by the source's "
-                                 "pause and meet MOVED after the move"));
+      warnings_.push_back(
+          "proxy " + call.proxy + (call.status ? " answered with an error (" : " did not answer (") +
+          call.error + ")" +
+          (options_.fence == "proxy" || !proxies_->left_out(call.proxy)
+               ? ""
+               : "; it was left out, and is asked again at a later batch (1 s on, then twice "
+                 "as long after each miss, at most 30 s): meanwhile its clients are fenced by "
+                 "the source's pause and meet MOVED for the moved slots, which it follows"));
   }
 }
 

@@ -29,6 +29,8 @@ nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
           {"handoff_ms", b.handoff_ms},
           {"proxies_held", b.proxies_held},
           {"proxies_asked_again", b.proxies_asked_again},
+          {"proxies_back", b.proxies_back},
+          {"proxies_still_out", b.proxies_still_out},
           {"attempts", b.attempts},
           {"slots_claimed",
            std::count_if(b.slots.begin(), b.slots.end(), [&](Slot slot) { return claimed_[slot]; })},

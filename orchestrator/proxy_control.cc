@@ -32,12 +32,64 @@ ProxyControl::ProxyControl(std::vector<HostPort> proxies, std::vector<HostPort> 
       connect_timeout_(std::min(timeout, std::chrono::milliseconds(500))),
       fanout_(std::move(token), connect_timeout_) {}
 
-void ProxyControl::connect_ahead() {
+void LeftOutProxies::leave_out(const std::string& proxy, Clock::time_point now) {
+  Entry& e = entries_[proxy];
+  ++e.misses;
+  e.out = true;
+  // 1 s, 2 s, 4 s ... 30 s: the shift stops growing long before it could overflow.
+  const std::chrono::milliseconds time_out =
+      std::min(kLongestTimeOut, kFirstTimeOut * (std::int64_t{1} << std::min(e.misses - 1, 5)));
+  e.back_at = now + time_out;
+}
+
+std::vector<std::string> LeftOutProxies::due(Clock::time_point now) {
+  std::vector<std::string> back;
+  for (auto& [proxy, e] : entries_)
+    if (e.out && now >= e.back_at) {
+      e.out = false;
+      back.push_back(proxy);
+    }
+  return back;
+}
+
+bool LeftOutProxies::out(const std::string& proxy) const {
+  const auto it = entries_.find(proxy);
+  return it != entries_.end() && it->second.out;
+}
+
+int LeftOutProxies::misses(const std::string& proxy) const {
+  const auto it = entries_.find(proxy);
+  return it == entries_.end() ? 0 : it->second.misses;
+}
+
+ProxyCalls ProxyControl::begin_batch(const std::string& owner, std::chrono::milliseconds deadline) {
+  ProxyCalls back;
+  const auto due = left_out_.due(LeftOutProxies::Clock::now());
+  if (!due.empty()) {
+    const std::set<std::string> asked(due.begin(), due.end());
+    for (auto& call :
+         post_all("/v1/slots/release", nlohmann::json{{"owner", owner}}.dump(), deadline, &asked).calls) {
+      if (!asked.count(call.proxy)) continue;  // a DNS name that resolves to nothing: the hold reports it
+      if (!call.ok) left_out_.leave_out(call.proxy, LeftOutProxies::Clock::now());
+      back.calls.push_back(std::move(call));
+    }
+  }
   std::vector<ProxyCall> unresolved;  // reported by the call that follows
   std::vector<HostPort> to;
   for (auto& p : resolve(unresolved))
-    if (!forgotten_.count(p.str())) to.push_back(std::move(p));
+    if (!left_out_.out(p.str())) to.push_back(std::move(p));
   fanout_.connect_ahead(to, HttpFanout::Clock::now() + connect_timeout_);
+  return back;
+}
+
+void ProxyControl::hold_answered(const ProxyCalls& calls) {
+  const auto now = LeftOutProxies::Clock::now();
+  for (const auto& call : calls.calls) {
+    if (call.ok)
+      left_out_.held(call.proxy);
+    else if (!call.slow_to_drain())
+      left_out_.leave_out(call.proxy, now);
+  }
 }
 
 std::vector<HostPort> ProxyControl::resolve(std::vector<ProxyCall>& failed) const {
@@ -77,7 +129,7 @@ ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& bo
   ProxyCalls result;
   std::vector<HostPort> to;
   for (auto& p : resolve(result.calls))
-    if (!forgotten_.count(p.str()) && (!only || only->count(p.str()))) to.push_back(std::move(p));
+    if (!left_out_.out(p.str()) && (!only || only->count(p.str()))) to.push_back(std::move(p));
   const auto answers = fanout_.post(to, path, body, HttpFanout::Clock::now() + timeout);
   for (std::size_t i = 0; i < to.size(); ++i) {
     const auto& answer = answers[i];

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -44,6 +45,36 @@ struct ProxyCalls {
   std::vector<std::string> failures() const;  // "HOST:PORT: why", one per proxy that did not answer ok
 };
 
+// The proxies a move leaves out of its calls after they missed a hold, and when each is asked again: at the
+// first batch that starts once its time out is over, 1 s after its first miss and twice as long after each
+// miss that follows (at most 30 s); a hold it answers ends its count. A proxy that stalled for a moment (a
+// garbage-collected sidecar, a throttled CPU, a slow first batch) is back for the rest of the move, and one
+// that is gone costs a batch a short deadline once per time out, fewer and fewer times. Times are given, so
+// that the rule is tested without waiting.
+class LeftOutProxies {
+ public:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::chrono::milliseconds kFirstTimeOut{1000};
+  static constexpr std::chrono::milliseconds kLongestTimeOut{30000};
+
+  void leave_out(const std::string& proxy, Clock::time_point now);
+  // The proxies whose time out is over at `now`: asked again from here on (until they miss again).
+  std::vector<std::string> due(Clock::time_point now);
+  // It held a batch: a later miss counts as its first.
+  void held(const std::string& proxy) { entries_.erase(proxy); }
+  bool out(const std::string& proxy) const;
+  // Misses in a row (0 for a proxy that has none).
+  int misses(const std::string& proxy) const;
+
+ private:
+  struct Entry {
+    int misses = 0;
+    bool out = false;
+    Clock::time_point back_at;
+  };
+  std::map<std::string, Entry> entries_;
+};
+
 class ProxyControl {
  public:
   ProxyControl(std::vector<HostPort> proxies, std::vector<HostPort> dns_names, std::string token,
@@ -54,9 +85,13 @@ class ProxyControl {
   // nothing is added to `failed` (as a call that did not succeed).
   std::vector<HostPort> resolve(std::vector<ProxyCall>& failed) const;
 
-  // Opens the connections the next call needs (to every proxy not left out) within the connect timeout, so
-  // that a hold's deadline is about the proxies' answer, not about opening hundreds of connections at once.
-  void connect_ahead();
+  // Before a batch's fence: the proxies left out whose time out is over are asked again, with a release of
+  // this move's holds (`owner`), which also ends a hold one of them placed too late for an earlier batch
+  // (the request waited in its socket while it stalled). Those that answer within `deadline` are in the
+  // batch's calls; the others miss once more. Then the connections the hold needs (to every proxy not left
+  // out) are opened within the connect timeout, so that a hold's deadline is about the proxies' answer, not
+  // about opening hundreds of connections at once. Returns the release's calls, one per proxy asked again.
+  ProxyCalls begin_batch(const std::string& owner, std::chrono::milliseconds deadline);
 
   // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").
   // `wait` is how long the proxies may take to drain what is in flight before they give up (and release).
@@ -70,10 +105,11 @@ class ProxyControl {
   ProxyCalls handoff(const std::string& slots, const HostPort& node);
   ProxyCalls release(const std::string& slots);
   ProxyCalls release_owner(const std::string& owner);
-  // Leaves a proxy out of every later call (one that did not answer a hold, when the proxies are not the
-  // fence: waiting for it at every batch would hold every other proxy's clients as long).
-  void forget(const std::string& proxy) { forgotten_.insert(proxy); }
-  bool forgotten(const std::string& proxy) const { return forgotten_.count(proxy) > 0; }
+  // A hold's answers: a proxy that did not answer is left out of the calls until its time out is over (when
+  // the proxies are not the fence: waiting for it at every batch would hold every other proxy's clients as
+  // long); one that held starts its count over.
+  void hold_answered(const ProxyCalls& calls);
+  bool left_out(const std::string& proxy) const { return left_out_.out(proxy); }
 
  private:
   ProxyCalls post_all(const std::string& path, const std::string& body, std::chrono::milliseconds timeout,
@@ -84,7 +120,7 @@ class ProxyControl {
   std::chrono::milliseconds timeout_;
   std::chrono::milliseconds connect_timeout_;
   HttpFanout fanout_;
-  std::set<std::string> forgotten_;
+  LeftOutProxies left_out_;
 };
 
 }  // namespace slotshift

@@ -259,7 +259,7 @@ class Move:
     """slotshift move as a child process; result() waits for it and returns (exit code, JSON report, stderr)."""
 
     def __init__(self, cluster, slots, target, proxies, fence, max_pause="5ms", pause_timeout="2s", journal=None,
-                 proxy_dns=()):
+                 proxy_dns=(), env=None):
         self.cmd = [harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
                     harness.format_slots(slots), "--to", "%s:%d" % target, "--fence", fence, "--max-pause",
                     max_pause, "--pause-timeout", pause_timeout, "--json", "--no-progress"]
@@ -272,7 +272,7 @@ class Move:
         self.out = open(os.path.join(cluster.dir, "move-%d.out" % time.monotonic_ns()), "a+")
         self.err = open(self.out.name + ".err", "a+")
         self.started = time.time()
-        self.proc = subprocess.Popen(self.cmd, stdout=self.out, stderr=self.err)
+        self.proc = subprocess.Popen(self.cmd, stdout=self.out, stderr=self.err, env=env)
 
     def running(self):
         return self.proc.poll() is None
