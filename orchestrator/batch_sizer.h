@@ -35,6 +35,7 @@ struct Batch {
   double hold_ms = 0;        // the proxies' hold, from HOLD to RELEASE: what their clients waited at most
   double hold_call_ms = 0;   // the HOLD call to every proxy, until the last answered (or its deadline)
   double handoff_ms = 0;     // the handoff (ROUTE + RELEASE) call to every proxy, likewise
+  double started_ms = 0;     // since the move began, at the start of the batch's (last) cutover
   int proxies_held = 0;
   std::vector<std::string>
       proxies_asked_again;  // answered that they could not drain in time; asked once more

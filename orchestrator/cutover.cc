@@ -129,9 +129,14 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
                         : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
   // Proxies left out at an earlier batch are asked again once their time out is over (LeftOutProxies), before
   // the fence's clock starts: one that answers within the hold's own deadline is in this batch's calls.
+  batch.started_ms = ms_since(started_);
   if (proxies_)
-    for (const auto& call : proxies_->begin_batch(owner_, wait + milliseconds(100)).calls)
+    for (const auto& call : proxies_->begin_batch(owner_, wait + milliseconds(100)).calls) {
       (call.ok ? batch.proxies_back : batch.proxies_still_out).push_back(call.proxy);
+      if (call.ok && proxy_warned_.insert(call.proxy + " back").second)
+        notes_.push_back("proxy " + call.proxy + " answered again before batch " + slots_text +
+                         ", and is asked to hold the batches from there");
+    }
   const auto t0 = Clock::now();
   auto t_pause = t0;
   // 1. The proxies hold the batch's slots: their clients' commands for them wait in the proxies from here to
@@ -575,7 +580,15 @@ void MoveJob::release_proxies(const std::string& slots) {
 // A proxy that does not answer is reported once, not once per batch.
 void MoveJob::note_proxy_failures(const ProxyCalls& calls) {
   for (const auto& call : calls.calls) {
-    if (call.ok || !proxy_warned_.insert(call.proxy).second) continue;
+    // Once per proxy and kind of failure: one warned for a failed handoff and later left out is told of
+    // again.
+    const bool left_out = options_.fence != "proxy" && proxies_->left_out(call.proxy);
+    if (call.ok ||
+        !proxy_warned_.insert(call.proxy + (call.slow_to_drain() ? " slow"
+                                            : left_out           ? " out"
+                                                                 : " error"))
+             .second)
+      continue;
     if (call.slow_to_drain())
       warnings_.push_back(
           "proxy " + call.proxy + " could not hold a batch twice in a row (" + call.error + ")" +
@@ -588,11 +601,10 @@ void MoveJob::note_proxy_failures(const ProxyCalls& calls) {
       warnings_.push_back(
           "proxy " + call.proxy + (call.status ? " answered with an error (" : " did not answer (") +
           call.error + ")" +
-          (options_.fence == "proxy" || !proxies_->left_out(call.proxy)
-               ? ""
-               : "; it was left out, and is asked again at a later batch (1 s on, then twice "
-                 "as long after each miss, at most 30 s): meanwhile its clients are fenced by "
-                 "the source's pause and meet MOVED for the moved slots, which it follows"));
+          (!left_out ? ""
+                     : "; it was left out, and is asked again at a later batch (1 s on, then twice "
+                       "as long after each miss, at most 30 s): meanwhile its clients are fenced by "
+                       "the source's pause and meet MOVED for the moved slots, which it follows"));
   }
 }
 

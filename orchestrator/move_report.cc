@@ -17,6 +17,7 @@ nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
   return {{"source", src.address.str()},
           {"slots", format_slot_ranges(slot_ranges(b.slots))},
           {"slot_count", b.slots.size()},
+          {"started_ms", b.started_ms},
           {"keys", b.source_keys},
           {"pause_ms", b.pause_ms},
           {"refuse_ms", b.refuse_ms},

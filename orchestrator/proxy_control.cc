@@ -85,7 +85,8 @@ ProxyCalls ProxyControl::begin_batch(const std::string& owner, std::chrono::mill
 void ProxyControl::hold_answered(const ProxyCalls& calls) {
   const auto now = LeftOutProxies::Clock::now();
   for (const auto& call : calls.calls) {
-    if (call.ok)
+    // An answer that it could not drain in time (HTTP 504) is an answer too: the proxy is there.
+    if (call.ok || call.slow_to_drain())
       left_out_.held(call.proxy);
     else if (!call.slow_to_drain())
       left_out_.leave_out(call.proxy, now);

@@ -47,10 +47,10 @@ struct ProxyCalls {
 
 // The proxies a move leaves out of its calls after they missed a hold, and when each is asked again: at the
 // first batch that starts once its time out is over, 1 s after its first miss and twice as long after each
-// miss that follows (at most 30 s); a hold it answers ends its count. A proxy that stalled for a moment (a
-// garbage-collected sidecar, a throttled CPU, a slow first batch) is back for the rest of the move, and one
-// that is gone costs a batch a short deadline once per time out, fewer and fewer times. Times are given, so
-// that the rule is tested without waiting.
+// miss that follows (at most 30 s); a hold it answers (even that it could not drain in time) ends its count.
+// A proxy that stalled for a moment (a garbage-collected sidecar, a throttled CPU, a slow first batch) is
+// back for the rest of the move, and one that is gone costs a batch a short deadline once per time out, fewer
+// and fewer times. Times are given, so that the rule is tested without waiting.
 class LeftOutProxies {
  public:
   using Clock = std::chrono::steady_clock;

@@ -154,8 +154,18 @@ void HoldRegistry::hold(const std::string& owner, const SlotSet& slots, std::uin
     h.owner = owner;
     h.placed_ms = now_ms;
   }
-  h.slots |= slots;
-  h.expires_ms = std::max(h.expires_ms, now_ms + ttl_ms);
+  const std::uint64_t end = now_ms + ttl_ms;
+  // Slots named again are held by this call now; a piece that would end later keeps them too.
+  for (HoldPiece& piece : h.pieces)
+    if (piece.expires_ms <= end) piece.slots -= slots;
+  h.pieces.push_back({slots, end});
+  if (h.pieces.size() > Hold::kMaxPieces) {
+    std::sort(h.pieces.begin(), h.pieces.end(),
+              [](const HoldPiece& a, const HoldPiece& b) { return a.expires_ms < b.expires_ms; });
+    h.pieces[1].slots |= h.pieces[0].slots;
+    h.pieces.erase(h.pieces.begin());
+  }
+  summarize(h);
   stats_.holds_placed.add();
   stats_.holds_current.set(holds_.size());
 }
@@ -173,7 +183,9 @@ SlotSet HoldRegistry::release(const SlotSet* slots, const std::string* owner, st
     SlotSet taken = h.slots;
     if (slots) taken &= *slots;
     removed |= taken;
-    h.slots -= taken;
+    for (HoldPiece& piece : h.pieces)
+      piece.slots -= taken;
+    summarize(h);
     if (h.slots.none()) {
       ended(h, now_ms);
       it = holds_.erase(it);
@@ -191,7 +203,9 @@ HeldSlots HoldRegistry::current(std::uint64_t now_ms) {
   HeldSlots out;
   for (const auto& [owner, h] : holds_) {
     out.slots |= h.slots;
-    if (out.next_expiry_ms == 0 || h.expires_ms < out.next_expiry_ms) out.next_expiry_ms = h.expires_ms;
+    for (const HoldPiece& piece : h.pieces)
+      if (out.next_expiry_ms == 0 || piece.expires_ms < out.next_expiry_ms)
+        out.next_expiry_ms = piece.expires_ms;
   }
   return out;
 }
@@ -214,15 +228,30 @@ std::vector<Hold> HoldRegistry::list(std::uint64_t now_ms) {
 
 void HoldRegistry::expire(std::uint64_t now_ms) {
   for (auto it = holds_.begin(); it != holds_.end();) {
-    if (it->second.expires_ms > now_ms) {
+    Hold& h = it->second;
+    if (h.expires_ms > now_ms) {
+      // Its pieces whose time is up end alone; the hold goes on with the others.
+      if (std::erase_if(h.pieces, [now_ms](const HoldPiece& piece) { return piece.expires_ms <= now_ms; }) >
+          0)
+        summarize(h);
       ++it;
       continue;
     }
     stats_.holds_expired.add();
-    ended(it->second, it->second.expires_ms);
+    ended(h, h.expires_ms);
     it = holds_.erase(it);
   }
   stats_.holds_current.set(holds_.size());
+}
+
+void HoldRegistry::summarize(Hold& hold) {
+  std::erase_if(hold.pieces, [](const HoldPiece& piece) { return piece.slots.none(); });
+  hold.slots = SlotSet{};
+  hold.expires_ms = 0;
+  for (const HoldPiece& piece : hold.pieces) {
+    hold.slots |= piece.slots;
+    hold.expires_ms = std::max(hold.expires_ms, piece.expires_ms);
+  }
 }
 
 void HoldRegistry::ended(const Hold& hold, std::uint64_t end_ms) {

@@ -83,12 +83,25 @@ class SlotSet {
   std::bitset<kSlotCount> bits_;
 };
 
-// One owner's hold: its slots, since when and until when (steady_ms()).
+// The slots one HOLD call placed, and when its ttl ends their hold.
+struct HoldPiece {
+  SlotSet slots;
+  std::uint64_t expires_ms = 0;
+};
+
+// One owner's hold: its slots, since when and until when (steady_ms()). Each HOLD call's slots end by their
+// own ttl (its piece): a later HOLD of the same owner does not keep slots it did not name, so that a request
+// that reached the proxy late (sent for an earlier batch, it waited in the socket of a stalled proxy) holds
+// its slots for one ttl at most, however many batches follow.
 struct Hold {
   std::string owner;
-  SlotSet slots;
+  SlotSet slots;  // every piece's slots
   std::uint64_t placed_ms = 0;
-  std::uint64_t expires_ms = 0;
+  std::uint64_t expires_ms = 0;   // when its last piece ends
+  std::vector<HoldPiece> pieces;  // at most kMaxPieces
+  // A bound on what an admin client can make the registry keep: past it the two pieces that end first
+  // become one, which ends at the later of their two ends.
+  static constexpr std::size_t kMaxPieces = 64;
 };
 
 // What a worker needs of the registry: every held slot, and when the first hold ends by itself (0: none).
@@ -101,8 +114,8 @@ struct HeldSlots {
 // whoever looks next, under the lock: a worker's tick, or any call of the admin thread.
 class HoldRegistry {
  public:
-  // Places `owner`'s hold on `slots` for `ttl_ms`, or extends the one it has: its slots become the union, and
-  // it ends at the later of the two ends.
+  // Places `owner`'s hold on `slots` for `ttl_ms`, or adds them to the one it has: each slot stays held until
+  // the latest end of the calls that named it, and its other slots keep their own ends.
   void hold(const std::string& owner, const SlotSet& slots, std::uint64_t ttl_ms, std::uint64_t now_ms);
   // Takes `slots` out of every hold, or out of `owner`'s hold when an owner is given; with no slots given,
   // ends `owner`'s hold entirely. Returns the slots taken out of some hold (whether or not another hold still
@@ -118,6 +131,8 @@ class HoldRegistry {
  private:
   void expire(std::uint64_t now_ms);
   void ended(const Hold& hold, std::uint64_t now_ms);
+  // Hold::slots and Hold::expires_ms from its pieces, once empty pieces are gone.
+  static void summarize(Hold& hold);
 
   std::mutex mutex_;
   std::map<std::string, Hold> holds_;
