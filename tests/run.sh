@@ -72,7 +72,7 @@ done
 jobs=$(nproc)
 cmake --preset "$preset" -DSLOTSHIFT_TEST_SERVERS="$(echo $servers | tr ' ' ';')" >/dev/null
 cmake --build --preset "$preset" -j "$jobs"
-# The integration tests start real redis-server clusters; one test more than there are cores: they wait on servers, timers and deadlines more than they compute
-# (a clean run at -j 2 on 2 cores kept 1.06 cores busy on average), and the test that measures time against its
-# neighbours runs alone (proxy_hostile_it, RUN_SERIAL).
+# The integration tests start real redis-server clusters. One test more than there are cores: they wait on servers,
+# timers and deadlines more than they compute (a clean run at -j 2 on 2 cores kept 1.06 cores busy on average), and
+# the test that measures time against its neighbours runs alone (proxy_hostile_it, RUN_SERIAL).
 ctest --preset "$preset" -j "$((jobs + 1))" --timeout 900 "${ctest_args[@]}"

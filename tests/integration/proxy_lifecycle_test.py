@@ -419,7 +419,13 @@ class Reload(unittest.TestCase):
         line = self.sighup(proxy, 2)
         self.assertIn("SIGHUP: needs a restart (kept as it was): client-auth, requirepass;", line)
         self.assertEqual(fresh.call("PING"), b"+PONG")
+        # A close reaches the proxy when its loop reads the end of the stream, which may come after the next
+        # connection's accept: wait until the proxy's own CLIENT LIST no longer has it, as one waits on Redis.
         more[0].close()
+        deadline = time.time() + 5
+        while time.time() < deadline and len(fresh.call("CLIENT", "LIST").splitlines()) > 5:
+            time.sleep(0.05)
+        self.assertEqual(len(fresh.call("CLIENT", "LIST").splitlines()), 5)  # writers, fresh, more[1]
         later = Client(proxy.port)
         self.assertEqual(later.call("PING"), b"-NOAUTH Authentication required.")
         self.assertTrue(later.call("AUTH", "").startswith(b"-WRONGPASS"))
