@@ -112,7 +112,7 @@ void Backend::send(const RequestPtr& request, bool asking) {
   mark_dirty();
 }
 
-void Backend::send_internal(std::string wire, InternalCallback done) {
+void Backend::send_internal(std::string wire, InternalCallback done, int replies) {
   if (!conn_) connect();
   if (!conn_) {
     done(nullptr);
@@ -120,6 +120,7 @@ void Backend::send_internal(std::string wire, InternalCallback done) {
   }
   Pending p;
   p.internal = std::move(done);
+  p.remaining = replies;
   outbox().append(wire);
   queued_bytes_ += wire.size();
   p.end_offset = queued_bytes_;
@@ -388,11 +389,16 @@ void Backend::handle_reply(std::string_view reply) {
     return;
   }
   if (p.internal) {
+    if (--p.remaining > 0) {
+      p.collected.append(reply);
+      return;
+    }
     auto cb = std::move(p.internal);
+    std::string bytes = std::move(p.collected);
+    bytes.append(reply);
     returned(p);
     pending_.pop_front();
-    const std::string copy(reply);
-    cb(&copy);
+    cb(&bytes);
     return;
   }
   if (--p.remaining > 0) {

@@ -56,9 +56,10 @@ class Backend {
   // Queues the request's bytes (after an ASKING when `asking`), connecting first if need be. Bytes are
   // written at the worker's next flush, so every request of one client read goes out in one write.
   void send(const RequestPtr& request, bool asking);
-  // A command of the proxy's own (topology refresh). `done` gets the reply, or nullptr on failure.
+  // A command of the proxy's own (topology refresh). `done` gets the reply, or nullptr on failure. `wire` may
+  // hold `replies` commands sent as one pipeline: `done` then gets their replies' bytes one after the other.
   using InternalCallback = std::function<void(const std::string* reply)>;
-  void send_internal(std::string wire, InternalCallback done);
+  void send_internal(std::string wire, InternalCallback done, int replies = 1);
 
   // Pub/Sub: a connection in subscribed mode sends messages nobody asked for. With a sink, everything the
   // node sends (after the login) goes to it as it comes, whole messages one at a time; commands are written

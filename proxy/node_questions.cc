@@ -7,36 +7,37 @@
 
 namespace slotshift::proxy {
 
-void NodeQuestions::ask(const HostPort& node, std::string command, Answer done) {
+void NodeQuestions::ask(const HostPort& node, std::string command, Answer done, int replies) {
   const std::string key = connection_key(login_, node);
   Kept& kept = kept_[key];
   if (!kept.backend) kept.backend = std::make_unique<Backend>(worker_, node, login_);
   kept.asked = ++questions_;
   // `kept` may be gone after this: a connection that cannot even start answers (and is dropped) at once.
-  ask_on(key, kept.backend.get(), std::move(command), std::move(done), true);
+  ask_on(key, kept.backend.get(), std::move(command), replies, std::move(done), true);
   settle(key, nullptr);
 }
 
-void NodeQuestions::ask_on(const std::string& key, Backend* backend, std::string command, Answer done,
-                           bool may_retry) {
+void NodeQuestions::ask_on(const std::string& key, Backend* backend, std::string command, int replies,
+                           Answer done, bool may_retry) {
   // Only a connection that was open before the question was asked may have been closed by the node unseen
   // (its close not read yet): a failure there says nothing about the node now, and a new connection asks
   // again. A connection opened for this question that fails is the answer.
   const bool reused = may_retry && backend->connected();
   std::string again = reused ? command : std::string();
-  backend->send_internal(std::move(command), [this, key, backend, reused, again = std::move(again),
-                                              done = std::move(done)](const std::string* reply) mutable {
+  auto answered = [this, key, backend, reused, replies, again = std::move(again),
+                   done = std::move(done)](const std::string* reply) mutable {
     // Not on a connection dropped meanwhile (an earlier question's new connection failed at once, in this
     // same failure): it is retired, and nothing would answer there.
     const auto it = kept_.find(key);
     const bool still_kept = it != kept_.end() && it->second.backend.get() == backend;
     if (!reply && reused && still_kept && !worker_.stopping()) {
-      ask_on(key, backend, std::move(again), std::move(done), false);
+      ask_on(key, backend, std::move(again), replies, std::move(done), false);
       return;
     }
     done(reply, reply ? std::string() : backend->last_failure());
     settle(key, backend);
-  });
+  };
+  backend->send_internal(std::move(command), std::move(answered), replies);
 }
 
 void NodeQuestions::settle(const std::string& key, const Backend* answered) {

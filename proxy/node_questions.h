@@ -41,11 +41,12 @@ class NodeQuestions {
   NodeQuestions(const NodeQuestions&) = delete;
   NodeQuestions& operator=(const NodeQuestions&) = delete;
 
-  // `done` gets the reply's bytes, or null and why there is none. A question that fails on a connection kept
-  // from earlier (the node closed it meanwhile: a timeout, CLIENT KILL, a restart) is asked once more on a
-  // new connection: CLUSTER NODES and the like run again harmlessly.
+  // `done` gets the reply's bytes, or null and why there is none. `command` may be `replies` commands sent as
+  // one pipeline, answered by their replies' bytes one after the other. A question that fails on a connection
+  // kept from earlier (the node closed it meanwhile: a timeout, CLIENT KILL, a restart) is asked once more on
+  // a new connection: CLUSTER SLOTS and the like run again harmlessly.
   using Answer = std::function<void(const std::string* reply, const std::string& why)>;
-  void ask(const HostPort& node, std::string command, Answer done);
+  void ask(const HostPort& node, std::string command, Answer done, int replies = 1);
   // The proxy's login changed (a reload): connections logged in with the old one are closed, now if idle,
   // else after their replies.
   void use_login(LoginPtr login);
@@ -62,7 +63,8 @@ class NodeQuestions {
     std::unique_ptr<Backend> backend;
     std::uint64_t asked = 0;  // when it was last asked, in questions: the least recently asked goes first
   };
-  void ask_on(const std::string& key, Backend* backend, std::string command, Answer done, bool may_retry);
+  void ask_on(const std::string& key, Backend* backend, std::string command, int replies, Answer done,
+              bool may_retry);
   // After a question: drops `answered` (kept under `key`) if it has no use left, then trims to kMaxKept.
   void settle(const std::string& key, const Backend* answered);
   void drop(std::map<std::string, Kept>::iterator it);

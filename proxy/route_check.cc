@@ -13,6 +13,60 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr std::string_view kClusterNodes = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nNODES\r\n";
+constexpr std::string_view kOwnWord =
+    "*2\r\n$7\r\nCLUSTER\r\n$4\r\nMYID\r\n"
+    "*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
+
+// What a node says of itself: its id, the slots its own slot table gives it, and whether it serves as a
+// replica.
+struct OwnWord {
+  std::string id;
+  SlotSet owned;
+  bool replica = false;
+};
+
+// The next reply of `wire` from `at`, which moves past it; nullopt and `error` when there is none whole.
+std::optional<resp::Value> next_reply(std::string_view wire, std::size_t& at, std::string_view what,
+                                      std::string& error) {
+  resp::Value reply;
+  std::size_t used = 0;
+  if (resp::parse_reply(wire.substr(at), reply, used) != resp::Status::kComplete) {
+    error = std::string(what) + ": not a valid reply";
+    return std::nullopt;
+  }
+  at += used;
+  if (reply.is_error()) {
+    error = std::string(what) + ": " + reply.str;
+    return std::nullopt;
+  }
+  return reply;
+}
+
+// The replies to kOwnWord; nullopt and `error` when they are not what a cluster node answers.
+std::optional<OwnWord> parse_own_word(const std::string& wire, std::string& error) {
+  std::size_t at = 0;
+  const auto myid = next_reply(wire, at, "CLUSTER MYID", error);
+  if (!myid) return std::nullopt;
+  if (!myid->is_string() || myid->str.empty()) {
+    error = "CLUSTER MYID: not a node id";
+    return std::nullopt;
+  }
+  const auto slots = next_reply(wire, at, "CLUSTER SLOTS", error);
+  if (!slots) return std::nullopt;
+  TopologyResult parsed = parse_cluster_slots(*slots);
+  if (!parsed.ok()) {
+    error = parsed.error;
+    return std::nullopt;
+  }
+  OwnWord own{myid->str, {}, false};
+  if (const Node* me = parsed.topology.find(own.id)) {
+    own.replica = me->is_replica();
+    for (const SlotRange& r : me->slots)
+      for (unsigned s = r.first; s <= r.last; ++s)
+        own.owned.set(static_cast<Slot>(s));
+  }
+  return own;
+}
 
 // A CLUSTER NODES reply's view of the cluster, with its `myself` line; nullopt and `error` when it is not
 // one.
@@ -43,16 +97,28 @@ std::optional<Topology> parse_nodes_reply(const std::string& wire, std::string& 
   return std::move(parsed.topology);
 }
 
-// `node`'s own view of the cluster; nullopt and `error` when it cannot be had by `deadline`.
+// `node`'s view of the cluster; nullopt and `error` when it cannot be had by `deadline`.
 std::optional<Topology> cluster_nodes(const HostPort& node, Clock::time_point deadline, const AskNode& ask,
                                       std::string& error) {
   if (Clock::now() >= deadline) {
     error = "no time left to ask " + node.str();
     return std::nullopt;
   }
-  const auto wire = ask(node, std::string(kClusterNodes), deadline, error);
+  const auto wire = ask(node, std::string(kClusterNodes), 1, deadline, error);
   if (!wire) return std::nullopt;
   return parse_nodes_reply(*wire, error);
+}
+
+// `node`'s word about itself; nullopt and `error` when it cannot be had by `deadline`.
+std::optional<OwnWord> own_word(const HostPort& node, Clock::time_point deadline, const AskNode& ask,
+                                std::string& error) {
+  if (Clock::now() >= deadline) {
+    error = "no time left to ask " + node.str();
+    return std::nullopt;
+  }
+  const auto wire = ask(node, std::string(kOwnWord), kRouteQuestionReplies, deadline, error);
+  if (!wire) return std::nullopt;
+  return parse_own_word(*wire, error);
 }
 
 // Whether `n` is reached at `node`, by any of the names the cluster gives it.
@@ -100,18 +166,12 @@ RouteVerdict unanswered(const HostPort& node, const TopologySnapshot& known, con
   return refusal(503, "cannot ask " + node.str() + " which slots it owns (" + error + ")");
 }
 
-// A member of the cluster: whether it owns every slot of `slots` by its own CLUSTER NODES (`me`).
-RouteVerdict ownership(const SlotSet& slots, const HostPort& node, const Node& me) {
-  SlotSet owned;
-  if (me.is_master()) {
-    for (const SlotRange& r : me.slots)
-      for (unsigned s = r.first; s <= r.last; ++s)
-        owned.set(static_cast<Slot>(s));
-  }
+// A member of the cluster: whether it owns every slot of `slots` by its own word (`me`).
+RouteVerdict ownership(const SlotSet& slots, const HostPort& node, const OwnWord& me) {
   SlotSet not_owned = slots;
-  not_owned -= owned;
+  not_owned -= me.owned;
   if (not_owned.any()) {
-    const std::string what = me.is_master() ? "by its own CLUSTER NODES" : "it is a replica";
+    const std::string what = me.replica ? "it is a replica" : "by its own CLUSTER SLOTS";
     return refusal(409, node.str() + " does not own slot(s) " + not_owned.str() + " (" + what + ")",
                    not_owned);
   }
@@ -121,7 +181,7 @@ RouteVerdict ownership(const SlotSet& slots, const HostPort& node, const Node& m
 }  // namespace
 
 std::string route_question() {
-  return std::string(kClusterNodes);
+  return std::string(kOwnWord);
 }
 
 namespace {
@@ -129,14 +189,13 @@ namespace {
 // The verdict from the node's own view (`own`, or nullopt and `error`): final for a node `known` lists;
 // nullopt when other nodes must vouch for it.
 std::optional<RouteVerdict> own_verdict(const SlotSet& slots, const HostPort& node,
-                                        const TopologySnapshot& known, const std::optional<Topology>& own,
+                                        const TopologySnapshot& known, const std::optional<OwnWord>& own,
                                         const std::string& error) {
   if (!own) return unanswered(node, known, error);
-  const Node& me = *own->myself();
-  // Its own word says nothing about membership (any server can print any CLUSTER NODES): the proxy's topology
-  // must list it; a node that joined since the last reload needs other nodes asked (check_route).
-  if (!known || !lists(*known, me.id, node)) return std::nullopt;
-  return ownership(slots, node, me);
+  // Its own word says nothing about membership (any server can answer anything): the proxy's topology must
+  // list it; a node that joined since the last reload needs other nodes asked (check_route).
+  if (!known || !lists(*known, own->id, node)) return std::nullopt;
+  return ownership(slots, node, *own);
 }
 
 }  // namespace
@@ -146,7 +205,7 @@ std::optional<RouteVerdict> verdict_from_own_reply(const SlotSet& slots, const H
                                                    const std::optional<std::string>& reply,
                                                    const std::string& why) {
   std::string error = why;
-  const auto own = reply ? parse_nodes_reply(*reply, error) : std::nullopt;
+  const auto own = reply ? parse_own_word(*reply, error) : std::nullopt;
   return own_verdict(slots, node, known, own, error);
 }
 
@@ -155,12 +214,12 @@ RouteVerdict check_route(const SlotSet& slots, const HostPort& node, const Topol
                          const AskNode& ask) {
   const auto deadline = Clock::now() + timeout;
   std::string error;
-  const auto own = cluster_nodes(node, deadline, ask, error);
+  const auto own = own_word(node, deadline, ask, error);
   if (auto verdict = own_verdict(slots, node, known, own, error)) return std::move(*verdict);
 
   // The node answered, and the proxy's topology does not list it: a node of that topology must (one that
   // joined since the last reload).
-  const Node& me = *own->myself();
+  const OwnWord& me = *own;
   bool asked = false, member = false;
   std::string why = "no node of the cluster known yet";
   for (const auto& trusted : trusted_nodes(known, seeds, node)) {

@@ -391,10 +391,12 @@ std::optional<ControlReply> SlotControl::refuse_route(const SlotSet& slots, cons
   // cluster must agree before any worker follows it (route_check.h). It costs one command to the node per
   // ROUTE (on a kept connection: a new one only the first time), within the connect timeout; the orchestrator
   // sends one ROUTE per batch.
-  const RouteVerdict verdict = check_route(
-      slots, node, proxy_.topology(), proxy_.config().seeds, route_check_time(),
-      [this](const HostPort& n, std::string command, std::chrono::steady_clock::time_point deadline,
-             std::string& failure) { return proxy_.ask_node(n, std::move(command), deadline, failure); });
+  const RouteVerdict verdict =
+      check_route(slots, node, proxy_.topology(), proxy_.config().seeds, route_check_time(),
+                  [this](const HostPort& n, std::string command, int replies,
+                         std::chrono::steady_clock::time_point deadline, std::string& failure) {
+                    return proxy_.ask_node(n, std::move(command), deadline, failure, replies);
+                  });
   if (verdict.ok()) return std::nullopt;
   return refusal_reply(verdict, node);
 }
@@ -496,23 +498,26 @@ ControlReply SlotControl::handoff(std::string_view body) {
   const auto start = std::chrono::steady_clock::now();
   Worker* first = workers.front().get();
   const bool posted = first->post([proxy = &proxy_, first, state, call, routed, s = slots, n = node] {
-    first->ask_node(n, route_question(), [=](const std::string* reply, const std::string& why) {
-      auto verdict = verdict_from_own_reply(s, n, proxy->topology(),
-                                            reply ? std::optional<std::string>(*reply) : std::nullopt, why);
-      const int outcome = !verdict        ? HandoffState::kCheckHere
-                          : verdict->ok() ? HandoffState::kRouting
-                                          : HandoffState::kRefused;
-      if (verdict && !verdict->ok()) state->refusal = refusal_reply(*verdict, n);
-      // The admin thread may have given up on the check meanwhile (and answered): then nothing is routed.
-      int deciding = HandoffState::kDeciding;
-      if (!state->decision.compare_exchange_strong(deciding, outcome)) return;
-      if (outcome != HandoffState::kRouting) {
-        for (std::size_t w = 0; w < proxy->workers().size(); ++w)
-          call->answer(static_cast<int>(w), {});
-        return;
-      }
-      route_everywhere(*proxy, routed, s, n, first);
-    });
+    first->ask_node(
+        n, route_question(),
+        [=](const std::string* reply, const std::string& why) {
+          auto verdict = verdict_from_own_reply(
+              s, n, proxy->topology(), reply ? std::optional<std::string>(*reply) : std::nullopt, why);
+          const int outcome = !verdict        ? HandoffState::kCheckHere
+                              : verdict->ok() ? HandoffState::kRouting
+                                              : HandoffState::kRefused;
+          if (verdict && !verdict->ok()) state->refusal = refusal_reply(*verdict, n);
+          // The admin thread may have given up on the check meanwhile (and answered): then nothing is routed.
+          int deciding = HandoffState::kDeciding;
+          if (!state->decision.compare_exchange_strong(deciding, outcome)) return;
+          if (outcome != HandoffState::kRouting) {
+            for (std::size_t w = 0; w < proxy->workers().size(); ++w)
+              call->answer(static_cast<int>(w), {});
+            return;
+          }
+          route_everywhere(*proxy, routed, s, n, first);
+        },
+        kRouteQuestionReplies);
   });
   if (!posted) state->decision = HandoffState::kCheckHere;
   if (posted && !call->wait_until(start + route_check_time())) {

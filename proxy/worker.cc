@@ -361,8 +361,8 @@ void Worker::follow_shards_here(Slot slot, const HostPort& node) {
     if (subscribers_.contains(s)) s->shards_follow(slot, node);
 }
 
-void Worker::ask_node(const HostPort& node, std::string command, NodeAnswer done) {
-  questions_.ask(node, std::move(command), std::move(done));
+void Worker::ask_node(const HostPort& node, std::string command, NodeAnswer done, int replies) {
+  questions_.ask(node, std::move(command), std::move(done), replies);
 }
 
 Backend* Worker::backend(const HostPort& node, const LoginPtr& login, int protocol) {
@@ -1010,7 +1010,8 @@ bool Proxy::follow_shards(Slot slot, const HostPort& node) {
 }
 
 std::optional<std::string> Proxy::ask_node(const HostPort& node, std::string command,
-                                           std::chrono::steady_clock::time_point deadline, std::string& why) {
+                                           std::chrono::steady_clock::time_point deadline, std::string& why,
+                                           int replies) {
   struct Answer {
     std::mutex mutex;
     std::condition_variable ready;
@@ -1020,14 +1021,17 @@ std::optional<std::string> Proxy::ask_node(const HostPort& node, std::string com
   };
   auto answer = std::make_shared<Answer>();
   Worker& worker = *workers_.front();
-  const bool posted = worker.post([&worker, node, command = std::move(command), answer]() mutable {
-    worker.ask_node(node, std::move(command), [answer](const std::string* reply, const std::string& failure) {
-      std::lock_guard lock(answer->mutex);
-      if (reply) answer->reply = *reply;
-      answer->why = failure;
-      answer->done = true;
-      answer->ready.notify_all();
-    });
+  const bool posted = worker.post([&worker, node, command = std::move(command), answer, replies]() mutable {
+    worker.ask_node(
+        node, std::move(command),
+        [answer](const std::string* reply, const std::string& failure) {
+          std::lock_guard lock(answer->mutex);
+          if (reply) answer->reply = *reply;
+          answer->why = failure;
+          answer->done = true;
+          answer->ready.notify_all();
+        },
+        replies);
   });
   if (!posted) {
     why = "the proxy is stopping";

@@ -89,7 +89,7 @@ class Worker {
   // logged in and over TLS as every connection of the proxy's. `done` gets the reply's bytes, or null and why
   // there is none. For the admin endpoint's questions (route_check.h); on this worker's loop only.
   using NodeAnswer = NodeQuestions::Answer;
-  void ask_node(const HostPort& node, std::string command, NodeAnswer done);
+  void ask_node(const HostPort& node, std::string command, NodeAnswer done, int replies = 1);
   // Connections kept for ask_node() now (for tests).
   std::size_t question_connections() const { return questions_.size(); }
 
@@ -309,10 +309,11 @@ class Proxy {
   // channels of the slot there too. False when no client has one; otherwise `slot` counts as under way until
   // every worker has done so.
   bool follow_shards(Slot slot, const HostPort& node);
-  // ask_node() from any thread, waiting for the reply until `deadline`: the reply's bytes, or nullopt and
-  // why.
+  // ask_node() from any thread, waiting for the reply until `deadline`: the reply's bytes (of `replies`
+  // replies, for as many commands in `command`), or nullopt and why.
   std::optional<std::string> ask_node(const HostPort& node, std::string command,
-                                      std::chrono::steady_clock::time_point deadline, std::string& why);
+                                      std::chrono::steady_clock::time_point deadline, std::string& why,
+                                      int replies = 1);
 
  private:
   friend class Worker;  // counts itself out of running_workers_ when its loop ends

@@ -888,47 +888,36 @@ class StartingTheEndpoint(unittest.TestCase):
         self.assertIn("--admin-token excludes --admin-token-file", proc.stderr.read())
 
 
+def whole_commands(buf):
+    """The whole commands (RESP arrays of bulk strings, as the proxy sends them) at the start of `buf`, each a
+    list of str, and the bytes after them."""
+    commands = []
+    while True:
+        rest, args = buf, []
+        if not rest.startswith(b"*") or b"\r\n" not in rest:
+            return commands, buf
+        head, rest = rest.split(b"\r\n", 1)
+        for _ in range(int(head[1:])):
+            if b"\r\n" not in rest:
+                return commands, buf
+            line, rest = rest.split(b"\r\n", 1)
+            n = int(line[1:])
+            if len(rest) < n + 2:
+                return commands, buf
+            args.append(rest[:n].decode())
+            rest = rest[n + 2:]
+        commands.append(args)
+        buf = rest
+
+
 class FakeClusterNode:
-    """A server that answers any command with a CLUSTER NODES in which it is a master owning every slot: a node
-    that lies about the cluster."""
+    """A server that answers as a cluster node that is a master owning every slot (CLUSTER MYID, CLUSTER SLOTS,
+    CLUSTER NODES): a node that lies about the cluster."""
+
+    ID_CHAR = "f"
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def address(self):
-        return "127.0.0.1:%d" % self.port
-
-    def serve(self):
-        # The bus port is the port + 10000, wrapped into range for ephemeral ports above 55535.
-        text = ("%s 127.0.0.1:%d@%d myself,master - 0 0 1 connected 0-16383\n"
-                % ("f" * 40, self.port, (self.port + 10000) % 65536 or 1)).encode()
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.settimeout(2)
-                    conn.recv(65536)
-                    conn.sendall(b"$%d\r\n%s\r\n" % (len(text), text))
-                except OSError:
-                    pass
-
-    def close(self):
-        self.sock.close()
-
-
-class NodeThatForgetsItsConnections:
-    """A server that answers, on each connection, the first command with a CLUSTER NODES in which it is a master
-    owning every slot, and closes the connection on the second without answering: a node that closed a
-    connection the proxy kept, the proxy not having read the close yet when it asks again."""
-
-    def __init__(self):
+        self.id = self.ID_CHAR * 40
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -939,6 +928,20 @@ class NodeThatForgetsItsConnections:
     def address(self):
         return "127.0.0.1:%d" % self.port
 
+    def reply(self, args):
+        sub = " ".join(args[:2]).upper()
+        if sub == "CLUSTER MYID":
+            return b"$40\r\n%s\r\n" % self.id.encode()
+        if sub == "CLUSTER SLOTS":
+            return b"*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:%d\r\n$40\r\n%s\r\n" % (
+                self.port, self.id.encode())
+        if sub == "CLUSTER NODES":
+            # The bus port is the port + 10000, wrapped into range for ephemeral ports above 55535.
+            text = ("%s 127.0.0.1:%d@%d myself,master - 0 0 1 connected 0-16383\n"
+                    % (self.id, self.port, (self.port + 10000) % 65536 or 1)).encode()
+            return b"$%d\r\n%s\r\n" % (len(text), text)
+        return b"-ERR unknown command\r\n"
+
     def serve(self):
         while True:
             try:
@@ -946,22 +949,51 @@ class NodeThatForgetsItsConnections:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self.answer_once, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
 
-    def answer_once(self, conn):
-        text = ("%s 127.0.0.1:%d@%d myself,master - 0 0 1 connected 0-16383\n"
-                % ("e" * 40, self.port, (self.port + 10000) % 65536 or 1)).encode()
+    def answer(self, conn):
+        """Answers every command of the connection until it closes."""
+        buf = b""
         with conn:
             try:
                 conn.settimeout(30)
-                conn.recv(65536)
-                conn.sendall(b"$%d\r\n%s\r\n" % (len(text), text))
-                conn.recv(65536)
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    commands, buf = whole_commands(buf + chunk)
+                    conn.sendall(b"".join(self.reply(c) for c in commands))
             except OSError:
                 pass
 
     def close(self):
         self.sock.close()
+
+
+class NodeThatForgetsItsConnections(FakeClusterNode):
+    """Answers, on each connection, the proxy's first question (up to its CLUSTER SLOTS) as FakeClusterNode does,
+    and closes the connection at the next command without answering: a node that closed a connection the proxy
+    kept, the proxy not having read the close yet when it asks again."""
+
+    ID_CHAR = "e"
+
+    def answer(self, conn):
+        buf = b""
+        with conn:
+            try:
+                conn.settimeout(30)
+                asked = False
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    commands, buf = whole_commands(buf + chunk)
+                    if asked and commands:
+                        return
+                    conn.sendall(b"".join(self.reply(c) for c in commands))
+                    asked = any(" ".join(c[:2]).upper() == "CLUSTER SLOTS" for c in commands)
+            except OSError:
+                pass
 
 
 class RouteCheckedAgainstTheCluster(ControlCase):
@@ -1061,8 +1093,8 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         return node.info("stats")["total_connections_received"]
 
     def question_connections(self, node):
-        """The node's clients whose last command was CLUSTER NODES: the proxy's connections for its questions."""
-        return [c for c in node.client_list() if c["cmd"] in ("cluster|nodes", "cluster")]
+        """The node's clients whose last command was CLUSTER SLOTS: the proxy's connections for its questions."""
+        return [c for c in node.client_list() if c["cmd"] in ("cluster|slots", "cluster")]
 
     def first_route(self, tag):
         """A ROUTE of three slots to a master that does not own the tag's slot (and owns those three): the first
@@ -1076,16 +1108,17 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         return dst, owned, node
 
     def test_routes_to_one_node_ask_on_one_kept_connection(self):
-        """Every ROUTE asks the node for its CLUSTER NODES again, on the connection the first one opened."""
+        """Every ROUTE asks the node for its CLUSTER MYID and CLUSTER SLOTS again, on the connection the first one
+        opened."""
         dst, owned, node = self.first_route("{kept-a}")
         time.sleep(0.2)  # the workers' own connections to it, warmed by the route, are up
         before = self.connections_received(node)
-        commands = int(node.info("commandstats")["cmdstat_cluster|nodes"]["calls"])
+        commands = int(node.info("commandstats")["cmdstat_cluster|slots"]["calls"])
         for _ in range(10):
             self.assertEqual(self.route(owned, "%s:%d" % dst)["routed"], owned)
         self.assertEqual(self.connections_received(node), before)
         # Asked every time: nothing is answered from what an earlier ROUTE was told.
-        self.assertGreaterEqual(int(node.info("commandstats")["cmdstat_cluster|nodes"]["calls"]), commands + 10)
+        self.assertGreaterEqual(int(node.info("commandstats")["cmdstat_cluster|slots"]["calls"]), commands + 10)
         self.assertEqual(len(self.question_connections(node)), 1, node.client_list())
 
     def test_a_kept_connection_the_node_closed_is_replaced(self):

@@ -520,7 +520,7 @@ class Reload(unittest.TestCase):
         status, out = proxy.admin_call("POST", "/v1/slots/route", route)
         self.assertEqual(status, 200, out)
         self.assertEqual(direct.info("stats")["total_connections_received"], before + 1)
-        asking = [c for c in direct.client_list() if c["cmd"] in ("cluster|nodes", "cluster")]
+        asking = [c for c in direct.client_list() if c["cmd"] in ("cluster|slots", "cluster")]
         self.assertEqual(len(asking), 1, direct.client_list())
 
 class Connector(threading.Thread):
