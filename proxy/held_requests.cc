@@ -130,9 +130,7 @@ void HeldRequests::watch_drain(const SlotSet& slots, std::shared_ptr<ControlCall
     return;
   }
   std::size_t remaining = 0;
-  for (unsigned s = 0; s < kSlotCount; ++s) {
-    if (slots.test(static_cast<Slot>(s))) remaining += at_backend_[s];
-  }
+  slots.for_each([&](Slot s) { remaining += at_backend_[s]; });
   if (remaining == 0) {
     report.queued = queued(slots);
     call->answer(worker_.index(), std::move(report));
@@ -178,9 +176,7 @@ std::vector<std::string> HeldRequests::at_backend(const SlotSet& slots) const {
 
 std::size_t HeldRequests::queued(const SlotSet& slots) const {
   std::size_t n = 0;
-  for (unsigned s = 0; s < kSlotCount; ++s) {
-    if (slots.test(static_cast<Slot>(s))) n += queued_[s];
-  }
+  slots.for_each([&](Slot s) { n += queued_[s]; });
   return n;
 }
 

@@ -53,17 +53,36 @@ std::optional<OwnWord> parse_own_word(const std::string& wire, std::string& erro
   }
   const auto slots = next_reply(wire, at, "CLUSTER SLOTS", error);
   if (!slots) return std::nullopt;
-  TopologyResult parsed = parse_cluster_slots(*slots);
-  if (!parsed.ok()) {
-    error = parsed.error;
+  // Each entry: first slot, last slot, then the master's [endpoint, port, id, ...] and its replicas'. Read
+  // here for the one node asked about, not into a Topology (whose slot table is 32 KB to fill at every
+  // handoff of every proxy of a fleet).
+  if (slots->type != resp::Type::kArray || slots->null) {
+    error = "CLUSTER SLOTS: not an array";
     return std::nullopt;
   }
   OwnWord own{myid->str, {}, false};
-  if (const Node* me = parsed.topology.find(own.id)) {
-    own.replica = me->is_replica();
-    for (const SlotRange& r : me->slots)
-      for (unsigned s = r.first; s <= r.last; ++s)
-        own.owned.set(static_cast<Slot>(s));
+  for (const resp::Value& entry : slots->elements) {
+    const auto& e = entry.elements;
+    if (entry.type != resp::Type::kArray || e.size() < 3 || e[0].type != resp::Type::kInteger ||
+        e[1].type != resp::Type::kInteger || e[0].integer < 0 || e[0].integer > e[1].integer ||
+        e[1].integer >= kSlotCount) {
+      error = "CLUSTER SLOTS: not a slot range and its nodes";
+      return std::nullopt;
+    }
+    for (std::size_t i = 2; i < e.size(); ++i) {
+      const auto& node = e[i].elements;
+      if (node.size() < 3 || !node[2].is_string()) {
+        error = "CLUSTER SLOTS: a node without its id";
+        return std::nullopt;
+      }
+      if (node[2].str != own.id) continue;
+      if (i > 2) {
+        own.replica = true;
+      } else {
+        for (auto s = e[0].integer; s <= e[1].integer; ++s)
+          own.owned.set(static_cast<Slot>(s));
+      }
+    }
   }
   return own;
 }

@@ -25,15 +25,15 @@ void Router::moved(Slot slot, const HostPort& node) {
 
 void Router::route(const SlotSet& slots, const HostPort& node) {
   Backend* b = worker_.backend(node);
-  for (unsigned s = 0; s < kSlotCount; ++s) {
-    if (!slots.test(static_cast<Slot>(s))) continue;
+  const std::uint64_t until = worker_.now_ms() + kPinMs;
+  slots.for_each([&](Slot s) {
     if (slots_[s] != b) {
-      worker_.replica_reads().owner_changed(static_cast<Slot>(s));
+      worker_.replica_reads().owner_changed(s);
       ++owner_changes_;
     }
     slots_[s] = b;
-    pinned_[static_cast<Slot>(s)] = worker_.now_ms() + kPinMs;
-  }
+    pinned_[s] = until;
+  });
   // A master that had no slot until now serves keyless and fanned-out commands too.
   if (std::find(masters_.begin(), masters_.end(), b) == masters_.end()) {
     masters_.push_back(b);

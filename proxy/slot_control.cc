@@ -128,14 +128,13 @@ std::optional<SlotSet> SlotSet::parse(std::string_view text, std::string& error)
 
 std::string SlotSet::str() const {
   std::vector<SlotRange> ranges;
-  for (unsigned s = 0; s < kSlotCount; ++s) {
-    if (!bits_.test(s)) continue;
+  for_each([&ranges](Slot s) {
     if (!ranges.empty() && ranges.back().last + 1u == s) {
-      ranges.back().last = static_cast<Slot>(s);
+      ranges.back().last = s;
     } else {
-      ranges.push_back({static_cast<Slot>(s), static_cast<Slot>(s)});
+      ranges.push_back({s, s});
     }
-  }
+  });
   std::string out = format_slot_ranges(ranges);
   std::replace(out.begin(), out.end(), ' ', ',');
   return out;

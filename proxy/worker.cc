@@ -241,8 +241,17 @@ void Worker::on_control(uv_async_t* handle) {
   // What they queue for backends and clients is written by the check handle right after this poll phase.
   for (auto& op : ops)
     op();
-  // A hold, a route's question, a reload: what a control call starts may have deadlines of its own.
-  if (!ops.empty()) self->wake_tick();
+  if (ops.empty()) return;
+  // A route's question, a HOLD's drain, a reload's probes: what a control call starts may have deadlines of
+  // its own, and the fast tick looks at them. A call that left nothing to look at (a HOLD on slots no command
+  // is out for, the handoff's release: what a proxy without clients of those slots gets at every batch of a
+  // move) does not start it, as each fast tick is a wake-up of every proxy of a fleet; the slow tick is timed
+  // again for the end of the holds it may have changed.
+  if (!self->nothing_to_tick()) {
+    self->wake_tick();
+  } else if (!self->tick_fast_) {
+    self->rest_tick();
+  }
 }
 
 void Worker::on_async(uv_async_t* handle) {
@@ -921,17 +930,29 @@ void Worker::on_tick() {
   // Both ways at every tick: a slow tick may itself start work with deadlines (the periodic reload).
   if (!nothing_to_tick()) {
     wake_tick();
-  } else if (tick_fast_) {
-    tick_fast_ = false;
-    // Never slower than --refresh-interval-ms, which may be set below it.
-    const auto idle_ms = std::min<std::uint64_t>(kIdleTickMs, config_.refresh_interval.count());
-    uv_timer_start(&tick_, on_tick_timer, idle_ms, idle_ms);
+  } else if (tick_fast_ || held_.expiry_ms() != 0) {
+    rest_tick();
   }
+}
+
+void Worker::rest_tick() {
+  tick_fast_ = false;
+  // Never slower than --refresh-interval-ms, which may be set below it.
+  const auto idle_ms = std::min<std::uint64_t>(kIdleTickMs, config_.refresh_interval.count());
+  // Held slots with nothing held for them: the next tick comes when the first hold ends (1 ms after, as the
+  // loop's clock may lag the registry's; a tick that comes early sets the next one again), so that the
+  // worker's copy of the held slots ends with it.
+  std::uint64_t first_ms = idle_ms;
+  if (const std::uint64_t expiry = held_.expiry_ms(); expiry != 0) {
+    const std::uint64_t steady = steady_ms();
+    first_ms = std::clamp<std::uint64_t>(expiry > steady ? expiry - steady + 1 : 1, 1, idle_ms);
+  }
+  uv_timer_start(&tick_, on_tick_timer, first_ms, idle_ms);
 }
 
 bool Worker::work_without_tick() const {
   return !sessions_.empty() || !retries_.empty() || !awaiting_.empty() || !draining_.empty() ||
-         !retired_.empty() || held_.active() || in_drain_ || !router_.ready() || router_.refreshing() ||
+         !retired_.empty() || held_.needs_tick() || in_drain_ || !router_.ready() || router_.refreshing() ||
          router_.wants_refresh();
 }
 
