@@ -127,7 +127,9 @@ print(json.dumps({"proxies": n, "wall": wall, "batches": len(m["batches"]), "max
                   "hold_call_ms": [round(b.get("hold_call_ms", 0), 1) for b in m["batches"]],
                   "handoff_ms": [round(b.get("handoff_ms", 0), 1) for b in m["batches"]],
                   "pause_ms": [round(b["pause_ms"], 1) for b in m["batches"]],
-                  "held": [b["proxies_held"] for b in m["batches"]]}))
+                  "held": [b["proxies_held"] for b in m["batches"]],
+                  "slot_count": [b["slot_count"] for b in m["batches"]],
+                  "started_ms": [round(b["started_ms"]) for b in m["batches"]]}))
 PY
     echo "run $run, $n proxies: $(tail -1 "$results")" >&2
     "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$a" --proxy "${admins[0]}" --no-progress >/dev/null
