@@ -60,7 +60,8 @@ class SlotSet {
   bool test(Slot slot) const { return bits_.test(slot); }
   // Calls f(slot) for each slot of the set, in order. By the bitset's own search (a word at a time), not a
   // test of all 16,384 slots: a control call of a batch names a few hundred, and every proxy of a fleet walks
-  // them several times per call.
+  // them several times per call. _Find_first and _Find_next are libstdc++'s (GCC's library, which Debian
+  // builds with); another standard library would need a loop over the words here.
   template <class F>
   void for_each(F&& f) const {
     for (std::size_t s = bits_._Find_first(); s < kSlotCount; s = bits_._Find_next(s))

@@ -246,11 +246,13 @@ void Worker::on_control(uv_async_t* handle) {
   // its own, and the fast tick looks at them. A call that left nothing to look at (a HOLD on slots no command
   // is out for, the handoff's release: what a proxy without clients of those slots gets at every batch of a
   // move) does not start it, as each fast tick is a wake-up of every proxy of a fleet; the slow tick is timed
-  // again for the end of the holds it may have changed.
+  // again for the end of the holds it may have changed, if that comes before the tick already due: timed
+  // again at every call, a worker sent calls more often than its slow tick's period (every batch of a fleet's
+  // move) would never reach it, and its periodic reload and node checks would wait for the move's end.
   if (!self->nothing_to_tick()) {
     self->wake_tick();
   } else if (!self->tick_fast_) {
-    self->rest_tick();
+    self->rest_tick(/*only_sooner=*/true);
   }
 }
 
@@ -935,10 +937,10 @@ void Worker::on_tick() {
   }
 }
 
-void Worker::rest_tick() {
-  tick_fast_ = false;
-  // Never slower than --refresh-interval-ms, which may be set below it.
-  const auto idle_ms = std::min<std::uint64_t>(kIdleTickMs, config_.refresh_interval.count());
+void Worker::rest_tick(bool only_sooner) {
+  // Never slower than --refresh-interval-ms, which may be set below it (never below 100: range_error()).
+  const auto idle_ms =
+      std::max<std::uint64_t>(std::min<std::uint64_t>(kIdleTickMs, config_.refresh_interval.count()), 1);
   // Held slots with nothing held for them: the next tick comes when the first hold ends (1 ms after, as the
   // loop's clock may lag the registry's; a tick that comes early sets the next one again), so that the
   // worker's copy of the held slots ends with it.
@@ -947,6 +949,10 @@ void Worker::rest_tick() {
     const std::uint64_t steady = steady_ms();
     first_ms = std::clamp<std::uint64_t>(expiry > steady ? expiry - steady + 1 : 1, 1, idle_ms);
   }
+  if (only_sooner && !tick_fast_ && uv_is_active(reinterpret_cast<uv_handle_t*>(&tick_)) &&
+      uv_timer_get_due_in(&tick_) <= first_ms)
+    return;
+  tick_fast_ = false;
   uv_timer_start(&tick_, on_tick_timer, first_ms, idle_ms);
 }
 

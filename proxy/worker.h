@@ -160,7 +160,8 @@ class Worker {
   bool work_without_tick() const;
   void wake_tick();
   // The slow tick, its first one at the end of the first hold this worker knows of when that comes sooner.
-  void rest_tick();
+  // only_sooner: a slow tick already due before then is left as it is.
+  void rest_tick(bool only_sooner = false);
   // The drain's check at every tick: closes the clients that are done, and ends the loop once nothing is
   // left or the deadline passed.
   void drain_step(std::uint64_t now);
