@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "common/secret_file.h"
@@ -222,6 +223,42 @@ std::string admin_endpoint_error(const Config& config) {
          " is not a loopback address, and no admin token is set: anyone "
          "who reaches it could hold and route slots. Give a token (--admin-token-file FILE, "
          "SLOTSHIFT_ADMIN_TOKEN or --admin-token), or listen on 127.0.0.1";
+}
+
+std::string range_error(const Config& config) {
+  // Every number a setting may take, for the file and the command line alike: a zero refresh interval would
+  // stop the worker's slow tick, a zero bound would never let a client be read again.
+  constexpr long long kNoMax = std::numeric_limits<long long>::max();
+  struct Bound {
+    const char* name;
+    long long value, min, max;
+  };
+  auto count = [](std::size_t n) { return static_cast<long long>(std::min<std::size_t>(n, kNoMax)); };
+  const Bound bounds[] = {
+      {"threads", config.threads, 1, 256},
+      {"request-timeout-ms", config.request_timeout.count(), 1, 3600000},
+      {"connect-timeout-ms", config.connect_timeout.count(), 1, 600000},
+      {"refresh-interval-ms", config.refresh_interval.count(), 100, 3600000},
+      {"drain-timeout-ms", config.drain_timeout.count(), 0, 3600000},
+      {"idle-timeout-s", config.idle_timeout.count(), 0, 365LL * 24 * 3600},
+      {"max-redirects", config.max_redirects, 0, 100},
+      {"max-clients", count(config.max_clients), 1, kNoMax},
+      {"max-bulk-bytes", count(config.max_bulk_bytes), 1, kNoMax},
+      {"max-arguments", count(config.max_arguments), 1, kNoMax},
+      {"max-client-output-bytes", count(config.max_client_output), 1, kNoMax},
+      {"max-held-bytes", count(config.max_held_bytes), 1, kNoMax},
+      {"max-blocking-connections", count(config.max_blocking_connections), 1, kNoMax},
+      {"max-inflight-bytes", count(config.max_inflight_bytes), 1, kNoMax},
+      // Reading resumes once a client is under half of it: below 2 it never would.
+      {"max-pipeline", count(config.max_pipeline), 2, kNoMax},
+  };
+  for (const Bound& b : bounds) {
+    if (b.value >= b.min && b.value <= b.max) continue;
+    if (b.max == kNoMax) return "--" + std::string(b.name) + " must be at least " + std::to_string(b.min);
+    return "--" + std::string(b.name) + " must be between " + std::to_string(b.min) + " and " +
+           std::to_string(b.max);
+  }
+  return "";
 }
 
 }  // namespace slotshift::proxy

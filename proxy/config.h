@@ -116,6 +116,10 @@ std::string tls_settings_error(const Config& config);
 // IPv6), or "localhost".
 bool is_loopback(const std::string& host);
 
+// Which numeric setting is out of its range, as an error naming it, or "" (the same bounds whether a setting
+// came from the command line or the file).
+std::string range_error(const Config& config);
+
 // Why the admin endpoint must not start as configured, or "": an endpoint without a token is open to whoever
 // can reach it (holds freeze clients, routes send their commands elsewhere), so it listens on loopback only.
 std::string admin_endpoint_error(const Config& config);
