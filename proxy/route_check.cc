@@ -53,6 +53,10 @@ std::optional<OwnWord> parse_own_word(const std::string& wire, std::string& erro
   }
   const auto slots = next_reply(wire, at, "CLUSTER SLOTS", error);
   if (!slots) return std::nullopt;
+  if (at != wire.size()) {
+    error = "CLUSTER SLOTS: more bytes follow the two replies asked for";
+    return std::nullopt;
+  }
   // Each entry: first slot, last slot, then the master's [endpoint, port, id, ...] and its replicas'. Read
   // here for the one node asked about, not into a Topology (whose slot table is 32 KB to fill at every
   // handoff of every proxy of a fleet).

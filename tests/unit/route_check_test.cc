@@ -157,6 +157,13 @@ TEST_CASE("an error or a malformed answer is no answer, and says which command g
   std::string half;
   resp::append_bulk(half, kB);
   CHECK(verdict("0", 7001, half).status == 503);
+
+  // A third reply after the two asked for: the answers are not the ones asked for, whatever they say.
+  std::string more = own_word(kB, kAfterClaim);
+  resp::append_simple(more, "OK");
+  const auto extra = verdict("0", 7001, more);
+  CHECK(extra.status == 503);
+  CHECK(extra.error.find("more bytes follow the two replies") != std::string::npos);
 }
 
 TEST_CASE(
