@@ -18,7 +18,8 @@ import harness  # noqa: E402
 
 # The ACL lines the README gives for the proxy's own user, tested here as written there.
 PROXY_USER_SHARED = "on >{pw} ~* &* +@all -@admin"
-PROXY_USER_ACL_MODE = "on >{pw} resetchannels -@all +cluster|shards +cluster|slots"
+PROXY_USER_ACL_MODE = ("on >{pw} resetchannels -@all +cluster|shards +cluster|slots +cluster|myid "
+                       "+cluster|nodes")
 ADMIN = ("admin", "adminpw")
 
 
@@ -287,6 +288,27 @@ class AclPassThrough(ProxyInFront):
         with self.assertRaises(redis.ResponseError) as e:
             proxy_user.set("x", 1)
         self.assertIsInstance(e.exception, redis.exceptions.NoPermissionError)
+
+    def test_route_is_checked_as_the_proxys_own_user(self):
+        """A ROUTE (each cutover of slotshift move sends one) asks the new owner, as the proxy's own user, which
+        slots it owns: the README's line for that user allows what the check asks."""
+        owner = next(e for e in (harness.NodeEntry(line) for line in
+                                 node_client(self.cluster.nodes[0]).execute_command("CLUSTER", "NODES")
+                                 .decode().splitlines() if line.strip()) if e.is_master() and 0 in e.slots)
+        other = next(e for e in (harness.NodeEntry(line) for line in
+                                 node_client(self.cluster.nodes[0]).execute_command("CLUSTER", "NODES")
+                                 .decode().splitlines() if line.strip()) if e.is_master() and 0 not in e.slots)
+        proxy = harness.Proxy(self.cluster, "--client-auth", "acl", "--masteruser", "slotshift-proxy",
+                              "--masterauth-file", secret_file(self.cluster.dir, "masterauth", "proxypw"),
+                              login=("app", "apppw"), admin=True, admin_token="t")
+        try:
+            status, out = proxy.admin_call("POST", "/v1/slots/route", {"slots": "0", "node": "%s:%d" % owner.addr})
+            self.assertEqual(status, 200, out)
+            # The node's own word refuses a route to a node that does not own the slot (asked, not assumed).
+            status, out = proxy.admin_call("POST", "/v1/slots/route", {"slots": "0", "node": "%s:%d" % other.addr})
+            self.assertEqual(status, 409, out)
+        finally:
+            proxy.stop()
 
     def test_each_user_allowed_and_refused_as_redis_would(self):
         alice, bob = self.client("alice", "alicepw"), self.client("bob", "bobpw")
