@@ -49,10 +49,10 @@ class HttpFanout {
   std::vector<HttpAnswer> post(const std::vector<HostPort>& endpoints, const std::string& path,
                                const std::string& body, Clock::time_point deadline);
 
-  // Opens a connection, at once, to every endpoint that has no usable kept one, and keeps those made by
-  // `deadline` for the next post(): a call whose deadline is about the endpoints' answer then does not also
-  // pay for a thousand TCP handshakes (and accepts) at the same moment. Returns how many were not made
-  // (post() tries them again).
+  // Opens a connection, at once, to every endpoint that has no usable kept one, and has each served a first
+  // request (GET /healthz) by `deadline`; keeps them for the next post(): a call whose deadline is about the
+  // endpoints' answer then does not also pay for a thousand TCP handshakes, accepts and first requests at the
+  // same moment. Returns how many did not answer (post() tries them again).
   std::size_t connect_ahead(const std::vector<HostPort>& endpoints, Clock::time_point deadline);
 
   // Connections made so far (kept ones reused do not count): for tests and the benchmark.
@@ -68,6 +68,10 @@ class HttpFanout {
   };
   struct Exchange;
 
+  // `method` `path` with `body` (JSON; none when empty) to every endpoint at once, until `deadline`.
+  std::vector<HttpAnswer> exchange(const std::vector<HostPort>& endpoints, const char* method,
+                                   const std::string& path, const std::string& body,
+                                   Clock::time_point deadline);
   // A kept connection to `key` that may carry one more request, taken out of the pool; -1 when there is
   // none.
   int take_kept(const std::string& key, Kept& kept);

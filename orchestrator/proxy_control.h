@@ -89,8 +89,8 @@ class ProxyControl {
   // this move's holds (`owner`), which also ends a hold one of them placed too late for an earlier batch
   // (the request waited in its socket while it stalled). Those that answer within `deadline` are in the
   // batch's calls; the others miss once more. Then the connections the hold needs (to every proxy not left
-  // out) are opened within the connect timeout, so that a hold's deadline is about the proxies' answer, not
-  // about opening hundreds of connections at once. Returns the release's calls, one per proxy asked again.
+  // out) are opened, and each has served a first request, within the connect timeout, so that a hold's
+  // deadline is about the proxies' answer, not about opening hundreds of connections at once. Returns the release's calls, one per proxy asked again.
   ProxyCalls begin_batch(const std::string& owner, std::chrono::milliseconds deadline);
 
   // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").

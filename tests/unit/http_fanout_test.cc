@@ -196,6 +196,10 @@ TEST_CASE("connections opened ahead are the ones the next call uses") {
   CHECK(fanout.connect_ahead({a.address(), b.address(), {"127.0.0.1", gone_port}},
                              HttpFanout::Clock::now() + 500ms) == 1);
   CHECK(fanout.connects() == 3);
+  // Each server took its connection and answered a first request on it before connect_ahead returned.
+  CHECK(a.accepted() == 1);
+  CHECK(a.requests() == 1);
+  CHECK(b.requests() == 1);
   const auto answers = fanout.post({a.address(), b.address()}, "/x", "{}", HttpFanout::Clock::now() + 1s);
   CHECK(answers[0].status == 200);
   CHECK(answers[1].status == 200);
@@ -204,4 +208,5 @@ TEST_CASE("connections opened ahead are the ones the next call uses") {
   CHECK(fanout.connect_ahead({a.address(), b.address()}, HttpFanout::Clock::now() + 500ms) == 0);
   CHECK(fanout.connects() == 3);
   CHECK(a.accepted() == 1);
+  CHECK(a.requests() == 2);
 }
