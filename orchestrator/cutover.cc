@@ -130,13 +130,17 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   // Proxies left out at an earlier batch are asked again once their time out is over (LeftOutProxies), before
   // the fence's clock starts: one that answers within the hold's own deadline is in this batch's calls.
   batch.started_ms = ms_since(started_);
-  if (proxies_)
-    for (const auto& call : proxies_->begin_batch(owner_, wait + milliseconds(100)).calls) {
+  if (proxies_) {
+    const auto start = proxies_->begin_batch(owner_, wait + milliseconds(100), !fence_proxy);
+    for (const auto& call : start.back.calls) {
       (call.ok ? batch.proxies_back : batch.proxies_still_out).push_back(call.proxy);
       if (call.ok && proxy_warned_.insert(call.proxy + " back").second)
         notes_.push_back("proxy " + call.proxy + " answered again before batch " + slots_text +
                          ", and is asked to hold the batches from there");
     }
+    // Left out already unless the proxies are the fence (then the hold asks them, and must have them all).
+    if (!fence_proxy) note_proxy_failures(start.silent);
+  }
   const auto t0 = Clock::now();
   auto t_pause = t0;
   // 1. The proxies hold the batch's slots: their clients' commands for them wait in the proxies from here to

@@ -233,7 +233,8 @@ void HttpFanout::finish(Exchange& x, HttpAnswer& answer, Clock::time_point now) 
   if (!inserted) ::close(kept.fd);
 }
 
-std::size_t HttpFanout::connect_ahead(const std::vector<HostPort>& endpoints, Clock::time_point deadline) {
+std::vector<std::pair<std::string, std::string>> HttpFanout::connect_ahead(
+    const std::vector<HostPort>& endpoints, Clock::time_point deadline) {
   // Only the endpoints without a kept connection still fit for a request.
   std::vector<HostPort> fresh;
   for (const auto& endpoint : endpoints) {
@@ -244,15 +245,17 @@ std::size_t HttpFanout::connect_ahead(const std::vector<HostPort>& endpoints, Cl
     }
     if (std::find(fresh.begin(), fresh.end(), endpoint) == fresh.end()) fresh.push_back(endpoint);
   }
-  if (fresh.empty()) return 0;
+  std::vector<std::pair<std::string, std::string>> silent;
+  if (fresh.empty()) return silent;
   // A connection the kernel completed is not yet one the server took: the server's accept, the hand-off of
   // the connection to a thread that reads it and the first pass through its request path would all fall in
   // the next call's deadline (with 200 proxies sharing a core, some missed a first HOLD's 150 ms for that
   // alone). A request the server answers without side effects does all of that now: /healthz, which every
   // slotshift-proxy answers and wants no token for.
   const auto answers = exchange(fresh, "GET", "/healthz", "", deadline);
-  return static_cast<std::size_t>(
-      std::count_if(answers.begin(), answers.end(), [](const HttpAnswer& a) { return a.status == 0; }));
+  for (std::size_t i = 0; i < fresh.size(); ++i)
+    if (answers[i].status == 0) silent.emplace_back(fresh[i].str(), answers[i].error);
+  return silent;
 }
 
 std::vector<HttpAnswer> HttpFanout::post(const std::vector<HostPort>& endpoints, const std::string& path,

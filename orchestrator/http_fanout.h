@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/host_port.h"
@@ -52,8 +53,9 @@ class HttpFanout {
   // Opens a connection, at once, to every endpoint that has no usable kept one, and has each served a first
   // request (GET /healthz) by `deadline`; keeps them for the next post(): a call whose deadline is about the
   // endpoints' answer then does not also pay for a thousand TCP handshakes, accepts and first requests at the
-  // same moment. Returns how many did not answer (post() tries them again).
-  std::size_t connect_ahead(const std::vector<HostPort>& endpoints, Clock::time_point deadline);
+  // same moment. Returns those that did not answer (HOST:PORT, and why), whose connection is not kept.
+  std::vector<std::pair<std::string, std::string>> connect_ahead(const std::vector<HostPort>& endpoints,
+                                                                 Clock::time_point deadline);
 
   // Connections made so far (kept ones reused do not count): for tests and the benchmark.
   std::size_t connects() const { return connects_; }

@@ -62,8 +62,11 @@ int LeftOutProxies::misses(const std::string& proxy) const {
   return it == entries_.end() ? 0 : it->second.misses;
 }
 
-ProxyCalls ProxyControl::begin_batch(const std::string& owner, std::chrono::milliseconds deadline) {
-  ProxyCalls back;
+ProxyControl::BatchStart ProxyControl::begin_batch(const std::string& owner,
+                                                   std::chrono::milliseconds deadline,
+                                                   bool leave_out_silent) {
+  BatchStart start;
+  ProxyCalls& back = start.back;
   const auto due = left_out_.due(LeftOutProxies::Clock::now());
   if (!due.empty()) {
     const std::set<std::string> asked(due.begin(), due.end());
@@ -78,8 +81,16 @@ ProxyCalls ProxyControl::begin_batch(const std::string& owner, std::chrono::mill
   std::vector<HostPort> to;
   for (auto& p : resolve(unresolved))
     if (!left_out_.out(p.str())) to.push_back(std::move(p));
-  fanout_.connect_ahead(to, HttpFanout::Clock::now() + connect_timeout_);
-  return back;
+  const auto within = std::min(connect_timeout_, deadline);
+  for (auto& [proxy, why] : fanout_.connect_ahead(to, HttpFanout::Clock::now() + within)) {
+    if (leave_out_silent) left_out_.leave_out(proxy, LeftOutProxies::Clock::now());
+    start.silent.calls.push_back(ProxyCall{proxy,
+                                           false,
+                                           "no answer to a first request on a new connection (" + why +
+                                               ", within " + std::to_string(within.count()) + " ms)",
+                                           {}});
+  }
+  return start;
 }
 
 void ProxyControl::hold_answered(const ProxyCalls& calls) {

@@ -85,13 +85,21 @@ class ProxyControl {
   // nothing is added to `failed` (as a call that did not succeed).
   std::vector<HostPort> resolve(std::vector<ProxyCall>& failed) const;
 
+  // What begin_batch() found: the proxies asked again (one call each), and those that did not answer a first
+  // request on a new connection.
+  struct BatchStart {
+    ProxyCalls back;
+    ProxyCalls silent;
+  };
   // Before a batch's fence: the proxies left out whose time out is over are asked again, with a release of
   // this move's holds (`owner`), which also ends a hold one of them placed too late for an earlier batch
   // (the request waited in its socket while it stalled). Those that answer within `deadline` are in the
   // batch's calls; the others miss once more. Then the connections the hold needs (to every proxy not left
-  // out) are opened, and each has served a first request, within the connect timeout, so that a hold's
-  // deadline is about the proxies' answer, not about opening hundreds of connections at once. Returns the release's calls, one per proxy asked again.
-  ProxyCalls begin_batch(const std::string& owner, std::chrono::milliseconds deadline);
+  // out) are opened, and each has served a first request, within `deadline` (at most the connect timeout),
+  // so that a hold's deadline is about the proxies' answer, not about opening hundreds of connections at
+  // once. A proxy that does not answer that request would not answer the hold either: with `leave_out_silent`
+  // (when the proxies are not the fence) it is left out now, before any client is held for it.
+  BatchStart begin_batch(const std::string& owner, std::chrono::milliseconds deadline, bool leave_out_silent);
 
   // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").
   // `wait` is how long the proxies may take to drain what is in flight before they give up (and release).
