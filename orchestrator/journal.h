@@ -104,6 +104,12 @@ std::optional<JournalState> read_journal(const std::string& path, std::string& e
 std::string journal_dir();
 // Every journal in journal_dir(), newest first; `error` set when the directory cannot be read.
 std::vector<std::string> all_journals(std::string& error);
+// Whether the last record of `path` ends the move the file is named after (move-<pid>-<ms>.journal): "done",
+// or an "aborted" that undid everything. Read from the file's last 4 KiB alone. False when that cannot tell
+// (a torn or longer last record, another move's record): read_journal() then decides. A journal is appended
+// to by one move at a time, in order, and nothing follows a move's end, so a true here is what
+// read_journal() would say.
+bool ends_its_own_move(const std::string& path);
 // Those whose move has not finished (killed, or its undo incomplete), newest first.
 std::vector<std::string> unfinished_journals(std::string& error);
 // The newest journal in journal_dir() whose move has not finished, or "" (with `error` saying why).

@@ -5,8 +5,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
+#include <map>
 #include <string>
+#include <vector>
 
 using namespace slotshift;
 
@@ -142,4 +146,55 @@ TEST_CASE("an abort that could not undo everything leaves the move unfinished; n
   REQUIRE(state);
   CHECK(state->finished);
   CHECK(state->engine == "replica");
+}
+
+TEST_CASE("a scan of the state directory reads a finished move's last record alone, and finds the others") {
+  char dir_name[] = "/tmp/slotshift-state-test-XXXXXX";
+  REQUIRE(::mkdtemp(dir_name) != nullptr);
+  const std::string dir = dir_name;
+  const char* before = std::getenv("SLOTSHIFT_STATE_DIR");
+  const std::string kept = before ? before : "";
+  ::setenv("SLOTSHIFT_STATE_DIR", dir.c_str(), 1);
+  auto plan = [](const std::string& move) {
+    return R"({"step":"plan","version":1,"move":")" + move +
+           R"(","target":"tttt","sources":[{"id":"ssss","address":"127.0.0.1:7000","slots":"0-9"}],"time_ms":1})"
+           "\n";
+  };
+  auto record = [](const std::string& move, const std::string& step, const std::string& more = "") {
+    return R"({"step":")" + step + R"(","version":1,"move":")" + move + "\"" + more +
+           R"(,"time_ms":2})"
+           "\n";
+  };
+  const std::map<std::string, std::string> files = {
+      {"move-1-100", plan("move-1-100") + record("move-1-100", "claimed", R"(,"slots":"0-9")") +
+                         record("move-1-100", "done")},
+      {"move-2-200", plan("move-2-200") + record("move-2-200", "claimed", R"(,"slots":"0-4")")},
+      {"move-3-300", plan("move-3-300") + record("move-3-300", "aborted", R"(,"complete":false)")},
+      // Resumed as a move of its own: the file's name is not the last move's, so the whole file decides.
+      {"move-4-400", plan("move-4-400") + record("move-4-400", "aborted") + plan("move-5-500") +
+                         record("move-5-500", "done")},
+      {"move-6-600", plan("move-6-600") + record("move-6-600", "done") + R"({"step":"fen)"},
+      {"move-7-700", plan("move-7-700") + record("move-7-700", "aborted")},
+  };
+  for (const auto& [name, text] : files)
+    std::ofstream(dir + "/" + name + ".journal") << text;
+
+  CHECK(ends_its_own_move(dir + "/move-1-100.journal"));
+  CHECK(ends_its_own_move(dir + "/move-7-700.journal"));
+  for (const char* name : {"move-2-200", "move-3-300", "move-4-400", "move-6-600"})
+    CHECK_FALSE(ends_its_own_move(dir + "/" + name + ".journal"));
+
+  std::string error;
+  auto unfinished = unfinished_journals(error);
+  CHECK(error.empty());
+  std::sort(unfinished.begin(), unfinished.end());
+  CHECK(unfinished == std::vector<std::string>{dir + "/move-2-200.journal", dir + "/move-3-300.journal"});
+
+  for (const auto& [name, text] : files)
+    ::unlink((dir + "/" + name + ".journal").c_str());
+  ::rmdir(dir.c_str());
+  if (before)
+    ::setenv("SLOTSHIFT_STATE_DIR", kept.c_str(), 1);
+  else
+    ::unsetenv("SLOTSHIFT_STATE_DIR");
 }
