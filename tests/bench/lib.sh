@@ -52,6 +52,10 @@ bench_cluster_start() {
     "${server[@]}") || return 1
   eval "$started"
   work=$(mktemp -d "${TMPDIR:-/tmp}/$name.XXXXXX")
+  # The moves' journals go to the run's own directory (unless one is given): a run then neither depends on the
+  # journals of every move this machine made before (each move scans them) nor leaves its own behind.
+  export SLOTSHIFT_STATE_DIR=${SLOTSHIFT_STATE_DIR:-$work/state}
+  mkdir -p "$SLOTSHIFT_STATE_DIR"
   for pidfile in "$SLOTSHIFT_CLUSTER_DIR"/*/redis.pid; do taskset -pc 0 "$(cat "$pidfile")" >/dev/null; done
   seed=${SLOTSHIFT_CLUSTER_NODES%%,*}
   for n in ${SLOTSHIFT_CLUSTER_NODES//,/ }; do cli "$n" config set cluster-allow-replica-migration no >/dev/null; done
