@@ -16,6 +16,7 @@
 #include <cstring>
 #include <optional>
 #include <string_view>
+#include <thread>
 
 #include "common/ascii.h"
 
@@ -29,6 +30,10 @@ using std::chrono::milliseconds;
 constexpr std::size_t kMaxHead = 16 * 1024;
 // A reply's body larger than this neither.
 constexpr std::size_t kMaxBody = 1 << 20;
+// From this many endpoints on, a call lets replies gather for kGather between two looks
+// (HttpFanout::exchange).
+constexpr std::size_t kGatherFrom = 64;
+constexpr auto kGather = std::chrono::microseconds(1000);
 
 // Each endpoint costs a descriptor, and a fleet of sidecars can be thousands of proxies: the usual soft
 // limit of 1024 would fail every connection past it. Raised once to the hard limit.
@@ -339,6 +344,11 @@ std::vector<HttpAnswer> HttpFanout::exchange(const std::vector<HostPort>& endpoi
     const int ready = ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long>(wait_ms, 1000)));
     if (ready < 0 && errno != EINTR) break;
     if (ready <= 0) continue;
+    // A fleet's replies come back a few at a time over the call, and each wake-up for them costs a context
+    // switch and a look at every socket (at 2,000 endpoints, most of this thread's CPU). Past
+    // kGatherFrom endpoints, the replies of the next kGather are let gather before the next look: at most
+    // that much later per call, for a fraction of the wake-ups.
+    const bool gather = endpoints.size() >= kGatherFrom && !last;
     for (std::size_t k = 0; k < fds.size(); ++k) {
       if (fds[k].revents == 0) continue;
       Exchange& x = *polled[k];
@@ -418,6 +428,7 @@ std::vector<HttpAnswer> HttpFanout::exchange(const std::vector<HostPort>& endpoi
         --open;
       }
     }
+    if (gather && open > 0) std::this_thread::sleep_until(std::min(Clock::now() + kGather, deadline));
   }
   // Whoever has not answered by now has no answer; its connection is closed, so that its reply, if it still
   // comes, is never read as the answer to another request.

@@ -157,6 +157,45 @@ TEST_CASE("a silent endpoint costs the deadline, not more, and the others answer
   CHECK(fanout.connects() == before + 1);
 }
 
+TEST_CASE(
+    "a large fleet's replies gathered between looks: every one read, and a silent one given up at the "
+    "deadline") {
+  // 80 endpoints: past the count from which a call lets replies gather before it looks again.
+  std::vector<std::unique_ptr<ScriptedHttp>> servers;
+  std::vector<HostPort> to;
+  for (int i = 0; i < 80; ++i) {
+    servers.push_back(
+        std::make_unique<ScriptedHttp>(i == 41 ? ScriptedHttp::Mode::kSilent : ScriptedHttp::Mode::kAnswer));
+    to.push_back(servers.back()->address());
+  }
+  HttpFanout fanout("", 500ms);
+  for (int call = 0; call < 3; ++call) {
+    const auto t0 = HttpFanout::Clock::now();
+    const auto answers =
+        fanout.post(to, "/v1/slots/hold", "{\"n\":" + std::to_string(call) + "}", t0 + 300ms);
+    const auto took = HttpFanout::Clock::now() - t0;
+    CHECK(took >= 300ms);
+    CHECK(took < 600ms);
+    REQUIRE(answers.size() == to.size());
+    for (std::size_t i = 0; i < answers.size(); ++i) {
+      if (i == 41) {
+        CHECK(answers[i].status == 0);
+        CHECK(answers[i].error == "no reply by the deadline");
+      } else {
+        CHECK(answers[i].status == 200);
+        CHECK(answers[i].body == "/v1/slots/hold {\"n\":" + std::to_string(call) + "}");
+      }
+    }
+  }
+  // Without the silent one, a call ends as soon as the last reply is in, not at its deadline.
+  to.erase(to.begin() + 41);
+  const auto t0 = HttpFanout::Clock::now();
+  const auto answers = fanout.post(to, "/x", "{}", t0 + 5s);
+  CHECK(HttpFanout::Clock::now() - t0 < 1s);
+  for (const auto& a : answers)
+    CHECK(a.status == 200);
+}
+
 TEST_CASE("a refused connection is an answer at once") {
   int port = 0;
   {
