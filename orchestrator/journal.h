@@ -105,10 +105,10 @@ std::string journal_dir();
 // Every journal in journal_dir(), newest first; `error` set when the directory cannot be read.
 std::vector<std::string> all_journals(std::string& error);
 // Whether the last record of `path` ends the move the file is named after (move-<pid>-<ms>.journal): "done",
-// or an "aborted" that undid everything. Read from the file's last 4 KiB alone. False when that cannot tell
-// (a torn or longer last record, another move's record): read_journal() then decides. A journal is appended
-// to by one move at a time, in order, and nothing follows a move's end, so a true here is what
-// read_journal() would say.
+// or an "aborted" that undid everything, in a file that holds that move's plan alone. Parses that record
+// only. False when that cannot tell (a torn last record, another move's record, a second plan):
+// read_journal() then decides. A true here is what read_journal() would say: with one plan, the file's move
+// is the one it is named after, and its last record ends it.
 bool ends_its_own_move(const std::string& path);
 // Those whose move has not finished (killed, or its undo incomplete), newest first.
 std::vector<std::string> unfinished_journals(std::string& error);

@@ -148,7 +148,7 @@ TEST_CASE("an abort that could not undo everything leaves the move unfinished; n
   CHECK(state->engine == "replica");
 }
 
-TEST_CASE("a scan of the state directory reads a finished move's last record alone, and finds the others") {
+TEST_CASE("a scan of the state directory parses a finished move's last record alone, and finds the others") {
   char dir_name[] = "/tmp/slotshift-state-test-XXXXXX";
   REQUIRE(::mkdtemp(dir_name) != nullptr);
   const std::string dir = dir_name;
@@ -175,20 +175,30 @@ TEST_CASE("a scan of the state directory reads a finished move's last record alo
                          record("move-5-500", "done")},
       {"move-6-600", plan("move-6-600") + record("move-6-600", "done") + R"({"step":"fen)"},
       {"move-7-700", plan("move-7-700") + record("move-7-700", "aborted")},
+      // A move that stalled past its lease while a resume took its journal over, woken to write its own
+      // end after the resumed move's plan; the resumed move was then killed: it is the file's move,
+      // unfinished.
+      {"move-8-800", plan("move-8-800") + record("move-8-800", "resume-started") +
+                         record("move-8-800", "aborted") + plan("move-9-900") +
+                         record("move-9-900", "importing") + record("move-8-800", "done")},
+      // Named after one move, planned as another (a --journal FILE named by hand).
+      {"move-10-1000", plan("move-11-1100") + record("move-10-1000", "done")},
   };
   for (const auto& [name, text] : files)
     std::ofstream(dir + "/" + name + ".journal") << text;
 
   CHECK(ends_its_own_move(dir + "/move-1-100.journal"));
   CHECK(ends_its_own_move(dir + "/move-7-700.journal"));
-  for (const char* name : {"move-2-200", "move-3-300", "move-4-400", "move-6-600"})
+  for (const char* name :
+       {"move-2-200", "move-3-300", "move-4-400", "move-6-600", "move-8-800", "move-10-1000"})
     CHECK_FALSE(ends_its_own_move(dir + "/" + name + ".journal"));
 
   std::string error;
   auto unfinished = unfinished_journals(error);
   CHECK(error.empty());
   std::sort(unfinished.begin(), unfinished.end());
-  CHECK(unfinished == std::vector<std::string>{dir + "/move-2-200.journal", dir + "/move-3-300.journal"});
+  CHECK(unfinished == std::vector<std::string>{dir + "/move-10-1000.journal", dir + "/move-2-200.journal",
+                                               dir + "/move-3-300.journal", dir + "/move-8-800.journal"});
 
   for (const auto& [name, text] : files)
     ::unlink((dir + "/" + name + ".journal").c_str());
