@@ -263,8 +263,10 @@ bool MoveJob::cut_over_all() {
         total += plan(sources_[i]).size();
       Batch batch = std::move(pending.front());
       char line[200];
-      std::snprintf(line, sizeof line, "cutover  batch %zu/%zu  %zu slots  %s keys  lag %s", done + 1, total,
-                    batch.slots.size(), with_commas(batch.keys).c_str(),
+      // The total is a plan, made again at each batch from the slots left and the speed measured so far (the
+      // batch sizer grows batches as pauses allow): "of ~", not a count.
+      std::snprintf(line, sizeof line, "cutover  batch %zu of ~%zu  %zu slots  %s keys  lag %s", done + 1,
+                    total, batch.slots.size(), with_commas(batch.keys).c_str(),
                     human_bytes(static_cast<double>(src.copier->lag_bytes())).c_str());
       progress("cutover", line, done + 1, total);
       bool retry = false;
