@@ -15,6 +15,7 @@
 #include <charconv>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <string_view>
 #include <thread>
 
@@ -240,15 +241,16 @@ void HttpFanout::finish(Exchange& x, HttpAnswer& answer, Clock::time_point now) 
 
 std::vector<std::pair<std::string, std::string>> HttpFanout::connect_ahead(
     const std::vector<HostPort>& endpoints, Clock::time_point deadline) {
-  // Only the endpoints without a kept connection still fit for a request.
+  // Only the endpoints without a kept connection still fit for a request, each once.
   std::vector<HostPort> fresh;
+  std::set<std::string> named;
   for (const auto& endpoint : endpoints) {
-    const std::string key = endpoint.str();
+    std::string key = endpoint.str();
     if (Kept kept; take_kept(key, kept) >= 0) {
       kept_.try_emplace(key, kept);
       continue;
     }
-    if (std::find(fresh.begin(), fresh.end(), endpoint) == fresh.end()) fresh.push_back(endpoint);
+    if (named.insert(std::move(key)).second) fresh.push_back(endpoint);
   }
   std::vector<std::pair<std::string, std::string>> silent;
   if (fresh.empty()) return silent;

@@ -224,9 +224,9 @@ bool ends_its_own_move(const std::string& path) {
 std::vector<std::string> unfinished_journals(std::string& error) {
   std::vector<std::string> out;
   for (auto& path : all_journals(error)) {
-    // Most journals of a state directory are of moves that ended: their last record says so, and reading
-    // it alone keeps this scan (at the start of every move and check) from growing with every move ever
-    // run here (460 whole journals took a move 0.24 s to read on this machine).
+    // Most journals of a state directory are of moves that ended: their plan and last record say so, and
+    // parsing those alone keeps this scan (at the start of every move and check) from growing with every
+    // move ever run here (541 journals: 20 ms, against 190 ms parsing each whole).
     if (ends_its_own_move(path)) continue;
     std::string why;
     const auto state = read_journal(path, why);

@@ -939,8 +939,7 @@ void Worker::on_tick() {
 
 void Worker::rest_tick(bool only_sooner) {
   // Never slower than --refresh-interval-ms, which may be set below it (never below 100: range_error()).
-  const auto idle_ms =
-      std::max<std::uint64_t>(std::min<std::uint64_t>(kIdleTickMs, config_.refresh_interval.count()), 1);
+  const auto idle_ms = std::min<std::uint64_t>(kIdleTickMs, config_.refresh_interval.count());
   // Held slots with nothing held for them: the next tick comes when the first hold ends (1 ms after, as the
   // loop's clock may lag the registry's; a tick that comes early sets the next one again), so that the
   // worker's copy of the held slots ends with it.
