@@ -13,6 +13,8 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <utility>
 
 namespace slotshift::proxy {
 namespace {
@@ -66,8 +68,13 @@ class Connection final : public httplib::Stream {
   ssize_t read(char* ptr, size_t size) override {
     if (consumed_ >= limits_.request_bytes) return -1;
     if (!buffered()) {
-      if (!ready_by(fd_, POLLIN, deadline_)) return -1;
-      const ssize_t n = ::recv(fd_, buffer_, sizeof buffer_, 0);
+      // What is there already is read without a wait (the request that woke wait_for_request is): on a
+      // fleet's shared cores each system call of a control call counts, in every proxy.
+      ssize_t n = ::recv(fd_, buffer_, sizeof buffer_, MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        if (!ready_by(fd_, POLLIN, deadline_)) return -1;
+        n = ::recv(fd_, buffer_, sizeof buffer_, 0);
+      }
       if (n <= 0) return n;
       begin_ = 0;
       end_ = static_cast<std::size_t>(n);
@@ -80,12 +87,24 @@ class Connection final : public httplib::Stream {
   }
 
   ssize_t write(const char* ptr, size_t size) override {
+    // A reply fits the socket's buffer: sent at once, and only a full buffer waits (write_time).
+    const ssize_t n = ::send(fd_, ptr, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return n;
     if (!is_writable()) return -1;
     return ::send(fd_, ptr, size, MSG_NOSIGNAL);
   }
 
-  void get_remote_ip_and_port(std::string& ip, int& port) const override { address_of(fd_, true, ip, port); }
-  void get_local_ip_and_port(std::string& ip, int& port) const override { address_of(fd_, false, ip, port); }
+  // Asked by cpp-httplib at every request: looked up once per connection.
+  void get_remote_ip_and_port(std::string& ip, int& port) const override {
+    if (!remote_) remote_ = looked_up(true);
+    ip = remote_->first;
+    port = remote_->second;
+  }
+  void get_local_ip_and_port(std::string& ip, int& port) const override {
+    if (!local_) local_ = looked_up(false);
+    ip = local_->first;
+    port = local_->second;
+  }
   socket_t socket() const override { return fd_; }
 
  private:
@@ -96,6 +115,13 @@ class Connection final : public httplib::Stream {
   std::size_t end_ = 0;
   std::size_t consumed_ = 0;
   Clock::time_point deadline_;
+  mutable std::optional<std::pair<std::string, int>> remote_, local_;
+
+  std::pair<std::string, int> looked_up(bool peer) const {
+    std::pair<std::string, int> out{std::string(), 0};
+    address_of(fd_, peer, out.first, out.second);
+    return out;
+  }
 };
 
 }  // namespace
