@@ -42,6 +42,7 @@ void HeldRequests::keep(const RequestPtr& r, Session* s) {
   stats.held_request_bytes.add(cost(*r));
   if (r->has_slot) ++queued_[r->slot];
   active_ = true;
+  attention_.store(true);  // before the dispatch that keeps it ends: see the top of held_requests.h
   if (!s) {
     orphans_.push_back(r);
     return;
@@ -99,8 +100,45 @@ std::size_t HeldRequests::release_all() {
   return sent;
 }
 
-std::size_t HeldRequests::sync() {
-  const HeldSlots now = worker_.proxy().holds().current(steady_ms());
+bool HeldRequests::behind() const {
+  return worker_.proxy().holds().generation() != synced_generation_;
+}
+
+bool HeldRequests::quiet_for_hold() const {
+  // In this order (held_requests.h): the dispatch mark first.
+  if (dispatching_.load() != 0) return false;
+  return at_backend_total_.load() == 0 && !attention_.load();
+}
+
+bool HeldRequests::quiet_for_release() const {
+  if (dispatching_.load() != 0) return false;
+  return !attention_.load();
+}
+
+std::size_t HeldRequests::sync(bool may_route) {
+  HoldRegistry& registry = worker_.proxy().holds();
+  // The generation before the holds: a change made in between is taken again at the next look.
+  synced_generation_ = registry.generation();
+  HeldSlots now = registry.current(steady_ms(), routed_);
+  if (!now.routes.empty() && may_route) {
+    // Before the release below: a handoff's held requests go where its route points.
+    for (const PublishedRoute& r : now.routes)
+      worker_.router().route(r.slots, r.node);
+    routed_ = now.routes.back().seq;
+    registry.routed(worker_.index(), routed_);
+  } else if (!now.routes.empty()) {
+    // Inside a dispatch a route must not be applied: it tells every follower of the slots' owner
+    // (owners_changed: subscribers, trackers, monitors), in the middle of some client's command. Its slots
+    // stay held here until the sync posted now, at this loop's next turn.
+    for (const PublishedRoute& r : now.routes)
+      now.slots |= r.slots;
+    if (!sync_posted_) {
+      sync_posted_ = worker_.post([this] {
+        sync_posted_ = false;
+        sync();
+      });
+    }
+  }
   SlotSet freed = held_;
   freed -= now.slots;
   held_ = now.slots;
@@ -138,6 +176,7 @@ void HeldRequests::watch_drain(const SlotSet& slots, std::shared_ptr<ControlCall
   }
   drains_.push_back(Drain{slots, remaining, std::move(call)});
   active_ = true;
+  attention_.store(true);
 }
 
 void HeldRequests::drain_step(Slot slot) {
@@ -240,6 +279,7 @@ void HeldRequests::session_closing(Session& session) {
 
 void HeldRequests::update_active() {
   active_ = held_.any() || !sessions_.empty() || !orphans_.empty() || !drains_.empty();
+  attention_.store(!sessions_.empty() || !orphans_.empty() || !drains_.empty());
 }
 
 }  // namespace slotshift::proxy

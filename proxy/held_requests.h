@@ -16,11 +16,31 @@
 // count of its slots reaches zero in every worker. Blocking commands are not counted (they may wait forever):
 // when their slot moves the server answers them MOVED and the worker sends them again where the slot went.
 //
-// The request path pays for all this with one test of active() (a plain bool of this worker) and a counter
-// per request sent and returned; the rest runs only while this worker has a hold or a held request.
+// The request path pays for all this with one test of active() (a plain bool of this worker), a counter per
+// request sent and returned, and the quiet-worker marks below; the rest runs only while this worker has a
+// hold or a held request.
+//
+// A quiet worker is not woken for a control call. In a fleet of sidecars most proxies have nothing for a
+// batch's slots, and a call that runs on each worker's loop wakes the admin thread, the worker and the admin
+// thread again: on shared cores that was most of what a batch cost the fleet. So the admin thread answers
+// for a worker itself when the worker cannot be affected, and the worker takes the registry's new state at
+// its next dispatch (or tick). The proof that this keeps the HOLD's promise is two counters read in a fixed
+// order against the registry's generation, all sequentially consistent:
+//
+//   worker (Worker::dispatch):      dispatching += 1; read generation; (sync if it changed); ...; send
+//                                   (at_backend += 1); dispatching -= 1
+//   admin thread (SlotControl):     change the registry (generation += 1); read dispatching; read at_backend
+//
+// If the worker read the generation before the admin thread changed it, its `dispatching += 1` came before
+// the admin thread's read of it: the admin thread sees the dispatch under way, or (once it ended) the command
+// it sent at a backend, or, if that command has returned already, nothing that still needs a fence. Otherwise
+// the worker read the new generation and holds the slots itself. A RELEASE likewise reads `dispatching`
+// before `attention` (held requests and drains): a request kept for a slot that is released at that moment is
+// seen by one side or the other.
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -54,20 +74,50 @@ class HeldRequests {
   bool has_orphans() const { return !orphans_.empty(); }
 
   // A request for `slot` went to a shared backend / its reply came back (or its connection failed).
-  void sent(Slot slot) { ++at_backend_[slot]; }
+  void sent(Slot slot) {
+    ++at_backend_[slot];
+    at_backend_total_.fetch_add(1);
+  }
   void returned(Slot slot) {
     --at_backend_[slot];
+    at_backend_total_.fetch_sub(1);
     if (!drains_.empty()) drain_step(slot);
   }
+
+  // Marks a dispatch under way for the whole of Worker::dispatch (nested dispatches count too).
+  class Dispatching {
+   public:
+    explicit Dispatching(HeldRequests& held)
+        : count_(held.dispatching_), outermost_(count_.fetch_add(1) == 0) {}
+    ~Dispatching() { count_.fetch_sub(1); }
+    Dispatching(const Dispatching&) = delete;
+    Dispatching& operator=(const Dispatching&) = delete;
+    // Not inside another dispatch (a release sending held requests on): only the outermost one syncs, as a
+    // change made after its mark is answered the slow way, by a call on this loop.
+    bool outermost() const { return outermost_; }
+
+   private:
+    std::atomic<std::uint32_t>& count_;
+    bool outermost_;
+  };
+  // Whether the registry changed since this worker last took its held slots (sync()).
+  bool behind() const;
+  // From the admin thread, once the registry has changed: whether this worker may be answered for without
+  // running anything on its loop. For a HOLD: no dispatch under way, no command at a backend, nothing held,
+  // no HOLD waiting for a drain. For a RELEASE: no dispatch under way, nothing held, no drain.
+  bool quiet_for_hold() const;
+  bool quiet_for_release() const;
 
   // Called by Worker::dispatch while active(): keeps `request` back, and returns true, if it touches a held
   // slot, or if its client has an earlier command on hold (not for a request sent on after a redirect: it
   // already went out once).
   bool hold_if_needed(const RequestPtr& request, bool redirected);
 
-  // Takes the registry's held slots (ending the holds whose time is up) and sends on every held request that
-  // no longer waits for a held slot. Returns how many were sent.
-  std::size_t sync();
+  // Takes the registry's held slots (ending the holds whose time is up) and the routes published since the
+  // last sync, and sends on every held request that no longer waits for a held slot. Returns how many were
+  // sent. `may_route` false (inside a dispatch): the routes wait for a sync of the loop's own, which is
+  // posted, and their slots stay held until then.
+  std::size_t sync(bool may_route = true);
   // Answers `call` once no request for `slots` is at a backend in this worker (at once if none is), or as
   // soon as the slots stop being held.
   void watch_drain(const SlotSet& slots, std::shared_ptr<ControlCall> call);
@@ -105,7 +155,14 @@ class HeldRequests {
   Worker& worker_;
   bool active_ = false;
   SlotSet held_;
-  std::uint64_t next_expiry_ms_ = 0;  // steady_ms() of the first hold to end by itself; 0: none
+  std::uint64_t synced_generation_ = 0;  // the registry's generation when held_ was taken
+  std::uint64_t routed_ = 0;             // the last published route applied here
+  bool sync_posted_ = false;             // a sync that may route is posted to this loop
+  // Read by the admin thread (see the top of this file).
+  std::atomic<std::uint32_t> dispatching_{0};
+  std::atomic<std::uint32_t> at_backend_total_{0};
+  std::atomic<bool> attention_{false};  // held requests, or a HOLD waiting for a drain
+  std::uint64_t next_expiry_ms_ = 0;    // steady_ms() of the first hold to end by itself; 0: none
   std::array<std::uint32_t, kSlotCount> at_backend_{};
   std::array<std::uint32_t, kSlotCount> queued_{};  // held requests by slot
   std::unordered_set<Session*> sessions_;           // sessions with held requests

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "common/host_port.h"
@@ -167,10 +168,73 @@ void HoldRegistry::hold(const std::string& owner, const SlotSet& slots, std::uin
   summarize(h);
   stats_.holds_placed.add();
   stats_.holds_current.set(holds_.size());
+  generation_.fetch_add(1);
 }
 
 SlotSet HoldRegistry::release(const SlotSet* slots, const std::string* owner, std::uint64_t now_ms) {
   std::lock_guard lock(mutex_);
+  const SlotSet removed = release_locked(slots, owner, now_ms);
+  generation_.fetch_add(1);
+  return removed;
+}
+
+bool HoldRegistry::publish_route(const SlotSet& slots, const HostPort& node) {
+  std::lock_guard lock(mutex_);
+  const bool room = publish_locked(slots, node);
+  generation_.fetch_add(1);
+  return room;
+}
+
+bool HoldRegistry::publish_locked(const SlotSet& slots, const HostPort& node) {
+  routes_.push_back({next_route_++, slots, node});
+  if (routes_.size() > kCompactRoutes) {
+    // A worker that does not apply them (its loop stuck) must not make the log grow without bound: the
+    // routes become one per node, each slot where its last route sends it, and every worker applies them all
+    // again. Applying a route twice is harmless, but where a MOVED taught a worker a newer owner since:
+    // that worker meets the MOVED once more, and follows it.
+    std::vector<PublishedRoute> merged;
+    SlotSet covered;
+    for (auto it = routes_.rbegin(); it != routes_.rend(); ++it) {
+      SlotSet mine = it->slots;
+      mine -= covered;
+      covered |= it->slots;
+      if (mine.none()) continue;
+      const auto same = std::find_if(merged.begin(), merged.end(),
+                                     [&it](const PublishedRoute& m) { return m.node == it->node; });
+      if (same != merged.end()) {
+        same->slots |= mine;
+      } else {
+        merged.push_back({0, mine, it->node});
+      }
+    }
+    // Their slots do not overlap: any order does.
+    for (PublishedRoute& m : merged)
+      m.seq = next_route_++;
+    routes_ = std::move(merged);
+  }
+  return routes_.size() <= kMaxRoutes;
+}
+
+void HoldRegistry::set_workers(std::size_t workers) {
+  std::lock_guard lock(mutex_);
+  routed_.assign(workers, 0);
+}
+
+void HoldRegistry::routed(int worker, std::uint64_t seq) {
+  std::lock_guard lock(mutex_);
+  const auto w = static_cast<std::size_t>(worker);
+  if (w < routed_.size()) routed_[w] = std::max(routed_[w], seq);
+  const std::uint64_t everywhere =
+      routed_.empty() ? next_route_ : *std::min_element(routed_.begin(), routed_.end());
+  std::erase_if(routes_, [everywhere](const PublishedRoute& r) { return r.seq <= everywhere; });
+}
+
+std::size_t HoldRegistry::routes_pending() {
+  std::lock_guard lock(mutex_);
+  return routes_.size();
+}
+
+SlotSet HoldRegistry::release_locked(const SlotSet* slots, const std::string* owner, std::uint64_t now_ms) {
   expire(now_ms);
   SlotSet removed;
   for (auto it = holds_.begin(); it != holds_.end();) {
@@ -196,10 +260,14 @@ SlotSet HoldRegistry::release(const SlotSet* slots, const std::string* owner, st
   return removed;
 }
 
-HeldSlots HoldRegistry::current(std::uint64_t now_ms) {
+HeldSlots HoldRegistry::current(std::uint64_t now_ms, std::optional<std::uint64_t> routes_after) {
   std::lock_guard lock(mutex_);
   expire(now_ms);
   HeldSlots out;
+  if (routes_after) {
+    for (const PublishedRoute& r : routes_)
+      if (r.seq > *routes_after) out.routes.push_back(r);
+  }
   for (const auto& [owner, h] : holds_) {
     out.slots |= h.slots;
     for (const HoldPiece& piece : h.pieces)
@@ -319,6 +387,12 @@ ControlReply SlotControl::hold(std::string_view body) {
   auto call = std::make_shared<ControlCall>(workers.size());
   for (const auto& w : workers) {
     Worker* worker = w.get();
+    // A worker with nothing at a backend, nothing held and no dispatch under way has drained already, and
+    // takes the hold at its next dispatch: it is not woken (held_requests.h).
+    if (worker->held().quiet_for_hold()) {
+      call->answer(worker->index(), {});
+      continue;
+    }
     const bool posted = worker->post([worker, call, s = *slots] {
       worker->held().sync();
       worker->held().watch_drain(s, call);
@@ -419,14 +493,18 @@ ControlReply SlotControl::route(std::string_view body) {
   const auto& [slots, node] = *request;
   if (auto refusal = refuse_route(slots, node)) return std::move(*refusal);
 
+  // Published, then taken by every worker now: in the one order of every route and handoff (a worker applies
+  // them in the order published).
+  proxy_.holds().publish_route(slots, node);
   const auto& workers = proxy_.workers();
   auto call = std::make_shared<ControlCall>(workers.size());
   for (const auto& w : workers) {
     Worker* worker = w.get();
-    worker->post([worker, call, s = slots, n = node] {
-      worker->router().route(s, n);
+    const bool posted = worker->post([worker, call] {
+      worker->held().sync();
       call->answer(worker->index(), {});
     });
+    if (!posted) proxy_.holds().routed(worker->index(), std::numeric_limits<std::uint64_t>::max());
   }
   if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) {
     return error_reply(503, "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
@@ -455,6 +533,11 @@ ControlReply SlotControl::release(std::string_view body) {
   auto call = std::make_shared<ControlCall>(workers.size());
   for (const auto& w : workers) {
     Worker* worker = w.get();
+    // Nothing held there and no dispatch under way: it takes the release at its next dispatch or tick.
+    if (worker->held().quiet_for_release()) {
+      call->answer(worker->index(), {});
+      continue;
+    }
     const bool posted = worker->post([worker, call] {
       WorkerReport report;
       report.dispatched = worker->held().sync();
@@ -486,17 +569,36 @@ ControlReply SlotControl::handoff(std::string_view body) {
   if (!request) return error;
   const auto& [slots, node] = *request;
 
-  // The check asked and decided on the first worker, which routes at once when it passes, where asking from
-  // this thread takes two more wake-ups of it and of the worker (in a fleet of proxies sharing cores, what a
-  // handoff costs is mostly its wake-ups). A verdict that needs other nodes asked (a node the proxy's map
-  // does not list yet), and the case where the worker cannot be asked, go the way of a ROUTE from here.
+  // Over plain TCP the check is asked from this thread, on a connection of its own (admin_questions.h): in a
+  // fleet of proxies sharing cores, what a handoff costs is mostly its wake-ups, and this way it wakes this
+  // thread once more for the reply and no worker that has nothing for the slots. With TLS toward the cluster
+  // it is asked on the first worker, which routes at once when it passes. A verdict that needs other nodes
+  // asked (a node the proxy's map does not list yet), and the case where the worker cannot be asked, go the
+  // way of a ROUTE (handoff_checked_here).
+  if (!proxy_.backend_tls()) {
+    const Config config = proxy_.config();
+    const LoginPtr login = config.masterauth.empty()
+                               ? nullptr
+                               : std::make_shared<const Login>(Login{config.masteruser, config.masterauth});
+    std::string why;
+    const auto reply = questions_.ask(node, route_question(), kRouteQuestionReplies, login,
+                                      std::chrono::steady_clock::now() + route_check_time(), why);
+    const auto verdict = verdict_from_own_reply(slots, node, proxy_.topology(), reply, why);
+    if (!verdict) return handoff_checked_here(body, slots, node);
+    if (!verdict->ok()) return refused_handoff(refusal_reply(*verdict, node), body);
+    const auto& workers = proxy_.workers();
+    auto state = std::make_shared<HandoffState>();
+    auto call = std::make_shared<ControlCall>(workers.size());
+    hand_off_everywhere(proxy_, state, call, slots, node, nullptr);
+    return handoff_answer(state, call, slots, node);
+  }
+
   const auto& workers = proxy_.workers();
-  auto state = std::make_shared<HandoffState>(workers.size());
+  auto state = std::make_shared<HandoffState>();
   auto call = std::make_shared<ControlCall>(workers.size());
-  const auto routed = release_when_routed(state, call, slots);
   const auto start = std::chrono::steady_clock::now();
   Worker* first = workers.front().get();
-  const bool posted = first->post([proxy = &proxy_, first, state, call, routed, s = slots, n = node] {
+  const bool posted = first->post([proxy = &proxy_, first, state, call, s = slots, n = node] {
     first->ask_node(
         n, route_question(),
         [=](const std::string* reply, const std::string& why) {
@@ -514,7 +616,7 @@ ControlReply SlotControl::handoff(std::string_view body) {
               call->answer(static_cast<int>(w), {});
             return;
           }
-          route_everywhere(*proxy, routed, s, n, first);
+          hand_off_everywhere(*proxy, state, call, s, n, first);
         },
         kRouteQuestionReplies);
   });
@@ -534,20 +636,21 @@ ControlReply SlotControl::handoff(std::string_view body) {
     case HandoffState::kRefused:
       return refused_handoff(state->refusal, body);
     default:
-      return handoff_answer(state, call, body, slots, node);
+      return handoff_answer(state, call, slots, node);
   }
 }
 
-std::function<void(Worker*)> SlotControl::release_when_routed(std::shared_ptr<HandoffState> state,
-                                                              std::shared_ptr<ControlCall> call,
-                                                              const SlotSet& slots) {
-  // The order holds: the slots leave the registry only once every worker has routed them, so that no worker
-  // can send a held command to the old owner, whoever syncs first (its tick at a hold's expiry, another
-  // caller's RELEASE). The worker that routes last takes them out and has every worker send its held
-  // commands on (each answers `call` once it has).
-  return [proxy = &proxy_, state, call, s = slots](Worker* here) {
-    if (state->to_route.fetch_sub(1) != 1 || state->released.exchange(true)) return;
-    state->removed = proxy->holds().release(&s, nullptr, steady_ms());
+void SlotControl::hand_off_everywhere(Proxy& proxy, const std::shared_ptr<HandoffState>& state,
+                                      const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
+                                      const HostPort& node, Worker* here) {
+  // The route first, the release once every worker that routes now has: a client may follow the slots'
+  // owner (a subscriber's shard channels move with the route), and a held SPUBLISH that another worker sends
+  // on must not reach the new owner before that subscription does. A worker with nothing held, nothing under
+  // way and no such client routes at its next dispatch or tick, and takes the release with the route (one
+  // look at the registry) if it comes by then.
+  const bool crowded = !proxy.holds().publish_route(slots, node);
+  auto release = [proxy = &proxy, state, call, slots](Worker* caller) {
+    state->removed = proxy->holds().release(&slots, nullptr, steady_ms());
     for (const auto& w : proxy->workers()) {
       Worker* worker = w.get();
       auto sync = [worker, call] {
@@ -555,29 +658,36 @@ std::function<void(Worker*)> SlotControl::release_when_routed(std::shared_ptr<Ha
         report.dispatched = worker->held().sync();
         call->answer(worker->index(), std::move(report));
       };
-      if (worker == here) {
+      if (worker == caller) {
         sync();
+      } else if (worker->held().quiet_for_release()) {
+        call->answer(worker->index(), {});  // nothing held there: as in release()
       } else if (!worker->post(sync)) {
         call->answer(worker->index(), {});  // a stopped worker holds nothing
       }
     }
   };
-}
-
-void SlotControl::route_everywhere(Proxy& proxy, const std::function<void(Worker*)>& routed,
-                                   const SlotSet& slots, const HostPort& node, Worker* here) {
-  for (const auto& w : proxy.workers()) {
-    Worker* worker = w.get();
-    if (worker == here) continue;
-    if (!worker->post([worker, routed, slots, node] {
-          worker->router().route(slots, node);
-          routed(worker);
-        }))
-      routed(nullptr);
+  std::vector<Worker*> routing;
+  for (const auto& w : proxy.workers())
+    if (w.get() == here || crowded || !w->quiet_for_handoff()) routing.push_back(w.get());
+  if (routing.empty()) {
+    release(nullptr);
+    return;
   }
-  if (here == nullptr) return;
-  here->router().route(slots, node);
-  routed(here);
+  auto left = std::make_shared<std::atomic<std::size_t>>(routing.size());
+  for (Worker* worker : routing) {
+    auto routed = [worker, left, release] {
+      worker->held().sync();  // the route; the slots are still held in the registry
+      if (left->fetch_sub(1) == 1) release(worker);
+    };
+    if (worker == here) {
+      routed();
+    } else if (!worker->post(routed)) {
+      // A stopped worker routes nothing again: the log need not keep routes for it.
+      proxy.holds().routed(worker->index(), std::numeric_limits<std::uint64_t>::max());
+      if (left->fetch_sub(1) == 1) release(nullptr);
+    }
+  }
 }
 
 ControlReply SlotControl::refused_handoff(ControlReply refusal, std::string_view body) {
@@ -594,30 +704,21 @@ ControlReply SlotControl::refused_handoff(ControlReply refusal, std::string_view
 ControlReply SlotControl::handoff_checked_here(std::string_view body, const SlotSet& slots,
                                                const HostPort& node) {
   if (auto refusal = refuse_route(slots, node)) return refused_handoff(std::move(*refusal), body);
-  // Route and release in one visit to each worker, where a ROUTE then a RELEASE take two.
-  const auto& workers = proxy_.workers();
-  auto state = std::make_shared<HandoffState>(workers.size());
-  auto call = std::make_shared<ControlCall>(workers.size());
-  route_everywhere(proxy_, release_when_routed(state, call, slots), slots, node, nullptr);
-  return handoff_answer(state, call, body, slots, node);
+  auto state = std::make_shared<HandoffState>();
+  auto call = std::make_shared<ControlCall>(proxy_.workers().size());
+  hand_off_everywhere(proxy_, state, call, slots, node, nullptr);
+  return handoff_answer(state, call, slots, node);
 }
 
 ControlReply SlotControl::handoff_answer(const std::shared_ptr<HandoffState>& state,
-                                         const std::shared_ptr<ControlCall>& call, std::string_view body,
-                                         const SlotSet& slots, const HostPort& node) {
+                                         const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
+                                         const HostPort& node) {
   if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) {
-    const std::string late = "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
-                             std::to_string(kWorkerAnswer.count()) + " ms";
-    // Some worker has not routed: the held commands go where each worker's map points, as after a ROUTE that
-    // failed, unless the last worker's release has begun meanwhile (then its syncs answer soon).
-    if (!state->released.exchange(true)) {
-      const ControlReply released = release(body);
-      return error_reply(
-          503, late + "; the held commands were released (" +
-                   (released.status == 200 ? "where each worker's map points" : "failed: " + released.body) +
-                   ")");
-    }
-    if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) return error_reply(503, late);
+    // The registry has the route and the release already: a late worker takes both together when its loop
+    // runs again, and sends its held commands to the new owner then.
+    return error_reply(503, "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
+                                std::to_string(kWorkerAnswer.count()) +
+                                " ms; each takes it, and sends its held commands on, once it runs again");
   }
   std::size_t dispatched = 0;
   for (const auto& r : call->reports())

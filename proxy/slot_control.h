@@ -18,7 +18,9 @@
 // thread changes it, and workers read it (on a control call, and on their tick when a hold's time is up).
 // Each worker keeps its own copy of the held slots so that its request path never takes the registry's lock.
 // A control call reaches each worker through the worker's control queue (Worker::post) and comes back through
-// a ControlCall that the admin thread waits on with a deadline.
+// a ControlCall that the admin thread waits on with a deadline; a worker that the call cannot affect (nothing
+// held, nothing at a backend for a HOLD, no dispatch under way) is answered for by the admin thread and takes
+// the change at its next dispatch or tick, without being woken (held_requests.h says why that is safe).
 #pragma once
 
 #include <atomic>
@@ -37,6 +39,7 @@
 
 #include "common/host_port.h"
 #include "common/slot.h"
+#include "proxy/admin_questions.h"
 #include "proxy/stats.h"
 
 namespace slotshift::proxy {
@@ -113,10 +116,20 @@ struct Hold {
   static constexpr std::size_t kMaxPieces = 64;
 };
 
-// What a worker needs of the registry: every held slot, and when the first hold ends by itself (0: none).
+// A route a control call published for every worker (HoldRegistry::publish_route): each worker applies the
+// routes in the order of their `seq`, at its next sync (HeldRequests::sync).
+struct PublishedRoute {
+  std::uint64_t seq = 0;
+  SlotSet slots;
+  HostPort node;
+};
+
+// What a worker needs of the registry: every held slot, when the first hold ends by itself (0: none), and the
+// routes published since the last it applied.
 struct HeldSlots {
   SlotSet slots;
   std::uint64_t next_expiry_ms = 0;
+  std::vector<PublishedRoute> routes;
 };
 
 // Every hold of the process, by owner. Holds whose time is up are removed (and counted as expired) by
@@ -130,22 +143,47 @@ class HoldRegistry {
   // ends `owner`'s hold entirely. Returns the slots taken out of some hold (whether or not another hold still
   // covers them).
   SlotSet release(const SlotSet* slots, const std::string* owner, std::uint64_t now_ms);
-  HeldSlots current(std::uint64_t now_ms);
+  // With `routes_after`, the routes published after that seq too, taken under the same lock as the holds: a
+  // worker that sees a handoff's release sees its route.
+  HeldSlots current(std::uint64_t now_ms, std::optional<std::uint64_t> routes_after = std::nullopt);
+  // The number of workers, each of which applies every published route (set once, before any route).
+  void set_workers(std::size_t workers);
+  // ROUTE: every worker points `slots` at `node` at its next sync, in the order published. False when the
+  // log already holds kMaxRoutes routes that some worker has not applied: the caller then has every worker
+  // sync now rather than later.
+  bool publish_route(const SlotSet& slots, const HostPort& node);
+  // Worker `worker` has applied every route up to `seq`: those every worker has are dropped.
+  void routed(int worker, std::uint64_t seq);
+  // Routes published and not yet applied by every worker (for tests).
+  std::size_t routes_pending();
+  static constexpr std::size_t kMaxRoutes = 256;
+  // Past this many the log is compacted to one route per node (publish_locked): its bound in bytes.
+  static constexpr std::size_t kCompactRoutes = 4 * kMaxRoutes;
   // Whether `owner` holds every slot of `slots` now.
   bool holds(const std::string& owner, const SlotSet& slots, std::uint64_t now_ms);
   std::vector<Hold> list(std::uint64_t now_ms);
   // The process's hold counters (holds placed, expired, current, longest); written under the lock.
   const Stats& stats() const { return stats_; }
+  // Goes up at every hold() and release(), after the change: a worker that reads a generation other than the
+  // one it last took the held slots at takes them again (HeldRequests::behind). A hold that ends by its time
+  // does not change it: a worker that took that hold times its own look at its end.
+  std::uint64_t generation() const { return generation_.load(); }
 
  private:
   void expire(std::uint64_t now_ms);
   void ended(const Hold& hold, std::uint64_t now_ms);
   // Hold::slots and Hold::expires_ms from its pieces, once empty pieces are gone.
   static void summarize(Hold& hold);
+  SlotSet release_locked(const SlotSet* slots, const std::string* owner, std::uint64_t now_ms);
+  bool publish_locked(const SlotSet& slots, const HostPort& node);
 
   std::mutex mutex_;
   std::map<std::string, Hold> holds_;
   Stats stats_;
+  std::atomic<std::uint64_t> generation_{0};
+  std::vector<PublishedRoute> routes_;  // in seq order
+  std::uint64_t next_route_ = 1;
+  std::vector<std::uint64_t> routed_;  // per worker: the last route it applied
 };
 
 // What one worker answers to a control call.
@@ -209,40 +247,37 @@ class SlotControl {
   static constexpr std::chrono::milliseconds kRouteCheck{2000};
 
  private:
-  // A handoff's progress, shared by the admin thread and the workers (SlotControl::handoff).
+  // A handoff's progress, shared by the admin thread and the worker that asks its check.
   struct HandoffState {
-    // What the check decided (kDeciding until then): set once, by the first worker when its question is
-    // answered, or by the admin thread when the check's time ran out first (kGivenUp).
+    // What the check decided (kDeciding until then): set once, by the worker when its question is answered,
+    // or by the admin thread when the check's time ran out first (kGivenUp).
     enum Decision : int { kDeciding, kRouting, kRefused, kCheckHere, kGivenUp };
-    explicit HandoffState(std::size_t workers) : to_route(workers) {}
     std::atomic<int> decision{kDeciding};
     ControlReply refusal;  // kRefused: the reply; written before the decision, read after the call ends
-    std::atomic<std::size_t> to_route;  // workers that have not routed yet
-    std::atomic<bool> released{false};  // the release has begun: by the last worker to route, or on a timeout
-    SlotSet removed;                    // written before the first worker's answer, read after the last's
+    SlotSet removed;       // written before the first worker's answer, read after the last's
   };
   // Whether `node` may serve `slots` (route_check.h): nullopt, or the reply that refuses the route.
   std::optional<ControlReply> refuse_route(const SlotSet& slots, const HostPort& node);
   static ControlReply refusal_reply(const RouteVerdict& verdict, const HostPort& node);
   // The route check's time: the connect timeout, at most kRouteCheck.
   std::chrono::milliseconds route_check_time() const;
-  // What each worker runs once it has routed: the last one releases and has every worker sync (into `call`).
-  std::function<void(Worker*)> release_when_routed(std::shared_ptr<HandoffState> state,
-                                                   std::shared_ptr<ControlCall> call, const SlotSet& slots);
-  // Every worker routes `slots` to `node` on its loop, then runs `routed`: `here` (the worker calling, or
-  // null from another thread) at once, the others by a post.
-  static void route_everywhere(Proxy& proxy, const std::function<void(Worker*)>& routed, const SlotSet& slots,
-                               const HostPort& node, Worker* here);
+  // Once the check passed: `slots` are routed to `node` in every worker that must follow at once, then
+  // released, and every worker with held commands sends them on, answering `call` (`here`, the worker
+  // calling, runs its part at once; the others by a post). Workers with nothing to do take both later.
+  static void hand_off_everywhere(Proxy& proxy, const std::shared_ptr<HandoffState>& state,
+                                  const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
+                                  const HostPort& node, Worker* here);
   // A handoff whose route was refused: the held commands are released to the old owner (but for a 400).
   ControlReply refused_handoff(ControlReply refusal, std::string_view body);
   // A handoff checked from the admin thread (check_route), then routed and released by every worker.
   ControlReply handoff_checked_here(std::string_view body, const SlotSet& slots, const HostPort& node);
-  // Waits for every worker's sync after a handoff's route and says what happened.
+  // Waits for every worker's sync after a handoff and says what happened.
   ControlReply handoff_answer(const std::shared_ptr<HandoffState>& state,
-                              const std::shared_ptr<ControlCall>& call, std::string_view body,
-                              const SlotSet& slots, const HostPort& node);
+                              const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
+                              const HostPort& node);
 
   Proxy& proxy_;
+  AdminQuestions questions_;
 };
 
 }  // namespace slotshift::proxy

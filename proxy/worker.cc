@@ -423,6 +423,10 @@ Session* Worker::owner_of(const Request& r) {
 }
 
 void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
+  // Marked from here to the return, and the registry looked at after the mark: a control call answered for
+  // this worker without waking it relies on both (held_requests.h).
+  const HeldRequests::Dispatching mark(held_);
+  if (mark.outermost() && held_.behind()) held_.sync(/*may_route=*/false);
   if (r->done) return;
   if (r->blocking && (!r->session || r->session->closing())) {
     r->done = true;  // the client that asked is gone
@@ -899,6 +903,8 @@ void Worker::on_tick() {
       retry_due(r, now);
     }
   }
+  // A release answered without waking this worker: its held slots are taken again here at the latest.
+  if (held_.behind()) held_.sync();
   if (held_.active()) held_.on_tick(now);
   if (!awaiting_.empty()) std::erase_if(awaiting_, [now](auto& check) { return !check(now); });
   for (auto& [name, b] : backends_)
@@ -979,6 +985,7 @@ void Worker::wake_tick() {
 Proxy::Proxy(Config config) : config_(std::move(config)) {
   for (int i = 0; i < config_.threads; ++i)
     workers_.push_back(std::make_unique<Worker>(*this, config_, i));
+  holds_.set_workers(workers_.size());
 }
 
 void Worker::note_tls_failure(const std::string& who, const std::string& why) {

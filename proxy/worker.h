@@ -39,6 +39,27 @@ class Proxy;
 // "-MOVED 3999 127.0.0.1:6381\r\n" (prefix_len 7; "-ASK ...", 5) -> slot and node.
 bool parse_redirect(std::string_view reply, std::size_t prefix_len, Slot& slot, HostPort& node);
 
+// Sessions a worker tells when its slot map changes (subscribers, monitors, trackers): a set that also
+// counts, for other threads, the members of a worker's three sets together (Worker::quiet_for_handoff).
+class Followers {
+ public:
+  explicit Followers(std::atomic<std::size_t>& count) : count_(count) {}
+  void insert(Session* s) {
+    if (set_.insert(s).second) count_.fetch_add(1);
+  }
+  void erase(Session* s) {
+    if (set_.erase(s) > 0) count_.fetch_sub(1);
+  }
+  bool contains(Session* s) const { return set_.contains(s); }
+  bool empty() const { return set_.empty(); }
+  auto begin() const { return set_.begin(); }
+  auto end() const { return set_.end(); }
+
+ private:
+  std::unordered_set<Session*> set_;
+  std::atomic<std::size_t>& count_;
+};
+
 class Worker {
  public:
   Worker(Proxy& proxy, Config config, int index);
@@ -76,6 +97,12 @@ class Worker {
   HeldRequests& held() { return held_; }
   ReplicaReads& replica_reads() { return replica_reads_; }
 
+  // From another thread, once the registry has a handoff: whether this worker may take it at its next
+  // dispatch or tick rather than now. Nothing held, no dispatch under way (HeldRequests::quiet_for_release),
+  // and no client that must follow the slots' owner at once (a subscriber's shard channels, a tracker's
+  // cache, a monitor).
+  bool quiet_for_handoff() const { return held_.quiet_for_release() && followers_.load() == 0; }
+
   // Runs `op` on this worker's loop, soon (callable from any thread: the admin endpoint's control calls).
   // False if the loop is not running.
   bool post(std::function<void()> op);
@@ -98,11 +125,11 @@ class Worker {
   // Proxy::follow_shards, in this worker: its clients' shard channels of `slot` are subscribed at `node`.
   void follow_shards_here(Slot slot, const HostPort& node);
   // Sessions with subscriptions (Session::pubsub_), told of owners_changed().
-  std::unordered_set<Session*>& subscribers() { return subscribers_; }
+  Followers& subscribers() { return subscribers_; }
   // Sessions in monitor mode (Session::monitor_), told of owners_changed() too.
-  std::unordered_set<Session*>& monitors() { return monitors_; }
+  Followers& monitors() { return monitors_; }
   // Clients with CLIENT TRACKING on (tracking.h): told when the slot map changes.
-  std::unordered_set<Session*>& trackers() { return trackers_; }
+  Followers& trackers() { return trackers_; }
 
   // The shared connection to `node` (created on first use), logged in as the proxy (masteruser/masterauth),
   // or, given a client's login (ACL pass-through), the one shared by the clients logged in as that user.
@@ -210,9 +237,10 @@ class Worker {
   std::vector<std::unique_ptr<Backend>> retired_;
   std::vector<std::unique_ptr<Backend>> draining_;
   NodeQuestions questions_{*this, nullptr};  // ask_node()'s connections (the login is set in the constructor)
-  std::unordered_set<Session*> subscribers_;
-  std::unordered_set<Session*> monitors_;
-  std::unordered_set<Session*> trackers_;
+  std::atomic<std::size_t> followers_{0};    // members of the three sets below, read by other threads
+  Followers subscribers_{followers_};
+  Followers monitors_{followers_};
+  Followers trackers_{followers_};
   std::vector<Backend*> dirty_;
   std::vector<Session*> dirty_sessions_;
   std::vector<RequestPtr> retries_;

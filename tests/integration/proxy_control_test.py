@@ -377,6 +377,45 @@ class HoldAndRelease(ControlCase):
         self.assertTrue(late.join())
         self.assertEqual(self.on_node(key), b"after")
 
+    def test_a_hold_stops_a_steady_writer_at_once_every_time(self):
+        # A client that writes without pause is idle only between a reply and its next command: the proxy
+        # answers many of these HOLDs without asking the client's worker. Whichever way, once the HOLD is
+        # answered nothing more reaches the node until the release, and no acknowledged write is lost.
+        key = "{steady}k"
+        slot = self.slot(key)
+        writer = client(self.proxy)
+        acked = [0]
+        stop = threading.Event()
+
+        def write():
+            while not stop.is_set():
+                writer.incr(key)
+                acked[0] += 1
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            node, _ = self.owner(slot)
+            direct = redis.Redis(host=node[0], port=node[1], socket_timeout=10)
+            for i in range(40):
+                time.sleep(0.01)
+                self.hold(slot, owner="steady")
+                # One reply may still be on its way to the writer (its command had returned when the HOLD was
+                # answered); no second one can come before the release.
+                acked_at_hold = acked[0]
+                before = int(direct.get(key) or 0)
+                time.sleep(0.03)
+                self.assertLessEqual(acked[0] - acked_at_hold, 1, f"round {i}: writes went on during the hold")
+                self.assertEqual(int(direct.get(key) or 0), before,
+                                 f"round {i}: the node took a write after the HOLD was answered")
+                self.release(owner="steady")
+        finally:
+            stop.set()
+            thread.join(30)
+        self.assertFalse(thread.is_alive())
+        self.assertGreater(acked[0], 40)
+        self.assertEqual(int(self.on_node(key)), acked[0])
+
     def test_hold_that_does_not_drain_in_time_is_refused_and_released(self):
         key = "{stuck}k"
         slot = self.slot(key)
@@ -577,6 +616,38 @@ class RouteAfterMove(ControlCase):
         # Without a ROUTE, the proxy meets the MOVED (and hides it).
         self.assertTrue(self.r.set("{route-b}k", 1))
         self.assertGreater(self.r.info("proxy")["redirects_moved"], moved)
+
+    def test_a_handoff_reaches_clients_that_were_idle_when_it_came(self):
+        """A worker with nothing held and nothing in flight takes a handoff at its next command or tick: the
+        first command after it, at once or later, goes straight to the new owner, pipelined ones in order."""
+        c, d = self.slot("{idle-c}"), self.slot("{idle-d}")
+        dst_c, dst_d = self.other_master(c), self.other_master(d)
+        self.move_empty_slot(c, dst_c)
+        self.move_empty_slot(d, dst_d)
+        idle = [client(self.proxy) for _ in range(8)]  # connections land on both workers
+        for r in idle:
+            self.assertTrue(r.ping())
+        moved = self.r.info("proxy")["redirects_moved"]
+        for slot, dst in ((c, dst_c), (d, dst_d)):
+            status, out = self.proxy.admin_call("POST", "/v1/slots/handoff",
+                                                {"slots": str(slot), "node": "%s:%d" % dst})
+            self.assertEqual(status, 200, out)
+        # At once: the first command of each idle client, a pipeline of writes of one key.
+        for i, r in enumerate(idle):
+            p = r.pipeline(transaction=False)
+            for n in range(5):
+                p.rpush("{idle-c}list%d" % i, n)
+            self.assertEqual(p.execute(), [1, 2, 3, 4, 5])
+        # Later, once every worker's tick has come.
+        time.sleep(0.6)
+        for i, r in enumerate(idle):
+            self.assertTrue(r.set("{idle-d}k%d" % i, i))
+        self.assertEqual(self.r.info("proxy")["redirects_moved"], moved)
+        node_c = redis.Redis(host=dst_c[0], port=dst_c[1])
+        node_d = redis.Redis(host=dst_d[0], port=dst_d[1])
+        for i in range(len(idle)):
+            self.assertEqual(node_c.lrange("{idle-c}list%d" % i, 0, -1), [b"0", b"1", b"2", b"3", b"4"])
+            self.assertEqual(node_d.get("{idle-d}k%d" % i), str(i).encode())
 
     def test_handoff_routes_then_releases_in_one_call(self):
         """POST /v1/slots/handoff: a held write goes straight to the new owner on the one call; a handoff to a
@@ -1022,7 +1093,7 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         self.still_served(["{out-%d}k" % i for i in range(20)])
 
     def test_a_handoff_is_checked_as_a_route_is(self):
-        """A handoff asks the same check (on the proxy's worker): a node outside the cluster is refused and the
+        """A handoff asks the same check (from the admin thread): a node outside the cluster is refused and the
         held commands stay held (the caller's mistake); a node that does not own the slot is refused and the held
         commands are released to the old owner; a node that does not answer in time, the same."""
         key = "{hcheck}k"
@@ -1208,8 +1279,8 @@ class RouteToANodeThatJustJoined(unittest.TestCase):
 
 
     def test_a_handoff_to_it_goes_through(self):
-        """The same through a handoff: its check, decided on the worker for known nodes, asks a known node for
-        this one, and the held write goes straight to it."""
+        """The same through a handoff: its check, decided by the node's own answer for known nodes, asks a known
+        node for this one, and the held write goes straight to it."""
         r = redis.Redis(host="127.0.0.1", port=self.proxy.port, socket_timeout=30)
         slot = r.execute_command("CLUSTER", "KEYSLOT", "{joinedh}k")
         node = self.join_new_node()

@@ -81,3 +81,86 @@ TEST_CASE("the calls an owner's hold remembers are bounded, and no slot is dropp
   // Merged pieces end at the later of their ends: nothing ends before its own ttl.
   CHECK(r.current(10000).slots == slots("0-199"));
 }
+
+TEST_CASE("a worker that looks after a handoff's route and release gets both, and every change is seen") {
+  HoldRegistry r;
+  r.set_workers(2);
+  const HostPort target{"10.0.0.7", 6379};
+  const auto g0 = r.generation();
+  r.hold(kMove, slots("0-9"), 1000, 0);
+  CHECK(r.generation() > g0);
+  const auto g1 = r.generation();
+  CHECK(r.publish_route(slots("0-9"), target));
+  CHECK(r.generation() > g1);
+  // Between the two: the route, and the slots still held.
+  HeldSlots seen = r.current(5, 0);
+  CHECK(seen.slots == slots("0-9"));
+  REQUIRE(seen.routes.size() == 1);
+  const auto g2 = r.generation();
+  const SlotSet s = slots("0-9");
+  CHECK(r.release(&s, nullptr, 10) == slots("0-9"));
+  CHECK(r.generation() > g2);
+  seen = r.current(10, 0);
+  CHECK(seen.slots.none());
+  REQUIRE(seen.routes.size() == 1);
+  CHECK(seen.routes[0].slots == slots("0-9"));
+  CHECK(seen.routes[0].node == target);
+  // Without a route seq asked for, none is given (what the hold's own callers look at).
+  CHECK(r.current(10).routes.empty());
+}
+
+TEST_CASE("published routes come in order, and go once every worker has applied them") {
+  HoldRegistry r;
+  r.set_workers(2);
+  CHECK(r.publish_route(slots("0-9"), {"a", 1}));
+  CHECK(r.publish_route(slots("5-14"), {"b", 2}));
+  const auto routes = r.current(0, 0).routes;
+  REQUIRE(routes.size() == 2);
+  CHECK(routes[0].node.host == "a");
+  CHECK(routes[1].node.host == "b");
+  CHECK(routes[0].seq < routes[1].seq);
+  // Worker 0 has both; worker 1 only the first: the second stays for it.
+  r.routed(0, routes[1].seq);
+  r.routed(1, routes[0].seq);
+  CHECK(r.routes_pending() == 1);
+  CHECK(r.current(0, routes[0].seq).routes.size() == 1);
+  CHECK(r.current(0, routes[1].seq).routes.empty());
+  r.routed(1, routes[1].seq);
+  CHECK(r.routes_pending() == 0);
+}
+
+TEST_CASE("a worker that never applies the routes makes the log say it is full, never grow without bound") {
+  HoldRegistry r;
+  r.set_workers(2);
+  bool room = true;
+  for (std::size_t i = 0; i < HoldRegistry::kMaxRoutes; ++i)
+    room = r.publish_route(slots(std::to_string(i)), {"a", 1}) && room;
+  CHECK(room);
+  CHECK_FALSE(r.publish_route(slots("300"), {"a", 1}));  // the caller then has every worker sync at once
+  // Once both have synced, the log is empty again.
+  const auto last = r.current(0, 0).routes.back().seq;
+  r.routed(0, last);
+  r.routed(1, last);
+  CHECK(r.routes_pending() == 0);
+  CHECK(r.publish_route(slots("301"), {"a", 1}));
+}
+
+TEST_CASE("routes that a stuck worker never applies are compacted to one per node, each slot's last") {
+  HoldRegistry r;
+  r.set_workers(1);
+  for (std::size_t i = 0; i <= HoldRegistry::kCompactRoutes; ++i)
+    r.publish_route(slots(std::to_string(i % 100)), {i % 2 ? "odd" : "even", 1});
+  CHECK(r.routes_pending() <= 2);
+  const auto routes = r.current(0, 0).routes;
+  SlotSet odd, even;
+  for (const auto& route : routes)
+    (route.node.host == "odd" ? odd : even) |= route.slots;
+  // Slot i % 100 was last routed by the largest i below kCompactRoutes + 1 with that remainder.
+  for (int s = 0; s < 100; ++s) {
+    int last = 0;
+    for (std::size_t i = 0; i <= HoldRegistry::kCompactRoutes; ++i)
+      if (static_cast<int>(i % 100) == s) last = static_cast<int>(i);
+    CHECK((last % 2 ? odd : even).test(static_cast<Slot>(s)));
+    CHECK_FALSE((last % 2 ? even : odd).test(static_cast<Slot>(s)));
+  }
+}
