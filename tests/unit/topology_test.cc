@@ -1151,6 +1151,10 @@ TEST_CASE(
   CHECK(*slots == std::vector<Slot>{1, 3, 4, 5, 6, 7});
   CHECK(format_slot_ranges(slot_ranges(*slots)) == "1 3-7");
   CHECK(parse_slot_list("0-16383", error)->size() == 16384);
+  // Overlaps and repeats, in any order, the last slot included.
+  CHECK(*parse_slot_list("16380-16383,10-20,15,0-12,16383,19-25", error) ==
+        std::vector<Slot>{0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11,    12,    13,    14,
+                          15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 16380, 16381, 16382, 16383});
   for (const char* bad : {"", ",", "16384", "7-3", "a", "1-", "-1", "1--2", "1.5"}) {
     CHECK_FALSE_MESSAGE(parse_slot_list(bad, error), bad);
     CHECK_FALSE(error.empty());
