@@ -63,7 +63,9 @@ class Connection final : public httplib::Stream {
   bool buffered() const { return begin_ < end_; }
 
   bool is_readable() const override { return buffered() || ready_by(fd_, POLLIN, deadline_); }
-  bool is_writable() const override { return ready_by(fd_, POLLOUT, Clock::now() + limits_.write_time); }
+  bool is_writable() const override {
+    return out_.size() < kOutBytes || ready_by(fd_, POLLOUT, Clock::now() + limits_.write_time);
+  }
 
   ssize_t read(char* ptr, size_t size) override {
     if (consumed_ >= limits_.request_bytes) return -1;
@@ -86,12 +88,28 @@ class Connection final : public httplib::Stream {
     return static_cast<ssize_t>(n);
   }
 
+  // cpp-httplib writes a reply's headers and its body in two writes: kept here up to kOutBytes and sent as
+  // one by flush() once the reply is whole, one packet where there were two (and one wake-up of the caller,
+  // where there could be two, in every proxy of a fleet at every control call).
   ssize_t write(const char* ptr, size_t size) override {
-    // A reply fits the socket's buffer: sent at once, and only a full buffer waits (write_time).
-    const ssize_t n = ::send(fd_, ptr, size, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return n;
-    if (!is_writable()) return -1;
-    return ::send(fd_, ptr, size, MSG_NOSIGNAL);
+    if (out_.size() + size <= kOutBytes) {
+      out_.append(ptr, size);
+      return static_cast<ssize_t>(size);
+    }
+    if (!flush()) return -1;
+    return send_some(ptr, size);
+  }
+  // Sends what write() kept; false when the connection failed or a write made no progress within
+  // write_time.
+  bool flush() {
+    std::size_t sent = 0;
+    while (sent < out_.size()) {
+      const ssize_t n = send_some(out_.data() + sent, out_.size() - sent);
+      if (n < 0) return false;
+      sent += static_cast<std::size_t>(n);
+    }
+    out_.clear();
+    return true;
   }
 
   // Asked by cpp-httplib at every request: looked up once per connection.
@@ -116,6 +134,16 @@ class Connection final : public httplib::Stream {
   std::size_t consumed_ = 0;
   Clock::time_point deadline_;
   mutable std::optional<std::pair<std::string, int>> remote_, local_;
+  static constexpr std::size_t kOutBytes = 64 * 1024;
+  std::string out_;
+
+  // A reply fits the socket's buffer: sent at once, and only a full buffer waits (write_time).
+  ssize_t send_some(const char* ptr, std::size_t size) const {
+    const ssize_t n = ::send(fd_, ptr, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return n;
+    if (!ready_by(fd_, POLLOUT, Clock::now() + limits_.write_time)) return -1;
+    return ::send(fd_, ptr, size, MSG_NOSIGNAL);
+  }
 
   std::pair<std::string, int> looked_up(bool peer) const {
     std::pair<std::string, int> out{std::string(), 0};
@@ -192,6 +220,7 @@ bool AdminHttpServer::process_and_close_socket(socket_t sock) {
       unframed = !length || req.has_header("Transfer-Encoding");
       body_length = length.value_or(0);
     });
+    if (!connection.flush()) break;
     // A body that was not read (its request refused on the headers) must not be read as the next request.
     if (!ok || closed || !reached || unframed || connection.consumed() - body_at < body_length) break;
   }
