@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -202,6 +203,12 @@ class MoveJob {
   std::map<std::string, NodeClient> controls_;
   std::string connect_error_;  // why control() last returned nullptr
   std::unique_ptr<ProxyControl> proxies_;
+  // ProxyControl::warm_up() on a thread of its own while the copy starts (copy()); nothing else uses
+  // proxies_ until proxies_ready() has waited for it.
+  std::future<void> warming_;
+  void proxies_ready() {
+    if (warming_.valid()) warming_.get();
+  }
   std::unique_ptr<MoveLease> lease_;
   std::vector<HostPort> leased_;  // the nodes the lease is on
   std::string owner_;             // names this move's holds on the proxies

@@ -24,6 +24,7 @@ void MoveJob::rollback() {
     if (src.copier) src.copier->stop();
     unpause(src);
   }
+  proxies_ready();
   if (proxies_) note_proxy_failures(proxies_->release_owner(owner_));
   std::vector<Slot> open;
   for (int s = 0; s < kSlotCount; ++s)

@@ -93,6 +93,16 @@ ProxyControl::BatchStart ProxyControl::begin_batch(const std::string& owner,
   return start;
 }
 
+void ProxyControl::warm_up() {
+  std::vector<ProxyCall> unresolved;  // reported by the first batch's calls
+  std::vector<HostPort> to;
+  for (auto& p : resolve(unresolved))
+    if (!left_out_.out(p.str())) to.push_back(std::move(p));
+  // A stopped proxy would hold the first batch back by this, if the copy is shorter: the hold's own deadline
+  // at most, as begin_batch() waits.
+  fanout_.connect_ahead(to, HttpFanout::Clock::now() + std::min(connect_timeout_, kWarmUp));
+}
+
 void ProxyControl::hold_answered(const ProxyCalls& calls) {
   const auto now = LeftOutProxies::Clock::now();
   for (const auto& call : calls.calls) {

@@ -100,6 +100,11 @@ class ProxyControl {
   // once. A proxy that does not answer that request would not answer the hold either: with `leave_out_silent`
   // (when the proxies are not the fence) it is left out now, before any client is held for it.
   BatchStart begin_batch(const std::string& owner, std::chrono::milliseconds deadline, bool leave_out_silent);
+  // Opens the connections of every proxy not left out, each with its first request served, within kWarmUp
+  // (at most the connect timeout), so that the first batch does not pay for a fleet's handshakes. Who did
+  // not answer is not noted: begin_batch() opens those again, and decides.
+  void warm_up();
+  static constexpr std::chrono::milliseconds kWarmUp{200};
 
   // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").
   // `wait` is how long the proxies may take to drain what is in flight before they give up (and release).
