@@ -116,6 +116,9 @@ bool HeldRequests::quiet_for_release() const {
 }
 
 std::size_t HeldRequests::sync(bool may_route) {
+  // The requests it sends on are dispatched inside this mark, so that none of those dispatches syncs again
+  // (and sends a later request of the same client first, from within this one's release).
+  const Dispatching mark(*this);
   HoldRegistry& registry = worker_.proxy().holds();
   // The generation before the holds: a change made in between is taken again at the next look.
   synced_generation_ = registry.generation();
@@ -246,6 +249,7 @@ void HeldRequests::expire_deadlines(std::deque<RequestPtr>& queue, std::uint64_t
 }
 
 void HeldRequests::on_tick(std::uint64_t now_ms) {
+  const Dispatching mark(*this);  // as in sync(): the releases below must not sync from their dispatches
   if (next_expiry_ms_ != 0 && steady_ms() >= next_expiry_ms_) sync();
   const std::vector<Session*> sessions(sessions_.begin(), sessions_.end());
   for (Session* s : sessions) {

@@ -84,7 +84,8 @@ class HeldRequests {
     if (!drains_.empty()) drain_step(slot);
   }
 
-  // Marks a dispatch under way for the whole of Worker::dispatch (nested dispatches count too).
+  // Marks a dispatch under way for the whole of Worker::dispatch (nested dispatches count too), and for the
+  // whole of sync() and on_tick(), whose releases dispatch held requests in their clients' order.
   class Dispatching {
    public:
     explicit Dispatching(HeldRequests& held)

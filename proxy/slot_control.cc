@@ -504,7 +504,11 @@ ControlReply SlotControl::route(std::string_view body) {
       worker->held().sync();
       call->answer(worker->index(), {});
     });
-    if (!posted) proxy_.holds().routed(worker->index(), std::numeric_limits<std::uint64_t>::max());
+    if (!posted) {
+      // A stopped worker serves no client, and routes nothing again.
+      proxy_.holds().routed(worker->index(), std::numeric_limits<std::uint64_t>::max());
+      call->answer(worker->index(), {});
+    }
   }
   if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) {
     return error_reply(503, "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
@@ -649,43 +653,47 @@ void SlotControl::hand_off_everywhere(Proxy& proxy, const std::shared_ptr<Handof
   // way and no such client routes at its next dispatch or tick, and takes the release with the route (one
   // look at the registry) if it comes by then.
   const bool crowded = !proxy.holds().publish_route(slots, node);
-  auto release = [proxy = &proxy, state, call, slots](Worker* caller) {
-    state->removed = proxy->holds().release(&slots, nullptr, steady_ms());
-    for (const auto& w : proxy->workers()) {
-      Worker* worker = w.get();
-      auto sync = [worker, call] {
-        WorkerReport report;
-        report.dispatched = worker->held().sync();
-        call->answer(worker->index(), std::move(report));
-      };
-      if (worker == caller) {
-        sync();
-      } else if (worker->held().quiet_for_release()) {
-        call->answer(worker->index(), {});  // nothing held there: as in release()
-      } else if (!worker->post(sync)) {
-        call->answer(worker->index(), {});  // a stopped worker holds nothing
-      }
-    }
-  };
   std::vector<Worker*> routing;
   for (const auto& w : proxy.workers())
     if (w.get() == here || crowded || !w->quiet_for_handoff()) routing.push_back(w.get());
   if (routing.empty()) {
-    release(nullptr);
+    release_handed_off(proxy, state, call, slots, nullptr);
     return;
   }
   auto left = std::make_shared<std::atomic<std::size_t>>(routing.size());
   for (Worker* worker : routing) {
-    auto routed = [worker, left, release] {
+    auto routed = [proxy = &proxy, worker, left, state, call, slots] {
       worker->held().sync();  // the route; the slots are still held in the registry
-      if (left->fetch_sub(1) == 1) release(worker);
+      if (left->fetch_sub(1) == 1) release_handed_off(*proxy, state, call, slots, worker);
     };
     if (worker == here) {
       routed();
     } else if (!worker->post(routed)) {
       // A stopped worker routes nothing again: the log need not keep routes for it.
       proxy.holds().routed(worker->index(), std::numeric_limits<std::uint64_t>::max());
-      if (left->fetch_sub(1) == 1) release(nullptr);
+      if (left->fetch_sub(1) == 1) release_handed_off(proxy, state, call, slots, nullptr);
+    }
+  }
+}
+
+void SlotControl::release_handed_off(Proxy& proxy, const std::shared_ptr<HandoffState>& state,
+                                     const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
+                                     Worker* caller) {
+  if (state->released.exchange(true)) return;
+  state->removed = proxy.holds().release(&slots, nullptr, steady_ms());
+  for (const auto& w : proxy.workers()) {
+    Worker* worker = w.get();
+    auto sync = [worker, call] {
+      WorkerReport report;
+      report.dispatched = worker->held().sync();
+      call->answer(worker->index(), std::move(report));
+    };
+    if (worker == caller) {
+      sync();
+    } else if (worker->held().quiet_for_release()) {
+      call->answer(worker->index(), {});  // nothing held there: as in release()
+    } else if (!worker->post(sync)) {
+      call->answer(worker->index(), {});  // a stopped worker holds nothing
     }
   }
 }
@@ -712,13 +720,25 @@ ControlReply SlotControl::handoff_checked_here(std::string_view body, const Slot
 
 ControlReply SlotControl::handoff_answer(const std::shared_ptr<HandoffState>& state,
                                          const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
-                                         const HostPort& node) {
+                                         const HostPort& node) const {
   if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) {
-    // The registry has the route and the release already: a late worker takes both together when its loop
-    // runs again, and sends its held commands to the new owner then.
-    return error_reply(503, "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
-                                std::to_string(kWorkerAnswer.count()) +
-                                " ms; each takes it, and sends its held commands on, once it runs again");
+    const std::string late = "worker(s) " + worker_list(call->missing()) + " did not take the route within " +
+                             std::to_string(kWorkerAnswer.count()) + " ms";
+    // A worker that must route before the release has not (its loop is stuck): the other workers' held
+    // commands must not wait for it until the hold's end. The release is safe for it too: a worker takes
+    // the published routes before it frees any slot, so its own held commands go to the new owner when it
+    // runs again.
+    if (!state->released.load()) {
+      release_handed_off(proxy_, state, call, slots, nullptr);
+      return error_reply(503, late +
+                                  "; the held commands were released (a late worker routes before it sends "
+                                  "its own on)");
+    }
+    if (!call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer)) {
+      return error_reply(503, late +
+                                  "; each takes the route, and sends its held commands on, once it runs "
+                                  "again");
+    }
   }
   std::size_t dispatched = 0;
   for (const auto& r : call->reports())

@@ -255,7 +255,15 @@ class SlotControl {
     std::atomic<int> decision{kDeciding};
     ControlReply refusal;  // kRefused: the reply; written before the decision, read after the call ends
     SlotSet removed;       // written before the first worker's answer, read after the last's
+    // The release has begun: by the last worker to route, or by the admin thread when one did not in time.
+    std::atomic<bool> released{false};
   };
+  // The handoff's release (hand_off_everywhere), once: the slots leave the registry, and every worker with
+  // held commands sends them on (`caller`, the worker calling, at once; the others by a post), answering
+  // `call`.
+  static void release_handed_off(Proxy& proxy, const std::shared_ptr<HandoffState>& state,
+                                 const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
+                                 Worker* caller);
   // Whether `node` may serve `slots` (route_check.h): nullopt, or the reply that refuses the route.
   std::optional<ControlReply> refuse_route(const SlotSet& slots, const HostPort& node);
   static ControlReply refusal_reply(const RouteVerdict& verdict, const HostPort& node);
@@ -274,7 +282,7 @@ class SlotControl {
   // Waits for every worker's sync after a handoff and says what happened.
   ControlReply handoff_answer(const std::shared_ptr<HandoffState>& state,
                               const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
-                              const HostPort& node);
+                              const HostPort& node) const;
 
   Proxy& proxy_;
   AdminQuestions questions_;
