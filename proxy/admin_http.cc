@@ -16,22 +16,12 @@
 #include <optional>
 #include <utility>
 
+#include "proxy/fd_wait.h"
+
 namespace slotshift::proxy {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Waits until `fd` is ready for `events` (or hung up) or `deadline` passes.
-bool ready_by(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    const int n = ::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left, 60000)));
-    if (n > 0) return true;  // a hang-up or an error too: the read or write that follows says which
-    if (n < 0 && errno != EINTR) return false;
-  }
-}
 
 void address_of(int fd, bool peer, std::string& ip, int& port) {
   sockaddr_storage addr{};
@@ -62,9 +52,9 @@ class Connection final : public httplib::Stream {
   std::size_t consumed() const { return consumed_; }
   bool buffered() const { return begin_ < end_; }
 
-  bool is_readable() const override { return buffered() || ready_by(fd_, POLLIN, deadline_); }
+  bool is_readable() const override { return buffered() || wait_until_ready(fd_, POLLIN, deadline_); }
   bool is_writable() const override {
-    return out_.size() < kOutBytes || ready_by(fd_, POLLOUT, Clock::now() + limits_.write_time);
+    return out_.size() < kOutBytes || wait_until_ready(fd_, POLLOUT, Clock::now() + limits_.write_time);
   }
 
   ssize_t read(char* ptr, size_t size) override {
@@ -74,7 +64,7 @@ class Connection final : public httplib::Stream {
       // fleet's shared cores each system call of a control call counts, in every proxy.
       ssize_t n = ::recv(fd_, buffer_, sizeof buffer_, MSG_DONTWAIT);
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-        if (!ready_by(fd_, POLLIN, deadline_)) return -1;
+        if (!wait_until_ready(fd_, POLLIN, deadline_)) return -1;
         n = ::recv(fd_, buffer_, sizeof buffer_, 0);
       }
       if (n <= 0) return n;
@@ -141,7 +131,7 @@ class Connection final : public httplib::Stream {
   ssize_t send_some(const char* ptr, std::size_t size) const {
     const ssize_t n = ::send(fd_, ptr, size, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return n;
-    if (!ready_by(fd_, POLLOUT, Clock::now() + limits_.write_time)) return -1;
+    if (!wait_until_ready(fd_, POLLOUT, Clock::now() + limits_.write_time)) return -1;
     return ::send(fd_, ptr, size, MSG_NOSIGNAL);
   }
 

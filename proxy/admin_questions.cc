@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "common/resp.h"
+#include "proxy/fd_wait.h"
 
 namespace slotshift::proxy {
 namespace {
@@ -22,18 +23,6 @@ using Clock = std::chrono::steady_clock;
 // Replies larger than this end the question (a node's CLUSTER NODES for a large cluster in the middle of a
 // move is a few hundred KB).
 constexpr std::size_t kMaxReplyBytes = 8u << 20;
-
-// Waits for `events` on `fd` until `deadline`: true once ready (or hung up: the call that follows says so).
-bool wait_for(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    const int n = ::poll(&p, 1, static_cast<int>(left));
-    if (n > 0) return true;
-    if (n < 0 && errno != EINTR) return false;
-  }
-}
 
 // A non-blocking TCP connection to `node` (TCP_NODELAY), made before `deadline`; -1 and why not.
 int connect_to(const HostPort& node, Clock::time_point deadline, std::string& why) {
@@ -58,7 +47,7 @@ int connect_to(const HostPort& node, Clock::time_point deadline, std::string& wh
     if (rc != 0 && errno == EINPROGRESS) {
       int error = ETIMEDOUT;
       socklen_t len = sizeof error;
-      if (wait_for(fd, POLLOUT, deadline)) ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len);
+      if (wait_until_ready(fd, POLLOUT, deadline)) ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len);
       rc = error == 0 ? 0 : -1;
       errno = error;
     }
@@ -90,7 +79,7 @@ Outcome exchange(int fd, const std::string& wire, int replies, Clock::time_point
       continue;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-      if (wait_for(fd, POLLOUT, deadline)) continue;
+      if (wait_until_ready(fd, POLLOUT, deadline)) continue;
       why = "no reply in time";
       return Outcome::kFailed;
     }
@@ -117,7 +106,7 @@ Outcome exchange(int fd, const std::string& wire, int replies, Clock::time_point
       why = "a reply that is not RESP: " + error;
       return Outcome::kFailed;
     }
-    if (!wait_for(fd, POLLIN, deadline)) {
+    if (!wait_until_ready(fd, POLLIN, deadline)) {
       why = "no reply in time";
       return Outcome::kFailed;
     }

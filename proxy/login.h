@@ -20,6 +20,11 @@ struct Login {
 };
 using LoginPtr = std::shared_ptr<const Login>;
 
+// The proxy's own login to the nodes (masteruser, masterauth): null when there is no password (no AUTH).
+inline LoginPtr own_login(const std::string& user, const std::string& password) {
+  return password.empty() ? nullptr : std::make_shared<const Login>(Login{user, password});
+}
+
 // The AUTH command for `login`, as sent to a node.
 inline std::string auth_command(const Login& login) {
   std::string wire;

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "proxy/fd_wait.h"
 #include "proxy/log.h"
 
 namespace slotshift::proxy {
@@ -33,22 +34,10 @@ bool fill_address(const std::string& path, sockaddr_un& addr, std::string& error
   return true;
 }
 
-// Waits for `events` on `fd` until `deadline`; false when it passed.
-bool wait_for(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    const int n = ::poll(&p, 1, static_cast<int>(left));
-    if (n > 0) return true;
-    if (n < 0 && errno != EINTR) return false;
-  }
-}
-
 bool send_text(int fd, const std::string& text, Clock::time_point deadline) {
   std::size_t sent = 0;
   while (sent < text.size()) {
-    if (!wait_for(fd, POLLOUT, deadline)) return false;
+    if (!wait_until_ready(fd, POLLOUT, deadline)) return false;
     const ssize_t n = ::send(fd, text.data() + sent, text.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (n <= 0) return false;
@@ -62,7 +51,7 @@ bool send_text(int fd, const std::string& text, Clock::time_point deadline) {
 bool receive_line(int fd, std::string& line, std::vector<int>* sockets, Clock::time_point deadline) {
   line.clear();
   while (line.size() < kMaxLine) {
-    if (!wait_for(fd, POLLIN, deadline)) return false;
+    if (!wait_until_ready(fd, POLLIN, deadline)) return false;
     char byte = 0;
     iovec io{&byte, 1};
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxSockets)];
@@ -97,7 +86,7 @@ bool receive_line(int fd, std::string& line, std::vector<int>* sockets, Clock::t
 // The line and the sockets in one message: they arrive together or not at all.
 bool send_sockets(int fd, const std::string& line, const std::vector<int>& sockets,
                   Clock::time_point deadline) {
-  if (!wait_for(fd, POLLOUT, deadline)) return false;
+  if (!wait_until_ready(fd, POLLOUT, deadline)) return false;
   iovec io{const_cast<char*>(line.data()), line.size()};
   std::vector<char> control(CMSG_SPACE(sizeof(int) * sockets.size()));
   msghdr msg{};

@@ -66,8 +66,7 @@ Worker::Worker(Proxy& proxy, Config config, int index)
       held_(*this),
       replica_reads_(*this, config_.read_from) {
   uv_loop_init(&loop_);
-  if (!config_.masterauth.empty())
-    own_login_ = std::make_shared<const Login>(Login{config_.masteruser, config_.masterauth});
+  own_login_ = own_login(config_.masteruser, config_.masterauth);
   questions_.use_login(own_login_);
 }
 
@@ -194,9 +193,7 @@ void Worker::apply_config(const Config& next, bool login_changed) {
   config_ = next;
   if (!login_changed) return;
   const LoginPtr old = own_login_;
-  own_login_ = next.masterauth.empty()
-                   ? nullptr
-                   : std::make_shared<const Login>(Login{next.masteruser, next.masterauth});
+  own_login_ = own_login(next.masteruser, next.masterauth);
   // Connections in use keep their login (the node accepted it); a connection made again after a failure logs
   // in with the new one, as a password rotated at the nodes requires. Clients' own logins (ACL pass-through)
   // are theirs, not the proxy's.
