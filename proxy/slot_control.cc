@@ -535,20 +535,7 @@ ControlReply SlotControl::release(std::string_view body) {
       proxy_.holds().release(has_slots ? &*slots : nullptr, has_owner ? &*owner : nullptr, steady_ms());
   const auto& workers = proxy_.workers();
   auto call = std::make_shared<ControlCall>(workers.size());
-  for (const auto& w : workers) {
-    Worker* worker = w.get();
-    // Nothing held there and no dispatch under way: it takes the release at its next dispatch or tick.
-    if (worker->held().quiet_for_release()) {
-      call->answer(worker->index(), {});
-      continue;
-    }
-    const bool posted = worker->post([worker, call] {
-      WorkerReport report;
-      report.dispatched = worker->held().sync();
-      call->answer(worker->index(), std::move(report));
-    });
-    if (!posted) call->answer(worker->index(), {});
-  }
+  sync_everywhere(proxy_, call, nullptr);
   const bool all = call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer);
   std::size_t dispatched = 0;
   for (const auto& r : call->reports())
@@ -581,20 +568,14 @@ ControlReply SlotControl::handoff(std::string_view body) {
   // way of a ROUTE (handoff_checked_here).
   if (!proxy_.backend_tls()) {
     const Config config = proxy_.config();
-    const LoginPtr login = config.masterauth.empty()
-                               ? nullptr
-                               : std::make_shared<const Login>(Login{config.masteruser, config.masterauth});
+    const LoginPtr login = own_login(config.masteruser, config.masterauth);
     std::string why;
     const auto reply = questions_.ask(node, route_question(), kRouteQuestionReplies, login,
                                       std::chrono::steady_clock::now() + route_check_time(), why);
     const auto verdict = verdict_from_own_reply(slots, node, proxy_.topology(), reply, why);
     if (!verdict) return handoff_checked_here(body, slots, node);
     if (!verdict->ok()) return refused_handoff(refusal_reply(*verdict, node), body);
-    const auto& workers = proxy_.workers();
-    auto state = std::make_shared<HandoffState>();
-    auto call = std::make_shared<ControlCall>(workers.size());
-    hand_off_everywhere(proxy_, state, call, slots, node, nullptr);
-    return handoff_answer(state, call, slots, node);
+    return hand_off_checked(slots, node);
   }
 
   const auto& workers = proxy_.workers();
@@ -681,6 +662,10 @@ void SlotControl::release_handed_off(Proxy& proxy, const std::shared_ptr<Handoff
                                      Worker* caller) {
   if (state->released.exchange(true)) return;
   state->removed = proxy.holds().release(&slots, nullptr, steady_ms());
+  sync_everywhere(proxy, call, caller);
+}
+
+void SlotControl::sync_everywhere(Proxy& proxy, const std::shared_ptr<ControlCall>& call, Worker* caller) {
   for (const auto& w : proxy.workers()) {
     Worker* worker = w.get();
     auto sync = [worker, call] {
@@ -691,7 +676,8 @@ void SlotControl::release_handed_off(Proxy& proxy, const std::shared_ptr<Handoff
     if (worker == caller) {
       sync();
     } else if (worker->held().quiet_for_release()) {
-      call->answer(worker->index(), {});  // nothing held there: as in release()
+      // Nothing held there and no dispatch under way: it takes the release at its next dispatch or tick.
+      call->answer(worker->index(), {});
     } else if (!worker->post(sync)) {
       call->answer(worker->index(), {});  // a stopped worker holds nothing
     }
@@ -712,6 +698,10 @@ ControlReply SlotControl::refused_handoff(ControlReply refusal, std::string_view
 ControlReply SlotControl::handoff_checked_here(std::string_view body, const SlotSet& slots,
                                                const HostPort& node) {
   if (auto refusal = refuse_route(slots, node)) return refused_handoff(std::move(*refusal), body);
+  return hand_off_checked(slots, node);
+}
+
+ControlReply SlotControl::hand_off_checked(const SlotSet& slots, const HostPort& node) {
   auto state = std::make_shared<HandoffState>();
   auto call = std::make_shared<ControlCall>(proxy_.workers().size());
   hand_off_everywhere(proxy_, state, call, slots, node, nullptr);

@@ -277,8 +277,14 @@ class SlotControl {
                                   const HostPort& node, Worker* here);
   // A handoff whose route was refused: the held commands are released to the old owner (but for a 400).
   ControlReply refused_handoff(ControlReply refusal, std::string_view body);
+  // Every worker syncs with the registry (`caller`, the worker calling, at once; a worker with nothing held
+  // and no dispatch under way is answered for, and syncs at its next dispatch or tick; the others by a post),
+  // each answering `call` with the held commands it sent on.
+  static void sync_everywhere(Proxy& proxy, const std::shared_ptr<ControlCall>& call, Worker* caller);
   // A handoff checked from the admin thread (check_route), then routed and released by every worker.
   ControlReply handoff_checked_here(std::string_view body, const SlotSet& slots, const HostPort& node);
+  // A handoff whose check passed on this thread: routed and released by every worker, and answered.
+  ControlReply hand_off_checked(const SlotSet& slots, const HostPort& node);
   // Waits for every worker's sync after a handoff and says what happened.
   ControlReply handoff_answer(const std::shared_ptr<HandoffState>& state,
                               const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
