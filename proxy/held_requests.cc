@@ -115,7 +115,14 @@ bool HeldRequests::quiet_for_release() const {
   return !attention_.load();
 }
 
-std::size_t HeldRequests::sync(bool may_route) {
+std::size_t HeldRequests::take_sent(std::uint64_t generation) {
+  const std::lock_guard lock(sent_mutex_);
+  const std::size_t sent = sent_generation_ >= generation ? sent_ : 0;
+  sent_ = 0;
+  return sent;
+}
+
+std::size_t HeldRequests::sync_held(bool may_route, bool for_a_change) {
   // The requests it sends on are dispatched inside this mark, so that none of those dispatches syncs again
   // (and sends a later request of the same client first, from within this one's release).
   const Dispatching mark(*this);
@@ -159,6 +166,12 @@ std::size_t HeldRequests::sync(bool may_route) {
     call->answer(worker_.index(), std::move(report));
   }
   const std::size_t sent = freed.any() ? release_all() : 0;
+  if (sent > 0 && for_a_change) {
+    // Before update_active(): an admin thread that finds this worker quiet takes the count after.
+    const std::lock_guard lock(sent_mutex_);
+    sent_ += sent;
+    sent_generation_ = synced_generation_;
+  }
   update_active();
   return sent;
 }
@@ -250,7 +263,8 @@ void HeldRequests::expire_deadlines(std::deque<RequestPtr>& queue, std::uint64_t
 
 void HeldRequests::on_tick(std::uint64_t now_ms) {
   const Dispatching mark(*this);  // as in sync(): the releases below must not sync from their dispatches
-  if (next_expiry_ms_ != 0 && steady_ms() >= next_expiry_ms_) sync();
+  if (next_expiry_ms_ != 0 && steady_ms() >= next_expiry_ms_)
+    sync_held(/*may_route=*/true, /*for_a_change=*/false);
   const std::vector<Session*> sessions(sessions_.begin(), sessions_.end());
   for (Session* s : sessions) {
     if (!sessions_.contains(s)) continue;

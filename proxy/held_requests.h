@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -115,10 +116,16 @@ class HeldRequests {
   bool hold_if_needed(const RequestPtr& request, bool redirected);
 
   // Takes the registry's held slots (ending the holds whose time is up) and the routes published since the
-  // last sync, and sends on every held request that no longer waits for a held slot. Returns how many were
-  // sent. `may_route` false (inside a dispatch): the routes wait for a sync of the loop's own, which is
-  // posted, and their slots stay held until then.
-  std::size_t sync(bool may_route = true);
+  // last sync, and sends on every held request that no longer waits for a held slot. `may_route` false
+  // (inside a dispatch): the routes wait for a sync of the loop's own, which is posted, and their slots stay
+  // held until then. What it sends on is counted for the next take_sent().
+  void sync(bool may_route = true) { sync_held(may_route, /*for_a_change=*/true); }
+  // From any thread: the held requests this worker sent on since the last take_sent() by syncs that took the
+  // registry at `generation` or later (0 if the last of them took an older one), and forgets them. A
+  // RELEASE reports them as what it sent on: its worker may have taken the release by itself, at a dispatch
+  // or a tick that came before the call's own sync (or before the admin thread found it quiet). Two calls
+  // that overlap may each report some of the other's.
+  std::size_t take_sent(std::uint64_t generation);
   // Answers `call` once no request for `slots` is at a backend in this worker (at once if none is), or as
   // soon as the slots stop being held.
   void watch_drain(const SlotSet& slots, std::shared_ptr<ControlCall> call);
@@ -141,6 +148,9 @@ class HeldRequests {
     std::shared_ptr<ControlCall> call;
   };
 
+  // sync(); a sync at a hold's expiry (`for_a_change` false) changes nothing a call waits for, and is not
+  // counted for take_sent(). Returns how many held requests it sent on.
+  std::size_t sync_held(bool may_route, bool for_a_change);
   void keep(const RequestPtr& request, Session* session);
   void forget(const Request& request);
   // Sends on `queue`'s requests from its front, up to the first one whose slot is still held.
@@ -164,6 +174,10 @@ class HeldRequests {
   std::atomic<std::uint32_t> at_backend_total_{0};
   std::atomic<bool> attention_{false};  // held requests, or a HOLD waiting for a drain
   std::uint64_t next_expiry_ms_ = 0;    // steady_ms() of the first hold to end by itself; 0: none
+  // For take_sent(): written by this loop's syncs that send something, read by the admin thread.
+  std::mutex sent_mutex_;
+  std::size_t sent_ = 0;
+  std::uint64_t sent_generation_ = 0;  // the generation the last of those syncs took
   std::array<std::uint32_t, kSlotCount> at_backend_{};
   std::array<std::uint32_t, kSlotCount> queued_{};  // held requests by slot
   std::unordered_set<Session*> sessions_;           // sessions with held requests

@@ -533,8 +533,7 @@ ControlReply SlotControl::release(std::string_view body) {
 
   const SlotSet removed =
       proxy_.holds().release(has_slots ? &*slots : nullptr, has_owner ? &*owner : nullptr, steady_ms());
-  const auto& workers = proxy_.workers();
-  auto call = std::make_shared<ControlCall>(workers.size());
+  auto call = std::make_shared<ControlCall>(proxy_.workers().size());
   sync_everywhere(proxy_, call, nullptr);
   const bool all = call->wait_until(std::chrono::steady_clock::now() + kWorkerAnswer);
   std::size_t dispatched = 0;
@@ -666,18 +665,25 @@ void SlotControl::release_handed_off(Proxy& proxy, const std::shared_ptr<Handoff
 }
 
 void SlotControl::sync_everywhere(Proxy& proxy, const std::shared_ptr<ControlCall>& call, Worker* caller) {
+  // The registry as the caller's change left it (only the admin thread changes it, and a handoff's worker
+  // releases while the admin thread waits): what each worker sent on since, it reports as this call's.
+  const std::uint64_t generation = proxy.holds().generation();
   for (const auto& w : proxy.workers()) {
     Worker* worker = w.get();
-    auto sync = [worker, call] {
+    auto sync = [worker, call, generation] {
+      worker->held().sync();
       WorkerReport report;
-      report.dispatched = worker->held().sync();
+      report.dispatched = worker->held().take_sent(generation);
       call->answer(worker->index(), std::move(report));
     };
     if (worker == caller) {
       sync();
     } else if (worker->held().quiet_for_release()) {
-      // Nothing held there and no dispatch under way: it takes the release at its next dispatch or tick.
-      call->answer(worker->index(), {});
+      // Nothing held there and no dispatch under way: it takes the release at its next dispatch or tick, or
+      // it already has (a tick that came first sent its held commands on: they are counted).
+      WorkerReport report;
+      report.dispatched = worker->held().take_sent(generation);
+      call->answer(worker->index(), std::move(report));
     } else if (!worker->post(sync)) {
       call->answer(worker->index(), {});  // a stopped worker holds nothing
     }
