@@ -545,8 +545,8 @@ void MoveJob::drop_setslot_connections() {
   std::istringstream lines(list->str);
   int n = 0;
   for (std::string line; std::getline(lines, line);) {
-    if (line.find(" name=slotshift-setslot ") == std::string::npos || n++ % 2) continue;
-    const auto id = line.substr(3, line.find(' ') - 3);  // "id=123 addr=..."
+    if (line.find(":slotshift-setslot ") == std::string::npos || n++ % 2) continue;  // the move's, by name
+    const auto id = line.substr(3, line.find(' ') - 3);                              // "id=123 addr=..."
     target_control_.command({"CLIENT", "KILL", "ID", id});
   }
 }

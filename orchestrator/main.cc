@@ -112,7 +112,16 @@ int main(int argc, char** argv) {
                   "SLOTSHIFT_ADMIN_TOKEN)");
 
   slotshift::MoveOptions move;
-  std::string max_pause = "50ms", pause_timeout = "2s", big_key = "8MB", spool_memory = "256MB";
+  std::string max_pause = "50ms", pause_timeout = "2s", big_key = "8MB", spool_memory = "256MB",
+              lease_ttl = "30s";
+  // The lease's ttl: how long a move that stalls (or whose machine vanished) keeps every other slotshift off
+  // its nodes. At least 2 s: the lease is renewed every quarter of it, and half of it is left for the hosts'
+  // clocks to differ.
+  const auto lease_ttl_of = [](const std::string& text) {
+    const auto ttl = parse_duration(text);
+    if (ttl < std::chrono::seconds(2)) throw std::invalid_argument("--lease-ttl: at least 2s");
+    return ttl;
+  };
   auto* mv = app.add_subcommand(
       "move",
       "move slots to a master by replication, with one short fenced cutover per batch; exit 0 only "
@@ -156,6 +165,10 @@ int main(int argc, char** argv) {
       "stream bytes kept in memory while the target is slower than the source, before they go to a "
       "file (default 256MB)");
   mv->add_option("--spool-dir", move.spool_dir, "directory for that file (default /tmp)");
+  mv->add_option("--lease-ttl", lease_ttl,
+                 "how long this move's lease on its nodes outlives its last renewal, should it stall or its "
+                 "machine vanish; after that, resume or abort may take it over, and this move stops without "
+                 "touching anything more (default 30s)");
   mv->add_option("--pause-timeout", pause_timeout,
                  "the CLIENT PAUSE a cutover asks for; it ends by itself after this if slotshift dies "
                  "(default 2s)");
@@ -189,6 +202,8 @@ int main(int argc, char** argv) {
   }
   resume->add_option("--max-pause", max_pause, "as for move");
   resume->add_option("--pause-timeout", pause_timeout, "as for move");
+  for (auto* sub : {abort, resume})
+    sub->add_option("--lease-ttl", lease_ttl, "as for move");
 
   try {
     app.parse(argc, argv);
@@ -240,6 +255,7 @@ int main(int argc, char** argv) {
     try {
       recover.max_pause = parse_duration(max_pause);
       recover.pause_timeout = parse_duration(pause_timeout);
+      recover.lease_ttl = lease_ttl_of(lease_ttl);
     } catch (const std::exception& e) {
       std::cerr << "slotshift resume: " << e.what() << "\n";
       return slotshift::kExitUsage;
@@ -255,6 +271,7 @@ int main(int argc, char** argv) {
     try {
       move.max_pause = parse_duration(max_pause);
       move.pause_timeout = parse_duration(pause_timeout);
+      move.lease_ttl = lease_ttl_of(lease_ttl);
       move.big_key = parse_size(big_key);
       move.spool_memory = parse_size(spool_memory);
       move.diskless = snapshot == "diskless";

@@ -78,6 +78,25 @@ std::string join(const std::vector<std::string>& parts, const std::string& separ
   return out;
 }
 
+bool MoveJob::lease_lost() const {
+  return lease_ && !lease_->held();
+}
+
+void MoveJob::stopped_without_lease() {
+  for (auto& src : sources_)
+    if (src.copier) src.copier->stop();
+  // The failure that stopped the move may be the lease itself (said once), or what its loss brought about (a
+  // connection the takeover closed), said first.
+  const std::string reason = lease_->lost_reason();
+  std::string first = error_.find(reason) == std::string::npos ? error_ : std::string();
+  error_ =
+      (first.empty() ? "" : first + "; ") + "this move no longer holds its lease (" + reason +
+      "), so it stopped where it was and undid nothing: slotshift status shows the move that holds the "
+      "nodes now" +
+      (journal_path_.empty() ? std::string()
+                             : "; if none does, run slotshift resume or abort --journal " + journal_path_);
+}
+
 bool MoveJob::interrupted() {
   if (const int sig = g_move_interrupted.load()) {
     fail(std::string("interrupted by ") + (sig == SIGINT ? "SIGINT" : "SIGTERM"));
@@ -115,7 +134,9 @@ bool MoveJob::open_journal() {
 // One record, on disk before the step it names is acted on: written in one call and synced, so that a
 // crash leaves either the whole line or none of it.
 void MoveJob::journal(MoveStep step, const nlohmann::json& fields) {
-  if (journal_fd_ >= 0) {
+  // The journal is the lease holder's: once this move may have lost its lease, a recovery may be appending
+  // to the same file, and a record of ours would tell the next reader of a step the nodes never saw.
+  if (journal_fd_ >= 0 && !lease_lost()) {
     nlohmann::json j = fields;
     j["step"] = step_name(step);
     j["version"] = kJournalVersion;
@@ -503,6 +524,10 @@ int MoveJob::run() {
   move_id_ = "move-" + std::to_string(::getpid()) + "-" +
              std::to_string(
                  duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  // Every connection of this move carries its name, and is checked against its lease once it has one (a
+  // move resumed in the same process must not inherit the recovery's).
+  options_.common.credentials.client_name = move_connection_name(move_id_);
+  options_.common.credentials.lease_lost = nullptr;
   if (metrics_) {
     if (const auto error = metrics_->start(*options_.metrics); !error.empty()) {
       err_ << "slotshift move: " << error << "\n";
@@ -594,7 +619,11 @@ int MoveJob::run() {
                                 timed(cleanup_s_, "clean", "clean  the moved keys from the sources' replicas",
                                       [&] { return clean_source_replicas(); }) &&
                                 timed(settle_s_, "settle", settling, [&] { return settle(); });
-  if (!ok) {
+  if (!ok && lease_lost()) {
+    // Whoever took the lease over owns the move now: an undo from here would unpause its sources, delete
+    // its copied keys and clear its IMPORTING. Nothing more is sent; the journal is left as it is.
+    stopped_without_lease();
+  } else if (!ok) {
     rollback();
     // The batches claimed before the failure are moved: their keys go from the source's replicas as after a
     // move that went well.
@@ -603,6 +632,8 @@ int MoveJob::run() {
   if (ok) {
     exit_status_ = kExitDone;
     journal(MoveStep::kDone);
+  } else if (lease_lost()) {
+    exit_status_ = kExitUnfinished;
   } else {
     // The move ended by itself, its undo done: the journal says so, so that check does not take it for a
     // move that was killed. An undo left incomplete, or a source left refusing writes (its fence, until it

@@ -169,6 +169,10 @@ class MoveJob {
   nlohmann::json batch_record(const Source& source, const Batch& batch) const;
   bool interrupted();
   void report(bool ok);
+  // A lease this run took and may no longer hold (move_lease.h): nothing more may change the cluster.
+  bool lease_lost() const;
+  // Says so in error_, and stops the copiers, sending nothing more.
+  void stopped_without_lease();
   bool fail(std::string message) {
     if (error_.empty()) error_ = std::move(message);
     return false;

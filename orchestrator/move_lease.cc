@@ -46,7 +46,35 @@ std::vector<LeaseSeen> leases_in(const std::string& client_list) {
   return out;
 }
 
+std::int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Closes, on the node `c` is connected to, every connection of the move whose lease `lease_id` was (its
+// replica link included): named move_connection_name(lease_id), alone or with a role after a ':'.
+void close_connections_of(NodeClient& c, const std::string& lease_id) {
+  auto list = c.command({"CLIENT", "LIST"});
+  if (!list || list->is_error()) return;
+  const std::string name = move_connection_name(lease_id);
+  std::istringstream lines(list->str);
+  for (std::string line; std::getline(lines, line);) {
+    std::string id, n;
+    std::istringstream fields(line);
+    for (std::string f; fields >> f;) {
+      if (f.starts_with("id=")) id = f.substr(3);
+      if (f.starts_with("name=")) n = f.substr(5);
+    }
+    if (n == name || n.starts_with(name + ":")) c.command({"CLIENT", "KILL", "ID", id});
+  }
+}
+
 }  // namespace
+
+std::string move_connection_name(std::string_view lease_id) {
+  return "slotshift-move:" + std::string(lease_id);
+}
 
 std::vector<LeaseSeen> leases_on(NodeClient& c) {
   auto list = c.command({"CLIENT", "LIST", "TYPE", "normal"});
@@ -75,6 +103,7 @@ bool MoveLease::acquire(const std::vector<HostPort>& nodes) {
     return false;
   };
   // 1. Our name on every node, with its connection's id.
+  const std::int64_t round_start = steady_ns();
   std::vector<std::string> my_ids;
   for (const auto& node : nodes_) {
     NodeClient c;
@@ -99,8 +128,11 @@ bool MoveLease::acquire(const std::vector<HostPort>& nodes) {
     for (const auto& other : leases_in(list->str)) {
       if (other.client_id == my_ids[i]) continue;
       if (other.until_ms < unix_ms()) {
-        // Expired: its holder has not renewed it for a whole ttl (a vanished machine, a partition).
+        // Expired: its holder has not renewed it for a whole ttl (a vanished machine, a partition, a process
+        // stopped). Its connections go with it, before this move changes anything: a holder that was only
+        // stopped finds them closed when it wakes up (see the header).
         held_[i].command({"CLIENT", "KILL", "ID", other.client_id});
+        close_connections_of(held_[i], other.move_id);
         continue;
       }
       return refuse("another slotshift move holds " + nodes_[i].str() + ": " + other.move_id + " from " +
@@ -115,59 +147,57 @@ bool MoveLease::acquire(const std::vector<HostPort>& nodes) {
     stopping_ = false;
   }
   lost_ = false;
+  renewed_at_ns_ = round_start;
   renewer_ = std::thread([this] { renew_loop(); });
   return true;
 }
 
 void MoveLease::renew_loop() {
   std::unique_lock lock(mu_);
-  auto last_ok = std::chrono::steady_clock::now();
-  while (!stop_cv_.wait_for(lock, ttl_ / 3, [&] { return stopping_; })) {
+  // Every quarter ttl: a round that is slow (a node near its timeout) still ends before held() says no.
+  while (!stop_cv_.wait_for(lock, ttl_ / 4, [&] { return stopping_; })) {
     lock.unlock();
+    const std::int64_t round_start = steady_ns();
     std::string failure;
-    for (std::size_t i = 0; i < held_.size(); ++i) {
-      // A connection that failed (or that another slotshift killed, taking over a lease we let expire) is
-      // made again, and the lease set again, unless someone else holds it now.
-      const bool again = !held_[i].usable();
-      if (again && !held_[i].connect(nodes_[i], timeout_, credentials_)) {
-        failure = "cannot reach " + held_[i].error();
-        continue;
-      }
-      auto r = held_[i].command({"CLIENT", "SETNAME", name(unix_ms() + ttl_.count())});
-      if (!r || r->is_error()) {
-        failure = nodes_[i].str() + ": " + (r ? r->str : held_[i].error());
-        continue;
-      }
-      if (!again) continue;
-      auto id = held_[i].command({"CLIENT", "ID"});
-      auto list = held_[i].command({"CLIENT", "LIST", "TYPE", "normal"});
-      if (!id || !list || list->is_error()) {
-        failure = nodes_[i].str() + ": " + held_[i].error();
-        continue;
-      }
-      for (const auto& other : leases_in(list->str))
-        if (other.client_id != std::to_string(id->integer) && other.until_ms >= unix_ms()) {
-          std::lock_guard relock(mu_);
-          lost_reason_ = "another slotshift move (" + other.move_id + " from " + other.host +
-                         ") took the lease on " + nodes_[i].str() + " over";
-          lost_ = true;
-        }
+    for (std::size_t i = 0; i < held_.size() && failure.empty(); ++i) {
+      // The lease lives on this connection: once it failed, nothing tells this move whether the lease
+      // expired and another slotshift took it over (closing the connection, see the header), or the network
+      // dropped it. Set again on a new connection, it could be taken back from a recovery that has already
+      // finished, by a move that no longer knows where its slots are. So it is lost for good.
+      auto r = held_[i].usable() ? held_[i].command({"CLIENT", "SETNAME", name(unix_ms() + ttl_.count())})
+                                 : std::nullopt;
+      if (!r || r->is_error())
+        failure = "the lease's connection to " + nodes_[i].str() + " failed (" +
+                  (r ? r->str : held_[i].error()) +
+                  "): it may have been taken over by another slotshift after it expired";
     }
     lock.lock();
-    if (failure.empty()) {
-      last_ok = std::chrono::steady_clock::now();
-    } else if (std::chrono::steady_clock::now() - last_ok > ttl_ / 2) {
-      // Past half the ttl without a renewal, another slotshift may soon take the lease over.
-      lost_reason_ = "the move lease could not be renewed for " + std::to_string(ttl_.count() / 2) + " ms (" +
-                     failure + ")";
+    if (!failure.empty()) {
+      lost_reason_ = failure;
       lost_ = true;
+      return;
     }
+    renewed_at_ns_ = round_start;
   }
+}
+
+bool MoveLease::held() const {
+  if (lost_.load()) return false;
+  return steady_ns() - renewed_at_ns_.load() < std::chrono::nanoseconds(ttl_).count() / 2;
 }
 
 std::string MoveLease::lost_reason() const {
   std::lock_guard lock(mu_);
-  return lost_reason_;
+  if (!lost_reason_.empty()) return lost_reason_;
+  const auto since_ms = (steady_ns() - renewed_at_ns_.load()) / 1000000;
+  return "the move lease was last renewed " + std::to_string(since_ms) + " ms ago, past half its " +
+         std::to_string(ttl_.count()) +
+         " ms ttl (this process stalled, or its nodes did not answer): another " +
+         "slotshift may have taken it over";
+}
+
+std::function<std::string()> MoveLease::fence() const {
+  return [this] { return held() ? std::string() : lost_reason(); };
 }
 
 void MoveLease::release() {

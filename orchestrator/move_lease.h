@@ -10,6 +10,21 @@
 // lease of someone else is on any of its nodes, naming the holder, and takes over an expired one (CLIENT
 // KILL).
 //
+// A lease ends without its holder knowing when the holder stalls (a stopped process, a VM paused, a swap
+// storm) for longer than the ttl: another slotshift (a resume, an abort) takes it over and goes on, and the
+// holder wakes up believing it still moves. What keeps the holder from changing the cluster after that:
+//   - held() is a clock, not a flag: false once half the ttl has passed since the start of the last round
+//     that renewed the lease on every node, which is before anyone may take it over (its expiry is that
+//     round's start plus the ttl; half the ttl is left for the hosts' clocks to differ);
+//   - every connection of the move is named slotshift-move:<lease id>[:role] (move_connection_name,
+//     Credentials::client_name), and whoever takes an expired lease over closes the connections so named
+//     on that node, before it changes anything;
+//   - every connection is checked against held() once named, before anything is sent on it.
+// A connection named before the takeover looked is closed by it; one named after it fails the check, as
+// its holder has renewed nothing since a whole ttl before the takeover. Calls to proxies are HTTP requests,
+// which no node can close: the move asks held() before each, so a holder stalled between that check and the
+// request may still send one (a release of holds the recovery no longer needs, at worst).
+//
 // Each mover sets its lease on a node first and looks second, and gives up if it sees any other live lease
 // there. Whichever of two movers looks last has set its own lease before that, and the other set its lease
 // before its own look, so before this one: it sees it and gives up. At most one goes on; two that ask at the
@@ -19,6 +34,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -36,6 +52,8 @@ struct LeaseSeen {
 };
 // Every slotshift lease on the node `c` is connected to (empty if CLIENT LIST is refused).
 std::vector<LeaseSeen> leases_on(NodeClient& c);
+// The name of every connection a move or a recovery holding the lease `lease_id` opens.
+std::string move_connection_name(std::string_view lease_id);
 
 class MoveLease {
  public:
@@ -47,10 +65,12 @@ class MoveLease {
 
   // Takes the lease on every node, or none (error()). On success a thread renews it until release().
   bool acquire(const std::vector<HostPort>& nodes);
-  // False once a renewal found the lease gone (taken over after it expired, or a node unreachable for longer
-  // than the ttl): the move must stop changing the cluster.
-  bool held() const { return !lost_.load(); }
+  // False once the lease may have been taken over (see above): a renewal found it gone, or half the ttl has
+  // passed since the last round that renewed it everywhere. The move must stop changing the cluster.
+  bool held() const;
   std::string lost_reason() const;
+  // For Credentials::lease_lost: empty while held(), the reason after.
+  std::function<std::string()> fence() const;
   void release();
   const std::string& error() const { return error_; }
 
@@ -65,6 +85,8 @@ class MoveLease {
   std::vector<NodeClient> held_;  // one per node, named with the lease
   std::string error_;
   std::atomic<bool> lost_{false};
+  // steady_clock nanoseconds at the start of the last round that renewed the lease on every node
+  std::atomic<std::int64_t> renewed_at_ns_{0};
   mutable std::mutex mu_;
   std::condition_variable stop_cv_;
   bool stopping_ = false;

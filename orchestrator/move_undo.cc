@@ -231,6 +231,7 @@ int MoveJob::recover(bool resume) {
   }
   move_id_ = state->move_id;
   journal_path_ = path;
+  options_.common.credentials.client_name = move_connection_name(move_id_ + "-" + verb);
   journal_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (journal_fd_ < 0) {
     err_ << "slotshift " << verb << ": cannot append to " << path << ": " << std::strerror(errno) << "\n";
@@ -296,6 +297,7 @@ int MoveJob::recover(bool resume) {
     err_ << "slotshift " << verb << ": " << lease_->error() << "\n";
     return kExitRefused;
   }
+  options_.common.credentials.lease_lost = lease_->fence();
   if (!state->proxies.empty()) {
     std::vector<HostPort> proxies;
     for (const auto& p : state->proxies)
@@ -303,6 +305,7 @@ int MoveJob::recover(bool resume) {
     proxies_ = std::make_unique<ProxyControl>(proxies, options_.proxy_dns, options_.proxy_token,
                                               options_.common.timeout);
     owner_ = state->proxy_owner;
+    proxies_->set_fence(lease_->fence());
   }
   // Candidates for undoing: every slot of the plan not claimed per the journal (a "claimed" record is written
   // once the source knows); rollback() asks the target which of them are its own all the same.
@@ -313,6 +316,13 @@ int MoveJob::recover(bool resume) {
   if (state->engine == "native") settle_native(*state);
   rollback();
   clean_source_replicas();
+  if (lease_lost()) {
+    // As a move that lost its lease (run()): another slotshift has these nodes now, and this one's word on
+    // what it undid may already be stale.
+    stopped_without_lease();
+    err_ << "slotshift " << verb << ": " << error_ << "\n";
+    return kExitUnfinished;
+  }
   std::vector<Slot> moved, left;
   for (const Slot s : planned)
     (claimed_[s] ? moved : left).push_back(s);

@@ -41,13 +41,36 @@ bool NodeClient::connect(const HostPort& node, std::chrono::milliseconds timeout
     error_ = socket_.error();
     return false;
   }
-  if (credentials.password.empty()) return true;
-  auto r = credentials.user.empty() ? command({"AUTH", credentials.password})
-                                    : command({"AUTH", credentials.user, credentials.password});
-  if (r && !r->is_error()) return true;
-  if (r) error_ = node.str() + ": AUTH refused: " + r->str;
-  socket_.close();
-  return false;
+  if (!credentials.password.empty()) {
+    auto r = credentials.user.empty() ? command({"AUTH", credentials.password})
+                                      : command({"AUTH", credentials.user, credentials.password});
+    if (!r || r->is_error()) {
+      if (r) error_ = node.str() + ": AUTH refused: " + r->str;
+      socket_.close();
+      return false;
+    }
+  }
+  if (!credentials.client_name.empty()) {
+    auto r = command({"CLIENT", "SETNAME", credentials.client_name});
+    // A node that wants a password none was given for says so again at the first command, with the hint
+    // its caller gives: only a refusal of the name itself fails here.
+    if (!r || (r->is_error() && !r->str.starts_with("NOAUTH"))) {
+      if (r) error_ = node.str() + ": CLIENT SETNAME refused: " + r->str;
+      socket_.close();
+      return false;
+    }
+  }
+  // After the name: a move that took the lease over after this check closes the connection (move_lease.h).
+  if (auto why = refused_by_lease(credentials); !why.empty()) {
+    error_ = node.str() + ": " + why;
+    socket_.close();
+    return false;
+  }
+  return true;
+}
+
+std::string refused_by_lease(const Credentials& credentials) {
+  return credentials.lease_lost ? credentials.lease_lost() : std::string();
 }
 
 void NodeClient::fail(const std::string& what, std::string reason) {
@@ -165,7 +188,10 @@ bool NodeFanout::connect(const HostPort& node, std::chrono::milliseconds timeout
       error_ = c.error();
       return false;
     }
-    if (!name.empty()) c.command({"CLIENT", "SETNAME", name});
+    // A move's connections keep its name first (move_lease.h), this one's role after it.
+    if (!name.empty())
+      c.command({"CLIENT", "SETNAME",
+                 credentials.client_name.empty() ? name : credentials.client_name + ":" + name});
   }
   return true;
 }

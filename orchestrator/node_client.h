@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -27,7 +28,15 @@ struct Credentials {
   std::string password;  // empty: no AUTH
   // nullptr: plain TCP. Shared by every connection of the run (the context is built once, at start).
   std::shared_ptr<const TlsContext> tls;
+  // Set by a move (and its recovery) for every connection it opens (move_lease.h): each is named
+  // (CLIENT SETNAME `client_name`) so that a move taking over its expired lease can close them, and each is
+  // refused once opened if `lease_lost` says why (a non-empty reason) before anything is sent on it.
+  std::string client_name;
+  std::function<std::string()> lease_lost;
 };
+
+// What a connection opened with `credentials` may not be used for: empty, or the reason (a lost move lease).
+std::string refused_by_lease(const Credentials& credentials);
 
 // A node's error reply while it reads its dataset into memory.
 inline bool is_loading(const resp::Value& reply) {

@@ -152,6 +152,11 @@ ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& bo
   std::vector<HostPort> to;
   for (auto& p : resolve(result.calls))
     if (!left_out_.out(p.str()) && (!only || only->count(p.str()))) to.push_back(std::move(p));
+  if (const std::string refused = fence_ ? fence_() : std::string(); !refused.empty()) {
+    for (const auto& p : to)
+      result.calls.push_back(ProxyCall{p.str(), false, "not asked: " + refused, {}});
+    return result;
+  }
   const auto answers = fanout_.post(to, path, body, HttpFanout::Clock::now() + timeout);
   for (std::size_t i = 0; i < to.size(); ++i) {
     const auto& answer = answers[i];

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -123,6 +124,9 @@ class ProxyControl {
   // long); one that held starts its count over.
   void hold_answered(const ProxyCalls& calls);
   bool left_out(const std::string& proxy) const { return left_out_.out(proxy); }
+  // Asked before every call: a non-empty reason (a lost move lease, move_lease.h) sends nothing, and every
+  // proxy's call fails with it.
+  void set_fence(std::function<std::string()> fence) { fence_ = std::move(fence); }
 
  private:
   ProxyCalls post_all(const std::string& path, const std::string& body, std::chrono::milliseconds timeout,
@@ -134,6 +138,7 @@ class ProxyControl {
   std::chrono::milliseconds connect_timeout_;
   HttpFanout fanout_;
   LeftOutProxies left_out_;
+  std::function<std::string()> fence_;
 };
 
 }  // namespace slotshift

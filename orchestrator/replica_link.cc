@@ -84,6 +84,7 @@ bool ReplicaLink::start(const ReplicaLinkOptions& options) {
       return false;
     }
   }
+
   if (!send_command({"PING"})) return false;
   std::string line;
   if (!read_line(line, options_.step_timeout)) return false;
@@ -91,6 +92,11 @@ bool ReplicaLink::start(const ReplicaLinkOptions& options) {
     return fail("the source needs a password (" + line.substr(1) +
                 "): give --password (and --user for an ACL user)");
   if (line.starts_with("-")) return fail("PING refused: " + line.substr(1));
+  if (const auto& c = options_.credentials; !c.client_name.empty()) {
+    if (!expect_ok({"CLIENT", "SETNAME", c.client_name}, "CLIENT SETNAME")) return false;
+    // After the name: a move that took the lease over after this check closes the link (move_lease.h).
+    if (auto why = refused_by_lease(c); !why.empty()) return fail(why);
+  }
   const std::string port = std::to_string(socket_.local_port());
   if (!expect_ok({"REPLCONF", "listening-port", port}, "REPLCONF listening-port")) return false;
   if (options_.diskless) {

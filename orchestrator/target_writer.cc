@@ -37,20 +37,31 @@ bool TargetWriter::connect(const TargetWriterOptions& options, Done done) {
   if (!socket_.connect(options_.target, Clock::now() + options_.connect_timeout,
                        options_.credentials.tls.get()))
     return fail("cannot connect: " + socket_.reason());
-  if (const auto& c = options_.credentials; !c.password.empty()) {
-    std::string wire;
+  const auto& c = options_.credentials;
+  std::string wire;
+  std::uint32_t replies = 0;
+  if (!c.password.empty()) {
     if (c.user.empty())
       resp::append_command(wire, {"AUTH", c.password});
     else
       resp::append_command(wire, {"AUTH", c.user, c.password});
-    std::string auth_error;
+    ++replies;
+  }
+  if (!c.client_name.empty()) {
+    resp::append_command(wire, {"CLIENT", "SETNAME", c.client_name});
+    ++replies;
+  }
+  if (replies > 0) {
+    std::string refused;
     const auto saved = std::move(done_);
-    done_ = [&](std::uint64_t, std::string_view e) { auth_error = e; };
-    const bool ok = submit(wire, 1, 0) && drain();
+    done_ = [&](std::uint64_t, std::string_view e) { refused = e; };
+    const bool ok = submit(wire, replies, 0) && drain();
     done_ = saved;
     if (!ok) return false;
-    if (!auth_error.empty()) return fail("AUTH refused: " + auth_error);
+    if (!refused.empty()) return fail("AUTH or CLIENT SETNAME refused: " + refused);
   }
+  // After the name: a move that took the lease over after this check closes the connection (move_lease.h).
+  if (auto why = refused_by_lease(c); !why.empty()) return fail(why);
   return true;
 }
 

@@ -14,6 +14,7 @@ Run by ctest as move_fault_it (and move_fault_it@SERVER for the claim case on ot
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -321,6 +322,68 @@ class KilledMover(FaultedMover):
         return r
 
 
+class StalledMover(FaultedMover):
+    """slotshift move with a short lease, stopped (SIGSTOP) right after the journal record `step` for longer than
+    its lease, as a paused VM or a process starved of CPU is; then `slotshift resume` with its journal takes the
+    lease over, and the stopped move is let go (SIGCONT) once the resume's own move copies. The stopped move
+    wakes up part way through its own steps: it must change nothing more (no stream write applied again, no
+    undo of the resume's copy) and exit 5. The checks judge what the resume says and leaves."""
+
+    def __init__(self, step):
+        super().__init__(step + ":run", run_command="kill -STOP $PPID")
+        self.step = step
+        self.moves_all_on_success = True
+        self.stalled = None
+
+    def __call__(self, cluster, slots, target):
+        journal = os.path.join(cluster.dir, "move.journal")
+        cmd = [harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots", harness.format_slots(slots),
+               "--to", cluster.node_id(target), "--journal", journal, "--lease-ttl", "2s"]
+        env = dict(os.environ, SLOTSHIFT_FAULT=self.fault, SLOTSHIFT_FAULT_RUN=self.run_command)
+        stalled = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.time() + 120
+            while process_state(stalled.pid) != "T":
+                if stalled.poll() is not None or time.time() > deadline:
+                    raise AssertionError("slotshift was meant to stop itself at %s; it did not:\n%s" % (
+                        self.step, "".join(stalled.communicate(timeout=60))))
+                time.sleep(0.02)
+            time.sleep(3.0)  # past its 2 s lease
+            resume = subprocess.Popen([harness.SLOTSHIFT_BIN, "resume", "--cluster", cluster.seed(), "--journal",
+                                       journal], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.time() + 120
+            while not resumed_move_copies(journal) and resume.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            os.kill(stalled.pid, signal.SIGCONT)
+            r_out, r_err = resume.communicate(timeout=300)
+            s_out, s_err = stalled.communicate(timeout=300)
+        finally:
+            if stalled.poll() is None:
+                stalled.kill()
+        for line in (s_out + s_err).splitlines():
+            if not line.startswith("  batch"):
+                log("    slotshift move (stalled): " + line)
+        for line in (r_out + r_err).splitlines():
+            if not line.startswith("  batch"):
+                log("    slotshift resume: " + line)
+        self.stalled = subprocess.CompletedProcess(cmd, stalled.returncode, s_out, s_err)
+        self.result = subprocess.CompletedProcess(["slotshift", "resume"], resume.returncode, r_out, r_err)
+        return self.result
+
+
+def process_state(pid):
+    """The one-letter state of a process (T: stopped), from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def resumed_move_copies(journal):
+    """Whether the move a resume started has begun its copy (a copy record after the resume's)."""
+    with open(journal) as f:
+        steps = [json.loads(line).get("step") for line in f if line.endswith("\n")]
+    return "resume-started" in steps and "copy" in steps[steps.index("resume-started"):]
+
+
 class KillTest(FaultScenarios, unittest.TestCase):
     """slotshift killed at every step of its journal, then resumed or aborted: the move ends as the recovery
     says, every acknowledged write is where its slot is, and nothing is left open, paused or refused."""
@@ -416,6 +479,17 @@ class LeaseTest(FaultScenarios, unittest.TestCase):
             return subprocess.CompletedProcess(cmd, 0 if 0 in codes else 4, "\n".join(outs), "")
         both.may_refuse = True
         self.faulted_move("none", name="two-moves", mover=both)
+
+    def test_a_move_stalled_past_its_lease_changes_nothing_once_taken_over(self):
+        """A move stopped for longer than its lease, while its copy follows the source's writes, is taken over by
+        slotshift resume; woken up while the resume's move copies, it sends nothing more and exits 5, saying
+        why. Every acknowledged write is there once (an INCR the stalled copier applied again would show)."""
+        mover = StalledMover("copied")
+        self.faulted_move("none", name="stalled-past-lease", mover=mover, expect_failure=False)
+        out = mover.stalled.stdout + mover.stalled.stderr
+        self.assertEqual(mover.stalled.returncode, 5, out)
+        self.assertIn("this move no longer holds its lease", out)
+        self.assertIn("stopped where it was and undid nothing", out)
 
     def test_a_live_lease_refuses_and_an_expired_one_is_taken_over(self):
         cluster = harness.Cluster(3, 0)
