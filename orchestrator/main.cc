@@ -257,7 +257,7 @@ int main(int argc, char** argv) {
       recover.pause_timeout = parse_duration(pause_timeout);
       recover.lease_ttl = lease_ttl_of(lease_ttl);
     } catch (const std::exception& e) {
-      std::cerr << "slotshift resume: " << e.what() << "\n";
+      std::cerr << (abort->parsed() ? "slotshift abort: " : "slotshift resume: ") << e.what() << "\n";
       return slotshift::kExitUsage;
     }
     if (recover.proxy_token.empty())

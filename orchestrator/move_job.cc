@@ -78,8 +78,15 @@ std::string join(const std::vector<std::string>& parts, const std::string& separ
   return out;
 }
 
+std::vector<HostPort> every_node(const Topology& topology) {
+  std::vector<HostPort> out;
+  for (const auto& n : topology.nodes)
+    out.push_back(HostPort{n.address(), n.port});
+  return out;
+}
+
 bool MoveJob::lease_lost() const {
-  return lease_ && !lease_->held();
+  return lease_ && !lease_->confirm();
 }
 
 void MoveJob::stopped_without_lease() {
@@ -135,8 +142,9 @@ bool MoveJob::open_journal() {
 // crash leaves either the whole line or none of it.
 void MoveJob::journal(MoveStep step, const nlohmann::json& fields) {
   // The journal is the lease holder's: once this move may have lost its lease, a recovery may be appending
-  // to the same file, and a record of ours would tell the next reader of a step the nodes never saw.
-  if (journal_fd_ >= 0 && !lease_lost()) {
+  // to the same file, and a record of ours would tell the next reader of a step the nodes never saw. The
+  // lease's clock only (MoveLease::held), as the records of a batch are written inside its pause.
+  if (journal_fd_ >= 0 && (!lease_ || lease_->held())) {
     nlohmann::json j = fields;
     j["step"] = step_name(step);
     j["version"] = kJournalVersion;

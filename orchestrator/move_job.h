@@ -87,6 +87,9 @@ struct TargetView {
   std::string error;                  // why it is not known
 };
 
+// The address of every node of `topology`, masters and replicas.
+std::vector<HostPort> every_node(const Topology& topology);
+
 class MoveJob {
  public:
   MoveJob(const MoveOptions& options, std::ostream& out, std::ostream& err)
@@ -169,7 +172,8 @@ class MoveJob {
   nlohmann::json batch_record(const Source& source, const Batch& batch) const;
   bool interrupted();
   void report(bool ok);
-  // A lease this run took and may no longer hold (move_lease.h): nothing more may change the cluster.
+  // A lease this run took and may no longer hold, asked of the nodes (MoveLease::confirm): nothing more may
+  // change the cluster.
   bool lease_lost() const;
   // Says so in error_, and stops the copiers, sending nothing more.
   void stopped_without_lease();

@@ -117,6 +117,7 @@ bool MoveJob::plan() {
     for (const auto& src : planned.sources)
       leased_.push_back(HostPort{src.node.address(), src.node.port});
     if (!lease_->acquire(leased_)) return fail(lease_->error());
+    lease_->close_elsewhere(every_node(survey.merged));
     options_.common.credentials.lease_lost = lease_->fence();
     if (proxies_) proxies_->set_fence(lease_->fence());
     // What the plan rests on is read again under the lease: a move that ended between the first look and

@@ -231,7 +231,10 @@ int MoveJob::recover(bool resume) {
   }
   move_id_ = state->move_id;
   journal_path_ = path;
-  options_.common.credentials.client_name = move_connection_name(move_id_ + "-" + verb);
+  // Its own lease id: a second recovery that takes an expired one over closes this one's connections, not
+  // its own.
+  const std::string lease_id = move_id_ + "-" + verb + "-" + std::to_string(::getpid());
+  options_.common.credentials.client_name = move_connection_name(lease_id);
   journal_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (journal_fd_ < 0) {
     err_ << "slotshift " << verb << ": cannot append to " << path << ": " << std::strerror(errno) << "\n";
@@ -288,7 +291,7 @@ int MoveJob::recover(bool resume) {
     sources_.push_back(std::move(src));
   }
   // A move that is still running holds its lease: recovering under it would fight it.
-  lease_ = std::make_unique<MoveLease>(move_id_ + "-" + verb, options_.lease_ttl, options_.common.timeout,
+  lease_ = std::make_unique<MoveLease>(lease_id, options_.lease_ttl, options_.common.timeout,
                                        options_.common.credentials);
   std::vector<HostPort> leased{target_address_};
   for (const auto& src : sources_)
@@ -297,6 +300,7 @@ int MoveJob::recover(bool resume) {
     err_ << "slotshift " << verb << ": " << lease_->error() << "\n";
     return kExitRefused;
   }
+  lease_->close_elsewhere(every_node(topology_));
   options_.common.credentials.lease_lost = lease_->fence();
   if (!state->proxies.empty()) {
     std::vector<HostPort> proxies;

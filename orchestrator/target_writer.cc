@@ -54,7 +54,9 @@ bool TargetWriter::connect(const TargetWriterOptions& options, Done done) {
   if (replies > 0) {
     std::string refused;
     const auto saved = std::move(done_);
-    done_ = [&](std::uint64_t, std::string_view e) { refused = e; };
+    done_ = [&](std::uint64_t, std::string_view e) {
+      if (refused.empty()) refused = e;  // the first: a refused AUTH makes the name refused too
+    };
     const bool ok = submit(wire, replies, 0) && drain();
     done_ = saved;
     if (!ok) return false;

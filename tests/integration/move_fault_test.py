@@ -325,20 +325,23 @@ class KilledMover(FaultedMover):
 class StalledMover(FaultedMover):
     """slotshift move with a short lease, stopped (SIGSTOP) right after the journal record `step` for longer than
     its lease, as a paused VM or a process starved of CPU is; then `slotshift resume` with its journal takes the
-    lease over, and the stopped move is let go (SIGCONT) once the resume's own move copies. The stopped move
-    wakes up part way through its own steps: it must change nothing more (no stream write applied again, no
-    undo of the resume's copy) and exit 5. The checks judge what the resume says and leaves."""
+    lease over, and the stopped move is let go (SIGCONT) once the resume's own move has copied the snapshot (a
+    stream write the stopped copier applied after that would be applied twice). The stopped move wakes up part
+    way through its own steps: it must change nothing more (no stream write applied again, no undo of the
+    resume's copy) and exit 5. The checks judge what the resume says and leaves; `left_open` is every
+    connection of the stopped move still open on a node once the resume's move copies (none may be)."""
 
     def __init__(self, step):
         super().__init__(step + ":run", run_command="kill -STOP $PPID")
         self.step = step
         self.moves_all_on_success = True
         self.stalled = None
+        self.left_open = None
 
     def __call__(self, cluster, slots, target):
         journal = os.path.join(cluster.dir, "move.journal")
         cmd = [harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots", harness.format_slots(slots),
-               "--to", cluster.node_id(target), "--journal", journal, "--lease-ttl", "2s"]
+               "--to", cluster.node_id(target), "--journal", journal, "--lease-ttl", "4s"]
         env = dict(os.environ, SLOTSHIFT_FAULT=self.fault, SLOTSHIFT_FAULT_RUN=self.run_command)
         stalled = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
@@ -348,12 +351,18 @@ class StalledMover(FaultedMover):
                     raise AssertionError("slotshift was meant to stop itself at %s; it did not:\n%s" % (
                         self.step, "".join(stalled.communicate(timeout=60))))
                 time.sleep(0.02)
-            time.sleep(3.0)  # past its 2 s lease
+            time.sleep(5.0)  # past its 4 s lease
             resume = subprocess.Popen([harness.SLOTSHIFT_BIN, "resume", "--cluster", cluster.seed(), "--journal",
                                        journal], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.time() + 120
-            while not resumed_move_copies(journal) and resume.poll() is None and time.time() < deadline:
+            while not resumed_move_copied(journal) and resume.poll() is None and time.time() < deadline:
                 time.sleep(0.02)
+            with open(journal) as f:
+                stalled_id = json.loads(f.readline())["move"]
+            self.left_open = [(node, line) for node in cluster.nodes
+                              for line in cluster.cli(node, "client", "list").splitlines()
+                              if " name=slotshift-move:%s " % stalled_id in line + " "
+                              or " name=slotshift-move:%s:" % stalled_id in line]
             os.kill(stalled.pid, signal.SIGCONT)
             r_out, r_err = resume.communicate(timeout=300)
             s_out, s_err = stalled.communicate(timeout=300)
@@ -377,11 +386,11 @@ def process_state(pid):
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def resumed_move_copies(journal):
-    """Whether the move a resume started has begun its copy (a copy record after the resume's)."""
+def resumed_move_copied(journal):
+    """Whether the move a resume started has copied the snapshot (a copied record after the resume's)."""
     with open(journal) as f:
         steps = [json.loads(line).get("step") for line in f if line.endswith("\n")]
-    return "resume-started" in steps and "copy" in steps[steps.index("resume-started"):]
+    return "resume-started" in steps and "copied" in steps[steps.index("resume-started"):]
 
 
 class KillTest(FaultScenarios, unittest.TestCase):
@@ -490,6 +499,7 @@ class LeaseTest(FaultScenarios, unittest.TestCase):
         self.assertEqual(mover.stalled.returncode, 5, out)
         self.assertIn("this move no longer holds its lease", out)
         self.assertIn("stopped where it was and undid nothing", out)
+        self.assertEqual(mover.left_open, [], "connections of the stalled move the takeover left open")
 
     def test_a_live_lease_refuses_and_an_expired_one_is_taken_over(self):
         cluster = harness.Cluster(3, 0)

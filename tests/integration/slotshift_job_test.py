@@ -151,18 +151,20 @@ class ExitStatusTest(JobCase):
         self.assertEqual(keys_in(self.cluster, b, slots), keys)
         self.check_clean()
 
-        # Back to a, with SIGTERM while the target, a, is stopped for longer than the undo asks it (10 s): the
-        # undo cannot finish, and says so.
+        # Back to a, with SIGTERM while the target, a, is stopped for longer than half the move's lease (15 s
+        # of 30 s): the move cannot tell whether another slotshift took its lease over meanwhile, so it undoes
+        # nothing, writes nothing more in its journal, and says so.
         pid = int(self.cluster.cli(a, "info", "server").split("process_id:")[1].split()[0])
-        stall = "kill -STOP %d; (sleep 15; kill -CONT %d) >/dev/null 2>&1 & kill -TERM $PPID" % (pid, pid)
+        stall = "kill -STOP %d; (sleep 20; kill -CONT %d) >/dev/null 2>&1 & kill -TERM $PPID" % (pid, pid)
         run = self.move(text, a, "--json", env={"SLOTSHIFT_FAULT": "copied:run", "SLOTSHIFT_FAULT_RUN": stall})
         report = json.loads(run.stdout)
         self.assertEqual((run.returncode, report["outcome"], report["exit_status"]), (5, "unfinished", 5),
                          run.stdout + run.stderr)
         with open(run.journal) as f:
             last = json.loads(f.read().splitlines()[-1])
-        self.assertEqual((last["step"], last["complete"]), ("aborted", False))
-        self.assertIn("not undone", " ".join(report["warnings"]))
+        self.assertEqual(last["step"], "copied", "the move wrote in its journal after it lost its lease")
+        self.assertIn("no longer holds its lease", report["error"])
+        self.assertIn("undid nothing", report["error"])
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
