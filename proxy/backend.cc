@@ -152,6 +152,7 @@ void Backend::connect() {
   conn_->out.owner = this;
   conn_->out.on_error = &Backend::on_write_error;
   queued_bytes_ = 0;
+  kernel_seen_ = 0;
   connect_started_ms_ = worker_.now_ms();
   last_activity_ms_ = connect_started_ms_;
   scanner_.reset();
@@ -435,11 +436,24 @@ void Backend::check_deadlines(std::uint64_t now_ms) {
     fail(conn_->connected ? "TLS handshake timed out" : "connect timed out");
     return;
   }
+  // The node taking the oldest request's bytes counts as activity, as its reply's bytes do (on_read): a large
+  // value over a slow path is still on its way, and the node has said nothing wrong. Bytes of the requests
+  // behind it do not count: a node stuck in a slow script takes those into its socket buffer all the same.
+  if (conn_ && conn_->connected) {
+    const std::uint64_t taken = conn_->out.kernel_total();
+    if (taken > kernel_seen_ && kernel_seen_ < pending_.front().end_offset) last_activity_ms_ = now_ms;
+    kernel_seen_ = taken;
+  }
   for (auto& p : pending_) {
     if (!p.request) continue;
     Request& r = *p.request;
     if (r.done || r.attempt != p.attempt) continue;
     if (r.deadline_ms == 0 || r.deadline_ms > now_ms) break;
+    // Bytes of the oldest request, or of a reply, moved within the timeout: it and the requests behind it
+    // wait on, as a client's socket timeout would. An error now would cut a transfer that is going well, and
+    // leave the client unsure whether its write was applied; once nothing moves for a whole timeout, the
+    // connection fails below, and they with it.
+    if (now_ms - last_activity_ms_ < timeout) break;
     worker_.stats().errors_timeout.add();
     worker_.complete(
         p.request, errors::timeout("no reply from " + name_ + " within " + std::to_string(timeout) + " ms"));

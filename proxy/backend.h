@@ -156,6 +156,7 @@ class Backend {
   std::uint64_t queued_bytes_ = 0;  // bytes ever queued on the current connection
   std::uint64_t connect_started_ms_ = 0;
   std::uint64_t last_activity_ms_ = 0;
+  std::uint64_t kernel_seen_ = 0;  // the connection's bytes the kernel had taken at the last check_deadlines
   std::uint64_t replies_ = 0;
   std::string last_failure_;
   // A reply is whatever the server sends: LRANGE, HGETALL or KEYS on a big node answer with more elements,

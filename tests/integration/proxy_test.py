@@ -4,6 +4,7 @@ Redis Cluster behind the proxy. Run by ctest; runs alone too: tests/integration/
 
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -420,6 +421,62 @@ class ProxyLimits(unittest.TestCase):
             self.assertEqual(r.get("idle:k"), b"1")
             r.close()
         finally:
+            proxy.stop()
+
+    def owner_of(self, key):
+        slot = int(self.cluster.cli(self.cluster.masters()[0], "cluster", "keyslot", key).strip())
+        for node in self.cluster.masters():
+            if slot in self.cluster.slots_of(node):
+                return node
+        raise AssertionError("no master serves slot %d" % slot)
+
+    def test_a_large_value_over_a_slow_path_is_not_cut_off(self):
+        """A 64 MB SET to a node that takes it in bursts (stopped 200 ms, running 3 ms, as behind a slow link)
+        takes longer than the request timeout: its bytes keep moving, so the proxy does not time it out half
+        way (which would leave the client unsure whether it was applied). A node that stops taking them
+        altogether is timed out within about the timeout."""
+        proxy = harness.Proxy(self.cluster, "--request-timeout-ms", "1000", threads=1)
+        owner = self.owner_of("bigslow")
+        pid = int(self.cluster.cli(owner, "info", "server").split("process_id:")[1].split()[0])
+        big = os.urandom(1 << 20) * 64
+        try:
+            r = client(proxy)
+            stop = threading.Event()
+
+            def throttle():
+                while not stop.is_set():
+                    os.kill(pid, signal.SIGSTOP)
+                    time.sleep(0.2)
+                    os.kill(pid, signal.SIGCONT)
+                    time.sleep(0.003)
+
+            throttler = threading.Thread(target=throttle)
+            start = time.time()
+            throttler.start()
+            try:
+                self.assertTrue(r.set("bigslow", big))
+                took = time.time() - start
+            finally:
+                stop.set()
+                throttler.join()
+                os.kill(pid, signal.SIGCONT)
+            self.assertGreater(took, 1.5, "the node took the value faster than the timeout: nothing was tested")
+            self.assertEqual(r.strlen("bigslow"), len(big))
+            # Stopped for good half way through the next one: an error within about the timeout.
+            stopper = threading.Timer(0.05, os.kill, (pid, signal.SIGSTOP))
+            start = time.time()
+            stopper.start()
+            try:
+                with self.assertRaises(redis.ResponseError) as e:
+                    r.set("bigslow", big)
+                self.assertLess(time.time() - start, 3.0)
+                self.assertIn("timed out", str(e.exception))
+            finally:
+                stopper.join()
+                os.kill(pid, signal.SIGCONT)
+            r.delete("bigslow")
+        finally:
+            os.kill(pid, signal.SIGCONT)
             proxy.stop()
 
     def test_request_timeout_names_the_cause(self):
