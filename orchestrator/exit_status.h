@@ -13,8 +13,8 @@
 //                   node that does not answer, a state a move cannot start from, another move's lease). Run
 //                   it again once that has changed
 //   5  unfinished   move, resume, abort: it stopped with work of the move left on the nodes (an undo that
-//                   could not finish, a source still fencing writes); its journal stays open. Run slotshift
-//                   abort or resume with that journal (check shows what is left)
+//                   could not finish, a source still fencing writes, a lease it no longer holds); its journal
+//                   stays open. Run slotshift abort or resume with that journal (check shows what is left)
 #pragma once
 
 namespace slotshift {
