@@ -16,6 +16,7 @@
 
 #include "common/server_info.h"
 #include "common/topology.h"
+#include "orchestrator/cluster_check.h"
 #include "orchestrator/fault_injection.h"
 #include "orchestrator/journal.h"
 #include "orchestrator/native_migration.h"
@@ -81,7 +82,7 @@ std::string join(const std::vector<std::string>& parts, const std::string& separ
 std::vector<HostPort> every_node(const Topology& topology) {
   std::vector<HostPort> out;
   for (const auto& n : topology.nodes)
-    out.push_back(HostPort{n.address(), n.port});
+    out.push_back(address_of(n));
   return out;
 }
 
@@ -627,7 +628,9 @@ int MoveJob::run() {
                                 timed(cleanup_s_, "clean", "clean  the moved keys from the sources' replicas",
                                       [&] { return clean_source_replicas(); }) &&
                                 timed(settle_s_, "settle", settling, [&] { return settle(); });
-  if (!ok && lease_lost()) {
+  // Asked of the nodes once before the undo, and again after it only if it ran.
+  bool without_lease = !ok && lease_lost();
+  if (without_lease) {
     // Whoever took the lease over owns the move now: an undo from here would unpause its sources, delete
     // its copied keys and clear its IMPORTING. Nothing more is sent; the journal is left as it is.
     stopped_without_lease();
@@ -636,11 +639,12 @@ int MoveJob::run() {
     // The batches claimed before the failure are moved: their keys go from the source's replicas as after a
     // move that went well.
     clean_source_replicas();
+    without_lease = lease_lost();
   }
   if (ok) {
     exit_status_ = kExitDone;
     journal(MoveStep::kDone);
-  } else if (lease_lost()) {
+  } else if (without_lease) {
     exit_status_ = kExitUnfinished;
   } else {
     // The move ended by itself, its undo done: the journal says so, so that check does not take it for a

@@ -23,18 +23,32 @@ std::string host_name() {
   return buf;
 }
 
-std::vector<LeaseSeen> leases_in(const std::string& client_list) {
-  std::vector<LeaseSeen> out;
+// A connection as a line of CLIENT LIST shows it: the fields slotshift reads.
+struct ClientSeen {
+  std::string id, addr, name;
+};
+std::vector<ClientSeen> clients_in(const std::string& client_list) {
+  std::vector<ClientSeen> out;
   std::istringstream lines(client_list);
   for (std::string line; std::getline(lines, line);) {
-    LeaseSeen s;
-    std::string name;
+    ClientSeen c;
     std::istringstream fields(line);
     for (std::string f; fields >> f;) {
-      if (f.starts_with("id=")) s.client_id = f.substr(3);
-      if (f.starts_with("addr=")) s.addr = f.substr(5);
-      if (f.starts_with("name=")) name = f.substr(5);
+      if (f.starts_with("id=")) c.id = f.substr(3);
+      if (f.starts_with("addr=")) c.addr = f.substr(5);
+      if (f.starts_with("name=")) c.name = f.substr(5);
     }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::vector<LeaseSeen> leases_in(const std::string& client_list) {
+  std::vector<LeaseSeen> out;
+  for (const auto& [id, addr, name] : clients_in(client_list)) {
+    LeaseSeen s;
+    s.client_id = id;
+    s.addr = addr;
     if (!name.starts_with(kPrefix)) continue;
     // <move id>:<until>:<host>; the move id has no ':'.
     const auto rest = name.substr(kPrefix.size());
@@ -62,16 +76,9 @@ void close_connections_of(NodeClient& c, const std::string& lease_id) {
   auto list = c.command({"CLIENT", "LIST"});
   if (!list || list->is_error()) return;
   const std::string name = move_connection_name(lease_id);
-  std::istringstream lines(list->str);
-  for (std::string line; std::getline(lines, line);) {
-    std::string id, n;
-    std::istringstream fields(line);
-    for (std::string f; fields >> f;) {
-      if (f.starts_with("id=")) id = f.substr(3);
-      if (f.starts_with("name=")) n = f.substr(5);
-    }
-    if (n == name || n.starts_with(name + ":")) c.command({"CLIENT", "KILL", "ID", id});
-  }
+  for (const auto& client : clients_in(list->str))
+    if (client.name == name || client.name.starts_with(name + ":"))
+      c.command({"CLIENT", "KILL", "ID", client.id});
 }
 
 }  // namespace

@@ -84,7 +84,6 @@ bool ReplicaLink::start(const ReplicaLinkOptions& options) {
       return false;
     }
   }
-
   if (!send_command({"PING"})) return false;
   std::string line;
   if (!read_line(line, options_.step_timeout)) return false;

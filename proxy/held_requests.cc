@@ -122,7 +122,7 @@ std::size_t HeldRequests::take_sent(std::uint64_t generation) {
   return sent;
 }
 
-std::size_t HeldRequests::sync_held(bool may_route, bool for_a_change) {
+void HeldRequests::sync_held(bool may_route, bool for_a_change) {
   // The requests it sends on are dispatched inside this mark, so that none of those dispatches syncs again
   // (and sends a later request of the same client first, from within this one's release).
   const Dispatching mark(*this);
@@ -173,7 +173,6 @@ std::size_t HeldRequests::sync_held(bool may_route, bool for_a_change) {
     sent_generation_ = synced_generation_;
   }
   update_active();
-  return sent;
 }
 
 void HeldRequests::watch_drain(const SlotSet& slots, std::shared_ptr<ControlCall> call) {

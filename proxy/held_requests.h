@@ -149,8 +149,8 @@ class HeldRequests {
   };
 
   // sync(); a sync at a hold's expiry (`for_a_change` false) changes nothing a call waits for, and is not
-  // counted for take_sent(). Returns how many held requests it sent on.
-  std::size_t sync_held(bool may_route, bool for_a_change);
+  // counted for take_sent().
+  void sync_held(bool may_route, bool for_a_change);
   void keep(const RequestPtr& request, Session* session);
   void forget(const Request& request);
   // Sends on `queue`'s requests from its front, up to the first one whose slot is still held.
