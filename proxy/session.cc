@@ -1129,6 +1129,11 @@ bool Session::pubsub_command(const std::string& name, Args args, const CommandIn
   if (!pubsub_) pubsub_ = std::make_unique<Subscriptions>(*this, worker_);
   // Again after a RESET, which took it out: its shard channels must follow their slots.
   worker_.subscribers().insert(this);
+  // In this order: the subscriber counted first (a handoff from here on routes this worker itself and moves
+  // the channel), then a handoff published before it taken, so that the node is chosen from the map the
+  // cluster has now. Otherwise, on a worker the handoff found quiet, the channel would go to the old owner,
+  // which answers it until it learns the claim, while messages are published at the new one.
+  if (subscribing && kind == Kind::kShard) worker_.held().catch_up_outside_dispatch();
   if (subscribing) {
     auto r = new_request(name, cmd);
     enqueue(r);

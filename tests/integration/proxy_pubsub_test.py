@@ -7,6 +7,7 @@ alone too: tests/integration/proxy_pubsub_test.py [-k pattern]."""
 
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -353,6 +354,50 @@ class PubSub(unittest.TestCase):
             self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
             self.cluster.wait_owner([slot], target_id)
         self.moved_under_publishers(move, "mv", 1)
+
+    def test_shard_subscriber_right_after_a_handoff_hears_the_new_owner(self):
+        """A client subscribes to a shard channel right after a handoff moved its slot, on a worker that had
+        nothing to do with the slot (no command held, no subscriber), which the handoff did not wake: its
+        subscription must go to the new owner and hear what is published there, even while the old owner has
+        not learnt the claim (it is stopped here, as a busy source can be for a while)."""
+        proxy = harness.Proxy(self.cluster, threads=1, admin=True, admin_token="t")
+        masters = self.cluster.masters_by_slot()
+        source, target = masters[0], masters[1]
+        target_id = self.cluster.node_id(target)
+        slot = self.cluster.slots_of(source)[-1]  # the other tests take the first slots
+        self.assertEqual(self.cluster.cli(source, "cluster", "countkeysinslot", str(slot)).strip(), "0")
+        channel = channel_in_slot_of(slot, "handoff")
+        pid = int(next(line.split(":")[1] for line in self.cluster.cli(source, "info", "server").splitlines()
+                       if line.startswith("process_id:")))
+        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        reader = Reader.__new__(Reader)  # its reply parser, on this connection
+        reader.sock, reader.buf, reader.pos = client, b"", 0
+        try:
+            # The client's connection is the worker's before the handoff, and idle.
+            client.sendall(command_bytes("PING"))
+            self.assertEqual(reader.next(deadline=time.time() + 10), b"PONG")
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                # The claim, as a move makes it, with the source unable to learn it meanwhile.
+                self.cluster.cli(target, "cluster", "bumpepoch")
+                self.cluster.cli(target, "cluster", "setslot", str(slot), "node", target_id)
+                status, body = proxy.admin_call("POST", "/v1/slots/handoff",
+                                                {"slots": str(slot), "node": "%s:%d" % target})
+                self.assertEqual(status, 200, body)
+                # At once: an idle worker looks at the published routes every 250 ms by itself.
+                client.sendall(command_bytes("SSUBSCRIBE", channel))
+                confirmed = reader.next(deadline=time.time() + 2)
+                self.assertEqual(confirmed, [b"ssubscribe", channel.encode(), 1],
+                                 "the subscription was not confirmed within 2 s (sent to the stopped old owner?)")
+                self.assertEqual(self.cluster.cli(target, "spublish", channel, "hello").strip(), "1",
+                                 "the new owner has no subscriber for the channel")
+                self.assertEqual(reader.next(deadline=time.time() + 5), [b"smessage", channel.encode(), b"hello"])
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            self.cluster.wait_owner([slot], target_id)
+        finally:
+            client.close()
+            proxy.stop()
 
     def test_shard_channel_follows_a_reshard(self):
         def reshard(slot, source, target):
