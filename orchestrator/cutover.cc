@@ -5,7 +5,6 @@
 #include <future>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "common/server_info.h"
@@ -542,13 +541,10 @@ bool MoveJob::wait_source_learns(Source& src, const std::vector<Slot>& slots) {
 void MoveJob::drop_setslot_connections() {
   auto list = target_control_.command({"CLIENT", "LIST", "TYPE", "normal"});
   if (!list || list->is_error()) return;
-  std::istringstream lines(list->str);
   int n = 0;
-  for (std::string line; std::getline(lines, line);) {
-    if (line.find(":slotshift-setslot ") == std::string::npos || n++ % 2) continue;  // the move's, by name
-    const auto id = line.substr(3, line.find(' ') - 3);                              // "id=123 addr=..."
-    target_control_.command({"CLIENT", "KILL", "ID", id});
-  }
+  for (const auto& client : clients_in(list->str))
+    if (client.name.ends_with(":slotshift-setslot") && n++ % 2 == 0)  // the move's, by name
+      target_control_.command({"CLIENT", "KILL", "ID", client.id});
 }
 
 // CLUSTER SETSLOT commands on the target, each group in order, the groups over many connections at once:

@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <sstream>
 
 namespace slotshift {
 namespace {
@@ -21,26 +20,6 @@ std::string host_name() {
   char buf[256] = {};
   if (::gethostname(buf, sizeof buf - 1) != 0) return "unknown-host";
   return buf;
-}
-
-// A connection as a line of CLIENT LIST shows it: the fields slotshift reads.
-struct ClientSeen {
-  std::string id, addr, name;
-};
-std::vector<ClientSeen> clients_in(const std::string& client_list) {
-  std::vector<ClientSeen> out;
-  std::istringstream lines(client_list);
-  for (std::string line; std::getline(lines, line);) {
-    ClientSeen c;
-    std::istringstream fields(line);
-    for (std::string f; fields >> f;) {
-      if (f.starts_with("id=")) c.id = f.substr(3);
-      if (f.starts_with("addr=")) c.addr = f.substr(5);
-      if (f.starts_with("name=")) c.name = f.substr(5);
-    }
-    out.push_back(std::move(c));
-  }
-  return out;
 }
 
 std::vector<LeaseSeen> leases_in(const std::string& client_list) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -250,6 +251,22 @@ std::optional<std::vector<resp::Value>> NodeClient::pipeline(
     auto v = read_reply(args.empty() ? std::string() : args[0]);
     if (!v) return std::nullopt;
     out.push_back(std::move(*v));
+  }
+  return out;
+}
+
+std::vector<ClientSeen> clients_in(const std::string& client_list) {
+  std::vector<ClientSeen> out;
+  std::istringstream lines(client_list);
+  for (std::string line; std::getline(lines, line);) {
+    ClientSeen c;
+    std::istringstream fields(line);
+    for (std::string f; fields >> f;) {
+      if (f.starts_with("id=")) c.id = f.substr(3);
+      if (f.starts_with("addr=")) c.addr = f.substr(5);
+      if (f.starts_with("name=")) c.name = f.substr(5);
+    }
+    out.push_back(std::move(c));
   }
   return out;
 }

@@ -113,4 +113,12 @@ class NodeFanout {
   std::string error_;
 };
 
+// A connection as a line of a node's CLIENT LIST shows it: the fields slotshift reads (a move's leases and
+// the connections it names, move_lease.h; the claim's fault injection).
+struct ClientSeen {
+  std::string id, addr, name;
+};
+// The connections of a CLIENT LIST reply, one per line.
+std::vector<ClientSeen> clients_in(const std::string& client_list);
+
 }  // namespace slotshift
