@@ -6,7 +6,8 @@
 #   tests/bench/proxy_bench.sh [--runs 3] [--requests 200000] [--idle-clients 10000]
 #
 # Prints requests per second and p50 latency for each case (median of the runs), the proxy/direct ratio, and the
-# proxy's RSS with that many idle client connections. Not part of the test suite.
+# proxy's RSS with that many idle client connections. SLOTSHIFT_BINARY_DIR picks the build (default: build/):
+# point it at another build to compare two versions of the proxy. Not part of the test suite.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 runs=3 requests=200000 idle=10000
@@ -18,7 +19,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--runs N] [--requests N] [--idle-clients N]" >&2; exit 2 ;;
   esac
 done
-proxy_bin=$root/build/proxy/slotshift-proxy
+proxy_bin=${SLOTSHIFT_BINARY_DIR:-$root/build}/proxy/slotshift-proxy
 [ -x "$proxy_bin" ] || { echo "build first: cmake --preset default && cmake --build build" >&2; exit 1; }
 
 eval "$("$root/deploy/local/cluster.sh" start --masters 3 --owner-pid $$)"
