@@ -93,14 +93,27 @@ ProxyControl::BatchStart ProxyControl::begin_batch(const std::string& owner,
   return start;
 }
 
-void ProxyControl::warm_up() {
+void ProxyControl::warm_up(const std::string& owner) {
   std::vector<ProxyCall> unresolved;  // reported by the first batch's calls
   std::vector<HostPort> to;
   for (auto& p : resolve(unresolved))
     if (!left_out_.out(p.str())) to.push_back(std::move(p));
   // A stopped proxy would hold the first batch back by this, if the copy is shorter: the hold's own deadline
   // at most, as begin_batch() waits.
-  fanout_.connect_ahead(to, HttpFanout::Clock::now() + std::min(connect_timeout_, kWarmUp));
+  const auto deadline = HttpFanout::Clock::now() + std::min(connect_timeout_, kWarmUp);
+  const auto silent = fanout_.connect_ahead(to, deadline);
+  std::set<std::string> answered;
+  for (const auto& p : to)
+    answered.insert(p.str());
+  for (const auto& [proxy, why] : silent)
+    answered.erase(proxy);
+  // After the connections (a proxy that did not answer one is not asked again here), within what is left of
+  // the same deadline: post_all() asks the lease's fence first, as for every call. (An empty owner would
+  // release the holds placed without one, which are not this move's.)
+  if (owner.empty()) return;
+  post_all("/v1/slots/release", nlohmann::json{{"owner", owner}}.dump(),
+           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - HttpFanout::Clock::now()),
+           &answered);
 }
 
 void ProxyControl::hold_answered(const ProxyCalls& calls) {
