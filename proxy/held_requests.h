@@ -105,13 +105,14 @@ class HeldRequests {
   // Whether the registry changed since this worker last took its held slots (sync()).
   bool behind() const;
   // Before a choice that follows the slots' owner (a shard subscription picking its node): the routes
-  // published since this worker last looked are taken now, rather than at its next dispatch or tick. A quiet
-  // worker is not woken by a handoff (slot_control.cc), so its map may be one handoff behind when a client
-  // asks; the handoff's own check (Worker::quiet_for_handoff) counts the subscriber only once it is in the
-  // set. Inside a dispatch (a release resuming a client's reading) nothing is taken: routes wait for a sync
-  // of the loop's own there, as in Worker::dispatch.
+  // published since this worker last looked are taken now, rather than at its next tick (10 ms while it has
+  // a client). A quiet worker is not woken by a handoff (slot_control.cc), so its map may be one handoff
+  // behind when a client asks; the handoff's own check (Worker::quiet_for_handoff) counts the subscriber only
+  // once it is in the set. Routes left to a posted sync count too: a dispatch earlier in the same loop turn
+  // (the same client's pipelined command, or another client's) took the registry without them. Inside a
+  // dispatch nothing is taken: routes wait for a sync of the loop's own there, as in Worker::dispatch.
   void catch_up_outside_dispatch() {
-    if (behind() && dispatching_.load() == 0) sync();
+    if ((behind() || sync_posted_) && dispatching_.load() == 0) sync();
   }
   // From the admin thread, once the registry has changed: whether this worker may be answered for without
   // running anything on its loop. For a HOLD: no dispatch under way, no command at a backend, nothing held,

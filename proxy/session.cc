@@ -1133,7 +1133,11 @@ bool Session::pubsub_command(const std::string& name, Args args, const CommandIn
   // the channel), then a handoff published before it taken, so that the node is chosen from the map the
   // cluster has now. Otherwise, on a worker the handoff found quiet, the channel would go to the old owner,
   // which answers it until it learns the claim, while messages are published at the new one.
-  if (subscribing && kind == Kind::kShard) worker_.held().catch_up_outside_dispatch();
+  if (subscribing && kind == Kind::kShard) {
+    worker_.held().catch_up_outside_dispatch();
+    // What the routes released may have closed this client (a reply past its bound): nothing to subscribe.
+    if (closing_) return true;
+  }
   if (subscribing) {
     auto r = new_request(name, cmd);
     enqueue(r);

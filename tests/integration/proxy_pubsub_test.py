@@ -355,18 +355,21 @@ class PubSub(unittest.TestCase):
             self.cluster.wait_owner([slot], target_id)
         self.moved_under_publishers(move, "mv", 1)
 
-    def test_shard_subscriber_right_after_a_handoff_hears_the_new_owner(self):
+    def subscribe_right_after_a_handoff(self, pipelined_get):
         """A client subscribes to a shard channel right after a handoff moved its slot, on a worker that had
         nothing to do with the slot (no command held, no subscriber), which the handoff did not wake: its
         subscription must go to the new owner and hear what is published there, even while the old owner has
-        not learnt the claim (it is stopped here, as a busy source can be for a while)."""
+        not learnt the claim (it is stopped here, as a busy source can be for a while). pipelined_get: a GET of
+        a key on a third master comes first in the same write, so that the worker takes the registry for that
+        command's dispatch (which leaves routes to a sync of its own) before the SSUBSCRIBE."""
         proxy = harness.Proxy(self.cluster, threads=1, admin=True, admin_token="t")
         masters = self.cluster.masters_by_slot()
-        source, target = masters[0], masters[1]
+        source, target, third = masters[0], masters[1], masters[2]
         target_id = self.cluster.node_id(target)
         slot = self.cluster.slots_of(source)[-1]  # the other tests take the first slots
         self.assertEqual(self.cluster.cli(source, "cluster", "countkeysinslot", str(slot)).strip(), "0")
         channel = channel_in_slot_of(slot, "handoff")
+        elsewhere = channel_in_slot_of(self.cluster.slots_of(third)[0], "elsewhere")
         pid = int(next(line.split(":")[1] for line in self.cluster.cli(source, "info", "server").splitlines()
                        if line.startswith("process_id:")))
         client = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
@@ -384,8 +387,12 @@ class PubSub(unittest.TestCase):
                 status, body = proxy.admin_call("POST", "/v1/slots/handoff",
                                                 {"slots": str(slot), "node": "%s:%d" % target})
                 self.assertEqual(status, 200, body)
-                # At once: an idle worker looks at the published routes every 250 ms by itself.
-                client.sendall(command_bytes("SSUBSCRIBE", channel))
+                # At once: the worker looks at the published routes at its next tick by itself (10 ms while it
+                # has a client), and the old code passed whenever one fell in between.
+                client.sendall((command_bytes("GET", elsewhere) if pipelined_get else b"") +
+                               command_bytes("SSUBSCRIBE", channel))
+                if pipelined_get:
+                    self.assertIsNone(reader.next(deadline=time.time() + 5))
                 confirmed = reader.next(deadline=time.time() + 2)
                 self.assertEqual(confirmed, [b"ssubscribe", channel.encode(), 1],
                                  "the subscription was not confirmed within 2 s (sent to the stopped old owner?)")
@@ -398,6 +405,12 @@ class PubSub(unittest.TestCase):
         finally:
             client.close()
             proxy.stop()
+
+    def test_shard_subscriber_right_after_a_handoff_hears_the_new_owner(self):
+        self.subscribe_right_after_a_handoff(pipelined_get=False)
+
+    def test_shard_subscriber_behind_a_pipelined_command_right_after_a_handoff(self):
+        self.subscribe_right_after_a_handoff(pipelined_get=True)
 
     def test_shard_channel_follows_a_reshard(self):
         def reshard(slot, source, target):
