@@ -254,7 +254,8 @@ bool MoveJob::copy() {
   // proxies on one machine, a third of that batch), while the sources write their snapshots: this process
   // mostly waits then. A copy that outlasts a kept connection's idle limit has them opened again at the
   // first batch.
-  if (proxies_) warming_ = std::async(std::launch::async, [this] { proxies_->warm_up(owner_); });
+  if (proxies_)
+    warming_ = std::async(std::launch::async, [this, owner = owner_] { proxies_->warm_up(owner); });
   const auto t0 = Clock::now();
   // The end of the snapshots is looked for every 10 ms (the cutover starts then; a 100 ms look cost each move
   // 50 ms on average, and made its time vary by as much), a progress line made every 100 ms.

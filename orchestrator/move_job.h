@@ -110,6 +110,9 @@ class MoveJob {
   }
 
   ~MoveJob() {
+    // The warm-up's thread asks the lease's fence and uses the proxies' connections: it ends before any
+    // member goes (a move that fails during its copy never reaches proxies_ready() otherwise).
+    proxies_ready();
     if (journal_fd_ >= 0) ::close(journal_fd_);
   }
   MoveJob(const MoveJob&) = delete;

@@ -100,20 +100,19 @@ void ProxyControl::warm_up(const std::string& owner) {
     if (!left_out_.out(p.str())) to.push_back(std::move(p));
   // A stopped proxy would hold the first batch back by this, if the copy is shorter: the hold's own deadline
   // at most, as begin_batch() waits.
-  const auto deadline = HttpFanout::Clock::now() + std::min(connect_timeout_, kWarmUp);
-  const auto silent = fanout_.connect_ahead(to, deadline);
+  const auto within = std::min(connect_timeout_, kWarmUp);
+  const auto silent = fanout_.connect_ahead(to, HttpFanout::Clock::now() + within);
   std::set<std::string> answered;
   for (const auto& p : to)
     answered.insert(p.str());
   for (const auto& [proxy, why] : silent)
     answered.erase(proxy);
-  // After the connections (a proxy that did not answer one is not asked again here), within what is left of
-  // the same deadline: post_all() asks the lease's fence first, as for every call. (An empty owner would
-  // release the holds placed without one, which are not this move's.)
-  if (owner.empty()) return;
-  post_all("/v1/slots/release", nlohmann::json{{"owner", owner}}.dump(),
-           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - HttpFanout::Clock::now()),
-           &answered);
+  // Only to those that answered. A deadline of its own, not what the connections left of theirs: a call
+  // given no time closes every connection it could not read an answer on, the warm-up's purpose undone.
+  // post_all() asks the lease's fence first, as for every call. (An empty owner would release the holds
+  // placed without one, which are not this move's.)
+  if (owner.empty() || answered.empty()) return;
+  post_all("/v1/slots/release", nlohmann::json{{"owner", owner}}.dump(), within, &answered);
 }
 
 void ProxyControl::hold_answered(const ProxyCalls& calls) {

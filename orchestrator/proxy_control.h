@@ -103,11 +103,12 @@ class ProxyControl {
   BatchStart begin_batch(const std::string& owner, std::chrono::milliseconds deadline, bool leave_out_silent);
   // Opens the connections of every proxy not left out, each with its first request served, within kWarmUp
   // (at most the connect timeout), so that the first batch does not pay for a fleet's handshakes; then sends
-  // each a release of `owner`'s holds, which holds nothing yet (or only what a killed run of the same move
-  // left, which should go anyway): a proxy's first control call of a move runs code and touches memory for
-  // the first time in that process (a fresh fleet's proxies each took about 87 minor page faults in their
-  // first move, 17 in later ones), and this call takes that cost while the copy runs rather than inside the
-  // first batch's hold. Who did not answer is not noted: begin_batch() opens those again, and decides.
+  // each that answered a release of `owner`'s holds, within kWarmUp again, which releases nothing (the owner
+  // is this run's own, and nothing is held yet): a proxy's first control call of a move runs code and touches
+  // memory for the first time in that process (a fresh fleet's proxies each took about 87 minor page faults
+  // in their first move, 17 in later ones), and this call takes that cost while the copy runs rather than
+  // inside the first batch's hold. Who did not answer is not noted: begin_batch() opens those again, and
+  // decides.
   void warm_up(const std::string& owner);
   static constexpr std::chrono::milliseconds kWarmUp{200};
 
