@@ -164,18 +164,6 @@ std::string AdminServer::start() {
     res.set_content(reply.body, "application/json");
   };
   server_->Post("/v1/slots/hold", [this, control](const httplib::Request& req, httplib::Response& res) {
-    // A HOLD waits for its drain, up to its wait_ms: only a few at once, so that HOLDs never take every
-    // thread (the RELEASE that ends them among others).
-    struct Waiting {
-      std::atomic<int>& n;
-      ~Waiting() { --n; }
-    } waiting{waiting_holds_};
-    if (++waiting_holds_ > kMaxWaitingHolds) {
-      error_reply(req, res, 503,
-                  std::to_string(kMaxWaitingHolds) +
-                      " HOLDs are already waiting for their drain; try again once one has answered");
-      return;
-    }
     control(control_.hold(req.body), res);
   });
   server_->Post("/v1/slots/route", [this, control](const httplib::Request& req, httplib::Response& res) {

@@ -45,11 +45,8 @@ class AdminServer {
   // The largest request body taken. The control bodies are a few hundred bytes.
   static constexpr std::size_t kMaxBody = 64 * 1024;
   // Request threads. Each serves one connection at a time, for at most the limits of admin_http.h per
-  // request; HOLDs take at most kMaxWaitingHolds of them. Idle threads cost no CPU.
+  // request; HOLDs take at most SlotControl::kMaxWaitingHolds of them. Idle threads cost no CPU.
   static constexpr std::size_t kThreads = 16;
-  // HOLDs waiting for their drain at once (each up to its wait_ms); one more is answered 503 at once. The
-  // orchestrator sends one HOLD per batch.
-  static constexpr int kMaxWaitingHolds = 4;
   // A request must arrive whole within kRequestTime of its first byte; a connection may wait kIdle for its
   // next request; each write of a reply must progress within kWriteTime.
   static constexpr std::chrono::milliseconds kRequestTime{2000};
@@ -67,7 +64,6 @@ class AdminServer {
   SlotControl control_;
   std::unique_ptr<AdminHttpServer> server_;
   std::thread thread_;
-  std::atomic<int> waiting_holds_{0};
 };
 
 }  // namespace slotshift::proxy

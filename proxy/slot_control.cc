@@ -360,28 +360,54 @@ std::vector<int> ControlCall::missing() {
 // ---------------------------------------------------------------------------------------------------------------
 // SlotControl
 
+namespace {
+
+// A HOLD's fields from `j` (a HOLD's body, or the "hold" of a handoff's); nullopt and a 400 reply when one
+// is missing or malformed.
+std::optional<SlotControl::HoldRequest> hold_fields(const json& j, ControlReply& error) {
+  auto slots = slots_field(j, error);
+  if (!slots) return std::nullopt;
+  if (!j.contains("ttl_ms")) {
+    error = error_reply(400, "'ttl_ms' is required: the hold ends by itself after it (at most " +
+                                 std::to_string(SlotControl::kMaxTtlMs) + " ms)");
+    return std::nullopt;
+  }
+  const auto ttl = ms_field(j, "ttl_ms", 1, SlotControl::kMaxTtlMs, error);
+  if (!ttl) return std::nullopt;
+  std::optional<std::uint64_t> wait = *ttl;
+  if (j.contains("wait_ms")) wait = ms_field(j, "wait_ms", 0, SlotControl::kMaxTtlMs, error);
+  if (!wait) return std::nullopt;
+  auto owner = owner_field(j, error);
+  if (!owner) return std::nullopt;
+  return SlotControl::HoldRequest{std::move(*slots), *ttl, *wait, std::move(*owner)};
+}
+
+}  // namespace
+
 ControlReply SlotControl::hold(std::string_view body) {
   ControlReply error;
   const auto j = parse_body(body, error);
   if (!j) return error;
-  const auto slots = slots_field(*j, error);
-  if (!slots) return error;
-  if (!j->contains("ttl_ms")) {
-    return error_reply(400, "'ttl_ms' is required: the hold ends by itself after it (at most " +
-                                std::to_string(kMaxTtlMs) + " ms)");
-  }
-  const auto ttl = ms_field(*j, "ttl_ms", 1, kMaxTtlMs, error);
-  if (!ttl) return error;
-  std::optional<std::uint64_t> wait = *ttl;
-  if (j->contains("wait_ms")) wait = ms_field(*j, "wait_ms", 0, kMaxTtlMs, error);
-  if (!wait) return error;
-  const auto owner = owner_field(*j, error);
-  if (!owner) return error;
+  const auto request = hold_fields(*j, error);
+  if (!request) return error;
+  return hold_checked(*request);
+}
 
+ControlReply SlotControl::hold_checked(const HoldRequest& request) {
+  struct Waiting {
+    std::atomic<int>& n;
+    ~Waiting() { --n; }
+  } waiting{waiting_holds_};
+  if (++waiting_holds_ > kMaxWaitingHolds) {
+    return error_reply(503,
+                       std::to_string(kMaxWaitingHolds) +
+                           " HOLDs are already waiting for their drain; try again once one has answered");
+  }
+  const auto& [slots, ttl, wait, owner] = request;
   // From here on no worker sends a new command for the slots: each takes the new held set on its loop, then
   // counts down the commands it has at a backend for them.
   HoldRegistry& registry = proxy_.holds();
-  registry.hold(*owner, *slots, *ttl, steady_ms());
+  registry.hold(owner, slots, ttl, steady_ms());
   const auto start = std::chrono::steady_clock::now();
   const auto& workers = proxy_.workers();
   auto call = std::make_shared<ControlCall>(workers.size());
@@ -393,24 +419,24 @@ ControlReply SlotControl::hold(std::string_view body) {
       call->answer(worker->index(), {});
       continue;
     }
-    const bool posted = worker->post([worker, call, s = *slots] {
+    const bool posted = worker->post([worker, call, s = slots] {
       worker->held().sync();
       worker->held().watch_drain(s, call);
     });
     if (!posted) call->answer(worker->index(), {});  // a stopped worker has nothing at a backend
   }
-  const bool drained = call->wait_until(start + std::chrono::milliseconds(*wait));
+  const bool drained = call->wait_until(start + std::chrono::milliseconds(wait));
   const double drained_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 
   if (!drained) {
     // The fence cannot be promised: give the slots back at once (clients must not wait on a cutover that will
     // not happen), and say what kept them.
-    registry.release(&*slots, &*owner, steady_ms());
+    registry.release(&slots, &owner, steady_ms());
     auto describe = std::make_shared<ControlCall>(workers.size());
     for (const auto& w : workers) {
       Worker* worker = w.get();
-      const bool posted = worker->post([worker, describe, s = *slots] {
+      const bool posted = worker->post([worker, describe, s = slots] {
         WorkerReport report;
         report.at_backend = worker->held().at_backend(s);
         worker->held().sync();
@@ -432,9 +458,9 @@ ControlReply SlotControl::hold(std::string_view body) {
     const auto silent = call->missing();
     if (at_backend.empty() && !silent.empty()) what = "worker(s) " + worker_list(silent) + " did not answer";
     return reply(504,
-                 json{{"error", "slots " + slots->str() + " did not drain within " + std::to_string(*wait) +
+                 json{{"error", "slots " + slots.str() + " did not drain within " + std::to_string(wait) +
                                     " ms (" + what + "); the hold on them was released"},
-                      {"slots", slots->str()},
+                      {"slots", slots.str()},
                       {"at_backend", at_backend}});
   }
 
@@ -444,18 +470,18 @@ ControlReply SlotControl::hold(std::string_view body) {
     queued += r.queued;
     released = released || r.released;
   }
-  if (released || !registry.holds(*owner, *slots, steady_ms())) {
-    return error_reply(409, "the hold on slots " + slots->str() +
+  if (released || !registry.holds(owner, slots, steady_ms())) {
+    return error_reply(409, "the hold on slots " + slots.str() +
                                 " was released or expired before the commands in flight for them returned");
   }
   std::uint64_t expires_in = 0;
   for (const Hold& h : registry.list(steady_ms())) {
-    if (h.owner == *owner) expires_in = h.expires_ms - std::min(h.expires_ms, steady_ms());
+    if (h.owner == owner) expires_in = h.expires_ms - std::min(h.expires_ms, steady_ms());
   }
-  return reply(200, json{{"held", slots->str()},
+  return reply(200, json{{"held", slots.str()},
                          {"drained_ms", round_ms(drained_ms)},
                          {"queued", queued},
-                         {"owner", *owner},
+                         {"owner", owner},
                          {"expires_in_ms", expires_in}});
 }
 
@@ -550,6 +576,30 @@ ControlReply SlotControl::release(std::string_view body) {
 }
 
 ControlReply SlotControl::handoff(std::string_view body) {
+  ControlReply error;
+  auto j = parse_body(body, error);
+  if (!j) return error;
+  if (!j->contains("hold")) return hand_off(body);
+  // The next batch's hold, checked before anything is done: a malformed one is the caller's mistake, and
+  // the handoff it came with is not half done.
+  if (!(*j)["hold"].is_object())
+    return error_reply(400, "'hold' must be a HOLD's body, such as {\"slots\": \"0-100\", \"ttl_ms\": 2000}");
+  const auto next = hold_fields((*j)["hold"], error);
+  if (!next) return error_reply(400, "'hold': " + json::parse(error.body)["error"].get<std::string>());
+  j->erase("hold");
+  // The handoff first: its held clients have waited since the claim; the next batch's have not begun to.
+  ControlReply out = hand_off(j->dump());
+  const ControlReply held = hold_checked(*next);
+  json combined = json::parse(out.body, nullptr, false);
+  if (!combined.is_object()) combined = json{{"error", out.body}};
+  json hold_part = json::parse(held.body, nullptr, false);
+  if (!hold_part.is_object()) hold_part = json{{"error", held.body}};
+  hold_part["status"] = held.status;
+  combined["hold"] = std::move(hold_part);
+  return reply(out.status, combined);
+}
+
+ControlReply SlotControl::hand_off(std::string_view body) {
   ControlReply error;
   const auto j = parse_body(body, error);
   if (!j) return error;

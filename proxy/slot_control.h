@@ -227,6 +227,14 @@ class SlotControl {
  public:
   explicit SlotControl(Proxy& proxy) : proxy_(proxy) {}
 
+  // A HOLD's fields, checked.
+  struct HoldRequest {
+    SlotSet slots;
+    std::uint64_t ttl_ms = 0;
+    std::uint64_t wait_ms = 0;
+    std::string owner;
+  };
+
   ControlReply hold(std::string_view body);
   ControlReply route(std::string_view body);
   ControlReply release(std::string_view body);
@@ -234,8 +242,18 @@ class SlotControl {
   // round trip to each proxy instead of two). The release happens whatever the route's answer, as it does
   // after two separate calls: the held commands then go where the map points, and a MOVED corrects them.
   // The reply is the route's refusal when it refused, else the release's reply with the route's fields.
+  //
+  // A handoff may carry the next batch's HOLD ("hold": a HOLD's body), placed once the handoff is done and
+  // answered in the same reply ("hold": the HOLD's reply, with its "status"): a cutover then costs each proxy
+  // one call per batch instead of two. The hold is placed whatever the handoff's answer (they are about other
+  // slots); a malformed one is refused before anything is done.
   ControlReply handoff(std::string_view body);
   ControlReply list();
+
+  // HOLDs waiting for their drain at once (each up to its wait_ms), those carried by a handoff included: one
+  // more is answered 503 at once, so that HOLDs never take every thread of the admin endpoint (the RELEASE
+  // that ends them among others). The orchestrator sends one HOLD per batch.
+  static constexpr int kMaxWaitingHolds = 4;
 
   // Longest hold a request may ask for: a dead orchestrator freezes clients for at most this long.
   static constexpr std::uint64_t kMaxTtlMs = 60000;
@@ -290,8 +308,14 @@ class SlotControl {
                               const std::shared_ptr<ControlCall>& call, const SlotSet& slots,
                               const HostPort& node) const;
 
+  // Places the hold, waits for its drain and answers (within kMaxWaitingHolds).
+  ControlReply hold_checked(const HoldRequest& request);
+  // The handoff alone (a handoff's body without "hold").
+  ControlReply hand_off(std::string_view body);
+
   Proxy& proxy_;
   AdminQuestions questions_;
+  std::atomic<int> waiting_holds_{0};
 };
 
 }  // namespace slotshift::proxy

@@ -9,6 +9,7 @@ endpoint's limit per connection), each request written whole:
 
     hold      POST /v1/slots/hold of one slot, again and again (the same owner)
     handoff   POST /v1/slots/handoff of that slot to its owner (checked, routed, released)
+    next      the same handoff, carrying the hold of the next slot (as a move sends from its second batch on)
     release   POST /v1/slots/release of that slot
 
 Prints, per kind, the proxy's CPU time per call (utime + stime from /proc/PID/stat: 10 ms ticks, so use a
@@ -17,7 +18,7 @@ caller sees it, and the voluntary and involuntary context switches per call of
 all its threads together (/proc/PID/task/*/status): a context switch is most of what a call costs each proxy of
 a fleet that shares cores.
 
-    tests/bench/control_call_bench.py [--calls 1000] [--gap-us 2000] [--threads 1] [hold handoff release]
+    tests/bench/control_call_bench.py [--calls 1000] [--gap-us 2000] [--threads 1] [hold handoff next release]
 
 SLOTSHIFT_BINARY_DIR picks the build (default: build/). Not part of the test suite."""
 import argparse
@@ -92,12 +93,13 @@ def main():
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gap-us", type=int, default=2000)
-    parser.add_argument("kinds", nargs="*", help="hold, handoff, release (default: all three)")
+    parser.add_argument("kinds", nargs="*", help="hold, handoff, next, release (default: all four)")
     args = parser.parse_args()
-    args.kinds = args.kinds or ["hold", "handoff", "release"]
+    kinds = ("hold", "handoff", "next", "release")
+    args.kinds = args.kinds or list(kinds)
     for kind in args.kinds:
-        if kind not in ("hold", "handoff", "release"):
-            parser.error("a call is hold, handoff or release, not %r" % kind)
+        if kind not in kinds:
+            parser.error("a call is hold, handoff, next or release, not %r" % kind)
     cluster = harness.Cluster(masters=3)
     proxy = harness.Proxy(cluster, threads=args.threads, admin=True, admin_token=TOKEN)
     try:
@@ -106,10 +108,12 @@ def main():
         calls = {
             "hold": ("/v1/slots/hold", {"slots": str(slot), "ttl_ms": 2000, "owner": "bench"}),
             "handoff": ("/v1/slots/handoff", {"slots": str(slot), "node": node}),
+            "next": ("/v1/slots/handoff", {"slots": str(slot), "node": node,
+                                           "hold": {"slots": str(slot + 1), "ttl_ms": 2000, "owner": "bench"}}),
             "release": ("/v1/slots/release", {"slots": str(slot)}),
         }
         admin = Admin(proxy.admin_port)
-        for kind in ("hold", "handoff", "release"):  # warm: connections, the check's own connection
+        for kind in kinds:  # warm: connections, the check's own connection
             admin.post(*calls[kind])
         pid = proxy.proc.pid
         print("%-8s %12s %12s %12s %14s" % ("call", "CPU us/call", "wall us/call", "voluntary", "involuntary"))

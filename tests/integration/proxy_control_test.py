@@ -680,6 +680,52 @@ class RouteAfterMove(ControlCase):
         status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {"slots": str(b), "owner": "x"})
         self.assertEqual(status, 400, out)
 
+    def test_a_handoff_places_the_next_batchs_hold(self):
+        """A handoff that carries the next batch's hold: the handed-off write goes to the new owner, and from
+        the same call on a write of the next slot waits, until its release. The hold is placed whatever the
+        handoff's answer; a malformed one is refused before anything is done."""
+        a, b = self.slot("{next-a}"), self.slot("{next-b}")
+        dst_a = self.other_master(a)
+        self.move_empty_slot(a, dst_a)
+        moved = self.r.info("proxy")["redirects_moved"]
+        self.hold(a, owner="mover")
+        first = Background(client(self.proxy).set, "{next-a}k", "v")
+        time.sleep(0.2)
+        self.assertTrue(first.running(), "the write was not held")
+        next_hold = {"slots": str(b), "ttl_ms": 10000, "wait_ms": 200, "owner": "mover"}
+        status, out = self.proxy.admin_call("POST", "/v1/slots/handoff",
+                                            {"slots": str(a), "node": "%s:%d" % dst_a, "hold": next_hold})
+        self.assertEqual(status, 200, out)
+        self.assertEqual((out["routed"], out["released"]), (str(a), str(a)))
+        self.assertEqual((out["hold"]["status"], out["hold"]["held"], out["hold"]["owner"]), (200, str(b), "mover"))
+        self.assertTrue(first.join())
+        self.assertEqual(redis.Redis(host=dst_a[0], port=dst_a[1]).get("{next-a}k"), b"v")
+        self.assertEqual(self.r.info("proxy")["redirects_moved"], moved)
+        second = Background(client(self.proxy).set, "{next-b}k", "w")
+        time.sleep(0.2)
+        self.assertTrue(second.running(), "the next slot's write was not held")
+        self.assertEqual([(h["owner"], h["slots"]) for h in self.holds()], [("mover", str(b))])
+        # A handoff the route check refuses (b has not moved) still places its hold, and says so.
+        c = self.slot("{next-c}")
+        status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {
+            "slots": str(b), "node": "%s:%d" % self.other_master(b),
+            "hold": {"slots": str(c), "ttl_ms": 10000, "wait_ms": 200, "owner": "mover"}})
+        self.assertEqual(status, 409, out)
+        self.assertIn("the held commands were released", out["error"])
+        self.assertEqual((out["hold"]["status"], out["hold"]["held"]), (200, str(c)))
+        self.assertTrue(second.join())
+        self.assertEqual(self.on_node("{next-b}k"), b"w")
+        self.assertEqual([(h["owner"], h["slots"]) for h in self.holds()], [("mover", str(c))])
+        # A malformed hold: 400, and neither the handoff nor the hold is done.
+        for bad in ({"slots": str(a)}, "0-10", {"slots": "x", "ttl_ms": 100}):
+            status, out = self.proxy.admin_call("POST", "/v1/slots/handoff",
+                                                {"slots": str(c), "node": "%s:%d" % dst_a, "hold": bad})
+            self.assertEqual(status, 400, out)
+            self.assertIn("'hold'", out["error"])
+        self.assertEqual([(h["owner"], h["slots"]) for h in self.holds()], [("mover", str(c))])
+        self.release(owner="mover")
+        self.assertEqual(self.holds(), [])
+
     def test_a_cutover_under_load_loses_nothing_and_meets_no_redirect(self):
         """The orchestrator's cutover, with the keys moved by hand: HOLD, MIGRATE every key of the slot, claim it
         on every master, ROUTE, RELEASE. Writers see no error, only a short wait, and every acknowledged write is
