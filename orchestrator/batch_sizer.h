@@ -37,6 +37,7 @@ struct Batch {
   double handoff_ms = 0;     // the handoff (ROUTE + RELEASE) call to every proxy, likewise
   double started_ms = 0;     // since the move began, at the start of the batch's (last) cutover
   int proxies_held = 0;
+  int proxies_held_with_handoff = 0;  // of those, held by the last batch's handoff (one call for both)
   std::vector<std::string>
       proxies_asked_again;  // answered that they could not drain in time; asked once more
   // Left out at an earlier batch and asked again before this one's fence (ProxyControl::begin_batch): those

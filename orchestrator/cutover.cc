@@ -77,7 +77,16 @@ bool MoveJob::refuse_writes(Source& src) {
   return true;
 }
 
-bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
+std::chrono::milliseconds MoveJob::hold_wait() const {
+  // What is in flight normally returns within a millisecond or two; a proxy that needs longer than a few
+  // pause budgets to drain is treated as one that does not answer. When the source's pause is the fence,
+  // waiting for a proxy only holds the other proxies' clients, so the wait is shorter.
+  return options_.fence == "proxy"
+             ? std::clamp(options_.max_pause * 4, milliseconds(100), options_.pause_timeout / 2)
+             : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
+}
+
+bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& retry) {
   retry = false;
   // A SIGTERM (a Job's pod deleted) or a lost lease stops the move between batches, where nothing of the next
   // one has begun: the wait for the lag below checks again only while it waits.
@@ -88,9 +97,22 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   if (!c) return fail("cannot connect to the source " + connect_error_);
   const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
 
+  // The hold the last batch's handoff placed for this one, if it is this one's (a retry holds again).
+  std::optional<PlacedHold> placed;
+  placed.swap(placed_hold_);
+  if (placed && placed->slots != slots_text) {
+    release_proxies(placed->slots);
+    placed.reset();
+  }
   // Start the fence only once the target is close behind the source, so that the wait inside it is short.
+  auto behind = [&] { return copier.lag_bytes() > (256u << 10) || copier.lag_seconds() > 0.05; };
+  // Not with the clients held: a placed hold is given back while the target catches up, and placed again.
+  if (placed && behind()) {
+    release_proxies(placed->slots);
+    placed.reset();
+  }
   const auto settle_deadline = Clock::now() + std::chrono::seconds(30);
-  while (copier.lag_bytes() > (256u << 10) || copier.lag_seconds() > 0.05) {
+  while (behind()) {
     if (copier.failed()) return fail(copier_failure(src));
     if (interrupted()) return false;
     if (Clock::now() > settle_deadline)
@@ -120,12 +142,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   // The proxies' connections are opened (or found kept) before the fence's clock starts: the hold's deadline
   // is a few pause budgets, and with 200 proxies the first batch's hold spent most of it on the handshakes
   // and accepts of 200 connections at once, so that 120 of them were left out as not answering.
-  // The hold's wait: what is in flight normally returns within a millisecond or two; a proxy that needs
-  // longer than a few pause budgets to drain is treated as one that does not answer. When the source's pause
-  // is the fence, waiting for a proxy only holds the other proxies' clients, so the wait is shorter.
-  const auto wait = fence_proxy
-                        ? std::clamp(options_.max_pause * 4, milliseconds(100), options_.pause_timeout / 2)
-                        : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
+  const auto wait = hold_wait();
   // Proxies left out at an earlier batch are asked again once their time out is over (LeftOutProxies), before
   // the fence's clock starts: one that answers within the hold's own deadline is in this batch's calls.
   batch.started_ms = ms_since(started_);
@@ -140,16 +157,22 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     // Left out already unless the proxies are the fence (then the hold asks them, and must have them all).
     if (!fence_proxy) note_proxy_failures(start.silent);
   }
-  const auto t0 = Clock::now();
+  // A placed hold's ttl runs from when it was sent: so does the fence's clock.
+  const auto t0 = placed ? placed->sent : Clock::now();
+  hold_started_ = t0;
   auto t_pause = t0;
   // 1. The proxies hold the batch's slots: their clients' commands for them wait in the proxies from here to
   //    the release, and what was in flight has returned. With --fence proxy that is the whole fence, so every
   //    proxy must hold; otherwise the source's pause fences writes anyway and a proxy that does not answer
-  //    only costs its clients a MOVED after the move.
+  //    only costs its clients a MOVED after the move. The hold placed with the last batch's handoff has the
+  //    answers of the proxies that gave one: only the others are asked here (one that did not answer in
+  //    time, one too old to take a hold with a handoff, one back from being left out, a new name's).
   if (proxies_) {
-    auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_);
+    const auto t_call = Clock::now();
+    auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_, nullptr,
+                                placed ? &placed->calls : nullptr);
     held = true;
-    batch.hold_call_ms = ms_since(t0);
+    batch.hold_call_ms = (placed ? placed->call_ms : 0) + ms_since(t_call);
     // A proxy that answered that a command of these slots was still at a backend when the wait ran out is
     // alive and busy (a slow moment of its backend, or of this machine): the command is about to return, so
     // it is asked once more at once, with a longer wait, rather than given up.
@@ -166,6 +189,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
     batch.proxies_held = 0;
     for (const auto& call : calls.calls)
       batch.proxies_held += call.ok;
+    batch.proxies_held_with_handoff = 0;
+    if (placed)
+      for (const auto& call : placed->calls.calls)
+        batch.proxies_held_with_handoff += call.ok;
     if (!calls.all_ok()) {
       const auto failed = join(calls.failures(), "; ");
       // A proxy that answered is alive: the batch may be tried again. One that did not ends the move.
@@ -378,8 +405,9 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   // 5. The target owns the slots: the proxies send what they held there, and never meet a MOVED for them.
   //    Meanwhile (not after: a slow proxy must not keep the source paused) the source learns the claim.
   //    What they answered is noted here, on this thread, once they all have (warnings_ is this thread's).
+  //    (With `hand_off_later`, once the source has learnt the claim: see hand_off().)
   std::future<ProxyCalls> proxies_done;
-  if (proxies_)
+  if (proxies_ && !hand_off_later)
     proxies_done = std::async(std::launch::async, [&] {
       const auto t_handoff = Clock::now();
       auto calls = proxies_->handoff(slots_text, target_address_);
@@ -391,6 +419,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool& retry) {
   //    that delete is most of the pause) and answers MOVED from then on. Wait for it, fenced, then unpause.
   if (!wait_source_learns(src, batch.slots)) {
     if (proxies_done.valid()) note_proxy_failures(proxies_done.get());
+    if (proxies_ && hand_off_later) route_and_release(slots_text);
     return fail("the source " + src.address.str() + " did not learn the claim of batch " + slots_text +
                 " within " + std::to_string(learn_timeout().count()) + " ms; " + fence_left(src));
   }
@@ -567,6 +596,26 @@ std::optional<std::string> MoveJob::setslots(
     for (std::size_t i = 0; i < groups[g].size(); ++i)
       if ((*replies)[g][i].is_error()) return join(groups[g][i]) + ": " + (*replies)[g][i].str;
   return std::nullopt;
+}
+
+void MoveJob::hand_off(Batch& batch, const Batch* next) {
+  // After the source has learnt the claim, not while it does: its delete of the batch's keys then no longer
+  // slows the target's answer to every proxy's route check (they share cores wherever the nodes share a
+  // host), and the next batch is planned from this one's pause. Its proxies' clients wait meanwhile, for as
+  // long as the source took to learn; the source itself is unpaused already.
+  const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
+  const auto t = Clock::now();
+  if (!next) {
+    note_proxy_failures(proxies_->handoff(slots_text, target_address_));
+  } else {
+    const std::string next_text = format_slot_ranges(slot_ranges(next->slots));
+    auto both = proxies_->handoff(slots_text, target_address_,
+                                  {next_text, options_.pause_timeout, hold_wait(), owner_});
+    note_proxy_failures(both.handoff);
+    placed_hold_ = PlacedHold{next_text, std::move(both.hold), t, ms_since(t)};
+  }
+  batch.handoff_ms = ms_since(t);
+  batch.hold_ms = ms_since(hold_started_);
 }
 
 void MoveJob::route_and_release(const std::string& slots) {

@@ -303,7 +303,7 @@ bool MoveJob::cut_over_all() {
   };
   for (auto& src : sources_) {
     // One batch at a time: each is planned from the slots left, with the delete speed measured so far.
-    for (auto pending = plan(src); !pending.empty(); pending = plan(src)) {
+    for (auto pending = plan(src); !pending.empty();) {
       std::size_t total = done + pending.size();
       for (std::size_t i = &src - sources_.data() + 1; i < sources_.size(); ++i)
         total += plan(sources_[i]).size();
@@ -316,12 +316,19 @@ bool MoveJob::cut_over_all() {
                     human_bytes(static_cast<double>(src.copier->lag_bytes())).c_str());
       progress("cutover", line, done + 1, total);
       bool retry = false;
-      bool claimed = cut_over(src, batch, retry);
+      const bool hand_off_later = proxies_ != nullptr;
+      bool claimed = cut_over(src, batch, hand_off_later, retry);
       while (!claimed && retry && batch.attempts < 3)
-        claimed = cut_over(src, batch, retry);
+        claimed = cut_over(src, batch, hand_off_later, retry);
       if (!claimed && retry)
         fail("batch " + format_slot_ranges(slot_ranges(batch.slots)) + " was given up " +
              std::to_string(batch.attempts) + " times before its claim (" + warnings_.back() + ")");
+      if (claimed) {
+        // Planned now that the sizer has this batch's pause; the next batch's hold goes with this one's
+        // handoff (the next batch of another source holds on its own, after this source's copier stops).
+        pending = plan(src);
+        if (hand_off_later) hand_off(batch, pending.empty() ? nullptr : &pending.front());
+      }
       src.batches.push_back(std::move(batch));
       batch_ended(src, src.batches.back());
       if (!claimed || !verify(src.batches.back())) return false;

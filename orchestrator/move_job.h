@@ -136,8 +136,14 @@ class MoveJob {
   // moved taken from the target (before rollback(), which then has nothing IMPORTING to undo).
   void settle_native(const JournalState& state);
   // One batch. True when it was claimed; false with `retry` set when it was abandoned before its claim and
-  // may be tried again.
-  bool cut_over(Source& source, Batch& batch, bool& retry);
+  // may be tried again. With `hand_off_later` a claimed batch's proxies are told by hand_off() (the
+  // caller's), once the source has learnt the claim; else while it learns.
+  bool cut_over(Source& source, Batch& batch, bool hand_off_later, bool& retry);
+  // The proxies route a claimed batch to the target and release it; with `next`, the same call places the
+  // next batch's hold (placed_hold_), so that each batch costs the fleet one round trip.
+  void hand_off(Batch& batch, const Batch* next);
+  // How long the proxies may take to drain a hold before they give it up.
+  std::chrono::milliseconds hold_wait() const;
   // After an error at or after a batch's first SETSLOT ... NODE: asks the target what it owns, keeps the
   // source fenced until it knows, and leaves the rest to rollback(). Always false (the move stops).
   void drop_setslot_connections();
@@ -223,6 +229,17 @@ class MoveJob {
   std::unique_ptr<MoveLease> lease_;
   std::vector<HostPort> leased_;  // the nodes the lease is on
   std::string owner_;             // names this move's holds on the proxies
+  // The next batch's hold, placed by the last batch's handoff: its slots, the proxies' answers, and when it
+  // was sent (where that batch's fence clock starts). Taken by the next cut_over(); a failed move releases it
+  // with the rest of this owner's holds (rollback()).
+  struct PlacedHold {
+    std::string slots;
+    ProxyCalls calls;
+    Clock::time_point sent;
+    double call_ms = 0;
+  };
+  std::optional<PlacedHold> placed_hold_;
+  Clock::time_point hold_started_;  // the current batch's hold was sent
   std::set<std::string> proxy_warned_;
   int journal_fd_ = -1;
   std::string journal_path_;

@@ -29,6 +29,7 @@ nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
           {"hold_call_ms", b.hold_call_ms},
           {"handoff_ms", b.handoff_ms},
           {"proxies_held", b.proxies_held},
+          {"proxies_held_with_handoff", b.proxies_held_with_handoff},
           {"proxies_asked_again", b.proxies_asked_again},
           {"proxies_back", b.proxies_back},
           {"proxies_still_out", b.proxies_still_out},

@@ -159,11 +159,13 @@ std::vector<HostPort> ProxyControl::resolve(std::vector<ProxyCall>& failed) cons
 }
 
 ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& body,
-                                  std::chrono::milliseconds timeout, const std::set<std::string>* only) {
+                                  std::chrono::milliseconds timeout, const std::set<std::string>* only,
+                                  const std::set<std::string>* except) {
   ProxyCalls result;
   std::vector<HostPort> to;
   for (auto& p : resolve(result.calls))
-    if (!left_out_.out(p.str()) && (!only || only->count(p.str()))) to.push_back(std::move(p));
+    if (!left_out_.out(p.str()) && (!only || only->count(p.str())) && (!except || !except->count(p.str())))
+      to.push_back(std::move(p));
   if (const std::string refused = fence_ ? fence_() : std::string(); !refused.empty()) {
     for (const auto& p : to)
       result.calls.push_back(ProxyCall{p.str(), false, "not asked: " + refused, {}});
@@ -180,6 +182,7 @@ ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& bo
       call.error = "HTTP " + std::to_string(answer.status) + ": " + answer.body;
       while (!call.error.empty() && (call.error.back() == '\n' || call.error.back() == '\r'))
         call.error.pop_back();
+      call.body = answer.body;
     } else {
       call.ok = true;
       call.body = answer.body;
@@ -189,15 +192,27 @@ ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& bo
   return result;
 }
 
+std::chrono::milliseconds ProxyControl::hold_deadline(std::chrono::milliseconds wait) const {
+  return wait + std::min(timeout_, std::chrono::milliseconds(100));
+}
+
 ProxyCalls ProxyControl::hold(const std::string& slots, std::chrono::milliseconds ttl,
                               std::chrono::milliseconds wait, const std::string& owner,
-                              const std::set<std::string>* only) {
+                              const std::set<std::string>* only, const ProxyCalls* placed) {
   // The proxy answers once what is in flight for the slots has returned; it gives up (and releases) after
   // wait_ms, and this call a little after that.
   const nlohmann::json body{
       {"slots", slots}, {"ttl_ms", ttl.count()}, {"wait_ms", wait.count()}, {"owner", owner}};
-  return post_all("/v1/slots/hold", body.dump(), wait + std::min(timeout_, std::chrono::milliseconds(100)),
-                  only);
+  std::set<std::string> answered;
+  if (placed)
+    for (const auto& call : placed->calls)
+      if (!only || only->count(call.proxy)) answered.insert(call.proxy);
+  // Nothing is sent when every proxy answered already (not even the fence's question).
+  ProxyCalls result = post_all("/v1/slots/hold", body.dump(), hold_deadline(wait), only, &answered);
+  if (placed)
+    for (const auto& call : placed->calls)
+      if (answered.count(call.proxy)) result.calls.push_back(call);
+  return result;
 }
 
 ProxyCalls ProxyControl::route(const std::string& slots, const HostPort& node) {
@@ -205,15 +220,22 @@ ProxyCalls ProxyControl::route(const std::string& slots, const HostPort& node) {
 }
 
 ProxyCalls ProxyControl::handoff(const std::string& slots, const HostPort& node) {
-  const std::string body = nlohmann::json{{"slots", slots}, {"node", node.str()}}.dump();
-  auto calls = post_all("/v1/slots/handoff", body, timeout_);
+  auto calls =
+      post_all("/v1/slots/handoff", nlohmann::json{{"slots", slots}, {"node", node.str()}}.dump(), timeout_);
+  route_and_release_older(slots, node, calls);
+  return calls;
+}
+
+void ProxyControl::route_and_release_older(const std::string& slots, const HostPort& node,
+                                           ProxyCalls& calls) {
   // A proxy of a release before the handoff call answers 404 (a fleet in the middle of an upgrade): it gets
   // the two calls it knows, in order.
   std::set<std::string> older;
   for (const auto& call : calls.calls)
     if (call.status == 404) older.insert(call.proxy);
-  if (older.empty()) return calls;
-  const auto routed = post_all("/v1/slots/route", body, timeout_, &older);
+  if (older.empty()) return;
+  const auto routed = post_all(
+      "/v1/slots/route", nlohmann::json{{"slots", slots}, {"node", node.str()}}.dump(), timeout_, &older);
   const auto released =
       post_all("/v1/slots/release", nlohmann::json{{"slots", slots}}.dump(), timeout_, &older);
   for (auto& call : calls.calls) {
@@ -223,7 +245,36 @@ ProxyCalls ProxyControl::handoff(const std::string& slots, const HostPort& node)
       for (const auto& c : part->calls)
         if (c.proxy == call.proxy && (!c.ok || part == &released)) call = c;
   }
-  return calls;
+}
+
+ProxyControl::HandoffAndHold ProxyControl::handoff(const std::string& slots, const HostPort& node,
+                                                   const NextHold& next) {
+  const nlohmann::json hold{{"slots", next.slots},
+                            {"ttl_ms", next.ttl.count()},
+                            {"wait_ms", next.wait.count()},
+                            {"owner", next.owner}};
+  const std::string body = nlohmann::json{{"slots", slots}, {"node", node.str()}, {"hold", hold}}.dump();
+  // The handoff's own share: the proxy's check of the node and its workers' routing, which take a few
+  // milliseconds; more than a hold's deadline again is a proxy in trouble.
+  const auto deadline = hold_deadline(next.wait) * 2;
+  HandoffAndHold out;
+  out.handoff = post_all("/v1/slots/handoff", body, deadline);
+  for (auto& call : out.handoff.calls) {
+    if (call.status == 0) continue;
+    const auto reply = nlohmann::json::parse(call.body, nullptr, false);
+    if (!reply.is_object() || !reply.contains("hold") || !reply["hold"].is_object()) continue;
+    const auto& h = reply["hold"];
+    ProxyCall held{call.proxy, false, {}, h.dump()};
+    held.status = h.value("status", 0);
+    held.ok = held.status == 200;
+    if (!held.ok)
+      held.error =
+          "HTTP " + std::to_string(held.status) + ": " + h.value("error", std::string("(no reason)"));
+    out.hold.calls.push_back(std::move(held));
+  }
+  // Its hold is asked by hold().
+  route_and_release_older(slots, node, out.handoff);
+  return out;
 }
 
 ProxyCalls ProxyControl::release(const std::string& slots) {

@@ -6,7 +6,8 @@
 //                           -> 200 once drained, or an error after wait_ms (and the hold is dropped)
 //   POST /v1/slots/route    {"slots": "0-100", "node": "HOST:PORT"}
 //   POST /v1/slots/release  {"slots": "0-100"} or {"owner": "..."}
-//   POST /v1/slots/handoff  {"slots": "0-100", "node": "HOST:PORT"}: route, then release, in one round trip
+//   POST /v1/slots/handoff  {"slots": "0-100", "node": "HOST:PORT"}: route, then release, in one round trip;
+//                           with "hold": {a HOLD's body}, the next batch's hold too, answered in "hold"
 //
 // A hold ends by itself after its ttl, so a dead orchestrator cannot freeze clients. Every call goes to all
 // proxies at once (HttpFanout: one thread, one kept connection per proxy) and waits for all of them up to one
@@ -115,13 +116,36 @@ class ProxyControl {
   // `slots` in the CLUSTER NODES notation ("0-100 200" or "0-100,200").
   // `wait` is how long the proxies may take to drain what is in flight before they give up (and release).
   // `only`, when given, limits the call to these proxies (HOST:PORT).
+  // `placed`, when given, are the answers to this hold already given with the last handoff: those proxies
+  // are not asked again, and their answers are part of the result.
   ProxyCalls hold(const std::string& slots, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
-                  const std::string& owner, const std::set<std::string>* only = nullptr);
+                  const std::string& owner, const std::set<std::string>* only = nullptr,
+                  const ProxyCalls* placed = nullptr);
   ProxyCalls route(const std::string& slots, const HostPort& node);
   // route() then release() in one call to each proxy (a proxy too old for it gets the two calls). The
   // release happens whatever the route's answer: the held commands then meet MOVED at the old owner, which
   // the proxy follows.
   ProxyCalls handoff(const std::string& slots, const HostPort& node);
+  // The next batch's hold, sent with a batch's handoff.
+  struct NextHold {
+    std::string slots;
+    std::chrono::milliseconds ttl;
+    std::chrono::milliseconds wait;
+    std::string owner;
+  };
+  struct HandoffAndHold {
+    ProxyCalls handoff;
+    // One per proxy that answered the hold, as a HOLD call's would be (a 504 is one that could not drain in
+    // time). A proxy that is not here did not answer in time, or is too old to take a hold with a handoff:
+    // hold() asks it again (`placed`).
+    ProxyCalls hold;
+  };
+  // A handoff that also places the next batch's hold, in one call to each proxy: a batch then costs the
+  // fleet one round trip instead of two. The call's deadline is a hold's and a little more, not a handoff's:
+  // the next batch's clients are held from here, and a proxy that does not answer in time must not keep them
+  // waiting at every other proxy. (Its held commands go on when their hold ends, to the old owner, whose
+  // MOVED it follows, as after a handoff it did not get.)
+  HandoffAndHold handoff(const std::string& slots, const HostPort& node, const NextHold& next);
   ProxyCalls release(const std::string& slots);
   ProxyCalls release_owner(const std::string& owner);
   // A hold's answers: a proxy that did not answer is left out of the calls until its time out is over (when
@@ -134,8 +158,14 @@ class ProxyControl {
   void set_fence(std::function<std::string()> fence) { fence_ = std::move(fence); }
 
  private:
+  // `except`: proxies not asked (and not in the result).
   ProxyCalls post_all(const std::string& path, const std::string& body, std::chrono::milliseconds timeout,
-                      const std::set<std::string>* only = nullptr);
+                      const std::set<std::string>* only = nullptr,
+                      const std::set<std::string>* except = nullptr);
+  // The proxies of `calls` that answered a handoff 404 (a release before it) get a route and a release.
+  void route_and_release_older(const std::string& slots, const HostPort& node, ProxyCalls& calls);
+  // A hold's deadline: the proxies' own wait and a little more.
+  std::chrono::milliseconds hold_deadline(std::chrono::milliseconds wait) const;
 
   std::vector<HostPort> proxies_;
   std::vector<HostPort> dns_names_;

@@ -603,6 +603,13 @@ class CutoverUnderLoadTest(CutoverTest):
             self.assertGreater(len(batches), 1)
             not_held = [b for b in batches if b["proxies_held"] != 2]
             self.assertEqual(not_held, [], "every batch must be held by both proxies")
+            # From the second batch on, each batch's hold comes with the handoff of the one before (one call per
+            # batch): a batch given back while the target caught up, or tried again, holds on its own.
+            with_handoff = [b["proxies_held_with_handoff"] for b in batches]
+            self.assertEqual(with_handoff[0], 0, with_handoff)
+            self.assertLessEqual(set(with_handoff), {0, 2}, with_handoff)
+            self.assertGreater(with_handoff.count(2), len(batches) // 2,
+                               "most batches' holds must come with the last handoff: %s" % with_handoff)
             self.assertNoClientErrors(run)
             self.assertNoRedirects(run, [0, 1])
             attempts = sum(b["attempts"] for b in batches)
