@@ -48,6 +48,7 @@ struct Batch {
   double verify_ms = 0;                            // until every node agreed
   std::uint64_t source_keys = 0, target_keys = 0;  // counted during the fence
   int attempts = 0;
+  bool handed_off = false;  // the proxies were sent its handoff
 };
 
 class BatchSizer {

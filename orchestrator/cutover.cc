@@ -157,6 +157,13 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     // Left out already unless the proxies are the fence (then the hold asks them, and must have them all).
     if (!fence_proxy) note_proxy_failures(start.silent);
   }
+  // A placed hold kept its clients waiting from its answer on, through this batch's planning and checks
+  // (verify() above all): past twice the hold's wait (or the pause budget) it is given back and placed
+  // again, so that a slow moment between batches does not hold clients for it.
+  if (placed && Clock::now() - placed->answered > std::max(wait, options_.max_pause) * 2) {
+    release_proxies(placed->slots);
+    placed.reset();
+  }
   // A placed hold's ttl runs from when it was sent: so does the fence's clock.
   const auto t0 = placed ? placed->sent : Clock::now();
   hold_started_ = t0;
@@ -403,11 +410,14 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     importing_[s] = false;
   }
   // 5. The target owns the slots: the proxies send what they held there, and never meet a MOVED for them.
-  //    Meanwhile (not after: a slow proxy must not keep the source paused) the source learns the claim.
+  //    With `hand_off_later` that is once the source has learnt the claim (hand_off(), the caller's: with
+  //    the next batch's hold in the same call), unless the source takes longer than the pause budget to
+  //    learn: then, as without it, while it learns (a slow source must not keep the proxies' clients held;
+  //    the next batch then holds on its own). Either way a slow proxy does not keep the source paused.
   //    What they answered is noted here, on this thread, once they all have (warnings_ is this thread's).
-  //    (With `hand_off_later`, once the source has learnt the claim: see hand_off().)
   std::future<ProxyCalls> proxies_done;
-  if (proxies_ && !hand_off_later)
+  auto hand_off_now = [&] {
+    batch.handed_off = true;
     proxies_done = std::async(std::launch::async, [&] {
       const auto t_handoff = Clock::now();
       auto calls = proxies_->handoff(slots_text, target_address_);
@@ -415,11 +425,16 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
       batch.hold_ms = ms_since(t0);
       return calls;
     });
+  };
+  if (proxies_ && !hand_off_later) hand_off_now();
   // 6. The source deletes its keys of these slots as soon as it hears the target's broadcast (synchronously:
   //    that delete is most of the pause) and answers MOVED from then on. Wait for it, fenced, then unpause.
-  if (!wait_source_learns(src, batch.slots)) {
+  const bool learnt = wait_source_learns(src, batch.slots, options_.max_pause, [&] {
+    if (proxies_ && !batch.handed_off) hand_off_now();
+  });
+  if (!learnt) {
+    if (proxies_ && !batch.handed_off) hand_off_now();
     if (proxies_done.valid()) note_proxy_failures(proxies_done.get());
-    if (proxies_ && hand_off_later) route_and_release(slots_text);
     return fail("the source " + src.address.str() + " did not learn the claim of batch " + slots_text +
                 " within " + std::to_string(learn_timeout().count()) + " ms; " + fence_left(src));
   }
@@ -536,10 +551,17 @@ std::string MoveJob::fence_left(const Source& src) const {
 // the pause is renewed (a second CLIENT PAUSE only extends it), a refusal of writes stays, and a source that
 // has still not learnt at the deadline is left refusing writes (NOREPLICAS: nothing applied), for an operator
 // to lift (fence_left()). Servers that crash when they learn a claim while paused are never paused here.
-bool MoveJob::wait_source_learns(Source& src, const std::vector<Slot>& slots) {
-  const auto deadline = Clock::now() + learn_timeout();
-  auto renewed = Clock::now();
+bool MoveJob::wait_source_learns(Source& src, const std::vector<Slot>& slots, milliseconds slow_after,
+                                 const std::function<void()>& slow) {
+  const auto start = Clock::now();
+  const auto deadline = start + learn_timeout();
+  auto renewed = start;
+  bool told_slow = !slow;
   for (;;) {
+    if (!told_slow && Clock::now() - start > slow_after) {
+      told_slow = true;
+      slow();
+    }
     auto* c = control(src.node);
     auto nodes = c ? c->command({"CLUSTER", "NODES"}) : std::nullopt;
     if (nodes && !nodes->is_error()) {
@@ -602,7 +624,10 @@ void MoveJob::hand_off(Batch& batch, const Batch* next) {
   // After the source has learnt the claim, not while it does: its delete of the batch's keys then no longer
   // slows the target's answer to every proxy's route check (they share cores wherever the nodes share a
   // host), and the next batch is planned from this one's pause. Its proxies' clients wait meanwhile, for as
-  // long as the source took to learn; the source itself is unpaused already.
+  // long as the source took to learn (at most the pause budget: cut_over() hands off alone past it); the
+  // source itself is unpaused already.
+  if (batch.handed_off) return;  // while the source learnt; the next batch holds on its own
+  batch.handed_off = true;
   const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
   const auto t = Clock::now();
   if (!next) {
@@ -612,7 +637,7 @@ void MoveJob::hand_off(Batch& batch, const Batch* next) {
     auto both = proxies_->handoff(slots_text, target_address_,
                                   {next_text, options_.pause_timeout, hold_wait(), owner_});
     note_proxy_failures(both.handoff);
-    placed_hold_ = PlacedHold{next_text, std::move(both.hold), t, ms_since(t)};
+    placed_hold_ = PlacedHold{next_text, std::move(both.hold), t, Clock::now(), ms_since(t)};
   }
   batch.handoff_ms = ms_since(t);
   batch.hold_ms = ms_since(hold_started_);

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -150,7 +151,11 @@ class MoveJob {
   void follow_target_failover();
   bool settle_claim(Source& source, Batch& batch, const std::string& claim_error, bool held);
   TargetView target_view(const std::vector<Slot>& slots);
-  bool wait_source_learns(Source& source, const std::vector<Slot>& slots);
+  // Until the source names the target as the owner of every slot, or learn_timeout(); `slow` (if any) is
+  // called once when that takes longer than `slow_after`.
+  bool wait_source_learns(Source& source, const std::vector<Slot>& slots,
+                          std::chrono::milliseconds slow_after = std::chrono::milliseconds(0),
+                          const std::function<void()>& slow = {});
   bool verify(const Batch& batch);
   bool settle();
   void release_proxies(const std::string& slots);
@@ -229,13 +234,16 @@ class MoveJob {
   std::unique_ptr<MoveLease> lease_;
   std::vector<HostPort> leased_;  // the nodes the lease is on
   std::string owner_;             // names this move's holds on the proxies
-  // The next batch's hold, placed by the last batch's handoff: its slots, the proxies' answers, and when it
-  // was sent (where that batch's fence clock starts). Taken by the next cut_over(); a failed move releases it
-  // with the rest of this owner's holds (rollback()).
+  // The next batch's hold, placed by the last batch's handoff: its slots, the proxies' answers, when it was
+  // sent (where that batch's fence clock starts) and answered. Taken by the next cut_over(); a move that
+  // fails releases it with the rest of this owner's holds (rollback()). One that stops without its lease
+  // sends nothing more, and one killed between batches cannot: then the hold ends by itself after its ttl
+  // (--pause-timeout), as a batch's hold does when the move dies inside the batch.
   struct PlacedHold {
     std::string slots;
     ProxyCalls calls;
     Clock::time_point sent;
+    Clock::time_point answered;
     double call_ms = 0;
   };
   std::optional<PlacedHold> placed_hold_;

@@ -166,6 +166,8 @@ ProxyCalls ProxyControl::post_all(const std::string& path, const std::string& bo
   for (auto& p : resolve(result.calls))
     if (!left_out_.out(p.str()) && (!only || only->count(p.str())) && (!except || !except->count(p.str())))
       to.push_back(std::move(p));
+  // Nothing to send (every proxy answered already, or none is left to ask): not even the lease's question.
+  if (to.empty()) return result;
   if (const std::string refused = fence_ ? fence_() : std::string(); !refused.empty()) {
     for (const auto& p : to)
       result.calls.push_back(ProxyCall{p.str(), false, "not asked: " + refused, {}});
@@ -207,7 +209,6 @@ ProxyCalls ProxyControl::hold(const std::string& slots, std::chrono::millisecond
   if (placed)
     for (const auto& call : placed->calls)
       if (!only || only->count(call.proxy)) answered.insert(call.proxy);
-  // Nothing is sent when every proxy answered already (not even the fence's question).
   ProxyCalls result = post_all("/v1/slots/hold", body.dump(), hold_deadline(wait), only, &answered);
   if (placed)
     for (const auto& call : placed->calls)
@@ -264,12 +265,14 @@ ProxyControl::HandoffAndHold ProxyControl::handoff(const std::string& slots, con
     const auto reply = nlohmann::json::parse(call.body, nullptr, false);
     if (!reply.is_object() || !reply.contains("hold") || !reply["hold"].is_object()) continue;
     const auto& h = reply["hold"];
+    // Held, or could not drain in time (504): the answers a HOLD's caller acts on. Any other (a hold not
+    // placed after a slow handoff, too many HOLDs waiting, a reply it cannot read) is asked again by hold().
+    if (!h.contains("status") || !h["status"].is_number_integer()) continue;
     ProxyCall held{call.proxy, false, {}, h.dump()};
-    held.status = h.value("status", 0);
+    held.status = h["status"].get<int>();
+    if (held.status != 200 && held.status != 504) continue;
     held.ok = held.status == 200;
-    if (!held.ok)
-      held.error =
-          "HTTP " + std::to_string(held.status) + ": " + h.value("error", std::string("(no reason)"));
+    if (!held.ok) held.error = "HTTP 504: " + h.value("error", std::string("(no reason)"));
     out.hold.calls.push_back(std::move(held));
   }
   // Its hold is asked by hold().

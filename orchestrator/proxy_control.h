@@ -135,16 +135,18 @@ class ProxyControl {
   };
   struct HandoffAndHold {
     ProxyCalls handoff;
-    // One per proxy that answered the hold, as a HOLD call's would be (a 504 is one that could not drain in
-    // time). A proxy that is not here did not answer in time, or is too old to take a hold with a handoff:
-    // hold() asks it again (`placed`).
+    // One per proxy that answered the hold with a hold (200) or that it could not drain in time (504), as a
+    // HOLD call's would be. A proxy that is not here did not answer in time, did not place the hold (its
+    // handoff took longer than the hold's wait), or is too old to take a hold with a handoff: hold() asks it
+    // again (`placed`).
     ProxyCalls hold;
   };
   // A handoff that also places the next batch's hold, in one call to each proxy: a batch then costs the
-  // fleet one round trip instead of two. The call's deadline is a hold's and a little more, not a handoff's:
-  // the next batch's clients are held from here, and a proxy that does not answer in time must not keep them
-  // waiting at every other proxy. (Its held commands go on when their hold ends, to the old owner, whose
-  // MOVED it follows, as after a handoff it did not get.)
+  // fleet one round trip instead of two. The call's deadline is a hold's twice over, not a handoff's: the
+  // next batch's clients are held from here, and a proxy that does not answer in time must not keep them
+  // waiting at every other proxy. (A proxy whose handoff took longer than the hold's wait places no hold;
+  // one that did not answer at all goes on with its handoff, and its held commands, if it never routes,
+  // go on when their hold ends, to the old owner, whose MOVED it follows.)
   HandoffAndHold handoff(const std::string& slots, const HostPort& node, const NextHold& next);
   ProxyCalls release(const std::string& slots);
   ProxyCalls release_owner(const std::string& owner);

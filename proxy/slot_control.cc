@@ -576,20 +576,34 @@ ControlReply SlotControl::release(std::string_view body) {
 }
 
 ControlReply SlotControl::handoff(std::string_view body) {
+  const auto start = std::chrono::steady_clock::now();
   ControlReply error;
   auto j = parse_body(body, error);
   if (!j) return error;
   if (!j->contains("hold")) return hand_off(body);
-  // The next batch's hold, checked before anything is done: a malformed one is the caller's mistake, and
-  // the handoff it came with is not half done.
+  // Both parts checked before anything is done: a malformed request is the caller's mistake, and neither
+  // the handoff nor the hold it came with is half done.
   if (!(*j)["hold"].is_object())
     return error_reply(400, "'hold' must be a HOLD's body, such as {\"slots\": \"0-100\", \"ttl_ms\": 2000}");
   const auto next = hold_fields((*j)["hold"], error);
   if (!next) return error_reply(400, "'hold': " + json::parse(error.body)["error"].get<std::string>());
+  if (j->contains("owner")) return error_reply(400, "'owner' is not taken here: a handoff releases 'slots'");
+  if (!route_fields(*j, error)) return error;
   j->erase("hold");
   // The handoff first: its held clients have waited since the claim; the next batch's have not begun to.
   ControlReply out = hand_off(j->dump());
-  const ControlReply held = hold_checked(*next);
+  // A handoff that took longer than the hold's own wait (a route check that waited for its node, workers
+  // slow to route) has outlasted what its caller waits for the answer: a hold placed now might be one
+  // nobody releases, and would keep its clients waiting until its ttl. It is not placed; the caller asks
+  // again with a HOLD of its own if it still wants it.
+  const auto took =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  const ControlReply held =
+      took.count() > static_cast<std::int64_t>(next->wait_ms)
+          ? error_reply(409, "the hold of slots " + next->slots.str() + " was not placed: the handoff took " +
+                                 std::to_string(took.count()) + " ms, more than the hold's wait_ms (" +
+                                 std::to_string(next->wait_ms) + ")")
+          : hold_checked(*next);
   json combined = json::parse(out.body, nullptr, false);
   if (!combined.is_object()) combined = json{{"error", out.body}};
   json hold_part = json::parse(held.body, nullptr, false);

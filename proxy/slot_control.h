@@ -245,14 +245,16 @@ class SlotControl {
   //
   // A handoff may carry the next batch's HOLD ("hold": a HOLD's body), placed once the handoff is done and
   // answered in the same reply ("hold": the HOLD's reply, with its "status"): a cutover then costs each proxy
-  // one call per batch instead of two. The hold is placed whatever the handoff's answer (they are about other
-  // slots); a malformed one is refused before anything is done.
+  // one call per batch instead of two. The hold is placed whatever the route check's verdict (they are about
+  // other slots), but not after a handoff that took longer than the hold's wait_ms (409: its caller may have
+  // given up on the answer). A malformed request, in either part, is refused before anything is done.
   ControlReply handoff(std::string_view body);
   ControlReply list();
 
   // HOLDs waiting for their drain at once (each up to its wait_ms), those carried by a handoff included: one
   // more is answered 503 at once, so that HOLDs never take every thread of the admin endpoint (the RELEASE
-  // that ends them among others). The orchestrator sends one HOLD per batch.
+  // that ends them among others). The orchestrator places one hold per batch (with the last batch's handoff,
+  // or alone), and one more for a proxy it asks again.
   static constexpr int kMaxWaitingHolds = 4;
 
   // Longest hold a request may ask for: a dead orchestrator freezes clients for at most this long.

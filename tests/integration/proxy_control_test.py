@@ -723,6 +723,21 @@ class RouteAfterMove(ControlCase):
             self.assertEqual(status, 400, out)
             self.assertIn("'hold'", out["error"])
         self.assertEqual([(h["owner"], h["slots"]) for h in self.holds()], [("mover", str(c))])
+        # A handoff slower than the hold's wait (its node stopped: the check's time runs out) places no hold: its
+        # caller may have stopped waiting, and nobody would release it before its ttl.
+        d = self.slot("{next-d}")
+        pid = int(self.cluster.cli(dst_a, "info", "server").split("process_id:")[1].split()[0])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {
+                "slots": str(c), "node": "%s:%d" % dst_a,
+                "hold": {"slots": str(d), "ttl_ms": 10000, "wait_ms": 100, "owner": "mover"}}, timeout=30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.assertEqual(status, 503, out)
+        self.assertEqual(out["hold"]["status"], 409, out)
+        self.assertIn("was not placed: the handoff took", out["hold"]["error"])
+        self.assertEqual(self.holds(), [], "the slow handoff released c, and placed no hold of d")
         self.release(owner="mover")
         self.assertEqual(self.holds(), [])
 
