@@ -43,6 +43,9 @@ struct Batch {
   // Left out at an earlier batch and asked again before this one's fence (ProxyControl::begin_batch): those
   // that answered, and are in this batch's calls, and those that did not.
   std::vector<std::string> proxies_back, proxies_still_out;
+  // Had placed this batch's hold with the last batch's handoff, which was given back before the fence (the
+  // target behind, or too long between batches) and placed again.
+  std::vector<std::string> proxies_held_again;
   double refuse_ms =
       0;  // writes refused on the source (servers that cannot keep the pause through the claim)
   double verify_ms = 0;                            // until every node agreed

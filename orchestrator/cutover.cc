@@ -100,17 +100,19 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   // The hold the last batch's handoff placed for this one, if it is this one's (a retry holds again).
   std::optional<PlacedHold> placed;
   placed.swap(placed_hold_);
-  if (placed && placed->slots != slots_text) {
+  // Given back: released on every proxy, which then holds again with a HOLD of its own (the report names the
+  // proxies that had placed it, so that their holds add up).
+  auto give_back = [&] {
+    for (const auto& call : placed->calls.calls)
+      if (call.ok || call.slow_to_drain()) batch.proxies_held_again.push_back(call.proxy);
     release_proxies(placed->slots);
     placed.reset();
-  }
+  };
+  if (placed && placed->slots != slots_text) give_back();
   // Start the fence only once the target is close behind the source, so that the wait inside it is short.
   auto behind = [&] { return copier.lag_bytes() > (256u << 10) || copier.lag_seconds() > 0.05; };
   // Not with the clients held: a placed hold is given back while the target catches up, and placed again.
-  if (placed && behind()) {
-    release_proxies(placed->slots);
-    placed.reset();
-  }
+  if (placed && behind()) give_back();
   const auto settle_deadline = Clock::now() + std::chrono::seconds(30);
   while (behind()) {
     if (copier.failed()) return fail(copier_failure(src));
@@ -158,12 +160,10 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     if (!fence_proxy) note_proxy_failures(start.silent);
   }
   // A placed hold kept its clients waiting from its answer on, through this batch's planning and checks
-  // (verify() above all): past twice the hold's wait (or the pause budget) it is given back and placed
-  // again, so that a slow moment between batches does not hold clients for it.
-  if (placed && Clock::now() - placed->answered > std::max(wait, options_.max_pause) * 2) {
-    release_proxies(placed->slots);
-    placed.reset();
-  }
+  // (verify() above all, which waits up to 10 s for every node to agree): past a quarter of --pause-timeout
+  // it is given back and placed again, so that a slow moment between batches does not hold clients for it,
+  // and the fence still has half of the hold's ttl.
+  if (placed && Clock::now() - placed->answered > options_.pause_timeout / 4) give_back();
   // A placed hold's ttl runs from when it was sent: so does the fence's clock.
   const auto t0 = placed ? placed->sent : Clock::now();
   hold_started_ = t0;

@@ -30,6 +30,7 @@ nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
           {"handoff_ms", b.handoff_ms},
           {"proxies_held", b.proxies_held},
           {"proxies_held_with_handoff", b.proxies_held_with_handoff},
+          {"proxies_held_again", b.proxies_held_again},
           {"proxies_asked_again", b.proxies_asked_again},
           {"proxies_back", b.proxies_back},
           {"proxies_still_out", b.proxies_still_out},

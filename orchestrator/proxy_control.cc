@@ -250,13 +250,16 @@ void ProxyControl::route_and_release_older(const std::string& slots, const HostP
 
 ProxyControl::HandoffAndHold ProxyControl::handoff(const std::string& slots, const HostPort& node,
                                                    const NextHold& next) {
+  // The call waits twice a hold's deadline: the handoff's share is the first (the proxy's check of the node
+  // and its workers' routing, which take a few milliseconds; more is a proxy in trouble), and a proxy whose
+  // handoff took longer than that places no hold, so that the hold's drain (at most its wait) still answers
+  // within the call.
   const nlohmann::json hold{{"slots", next.slots},
                             {"ttl_ms", next.ttl.count()},
                             {"wait_ms", next.wait.count()},
-                            {"owner", next.owner}};
+                            {"owner", next.owner},
+                            {"place_within_ms", hold_deadline(next.wait).count()}};
   const std::string body = nlohmann::json{{"slots", slots}, {"node", node.str()}, {"hold", hold}}.dump();
-  // The handoff's own share: the proxy's check of the node and its workers' routing, which take a few
-  // milliseconds; more than a hold's deadline again is a proxy in trouble.
   const auto deadline = hold_deadline(next.wait) * 2;
   HandoffAndHold out;
   out.handoff = post_all("/v1/slots/handoff", body, deadline);

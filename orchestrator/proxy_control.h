@@ -137,14 +137,14 @@ class ProxyControl {
     ProxyCalls handoff;
     // One per proxy that answered the hold with a hold (200) or that it could not drain in time (504), as a
     // HOLD call's would be. A proxy that is not here did not answer in time, did not place the hold (its
-    // handoff took longer than the hold's wait), or is too old to take a hold with a handoff: hold() asks it
+    // handoff took longer than a hold's deadline), or is too old to take a hold with a handoff: hold() asks it
     // again (`placed`).
     ProxyCalls hold;
   };
   // A handoff that also places the next batch's hold, in one call to each proxy: a batch then costs the
   // fleet one round trip instead of two. The call's deadline is a hold's twice over, not a handoff's: the
   // next batch's clients are held from here, and a proxy that does not answer in time must not keep them
-  // waiting at every other proxy. (A proxy whose handoff took longer than the hold's wait places no hold;
+  // waiting at every other proxy. (A proxy whose handoff took longer than a hold's deadline places no hold;
   // one that did not answer at all goes on with its handoff, and its held commands, if it never routes,
   // go on when their hold ends, to the old owner, whose MOVED it follows.)
   HandoffAndHold handoff(const std::string& slots, const HostPort& node, const NextHold& next);

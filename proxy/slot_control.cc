@@ -587,22 +587,30 @@ ControlReply SlotControl::handoff(std::string_view body) {
     return error_reply(400, "'hold' must be a HOLD's body, such as {\"slots\": \"0-100\", \"ttl_ms\": 2000}");
   const auto next = hold_fields((*j)["hold"], error);
   if (!next) return error_reply(400, "'hold': " + json::parse(error.body)["error"].get<std::string>());
+  // How long the handoff may take for the hold still to be placed: its caller's word (it knows how long it
+  // waits for the answer), else the hold's own wait.
+  std::uint64_t within_ms = next->wait_ms;
+  if ((*j)["hold"].contains("place_within_ms")) {
+    const auto within = ms_field((*j)["hold"], "place_within_ms", 0, kMaxTtlMs, error);
+    if (!within) return error_reply(400, "'hold': " + json::parse(error.body)["error"].get<std::string>());
+    within_ms = *within;
+  }
   if (j->contains("owner")) return error_reply(400, "'owner' is not taken here: a handoff releases 'slots'");
   if (!route_fields(*j, error)) return error;
   j->erase("hold");
   // The handoff first: its held clients have waited since the claim; the next batch's have not begun to.
   ControlReply out = hand_off(j->dump());
-  // A handoff that took longer than the hold's own wait (a route check that waited for its node, workers
-  // slow to route) has outlasted what its caller waits for the answer: a hold placed now might be one
-  // nobody releases, and would keep its clients waiting until its ttl. It is not placed; the caller asks
-  // again with a HOLD of its own if it still wants it.
+  // A handoff that took longer than that (a route check that waited for its node, workers slow to route)
+  // may have outlasted what its caller waits for the answer: a hold placed now might be one nobody
+  // releases, and would keep its clients waiting until its ttl. It is not placed; the caller asks again
+  // with a HOLD of its own if it still wants it.
   const auto took =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
   const ControlReply held =
-      took.count() > static_cast<std::int64_t>(next->wait_ms)
+      took.count() > static_cast<std::int64_t>(within_ms)
           ? error_reply(409, "the hold of slots " + next->slots.str() + " was not placed: the handoff took " +
-                                 std::to_string(took.count()) + " ms, more than the hold's wait_ms (" +
-                                 std::to_string(next->wait_ms) + ")")
+                                 std::to_string(took.count()) + " ms, more than the " +
+                                 std::to_string(within_ms) + " ms within which it was to be placed")
           : hold_checked(*next);
   json combined = json::parse(out.body, nullptr, false);
   if (!combined.is_object()) combined = json{{"error", out.body}};

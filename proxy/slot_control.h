@@ -246,8 +246,8 @@ class SlotControl {
   // A handoff may carry the next batch's HOLD ("hold": a HOLD's body), placed once the handoff is done and
   // answered in the same reply ("hold": the HOLD's reply, with its "status"): a cutover then costs each proxy
   // one call per batch instead of two. The hold is placed whatever the route check's verdict (they are about
-  // other slots), but not after a handoff that took longer than the hold's wait_ms (409: its caller may have
-  // given up on the answer). A malformed request, in either part, is refused before anything is done.
+  // other slots), but not after a handoff that took longer than the hold's "place_within_ms" (default: its
+  // wait_ms; 409: its caller may have given up on the answer). A malformed request, in either part, is refused before anything is done.
   ControlReply handoff(std::string_view body);
   ControlReply list();
 

@@ -615,8 +615,10 @@ class CutoverUnderLoadTest(CutoverTest):
             attempts = sum(b["attempts"] for b in batches)
             for i in (0, 1):
                 deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired", "requests_held")
-                # One hold per cutover, and one more where the proxy was asked again after it could not drain.
-                placed = attempts + sum(run.admin(i) in b["proxies_asked_again"] for b in batches)
+                # One hold per cutover, one more where the proxy was asked again after it could not drain, and
+                # one more where the hold it placed with the last handoff was given back before the fence.
+                placed = attempts + sum((run.admin(i) in b["proxies_asked_again"]) +
+                                        b["proxies_held_again"].count(run.admin(i)) for b in batches)
                 self.assertEqual(deltas["holds_placed"], placed, "proxy :%d placed %d holds for %d cutovers" % (
                     run.proxies[i].port, deltas["holds_placed"], placed))
                 self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out instead of being "

@@ -717,7 +717,8 @@ class RouteAfterMove(ControlCase):
         self.assertEqual(self.on_node("{next-b}k"), b"w")
         self.assertEqual([(h["owner"], h["slots"]) for h in self.holds()], [("mover", str(c))])
         # A malformed hold: 400, and neither the handoff nor the hold is done.
-        for bad in ({"slots": str(a)}, "0-10", {"slots": "x", "ttl_ms": 100}):
+        for bad in ({"slots": str(a)}, "0-10", {"slots": "x", "ttl_ms": 100},
+                    {"slots": str(a), "ttl_ms": 100, "place_within_ms": -1}):
             status, out = self.proxy.admin_call("POST", "/v1/slots/handoff",
                                                 {"slots": str(c), "node": "%s:%d" % dst_a, "hold": bad})
             self.assertEqual(status, 400, out)
