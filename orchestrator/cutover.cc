@@ -426,14 +426,15 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
       return calls;
     });
   };
-  if (proxies_ && !hand_off_later) hand_off_now();
+  auto hand_off_once = [&] {
+    if (proxies_ && !batch.handed_off) hand_off_now();
+  };
+  if (!hand_off_later) hand_off_once();
   // 6. The source deletes its keys of these slots as soon as it hears the target's broadcast (synchronously:
   //    that delete is most of the pause) and answers MOVED from then on. Wait for it, fenced, then unpause.
-  const bool learnt = wait_source_learns(src, batch.slots, options_.max_pause, [&] {
-    if (proxies_ && !batch.handed_off) hand_off_now();
-  });
+  const bool learnt = wait_source_learns(src, batch.slots, options_.max_pause, hand_off_once);
   if (!learnt) {
-    if (proxies_ && !batch.handed_off) hand_off_now();
+    hand_off_once();
     if (proxies_done.valid()) note_proxy_failures(proxies_done.get());
     return fail("the source " + src.address.str() + " did not learn the claim of batch " + slots_text +
                 " within " + std::to_string(learn_timeout().count()) + " ms; " + fence_left(src));

@@ -137,8 +137,8 @@ class ProxyControl {
     ProxyCalls handoff;
     // One per proxy that answered the hold with a hold (200) or that it could not drain in time (504), as a
     // HOLD call's would be. A proxy that is not here did not answer in time, did not place the hold (its
-    // handoff took longer than a hold's deadline), or is too old to take a hold with a handoff: hold() asks it
-    // again (`placed`).
+    // handoff took longer than a hold's deadline), or is too old to take a hold with a handoff: hold() asks
+    // it again (`placed`).
     ProxyCalls hold;
   };
   // A handoff that also places the next batch's hold, in one call to each proxy: a batch then costs the

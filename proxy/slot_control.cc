@@ -585,14 +585,18 @@ ControlReply SlotControl::handoff(std::string_view body) {
   // the handoff nor the hold it came with is half done.
   if (!(*j)["hold"].is_object())
     return error_reply(400, "'hold' must be a HOLD's body, such as {\"slots\": \"0-100\", \"ttl_ms\": 2000}");
+  // A HOLD's own 400, said of the "hold" field.
+  const auto in_hold = [](const ControlReply& e) {
+    return error_reply(400, "'hold': " + json::parse(e.body)["error"].get<std::string>());
+  };
   const auto next = hold_fields((*j)["hold"], error);
-  if (!next) return error_reply(400, "'hold': " + json::parse(error.body)["error"].get<std::string>());
+  if (!next) return in_hold(error);
   // How long the handoff may take for the hold still to be placed: its caller's word (it knows how long it
   // waits for the answer), else the hold's own wait.
   std::uint64_t within_ms = next->wait_ms;
   if ((*j)["hold"].contains("place_within_ms")) {
     const auto within = ms_field((*j)["hold"], "place_within_ms", 0, kMaxTtlMs, error);
-    if (!within) return error_reply(400, "'hold': " + json::parse(error.body)["error"].get<std::string>());
+    if (!within) return in_hold(error);
     within_ms = *within;
   }
   if (j->contains("owner")) return error_reply(400, "'owner' is not taken here: a handoff releases 'slots'");

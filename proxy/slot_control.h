@@ -247,7 +247,8 @@ class SlotControl {
   // answered in the same reply ("hold": the HOLD's reply, with its "status"): a cutover then costs each proxy
   // one call per batch instead of two. The hold is placed whatever the route check's verdict (they are about
   // other slots), but not after a handoff that took longer than the hold's "place_within_ms" (default: its
-  // wait_ms; 409: its caller may have given up on the answer). A malformed request, in either part, is refused before anything is done.
+  // wait_ms; 409: its caller may have given up on the answer). A malformed request, in either part, is
+  // refused before anything is done.
   ControlReply handoff(std::string_view body);
   ControlReply list();
 
