@@ -175,6 +175,9 @@ std::string AdminServer::start() {
   server_->Post("/v1/slots/handoff", [this, control](const httplib::Request& req, httplib::Response& res) {
     control(control_.handoff(req.body), res);
   });
+  server_->Post("/v1/slots/check", [this, control](const httplib::Request& req, httplib::Response& res) {
+    control(control_.check(req.body), res);
+  });
   server_->Get("/v1/slots", [this, control](const httplib::Request&, httplib::Response& res) {
     control(control_.list(), res);
   });

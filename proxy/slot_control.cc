@@ -80,19 +80,22 @@ struct RouteRequest {
 };
 
 // "slots" and "node" of a ROUTE or a handoff; nullopt and a 400 reply when either is missing or malformed.
-std::optional<RouteRequest> route_fields(const json& j, ControlReply& error) {
-  auto slots = slots_field(j, error);
-  if (!slots) return std::nullopt;
+std::optional<HostPort> node_field(const json& j, ControlReply& error) {
   if (!j.contains("node") || !j["node"].is_string()) {
     error = error_reply(400, "'node' is required: the new owner as \"HOST:PORT\"");
     return std::nullopt;
   }
   std::string why;
   auto node = parse_host_port(j["node"].get<std::string>(), why);
-  if (!node) {
-    error = error_reply(400, "'node': " + why);
-    return std::nullopt;
-  }
+  if (!node) error = error_reply(400, "'node': " + why);
+  return node;
+}
+
+std::optional<RouteRequest> route_fields(const json& j, ControlReply& error) {
+  auto slots = slots_field(j, error);
+  if (!slots) return std::nullopt;
+  auto node = node_field(j, error);
+  if (!node) return std::nullopt;
   return RouteRequest{std::move(*slots), std::move(*node)};
 }
 
@@ -625,6 +628,36 @@ ControlReply SlotControl::handoff(std::string_view body) {
   return reply(out.status, combined);
 }
 
+std::optional<RouteVerdict> SlotControl::checked_on_this_thread(const SlotSet& slots, const HostPort& node) {
+  const Config config = proxy_.config();
+  const LoginPtr login = own_login(config.masteruser, config.masterauth);
+  std::string why;
+  const auto reply = questions_.ask(node, route_question(), kRouteQuestionReplies, login,
+                                    std::chrono::steady_clock::now() + route_check_time(), why);
+  return verdict_from_own_reply(slots, node, proxy_.topology(), reply, why);
+}
+
+ControlReply SlotControl::check(std::string_view body) {
+  ControlReply error;
+  const auto j = parse_body(body, error);
+  if (!j) return error;
+  // No slots: whether the node is one of the cluster's, and the connection a handoff to it asks on opened.
+  std::optional<SlotSet> slots = SlotSet{};
+  if (j->contains("slots")) slots = slots_field(*j, error);
+  if (!slots) return error;
+  const auto node_given = node_field(*j, error);
+  if (!node_given) return error;
+  const HostPort& node = *node_given;
+  // Asked where a handoff asks (hand_off()), so that the connection it opens is the one the handoff finds.
+  const auto verdict =
+      proxy_.backend_tls() ? std::optional<RouteVerdict>() : checked_on_this_thread(*slots, node);
+  if (verdict && !verdict->ok()) return refusal_reply(*verdict, node);
+  if (!verdict) {
+    if (auto refusal = refuse_route(*slots, node)) return std::move(*refusal);
+  }
+  return reply(200, json{{"node", node.str()}, {"owns", slots->str()}});
+}
+
 ControlReply SlotControl::hand_off(std::string_view body) {
   ControlReply error;
   const auto j = parse_body(body, error);
@@ -642,12 +675,7 @@ ControlReply SlotControl::hand_off(std::string_view body) {
   // asked (a node the proxy's map does not list yet), and the case where the worker cannot be asked, go the
   // way of a ROUTE (handoff_checked_here).
   if (!proxy_.backend_tls()) {
-    const Config config = proxy_.config();
-    const LoginPtr login = own_login(config.masteruser, config.masterauth);
-    std::string why;
-    const auto reply = questions_.ask(node, route_question(), kRouteQuestionReplies, login,
-                                      std::chrono::steady_clock::now() + route_check_time(), why);
-    const auto verdict = verdict_from_own_reply(slots, node, proxy_.topology(), reply, why);
+    const auto verdict = checked_on_this_thread(slots, node);
     if (!verdict) return handoff_checked_here(body, slots, node);
     if (!verdict->ok()) return refused_handoff(refusal_reply(*verdict, node), body);
     return hand_off_checked(slots, node);

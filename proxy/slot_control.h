@@ -250,6 +250,12 @@ class SlotControl {
   // wait_ms; 409: its caller may have given up on the answer). A malformed request, in either part, is
   // refused before anything is done.
   ControlReply handoff(std::string_view body);
+  // A ROUTE's check alone ({"node", "slots"}, the slots optional): answered as a ROUTE of those slots would
+  // be (200, or its 400, 409 or 503), and nothing is routed. Asked where a handoff asks, on the connection
+  // kept for it: a move checks its target on every proxy while it copies, so that the first batch's handoff
+  // does not open hundreds of connections to the target while clients wait, and so that a proxy that cannot
+  // reach or vouch for the target is known before any batch.
+  ControlReply check(std::string_view body);
   ControlReply list();
 
   // HOLDs waiting for their drain at once (each up to its wait_ms), those carried by a handoff included: one
@@ -315,6 +321,10 @@ class SlotControl {
   ControlReply hold_checked(const HoldRequest& request);
   // The handoff alone (a handoff's body without "hold").
   ControlReply hand_off(std::string_view body);
+  // Plain TCP toward the cluster: the node's own word asked on this thread's kept connection
+  // (admin_questions.h), and the verdict; nullopt when the node must be vouched for by others
+  // (check_route).
+  std::optional<RouteVerdict> checked_on_this_thread(const SlotSet& slots, const HostPort& node);
 
   Proxy& proxy_;
   AdminQuestions questions_;

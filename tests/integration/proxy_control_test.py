@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""slotshift-proxy's slot hold / route / release control (POST /v1/slots/hold|route|release, GET /v1/slots on the
-admin endpoint), driven as the orchestrator drives it at a move's cutover, with real clients (Debian's python3-redis,
-redis-cli) on a real Redis Cluster. Run by ctest; runs alone too: tests/integration/proxy_control_test.py [-k pattern].
+"""slotshift-proxy's slot hold / route / release control (POST /v1/slots/hold|route|release|handoff|check,
+GET /v1/slots on the admin endpoint), driven as the orchestrator drives it at a move's cutover, with real clients
+(Debian's python3-redis, redis-cli) on a real Redis Cluster. Run by ctest; runs alone too:
+tests/integration/proxy_control_test.py [-k pattern].
 """
 
 import json
@@ -1129,8 +1130,8 @@ class NodeThatForgetsItsConnections(FakeClusterNode):
                 pass
 
 
-class RouteCheckedAgainstTheCluster(ControlCase):
-    """A ROUTE is followed only when its node is a node of the cluster that owns every slot of it."""
+class RouteQuestions(ControlCase):
+    """What the tests of a ROUTE's check look at (no test of its own)."""
 
     FLAGS = ("--request-timeout-ms", "20000", "--refresh-interval-ms", "3600000")
 
@@ -1146,6 +1147,14 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         after = self.r.info("proxy")
         self.assertEqual(after["redirects_moved"] + after["redirects_ask"],
                          info["redirects_moved"] + info["redirects_ask"])
+
+    def connections_received(self, node):
+        """The node's count of connections ever accepted, asked on a connection of the caller's (counted once)."""
+        return node.info("stats")["total_connections_received"]
+
+
+class RouteCheckedAgainstTheCluster(RouteQuestions):
+    """A ROUTE is followed only when its node is a node of the cluster that owns every slot of it."""
 
     def test_a_node_outside_the_cluster_is_refused(self):
         status, out = self.route_status("0-16383", "127.0.0.1:1")
@@ -1221,10 +1230,6 @@ class RouteCheckedAgainstTheCluster(ControlCase):
         self.assertEqual(self.route(harness.format_slots(owned), "%s:%d" % dst)["routed"], harness.format_slots(owned))
 
 
-    def connections_received(self, node):
-        """The node's count of connections ever accepted, asked on a connection of the caller's (counted once)."""
-        return node.info("stats")["total_connections_received"]
-
     def question_connections(self, node):
         """The node's clients whose last command was CLUSTER SLOTS: the proxy's connections for its questions."""
         return [c for c in node.client_list() if c["cmd"] in ("cluster|slots", "cluster")]
@@ -1281,6 +1286,64 @@ class RouteCheckedAgainstTheCluster(ControlCase):
             self.assertIn(refusal, out["error"])
         self.assertEqual(node.connections, 2)
         self.still_served(["{forget-%d}k" % i for i in range(10)])
+
+
+class RouteCheckAlone(RouteQuestions):
+    """POST /v1/slots/check: a ROUTE's check without the route, on a proxy of its own (the connections it opens
+    to the nodes are not counted by the other classes' tests)."""
+
+    def check_status(self, node, slots=None):
+        body = {"node": node}
+        if slots is not None:
+            body["slots"] = slots
+        return self.proxy.admin_call("POST", "/v1/slots/check", body)
+
+    def test_a_check_answers_as_a_route_would_and_routes_nothing(self):
+        a = self.slot("{chk-a}")
+        src, _ = self.owner(a)
+        dst = next(m for m in self.cluster.masters() if m != src)
+        owned = harness.format_slots(self.cluster.slots_of(dst)[:3])
+        status, out = self.check_status("%s:%d" % dst, owned)
+        self.assertEqual((status, out), (200, {"node": "%s:%d" % dst, "owns": owned}))
+        # No slots: whether it is a node of the cluster.
+        status, out = self.check_status("%s:%d" % dst)
+        self.assertEqual((status, out), (200, {"node": "%s:%d" % dst, "owns": ""}))
+        status, out = self.check_status("%s:%d" % dst, str(a))
+        self.assertEqual(status, 409, out)
+        self.assertEqual(out["not_owned"], str(a))
+        self.assertIn("does not own slot(s) %d" % a, out["error"])
+        status, out = self.check_status("127.0.0.1:1")
+        self.assertEqual(status, 400, out)
+        self.assertIn("127.0.0.1:1 is not a node of the cluster", out["error"])
+        fake = FakeClusterNode()
+        self.addCleanup(fake.close)
+        status, out = self.check_status(fake.address(), "0-16383")
+        self.assertEqual(status, 400, out)
+        for bad in ({"slots": "0-100"}, {"node": "nowhere"}, {"node": "%s:%d" % dst, "slots": "x"}):
+            status, out = self.proxy.admin_call("POST", "/v1/slots/check", bad)
+            self.assertEqual(status, 400, (bad, out))
+        # A check routed nothing: the slot checked against a node that does not own it is still served by its
+        # owner, with no redirect.
+        self.still_served(["{chk-a}k%d" % i for i in range(10)])
+
+    def test_a_check_opens_the_connection_the_next_handoff_asks_on(self):
+        """What a move sends every proxy while it copies: the first batch's handoff then opens no connection to
+        the target (a fleet's proxies would open hundreds at once while their clients wait)."""
+        src, _ = self.owner(self.slot("{chk-b}"))
+        dst = next(m for m in self.cluster.masters() if m != src)
+        owned = harness.format_slots(self.cluster.slots_of(dst)[3:6])
+        node = redis.Redis(host=dst[0], port=dst[1], socket_timeout=10)
+        # The workers' own connections to it, which a handoff's route may open, are up first.
+        self.route(owned, "%s:%d" % dst)
+        time.sleep(0.2)
+        before = self.connections_received(node)
+        status, out = self.check_status("%s:%d" % dst)
+        self.assertEqual(status, 200, out)
+        self.assertEqual(self.connections_received(node), before + 1)
+        for _ in range(3):
+            status, out = self.proxy.admin_call("POST", "/v1/slots/handoff", {"slots": owned, "node": "%s:%d" % dst})
+            self.assertEqual(status, 200, out)
+        self.assertEqual(self.connections_received(node), before + 1)
 
 @unittest.skipUnless(harness.SERVER == "redis-7.0", "starts the host's redis-server as a node that joins")
 class RouteToANodeThatJustJoined(unittest.TestCase):
