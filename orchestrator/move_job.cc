@@ -255,7 +255,7 @@ bool MoveJob::copy() {
   // mostly waits then. A copy that outlasts a kept connection's idle limit has them opened again at the
   // first batch.
   if (proxies_)
-    warming_ = std::async(std::launch::async, [this, owner = owner_] { proxies_->warm_up(owner); });
+    warming_ = std::async(std::launch::async, [this] { return proxies_->warm_up(target_address_); });
   const auto t0 = Clock::now();
   // The end of the snapshots is looked for every 10 ms (the cutover starts then; a 100 ms look cost each move
   // 50 ms on average, and made its time vary by as much), a progress line made every 100 ms.
@@ -294,6 +294,14 @@ bool MoveJob::copy() {
 
 bool MoveJob::cut_over_all() {
   proxies_ready();
+  // Before any client is held: a proxy that cannot vouch for the target now will refuse its handoffs, and
+  // its clients will meet MOVED at the old owner after each batch (which it follows). Said once, here.
+  for (const auto& call : target_refused_.calls) {
+    if (proxy_warned_.insert(call.proxy + " target").second)
+      warnings_.push_back("proxy " + call.proxy + " cannot vouch for the target " + target_address_.str() +
+                          " (" + call.error + "): it will refuse every batch's handoff, and its clients " +
+                          "will meet MOVED for the moved slots at the old owner, which it follows");
+  }
   std::size_t done = 0;
   // Keys and bytes per slot come from the snapshot.
   auto plan = [&](const Source& s) {

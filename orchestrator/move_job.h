@@ -226,10 +226,12 @@ class MoveJob {
   std::string connect_error_;  // why control() last returned nullptr
   std::unique_ptr<ProxyControl> proxies_;
   // ProxyControl::warm_up() on a thread of its own while the copy starts (copy()); nothing else uses
-  // proxies_ until proxies_ready() has waited for it.
-  std::future<void> warming_;
+  // proxies_ until proxies_ready() has waited for it. Its answer: the proxies that refused to check the
+  // target (warned of before the first batch).
+  std::future<ProxyCalls> warming_;
+  ProxyCalls target_refused_;
   void proxies_ready() {
-    if (warming_.valid()) warming_.get();
+    if (warming_.valid()) target_refused_ = warming_.get();
   }
   std::unique_ptr<MoveLease> lease_;
   std::vector<HostPort> leased_;  // the nodes the lease is on

@@ -93,7 +93,7 @@ ProxyControl::BatchStart ProxyControl::begin_batch(const std::string& owner,
   return start;
 }
 
-void ProxyControl::warm_up(const std::string& owner) {
+ProxyCalls ProxyControl::warm_up(const HostPort& target) {
   std::vector<ProxyCall> unresolved;  // reported by the first batch's calls
   std::vector<HostPort> to;
   for (auto& p : resolve(unresolved))
@@ -109,10 +109,16 @@ void ProxyControl::warm_up(const std::string& owner) {
     answered.erase(proxy);
   // Only to those that answered. A deadline of its own, not what the connections left of theirs: a call
   // given no time closes every connection it could not read an answer on, the warm-up's purpose undone.
-  // post_all() asks the lease's fence first, as for every call. (An empty owner would release the holds
-  // placed without one, which are not this move's.)
-  if (owner.empty() || answered.empty()) return;
-  post_all("/v1/slots/release", nlohmann::json{{"owner", owner}}.dump(), within, &answered);
+  // post_all() asks the lease's fence first, as for every call.
+  ProxyCalls refused;
+  if (answered.empty()) return refused;
+  ProxyCalls checks =
+      post_all("/v1/slots/check", nlohmann::json{{"node", target.str()}}.dump(), within, &answered);
+  // 400: its map does not list the target and no node it knows vouches for it; 503: it cannot ask the
+  // target. Either refuses every handoff to it. (404: a proxy older than the check.)
+  for (auto& call : checks.calls)
+    if (call.status == 400 || call.status == 503) refused.calls.push_back(std::move(call));
+  return refused;
 }
 
 void ProxyControl::hold_answered(const ProxyCalls& calls) {

@@ -5,7 +5,9 @@ it, it is asked again once awake and holds the batches from then on, the clients
 error and no redirect, and every acknowledged write is in place afterwards (cutover_test's scenario and checks).
 
   FleetStallTest   two proxies with writers and a dozen without, one of those stopped for 3 s mid-cutover;
-                   and a fleet of six, one stopped at the first batch's hold and woken after it
+                   and a fleet of six, one stopped at the first batch's hold and woken after it;
+                   and a proxy in front of another cluster, named before any batch as one that cannot vouch for
+                   the target
 
 SLOTSHIFT_BINARY_DIR picks the build whose slotshift and slotshift-proxy are tested (default: build/).
 """
@@ -185,6 +187,41 @@ class FleetStallTest(ct.CutoverTest):
                 victim.proc.send_signal(signal.SIGCONT)
             for p in idle:
                 p.stop()
+            run.stop()
+
+    def test_a_proxy_that_cannot_vouch_for_the_target_is_named_before_any_batch(self):
+        """A proxy in front of another cluster is told of the target while the copy runs (the check that opens
+        its handoffs' connection): it refuses it, and the move names it and goes on, the other proxies' clients
+        meeting no error and no redirect."""
+        run = ct.Scenario(self, ct.range_of(500))
+        other = stranger = None
+        try:
+            run.start(proxies=2)
+            other = harness.Cluster(3, 0)
+            stranger = harness.Proxy(other, "--request-timeout-ms", str(ct.PROXY_REQUEST_TIMEOUT_MS), threads=1,
+                                     admin=True)
+            stranger_address = "127.0.0.1:%d" % stranger.admin_port
+            time.sleep(0.5)
+            move = run.move("source-pause", proxies=[run.admin(0), run.admin(1), stranger_address])
+            rc, report, err = move.result()
+            run.stop_writers()
+            self.assertEqual(rc, 0, "slotshift move failed: %s" % (report or err))
+            target = report["target"]
+            named = [w for w in report["warnings"] if "cannot vouch for the target" in w]
+            self.assertEqual(len(named), 1, report["warnings"])
+            self.assertIn("proxy %s cannot vouch for the target %s" % (stranger_address, target), named[0])
+            self.assertIn("is not a node of the cluster", named[0])
+            self.assertFalse(any("cannot vouch" in w and stranger_address not in w for w in report["warnings"]))
+            self.assertNoClientErrors(run)
+            self.assertNoRedirects(run, [0, 1])
+            v = run.verify()
+            run.summary("; warned: %s" % named[0])
+            self.assertClean(v)
+        finally:
+            if stranger is not None:
+                stranger.stop()
+            if other is not None:
+                other.stop()
             run.stop()
 
 if __name__ == "__main__":
