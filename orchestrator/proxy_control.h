@@ -102,9 +102,9 @@ class ProxyControl {
   // once. A proxy that does not answer that request would not answer the hold either: with `leave_out_silent`
   // (when the proxies are not the fence) it is left out now, before any client is held for it.
   BatchStart begin_batch(const std::string& owner, std::chrono::milliseconds deadline, bool leave_out_silent);
-  // Opens the connections of every proxy not left out, each with its first request served, within kWarmUp
-  // (at most the connect timeout), so that the first batch does not pay for a fleet's handshakes; then asks
-  // each that answered to check `target` (POST /v1/slots/check, no slots), within kWarmUp again:
+  // Opens the connections of every proxy not left out, so that the first batch does not pay for a fleet's
+  // handshakes, each with one request served, within twice kWarmUp (at most twice the connect timeout): a
+  // check of `target` (POST /v1/slots/check, no slots), which does more:
   //   - the proxy opens the connection its handoffs to the target ask their route check on: the first
   //     batch's handoff then costs a fleet one command each, not a connection each to one node at once,
   //     while that batch's clients and the next batch's hold wait (measured with 200 proxies on one core:
