@@ -79,7 +79,7 @@ struct RouteRequest {
   HostPort node;
 };
 
-// "slots" and "node" of a ROUTE or a handoff; nullopt and a 400 reply when either is missing or malformed.
+// "node" of a ROUTE, a handoff or a check; nullopt and a 400 reply when it is missing or malformed.
 std::optional<HostPort> node_field(const json& j, ControlReply& error) {
   if (!j.contains("node") || !j["node"].is_string()) {
     error = error_reply(400, "'node' is required: the new owner as \"HOST:PORT\"");
@@ -91,6 +91,7 @@ std::optional<HostPort> node_field(const json& j, ControlReply& error) {
   return node;
 }
 
+// "slots" and "node" of a ROUTE or a handoff; nullopt and a 400 reply when either is missing or malformed.
 std::optional<RouteRequest> route_fields(const json& j, ControlReply& error) {
   auto slots = slots_field(j, error);
   if (!slots) return std::nullopt;
