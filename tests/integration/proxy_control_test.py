@@ -890,7 +890,8 @@ class RequestsJudgedOnTheirHeaders(ControlCase):
         what the endpoint serves), and only the exact token passes it. The probes, /healthz and /readyz, need none:
         a Kubernetes httpGet probe cannot send one."""
         paths = [("GET", "/metrics"), ("GET", "/stats"), ("GET", "/v1/slots"), ("GET", "/nope"),
-                 ("POST", "/v1/slots/nope"), ("POST", "/v1/slots/release")]
+                 ("POST", "/v1/slots/nope"), ("POST", "/v1/slots/release"),
+                 ("POST", "/v1/slots/check")]
         for method, path in paths:
             for token in ("", TOKEN[:-1], TOKEN + "x", TOKEN.upper(), "x" * len(TOKEN), " " + TOKEN):
                 status, out = self.proxy.admin_call(method, path, {"owner": "x"} if method == "POST" else None,
