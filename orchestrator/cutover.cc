@@ -652,6 +652,17 @@ void MoveJob::release_proxies(const std::string& slots) {
   note_proxy_failures(proxies_->release(slots));
 }
 
+// A proxy that cannot vouch for the target (the warm-up's check) will refuse its handoffs, and its clients
+// will meet MOVED at the old owner after each batch (which it follows). Said once per proxy.
+void MoveJob::note_target_refusals(const ProxyCalls& calls) {
+  for (const auto& call : calls.calls) {
+    if (proxy_warned_.insert(call.proxy + " target").second)
+      warnings_.push_back("proxy " + call.proxy + " cannot vouch for the target " + target_address_.str() +
+                          " (" + call.error + "): it will refuse every batch's handoff, and its clients " +
+                          "will meet MOVED for the moved slots at the old owner, which it follows");
+  }
+}
+
 // A proxy that does not answer is reported once, not once per batch.
 void MoveJob::note_proxy_failures(const ProxyCalls& calls) {
   for (const auto& call : calls.calls) {

@@ -294,14 +294,8 @@ bool MoveJob::copy() {
 
 bool MoveJob::cut_over_all() {
   proxies_ready();
-  // Before any client is held: a proxy that cannot vouch for the target now will refuse its handoffs, and
-  // its clients will meet MOVED at the old owner after each batch (which it follows). Said once, here.
-  for (const auto& call : target_refused_.calls) {
-    if (proxy_warned_.insert(call.proxy + " target").second)
-      warnings_.push_back("proxy " + call.proxy + " cannot vouch for the target " + target_address_.str() +
-                          " (" + call.error + "): it will refuse every batch's handoff, and its clients " +
-                          "will meet MOVED for the moved slots at the old owner, which it follows");
-  }
+  // Before any client is held.
+  note_target_refusals(target_refused_);
   std::size_t done = 0;
   // Keys and bytes per slot come from the snapshot.
   auto plan = [&](const Source& s) {

@@ -162,6 +162,7 @@ class MoveJob {
   std::optional<std::string> setslots(const std::vector<std::vector<std::vector<std::string>>>& groups);
   void route_and_release(const std::string& slots);
   void note_proxy_failures(const ProxyCalls& calls);
+  void note_target_refusals(const ProxyCalls& calls);
   bool purge_replica_keys(const Node& master, const std::string& importing_from,
                           const std::vector<Slot>& slots, bool set_importing, std::uint64_t& purged);
   bool clean_source_replicas();
