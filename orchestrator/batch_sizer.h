@@ -52,6 +52,11 @@ struct Batch {
   std::uint64_t source_keys = 0, target_keys = 0;  // counted during the fence
   int attempts = 0;
   bool handed_off = false;  // the proxies were sent its handoff
+  // How many batches the hold it was cut over under was placed for (more than one: a group, whose handoffs
+  // go as one call after its last batch), and how many of its attempts ran under a group's hold placed for
+  // an earlier batch (placing no hold of their own).
+  std::size_t hold_batches = 0;
+  int attempts_under_group_hold = 0;
 };
 
 class BatchSizer {

@@ -1,6 +1,7 @@
 #include "orchestrator/move_job.h"
 
 #include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <future>
 #include <mutex>
@@ -86,7 +87,7 @@ std::chrono::milliseconds MoveJob::hold_wait() const {
              : std::clamp(options_.max_pause, milliseconds(20), options_.pause_timeout / 2);
 }
 
-bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& retry) {
+bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& retry, const PlacedHold& fresh) {
   retry = false;
   // A SIGTERM (a Job's pod deleted) or a lost lease stops the move between batches, where nothing of the next
   // one has begun: the wait for the lag below checks again only while it waits.
@@ -97,18 +98,24 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   if (!c) return fail("cannot connect to the source " + connect_error_);
   const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
 
-  // The hold the last batch's handoff placed for this one, if it is this one's (a retry holds again).
+  // The hold placed for this batch by the last batch's handoff, or for its group (by an earlier batch's HOLD
+  // or handoff), if it covers this one (a retry holds again).
   std::optional<PlacedHold> placed;
   placed.swap(placed_hold_);
+  hold_in_force_.reset();
   // Given back: released on every proxy, which then holds again with a HOLD of its own (the report names the
-  // proxies that had placed it, so that their holds add up).
+  // proxies that had placed it, so that their holds add up). A group's claimed batches are handed off first:
+  // released without their route, their held commands would meet MOVED at the old owner.
   auto give_back = [&] {
-    for (const auto& call : placed->calls.calls)
-      if (call.ok || call.slow_to_drain()) batch.proxies_held_again.push_back(call.proxy);
+    // (A group's hold was placed for the group's first batch, and counted there.)
+    if (placed->used == 0)
+      for (const auto& call : placed->calls.calls)
+        if (call.ok || call.slow_to_drain()) batch.proxies_held_again.push_back(call.proxy);
+    hand_off_deferred();
     release_proxies(placed->slots);
     placed.reset();
   };
-  if (placed && placed->slots != slots_text) give_back();
+  if (placed && !placed->covers(batch.slots)) give_back();
   // Start the fence only once the target is close behind the source, so that the wait inside it is short.
   auto behind = [&] { return copier.lag_bytes() > (256u << 10) || copier.lag_seconds() > 0.05; };
   // Not with the clients held: a placed hold is given back while the target catches up, and placed again.
@@ -129,7 +136,13 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   auto abandon = [&](std::string why, bool may_retry) {
     copier.reopen_slots(batch.slots);
     unpause(src);
-    if (held) release_proxies(slots_text);
+    // The whole of the hold in force (a group's too: the retry holds anew), its claimed batches handed off
+    // first.
+    if (held) {
+      hand_off_deferred();
+      release_proxies(hold_in_force_ ? hold_in_force_->slots : slots_text);
+      hold_in_force_.reset();
+    }
     if (copier.failed()) return fail(copier_failure(src));
     if (may_retry) {
       retry = true;
@@ -174,12 +187,19 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   //    only costs its clients a MOVED after the move. The hold placed with the last batch's handoff has the
   //    answers of the proxies that gave one: only the others are asked here (one that did not answer in
   //    time, one too old to take a hold with a handoff, one back from being left out, a new name's).
+  // A hold of its own names the group's slots when this batch begins one (`fresh`); a proxy that missed a
+  // group's hold is asked to hold this batch alone.
+  const std::string& hold_text = placed ? slots_text : fresh.slots;
   if (proxies_) {
     const auto t_call = Clock::now();
-    auto calls = proxies_->hold(slots_text, options_.pause_timeout, wait, owner_, nullptr,
+    auto calls = proxies_->hold(hold_text, options_.pause_timeout, wait, owner_, nullptr,
                                 placed ? &placed->calls : nullptr);
     held = true;
-    batch.hold_call_ms = (placed ? placed->call_ms : 0) + ms_since(t_call);
+    // A group's later batches were held by the call that placed the group's hold: not counted again.
+    const bool shared = placed && placed->used > 0;
+    batch.attempts_under_group_hold += shared;
+    batch.hold_call_ms = (placed && !shared ? placed->call_ms : 0) + ms_since(t_call);
+    if (!placed) fleet_call_ms_ = batch.hold_call_ms;
     // A proxy that answered that a command of these slots was still at a backend when the wait ran out is
     // alive and busy (a slow moment of its backend, or of this machine): the command is about to return, so
     // it is asked once more at once, with a longer wait, rather than given up.
@@ -189,7 +209,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     batch.proxies_asked_again.insert(batch.proxies_asked_again.end(), slow.begin(), slow.end());
     if (!slow.empty()) {
       const auto longer = std::max(wait, std::min(wait * 3, options_.pause_timeout / 4));
-      for (auto& again : proxies_->hold(slots_text, options_.pause_timeout, longer, owner_, &slow).calls)
+      for (auto& again : proxies_->hold(hold_text, options_.pause_timeout, longer, owner_, &slow).calls)
         for (auto& call : calls.calls)
           if (call.proxy == again.proxy) call = std::move(again);
     }
@@ -200,6 +220,18 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     if (placed)
       for (const auto& call : placed->calls.calls)
         batch.proxies_held_with_handoff += call.ok;
+    // The hold this batch is cut over under (what abandon() releases), kept for the batches of its group
+    // that follow it.
+    if (placed) {
+      hold_in_force_ = placed;
+    } else {
+      hold_in_force_ = fresh;
+      hold_in_force_->calls = calls;
+      hold_in_force_->sent = t0;
+      hold_in_force_->answered = Clock::now();
+      hold_in_force_->call_ms = batch.hold_call_ms;
+    }
+    batch.hold_batches = hold_in_force_->batches;
     if (!calls.all_ok()) {
       const auto failed = join(calls.failures(), "; ");
       // A proxy that answered is alive: the batch may be tried again. One that did not ends the move.
@@ -215,6 +247,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
       proxies_->hold_answered(calls);
     }
   }
+  batch_started_ = Clock::now();
   // 2. The source's writes pause (unless the proxies are the fence), and its offset at that moment is where
   //    the target must be before the claim.
   if (!fence_proxy) {
@@ -415,16 +448,23 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   //    learn: then, as without it, while it learns (a slow source must not keep the proxies' clients held;
   //    the next batch then holds on its own). Either way a slow proxy does not keep the source paused.
   //    What they answered is noted here, on this thread, once they all have (warnings_ is this thread's).
+  //    A group's claimed batches go with it: its hold ends here (cut_over_all() releases the rest of it).
   std::future<ProxyCalls> proxies_done;
+  bool with_group = false;
   auto hand_off_now = [&] {
     batch.handed_off = true;
-    proxies_done = std::async(std::launch::async, [&] {
+    with_group = !deferred_.empty();
+    proxies_done = std::async(std::launch::async, [&, text = with_deferred(batch.slots)] {
       const auto t_handoff = Clock::now();
-      auto calls = proxies_->handoff(slots_text, target_address_);
+      auto calls = proxies_->handoff(text, target_address_);
       batch.handoff_ms = ms_since(t_handoff);
       batch.hold_ms = ms_since(t0);
       return calls;
     });
+  };
+  auto handed_off = [&] {
+    note_proxy_failures(proxies_done.get());
+    if (with_group) deferred_handed_off(batch.handoff_ms);
   };
   auto hand_off_once = [&] {
     if (proxies_ && !batch.handed_off) hand_off_now();
@@ -435,7 +475,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   const bool learnt = wait_source_learns(src, batch.slots, options_.max_pause, hand_off_once);
   if (!learnt) {
     hand_off_once();
-    if (proxies_done.valid()) note_proxy_failures(proxies_done.get());
+    if (proxies_done.valid()) handed_off();
     return fail("the source " + src.address.str() + " did not learn the claim of batch " + slots_text +
                 " within " + std::to_string(learn_timeout().count()) + " ms; " + fence_left(src));
   }
@@ -456,7 +496,8 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   } else if (!fence_proxy) {
     batch.pause_ms = std::chrono::duration<double, std::milli>(t_claim - t_pause).count();
   }
-  if (proxies_done.valid()) note_proxy_failures(proxies_done.get());
+  if (proxies_done.valid()) handed_off();
+  if (hold_in_force_) ++hold_in_force_->used;
   journal(MoveStep::kClaimed, {{"slots", slots_text}, {"pause_ms", batch.pause_ms}});
   if (auto warning = sizer_.learn(batch, src.address.str())) warnings_.push_back(std::move(*warning));
   return true;
@@ -621,7 +662,7 @@ std::optional<std::string> MoveJob::setslots(
   return std::nullopt;
 }
 
-void MoveJob::hand_off(Batch& batch, const Batch* next) {
+void MoveJob::hand_off(Batch& batch, const PlacedHold* next) {
   // After the source has learnt the claim, not while it does: its delete of the batch's keys then no longer
   // slows the target's answer to every proxy's route check (they share cores wherever the nodes share a
   // host), and the next batch is planned from this one's pause. Its proxies' clients wait meanwhile, for as
@@ -629,19 +670,100 @@ void MoveJob::hand_off(Batch& batch, const Batch* next) {
   // source itself is unpaused already.
   if (batch.handed_off) return;  // while the source learnt; the next batch holds on its own
   batch.handed_off = true;
-  const std::string slots_text = format_slot_ranges(slot_ranges(batch.slots));
+  const std::string slots_text = with_deferred(batch.slots);
   const auto t = Clock::now();
   if (!next) {
     note_proxy_failures(proxies_->handoff(slots_text, target_address_));
   } else {
-    const std::string next_text = format_slot_ranges(slot_ranges(next->slots));
     auto both = proxies_->handoff(slots_text, target_address_,
-                                  {next_text, options_.pause_timeout, hold_wait(), owner_});
+                                  {next->slots, options_.pause_timeout, hold_wait(), owner_});
     note_proxy_failures(both.handoff);
-    placed_hold_ = PlacedHold{next_text, std::move(both.hold), t, Clock::now(), ms_since(t)};
+    placed_hold_ = *next;
+    placed_hold_->calls = std::move(both.hold);
+    placed_hold_->sent = t;
+    placed_hold_->answered = Clock::now();
+    placed_hold_->call_ms = ms_since(t);
   }
   batch.handoff_ms = ms_since(t);
   batch.hold_ms = ms_since(hold_started_);
+  fleet_call_ms_ = batch.handoff_ms;
+  deferred_handed_off(batch.handoff_ms);
+}
+
+bool MoveJob::PlacedHold::covers(const std::vector<Slot>& batch_slots) const {
+  return std::all_of(batch_slots.begin(), batch_slots.end(), [&](Slot s) { return cover[s]; });
+}
+
+std::size_t MoveJob::hold_span() const {
+  if (options_.hold_batches > 0) return static_cast<std::size_t>(options_.hold_batches);
+  // A group's handoffs go as one call: each batch merged into a group saves the move a call to every proxy,
+  // and holds the group's clients through one more batch. That pays only where a call costs more than a
+  // batch: a large fleet, or a far one. So a hold spans as many batches as fit, each at the larger of the
+  // pause budget and the last batch's span, in twice the time of the last call: the group's clients then
+  // wait at most about two calls and two calls' worth of batches, where one batch's wait two calls and its
+  // own (with 2 proxies a call takes a few ms, and every hold is one batch's).
+  // Before the first batch nothing of a batch's span is known but that a first one takes tens of ms (its
+  // claim is the slowest of a move: 30-45 ms of the pause on the demo's cluster): 50 ms is taken for it. And
+  // the first hold's call is the warm-up's (ProxyControl::warm_up(), which opens the connections too).
+  constexpr double kFirstBatchMs = 50;
+  const double per_batch = std::max(static_cast<double>(options_.max_pause.count()),
+                                    batch_span_ms_ > 0 ? batch_span_ms_ : kFirstBatchMs);
+  const double fit = per_batch > 0 ? std::floor(2 * fleet_call_ms_ / per_batch) : 1;
+  return static_cast<std::size_t>(std::clamp(fit, 1.0, 16.0));
+}
+
+MoveJob::PlacedHold MoveJob::hold_cover(const Batch& first, const std::vector<Batch>& planned,
+                                        std::size_t from) const {
+  PlacedHold hold;
+  hold.batches = 0;
+  std::vector<Slot> slots;
+  auto add = [&](const Batch& b) {
+    for (const Slot s : b.slots) {
+      hold.cover[s] = true;
+      slots.push_back(s);
+    }
+    ++hold.batches;
+  };
+  add(first);
+  auto span = hold_span();
+  // A group that would leave its source one batch takes that one too: alone, it would cost the fleet a call
+  // of its own (the hold carried to it), and under the group its clients wait one batch more.
+  if (span > 1 && from + span == planned.size()) ++span;
+  for (std::size_t i = from; i < planned.size() && hold.batches < span; ++i)
+    add(planned[i]);
+  std::sort(slots.begin(), slots.end());
+  hold.slots = format_slot_ranges(slot_ranges(slots));
+  return hold;
+}
+
+std::string MoveJob::with_deferred(const std::vector<Slot>& slots) const {
+  if (deferred_.empty()) return format_slot_ranges(slot_ranges(slots));
+  std::vector<Slot> all = slots;
+  for (const auto i : deferred_) {
+    const auto& b = deferred_source_->batches[i].slots;
+    all.insert(all.end(), b.begin(), b.end());
+  }
+  std::sort(all.begin(), all.end());
+  return format_slot_ranges(slot_ranges(all));
+}
+
+void MoveJob::hand_off_deferred() {
+  if (deferred_.empty()) return;
+  const auto t = Clock::now();
+  note_proxy_failures(proxies_->handoff(with_deferred({}), target_address_));
+  deferred_handed_off(ms_since(t));
+}
+
+void MoveJob::deferred_handed_off(double call_ms) {
+  for (const auto i : deferred_) {
+    Batch& b = deferred_source_->batches[i];
+    b.handed_off = true;
+    b.handoff_ms = call_ms;
+    // Every batch of a group was held from the group's hold (hold_started_ is its time).
+    b.hold_ms = ms_since(hold_started_);
+    batch_ended(*deferred_source_, b);
+  }
+  deferred_.clear();
 }
 
 void MoveJob::route_and_release(const std::string& slots) {

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <charconv>
 #include <cstdlib>
 #include <iostream>
 
@@ -113,7 +114,15 @@ int main(int argc, char** argv) {
 
   slotshift::MoveOptions move;
   std::string max_pause = "50ms", pause_timeout = "2s", big_key = "8MB", spool_memory = "256MB",
-              lease_ttl = "30s";
+              lease_ttl = "30s", hold_batches = "auto";
+  const auto hold_batches_of = [](const std::string& text) {
+    if (text == "auto") return 0;
+    int n = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc() || end != text.data() + text.size() || n < 1 || n > 64)
+      throw std::invalid_argument("--hold-batches: auto, or a number of batches from 1 to 64");
+    return n;
+  };
   // The lease's ttl: how long a move that stalls (or whose machine vanished) keeps every other slotshift off
   // its nodes. At least 2 s: the lease is renewed every quarter of it, and half of it is left for the hosts'
   // clocks to differ.
@@ -130,6 +139,10 @@ int main(int argc, char** argv) {
   mv->add_option("--slots", move.slots, "slots to move: 0-1000,5000")->required();
   mv->add_option("--to", move.to, "the target master: HOST:PORT or node id")->required();
   mv->add_option("--max-pause", max_pause, "longest write pause of the source per batch (default 50ms)");
+  mv->add_option("--hold-batches", hold_batches,
+                 "how many batches one hold of the proxies spans, their handoff then one call for all: auto "
+                 "(default: more than one only where a call to every proxy takes longer than a batch's "
+                 "cutover, as with a large fleet) or a number");
   mv->add_option(
         "--fence", move.fence,
         "how writes are fenced at each cutover: source-pause (default: CLIENT PAUSE WRITE on the "
@@ -202,6 +215,7 @@ int main(int argc, char** argv) {
   }
   resume->add_option("--max-pause", max_pause, "as for move");
   resume->add_option("--pause-timeout", pause_timeout, "as for move");
+  resume->add_option("--hold-batches", hold_batches, "as for move");
   for (auto* sub : {abort, resume})
     sub->add_option("--lease-ttl", lease_ttl, "as for move");
 
@@ -256,6 +270,7 @@ int main(int argc, char** argv) {
       recover.max_pause = parse_duration(max_pause);
       recover.pause_timeout = parse_duration(pause_timeout);
       recover.lease_ttl = lease_ttl_of(lease_ttl);
+      recover.hold_batches = hold_batches_of(hold_batches);
     } catch (const std::exception& e) {
       std::cerr << (abort->parsed() ? "slotshift abort: " : "slotshift resume: ") << e.what() << "\n";
       return slotshift::kExitUsage;
@@ -272,6 +287,7 @@ int main(int argc, char** argv) {
       move.max_pause = parse_duration(max_pause);
       move.pause_timeout = parse_duration(pause_timeout);
       move.lease_ttl = lease_ttl_of(lease_ttl);
+      move.hold_batches = hold_batches_of(hold_batches);
       move.big_key = parse_size(big_key);
       move.spool_memory = parse_size(spool_memory);
       move.diskless = snapshot == "diskless";

@@ -255,7 +255,12 @@ bool MoveJob::copy() {
   // mostly waits then. A copy that outlasts a kept connection's idle limit has them opened again at the
   // first batch.
   if (proxies_)
-    warming_ = std::async(std::launch::async, [this] { return proxies_->warm_up(target_address_); });
+    warming_ = std::async(std::launch::async, [this] {
+      const auto t = Clock::now();
+      auto refused = proxies_->warm_up(target_address_);
+      warm_up_ms_ = ms_since(t);
+      return refused;
+    });
   const auto t0 = Clock::now();
   // The end of the snapshots is looked for every 10 ms (the cutover starts then; a 100 ms look cost each move
   // 50 ms on average, and made its time vary by as much), a progress line made every 100 ms.
@@ -319,21 +324,87 @@ bool MoveJob::cut_over_all() {
       progress("cutover", line, done + 1, total);
       bool retry = false;
       const bool hand_off_later = proxies_ != nullptr;
-      bool claimed = cut_over(src, batch, hand_off_later, retry);
+      // The hold a HOLD of the batch's own places: its slots, and a group's (hold_span()).
+      const PlacedHold fresh = hold_cover(batch, pending, 1);
+      bool claimed = cut_over(src, batch, hand_off_later, retry, fresh);
       while (!claimed && retry && batch.attempts < 3)
-        claimed = cut_over(src, batch, hand_off_later, retry);
+        claimed = cut_over(src, batch, hand_off_later, retry, fresh);
       if (!claimed && retry)
         fail("batch " + format_slot_ranges(slot_ranges(batch.slots)) + " was given up " +
              std::to_string(batch.attempts) + " times before its claim (" + warnings_.back() + ")");
+      bool deferred = false;
       if (claimed) {
-        // Planned now that the sizer has this batch's pause; the next batch's hold goes with this one's
-        // handoff (the next batch of another source holds on its own, after this source's copier stops).
+        // Planned now that the sizer has this batch's pause; the next hold goes with this one's handoff (the
+        // next batch of another source holds on its own, after this source's copier stops).
         pending = plan(src);
-        if (hand_off_later) hand_off(batch, pending.empty() ? nullptr : &pending.front());
+        if (hand_off_later) {
+          // Under a group's hold, its next batch is the next one planned, cut to what the hold covers (the
+          // sizer plans larger batches as it learns): its handoff waits for the group's last batch. A batch
+          // handed off while the source learnt (cut_over()) ends its group, as does one after which the hold
+          // covers nothing planned.
+          if (!batch.handed_off && hold_in_force_ && hold_in_force_->batches > 1 && !pending.empty()) {
+            Batch& next = pending.front();
+            std::size_t covered = 0;
+            while (covered < next.slots.size() && hold_in_force_->cover[next.slots[covered]])
+              ++covered;
+            if (covered > 0) {
+              if (covered < next.slots.size()) {
+                // The rest stays planned as a batch of its own, so that the plan still covers every slot.
+                Batch rest;
+                rest.slots.assign(next.slots.begin() + static_cast<std::ptrdiff_t>(covered),
+                                  next.slots.end());
+                next.slots.resize(covered);
+                for (Batch* b : {&next, &rest}) {
+                  b->keys = b->bytes = 0;
+                  for (const Slot s : b->slots) {
+                    b->keys += src.copier->slot_keys(s);
+                    b->bytes += src.copier->slot_bytes(s);
+                  }
+                }
+                pending.insert(pending.begin() + 1, std::move(rest));
+              }
+              deferred = true;
+            }
+          }
+          if (deferred) {
+            placed_hold_ = std::move(hold_in_force_);
+          } else {
+            const bool carries = !batch.handed_off;  // else handed off while the source learnt: no hold goes
+            std::optional<PlacedHold> next;
+            if (!pending.empty()) next = hold_cover(pending.front(), pending, 1);
+            hand_off(batch, next ? &*next : nullptr);
+            // What a group's hold covered that is neither claimed nor held again by the next hold is let go
+            // (the group ended early: by a handoff while the source learnt, say).
+            if (hold_in_force_ && hold_in_force_->batches > 1) {
+              std::vector<Slot> rest;
+              for (std::size_t s = 0; s < kSlotCount; ++s)
+                if (hold_in_force_->cover[s] && !claimed_[s] && !(carries && next && next->cover[s]))
+                  rest.push_back(static_cast<Slot>(s));
+              if (!rest.empty()) release_proxies(format_slot_ranges(slot_ranges(rest)));
+            }
+          }
+        }
       }
       src.batches.push_back(std::move(batch));
-      batch_ended(src, src.batches.back());
-      if (!claimed || !verify(src.batches.back())) return false;
+      if (deferred) {
+        deferred_source_ = &src;
+        deferred_.push_back(src.batches.size() - 1);
+      } else {
+        batch_ended(src, src.batches.back());
+      }
+      if (!claimed) return false;
+      // A group's clients stay held while its batches are verified: a node slow to agree has them handed off
+      // first, and the group ends there (the next batch holds on its own).
+      auto end_group = [&] {
+        if (deferred_.empty()) return;
+        hand_off_deferred();
+        if (placed_hold_) {
+          release_proxies(placed_hold_->slots);
+          placed_hold_.reset();
+        }
+      };
+      if (!verify(src.batches.back(), end_group)) return false;
+      batch_span_ms_ = ms_since(batch_started_);
       ++done;
     }
     src.copier->stop();
@@ -341,11 +412,12 @@ bool MoveJob::cut_over_all() {
   return true;
 }
 
-bool MoveJob::verify(const Batch& batch) {
+bool MoveJob::verify(const Batch& batch, const std::function<void()>& slow) {
   // Every node names the target as the owner of every slot of the batch, nothing of it is open, and the
   // target's config epoch is the largest and no other master has it.
   const auto t0 = Clock::now();
   const auto deadline = t0 + std::chrono::seconds(10);
+  bool told = !slow;
   std::string problem;
   for (const auto& node : topology_.nodes) {
     if (node.port == 0 || node.in_handshake()) continue;
@@ -381,6 +453,10 @@ bool MoveJob::verify(const Batch& batch) {
             }
       }
       if (problem.empty()) break;
+      if (!told) {
+        told = true;
+        slow();
+      }
       if (Clock::now() > deadline)
         return fail("after the claim of " + format_slot_ranges(slot_ranges(batch.slots)) + ", node " +
                     node.address() + ":" + std::to_string(node.port) + " " + problem + " (10 s later)");

@@ -124,6 +124,26 @@ class MoveJob {
   int recover(bool resume);
 
  private:
+  // A hold placed on the proxies: the slots it names, the proxies' answers, when it was sent (where the fence
+  // clock of every batch under it starts) and answered, and how many batches it was placed for. One batch's,
+  // or a group's: the next hold_span() batches as planned when it was placed, whose handoffs then wait for
+  // the group's last batch and go as one call (hand_off()). Placed by a batch's handoff for what follows
+  // (placed_hold_), or by cut_over()'s own HOLD; the hold a batch is cut over under is hold_in_force_. A move
+  // that fails hands off the group's claimed batches, then releases every hold of this owner (rollback()).
+  // One that stops without its lease sends nothing more, and one killed between batches cannot: then the
+  // hold ends by itself after its ttl (--pause-timeout), as a batch's hold does when the move dies inside the
+  // batch, and the claimed slots' held commands go to the old owner, whose MOVED the proxies follow.
+  struct PlacedHold {
+    std::string slots;
+    std::vector<bool> cover = std::vector<bool>(kSlotCount);
+    ProxyCalls calls;
+    Clock::time_point sent;
+    Clock::time_point answered;
+    double call_ms = 0;
+    std::size_t batches = 1;
+    std::size_t used = 0;  // batches claimed under it so far
+    bool covers(const std::vector<Slot>& slots) const;
+  };
   bool plan();
   bool estimate();
   void print_plan();
@@ -139,10 +159,26 @@ class MoveJob {
   // One batch. True when it was claimed; false with `retry` set when it was abandoned before its claim and
   // may be tried again. With `hand_off_later` a claimed batch's proxies are told by hand_off() (the
   // caller's), once the source has learnt the claim; else while it learns.
-  bool cut_over(Source& source, Batch& batch, bool hand_off_later, bool& retry);
-  // The proxies route a claimed batch to the target and release it; with `next`, the same call places the
-  // next batch's hold (placed_hold_), so that each batch costs the fleet one round trip.
-  void hand_off(Batch& batch, const Batch* next);
+  // `fresh`: the hold a HOLD of its own places (this batch's slots, or a group's) when none was placed for
+  // it.
+  bool cut_over(Source& source, Batch& batch, bool hand_off_later, bool& retry, const PlacedHold& fresh);
+  // The proxies route a claimed batch to the target and release it, so that each batch (or group) costs the
+  // fleet one round trip.
+  // With `next`, the same call places the next hold (placed_hold_): one batch's or a group's (hold_cover()).
+  // With `deferred_`, the group's claimed batches are routed and released in the same call.
+  void hand_off(Batch& batch, const PlacedHold* next);
+  // How many batches the next hold spans: --hold-batches, or with auto as many as fit, at the larger of
+  // --max-pause and the last batch's span each, in twice the time of the last call to every proxy (at least
+  // one, at most 16).
+  std::size_t hold_span() const;
+  // The hold of `first` and of the batches planned after it (`planned` from `from`), hold_span() in all.
+  PlacedHold hold_cover(const Batch& first, const std::vector<Batch>& planned, std::size_t from) const;
+  // The group's claimed batches routed and released now, each told as ended (the group ends).
+  void hand_off_deferred();
+  // `slots` and the deferred batches' slots, as a control call names them.
+  std::string with_deferred(const std::vector<Slot>& slots) const;
+  // The deferred batches' records once their handoff has been sent: it took `call_ms`.
+  void deferred_handed_off(double call_ms);
   // How long the proxies may take to drain a hold before they give it up.
   std::chrono::milliseconds hold_wait() const;
   // After an error at or after a batch's first SETSLOT ... NODE: asks the target what it owns, keeps the
@@ -156,7 +192,8 @@ class MoveJob {
   bool wait_source_learns(Source& source, const std::vector<Slot>& slots,
                           std::chrono::milliseconds slow_after = std::chrono::milliseconds(0),
                           const std::function<void()>& slow = {});
-  bool verify(const Batch& batch);
+  // `slow` (if any) is called once when a node does not agree at the first look.
+  bool verify(const Batch& batch, const std::function<void()>& slow = {});
   bool settle();
   void release_proxies(const std::string& slots);
   std::optional<std::string> setslots(const std::vector<std::vector<std::vector<std::string>>>& groups);
@@ -231,26 +268,27 @@ class MoveJob {
   // target (warned of before the first batch).
   std::future<ProxyCalls> warming_;
   ProxyCalls target_refused_;
+  double warm_up_ms_ = 0;  // written by the warm-up's thread, read once its future is ready
   void proxies_ready() {
-    if (warming_.valid()) target_refused_ = warming_.get();
+    if (!warming_.valid()) return;
+    target_refused_ = warming_.get();
+    fleet_call_ms_ = warm_up_ms_;
   }
   std::unique_ptr<MoveLease> lease_;
   std::vector<HostPort> leased_;  // the nodes the lease is on
   std::string owner_;             // names this move's holds on the proxies
-  // The next batch's hold, placed by the last batch's handoff: its slots, the proxies' answers, when it was
-  // sent (where that batch's fence clock starts) and answered. Taken by the next cut_over(); a move that
-  // fails releases it with the rest of this owner's holds (rollback()). One that stops without its lease
-  // sends nothing more, and one killed between batches cannot: then the hold ends by itself after its ttl
-  // (--pause-timeout), as a batch's hold does when the move dies inside the batch.
-  struct PlacedHold {
-    std::string slots;
-    ProxyCalls calls;
-    Clock::time_point sent;
-    Clock::time_point answered;
-    double call_ms = 0;
-  };
   std::optional<PlacedHold> placed_hold_;
-  Clock::time_point hold_started_;  // the current batch's hold was sent
+  std::optional<PlacedHold> hold_in_force_;
+  // The claimed batches under the group's hold whose handoff waits for the group's last batch: indexes into
+  // deferred_source_->batches.
+  Source* deferred_source_ = nullptr;
+  std::vector<std::size_t> deferred_;
+  // What hold_span() decides from: the last call to every proxy (the warm-up, a hold, a handoff) and the
+  // last batch, from its hold's answer to the end of its verify.
+  double fleet_call_ms_ = 0;
+  double batch_span_ms_ = 0;
+  Clock::time_point batch_started_;  // the batch being cut over: its hold answered, its fence about to start
+  Clock::time_point hold_started_;   // the current batch's hold was sent
   std::set<std::string> proxy_warned_;
   int journal_fd_ = -1;
   std::string journal_path_;

@@ -25,6 +25,8 @@ void MoveJob::rollback() {
     unpause(src);
   }
   proxies_ready();
+  // A group's claimed batches are the target's: their held commands go there, not to the old owner's MOVED.
+  if (proxies_) hand_off_deferred();
   if (proxies_) note_proxy_failures(proxies_->release_owner(owner_));
   std::vector<Slot> open;
   for (int s = 0; s < kSlotCount; ++s)

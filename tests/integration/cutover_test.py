@@ -10,12 +10,15 @@ slot and send pipelines, and every reply is checked against the model.
 
   CutoverUnderLoadTest      both fences (--fence source-pause, --fence proxy) with two proxies: no client error,
                             every acknowledged write in place, neither proxy met MOVED or ASK, every batch held by
-                            both proxies, every hold released by the move (none ran out)
+                            both proxies, every hold released by the move (none ran out); and each fence again
+                            with every hold spanning three batches (--hold-batches 3)
   ProxyFailureTest          a proxy killed while it holds; an endpoint that accepts and never answers, under
                             --fence proxy (the move fails and is undone) and under source-pause (it goes on
                             without that proxy)
   OrchestratorKilledTest    slotshift killed while the proxies hold: the holds end by themselves within
-                            --pause-timeout, clients go on, and `slotshift check` shows the slots left IMPORTING
+                            --pause-timeout, clients go on, and `slotshift check` shows the slots left IMPORTING;
+                            and killed while a hold spanning batches still holds claimed ones: the proxies follow
+                            the old owner's MOVED once it ends, and `slotshift resume` completes the move
 
 Run by ctest as cutover_it; runs alone too:
     tests/integration/cutover_test.py [TestClass[.test_name] ...]
@@ -259,7 +262,7 @@ class Move:
     """slotshift move as a child process; result() waits for it and returns (exit code, JSON report, stderr)."""
 
     def __init__(self, cluster, slots, target, proxies, fence, max_pause="5ms", pause_timeout="2s", journal=None,
-                 proxy_dns=(), env=None):
+                 proxy_dns=(), env=None, hold_batches=None):
         self.cmd = [harness.SLOTSHIFT_BIN, "move", "--cluster", cluster.seed(), "--slots",
                     harness.format_slots(slots), "--to", "%s:%d" % target, "--fence", fence, "--max-pause",
                     max_pause, "--pause-timeout", pause_timeout, "--json", "--no-progress"]
@@ -269,6 +272,8 @@ class Move:
             self.cmd += ["--proxy-dns", name]
         if journal:
             self.cmd += ["--journal", journal]
+        if hold_batches:
+            self.cmd += ["--hold-batches", str(hold_batches)]
         self.out = open(os.path.join(cluster.dir, "move-%d.out" % time.monotonic_ns()), "a+")
         self.err = open(self.out.name + ".err", "a+")
         self.started = time.time()
@@ -580,7 +585,7 @@ class CutoverTest(unittest.TestCase):
 class CutoverUnderLoadTest(CutoverTest):
     """Clients through two proxies during a move of 1000 slots in many small batches (--max-pause 5ms)."""
 
-    def scenario(self, fence):
+    def scenario(self, fence, hold_batches=None):
         run = Scenario(self, range_of(1000), replicas=1)
         try:
             run.start(proxies=2)
@@ -589,9 +594,9 @@ class CutoverUnderLoadTest(CutoverTest):
                 # The second proxy by name, as a headless Service gives them: "localhost" resolves to 127.0.0.1,
                 # where its admin endpoint listens.
                 move = run.move(fence, proxies=[run.admin(0)],
-                                proxy_dns=["localhost:" + run.admin(1).rsplit(":", 1)[1]])
+                                proxy_dns=["localhost:" + run.admin(1).rsplit(":", 1)[1]], hold_batches=hold_batches)
             else:
-                move = run.move(fence)
+                move = run.move(fence, hold_batches=hold_batches)
             rc, report, err = move.result()
             time.sleep(0.5)  # and after it
             run.stop_writers()
@@ -604,21 +609,36 @@ class CutoverUnderLoadTest(CutoverTest):
             not_held = [b for b in batches if b["proxies_held"] != 2]
             self.assertEqual(not_held, [], "every batch must be held by both proxies")
             # From the second batch on, each batch's hold comes with the handoff of the one before (one call per
-            # batch): a batch given back while the target caught up, or tried again, holds on its own.
+            # batch), or with the hold of its group: a batch given back while the target caught up, or tried
+            # again, holds on its own.
             with_handoff = [b["proxies_held_with_handoff"] for b in batches]
             self.assertEqual(with_handoff[0], 0, with_handoff)
             self.assertLessEqual(set(with_handoff), {0, 2}, with_handoff)
             self.assertGreater(with_handoff.count(2), len(batches) // 2,
                                "most batches' holds must come with the last handoff: %s" % with_handoff)
+            spans = [b["hold_batches"] for b in batches]
+            under_group = [b["attempts_under_group_hold"] for b in batches]
+            # (With --hold-batches auto, the span depends on how long the calls to the proxies take: on a loaded
+            # machine the warm-up's may make the first hold span two batches.)
+            if hold_batches is not None:
+                # Every hold was placed for the next three batches as planned then (fewer at the end); the batches
+                # after a group's first were cut over under its hold, and their handoffs went with the group's
+                # last one.
+                self.assertLessEqual(set(spans), set(range(1, hold_batches + 1)), spans)
+                self.assertEqual(spans[0], hold_batches, spans)
+                self.assertGreater(sum(under_group), len(batches) // 3,
+                                   "too few batches under a group's hold: %s" % under_group)
             self.assertNoClientErrors(run)
             self.assertNoRedirects(run, [0, 1])
             attempts = sum(b["attempts"] for b in batches)
             for i in (0, 1):
                 deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired", "requests_held")
-                # One hold per cutover, one more where the proxy was asked again after it could not drain, and
-                # one more where the hold it placed with the last handoff was given back before the fence.
-                placed = attempts + sum((run.admin(i) in b["proxies_asked_again"]) +
-                                        b["proxies_held_again"].count(run.admin(i)) for b in batches)
+                # One hold per cutover but those under a group's hold, one more where the proxy was asked again
+                # after it could not drain, and one more where the hold it placed with the last handoff was given
+                # back before the fence.
+                placed = attempts - sum(under_group) + sum((run.admin(i) in b["proxies_asked_again"]) +
+                                                           b["proxies_held_again"].count(run.admin(i))
+                                                           for b in batches)
                 self.assertEqual(deltas["holds_placed"], placed, "proxy :%d placed %d holds for %d cutovers" % (
                     run.proxies[i].port, deltas["holds_placed"], placed))
                 self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out instead of being "
@@ -639,6 +659,12 @@ class CutoverUnderLoadTest(CutoverTest):
 
     def test_fence_proxy(self):
         self.scenario("proxy")
+
+    def test_source_pause_holds_spanning_three_batches(self):
+        self.scenario("source-pause", hold_batches=3)
+
+    def test_fence_proxy_holds_spanning_three_batches(self):
+        self.scenario("proxy", hold_batches=3)
 
 
 class ProxyFailureTest(CutoverTest):
@@ -791,6 +817,71 @@ class OrchestratorKilledTest(CutoverTest):
             log("    slotshift check: " + importing[0]["message"])
             v = run.verify_acknowledged()
             run.summary("; %d slots left IMPORTING" % len(unclaimed))
+            self.assertClean(v)
+        finally:
+            run.stop()
+
+    def test_orchestrator_killed_under_a_hold_spanning_batches(self):
+        """--hold-batches 3: slotshift SIGKILLed while the proxies hold a group of batches of which one at least is
+        claimed and not yet handed off (the target owns slots the proxies still hold). The holds end by themselves
+        within --pause-timeout, the proxies send the held commands of the claimed slots to the old owner and follow
+        its MOVED, no client sees an error, and `slotshift resume` then completes the move with every
+        acknowledged write in place."""
+        run = Scenario(self, range_of(2000), moving_keys=8000)
+        try:
+            run.start(proxies=2)
+            time.sleep(0.5)
+            move = run.move("source-pause", pause_timeout="%dms" % (self.PAUSE_TIMEOUT_S * 1000), hold_batches=3)
+            target_id = run.ids[run.target]
+
+            def held_and_claimed():
+                """The first proxy's hold, and the slots of it the target owns by its own word."""
+                holds = holds_of(run.proxies[0], timeout=2)
+                if not holds:
+                    return None, set()
+                owners = run.cluster.owners(run.target)
+                return holds[0], {s for s in parse_slots(holds[0]["slots"]) if owners[s] == target_id}
+
+            caught = None
+            deadline = time.time() + 60
+            while caught is None and time.time() < deadline and move.running():
+                try:
+                    hold, claimed = held_and_claimed()
+                    if not claimed or len(claimed) == len(parse_slots(hold["slots"])):
+                        continue
+                    move.proc.send_signal(signal.SIGSTOP)
+                    time.sleep(0.05)
+                    # Still so with slotshift stopped: a group's claimed batch, held by both proxies.
+                    hold, claimed = held_and_claimed()
+                    if hold and claimed and all(holds_of(p) for p in run.proxies):
+                        caught = (hold, claimed)
+                    else:
+                        move.proc.send_signal(signal.SIGCONT)
+                except (OSError, AssertionError, subprocess.SubprocessError):
+                    pass
+            self.assertIsNotNone(caught, "the move ended before a group's claimed batch was seen held")
+            hold, claimed = caught
+            move.kill()
+            killed_at = time.time()
+            log("    killed slotshift while proxy :%d held %s, of which the target owns %s (%d requests held)" % (
+                run.proxies[0].port, hold["slots"], harness.format_slots(claimed), hold["queued"]))
+            left = {0, 1}
+            while left and time.time() < killed_at + self.PAUSE_TIMEOUT_S + 5:
+                left = {i for i in left if holds_of(run.proxies[i])}
+                time.sleep(0.01)
+            self.assertEqual(left, set(), "holds still in place %.1f s after slotshift died" % (
+                time.time() - killed_at))
+            time.sleep(1.0)  # the clients go on, through the old owner's MOVED for the claimed slots
+            resume = subprocess.run([harness.SLOTSHIFT_BIN, "resume", "--cluster", run.cluster.seed(), "--journal",
+                                     os.path.join(run.cluster.dir, "move.journal"), "--json"],
+                                    capture_output=True, text=True, timeout=300)
+            log("    slotshift resume exited %d: %s" % (resume.returncode, (resume.stdout + resume.stderr)[-600:]))
+            time.sleep(0.5)
+            run.stop_writers()
+            self.assertEqual(resume.returncode, 0, "slotshift resume failed: %s%s" % (resume.stdout, resume.stderr))
+            self.assertNoClientErrors(run)
+            v = run.verify()
+            run.summary("; killed with %d claimed slots held" % len(claimed))
             self.assertClean(v)
         finally:
             run.stop()
