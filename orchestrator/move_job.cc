@@ -206,6 +206,18 @@ NodeClient* MoveJob::control(const Node& node) {
 }
 
 bool MoveJob::prepare() {
+  // The proxies' connections, which the first batch would otherwise open inside its own hold (with 200
+  // proxies on one machine, a third of that batch), while the target's IMPORTING is set and the sources write
+  // their snapshots: this process mostly waits then, and a fleet on the mover's own cores gets them (from
+  // the copy's start on, the warm-up outlasted the copy there, and the first batch waited for it). A copy
+  // that outlasts a kept connection's idle limit has them opened again at the first batch.
+  if (proxies_)
+    warming_ = std::async(std::launch::async, [this] {
+      const auto t = Clock::now();
+      auto refused = proxies_->warm_up(target_address_);
+      warm_up_ms_ = ms_since(t);
+      return refused;
+    });
   // IMPORTING on the target only. The source is not touched: it keeps serving every key of these slots and
   // never answers ASK, so clients see nothing of the copy.
   std::vector<std::vector<std::string>> cmds;
@@ -250,17 +262,6 @@ bool MoveJob::copy() {
     journal(MoveStep::kCopy, {{"source", src.node.id}});
     if (!src.copier->start()) return fail(src.copier->error());
   }
-  // The proxies' connections, which the first batch would otherwise open inside its own hold (with 200
-  // proxies on one machine, a third of that batch), while the sources write their snapshots: this process
-  // mostly waits then. A copy that outlasts a kept connection's idle limit has them opened again at the
-  // first batch.
-  if (proxies_)
-    warming_ = std::async(std::launch::async, [this] {
-      const auto t = Clock::now();
-      auto refused = proxies_->warm_up(target_address_);
-      warm_up_ms_ = ms_since(t);
-      return refused;
-    });
   const auto t0 = Clock::now();
   // The end of the snapshots is looked for every 10 ms (the cutover starts then; a 100 ms look cost each move
   // 50 ms on average, and made its time vary by as much), a progress line made every 100 ms.

@@ -263,7 +263,7 @@ class MoveJob {
   std::map<std::string, NodeClient> controls_;
   std::string connect_error_;  // why control() last returned nullptr
   std::unique_ptr<ProxyControl> proxies_;
-  // ProxyControl::warm_up() on a thread of its own while the copy starts (copy()); nothing else uses
+  // ProxyControl::warm_up() on a thread of its own from prepare() on; nothing else uses
   // proxies_ until proxies_ready() has waited for it. Its answer: the proxies that refused to check the
   // target (warned of before the first batch).
   std::future<ProxyCalls> warming_;
