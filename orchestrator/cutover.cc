@@ -726,9 +726,9 @@ MoveJob::PlacedHold MoveJob::hold_cover(const Batch& first, const std::vector<Ba
   };
   add(first);
   auto span = hold_span();
-  // A group that would leave its source one batch takes that one too: alone, it would cost the fleet a call
-  // of its own (the hold carried to it), and under the group its clients wait one batch more.
-  if (span > 1 && from + span == planned.size()) ++span;
+  // With auto, a group that would leave its source one batch takes that one too: alone, it would cost the
+  // fleet a call of its own (the hold carried to it), and under the group its clients wait one batch more.
+  if (options_.hold_batches == 0 && span > 1 && from + span == planned.size()) ++span;
   for (std::size_t i = from; i < planned.size() && hold.batches < span; ++i)
     add(planned[i]);
   std::sort(slots.begin(), slots.end());
