@@ -8,10 +8,14 @@
 # and writes keys of the moving slots through the first proxy and counts errors. After each timed move the
 # slots go back (untimed, the first proxy told). redis-servers run on core 0; proxies, client and mover on
 # core 1, the proxies other than the first at --fleet-nice (default 0; in a fleet they run on other hosts), the
-# mover at --mover-nice (default 0; below 0, as root, it goes before the fleet, as on a host of its own).
+# mover at --mover-nice (default 0), or with --mover-rt at a real-time priority (as root: SCHED_FIFO 10, so
+# that it runs whenever it is ready, before every proxy of the fleet, as on a host of its own; a nice level
+# does not do that once hundreds of proxies are ready at once: the scheduler shares the core by weight, and a
+# task at nice -10 then gets about 5% of it against 200 at nice 0).
 #
 #   tests/bench/fleet_bench.sh [--runs 3] [--keys 300000] [--size 100] [--fleets 2,50,200]
 #                              [--interval-us 500] [--fence source-pause] [--fleet-nice 0] [--mover-nice 0]
+#                              [--mover-rt]
 #
 # Prints, per fleet size, the medians over the runs of the move's wall time, its batches, the longest source
 # pause and the longest proxy hold (from HOLD to the end of the handoff: what a held client waited at most),
@@ -20,7 +24,7 @@
 # to compare two versions. Not part of the test suite.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-runs=3 keys=300000 size=100 fleets=2,50,200 interval_us=500 fence=source-pause fleet_nice=0 mover_nice=0
+runs=3 keys=300000 size=100 fleets=2,50,200 interval_us=500 fence=source-pause fleet_nice=0 mover_nice=0 mover_rt=0
 while [ $# -gt 0 ]; do
   case $1 in
     --runs) runs=$2; shift 2 ;;
@@ -31,7 +35,8 @@ while [ $# -gt 0 ]; do
     --fence) fence=$2; shift 2 ;;
     --fleet-nice) fleet_nice=$2; shift 2 ;;
     --mover-nice) mover_nice=$2; shift 2 ;;
-    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+    --mover-rt) mover_rt=1; shift ;;
+    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
   esac
 done
 bin=${SLOTSHIFT_BINARY_DIR:-$root/build}
@@ -104,7 +109,9 @@ for run in $(seq "$runs"); do
     sleep 1
     kill -USR1 $client_pid
     t0=$(date +%s.%N)
-    taskset -c 1 nice -n "$mover_nice" "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$b" "${told[@]}" \
+    priority=(nice -n "$mover_nice")
+    [ "$mover_rt" = 0 ] || priority=(chrt -f 10)
+    taskset -c 1 "${priority[@]}" "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$b" "${told[@]}" \
       --fence "$fence" --no-progress --json >"$work/move.json" || { echo "the move with $n proxies failed:" >&2; cat "$work/move.json" >&2; exit 1; }
     t1=$(date +%s.%N)
     kill -USR2 $client_pid
@@ -129,7 +136,8 @@ print(json.dumps({"proxies": n, "wall": wall, "batches": len(m["batches"]), "max
                   "pause_ms": [round(b["pause_ms"], 1) for b in m["batches"]],
                   "held": [b["proxies_held"] for b in m["batches"]],
                   "slot_count": [b["slot_count"] for b in m["batches"]],
-                  "started_ms": [round(b["started_ms"]) for b in m["batches"]]}))
+                  "started_ms": [round(b["started_ms"]) for b in m["batches"]],
+                  "hold_batches": [b.get("hold_batches", 1) for b in m["batches"]]}))
 PY
     echo "run $run, $n proxies: $(tail -1 "$results")" >&2
     "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$a" --proxy "${admins[0]}" --no-progress >/dev/null
