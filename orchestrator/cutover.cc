@@ -217,7 +217,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     for (const auto& call : calls.calls)
       batch.proxies_held += call.ok;
     batch.proxies_held_with_handoff = 0;
-    if (placed)
+    if (placed && !shared)
       for (const auto& call : placed->calls.calls)
         batch.proxies_held_with_handoff += call.ok;
     // The hold this batch is cut over under (what abandon() releases), kept for the batches of its group
@@ -225,8 +225,11 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     if (placed) {
       hold_in_force_ = placed;
     } else {
+      // Only the proxies that placed it (or answered that they could not drain in time, as a carried hold's
+      // answers are kept): one that did not answer is asked again at the group's next batch.
       hold_in_force_ = fresh;
-      hold_in_force_->calls = calls;
+      for (const auto& call : calls.calls)
+        if (call.ok || call.slow_to_drain()) hold_in_force_->calls.calls.push_back(call);
       hold_in_force_->sent = t0;
       hold_in_force_->answered = Clock::now();
       hold_in_force_->call_ms = batch.hold_call_ms;
@@ -437,7 +440,16 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
                     " NODE: " + (last ? last->str : target_control_.error());
   }
   batch.claim_send_ms = ms_since(t_claim);
-  if (!claim_error.empty()) return settle_claim(src, batch, claim_error, held);
+  // A claim that failed part way ends the move (settle_claim() asks the target what it owns, for seconds at
+  // worst): a group's claimed batches are handed off first, and what it held for batches to come released.
+  if (!claim_error.empty()) {
+    if (held && hold_in_force_ && hold_in_force_->batches > 1) {
+      hand_off_deferred();
+      const auto rest = unclaimed_cover(*hold_in_force_, batch.slots, nullptr);
+      if (!rest.empty()) release_proxies(rest);
+    }
+    return settle_claim(src, batch, claim_error, held);
+  }
   for (const Slot s : batch.slots) {
     claimed_[s] = true;
     importing_[s] = false;
@@ -454,17 +466,24 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   auto hand_off_now = [&] {
     batch.handed_off = true;
     with_group = !deferred_.empty();
-    proxies_done = std::async(std::launch::async, [&, text = with_deferred(batch.slots)] {
+    // (This batch's slots are claimed_ already: the rest is what the group held for batches to come.)
+    std::string rest;
+    if (hold_in_force_ && hold_in_force_->batches > 1) rest = unclaimed_cover(*hold_in_force_, {}, nullptr);
+    proxies_done = std::async(std::launch::async, [&, text = with_deferred(batch.slots), rest] {
       const auto t_handoff = Clock::now();
       auto calls = proxies_->handoff(text, target_address_);
       batch.handoff_ms = ms_since(t_handoff);
       batch.hold_ms = ms_since(t0);
+      if (!rest.empty()) {
+        auto released = proxies_->release(rest);
+        calls.calls.insert(calls.calls.end(), released.calls.begin(), released.calls.end());
+      }
       return calls;
     });
   };
   auto handed_off = [&] {
     note_proxy_failures(proxies_done.get());
-    if (with_group) deferred_handed_off(batch.handoff_ms);
+    if (with_group) deferred_handed_off(batch.handoff_ms, batch.hold_ms);
   };
   auto hand_off_once = [&] {
     if (proxies_ && !batch.handed_off) hand_off_now();
@@ -687,7 +706,7 @@ void MoveJob::hand_off(Batch& batch, const PlacedHold* next) {
   batch.handoff_ms = ms_since(t);
   batch.hold_ms = ms_since(hold_started_);
   fleet_call_ms_ = batch.handoff_ms;
-  deferred_handed_off(batch.handoff_ms);
+  deferred_handed_off(batch.handoff_ms, batch.hold_ms);
 }
 
 bool MoveJob::PlacedHold::covers(const std::vector<Slot>& batch_slots) const {
@@ -696,6 +715,9 @@ bool MoveJob::PlacedHold::covers(const std::vector<Slot>& batch_slots) const {
 
 std::size_t MoveJob::hold_span() const {
   if (options_.hold_batches > 0) return static_cast<std::size_t>(options_.hold_batches);
+  // With --fence proxy the holds are the fence: a proxy that restarts loses its holds, and a hold trusted for
+  // several batches would leave its clients' writes unfenced for all of them. Auto keeps that to one batch.
+  if (options_.fence == "proxy") return 1;
   // A group's handoffs go as one call: each batch merged into a group saves the move a call to every proxy,
   // and holds the group's clients through one more batch. That pays only where a call costs more than a
   // batch: a large fleet, or a far one. So a hold spans as many batches as fit, each at the larger of the
@@ -751,19 +773,30 @@ void MoveJob::hand_off_deferred() {
   if (deferred_.empty()) return;
   const auto t = Clock::now();
   note_proxy_failures(proxies_->handoff(with_deferred({}), target_address_));
-  deferred_handed_off(ms_since(t));
+  deferred_handed_off(ms_since(t), ms_since(hold_started_));
 }
 
-void MoveJob::deferred_handed_off(double call_ms) {
+void MoveJob::deferred_handed_off(double call_ms, double hold_ms) {
   for (const auto i : deferred_) {
     Batch& b = deferred_source_->batches[i];
     b.handed_off = true;
     b.handoff_ms = call_ms;
-    // Every batch of a group was held from the group's hold (hold_started_ is its time).
-    b.hold_ms = ms_since(hold_started_);
+    b.hold_ms = hold_ms;  // every batch of a group was held from the group's hold
     batch_ended(*deferred_source_, b);
   }
   deferred_.clear();
+}
+
+std::string MoveJob::unclaimed_cover(const PlacedHold& hold, const std::vector<Slot>& keep,
+                                     const PlacedHold* next) const {
+  std::vector<bool> kept(kSlotCount);
+  for (const Slot s : keep)
+    kept[s] = true;
+  std::vector<Slot> rest;
+  for (std::size_t s = 0; s < kSlotCount; ++s)
+    if (hold.cover[s] && !claimed_[s] && !kept[s] && !(next && next->cover[s]))
+      rest.push_back(static_cast<Slot>(s));
+  return rest.empty() ? std::string() : format_slot_ranges(slot_ranges(rest));
 }
 
 void MoveJob::route_and_release(const std::string& slots) {

@@ -93,6 +93,10 @@ bool MoveJob::lease_lost() const {
 void MoveJob::stopped_without_lease() {
   for (auto& src : sources_)
     if (src.copier) src.copier->stop();
+  // A group's claimed batches, never handed off (nothing more is sent): their holds end by their ttl.
+  for (const auto i : deferred_)
+    batch_ended(*deferred_source_, deferred_source_->batches[i]);
+  deferred_.clear();
   // The failure that stopped the move may be the lease itself (said once), or what its loss brought about (a
   // connection the takeover closed), said first.
   const std::string reason = lease_->lost_reason();
@@ -343,7 +347,11 @@ bool MoveJob::cut_over_all() {
           // sizer plans larger batches as it learns): its handoff waits for the group's last batch. A batch
           // handed off while the source learnt (cut_over()) ends its group, as does one after which the hold
           // covers nothing planned.
-          if (!batch.handed_off && hold_in_force_ && hold_in_force_->batches > 1 && !pending.empty()) {
+          // A group runs its planned number of batches at most, and none past the age at which the next
+          // cut_over() would give its hold back (handing off here costs one call; later, three).
+          if (!batch.handed_off && hold_in_force_ && hold_in_force_->batches > 1 &&
+              hold_in_force_->used < hold_in_force_->batches && !pending.empty() &&
+              Clock::now() - hold_in_force_->answered < options_.pause_timeout / 4) {
             Batch& next = pending.front();
             std::size_t covered = 0;
             while (covered < next.slots.size() && hold_in_force_->cover[next.slots[covered]])
@@ -369,19 +377,18 @@ bool MoveJob::cut_over_all() {
           }
           if (deferred) {
             placed_hold_ = std::move(hold_in_force_);
+            hold_in_force_.reset();
           } else {
-            const bool carries = !batch.handed_off;  // else handed off while the source learnt: no hold goes
+            // (Handed off while the source learnt, a group has let go of its rest already: cut_over().)
+            const bool carries = !batch.handed_off;
             std::optional<PlacedHold> next;
             if (!pending.empty()) next = hold_cover(pending.front(), pending, 1);
             hand_off(batch, next ? &*next : nullptr);
             // What a group's hold covered that is neither claimed nor held again by the next hold is let go
-            // (the group ended early: by a handoff while the source learnt, say).
-            if (hold_in_force_ && hold_in_force_->batches > 1) {
-              std::vector<Slot> rest;
-              for (std::size_t s = 0; s < kSlotCount; ++s)
-                if (hold_in_force_->cover[s] && !claimed_[s] && !(carries && next && next->cover[s]))
-                  rest.push_back(static_cast<Slot>(s));
-              if (!rest.empty()) release_proxies(format_slot_ranges(slot_ranges(rest)));
+            // (a group that ended before its planned batches, or one the sizer planned otherwise since).
+            if (carries && hold_in_force_ && hold_in_force_->batches > 1) {
+              const auto rest = unclaimed_cover(*hold_in_force_, {}, next ? &*next : nullptr);
+              if (!rest.empty()) release_proxies(rest);
             }
           }
         }
@@ -454,7 +461,7 @@ bool MoveJob::verify(const Batch& batch, const std::function<void()>& slow) {
             }
       }
       if (problem.empty()) break;
-      if (!told) {
+      if (!told && Clock::now() - t0 > options_.max_pause) {
         told = true;
         slow();
       }

@@ -177,8 +177,13 @@ class MoveJob {
   void hand_off_deferred();
   // `slots` and the deferred batches' slots, as a control call names them.
   std::string with_deferred(const std::vector<Slot>& slots) const;
-  // The deferred batches' records once their handoff has been sent: it took `call_ms`.
-  void deferred_handed_off(double call_ms);
+  // The deferred batches' records once their handoff has been sent: it took `call_ms`, and their clients were
+  // held `hold_ms`.
+  void deferred_handed_off(double call_ms, double hold_ms);
+  // The slots `hold` covers that no batch has claimed, but `keep`'s and those `next` holds again, as a
+  // control call names them ("" for none): what a group that ends lets go.
+  std::string unclaimed_cover(const PlacedHold& hold, const std::vector<Slot>& keep,
+                              const PlacedHold* next) const;
   // How long the proxies may take to drain a hold before they give it up.
   std::chrono::milliseconds hold_wait() const;
   // After an error at or after a batch's first SETSLOT ... NODE: asks the target what it owns, keeps the
@@ -192,7 +197,7 @@ class MoveJob {
   bool wait_source_learns(Source& source, const std::vector<Slot>& slots,
                           std::chrono::milliseconds slow_after = std::chrono::milliseconds(0),
                           const std::function<void()>& slow = {});
-  // `slow` (if any) is called once when a node does not agree at the first look.
+  // `slow` (if any) is called once when the nodes have not all agreed within --max-pause.
   bool verify(const Batch& batch, const std::function<void()>& slow = {});
   bool settle();
   void release_proxies(const std::string& slots);

@@ -32,6 +32,7 @@ nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
           {"proxies_held_with_handoff", b.proxies_held_with_handoff},
           {"hold_batches", b.hold_batches},
           {"attempts_under_group_hold", b.attempts_under_group_hold},
+          {"handed_off", b.handed_off},
           {"proxies_held_again", b.proxies_held_again},
           {"proxies_asked_again", b.proxies_asked_again},
           {"proxies_back", b.proxies_back},

@@ -612,12 +612,16 @@ class CutoverUnderLoadTest(CutoverTest):
             # batch), or with the hold of its group: a batch given back while the target caught up, or tried
             # again, holds on its own.
             with_handoff = [b["proxies_held_with_handoff"] for b in batches]
-            self.assertEqual(with_handoff[0], 0, with_handoff)
-            self.assertLessEqual(set(with_handoff), {0, 2}, with_handoff)
-            self.assertGreater(with_handoff.count(2), len(batches) // 2,
-                               "most batches' holds must come with the last handoff: %s" % with_handoff)
             spans = [b["hold_batches"] for b in batches]
             under_group = [b["attempts_under_group_hold"] for b in batches]
+            self.assertEqual(with_handoff[0], 0, with_handoff)
+            self.assertLessEqual(set(with_handoff), {0, 2}, with_handoff)
+            # (A batch under a group's hold placed for an earlier batch was held by no handoff of its own.)
+            own = [h for h, g in zip(with_handoff, under_group) if g == 0]
+            shared = [h for h, g in zip(with_handoff, under_group) if g > 0]
+            self.assertEqual(shared, [0] * len(shared), with_handoff)
+            self.assertGreater(own.count(2), len(own) // 2,
+                               "most batches' holds must come with the last handoff: %s" % with_handoff)
             # (With --hold-batches auto, the span depends on how long the calls to the proxies take: on a loaded
             # machine the warm-up's may make the first hold span two batches.)
             if hold_batches is not None:
@@ -626,6 +630,13 @@ class CutoverUnderLoadTest(CutoverTest):
                 # last one.
                 self.assertLessEqual(set(spans), set(range(1, hold_batches + 1)), spans)
                 self.assertEqual(spans[0], hold_batches, spans)
+                # A group runs its planned number of batches at most: never more batches in a row under one
+                # hold than it was placed for.
+                run_length = 0
+                for g in under_group:
+                    run_length = run_length + 1 if g > 0 else 0
+                    self.assertLess(run_length, hold_batches, "a hold spanned more batches than placed for: %s"
+                                    % under_group)
                 self.assertGreater(sum(under_group), len(batches) // 3,
                                    "too few batches under a group's hold: %s" % under_group)
             self.assertNoClientErrors(run)
@@ -821,6 +832,48 @@ class OrchestratorKilledTest(CutoverTest):
         finally:
             run.stop()
 
+    def catch_a_group_with_a_claimed_batch(self, run, move):
+        """Polls the first proxy's hold until it holds a batch that the journal records as claimed (its claim
+        done, not under way) and slots no batch has claimed yet: a group whose claimed batch waits for the
+        group's handoff. Stops slotshift there (SIGSTOP) and returns (hold, claimed slots of it) once both
+        proxies still hold; None if the move ended first."""
+        target_id = run.ids[run.target]
+        journal = os.path.join(run.cluster.dir, "move.journal")
+
+        def held_and_claimed():
+            holds = holds_of(run.proxies[0], timeout=2)
+            if not holds:
+                return None, set()
+            held = parse_slots(holds[0]["slots"])
+            done = set()
+            with open(journal) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # the last line, being written
+                        continue
+                    if record.get("step") == "claimed" and parse_slots(record["slots"]) <= held:
+                        done |= parse_slots(record["slots"])
+            owners = run.cluster.owners(run.target)
+            return holds[0], {s for s in done if owners[s] == target_id}
+
+        deadline = time.time() + 60
+        while time.time() < deadline and move.running():
+            try:
+                hold, claimed = held_and_claimed()
+                if not claimed or len(claimed) == len(parse_slots(hold["slots"])):
+                    continue
+                move.proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.05)
+                hold, claimed = held_and_claimed()
+                if hold and claimed and len(claimed) < len(parse_slots(hold["slots"])) and \
+                        all(holds_of(p) for p in run.proxies):
+                    return hold, claimed
+                move.proc.send_signal(signal.SIGCONT)
+            except (OSError, AssertionError, subprocess.SubprocessError):
+                pass
+        return None
+
     def test_orchestrator_killed_under_a_hold_spanning_batches(self):
         """--hold-batches 3: slotshift SIGKILLed while the proxies hold a group of batches of which one at least is
         claimed and not yet handed off (the target owns slots the proxies still hold). The holds end by themselves
@@ -832,33 +885,7 @@ class OrchestratorKilledTest(CutoverTest):
             run.start(proxies=2)
             time.sleep(0.5)
             move = run.move("source-pause", pause_timeout="%dms" % (self.PAUSE_TIMEOUT_S * 1000), hold_batches=3)
-            target_id = run.ids[run.target]
-
-            def held_and_claimed():
-                """The first proxy's hold, and the slots of it the target owns by its own word."""
-                holds = holds_of(run.proxies[0], timeout=2)
-                if not holds:
-                    return None, set()
-                owners = run.cluster.owners(run.target)
-                return holds[0], {s for s in parse_slots(holds[0]["slots"]) if owners[s] == target_id}
-
-            caught = None
-            deadline = time.time() + 60
-            while caught is None and time.time() < deadline and move.running():
-                try:
-                    hold, claimed = held_and_claimed()
-                    if not claimed or len(claimed) == len(parse_slots(hold["slots"])):
-                        continue
-                    move.proc.send_signal(signal.SIGSTOP)
-                    time.sleep(0.05)
-                    # Still so with slotshift stopped: a group's claimed batch, held by both proxies.
-                    hold, claimed = held_and_claimed()
-                    if hold and claimed and all(holds_of(p) for p in run.proxies):
-                        caught = (hold, claimed)
-                    else:
-                        move.proc.send_signal(signal.SIGCONT)
-                except (OSError, AssertionError, subprocess.SubprocessError):
-                    pass
+            caught = self.catch_a_group_with_a_claimed_batch(run, move)
             self.assertIsNotNone(caught, "the move ended before a group's claimed batch was seen held")
             hold, claimed = caught
             move.kill()
@@ -886,6 +913,47 @@ class OrchestratorKilledTest(CutoverTest):
         finally:
             run.stop()
 
+    def test_orchestrator_stopped_under_a_hold_spanning_batches(self):
+        """--hold-batches 3: SIGTERM while a group's claimed batch is still held. The move stops before its next
+        batch, hands the group's claimed batches off (route and release) and lets go of the rest before it undoes
+        the unclaimed slots: no client sees an error or a redirect, no hold runs out, the claimed slots stay
+        moved, the rest go back, and every acknowledged write is in place."""
+        run = Scenario(self, range_of(2000), moving_keys=8000)
+        try:
+            run.start(proxies=2)
+            time.sleep(0.5)
+            move = run.move("source-pause", hold_batches=3)
+            caught = self.catch_a_group_with_a_claimed_batch(run, move)
+            self.assertIsNotNone(caught, "the move ended before a group's claimed batch was seen held")
+            hold, claimed = caught
+            move.proc.send_signal(signal.SIGTERM)
+            move.proc.send_signal(signal.SIGCONT)
+            log("    SIGTERM to slotshift while proxy :%d held %s, of which the target owns %s" % (
+                run.proxies[0].port, hold["slots"], harness.format_slots(claimed)))
+            rc, report, err = move.result()
+            time.sleep(0.5)
+            run.stop_writers()
+            self.assertEqual(rc, 1, "slotshift move after SIGTERM: %s" % (report or err))
+            self.assertIn("SIGTERM", report["error"])
+            moved = {s for b in report["batches"] if b["slots_claimed"] for s in parse_slots(b["slots"])}
+            self.assertLessEqual(claimed, moved, report["batches"])
+            self.assertEqual([b["slots"] for b in report["batches"] if b["slots_claimed"] and not b["handed_off"]], [],
+                             "claimed batches the proxies were never handed off")
+            self.assertNoClientErrors(run)
+            self.assertNoRedirects(run, [0, 1])
+            for i in (0, 1):
+                deltas, after = run.counter_deltas(i, "holds_expired")
+                self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out instead of being released "
+                                 "(INFO proxy: %s)" % (run.proxies[i].port, after))
+                self.assertEqual(holds_of(run.proxies[i]), [], "a hold is left on proxy :%d" % run.proxies[i].port)
+            owners = run.cluster.owners()
+            self.assertEqual({s for s in run.slots if owners[s] == run.ids[run.target]}, moved)
+            v = run.verify_acknowledged()
+            run.summary("; stopped with %d claimed slots held, %d of %d slots moved" % (
+                len(claimed), len(moved), len(run.slots)))
+            self.assertClean(v)
+        finally:
+            run.stop()
 
 if __name__ == "__main__":
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid> prints where every thread is
