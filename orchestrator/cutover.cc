@@ -111,8 +111,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     if (placed->used == 0)
       for (const auto& call : placed->calls.calls)
         if (call.ok || call.slow_to_drain()) batch.proxies_held_again.push_back(call.proxy);
-    hand_off_deferred();
-    release_proxies(placed->slots);
+    end_hold(*placed);
     placed.reset();
   };
   if (placed && !placed->covers(batch.slots)) give_back();
@@ -139,8 +138,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     // The whole of the hold in force (a group's too: the retry holds anew), its claimed batches handed off
     // first.
     if (held) {
-      hand_off_deferred();
-      release_proxies(hold_in_force_ ? hold_in_force_->slots : slots_text);
+      end_hold(*hold_in_force_);
       hold_in_force_.reset();
     }
     if (copier.failed()) return fail(copier_failure(src));
@@ -443,11 +441,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
   // A claim that failed part way ends the move (settle_claim() asks the target what it owns, for seconds at
   // worst): a group's claimed batches are handed off first, and what it held for batches to come released.
   if (!claim_error.empty()) {
-    if (held && hold_in_force_ && hold_in_force_->batches > 1) {
-      hand_off_deferred();
-      const auto rest = unclaimed_cover(*hold_in_force_, batch.slots, nullptr);
-      if (!rest.empty()) release_proxies(rest);
-    }
+    if (held) end_hold(*hold_in_force_, batch.slots);
     return settle_claim(src, batch, claim_error, held);
   }
   for (const Slot s : batch.slots) {
@@ -772,8 +766,13 @@ std::string MoveJob::with_deferred(const std::vector<Slot>& slots) const {
 void MoveJob::hand_off_deferred() {
   if (deferred_.empty()) return;
   const auto t = Clock::now();
-  note_proxy_failures(proxies_->handoff(with_deferred({}), target_address_));
+  route_and_release(with_deferred({}));
   deferred_handed_off(ms_since(t), ms_since(hold_started_));
+}
+
+void MoveJob::end_hold(const PlacedHold& hold, const std::vector<Slot>& keep, const PlacedHold* next) {
+  hand_off_deferred();
+  if (const auto rest = unclaimed_cover(hold, keep, next); !rest.empty()) release_proxies(rest);
 }
 
 void MoveJob::deferred_handed_off(double call_ms, double hold_ms) {

@@ -386,10 +386,7 @@ bool MoveJob::cut_over_all() {
             hand_off(batch, next ? &*next : nullptr);
             // What a group's hold covered that is neither claimed nor held again by the next hold is let go
             // (a group that ended before its planned batches, or one the sizer planned otherwise since).
-            if (carries && hold_in_force_ && hold_in_force_->batches > 1) {
-              const auto rest = unclaimed_cover(*hold_in_force_, {}, next ? &*next : nullptr);
-              if (!rest.empty()) release_proxies(rest);
-            }
+            if (carries && hold_in_force_) end_hold(*hold_in_force_, {}, next ? &*next : nullptr);
           }
         }
       }
@@ -405,11 +402,8 @@ bool MoveJob::cut_over_all() {
       // first, and the group ends there (the next batch holds on its own).
       auto end_group = [&] {
         if (deferred_.empty()) return;
-        hand_off_deferred();
-        if (placed_hold_) {
-          release_proxies(placed_hold_->slots);
-          placed_hold_.reset();
-        }
+        end_hold(*placed_hold_);  // the group's own: it is kept in placed_hold_ while it lasts
+        placed_hold_.reset();
       };
       if (!verify(src.batches.back(), end_group)) return false;
       batch_span_ms_ = ms_since(batch_started_);

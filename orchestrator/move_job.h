@@ -180,6 +180,10 @@ class MoveJob {
   // The deferred batches' records once their handoff has been sent: it took `call_ms`, and their clients were
   // held `hold_ms`.
   void deferred_handed_off(double call_ms, double hold_ms);
+  // A hold that ends (given back, abandoned, a group over): the group's claimed batches handed off, then the
+  // slots it covers that no batch has claimed released, but `keep`'s (a batch whose claim is being settled)
+  // and those `next` holds again.
+  void end_hold(const PlacedHold& hold, const std::vector<Slot>& keep = {}, const PlacedHold* next = nullptr);
   // The slots `hold` covers that no batch has claimed, but `keep`'s and those `next` holds again, as a
   // control call names them ("" for none): what a group that ends lets go.
   std::string unclaimed_cover(const PlacedHold& hold, const std::vector<Slot>& keep,
