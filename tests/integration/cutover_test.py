@@ -214,6 +214,14 @@ def proxy_info(proxy):
     return out
 
 
+def holds_expected(batches, admin):
+    """How many holds a move's report says the proxy at admin placed: one per cutover but those run under a
+    group's hold (placed for an earlier batch), one more where it was asked again after it could not drain, and one
+    more where the hold it placed with the last handoff was given back before the fence."""
+    return sum(b["attempts"] - b["attempts_under_group_hold"] + (admin in b["proxies_asked_again"]) +
+               b["proxies_held_again"].count(admin) for b in batches)
+
+
 def holds_of(proxy, timeout=5):
     """The holds a proxy has now (GET /v1/slots)."""
     status, body = proxy.admin_call("GET", "/v1/slots", timeout=timeout)
@@ -641,15 +649,9 @@ class CutoverUnderLoadTest(CutoverTest):
                                    "too few batches under a group's hold: %s" % under_group)
             self.assertNoClientErrors(run)
             self.assertNoRedirects(run, [0, 1])
-            attempts = sum(b["attempts"] for b in batches)
             for i in (0, 1):
                 deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired", "requests_held")
-                # One hold per cutover but those under a group's hold, one more where the proxy was asked again
-                # after it could not drain, and one more where the hold it placed with the last handoff was given
-                # back before the fence.
-                placed = attempts - sum(under_group) + sum((run.admin(i) in b["proxies_asked_again"]) +
-                                                           b["proxies_held_again"].count(run.admin(i))
-                                                           for b in batches)
+                placed = holds_expected(batches, run.admin(i))
                 self.assertEqual(deltas["holds_placed"], placed, "proxy :%d placed %d holds for %d cutovers" % (
                     run.proxies[i].port, deltas["holds_placed"], placed))
                 self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out instead of being "

@@ -57,9 +57,7 @@ class SoakTest(ct.CutoverTest):
             curve = []  # per move: (seconds since the first move, rss of proxy 0, rss of proxy 1) in KB
             t0 = time.time()
             batches = 0
-            # per proxy: one per cutover, one more where it was asked again, and one more where the hold it
-            # placed with the last handoff was given back before the fence
-            holds = [0, 0]
+            holds = [0, 0]  # per proxy: the holds the reports say it placed (ct.holds_expected)
             unheld = [0, 0]  # per proxy: batches it could not hold (see below)
             for i in range(MOVES):
                 fence = "source-pause" if i % 2 == 0 else "proxy"
@@ -87,8 +85,7 @@ class SoakTest(ct.CutoverTest):
                         unheld[admins.index(p)] += 1
                 batches += len(report["batches"])
                 for p in (0, 1):
-                    holds[p] += sum(b["attempts"] + (admins[p] in b["proxies_asked_again"]) +
-                                    b["proxies_held_again"].count(admins[p]) for b in report["batches"])
+                    holds[p] += ct.holds_expected(report["batches"], admins[p])
                 curve.append((time.time() - t0, rss_kb(run.proxies[0].proc.pid), rss_kb(run.proxies[1].proc.pid)))
                 if (i + 1) % 10 == 0 or i + 1 == MOVES:
                     ct.log("    after %d moves (%.0f s): proxies' RSS %s MB" % (
