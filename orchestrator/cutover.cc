@@ -1,7 +1,6 @@
 #include "orchestrator/move_job.h"
 
 #include <algorithm>
-#include <cmath>
 #include <csignal>
 #include <future>
 #include <mutex>
@@ -11,6 +10,7 @@
 #include "common/server_info.h"
 #include "common/topology.h"
 #include "orchestrator/fault_injection.h"
+#include "orchestrator/hold_span.h"
 #include "orchestrator/journal.h"
 
 namespace slotshift {
@@ -707,27 +707,6 @@ bool MoveJob::PlacedHold::covers(const std::vector<Slot>& batch_slots) const {
   return std::all_of(batch_slots.begin(), batch_slots.end(), [&](Slot s) { return cover[s]; });
 }
 
-std::size_t MoveJob::hold_span() const {
-  if (options_.hold_batches > 0) return static_cast<std::size_t>(options_.hold_batches);
-  // With --fence proxy the holds are the fence: a proxy that restarts loses its holds, and a hold trusted for
-  // several batches would leave its clients' writes unfenced for all of them. Auto keeps that to one batch.
-  if (options_.fence == "proxy") return 1;
-  // A group's handoffs go as one call: each batch merged into a group saves the move a call to every proxy,
-  // and holds the group's clients through one more batch. That pays only where a call costs more than a
-  // batch: a large fleet, or a far one. So a hold spans as many batches as fit, each at the larger of the
-  // pause budget and the last batch's span, in twice the time of the last call: the group's clients then
-  // wait at most about two calls and two calls' worth of batches, where one batch's wait two calls and its
-  // own (with 2 proxies a call takes a few ms, and every hold is one batch's).
-  // Before the first batch nothing of a batch's span is known but that a first one takes tens of ms (its
-  // claim is the slowest of a move: 30-45 ms of the pause on the demo's cluster): 50 ms is taken for it. And
-  // the first hold's call is the warm-up's (ProxyControl::warm_up(), which opens the connections too).
-  constexpr double kFirstBatchMs = 50;
-  const double per_batch = std::max(static_cast<double>(options_.max_pause.count()),
-                                    batch_span_ms_ > 0 ? batch_span_ms_ : kFirstBatchMs);
-  const double fit = per_batch > 0 ? std::floor(2 * fleet_call_ms_ / per_batch) : 1;
-  return static_cast<std::size_t>(std::clamp(fit, 1.0, 16.0));
-}
-
 MoveJob::PlacedHold MoveJob::hold_cover(const Batch& first, const std::vector<Batch>& planned,
                                         std::size_t from) const {
   PlacedHold hold;
@@ -741,10 +720,9 @@ MoveJob::PlacedHold MoveJob::hold_cover(const Batch& first, const std::vector<Ba
     ++hold.batches;
   };
   add(first);
-  auto span = hold_span();
-  // With auto, a group that would leave its source one batch takes that one too: alone, it would cost the
-  // fleet a call of its own (the hold carried to it), and under the group its clients wait one batch more.
-  if (options_.hold_batches == 0 && span > 1 && from + span == planned.size()) ++span;
+  const HoldSpanRule rule{options_.hold_batches, options_.fence == "proxy",
+                          static_cast<double>(options_.max_pause.count())};
+  const auto span = hold_span(rule, fleet_call_ms_, batch_span_ms_, planned.size() - from);
   for (std::size_t i = from; i < planned.size() && hold.batches < span; ++i)
     add(planned[i]);
   std::sort(slots.begin(), slots.end());

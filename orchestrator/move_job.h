@@ -126,7 +126,7 @@ class MoveJob {
  private:
   // A hold placed on the proxies: the slots it names, the proxies' answers, when it was sent (where the fence
   // clock of every batch under it starts) and answered, and how many batches it was placed for. One batch's,
-  // or a group's: the next hold_span() batches as planned when it was placed, whose handoffs then wait for
+  // or a group's: the next hold_span() batches (orchestrator/hold_span.h) as planned when it was placed, whose handoffs then wait for
   // the group's last batch and go as one call (hand_off()). Placed by a batch's handoff for what follows
   // (placed_hold_), or by cut_over()'s own HOLD; the hold a batch is cut over under is hold_in_force_. A move
   // that fails hands off the group's claimed batches, then releases every hold of this owner (rollback()).
@@ -167,11 +167,8 @@ class MoveJob {
   // With `next`, the same call places the next hold (placed_hold_): one batch's or a group's (hold_cover()).
   // With `deferred_`, the group's claimed batches are routed and released in the same call.
   void hand_off(Batch& batch, const PlacedHold* next);
-  // How many batches the next hold spans: --hold-batches, or with auto as many as fit, at the larger of
-  // --max-pause and the last batch's span each, in twice the time of the last call to every proxy (at least
-  // one, at most 16).
-  std::size_t hold_span() const;
-  // The hold of `first` and of the batches planned after it (`planned` from `from`), hold_span() in all.
+  // The hold of `first` and of the batches planned after it (`planned` from `from`): hold_span() batches in
+  // all (orchestrator/hold_span.h), from the last call to every proxy and the last batch's span.
   PlacedHold hold_cover(const Batch& first, const std::vector<Batch>& planned, std::size_t from) const;
   // The group's claimed batches routed and released now, each told as ended (the group ends).
   void hand_off_deferred();
