@@ -681,16 +681,16 @@ class CutoverUnderLoadTest(CutoverTest):
 
 
 class ProxyFailureTest(CutoverTest):
-    def test_proxy_killed_while_it_holds(self):
-        """source-pause: a proxy SIGKILLed while it holds a batch's slots; the move goes on without it and says
-        so; the other proxy's clients see nothing."""
+    def killed_while_it_holds(self, hold_batches=None):
         run = Scenario(self, range_of(2000), moving_keys=8000)
         try:
             run.start(proxies=2, loose_proxies=(1,))
             time.sleep(0.5)
             victim = run.admin(1)
-            move = run.move("source-pause")
-            # Not in the last batch, so that batches follow without the proxy.
+            move = run.move("source-pause", hold_batches=hold_batches)
+            # Not in the last batch, so that batches follow without the proxy (with --hold-batches, a group's hold
+            # not in the last group: the group's later batches are cut over under it, their handoff and the next
+            # group's hold then miss the dead proxy).
             last = max(run.slots)
             held = freeze_in_hold(move, [run.proxies[1]], accept=lambda hold: last not in parse_slots(hold["slots"]))
             self.assertIsNotNone(held, "the move ended before the proxy was seen holding: too few batches")
@@ -708,14 +708,35 @@ class ProxyFailureTest(CutoverTest):
             held = [b["proxies_held"] for b in report["batches"]]
             self.assertEqual(held[0], 2, "the first batch: %s" % held)
             self.assertEqual(held[-1], 1, "the last batch, after the proxy died: %s" % held)
+            if hold_batches:
+                under_group = [b["attempts_under_group_hold"] for b in report["batches"]]
+                self.assertEqual(report["batches"][0]["hold_batches"], hold_batches, report["batches"][0])
+                self.assertGreater(sum(under_group), 0, "no batch was cut over under a group's hold: %s" %
+                                   under_group)
+                self.assertTrue(all(b["handed_off"] for b in report["batches"]), "a batch was never handed off")
             self.assertNoClientErrors(run, run.writers_of(0), "the surviving proxy's clients")
             self.assertNoRedirects(run, [0])
             self.assertEqual(holds_of(run.proxies[0]), [])
+            # The surviving proxy placed the holds the report says, and released every one of them.
+            deltas, after = run.counter_deltas(0, "holds_placed", "holds_expired")
+            self.assertEqual(deltas["holds_placed"], holds_expected(report["batches"], run.admin(0)), after)
+            self.assertEqual(deltas["holds_expired"], 0, "a hold ran out on the surviving proxy: %s" % after)
             v = run.verify()
             run.summary("; batches held by 2 proxies: %d, by 1: %d" % (held.count(2), held.count(1)))
             self.assertClean(v)
         finally:
             run.stop()
+
+    def test_proxy_killed_while_it_holds(self):
+        """source-pause: a proxy SIGKILLed while it holds a batch's slots; the move goes on without it and says
+        so; the other proxy's clients see nothing."""
+        self.killed_while_it_holds()
+
+    def test_proxy_killed_while_it_holds_a_group(self):
+        """The same with --hold-batches 3: the proxy dies under a hold placed for three batches. The group's
+        batches are cut over and handed off to the surviving proxy, and the next groups go on without the dead
+        one."""
+        self.killed_while_it_holds(hold_batches=3)
 
     def test_proxy_that_never_answers(self):
         """An admin endpoint that accepts and never answers among the proxies. --fence proxy: the move fails at
