@@ -8,6 +8,8 @@ error and no redirect, and every acknowledged write is in place afterwards (cuto
                    and a fleet of six, one stopped at the first batch's hold and woken after it;
                    and a proxy in front of another cluster, named before any batch as one that cannot vouch for
                    the target
+  FarFleetTest     two proxies whose admin endpoints are 30 ms away (delay_relay.py): --hold-batches auto
+                   spans batches under one hold there, and keeps one per batch under --fence proxy
 
 SLOTSHIFT_BINARY_DIR picks the build whose slotshift and slotshift-proxy are tested (default: build/).
 """
@@ -15,6 +17,7 @@ SLOTSHIFT_BINARY_DIR picks the build whose slotshift and slotshift-proxy are tes
 import faulthandler
 import os
 import signal
+import subprocess
 import sys
 import time
 import unittest
@@ -223,6 +226,90 @@ class FleetStallTest(ct.CutoverTest):
             if other is not None:
                 other.stop()
             run.stop()
+
+class DelayRelay:
+    """delay_relay.py as a child process: an admin endpoint reached across a far network."""
+
+    def __init__(self, upstream, delay_ms):
+        self.proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                   "delay_relay.py"), upstream, str(delay_ms)],
+                                     stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+class FarFleetTest(ct.CutoverTest):
+    # Each way: a call to the fleet then takes over 60 ms, more than a batch of this move (--max-pause 5ms)
+    # and more than the 50 ms a first batch counts at; well within a hold's deadline (120 ms under
+    # --fence source-pause, 200 ms under --fence proxy).
+    DELAY_MS = 30
+
+    def test_auto_holds_span_batches_for_a_far_fleet_but_not_under_fence_proxy(self):
+        """Two proxies with writers, their admin endpoints 30 ms away. The slots moved under --fence
+        source-pause, then back under --fence proxy, with --hold-batches auto: the first move's first hold
+        spans batches (its span is decided from the warm-up, which took at least one round trip of 60 ms), and
+        batches are cut over under it; the move back holds each batch on its own, the holds being its fence.
+        Both times every batch is held by both proxies and handed off, no proxy is left out, the clients see
+        no error and no redirect, each proxy placed the holds the reports say and none ran out."""
+        run = ct.Scenario(self, ct.range_of(500))
+        try:
+            run.start(proxies=2)
+            relays = [DelayRelay(run.admin(i), self.DELAY_MS) for i in (0, 1)]
+            run.endpoints.extend(relays)
+            fleet = [r.address() for r in relays]
+            time.sleep(0.5)
+            holds = [0, 0]
+            shown = []
+            for fence, to in (("source-pause", run.target), ("proxy", run.source)):
+                move = ct.Move(run.cluster, run.slots, to, fleet, fence,
+                               journal=os.path.join(run.cluster.dir, "far.journal"))
+                rc, report, err = move.result()
+                self.assertEqual(rc, 0, "slotshift move --fence %s failed: %s" % (fence, report or err))
+                self.assertTrue(report["ok"])
+                self.assertEqual([w for w in report["warnings"] if "proxy" in w], [],
+                                 "the move warned about the far proxies")
+                batches = report["batches"]
+                self.assertGreater(len(batches), 3, "too few batches to group")
+                self.assertEqual({b["proxies_held"] for b in batches}, {2}, "every batch held by both proxies")
+                self.assertTrue(all(b["handed_off"] for b in batches), "a batch was never handed off")
+                spans = [b["hold_batches"] for b in batches]
+                under_group = [b["attempts_under_group_hold"] for b in batches]
+                if fence == "source-pause":
+                    self.assertGreaterEqual(spans[0], 2, "the first hold, after a warm-up of 60 ms or more, "
+                                            "spans one batch: %s" % spans)
+                    self.assertGreater(sum(under_group), 0, "no batch was cut over under a group's hold: %s"
+                                       % under_group)
+                else:
+                    self.assertEqual(set(spans), {1}, "--fence proxy: a hold spanned batches: %s" % spans)
+                    self.assertEqual(sum(under_group), 0, under_group)
+                for i in (0, 1):
+                    holds[i] += ct.holds_expected(batches, fleet[i])
+                shown.append("%s: %d batches, cut over under holds placed for %s" % (fence, len(batches), ", ".join(
+                    "%d batches: %d" % (n, spans.count(n)) for n in sorted(set(spans), reverse=True))))
+            time.sleep(0.5)
+            run.stop_writers()
+            self.assertNoClientErrors(run)
+            self.assertNoRedirects(run, [0, 1])
+            for i in (0, 1):
+                self.assertEqual(ct.holds_of(run.proxies[i]), [], "a hold is left on proxy :%d" % run.proxies[i].port)
+                deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired")
+                self.assertEqual(deltas["holds_placed"], holds[i], "proxy :%d placed %d holds, not %d" % (
+                    run.proxies[i].port, deltas["holds_placed"], holds[i]))
+                self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out (INFO proxy: %s)" % (
+                    run.proxies[i].port, after))
+            v = run.verify(moved=False)
+            run.summary("; " + "; ".join(shown))
+            self.assertClean(v)
+        finally:
+            run.stop()
+
 
 if __name__ == "__main__":
     faulthandler.register(signal.SIGUSR1)
