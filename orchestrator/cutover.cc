@@ -249,6 +249,7 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     }
   }
   batch_started_ = Clock::now();
+  batch_fleet_ms_ = 0;
   // 2. The source's writes pause (unless the proxies are the fence), and its offset at that moment is where
   //    the target must be before the claim.
   if (!fence_proxy) {
@@ -476,6 +477,9 @@ bool MoveJob::cut_over(Source& src, Batch& batch, bool hand_off_later, bool& ret
     });
   };
   auto handed_off = [&] {
+    const auto t_answers = Clock::now();
+    proxies_done.wait();
+    fleet_waited(t_answers);
     note_proxy_failures(proxies_done.get());
     if (with_group) deferred_handed_off(batch.handoff_ms, batch.hold_ms);
   };
@@ -700,6 +704,7 @@ void MoveJob::hand_off(Batch& batch, const PlacedHold* next) {
   batch.handoff_ms = ms_since(t);
   batch.hold_ms = ms_since(hold_started_);
   fleet_call_ms_ = batch.handoff_ms;
+  fleet_waited(t);
   deferred_handed_off(batch.handoff_ms, batch.hold_ms);
 }
 
@@ -777,11 +782,15 @@ std::string MoveJob::unclaimed_cover(const PlacedHold& hold, const std::vector<S
 }
 
 void MoveJob::route_and_release(const std::string& slots) {
+  const auto t = Clock::now();
   note_proxy_failures(proxies_->handoff(slots, target_address_));
+  fleet_waited(t);
 }
 
 void MoveJob::release_proxies(const std::string& slots) {
+  const auto t = Clock::now();
   note_proxy_failures(proxies_->release(slots));
+  fleet_waited(t);
 }
 
 // A proxy that cannot vouch for the target (the warm-up's check) will refuse its handoffs, and its clients

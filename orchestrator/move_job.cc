@@ -406,7 +406,7 @@ bool MoveJob::cut_over_all() {
         placed_hold_.reset();
       };
       if (!verify(src.batches.back(), end_group)) return false;
-      batch_span_ms_ = ms_since(batch_started_);
+      batch_span_ms_ = std::max(0.0, ms_since(batch_started_) - batch_fleet_ms_);
       ++done;
     }
     src.copier->stop();

@@ -126,13 +126,14 @@ class MoveJob {
  private:
   // A hold placed on the proxies: the slots it names, the proxies' answers, when it was sent (where the fence
   // clock of every batch under it starts) and answered, and how many batches it was placed for. One batch's,
-  // or a group's: the next hold_span() batches (orchestrator/hold_span.h) as planned when it was placed, whose handoffs then wait for
-  // the group's last batch and go as one call (hand_off()). Placed by a batch's handoff for what follows
-  // (placed_hold_), or by cut_over()'s own HOLD; the hold a batch is cut over under is hold_in_force_. A move
-  // that fails hands off the group's claimed batches, then releases every hold of this owner (rollback()).
-  // One that stops without its lease sends nothing more, and one killed between batches cannot: then the
-  // hold ends by itself after its ttl (--pause-timeout), as a batch's hold does when the move dies inside the
-  // batch, and the claimed slots' held commands go to the old owner, whose MOVED the proxies follow.
+  // or a group's: the next hold_span() batches (orchestrator/hold_span.h) as planned when it was placed,
+  // whose handoffs then wait for the group's last batch and go as one call (hand_off()). Placed by a batch's
+  // handoff for what follows (placed_hold_), or by cut_over()'s own HOLD; the hold a batch is cut over under
+  // is hold_in_force_. A move that fails hands off the group's claimed batches, then releases every hold of
+  // this owner (rollback()). One that stops without its lease sends nothing more, and one killed between
+  // batches cannot: then the hold ends by itself after its ttl (--pause-timeout), as a batch's hold does when
+  // the move dies inside the batch, and the claimed slots' held commands go to the old owner, whose MOVED the
+  // proxies follow.
   struct PlacedHold {
     std::string slots;
     std::vector<bool> cover = std::vector<bool>(kSlotCount);
@@ -290,11 +291,16 @@ class MoveJob {
   Source* deferred_source_ = nullptr;
   std::vector<std::size_t> deferred_;
   // What hold_span() decides from: the last call to every proxy (the warm-up, a hold, a handoff) and the
-  // last batch, from its hold's answer to the end of its verify.
+  // last batch, from its hold's answer to the end of its verify, less what it waited for calls to every
+  // proxy (fleet_waited()). A batch that is handed off alone waits for its handoff; one under a group does
+  // not: counted in, the call would make every batch handed off alone look as slow as the call, and the
+  // next hold after it span one batch however slow the fleet.
   double fleet_call_ms_ = 0;
   double batch_span_ms_ = 0;
+  double batch_fleet_ms_ = 0;        // since batch_started_: waited for calls to every proxy
   Clock::time_point batch_started_;  // the batch being cut over: its hold answered, its fence about to start
-  Clock::time_point hold_started_;   // the current batch's hold was sent
+  void fleet_waited(Clock::time_point since) { batch_fleet_ms_ += ms_since(since); }
+  Clock::time_point hold_started_;  // the current batch's hold was sent
   std::set<std::string> proxy_warned_;
   int journal_fd_ = -1;
   std::string journal_path_;
