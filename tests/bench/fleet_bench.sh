@@ -12,19 +12,22 @@
 # that it runs whenever it is ready, before every proxy of the fleet, as on a host of its own; a nice level
 # does not do that once hundreds of proxies are ready at once: the scheduler shares the core by weight, and a
 # task at nice -10 then gets about 5% of it against 200 at nice 0).
+# A fleet written N@D is N proxies whose admin endpoints are D ms away each way: each is reached through
+# tests/integration/delay_relay.py (a process per proxy, on core 1; for fleets of a few proxies), as across a
+# network, so that `--fleets 2,2@30` compares a near fleet with a far one in the same run.
 #
 #   tests/bench/fleet_bench.sh [--runs 3] [--keys 300000] [--size 100] [--fleets 2,50,200]
 #                              [--interval-us 500] [--fence source-pause] [--fleet-nice 0] [--mover-nice 0]
-#                              [--mover-rt]
+#                              [--mover-rt] [--max-pause 50ms]
 #
-# Prints, per fleet size, the medians over the runs of the move's wall time, its batches, the longest source
+# Prints, per fleet, the medians over the runs of the move's wall time, its batches, the longest source
 # pause and the longest proxy hold (from HOLD to the end of the handoff: what a held client waited at most),
 # the client's longest request and errors (the most of any run), and each fleet's wall time and pause relative
-# to the smallest fleet's. SLOTSHIFT_BINARY_DIR picks the build (default: build/): point it at another build
+# to the first fleet's (the smallest, as the fleets are usually listed). SLOTSHIFT_BINARY_DIR picks the build (default: build/): point it at another build
 # to compare two versions. Not part of the test suite.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-runs=3 keys=300000 size=100 fleets=2,50,200 interval_us=500 fence=source-pause fleet_nice=0 mover_nice=0 mover_rt=0
+runs=3 keys=300000 size=100 fleets=2,50,200 interval_us=500 fence=source-pause fleet_nice=0 mover_nice=0 mover_rt=0 max_pause=50ms
 while [ $# -gt 0 ]; do
   case $1 in
     --runs) runs=$2; shift 2 ;;
@@ -36,7 +39,8 @@ while [ $# -gt 0 ]; do
     --fleet-nice) fleet_nice=$2; shift 2 ;;
     --mover-nice) mover_nice=$2; shift 2 ;;
     --mover-rt) mover_rt=1; shift ;;
-    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+    --max-pause) max_pause=$2; shift 2 ;;
+    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
   esac
 done
 bin=${SLOTSHIFT_BINARY_DIR:-$root/build}
@@ -44,7 +48,7 @@ slotshift=$bin/orchestrator/slotshift
 proxy_bin=$bin/proxy/slotshift-proxy
 client=$root/tests/bench/cutover_client.py
 [ -x "$slotshift" ] && [ -x "$proxy_bin" ] || { echo "build first: cmake --preset default && cmake --build build" >&2; exit 1; }
-largest=$(echo "${fleets//,/ }" | tr ' ' '\n' | sort -n | tail -1)
+largest=$(echo "${fleets//,/ }" | tr ' ' '\n' | sed 's/@.*//' | sort -n | tail -1)
 
 . "$root/tests/bench/lib.sh"
 proxy_pids=()
@@ -96,13 +100,34 @@ for a in sys.argv[1:]:
         time.sleep(0.05)
 PY
 port=${ports[0]}
+# Per delay of a far fleet, a relay in front of each admin endpoint it names.
+declare -A far_admins
+for entry in ${fleets//,/ }; do
+  case $entry in *@*) ;; *) continue ;; esac
+  n=${entry%@*} delay=${entry#*@}
+  [ -z "${far_admins[$delay]:-}" ] || continue
+  list=""
+  for i in $(seq 0 $((n - 1))); do
+    taskset -c 1 /usr/bin/python3 "$root/tests/integration/delay_relay.py" "${admins[$i]}" "$delay" \
+      >"$work/relay.$delay.$i" &
+    proxy_pids+=($!)
+    for _ in $(seq 100); do [ -s "$work/relay.$delay.$i" ] && break; sleep 0.05; done
+    list+=" 127.0.0.1:$(head -1 "$work/relay.$delay.$i")"
+  done
+  far_admins[$delay]=$list
+done
 
 results=$work/results
 : >"$results"
 for run in $(seq "$runs"); do
-  for n in ${fleets//,/ }; do
+  for entry in ${fleets//,/ }; do
+    n=${entry%@*}
     told=()
-    for admin in "${admins[@]:0:$n}"; do told+=(--proxy "$admin"); done
+    if [ "$n" != "$entry" ]; then
+      for admin in ${far_admins[${entry#*@}]}; do told+=(--proxy "$admin"); done
+    else
+      for admin in "${admins[@]:0:$n}"; do told+=(--proxy "$admin"); done
+    fi
     taskset -c 1 /usr/bin/python3 "$client" --proxy "127.0.0.1:$port" --slots 0-5460 --keys "$keys" --size "$size" \
       --interval-us "$interval_us" >"$work/client.json" &
     client_pid=$!
@@ -112,7 +137,7 @@ for run in $(seq "$runs"); do
     priority=(nice -n "$mover_nice")
     [ "$mover_rt" = 0 ] || priority=(chrt -f 10)
     taskset -c 1 "${priority[@]}" "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$b" "${told[@]}" \
-      --fence "$fence" --no-progress --json >"$work/move.json" || { echo "the move with $n proxies failed:" >&2; cat "$work/move.json" >&2; exit 1; }
+      --fence "$fence" --max-pause "$max_pause" --no-progress --json >"$work/move.json" || { echo "the move with $entry proxies failed:" >&2; cat "$work/move.json" >&2; exit 1; }
     t1=$(date +%s.%N)
     kill -USR2 $client_pid
     sleep 0.5
@@ -120,10 +145,10 @@ for run in $(seq "$runs"); do
     wait $client_pid
     client_pid=""
     wait_settled
-    [ "$(cli "$a" dbsize)" = 0 ] || { echo "the move with $n proxies left keys on $a" >&2; exit 1; }
-    /usr/bin/python3 - "$n" "$(echo "$t1 - $t0" | bc -l)" "$work" >>"$results" <<'PY'
+    [ "$(cli "$a" dbsize)" = 0 ] || { echo "the move with $entry proxies left keys on $a" >&2; exit 1; }
+    /usr/bin/python3 - "$entry" "$(echo "$t1 - $t0" | bc -l)" "$work" >>"$results" <<'PY'
 import json, os, sys
-n, wall, work = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+n, wall, work = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 m = json.load(open(os.path.join(work, "move.json")))
 c = json.load(open(os.path.join(work, "client.json")))
 print(json.dumps({"proxies": n, "wall": wall, "batches": len(m["batches"]), "max_pause_ms": m["max_pause_ms"],
@@ -139,7 +164,7 @@ print(json.dumps({"proxies": n, "wall": wall, "batches": len(m["batches"]), "max
                   "started_ms": [round(b["started_ms"]) for b in m["batches"]],
                   "hold_batches": [b.get("hold_batches", 1) for b in m["batches"]]}))
 PY
-    echo "run $run, $n proxies: $(tail -1 "$results")" >&2
+    echo "run $run, $entry proxies: $(tail -1 "$results")" >&2
     "$slotshift" move --cluster "$seed" --slots 0-5460 --to "$a" --proxy "${admins[0]}" --no-progress >/dev/null
     wait_settled
   done
@@ -161,7 +186,7 @@ for n in sizes:
     m = lambda k: statistics.median(r[k] for r in rs)
     if base is None:
         base = (m("wall"), m("max_pause_ms"))
-    print("%8d %8.2f %8.0f %10.1f %10.1f %12.1f %7d %7.2fx %7.2fx" % (
+    print("%8s %8.2f %8.0f %10.1f %10.1f %12.1f %7d %7.2fx %7.2fx" % (
         n, m("wall"), m("batches"), m("max_pause_ms"), m("max_hold_ms"), m("client_max_ms"),
         max(r["errors"] for r in rs), m("wall") / base[0], m("max_pause_ms") / max(base[1], 1e-9)))
     for r in rs:
