@@ -580,6 +580,17 @@ class CutoverTest(unittest.TestCase):
         if v.problems:
             self.fail(v.report())
 
+    def assertHoldsAccounted(self, run, i, placed):
+        """Proxy i placed `placed` holds (holds_expected() of the moves' reports), every one of them was released
+        (none ran out), and it holds nothing now."""
+        port = run.proxies[i].port
+        self.assertEqual(holds_of(run.proxies[i]), [], "a hold is left on proxy :%d" % port)
+        deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired")
+        self.assertEqual(deltas["holds_placed"], placed, "proxy :%d placed %d holds, not %d" % (
+            port, deltas["holds_placed"], placed))
+        self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out instead of being released "
+                         "(INFO proxy: %s)" % (port, after))
+
     def assertNoRedirects(self, run, indexes):
         for i in indexes:
             deltas, after = run.counter_deltas(i, "redirects_moved", "redirects_ask")
@@ -650,13 +661,7 @@ class CutoverUnderLoadTest(CutoverTest):
             self.assertNoClientErrors(run)
             self.assertNoRedirects(run, [0, 1])
             for i in (0, 1):
-                deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired", "requests_held")
-                placed = holds_expected(batches, run.admin(i))
-                self.assertEqual(deltas["holds_placed"], placed, "proxy :%d placed %d holds for %d cutovers" % (
-                    run.proxies[i].port, deltas["holds_placed"], placed))
-                self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out instead of being "
-                                 "released (INFO proxy: %s)" % (run.proxies[i].port, after))
-                self.assertEqual(holds_of(run.proxies[i]), [], "a hold is left on proxy :%d" % run.proxies[i].port)
+                self.assertHoldsAccounted(run, i, holds_expected(batches, run.admin(i)))
             during = sum(1 for w in run.workload.writers for t in w.acked_moving if move.started <= t <= move.ended)
             self.assertGreater(during, 20, "too few writes reached the moving slots while they moved")
             v = run.verify()
@@ -716,11 +721,7 @@ class ProxyFailureTest(CutoverTest):
                 self.assertTrue(all(b["handed_off"] for b in report["batches"]), "a batch was never handed off")
             self.assertNoClientErrors(run, run.writers_of(0), "the surviving proxy's clients")
             self.assertNoRedirects(run, [0])
-            self.assertEqual(holds_of(run.proxies[0]), [])
-            # The surviving proxy placed the holds the report says, and released every one of them.
-            deltas, after = run.counter_deltas(0, "holds_placed", "holds_expired")
-            self.assertEqual(deltas["holds_placed"], holds_expected(report["batches"], run.admin(0)), after)
-            self.assertEqual(deltas["holds_expired"], 0, "a hold ran out on the surviving proxy: %s" % after)
+            self.assertHoldsAccounted(run, 0, holds_expected(report["batches"], run.admin(0)))
             v = run.verify()
             run.summary("; batches held by 2 proxies: %d, by 1: %d" % (held.count(2), held.count(1)))
             self.assertClean(v)

@@ -298,12 +298,7 @@ class FarFleetTest(ct.CutoverTest):
             self.assertNoClientErrors(run)
             self.assertNoRedirects(run, [0, 1])
             for i in (0, 1):
-                self.assertEqual(ct.holds_of(run.proxies[i]), [], "a hold is left on proxy :%d" % run.proxies[i].port)
-                deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired")
-                self.assertEqual(deltas["holds_placed"], holds[i], "proxy :%d placed %d holds, not %d" % (
-                    run.proxies[i].port, deltas["holds_placed"], holds[i]))
-                self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out (INFO proxy: %s)" % (
-                    run.proxies[i].port, after))
+                self.assertHoldsAccounted(run, i, holds[i])
             v = run.verify(moved=False)
             run.summary("; " + "; ".join(shown))
             self.assertClean(v)

@@ -97,12 +97,7 @@ class SoakTest(ct.CutoverTest):
             # No MOVED or ASK through a proxy that held every batch.
             self.assertNoRedirects(run, [p for p in (0, 1) if unheld[p] == 0])
             for i in (0, 1):
-                self.assertEqual(ct.holds_of(run.proxies[i]), [], "a hold is left on proxy :%d" % run.proxies[i].port)
-                deltas, after = run.counter_deltas(i, "holds_placed", "holds_expired")
-                self.assertEqual(deltas["holds_placed"], holds[i], "proxy :%d placed %d holds, not %d" % (
-                    run.proxies[i].port, deltas["holds_placed"], holds[i]))
-                self.assertEqual(deltas["holds_expired"], 0, "proxy :%d: a hold ran out (INFO proxy: %s)" % (
-                    run.proxies[i].port, after))
+                self.assertHoldsAccounted(run, i, holds[i])
 
             self.assertRssFlat(run, curve)
             # Where the slots are now: with the target after an odd number of moves, back with the source after
