@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 
 namespace slotshift {
 
@@ -16,10 +17,14 @@ struct HoldSpanRule {
   double max_pause_ms = 0;   // --max-pause
 };
 
+// The most batches one hold spans.
+inline constexpr std::size_t kMaxHoldSpan = 16;
+
 // The batches a hold placed now spans, the batch it is placed for included, when `after` more batches are
-// planned behind that one. `fleet_call_ms`: the last call to every proxy (the warm-up before the first
-// hold); `batch_span_ms`: the last batch's span, 0 before the first batch.
-std::size_t hold_span(const HoldSpanRule& rule, double fleet_call_ms, double batch_span_ms,
+// planned behind that one: at least 1, at most kMaxHoldSpan. `fleet_call_ms`: the last call to every proxy
+// (the warm-up before the first hold); `batch_span_ms`: the last batch's span, from its hold's answer to the
+// end of its verify, less what it waited for calls to every proxy; none before the first batch.
+std::size_t hold_span(const HoldSpanRule& rule, double fleet_call_ms, std::optional<double> batch_span_ms,
                       std::size_t after);
 
 }  // namespace slotshift

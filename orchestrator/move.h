@@ -57,7 +57,7 @@ struct MoveOptions {
   // The longest CLIENT PAUSE a cutover asks for: if the orchestrator dies mid-cutover, the source's writes
   // resume by themselves after this.
   std::chrono::milliseconds pause_timeout{2000};
-  // How many batches one hold of the proxies spans (--hold-batches): 0 for auto (MoveJob::hold_span()).
+  // How many batches one hold of the proxies spans (--hold-batches): 0 for auto (orchestrator/hold_span.h).
   int hold_batches = 0;
   // Progress on stderr: a line that replaces itself on a terminal; elsewhere (a file, a Job's log) a line
   // with the time at each phase and at most one every progress_interval in between.

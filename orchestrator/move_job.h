@@ -171,6 +171,8 @@ class MoveJob {
   // The hold of `first` and of the batches planned after it (`planned` from `from`): hold_span() batches in
   // all (orchestrator/hold_span.h), from the last call to every proxy and the last batch's span.
   PlacedHold hold_cover(const Batch& first, const std::vector<Batch>& planned, std::size_t from) const;
+  // A call to every proxy, begun at `since`, has been waited for: left out of the batch's span.
+  void fleet_waited(Clock::time_point since) { batch_fleet_ms_ += ms_since(since); }
   // The group's claimed batches routed and released now, each told as ended (the group ends).
   void hand_off_deferred();
   // `slots` and the deferred batches' slots, as a control call names them.
@@ -296,11 +298,10 @@ class MoveJob {
   // not: counted in, the call would make every batch handed off alone look as slow as the call, and the
   // next hold after it span one batch however slow the fleet.
   double fleet_call_ms_ = 0;
-  double batch_span_ms_ = 0;
-  double batch_fleet_ms_ = 0;        // since batch_started_: waited for calls to every proxy
+  std::optional<double> batch_span_ms_;  // none before the first batch
+  double batch_fleet_ms_ = 0;            // since batch_started_: waited for calls to every proxy
   Clock::time_point batch_started_;  // the batch being cut over: its hold answered, its fence about to start
-  void fleet_waited(Clock::time_point since) { batch_fleet_ms_ += ms_since(since); }
-  Clock::time_point hold_started_;  // the current batch's hold was sent
+  Clock::time_point hold_started_;   // the current batch's hold was sent
   std::set<std::string> proxy_warned_;
   int journal_fd_ = -1;
   std::string journal_path_;
