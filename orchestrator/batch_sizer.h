@@ -52,6 +52,10 @@ struct Batch {
   std::uint64_t source_keys = 0, target_keys = 0;  // counted during the fence
   int attempts = 0;
   bool handed_off = false;  // the proxies were sent its handoff
+  // Its handoff placed the next batch's hold in the same call (sent once the source had learnt the claim, as
+  // the group's last or a batch of its own): false for one handed off while the source learnt, for a group's
+  // batch whose handoff went with a later one's or ended at a slow verify, and for a source's last batch.
+  bool handoff_placed_next_hold = false;
   // How many batches the hold it was cut over under was placed for (more than one: a group, whose handoffs
   // go as one call after its last batch), and how many of its attempts ran under a group's hold placed for
   // an earlier batch (placing no hold of their own).

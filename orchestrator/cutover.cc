@@ -695,6 +695,7 @@ void MoveJob::hand_off(Batch& batch, const PlacedHold* next) {
     auto both = proxies_->handoff(slots_text, target_address_,
                                   {next->slots, options_.pause_timeout, hold_wait(), owner_});
     note_proxy_failures(both.handoff);
+    batch.handoff_placed_next_hold = true;
     placed_hold_ = *next;
     placed_hold_->calls = std::move(both.hold);
     placed_hold_->sent = t;

@@ -33,6 +33,7 @@ nlohmann::json MoveJob::batch_record(const Source& src, const Batch& b) const {
           {"hold_batches", b.hold_batches},
           {"attempts_under_group_hold", b.attempts_under_group_hold},
           {"handed_off", b.handed_off},
+          {"handoff_placed_next_hold", b.handoff_placed_next_hold},
           {"proxies_held_again", b.proxies_held_again},
           {"proxies_asked_again", b.proxies_asked_again},
           {"proxies_back", b.proxies_back},

@@ -222,6 +222,17 @@ def holds_expected(batches, admin):
                b["proxies_held_again"].count(admin) for b in batches)
 
 
+def batch_table(batches):
+    """A move's batches, one line each, for a failed assertion's message: what their holds were placed with."""
+    lines = ["batch  slots  attempts  under_group  span  held  with_handoff  placed_next  again  asked  pause_ms"]
+    for i, b in enumerate(batches):
+        lines.append("%5d %6d %9d %12d %5d %5d %13d %12s %6d %6d %9.1f" % (
+            i, b["slot_count"], b["attempts"], b["attempts_under_group_hold"], b["hold_batches"],
+            b["proxies_held"], b["proxies_held_with_handoff"], b["handoff_placed_next_hold"],
+            len(b["proxies_held_again"]), len(b["proxies_asked_again"]), b["pause_ms"]))
+    return "\n" + "\n".join(lines)
+
+
 def holds_of(proxy, timeout=5):
     """The holds a proxy has now (GET /v1/slots)."""
     status, body = proxy.admin_call("GET", "/v1/slots", timeout=timeout)
@@ -627,20 +638,26 @@ class CutoverUnderLoadTest(CutoverTest):
             self.assertGreater(len(batches), 1)
             not_held = [b for b in batches if b["proxies_held"] != 2]
             self.assertEqual(not_held, [], "every batch must be held by both proxies")
-            # From the second batch on, each batch's hold comes with the handoff of the one before (one call per
-            # batch), or with the hold of its group: a batch given back while the target caught up, or tried
-            # again, holds on its own.
+            # A batch's hold comes with the handoff of the one before (one call per batch) where that handoff
+            # placed it: sent once the source had learnt the claim, by a batch of its own or a group's last. A
+            # batch after one handed off while the source learnt (past --max-pause), after a group ended by a
+            # slow verify, given back while the target caught up, or tried again, holds on its own; one under
+            # its group's hold, placed for an earlier batch, is held by no call of its own.
             with_handoff = [b["proxies_held_with_handoff"] for b in batches]
+            carried = [0] + [2 if before["handoff_placed_next_hold"] and b["attempts"] == 1
+                             and not b["proxies_held_again"] and b["attempts_under_group_hold"] == 0 else 0
+                             for before, b in zip(batches, batches[1:])]
+            # (A proxy may not take a carried hold: its handoff took longer than a hold's deadline, or it could
+            # not drain in time, as on a loaded machine. It is asked with a hold of its own, and held the batch
+            # all the same: proxies_held above.)
+            self.assertEqual([min(h, c) for h, c in zip(with_handoff, carried)], with_handoff,
+                             "holds placed with a handoff that placed none: %s" % batch_table(batches))
+            self.assertGreater(with_handoff.count(2), carried.count(2) // 2,
+                               "most batches' holds must come with the last handoff: %s" % batch_table(batches))
             spans = [b["hold_batches"] for b in batches]
             under_group = [b["attempts_under_group_hold"] for b in batches]
-            self.assertEqual(with_handoff[0], 0, with_handoff)
-            self.assertLessEqual(set(with_handoff), {0, 2}, with_handoff)
-            # (A batch under a group's hold placed for an earlier batch was held by no handoff of its own.)
-            own = [h for h, g in zip(with_handoff, under_group) if g == 0]
-            shared = [h for h, g in zip(with_handoff, under_group) if g > 0]
-            self.assertEqual(shared, [0] * len(shared), with_handoff)
-            self.assertGreater(own.count(2), len(own) // 2,
-                               "most batches' holds must come with the last handoff: %s" % with_handoff)
+            self.assertGreater(carried.count(2), under_group.count(0) // 2,
+                               "most handoffs must place the next hold: %s" % batch_table(batches))
             # (With --hold-batches auto, the span depends on how long the calls to the proxies take: on a loaded
             # machine the warm-up's may make the first hold span two batches.)
             if hold_batches is not None:
