@@ -998,4 +998,4 @@ class OrchestratorKilledTest(CutoverTest):
 
 if __name__ == "__main__":
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid> prints where every thread is
-    unittest.main(verbosity=2)
+    harness.main()

@@ -1370,4 +1370,4 @@ class MoveRefusalTest(unittest.TestCase):
 
 if __name__ == "__main__":
     faulthandler.register(signal.SIGUSR1)
-    unittest.main(verbosity=2)
+    harness.main()

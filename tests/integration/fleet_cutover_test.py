@@ -308,4 +308,4 @@ class FarFleetTest(ct.CutoverTest):
 
 if __name__ == "__main__":
     faulthandler.register(signal.SIGUSR1)
-    unittest.main(verbosity=2)
+    harness.main()

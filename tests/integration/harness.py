@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+import unittest
 import urllib.error
 import urllib.request
 
@@ -409,3 +410,23 @@ class Proxy:
         if self.proc.returncode != 0:
             raise AssertionError("slotshift-proxy exited with %s:\n%s" % (self.proc.returncode, self.output_at_exit))
         return self.proc.returncode
+
+
+class FailuresWhereTheyHappen(unittest.TextTestResult):
+    """Prints why a test failed right after its FAIL or ERROR line, as well as in the summary at the end: a log
+    kept in part (CI keeps the lines around a failure) then says why next to which test."""
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self.stream.writeln(self.failures[-1][1])
+        self.stream.flush()
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self.stream.writeln(self.errors[-1][1])
+        self.stream.flush()
+
+
+def main():
+    """unittest.main() for the integration tests: verbose, each failure's message where it happened."""
+    unittest.main(testRunner=unittest.TextTestRunner(verbosity=2, resultclass=FailuresWhereTheyHappen))

@@ -246,4 +246,4 @@ class NewerSourceTest(MixedCluster):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

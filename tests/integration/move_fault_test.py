@@ -559,4 +559,4 @@ class SourceReplicationTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

@@ -1687,4 +1687,4 @@ class LostRepliesTest(unittest.TestCase):
 
 if __name__ == "__main__":
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid> prints where every thread is
-    unittest.main(verbosity=2)
+    harness.main()

@@ -430,4 +430,4 @@ class AclPassThrough(ProxyInFront):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

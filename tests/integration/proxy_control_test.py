@@ -1507,4 +1507,4 @@ class EndpointNotStarved(ControlCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

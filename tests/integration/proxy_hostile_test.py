@@ -1265,4 +1265,4 @@ def bindable(port):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

@@ -391,4 +391,4 @@ class ProxyInfoTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    harness.main()

@@ -614,4 +614,4 @@ class Upgrade(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

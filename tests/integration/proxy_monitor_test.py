@@ -485,4 +485,4 @@ class MonitorTls(unittest.TestCase):
             cluster.stop()
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

@@ -136,4 +136,4 @@ class ProxyOverTls(PlainProxy):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    harness.main()

@@ -417,4 +417,4 @@ class ReadFromTlsTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

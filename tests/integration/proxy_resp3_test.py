@@ -183,4 +183,4 @@ class Resp3(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main()
+    harness.main()

@@ -734,4 +734,4 @@ class ProxyUnderReshape(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

@@ -422,4 +422,4 @@ class TlsSettings(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

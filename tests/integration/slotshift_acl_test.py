@@ -122,4 +122,4 @@ class SlotshiftAsAnAclUser(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

@@ -317,4 +317,4 @@ class MetricsTest(JobCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

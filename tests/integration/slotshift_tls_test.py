@@ -166,4 +166,4 @@ class SlotshiftOverTls(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    harness.main()

@@ -141,4 +141,4 @@ class SoakTest(ct.CutoverTest):
 
 if __name__ == "__main__":
     faulthandler.register(signal.SIGUSR1)
-    unittest.main(verbosity=2)
+    ct.harness.main()
