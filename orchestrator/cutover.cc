@@ -702,10 +702,9 @@ void MoveJob::hand_off(Batch& batch, const PlacedHold* next) {
     placed_hold_->answered = Clock::now();
     placed_hold_->call_ms = ms_since(t);
   }
-  batch.handoff_ms = ms_since(t);
+  batch.handoff_ms = fleet_waited(t);
   batch.hold_ms = ms_since(hold_started_);
   fleet_call_ms_ = batch.handoff_ms;
-  fleet_waited(t);
   deferred_handed_off(batch.handoff_ms, batch.hold_ms);
 }
 
@@ -749,9 +748,8 @@ std::string MoveJob::with_deferred(const std::vector<Slot>& slots) const {
 
 void MoveJob::hand_off_deferred() {
   if (deferred_.empty()) return;
-  const auto t = Clock::now();
-  route_and_release(with_deferred({}));
-  deferred_handed_off(ms_since(t), ms_since(hold_started_));
+  const double call_ms = route_and_release(with_deferred({}));
+  deferred_handed_off(call_ms, ms_since(hold_started_));
 }
 
 void MoveJob::end_hold(const PlacedHold& hold, const std::vector<Slot>& keep, const PlacedHold* next) {
@@ -782,10 +780,10 @@ std::string MoveJob::unclaimed_cover(const PlacedHold& hold, const std::vector<S
   return rest.empty() ? std::string() : format_slot_ranges(slot_ranges(rest));
 }
 
-void MoveJob::route_and_release(const std::string& slots) {
+double MoveJob::route_and_release(const std::string& slots) {
   const auto t = Clock::now();
   note_proxy_failures(proxies_->handoff(slots, target_address_));
-  fleet_waited(t);
+  return fleet_waited(t);
 }
 
 void MoveJob::release_proxies(const std::string& slots) {

@@ -171,8 +171,13 @@ class MoveJob {
   // The hold of `first` and of the batches planned after it (`planned` from `from`): hold_span() batches in
   // all (orchestrator/hold_span.h), from the last call to every proxy and the last batch's span.
   PlacedHold hold_cover(const Batch& first, const std::vector<Batch>& planned, std::size_t from) const;
-  // A call to every proxy, begun at `since`, has been waited for: left out of the batch's span.
-  void fleet_waited(Clock::time_point since) { batch_fleet_ms_ += ms_since(since); }
+  // A call to every proxy, begun at `since`, has been waited for: left out of the batch's span. Returns how
+  // long it took (ms), for the caller's report.
+  double fleet_waited(Clock::time_point since) {
+    const double ms = ms_since(since);
+    batch_fleet_ms_ += ms;
+    return ms;
+  }
   // The group's claimed batches routed and released now, each told as ended (the group ends).
   void hand_off_deferred();
   // `slots` and the deferred batches' slots, as a control call names them.
@@ -206,7 +211,8 @@ class MoveJob {
   bool settle();
   void release_proxies(const std::string& slots);
   std::optional<std::string> setslots(const std::vector<std::vector<std::vector<std::string>>>& groups);
-  void route_and_release(const std::string& slots);
+  // The proxies' handoff of `slots` (route, then release); how long the call took (ms).
+  double route_and_release(const std::string& slots);
   void note_proxy_failures(const ProxyCalls& calls);
   void note_target_refusals(const ProxyCalls& calls);
   bool purge_replica_keys(const Node& master, const std::string& importing_from,
