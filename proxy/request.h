@@ -51,11 +51,12 @@ struct Request {
   int replies_per_send = 1;  // replies the wire produces (transactions: one per command)
   bool has_slot = false;
   Slot slot = 0;
-  Backend* fixed = nullptr;  // fan-out parts go to one given master, not by slot
-  LoginPtr login;            // ACL pass-through: the client's user, which it runs as (null: the proxy's)
-  std::uint8_t proto = 2;    // the protocol its client spoke when it sent it (HELLO): its reply's
-  bool idempotent = false;   // safe to send again after a lost connection (read-only commands)
-  bool blocking = false;     // runs on the session's dedicated connection
+  Backend* fixed = nullptr;      // fan-out parts go to one given master, not by slot
+  LoginPtr login;                // ACL pass-through: the client's user, which it runs as (null: the proxy's)
+  std::uint8_t proto = 2;        // the protocol its client spoke when it sent it (HELLO): its reply's
+  bool idempotent = false;       // safe to send again after a lost connection (read-only commands)
+  bool blocking = false;         // runs on the session's dedicated connection
+  std::uint64_t room_round = 0;  // at the cap of own connections, the round of asks for room it waited for
   // Reads from replicas (replica_reads.h): the replica it was last sent to (null: a master), and whether a
   // replica redirected it, so that the rest of its way is at masters.
   Backend* replica = nullptr;

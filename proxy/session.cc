@@ -363,8 +363,14 @@ bool Session::reserve_own_connection() {
   if (count.fetch_add(1) < cap) return true;
   count.fetch_sub(1);
   // At the cap: connections that no blocking command uses any more (their clients' last ones returned less
-  // than 2 s ago) are closed to make room, in this worker; only connections in use are worth a refusal.
-  if (worker_.close_idle_dedicated() == 0) return false;
+  // than 2 s ago) are closed to make room, in this worker; only connections in use are worth a refusal. With
+  // none here, the other workers are asked to close theirs: this reservation fails, but the blocking command
+  // that asked for it waits for their answer (Worker::wait_for_room_or_refuse), and any other caller's client
+  // may try again.
+  if (worker_.close_idle_dedicated() == 0) {
+    worker_.proxy().make_room_for_own_connections(worker_);
+    return false;
+  }
   if (count.fetch_add(1) < cap) return true;
   count.fetch_sub(1);
   return false;

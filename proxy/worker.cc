@@ -501,22 +501,25 @@ void Worker::dispatch(const RequestPtr& r, bool asking, Backend* to) {
         r->cmd->has_flag(CommandFlag::kReadonly))
       r->untracked_read = true;
     b = r->session->dedicated(b->address(), r->login, r->proto);
-    if (!b) {
-      stats_.errors_refused.add();
-      complete(r, errors::too_many_blocking(config_.max_blocking_connections));
-      return;
-    }
+    if (!b) return wait_for_room_or_refuse(r);
   } else if (Session* owner = owner_of(*r); owner && owner->tracking_ && owner->tracking_->on()) {
     // A tracking client's commands run on its own connections, where the node tracks what it reads (and
     // NOLOOP knows its writes). A blocking one keeps a connection of its own, which nothing else waits on.
     b = owner->tracking_->connection(b->address(), r->login, r->proto);
-    if (!b) {
-      stats_.errors_refused.add();
-      complete(r, errors::too_many_blocking(config_.max_blocking_connections));
-      return;
-    }
+    if (!b) return wait_for_room_or_refuse(r);
   }
   b->send(r, asking);
+}
+
+void Worker::wait_for_room_or_refuse(const RequestPtr& r) {
+  // Other workers may be closing their clients' connections that nothing uses now (the round of asks the
+  // reservation started, or one under way): there may be room once they have. A request waits for one round,
+  // within its deadline as any wait in the proxy, and is refused if that made no room for it.
+  if (r->room_round == 0) r->room_round = proxy_.room_round();
+  if (!proxy_.room_made(r->room_round))
+    return retry_later(r, 0, "waiting for room among the blocking connections");
+  stats_.errors_refused.add();
+  complete(r, errors::too_many_blocking(config_.max_blocking_connections));
 }
 
 bool Worker::client_reads_on_masters(const Request& r) {
@@ -1037,6 +1040,31 @@ bool Proxy::follow_shards(Slot slot, const HostPort& node) {
       done();  // a worker that is stopping has no clients left to follow
   }
   return true;
+}
+
+void Proxy::make_room_for_own_connections(const Worker& asking) {
+  bool none = false;
+  if (!room_round_under_way_.compare_exchange_strong(none, true)) return;
+  const std::uint64_t round = room_rounds_started_.fetch_add(1) + 1;
+  // The round counts itself until every ask is posted, so that no worker's answer ends it before the last one
+  // is out.
+  auto left = std::make_shared<std::atomic<std::size_t>>(1);
+  auto done = [this, round, left] {
+    if (left->fetch_sub(1) != 1) return;
+    room_rounds_done_.store(round);
+    room_round_under_way_.store(false);
+  };
+  for (auto& w : workers_) {
+    Worker* worker = w.get();
+    if (worker == &asking) continue;
+    left->fetch_add(1);
+    if (!worker->post([worker, done] {
+          worker->close_idle_dedicated();
+          done();
+        }))
+      done();  // a worker that is stopping closes all of its clients' connections anyway
+  }
+  done();
 }
 
 std::optional<std::string> Proxy::ask_node(const HostPort& node, std::string command,

@@ -158,6 +158,9 @@ class Worker {
   bool stopping() const { return stopping_; }
   // Writes everything queued to backends. Called at the end of every loop iteration (and after timers).
   void flush_backends();
+  // `r` needs a connection of its client's own and the cap of those is reached (Config::
+  // max_blocking_connections): it waits for the other workers to make room, or is refused.
+  void wait_for_room_or_refuse(const RequestPtr& r);
 
   void session_closed(Session* session);
   // Frees a backend at the next tick, out of any callback of its own.
@@ -313,6 +316,14 @@ class Proxy {
   std::atomic<std::uint64_t>& next_client_id() { return next_client_id_; }
   // Connections of clients' own, for blocking commands, open now (Config::max_blocking_connections).
   std::atomic<std::size_t>& blocking_connections() { return blocking_connections_; }
+  // At that cap, a worker with no such connection to close asks the other workers to close theirs that
+  // nothing uses now (Worker::close_idle_dedicated): otherwise they would stay open, and count, until their
+  // idle timeout. Rounds of asks, one at a time, are numbered from 1: this starts one unless one is under
+  // way. room_round() is the latest round's number (0: none yet), room_made(round) whether that round has
+  // ended.
+  void make_room_for_own_connections(const Worker& asking);
+  std::uint64_t room_round() const { return room_rounds_started_.load(); }
+  bool room_made(std::uint64_t round) const { return room_rounds_done_.load() >= round; }
   std::uint64_t start_time_ms() const { return start_time_ms_; }
   // Every worker's counters added up (callable from any thread).
   Totals totals() const;
@@ -355,6 +366,9 @@ class Proxy {
   std::atomic<std::size_t> clients_{0};
   std::atomic<std::uint64_t> next_client_id_{1};
   std::atomic<std::size_t> blocking_connections_{0};
+  std::atomic<bool> room_round_under_way_{false};
+  std::atomic<std::uint64_t> room_rounds_started_{0};
+  std::atomic<std::uint64_t> room_rounds_done_{0};
   std::atomic<int> running_workers_{0};
   std::atomic<bool> draining_{false};
   std::chrono::steady_clock::time_point drain_started_;

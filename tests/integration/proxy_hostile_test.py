@@ -1054,39 +1054,55 @@ class HostileClients(ProxyTestCase):
         self.assertAlive(proxy)
 
     def test_14b_blocking_connections_are_bounded(self):
+        # The cap is the process's, its connections are its workers': 5 clients blocked on worker 0 fill it, and
+        # a sixth is refused on either worker, at once, without delaying anyone else. Once the 5 are served,
+        # their connections are idle, and a sixth on either worker runs its BLPOP at the first attempt: on
+        # worker 1 only if worker 0 closes its idle ones when asked, rather than after their idle timeout.
         proxy = self.start_proxy("--max-blocking-connections", "5")
         r = redis.Redis(port=proxy.port, socket_timeout=10)
-        r.delete("{blk}k")
         r.set("{blk}other", "v")
-        blocked = [self.conn(proxy.port) for _ in range(5)]
-        try:
-            for c in blocked:
-                c.send(encode("BLPOP", "{blk}k", "0"))
-            time.sleep(0.5)
-            sixth = self.conn(proxy.port)
-            start = time.monotonic()
-            reply = sixth.call("BLPOP", "{blk}k", "0", timeout=5)
-            self.assertTrue(type(reply) is Err and "too many blocking" in reply, reply)
-            self.assertLess(time.monotonic() - start, 0.5)
-            for _ in range(20):
-                self.assertEqual(r.get("{blk}other"), b"v")
-            self.assertEqual(r.lpush("{blk}k", "a", "b", "c", "d", "e"), 5)
-            served = sorted(c.reply(5)[1] for c in blocked)
-            self.assertEqual(served, [b"a", b"b", b"c", b"d", b"e"])
-            # The 5 connections may be given back a moment after their replies.
-            attempts = []
 
-            def blpop_works():
+        def on_worker(worker, count):
+            """count connections that the proxy gave to `worker` (connections land where the kernel puts
+            them: those on the other worker are closed)."""
+            chosen = []
+            for _ in range(200):
+                c = Conn(proxy.port)
+                info = c.call("CLIENT", "INFO")
+                if ("worker=%d" % worker).encode() in info.split():
+                    self.addCleanup(c.close)
+                    chosen.append(c)
+                    if len(chosen) == count:
+                        return chosen
+                else:
+                    c.close()
+            self.fail("200 connections, %d of them on worker %d" % (len(chosen), worker))
+
+        for sixth_worker in (1, 0):
+            r.delete("{blk}k")
+            blocked = on_worker(0, 5)
+            sixth = on_worker(sixth_worker, 1)[0]
+            try:
+                for c in blocked:
+                    c.send(encode("BLPOP", "{blk}k", "0"))
+                time.sleep(0.5)
+                start = time.monotonic()
+                reply = sixth.call("BLPOP", "{blk}k", "0", timeout=5)
+                self.assertTrue(type(reply) is Err and "too many blocking" in reply, reply)
+                self.assertLess(time.monotonic() - start, 0.5)
+                for _ in range(20):
+                    self.assertEqual(r.get("{blk}other"), b"v")
+                self.assertEqual(r.lpush("{blk}k", "a", "b", "c", "d", "e"), 5)
+                served = sorted(c.reply(5)[1] for c in blocked)
+                self.assertEqual(served, [b"a", b"b", b"c", b"d", b"e"])
                 r.rpush("{blk}k", "f")
-                attempts.append(sixth.call("BLPOP", "{blk}k", "0", timeout=5))
-                return attempts[-1] == [b"{blk}k", b"f"]
-
-            self.assertTrue(wait_until(blpop_works, 1, interval=0.1),
-                            "BLPOP after the 5 were served, %d attempts in 1 s, the last: %r" % (
-                                len(attempts), attempts[-1]))
-        finally:
-            for c in blocked:
-                c.close()
+                self.assertEqual(sixth.call("BLPOP", "{blk}k", "0", timeout=5), [b"{blk}k", b"f"],
+                                 "a sixth client on worker %d, once the 5 on worker 0 were served" % sixth_worker)
+            finally:
+                # Clients that close give their connections back: the next round starts with none in use.
+                for c in blocked + [sixth]:
+                    c.close()
+                self.assertTrue(wait_until(lambda: len(r.client_list()) == 1, 5, interval=0.05))
         self.assertAlive(proxy)
 
     # 15 ----------------------------------------------------------------------------------------------------------
