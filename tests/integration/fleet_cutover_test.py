@@ -134,14 +134,21 @@ class FleetStallTest(ct.CutoverTest):
             time.sleep(0.5)
             move = run.move("source-pause", proxies=fleet,
                             env=dict(os.environ, SLOTSHIFT_FAULT="copied:run", SLOTSHIFT_FAULT_RUN=stop))
-            # Woken 0.3 s after a proxy is first seen holding: the hold call's deadline (about 120 ms here) has
-            # passed by then, so the stopped proxy has missed it.
+            # Woken once the first hold seen on proxy 0 has gone from there: the move has ended that hold call,
+            # so the stopped proxy has missed it. (A fixed wait after the hold was seen is not enough: a mover
+            # that did not run for that long would find the woken proxy's answer waiting, and count it.)
             resumed_at = None
+            first = None
             deadline = time.time() + 120
             while resumed_at is None and move.running() and time.time() < deadline:
                 try:
-                    if os.path.exists(stopped) and ct.holds_of(run.proxies[0], timeout=2):
-                        time.sleep(0.3)
+                    if not os.path.exists(stopped):
+                        time.sleep(0.005)
+                        continue
+                    holds = {h["slots"] for h in ct.holds_of(run.proxies[0], timeout=2)}
+                    if first is None:
+                        first = next(iter(holds), None)
+                    elif first not in holds:
                         victim.proc.send_signal(signal.SIGCONT)
                         resumed_at = time.time()
                 except (OSError, AssertionError):
