@@ -1042,29 +1042,21 @@ bool Proxy::follow_shards(Slot slot, const HostPort& node) {
   return true;
 }
 
+Proxy::RoomRound::~RoomRound() {
+  proxy.room_rounds_done_.store(number);
+  proxy.room_round_under_way_.store(false);
+}
+
 void Proxy::make_room_for_own_connections(const Worker& asking) {
   bool none = false;
   if (!room_round_under_way_.compare_exchange_strong(none, true)) return;
-  const std::uint64_t round = room_rounds_started_.fetch_add(1) + 1;
-  // The round counts itself until every ask is posted, so that no worker's answer ends it before the last one
-  // is out.
-  auto left = std::make_shared<std::atomic<std::size_t>>(1);
-  auto done = [this, round, left] {
-    if (left->fetch_sub(1) != 1) return;
-    room_rounds_done_.store(round);
-    room_round_under_way_.store(false);
-  };
+  // Each ask holds the round: it ends when the last ask has run, or was dropped by a worker that stopped
+  // (which closes its clients' connections anyway), and not before every ask is out.
+  auto round = std::make_shared<const RoomRound>(*this, room_rounds_started_.fetch_add(1) + 1);
   for (auto& w : workers_) {
     Worker* worker = w.get();
-    if (worker == &asking) continue;
-    left->fetch_add(1);
-    if (!worker->post([worker, done] {
-          worker->close_idle_dedicated();
-          done();
-        }))
-      done();  // a worker that is stopping closes all of its clients' connections anyway
+    if (worker != &asking) worker->post([worker, round] { worker->close_idle_dedicated(); });
   }
-  done();
 }
 
 std::optional<std::string> Proxy::ask_node(const HostPort& node, std::string command,

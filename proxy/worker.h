@@ -366,6 +366,11 @@ class Proxy {
   std::atomic<std::size_t> clients_{0};
   std::atomic<std::uint64_t> next_client_id_{1};
   std::atomic<std::size_t> blocking_connections_{0};
+  struct RoomRound {
+    Proxy& proxy;
+    std::uint64_t number;
+    ~RoomRound();
+  };
   std::atomic<bool> room_round_under_way_{false};
   std::atomic<std::uint64_t> room_rounds_started_{0};
   std::atomic<std::uint64_t> room_rounds_done_{0};

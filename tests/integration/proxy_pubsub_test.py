@@ -309,6 +309,10 @@ class PubSub(unittest.TestCase):
         shard_reader = Reader(self.proxy.port, "SSUBSCRIBE", [shard], also=[("SSUBSCRIBE", [on_target])])
         classic_reader = Reader(self.proxy.port, "SUBSCRIBE", [classic])
         sent, errors = [], []
+        # What each classic PUBLISH answered: the subscribers of the node it ran on. The classic subscriber's
+        # connection is on the source, so 1 says a message went there, 0 that it went elsewhere and reached
+        # the subscriber over the cluster bus.
+        receivers = {}
         stop = threading.Event()
 
         def publish():
@@ -317,7 +321,7 @@ class PubSub(unittest.TestCase):
             while not stop.is_set():
                 try:
                     r.execute_command("SPUBLISH", shard, str(i))
-                    r.publish(classic, str(i))
+                    receivers[str(i)] = r.publish(classic, str(i))
                     sent.append(str(i))
                 except redis.RedisError as e:
                     errors.append(str(e))
@@ -343,7 +347,12 @@ class PubSub(unittest.TestCase):
         print("%s: %d messages published; shard channel: %d received, %d missing %s; classic: %d received" % (
             prefix, len(sent), len(got), len(missing), missing[:10], len(classic_reader.messages)), file=sys.stderr)
         self.assertEqual(got, sent, "shard channel: messages lost, repeated or out of order")
-        self.assertEqual([m[1] for m in classic_reader.messages], sent)
+        classic_got = [m[1] for m in classic_reader.messages]
+        first = next((i for i, (a, b) in enumerate(zip(classic_got, sent)) if a != b), None)
+        self.assertEqual(classic_got, sent, "classic channel: from message %s on, received %s; the subscribers "
+                         "of the node each of those went to: %s" % (
+                             first, classic_got[first:first + 12] if first is not None else None,
+                             [receivers.get(m) for m in sent[first:first + 12]] if first is not None else None))
 
     def test_shard_channel_follows_a_slotshift_move(self):
         def move(slot, source, target):
