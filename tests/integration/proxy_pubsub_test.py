@@ -309,9 +309,9 @@ class PubSub(unittest.TestCase):
         shard_reader = Reader(self.proxy.port, "SSUBSCRIBE", [shard], also=[("SSUBSCRIBE", [on_target])])
         classic_reader = Reader(self.proxy.port, "SUBSCRIBE", [classic])
         sent, errors = [], []
-        # What each classic PUBLISH answered: the subscribers of the node it ran on. The classic subscriber's
-        # connection is on the source, so 1 says a message went there, 0 that it went elsewhere and reached
-        # the subscriber over the cluster bus.
+        # What each classic PUBLISH answered: the subscribers of the node it ran on. 1 says it ran on the node
+        # where the proxy subscribed the classic channel (the source, its owner then), 0 that it ran elsewhere
+        # and reached the subscriber over the cluster bus.
         receivers = {}
         stop = threading.Event()
 
