@@ -1044,15 +1044,16 @@ bool Proxy::follow_shards(Slot slot, const HostPort& node) {
 
 Proxy::RoomRound::~RoomRound() {
   proxy.room_rounds_done_.store(number);
-  proxy.room_round_under_way_.store(false);
 }
 
 void Proxy::make_room_for_own_connections(const Worker& asking) {
-  bool none = false;
-  if (!room_round_under_way_.compare_exchange_strong(none, true)) return;
+  // A round is under way while more have started than ended. (A round that ends between the two reads leaves
+  // this one unstarted: it had just asked every worker.)
+  std::uint64_t done = room_rounds_done_.load();
+  if (!room_rounds_started_.compare_exchange_strong(done, done + 1)) return;
   // Each ask holds the round: it ends when the last ask has run, or was dropped by a worker that stopped
   // (which closes its clients' connections anyway), and not before every ask is out.
-  auto round = std::make_shared<const RoomRound>(*this, room_rounds_started_.fetch_add(1) + 1);
+  auto round = std::make_shared<const RoomRound>(*this, done + 1);
   for (auto& w : workers_) {
     Worker* worker = w.get();
     if (worker != &asking) worker->post([worker, round] { worker->close_idle_dedicated(); });

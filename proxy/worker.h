@@ -371,7 +371,6 @@ class Proxy {
     std::uint64_t number;
     ~RoomRound();
   };
-  std::atomic<bool> room_round_under_way_{false};
   std::atomic<std::uint64_t> room_rounds_started_{0};
   std::atomic<std::uint64_t> room_rounds_done_{0};
   std::atomic<int> running_workers_{0};
